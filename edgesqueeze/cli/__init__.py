@@ -1,0 +1,119 @@
+"""The ``edgesqueeze`` command line: one verb per module in this package, loaded on demand.
+
+Every verb accepts ``--json``; errors print one line and exit with the codes of
+:mod:`edgesqueeze.errors`; ``--debug`` shows tracebacks.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+import traceback
+from typing import List, Optional
+
+import click
+
+from .. import __version__
+from ..errors import EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, EdgeSqueezeError
+
+# verb -> module in edgesqueeze.cli (in the order --help lists them); each module defines `command`
+COMMANDS = {
+    "export": "export",
+    "inspect": "inspect",
+    "optimize": "optimize",
+    "compress": "compress",
+    "pack": "pack",
+    "unpack": "unpack",
+    "quantize": "quantize",
+    "eval": "evaluate",
+    "build": "build",
+    "verify": "verify",
+    "compare": "compare",
+    "bench": "bench",
+    "power": "power",
+    "report": "report",
+    "deploy": "deploy",
+    "plugins": "plugins",
+    "devices": "devices",
+}
+
+_EPILOG = "Exit codes:\n\n" + "\n\n".join(f"  {code}  {text}" for code, text in sorted(EXIT_CODES.items()))
+
+
+class LazyGroup(click.Group):
+    """A click group whose verbs live in their own modules and are imported when used."""
+
+    def list_commands(self, ctx: click.Context) -> List[str]:
+        return [name for name, mod in COMMANDS.items() if _module_exists(mod)]
+
+    def get_command(self, ctx: click.Context, name: str) -> Optional[click.Command]:
+        mod = COMMANDS.get(name)
+        if mod is None or not _module_exists(mod):
+            return None
+        return importlib.import_module(f"{__name__}.{mod}").command
+
+
+def _module_exists(mod: str) -> bool:
+    return importlib.util.find_spec(f"{__name__}.{mod}") is not None
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+             epilog=_EPILOG)
+@click.version_option(__version__, "--version", prog_name="edgesqueeze")
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars or informational messages.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool, quiet: bool) -> None:
+    """edgesqueeze: make a trained network small and fast on NVIDIA Jetson, and prove it with measurements.
+
+    \b
+    Typical workflow:
+      edgesqueeze inspect  net.onnx --target orin-nano
+      edgesqueeze build    net.onnx --target orin-nano --precision int8 --calib calib.npz -o bundle/
+      edgesqueeze bench    bundle/
+      edgesqueeze deploy   bundle/ --device user@jetson
+
+    Run 'edgesqueeze VERB --help' for each verb's options and examples.
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug or bool(os.environ.get("EDGESQUEEZE_DEBUG"))
+    ctx.obj["quiet"] = quiet
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run the CLI and return its exit code (used by the ``edgesqueeze`` console script)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or bool(os.environ.get("EDGESQUEEZE_DEBUG"))
+    try:
+        rv = cli.main(args=args, prog_name="edgesqueeze", standalone_mode=False)
+        return int(rv) if isinstance(rv, int) else 0
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("edgesqueeze: interrupted", err=True)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        click.echo("edgesqueeze: interrupted", err=True)
+        return EXIT_INTERRUPTED
+    except EdgeSqueezeError as exc:
+        if debug:
+            traceback.print_exc()
+        click.echo(f"edgesqueeze: error: {exc.one_line()}", err=True)
+        return exc.exit_code
+    except BrokenPipeError:
+        return 0
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line unless --debug
+        if debug:
+            traceback.print_exc()
+        click.echo(f"edgesqueeze: internal error: {type(exc).__name__}: {exc} "
+                   f"(a bug: rerun with --debug and report it)", err=True)
+        return EXIT_INTERNAL
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())

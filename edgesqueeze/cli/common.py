@@ -1,0 +1,65 @@
+"""Options and output helpers shared by the CLI verbs."""
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, Callable, Optional
+
+import click
+
+from ..fileio import _json_default
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")
+target_option = click.option("-t", "--target", default=None, metavar="TARGET",
+                             help="Device profile (see 'edgesqueeze devices'), e.g. tx2, xavier-nx, orin-nano, cpu.")
+input_shape_option = click.option("-i", "--input", "input_shapes", multiple=True, metavar="[NAME:]SHAPE",
+                                  help="Shape for a dynamic input, e.g. --input images:1x3x224x224 "
+                                       "(repeat for several inputs; a bare 1x3x224x224 for a one-input model).")
+
+
+def output_option(required: bool = True, help: str = "Output file.") -> Callable:  # noqa: A002 - click's name
+    """The ``-o/--output`` option."""
+    return click.option("-o", "--output", required=required, type=click.Path(dir_okay=True), help=help)
+
+
+def quiet(ctx: Optional[click.Context] = None) -> bool:
+    """True when --quiet was given (progress bars and info messages off)."""
+    ctx = ctx or click.get_current_context(silent=True)
+    while ctx is not None:
+        if ctx.obj and "quiet" in ctx.obj:
+            return bool(ctx.obj["quiet"])
+        ctx = ctx.parent
+    return False
+
+
+def info(message: str) -> None:
+    """Print an informational message on stderr unless --quiet."""
+    if not quiet():
+        click.echo(message, err=True)
+
+
+def warn(message: str) -> None:
+    """Print a warning on stderr (always)."""
+    click.echo(f"edgesqueeze: warning: {message}", err=True)
+
+
+def emit(obj: Any, as_json: bool, text: Callable[[Any], str]) -> None:
+    """Print ``obj`` as JSON (with --json) or as the text ``text(obj)`` returns."""
+    if as_json:
+        sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+    else:
+        out = text(obj)
+        if out:
+            click.echo(out)
+
+
+def table(rows, headers, align: Optional[str] = None) -> str:
+    """Format ``rows`` (lists of cells) as a plain-text table; ``align`` is a string of 'l'/'r' per column."""
+    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    align = align or "l" + "r" * (len(headers) - 1)
+    def fmt(r):
+        return "  ".join(c.ljust(w) if a == "l" else c.rjust(w) for c, w, a in zip(r, widths, align)).rstrip()
+    lines = [fmt(cells[0]), "  ".join("-" * w for w in widths)]
+    lines += [fmt(r) for r in cells[1:]]
+    return "\n".join(lines)

