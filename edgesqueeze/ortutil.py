@@ -1,0 +1,114 @@
+"""Small helpers to run models on ONNX Runtime's CPU provider and compare outputs.
+
+The full runner interface (activate / infer / deactivate, profiling) lives in
+:mod:`edgesqueeze.backends`; this module is the low-level piece every stage uses
+to prove a graph change numerically.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Mapping, Optional, Sequence, Union
+
+import numpy as np
+import onnx
+
+from .errors import UnsupportedError, VerificationError
+from .model import model_bytes
+
+ModelLike = Union[onnx.ModelProto, str, bytes]
+
+
+def make_session(model: ModelLike, *, threads: Optional[int] = None, optimize: bool = False,
+                 extra_outputs: Sequence[str] = ()):
+    """Create an onnxruntime CPU ``InferenceSession`` for ``model``.
+
+    Args:
+        model: a ModelProto, a path, or serialised bytes.
+        threads: intra-op threads (None = onnxruntime's default).
+        optimize: enable onnxruntime's graph optimizations (off by default so that what runs is what we wrote).
+        extra_outputs: intermediate tensors to expose as extra graph outputs (model must be a ModelProto).
+
+    Raises:
+        UnsupportedError: onnxruntime cannot load the model (the message says why).
+    """
+    import onnxruntime as ort
+
+    if extra_outputs:
+        if not isinstance(model, onnx.ModelProto):
+            model = onnx.load(model) if isinstance(model, str) else onnx.load_from_string(model)
+        model = expose_outputs(model, extra_outputs)
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                   else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    if threads:
+        so.intra_op_num_threads = int(threads)
+    src = model_bytes(model) if isinstance(model, onnx.ModelProto) else model
+    try:
+        return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated types
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UnsupportedError(f"onnxruntime cannot load the model: {text}") from exc
+
+
+def expose_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
+    """Return a copy of ``model`` whose graph also outputs the intermediate tensors ``names``."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    have = {o.name for o in out.graph.output}
+    for name in names:
+        if name not in have:
+            out.graph.output.append(onnx.ValueInfoProto(name=name))
+            have.add(name)
+    return out
+
+
+def run_model(model: ModelLike, feeds: Mapping[str, np.ndarray], *, session=None,
+              output_names: Optional[Sequence[str]] = None) -> Dict[str, np.ndarray]:
+    """Run ``model`` once on ``feeds`` and return ``{output name: array}``."""
+    sess = session or make_session(model)
+    names = list(output_names) if output_names else [o.name for o in sess.get_outputs()]
+    values = sess.run(names, dict(feeds))
+    return dict(zip(names, values))
+
+
+def compare_outputs(reference: Mapping[str, np.ndarray], actual: Mapping[str, np.ndarray]) -> Dict[str, dict]:
+    """Per-output error statistics: max/mean absolute error, max relative error (to the reference's scale).
+
+    The relative error is ``max|a - r| / max(max|r|, tiny)``: robust where the reference crosses zero.
+    """
+    stats = {}
+    for name, ref in reference.items():
+        if name not in actual:
+            stats[name] = {"missing": True}
+            continue
+        r = np.asarray(ref, dtype=np.float64)
+        a = np.asarray(actual[name], dtype=np.float64)
+        if r.shape != a.shape:
+            stats[name] = {"shape_mismatch": [list(r.shape), list(a.shape)]}
+            continue
+        diff = np.abs(a - r)
+        scale = float(np.max(np.abs(r))) if r.size else 0.0
+        finite = bool(np.all(np.isfinite(a)) == np.all(np.isfinite(r)))
+        max_abs = float(np.max(diff)) if diff.size else 0.0
+        stats[name] = {"max_abs": max_abs, "mean_abs": float(np.mean(diff)) if diff.size else 0.0,
+                       "max_rel": max_abs / max(scale, 1e-12), "ref_scale": scale, "finite_match": finite}
+    return stats
+
+
+def assert_close(reference: Mapping[str, np.ndarray], actual: Mapping[str, np.ndarray], rtol: float = 1e-4,
+                 what: str = "outputs") -> Dict[str, dict]:
+    """Raise :class:`VerificationError` unless every output's relative error is within ``rtol``."""
+    stats = compare_outputs(reference, actual)
+    for name, s in stats.items():
+        if s.get("missing") or s.get("shape_mismatch") or not s.get("finite_match", True) or s["max_rel"] > rtol:
+            detail = ("missing" if s.get("missing") else f"shapes {s['shape_mismatch']}" if s.get("shape_mismatch")
+                      else "non-finite values differ" if not s.get("finite_match", True)
+                      else f"relative error {s['max_rel']:.3g} > {rtol:g}")
+            raise VerificationError(f"{what} disagree: {detail}", tensor=name)
+    return stats
+
+
+def run_many(model: ModelLike, feeds_list: List[Mapping[str, np.ndarray]]) -> List[Dict[str, np.ndarray]]:
+    """Run ``model`` on each feed dict with one session."""
+    sess = make_session(model)
+    return [run_model(model, f, session=sess) for f in feeds_list]

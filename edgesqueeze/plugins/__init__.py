@@ -1,0 +1,1 @@
+"""Custom ONNX ops of the ``edgesqueeze`` domain (with their local functions) and the CUDA plugin library."""
