@@ -46,6 +46,7 @@ def atomic_path(target: PathLike, suffix: str = "") -> Iterator[Path]:
             raise InputError(f"cannot create the output directory: {exc.strerror}", path=str(parent)) from exc
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix + ".tmp", dir=str(parent))
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
     try:
         yield Path(tmp)
         os.replace(tmp, target)
@@ -53,6 +54,12 @@ def atomic_path(target: PathLike, suffix: str = "") -> Iterator[Path]:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_bytes_atomic(target: PathLike, data: bytes) -> None:
