@@ -1,0 +1,37 @@
+"""``edgesqueeze inspect``: per-layer FLOPs, parameters, bytes and a roofline estimate."""
+from __future__ import annotations
+
+import click
+
+from .common import emit, input_shape_option, json_option, target_option
+
+
+@click.command("inspect")
+@click.argument("model", type=click.Path())
+@target_option
+@click.option("-p", "--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
+              help="Bytes per value and the target peak used for the roofline.")
+@click.option("--sparse", is_flag=True, help="Use the target's 2:4 sparse INT8 peak.")
+@click.option("--top", type=int, default=None, help="Show only the N most expensive layers.")
+@input_shape_option
+@json_option
+def command(model, target, precision, sparse, top, input_shapes, as_json):
+    """Print a per-layer table (op, output shape, parameters, MACs, weight and activation bytes, FLOP/byte) and totals.
+
+    With --target, each layer also gets a roofline time, the larger of compute time at the target's peak for the
+    precision and memory time at its peak bandwidth, and is marked compute- or memory-bound; depthwise-separable
+    blocks show their DRAM traffic unfused vs fused.
+
+    \b
+    Examples:
+      edgesqueeze inspect net.onnx
+      edgesqueeze inspect net.onnx --target tx2 --precision fp16 --top 10
+      edgesqueeze inspect net.onnx --target orin-nano --precision int8 --json
+    """
+    from ..inspect import format_report, inspect_model
+    from ..model import load_model, parse_input_shapes
+
+    m = load_model(model, parse_input_shapes(input_shapes))
+    result = inspect_model(m, target=target, precision=precision, sparse=sparse)
+    result["model"] = str(model)
+    emit(result, as_json, lambda r: format_report(r, top=top))
