@@ -188,7 +188,13 @@ def _check(model: ModelProto, path: Path) -> None:
         if model.ByteSize() > _TWO_GB:
             onnx.checker.check_model(str(path), full_check=True)
         else:
-            onnx.checker.check_model(model, full_check=True)
+            try:
+                onnx.checker.check_model(model, full_check=True)
+            except onnx.checker.ValidationError as exc:
+                # outputs declared without a shape are valid ONNX; newer checkers want one: infer it, check again
+                if "Field 'shape' of 'type' is required" not in str(exc):
+                    raise
+                onnx.checker.check_model(infer_shapes(model), full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(f"the ONNX checker rejects the model: {text}", path=str(path),

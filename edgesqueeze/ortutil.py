@@ -6,6 +6,7 @@ to prove a graph change numerically.
 """
 from __future__ import annotations
 
+import re
 from typing import Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
@@ -47,7 +48,24 @@ def make_session(model: ModelLike, *, threads: Optional[int] = None, optimize: b
         return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated types
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        m = _IR_RE.search(str(exc))
+        if m:  # a newer onnx wrote an IR version this onnxruntime does not know: the graph itself is fine
+            proto = model if isinstance(model, onnx.ModelProto) else (
+                onnx.load(model) if isinstance(model, str) else onnx.load_from_string(model))
+            if proto.ir_version > int(m.group(1)):
+                return make_session(with_ir_version(proto, int(m.group(1))), threads=threads, optimize=optimize)
         raise UnsupportedError(f"onnxruntime cannot load the model: {text}") from exc
+
+
+_IR_RE = re.compile(r"max supported IR version: (\d+)")
+
+
+def with_ir_version(model: onnx.ModelProto, ir_version: int) -> onnx.ModelProto:
+    """Return a copy of ``model`` labelled with an older IR version (for runtimes that lag behind onnx)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    out.ir_version = ir_version
+    return out
 
 
 def expose_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
