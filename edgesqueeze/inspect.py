@@ -312,8 +312,8 @@ def format_report(result: dict, top: Optional[int] = None) -> str:
     t = result["totals"]
     lines = [table(rows, headers, "llr" + "r" * (len(headers) - 3))]
     lines.append("")
-    lines.append(f"total: {t['layers']} layers, {_si(t['params'])} params, {t['macs'] / 1e9:.3f} GMACs, "
-                 f"{t['flops'] / 1e9:.3f} GFLOPs, weights {_bytes(t['weight_bytes'])}, "
+    lines.append(f"total: {t['layers']} layers, {_si(t['params'])} params, {_si(t['macs'])} MACs, "
+                 f"{_si(t['flops'])} FLOPs, weights {_bytes(t['weight_bytes'])}, "
                  f"activations {_bytes(t['activation_bytes'])}, intensity {t['intensity']:.1f} FLOP/B "
                  f"({result['precision']})")
     if has_t:

@@ -38,7 +38,7 @@ COMMANDS = {
     "devices": "devices",
 }
 
-_EPILOG = "Exit codes:\n\n" + "\n\n".join(f"  {code}  {text}" for code, text in sorted(EXIT_CODES.items()))
+_EPILOG = "\b\nExit codes:\n" + "\n".join(f"  {code:>3}  {text}" for code, text in sorted(EXIT_CODES.items()))
 
 
 class LazyGroup(click.Group):
