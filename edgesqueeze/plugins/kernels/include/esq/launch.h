@@ -1,0 +1,29 @@
+// Host launchers of the edgesqueeze kernels (what the TensorRT plugins call from enqueue()).
+// Include from host C++ code; needs only the CUDA runtime API header, not the kernels.
+#ifndef ESQ_LAUNCH_H
+#define ESQ_LAUNCH_H
+
+#include <cuda_runtime_api.h>
+
+#include "dwsep.cuh"
+#include "sparse.cuh"
+
+namespace esq {
+
+enum ElementType { kFloat32 = 0, kFloat16 = 1 };
+
+// Fused depthwise-separable convolution. `tiled` false runs the one-thread-per-output reference kernel.
+cudaError_t launch_dwsep(const DwsepParams& p, ElementType type, const void* x, const void* w_dw, const void* b_dw,
+                         const void* w_pw, const void* b_pw, void* y, cudaStream_t stream, bool tiled = true);
+
+// 2:4 structured-sparse convolution / GEMM (values [M, R/2], metadata int32 [M, ceil(R/32)]).
+cudaError_t launch_sparse24(const SparseConvParams& p, ElementType type, const void* x, const void* values,
+                            const int* meta, const void* bias, void* y, cudaStream_t stream);
+
+// CSR sparse convolution / GEMM (values [nnz], col int32 [nnz], row_ptr int32 [M+1]).
+cudaError_t launch_sparse_csr(const SparseConvParams& p, ElementType type, const void* x, const void* values,
+                              const int* col, const int* row_ptr, const void* bias, void* y, cudaStream_t stream);
+
+}  // namespace esq
+
+#endif  // ESQ_LAUNCH_H

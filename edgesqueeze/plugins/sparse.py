@@ -1,0 +1,422 @@
+"""The ``SparseConv`` custom op (domain ``edgesqueeze``): a convolution / GEMM with compressed sparse weights.
+
+The model stores the weights *compressed*, so the file, the weight upload and every weight read on the device
+shrink; the local function decompresses them with standard ops and runs a plain ``Conv``, so onnxruntime (and a
+TensorRT without the plugin, after inlining) computes the same function as the CUDA kernel.
+
+The dense weight ``W[M,C,kh,kw]`` is viewed as a matrix ``A[M,R]``, ``R = kh*kw*C``, reduction index
+``r = (ky*kw + kx)*C + c`` (input channel fastest, the implicit GEMM of an NHWC convolution). A GEMM /
+fully-connected layer is ``SparseConv`` on ``[N,C,1,1]``. Two formats (attribute ``sparse_format``):
+
+``"2:4"`` (structured, C % 4 == 0; what Ampere's sparse tensor cores use): in each group of 4 consecutive ``r``
+at most 2 weights are non-zero. Inputs ``X, values [M, R/2], metadata int32 [M, ceil(R/32)], B [M]``:
+``values`` holds the 2 kept weights of each group in order; group ``g`` of row ``m`` is described by bits
+``4*(g%8)..+3`` of ``metadata[m, g//8]`` — the first kept position (0..3) in the low 2 bits, the second in the
+next 2 (first < second). int32, not uint8, because TensorRT 8.2 has no unsigned tensors.
+
+``"csr"`` (unstructured, for highly pruned layers): inputs ``X, values [nnz], col int32 [nnz], row_ptr int32
+[M+1], B [M]``, ``col`` holding ``r``. The function needs ai.onnx opset >= 16 (ScatterElements with reduction).
+
+Attributes: ``sparse_format``, ``kernel_shape``, ``strides``, ``pads`` (ONNX order), ``dilations``,
+``activation`` / ``alpha`` / ``beta`` (as ``DepthwiseSeparableConv``'s ``pw_*``), ``plugin_namespace`` "" and
+``plugin_version`` "1". Like ``DepthwiseSeparableConv`` each variant is an IR-10 function overload, keyed
+``"<format tag>.<activation>.<dtype>"`` (``s24`` or ``csr``; ``f32`` or ``f16``).
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional, Sequence, Tuple
+
+import numpy as np
+import onnx
+from onnx import AttributeProto, FunctionProto, ModelProto, NodeProto, TensorProto, helper
+
+from ..errors import InputError, UnsupportedError
+from .dwsep import ACTIVATIONS, DOMAIN, DOMAIN_VERSION, OVERLOAD_IR_VERSION, _activation_nodes, _activate
+
+OP_TYPE = "SparseConv"
+FORMATS = {"2:4": "s24", "csr": "csr"}
+_DTYPES = {"f32": TensorProto.FLOAT, "f16": TensorProto.FLOAT16}
+_FUNCTION_ATTRS = ("sparse_format", "kernel_shape", "strides", "pads", "dilations", "activation", "alpha", "beta",
+                   "plugin_namespace", "plugin_version")
+
+
+# ----------------------------------------------------------------------------- compression
+def _as_matrix(weight: np.ndarray) -> np.ndarray:
+    """``W[M,C,kh,kw]`` → ``A[M, kh*kw*C]`` with the input channel fastest."""
+    if weight.ndim != 4:
+        raise InputError(f"{OP_TYPE} weight must be [M,C,kh,kw], got shape {list(weight.shape)}")
+    return np.ascontiguousarray(weight.transpose(0, 2, 3, 1)).reshape(weight.shape[0], -1)
+
+
+def _from_matrix(a: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    m, c, kh, kw = shape
+    return np.ascontiguousarray(a.reshape(m, kh, kw, c).transpose(0, 3, 1, 2))
+
+
+def is_2_4_sparse(weight: np.ndarray) -> bool:
+    """True when ``weight [M,C,kh,kw]`` has C % 4 == 0 and at most 2 non-zeros per group of 4 input channels."""
+    if weight.ndim != 4 or weight.shape[1] % 4:
+        return False
+    groups = _as_matrix(np.asarray(weight)).reshape(weight.shape[0], -1, 4)
+    return bool((np.count_nonzero(groups, axis=2) <= 2).all())
+
+
+def compress_2_4(weight: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Compress a 2:4-sparse weight.
+
+    Args:
+        weight: ``[M, C, kh, kw]`` with C % 4 == 0 and at most 2 non-zeros in each group of 4 input channels.
+
+    Returns:
+        ``(values [M, R/2] in weight's dtype, metadata int32 [M, ceil(R/32)])`` as described in the module doc.
+
+    Raises:
+        InputError: C % 4 != 0 or a group with more than 2 non-zeros (names the first one).
+    """
+    weight = np.asarray(weight)
+    if weight.ndim != 4 or weight.shape[1] % 4:
+        raise InputError(f"2:4 sparsity needs a [M,C,kh,kw] weight with C % 4 == 0, got {list(weight.shape)}")
+    a = _as_matrix(weight)
+    m, r = a.shape
+    groups = a.reshape(m, r // 4, 4)
+    nz = groups != 0
+    bad = np.argwhere(nz.sum(axis=2) > 2)
+    if len(bad):
+        row, g = (int(v) for v in bad[0])
+        raise InputError(f"weight is not 2:4 sparse: output channel {row}, group {g} (reduction indices "
+                         f"{4 * g}..{4 * g + 3}) has {int(nz[row, g].sum())} non-zeros",
+                         hint="prune with 'edgesqueeze compress --sparsity 2:4' first")
+    # Kept positions: the non-zeros, padded with the lowest zero positions, in increasing order.
+    order = np.argsort(~nz, axis=2, kind="stable")[:, :, :2]   # non-zeros first, each side in position order
+    pos = np.sort(order, axis=2)
+    values = np.take_along_axis(groups, pos, axis=2).reshape(m, r // 2)
+    nibbles = (pos[:, :, 0] | (pos[:, :, 1] << 2)).astype(np.uint64)   # [M, G]
+    words = -(-(r // 4) // 8)
+    padded = np.zeros((m, words * 8), dtype=np.uint64)
+    padded[:, :r // 4] = nibbles
+    shifts = (4 * np.arange(8, dtype=np.uint64))[None, None, :]
+    packed = (padded.reshape(m, words, 8) << shifts).sum(axis=2).astype(np.uint32)
+    return np.ascontiguousarray(values), packed.view(np.int32)
+
+
+def decompress_2_4(values: np.ndarray, metadata: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """Inverse of :func:`compress_2_4`: the dense ``[M, C, kh, kw]`` weight."""
+    m, c, kh, kw = (int(v) for v in shape)
+    r = kh * kw * c
+    words = metadata.view(np.uint32).astype(np.uint64)
+    fields = (words[:, :, None] >> (2 * np.arange(16, dtype=np.uint64))[None, None, :]) & 3
+    pos = fields.reshape(m, -1)[:, :r // 2].astype(np.int64) + 4 * (np.arange(r // 2) // 2)[None, :]
+    a = np.zeros((m, r), dtype=values.dtype)
+    np.put_along_axis(a, pos, values, axis=1)
+    return _from_matrix(a, (m, c, kh, kw))
+
+
+def compress_csr(weight: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Compress any weight ``[M, C, kh, kw]`` to CSR over ``A[M, R]``.
+
+    Returns:
+        ``(values [nnz], col int32 [nnz], row_ptr int32 [M+1])``.
+    """
+    a = _as_matrix(np.asarray(weight))
+    rows, cols = np.nonzero(a)
+    row_ptr = np.zeros(a.shape[0] + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows, minlength=a.shape[0]), out=row_ptr[1:])
+    return np.ascontiguousarray(a[rows, cols]), cols.astype(np.int32), row_ptr.astype(np.int32)
+
+
+def decompress_csr(values: np.ndarray, col: np.ndarray, row_ptr: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """Inverse of :func:`compress_csr`: the dense ``[M, C, kh, kw]`` weight."""
+    m, c, kh, kw = (int(v) for v in shape)
+    a = np.zeros((m, kh * kw * c), dtype=values.dtype)
+    rows = np.repeat(np.arange(m), np.diff(row_ptr.astype(np.int64)))
+    a[rows, col.astype(np.int64)] = values
+    return _from_matrix(a, (m, c, kh, kw))
+
+
+def compressed_bytes(weight: np.ndarray, sparse_format: str) -> int:
+    """Bytes the compressed weight occupies (values + indices), to compare with ``weight.nbytes``."""
+    if sparse_format == "2:4":
+        return sum(a.nbytes for a in compress_2_4(weight))
+    if sparse_format == "csr":
+        return sum(a.nbytes for a in compress_csr(weight))
+    raise InputError(f"unknown sparse_format '{sparse_format}'; expected one of: {', '.join(FORMATS)}")
+
+
+def choose_format(weight: np.ndarray, csr_max_density: float = 0.25) -> Optional[str]:
+    """The format worth using for ``weight``: ``"2:4"`` when it is 2:4 sparse, ``"csr"`` when at most
+    ``csr_max_density`` of it is non-zero (CSR's 4-byte column index costs as much as an FP32 value), else None."""
+    if is_2_4_sparse(weight):
+        return "2:4"
+    density = np.count_nonzero(weight) / max(1, weight.size)
+    return "csr" if density <= csr_max_density else None
+
+
+# ----------------------------------------------------------------------------- node + function
+def _dtype_tag(dtype) -> str:
+    dt = np.dtype(dtype)
+    if dt == np.float32:
+        return "f32"
+    if dt == np.float16:
+        return "f16"
+    raise UnsupportedError(f"{OP_TYPE} supports float32 and float16, not {dt}")
+
+
+def overload_key(sparse_format: str, activation: str, dtype=np.float32) -> str:
+    """The function overload name of one variant, e.g. ``"s24.relu.f16"``."""
+    if sparse_format not in FORMATS:
+        raise InputError(f"unknown sparse_format '{sparse_format}'; expected one of: {', '.join(FORMATS)}")
+    if activation not in ACTIVATIONS:
+        raise InputError(f"unknown activation '{activation}'; expected one of: {', '.join(ACTIVATIONS)}")
+    return f"{FORMATS[sparse_format]}.{activation}.{_dtype_tag(dtype)}"
+
+
+def make_sparse_conv_node(inputs: Sequence[str], outputs: Sequence[str], *, sparse_format: str,
+                          kernel_shape: Sequence[int], strides: Sequence[int] = (1, 1),
+                          pads: Sequence[int] = (0, 0, 0, 0), dilations: Sequence[int] = (1, 1),
+                          activation: str = "none", alpha: float = 0.0, beta: float = 0.0,
+                          name: Optional[str] = None, dtype=np.float32) -> NodeProto:
+    """Make a ``SparseConv`` node.
+
+    Args:
+        inputs: ``[x, values, metadata, b]`` for "2:4"; ``[x, values, col, row_ptr, b]`` for "csr".
+        outputs: ``[y]``.
+        sparse_format: "2:4" or "csr".
+        kernel_shape, strides, pads, dilations: the convolution's geometry (group 1; pads in ONNX order).
+        activation, alpha, beta: fused activation, as ``DepthwiseSeparableConv``'s ``pw_activation``.
+        name: node name.
+        dtype: float32 or float16 (part of the overload key).
+
+    Returns:
+        The NodeProto, with its overload key set.
+
+    Raises:
+        InputError: unknown format/activation, wrong input count or bad geometry.
+    """
+    key = overload_key(sparse_format, activation, dtype)
+    want = 4 if sparse_format == "2:4" else 5
+    if len(inputs) != want or len(outputs) != 1:
+        raise InputError(f"{OP_TYPE} ({sparse_format}) takes {want} inputs and 1 output, got {len(inputs)} and "
+                         f"{len(outputs)}", node=name)
+    if len(kernel_shape) != 2 or len(strides) != 2 or len(dilations) != 2 or len(pads) != 4:
+        raise InputError(f"{OP_TYPE} is 2-D: kernel_shape, strides, dilations need 2 values and pads 4", node=name)
+    node = helper.make_node(
+        OP_TYPE, list(inputs), list(outputs), name=name, domain=DOMAIN, sparse_format=sparse_format,
+        kernel_shape=[int(v) for v in kernel_shape], strides=[int(v) for v in strides],
+        pads=[int(v) for v in pads], dilations=[int(v) for v in dilations], activation=activation,
+        alpha=float(alpha), beta=float(beta), plugin_namespace="", plugin_version="1")
+    node.overload = key
+    return node
+
+
+def _ref(node: NodeProto, attr: str, kind: int, ref: Optional[str] = None) -> NodeProto:
+    node.attribute.append(helper.make_attribute_ref(attr, kind))
+    node.attribute[-1].ref_attr_name = ref or attr
+    return node
+
+
+def _const(name: str, values, elem=TensorProto.INT64) -> NodeProto:
+    arr = np.asarray(values)
+    return helper.make_node("Constant", [], [name], value=helper.make_tensor(name, elem, list(arr.shape),
+                                                                              arr.flatten().tolist()))
+
+
+def _decode_2_4(elem: int) -> list:
+    """Nodes: values, metadata → dense A [M, R] (named "A") and the sizes "M" [1]."""
+    n = helper.make_node
+    return [
+        _const("k0", [0]), _const("k1", [1]), _const("k2", [2]), _const("k4", [4]),
+        _const("k2_32", [2 ** 32]), _const("pow4", [4 ** k for k in range(16)]),
+        n("Shape", ["values"], ["vshape"]),
+        n("Slice", ["vshape", "k0", "k1"], ["M"]),
+        n("Slice", ["vshape", "k1", "k2"], ["Rhalf"]),
+        n("Cast", ["metadata"], ["meta64"], to=TensorProto.INT64),
+        n("Add", ["meta64", "k2_32"], ["meta_shift"]),
+        n("Mod", ["meta_shift", "k2_32"], ["meta_u"]),           # the unsigned 32-bit word
+        n("Unsqueeze", ["meta_u", "k2"], ["meta_u3"]),            # [M, words, 1]
+        n("Div", ["meta_u3", "pow4"], ["fields_hi"]),
+        n("Mod", ["fields_hi", "k4"], ["fields"]),                # [M, words, 16] 2-bit positions
+        _const("flat_shape", [0, -1]),
+        n("Reshape", ["fields", "flat_shape"], ["fields_flat"]),
+        n("Slice", ["fields_flat", "k0", "Rhalf", "k1"], ["pos"]),   # [M, R/2]
+        n("Squeeze", ["Rhalf", "k0"], ["Rhalf_s"]),
+        _const("s0", 0), _const("s1", 1),
+        n("Range", ["s0", "Rhalf_s", "s1"], ["j"]),
+        n("Div", ["j", "k2"], ["group"]),
+        n("Mul", ["group", "k4"], ["group_base"]),
+        n("Add", ["pos", "group_base"], ["idx"]),                 # column of A per kept value
+        n("Mul", ["Rhalf", "k2"], ["R"]),
+        n("Concat", ["M", "R"], ["a_shape"], axis=0),
+        n("ConstantOfShape", ["a_shape"], ["a_zero"], value=helper.make_tensor("z", elem, [1], [0])),
+        n("ScatterElements", ["a_zero", "idx", "values"], ["A"], axis=1),
+    ]
+
+
+def _decode_csr(elem: int) -> list:
+    """Nodes: values, col, row_ptr → dense A [M, R] (named "A") and the sizes "M" [1]; R from X and kernel_shape."""
+    n = helper.make_node
+    return [
+        _const("k0", [0]), _const("k1", [1]), _const("km1", [-1]),
+        n("Shape", ["values"], ["nnz"]),
+        n("Shape", ["row_ptr"], ["rp_len"]),
+        n("Sub", ["rp_len", "k1"], ["M"]),
+        n("Cast", ["row_ptr"], ["rp64"], to=TensorProto.INT64),
+        n("Slice", ["rp64", "k1", "km1"], ["row_starts"]),        # row_ptr[1:M]
+        n("Shape", ["row_starts"], ["rs_len"]),
+        n("ConstantOfShape", ["rs_len"], ["ones"], value=helper.make_tensor("o", TensorProto.INT64, [1], [1])),
+        n("Add", ["nnz", "k1"], ["nnz1"]),
+        n("ConstantOfShape", ["nnz1"], ["marks0"], value=helper.make_tensor("z", TensorProto.INT64, [1], [0])),
+        n("ScatterElements", ["marks0", "row_starts", "ones"], ["marks"], axis=0, reduction="add"),
+        n("CumSum", ["marks", "k0"], ["rows_all"]),
+        n("Slice", ["rows_all", "k0", "nnz"], ["rows"]),          # output channel of each stored value
+        n("Mul", ["rows", "R"], ["row_base"]),
+        n("Cast", ["col"], ["col64"], to=TensorProto.INT64),
+        n("Add", ["row_base", "col64"], ["flat"]),
+        n("Mul", ["M", "R"], ["MR"]),
+        n("ConstantOfShape", ["MR"], ["a_zero"], value=helper.make_tensor("z", elem, [1], [0])),
+        n("ScatterElements", ["a_zero", "flat", "values"], ["A_flat"], axis=0),
+        n("Concat", ["M", "R"], ["a_shape"], axis=0),
+        n("Reshape", ["A_flat", "a_shape"], ["A"]),
+    ]
+
+
+def _function_for(overload: str, opset: int) -> FunctionProto:
+    try:
+        tag, act, dtag = overload.split(".")
+        fmt = {v: k for k, v in FORMATS.items()}[tag]
+        elem = _DTYPES[dtag]
+        if act not in ACTIVATIONS:
+            raise KeyError(act)
+    except (ValueError, KeyError):
+        raise InputError(f"{OP_TYPE} node has overload '{overload}', expected '<s24|csr>.<activation>.<f32|f16>'"
+                         ) from None
+    if fmt == "csr" and opset < 16:
+        raise UnsupportedError(f"{OP_TYPE} csr needs ai.onnx opset >= 16 (ScatterElements reduction), the model "
+                               f"has {opset}", hint="convert the model to opset 16 or use sparse_format 2:4")
+    if opset < 13:
+        raise UnsupportedError(f"{OP_TYPE} functions need ai.onnx opset >= 13, the model has {opset}")
+    n = helper.make_node
+    # Sizes shared by both decoders: C from X, the kernel taps from kernel_shape, R = kh*kw*C.
+    sizes = [
+        n("Shape", ["X"], ["xshape"]),
+        _const("c1", [1]), _const("c2", [2]),
+        n("Slice", ["xshape", "c1", "c2"], ["C"]),
+        _ref(n("Constant", [], ["ks"]), "value_ints", AttributeProto.INTS, "kernel_shape"),
+        n("Concat", ["ks", "C"], ["ks_c"], axis=0),
+        n("ReduceProd", ["ks_c"], ["R"], keepdims=1),
+    ]
+    decode = _decode_2_4(elem) if fmt == "2:4" else _decode_csr(elem)
+    if fmt == "2:4":
+        sizes = sizes[:-1]   # the 2:4 decoder derives R from the values' width
+    conv_out = "Y" if act == "none" else "conv"
+    weight = [
+        n("Concat", ["M", "ks", "C"], ["w_nhwc_shape"], axis=0),
+        n("Reshape", ["A", "w_nhwc_shape"], ["W_nhwc"]),
+        n("Transpose", ["W_nhwc"], ["W"], perm=[0, 3, 1, 2]),
+        _ref(_ref(_ref(_ref(n("Conv", ["X", "W", "B"], [conv_out]), "kernel_shape", AttributeProto.INTS),
+                       "strides", AttributeProto.INTS), "pads", AttributeProto.INTS),
+             "dilations", AttributeProto.INTS),
+    ]
+    nodes = sizes + decode + weight
+    if act != "none":
+        # reuse the dwsep activation spellings; they reference "<prefix>_alpha"/"<prefix>_beta"
+        for node in _activation_nodes(act, "pw", "conv", "Y", elem, opset):
+            for attr in node.attribute:
+                if attr.ref_attr_name in ("pw_alpha", "pw_beta"):
+                    attr.ref_attr_name = attr.ref_attr_name[3:]
+            nodes.append(node)
+    inputs = ["X", "values", "metadata", "B"] if fmt == "2:4" else ["X", "values", "col", "row_ptr", "B"]
+    fn = helper.make_function(DOMAIN, OP_TYPE, inputs, ["Y"], nodes, [helper.make_opsetid("", opset)],
+                              attributes=list(_FUNCTION_ATTRS),
+                              doc_string=f"{OP_TYPE}: decompress {fmt} weights, Conv, {act}")
+    fn.overload = overload
+    return fn
+
+
+def sparse_conv_function(node: NodeProto, opset: int = 17) -> FunctionProto:
+    """Return the local function (standard ONNX ops) of a ``SparseConv`` node's variant.
+
+    Args:
+        node: a ``SparseConv`` node made by :func:`make_sparse_conv_node` (it carries the overload key).
+        opset: the model's ai.onnx opset (>= 13; >= 16 for csr).
+
+    Raises:
+        InputError: not a SparseConv node, or no/unknown overload key.
+        UnsupportedError: the opset is too old for the format.
+    """
+    if node.op_type != OP_TYPE or node.domain != DOMAIN:
+        raise InputError(f"not a {DOMAIN}::{OP_TYPE} node: {node.domain or 'ai.onnx'}::{node.op_type}",
+                         node=node.name)
+    return _function_for(node.overload, opset)
+
+
+def sparse_conv_inputs(weight: np.ndarray, sparse_format: str, dtype=np.float32) -> Dict[str, np.ndarray]:
+    """The compressed arrays of ``weight`` in node input order (after X, before B), keyed by function input name."""
+    w = np.asarray(weight, dtype=dtype)
+    if sparse_format == "2:4":
+        values, meta = compress_2_4(w)
+        return {"values": values, "metadata": meta}
+    if sparse_format == "csr":
+        values, col, row_ptr = compress_csr(w)
+        return {"values": values, "col": col, "row_ptr": row_ptr}
+    raise InputError(f"unknown sparse_format '{sparse_format}'; expected one of: {', '.join(FORMATS)}")
+
+
+def make_sparse_conv_model(x_shape: Sequence[int], weight: np.ndarray, bias: np.ndarray, *, sparse_format: str,
+                           strides: Sequence[int] = (1, 1), pads: Sequence[int] = (0, 0, 0, 0),
+                           dilations: Sequence[int] = (1, 1), activation: str = "none", alpha: float = 0.0,
+                           beta: float = 0.0, dtype=np.float32, opset: int = 17) -> ModelProto:
+    """A one-node ``SparseConv`` model (input ``"x"``, output ``"y"``, compressed weights as initializers).
+
+    Args:
+        x_shape: ``[N, C, H, W]``.
+        weight: the dense (already sparse) weight ``[M, C, kh, kw]``; bias ``[M]``.
+        sparse_format: "2:4" or "csr". Other arguments as :func:`make_sparse_conv_node`.
+
+    Raises:
+        InputError: inconsistent shapes, or a weight that is not 2:4 sparse for "2:4".
+    """
+    dt = np.dtype(dtype)
+    elem = _DTYPES[_dtype_tag(dt)]
+    n, c, hgt, wid = (int(v) for v in x_shape)
+    weight, bias = np.asarray(weight, dtype=dt), np.asarray(bias, dtype=dt)
+    if weight.ndim != 4 or weight.shape[1] != c or bias.shape != (weight.shape[0],):
+        raise InputError(f"inconsistent {OP_TYPE} weights for C={c}: weight {list(weight.shape)}, bias "
+                         f"{list(bias.shape)}")
+    m, _, kh, kw = weight.shape
+    oh = (hgt + pads[0] + pads[2] - dilations[0] * (kh - 1) - 1) // strides[0] + 1
+    ow = (wid + pads[1] + pads[3] - dilations[1] * (kw - 1) - 1) // strides[1] + 1
+    arrays = sparse_conv_inputs(weight, sparse_format, dt)
+    names = ["x"] + [f"w_{k}" for k in arrays] + ["b"]
+    node = make_sparse_conv_node(names, ["y"], sparse_format=sparse_format, kernel_shape=(kh, kw), strides=strides,
+                                 pads=pads, dilations=dilations, activation=activation, alpha=alpha, beta=beta,
+                                 name="sparse_conv", dtype=dt)
+    inits = [onnx.numpy_helper.from_array(a, f"w_{k}") for k, a in arrays.items()]
+    inits.append(onnx.numpy_helper.from_array(bias, "b"))
+    graph = helper.make_graph([node], "sparse_conv", [helper.make_tensor_value_info("x", elem, [n, c, hgt, wid])],
+                              [helper.make_tensor_value_info("y", elem, [n, m, oh, ow])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset),
+                                                    helper.make_opsetid(DOMAIN, DOMAIN_VERSION)],
+                              functions=[sparse_conv_function(node, opset)], producer_name="edgesqueeze")
+    model.ir_version = OVERLOAD_IR_VERSION
+    return model
+
+
+def reference_sparse_conv(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, *, strides: Sequence[int] = (1, 1),
+                          pads: Sequence[int] = (0, 0, 0, 0), dilations: Sequence[int] = (1, 1),
+                          activation: str = "none", alpha: float = 0.0, beta: float = 0.0,
+                          **_unused) -> np.ndarray:
+    """Plain-numpy dense convolution + activation in float64, returned in ``x``'s dtype (the op's meaning)."""
+    out_dtype = np.asarray(x).dtype
+    x, w, b = (np.asarray(a, dtype=np.float64) for a in (x, weight, bias))
+    n, c, hgt, wid = x.shape
+    m, _, kh, kw = w.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+    oh = (hgt + pads[0] + pads[2] - dilations[0] * (kh - 1) - 1) // strides[0] + 1
+    ow = (wid + pads[1] + pads[3] - dilations[1] * (kw - 1) - 1) // strides[1] + 1
+    y = np.zeros((n, m, oh, ow)) + b[None, :, None, None]
+    for i in range(kh):
+        for j in range(kw):
+            r0, c0 = i * dilations[0], j * dilations[1]
+            patch = xp[:, :, r0:r0 + strides[0] * (oh - 1) + 1:strides[0], c0:c0 + strides[1] * (ow - 1) + 1:strides[1]]
+            y += np.einsum("nchw,mc->nmhw", patch, w[:, :, i, j])
+    return _activate(y, activation, alpha, beta).astype(out_dtype)
