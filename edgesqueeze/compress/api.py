@@ -1,0 +1,104 @@
+"""The ``compress`` verb as a Python function: apply several techniques in a fixed order and measure the result."""
+from __future__ import annotations
+
+from typing import Iterable, Mapping, Optional, Tuple
+
+import numpy as np
+from onnx import ModelProto
+
+from ..errors import InputError
+from ..model import random_feeds
+from ..ortutil import compare_outputs, make_session, run_model
+from ._macs import count_macs
+from .channels import prune_channels
+from .lowrank import low_rank
+from .magnitude import prune_magnitude
+from .sharing import share_weights
+from .sparse24 import sparsify_2_4
+
+ORDER = ("channels", "low_rank", "prune", "sparsity", "share")
+
+
+def compress(model: ModelProto, *, sparsity: Optional[str] = None, prune: Optional[float] = None,
+             prune_scope: str = "layer", prune_std: Optional[float] = None, channels: Optional[float] = None,
+             channel_multiple: int = 1, low_rank_energy: Optional[float] = None, rank_ratio: Optional[float] = None,
+             low_rank_spatial: bool = False, share: Optional[Tuple[int, int]] = None,
+             val: Optional[Iterable[Mapping[str, np.ndarray]]] = None, seed: int = 0) -> Tuple[ModelProto, dict]:
+    """Compress ``model`` with the requested techniques, in the order channels -> low-rank -> prune -> 2:4 ->
+    sharing (structure first, then zeros, then the values that remain).
+
+    Args:
+        model: the ONNX model (not modified).
+        sparsity: ``"2:4"`` for 2:4 structured sparsity.
+        prune: magnitude-pruning sparsity (fraction of weights set to zero); ``prune_scope`` "layer" or "global".
+        prune_std: magnitude pruning with Han et al.'s per-layer threshold ``prune_std * std(W)`` instead.
+        channels: fraction of channels to remove by L1 norm; ``channel_multiple`` rounds the kept count up.
+        low_rank_energy: truncated-SVD energy to keep; ``rank_ratio`` a parameter ratio instead;
+            ``low_rank_spatial`` also splits K x K convolutions.
+        share: ``(conv_bits, fc_bits)`` for k-means weight sharing.
+        val: a data reader with ``labels`` (``edgesqueeze.data.open_data``) to measure top-1 before and after.
+        seed: seed of the random inputs used to measure the output change.
+
+    Returns:
+        ``(model, report)``: the report holds each step's report, the output change on seeded random inputs,
+        and ``accuracy`` {"before", "after", "n"} when ``val`` has labels.
+
+    Raises:
+        InputError: no technique requested, or a bad option value.
+    """
+    if sparsity is not None and sparsity != "2:4":
+        raise InputError(f"unsupported sparsity pattern '{sparsity}' (only 2:4)")
+    steps = []
+    if channels is not None:
+        steps.append(("channels", lambda m: prune_channels(m, channels, multiple_of=channel_multiple)))
+    if low_rank_energy is not None or rank_ratio is not None:
+        steps.append(("low_rank", lambda m: low_rank(m, low_rank_energy or 0.9, ratio=rank_ratio,
+                                                     spatial=low_rank_spatial)))
+    if prune is not None or prune_std is not None:
+        steps.append(("prune", lambda m: prune_magnitude(m, prune or 0.0, scope=prune_scope, std_q=prune_std)))
+    if sparsity is not None:
+        steps.append(("sparsity", sparsify_2_4))
+    if share is not None:
+        steps.append(("share", lambda m: share_weights(m, conv_bits=share[0], fc_bits=share[1])))
+    if not steps:
+        raise InputError("nothing to do: give --sparsity 2:4, --prune, --channels, --low-rank or --share")
+    out, reports = model, {}
+    for name, fn in steps:
+        out, reports[name] = fn(out)
+    report = {"steps": [s for s, _ in steps], "reports": reports,
+              "params_before": _params(model), "params_after": _params(out),
+              "nonzero_before": _nonzero(model), "nonzero_after": _nonzero(out),
+              "macs_before": count_macs(model), "macs_after": count_macs(out)}
+    try:
+        feeds = random_feeds(model, seed=seed)[0]
+        report["output_change"] = compare_outputs(run_model(model, feeds), run_model(out, feeds))
+    except InputError:
+        report["output_change"] = None  # dynamic input shapes: no random check
+    if val is not None:
+        report["accuracy"] = {"before": top1(model, val), "after": top1(out, val)}
+    return out, report
+
+
+def _params(model: ModelProto) -> int:
+    return int(sum(np.prod(t.dims, dtype=np.int64) for t in model.graph.initializer))
+
+
+def _nonzero(model: ModelProto) -> int:
+    from onnx import numpy_helper
+
+    return int(sum(np.count_nonzero(numpy_helper.to_array(t)) for t in model.graph.initializer))
+
+
+def top1(model: ModelProto, reader) -> Optional[float]:
+    """Top-1 accuracy (argmax over the last axis of the first output) on a reader with ``labels``; None without."""
+    labels = getattr(reader, "labels", None)
+    if labels is None:
+        return None
+    session = make_session(model)
+    preds = []
+    for feeds in reader:
+        out = next(iter(run_model(model, feeds, session=session).values()))
+        preds.append(np.asarray(out).reshape(-1, out.shape[-1]).argmax(axis=-1))
+    preds = np.concatenate(preds) if preds else np.zeros(0, np.int64)
+    labels = np.asarray(labels).ravel()[: preds.size]
+    return float(np.mean(preds == labels)) if preds.size else None

@@ -1,0 +1,404 @@
+"""Channel (filter) pruning by L1 norm (Li et al. 2017) that shrinks every consumer of the pruned channels.
+
+The pass tracks, for every tensor whose axis 1 carries channels, a *layout*: the list of channel groups it is made
+of (one group per producing Conv / Gemm / MatMul; a Concat along channels joins layouts end to end). Element-wise
+ops that combine two such tensors (the Add of a residual block) unite their groups, so both branches keep the same
+channels. Any use the pass does not understand (a graph output, a Reshape it cannot rewrite, a grouped conv, a
+Split...) freezes the groups that reach it. Each free group then keeps the channels with the largest summed L1
+norm of its producers' filters, and every producer, BatchNorm, depthwise conv, bias, broadcast constant and
+consumer weight is sliced to match.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+from onnx import ModelProto
+
+from ..errors import InputError
+from ..model import infer_shapes, tensor_shape
+from ._layers import attr, copy_model, get_array, initializers, reinfer, set_array, set_attr, use_counts
+from ._macs import count_macs
+
+UNARY = {"Relu", "LeakyRelu", "Clip", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Elu", "Selu", "Softplus",
+         "Softsign", "Gelu", "Identity", "Dropout", "MaxPool", "AveragePool", "GlobalAveragePool",
+         "GlobalMaxPool", "LpPool", "Abs", "Neg", "Exp", "Sqrt", "Erf", "Resize", "Upsample", "Cast", "Mish",
+         "ThresholdedRelu", "Celu"}
+ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Max", "Min", "Sum", "Pow"}
+
+
+class _Groups:
+    """Union-find over channel groups with a size, the producers' filter norms and a frozen reason."""
+
+    def __init__(self):
+        self.parent: List[int] = []
+        self.size: List[int] = []
+        self.frozen: Dict[int, str] = {}
+        self.scores: Dict[int, np.ndarray] = {}
+        self.producers: Dict[int, List[str]] = {}
+
+    def new(self, size: int, producer: Optional[str] = None, score: Optional[np.ndarray] = None,
+            frozen: Optional[str] = None) -> int:
+        g = len(self.parent)
+        self.parent.append(g)
+        self.size.append(size)
+        self.producers[g] = [producer] if producer else []
+        if score is not None:
+            self.scores[g] = score
+        if frozen:
+            self.frozen[g] = frozen
+        return g
+
+    def find(self, g: int) -> int:
+        while self.parent[g] != g:
+            self.parent[g] = self.parent[self.parent[g]]
+            g = self.parent[g]
+        return g
+
+    def union(self, a: int, b: int) -> None:
+        a, b = self.find(a), self.find(b)
+        if a == b:
+            return
+        self.parent[b] = a
+        if a in self.scores and b in self.scores:
+            self.scores[a] = self.scores[a] + self.scores.pop(b)
+        elif b in self.scores:
+            self.scores[a] = self.scores.pop(b)
+        self.producers[a] += self.producers.pop(b, [])
+        if b in self.frozen:
+            self.frozen.setdefault(a, self.frozen.pop(b))
+
+    def freeze(self, g: int, reason: str) -> None:
+        self.frozen.setdefault(self.find(g), reason)
+
+
+class _Layout:
+    """The channel groups along axis 1 of a tensor: segments of (group, size); ``rep`` > 1 after a Flatten."""
+
+    def __init__(self, segments: List[Tuple[int, int]], rep: int = 1):
+        self.segments = segments
+        self.rep = rep
+
+    @property
+    def channels(self) -> int:
+        return sum(n for _, n in self.segments)
+
+
+def prune_channels(model: ModelProto, ratio: float = 0.3, *, multiple_of: int = 1, min_channels: int = 1,
+                   exclude: Sequence[str] = ()) -> Tuple[ModelProto, dict]:
+    """Remove the output channels with the smallest L1 norm from Conv / Gemm / MatMul layers and shrink consumers.
+
+    Args:
+        model: the ONNX model (not modified); shapes must be inferable.
+        ratio: fraction of each prunable channel group to remove (0 <= ratio < 1).
+        multiple_of: round the kept channel count up to a multiple of this (8 suits tensor cores).
+        min_channels: never keep fewer channels in a group.
+        exclude: producer node names whose channels stay (they freeze their groups).
+
+    Returns:
+        ``(model, report)``: the report lists every channel group (its producers, channels before/after, or the
+        reason it is frozen) and the parameter and MAC totals before and after.
+
+    Raises:
+        InputError: ``ratio`` outside [0, 1).
+    """
+    if not 0.0 <= ratio < 1.0:
+        raise InputError(f"channel pruning ratio must be in [0, 1), got {ratio}")
+    out = infer_shapes(copy_model(model))
+    shapes = {vi.name: tensor_shape(vi) for vi in list(out.graph.value_info) + list(out.graph.input)
+              + list(out.graph.output)}
+    inits = initializers(out)
+    for name, t in inits.items():
+        shapes[name] = list(t.dims)
+    uses = use_counts(out)
+    groups = _Groups()
+    layouts: Dict[str, _Layout] = {}
+    edits: List[tuple] = []   # (kind, initializer or node, axis, tensor whose layout gives the indices)
+
+    def freeze(layout: Optional[_Layout], reason: str) -> None:
+        if layout is not None:
+            for g, _ in layout.segments:
+                groups.freeze(g, reason)
+
+    def own_init(name: str) -> bool:
+        return name in inits and uses.get(name, 0) == 1
+
+    for node in out.graph.node:
+        op = node.op_type
+        ins = [layouts.get(i) if i else None for i in node.input]
+        label = node.name or node.output[0]
+        if node.domain not in ("", "ai.onnx"):
+            for lay in ins:
+                freeze(lay, f"used by custom op {op} '{label}'")
+            continue
+        handled = _visit(node, op, ins, label, shapes, inits, groups, layouts, edits, freeze, own_init, exclude)
+        if not handled:
+            for lay in ins:
+                freeze(lay, f"used by {op} '{label}'")
+    for o in out.graph.output:
+        freeze(layouts.get(o.name), f"graph output '{o.name}'")
+
+    keep: Dict[int, np.ndarray] = {}
+    group_rows = []
+    for g in range(len(groups.parent)):
+        if groups.find(g) != g:
+            continue
+        n = groups.size[g]
+        reason = groups.frozen.get(g)
+        if reason is None and g not in groups.scores:
+            reason = "no producer"
+        if reason is None:
+            k = max(min_channels, int(round(n * (1.0 - ratio))))
+            if multiple_of > 1:
+                k = int(np.ceil(k / multiple_of) * multiple_of)
+            k = min(k, n)
+            order = np.argsort(-groups.scores[g], kind="stable")
+            keep[g] = np.sort(order[:k])
+        if groups.producers.get(g):
+            group_rows.append({"producers": groups.producers[g], "channels": n,
+                               "kept": int(len(keep[g])) if g in keep else n, "frozen": reason})
+
+    def indices(tensor: str) -> np.ndarray:
+        lay = layouts[tensor]
+        parts, off = [], 0
+        for g, n in lay.segments:
+            r = groups.find(g)
+            parts.append(off + (keep[r] if r in keep else np.arange(n)))
+            off += n
+        idx = np.concatenate(parts)
+        if lay.rep > 1:
+            idx = (idx[:, None] * lay.rep + np.arange(lay.rep)[None, :]).ravel()
+        return idx
+
+    params_before = sum(int(np.prod(t.dims)) for t in out.graph.initializer)
+    for kind, target, axis, tensor in edits:
+        idx = indices(tensor)
+        if kind == "group":     # depthwise conv: group count follows the channels
+            set_attr(target, "group", int(len(idx)))
+        elif kind == "reshape":  # flatten-like Reshape: let the feature dim follow
+            shp = get_array(out, target)
+            shp = np.array([axis, -1], dtype=shp.dtype)  # the static batch dim, then the rest
+            set_array(out, target, shp)
+        else:
+            w = get_array(out, target)
+            if w.shape[axis] != len(idx):
+                set_array(out, target, np.take(w, idx, axis=axis))
+    out = reinfer(out)
+    params_after = sum(int(np.prod(t.dims)) for t in out.graph.initializer)
+    report = {"method": "channels", "ratio": ratio, "groups": group_rows,
+              "totals": {"params_before": params_before, "params_after": params_after,
+                         "macs_before": count_macs(model), "macs_after": count_macs(out),
+                         "groups_pruned": sum(1 for r in group_rows if r["frozen"] is None),
+                         "groups_frozen": sum(1 for r in group_rows if r["frozen"] is not None)}}
+    return out, report
+
+
+def _visit(node, op, ins, label, shapes, inits, groups, layouts, edits, freeze, own_init, exclude) -> bool:
+    """Record what ``node`` does to channel layouts; return False when it is a use the pass does not handle."""
+    x = ins[0] if ins else None
+    out0 = node.output[0] if node.output else None
+    rank = len(shapes.get(out0) or []) if out0 else 0
+
+    if op == "Conv" and len(node.input) > 1 and node.input[1] in inits:
+        w = inits[node.input[1]].dims
+        group = attr(node, "group", 1)
+        bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
+        if group > 1:
+            if x is not None and group == w[0] == x.channels and w[1] == 1 and own_init(node.input[1]) \
+                    and (bias is None or own_init(bias)) and x.rep == 1:
+                edits.append(("slice", node.input[1], 0, node.input[0]))  # depthwise: channels pass through
+                if bias:
+                    edits.append(("slice", bias, 0, node.input[0]))
+                edits.append(("group", node, None, node.input[0]))
+                layouts[out0] = x
+                return True
+            return False
+        if x is not None:
+            if x.rep != 1 or not own_init(node.input[1]):
+                return False
+            edits.append(("slice", node.input[1], 1, node.input[0]))
+        _produce(node, label, node.input[1], 0, bias, 0, groups, layouts, edits, inits, own_init, exclude,
+                 "conv")
+        return True
+
+    if op == "Gemm" and len(node.input) > 1 and node.input[1] in inits and not attr(node, "transA", 0):
+        trans_b = attr(node, "transB", 0)
+        if x is not None:
+            if not own_init(node.input[1]):
+                return False
+            edits.append(("slice", node.input[1], 1 if trans_b else 0, node.input[0]))
+        bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
+        _produce(node, label, node.input[1], 0 if trans_b else 1, bias, -1, groups, layouts, edits, inits,
+                 own_init, exclude, "gemm")
+        return True
+
+    if op == "MatMul" and len(node.input) > 1 and node.input[1] in inits and len(inits[node.input[1]].dims) == 2 \
+            and rank == 2:
+        if x is not None:
+            if not own_init(node.input[1]):
+                return False
+            edits.append(("slice", node.input[1], 0, node.input[0]))
+        _produce(node, label, node.input[1], 1, None, -1, groups, layouts, edits, inits, own_init, exclude,
+                 "matmul")
+        return True
+
+    if x is None and all(lay is None for lay in ins):
+        return True  # nothing channel-tracked flows through this node
+
+    if op in UNARY and all(lay is None for lay in ins[1:]):
+        if op in ("MaxPool",) and len(node.output) > 1 and node.output[1]:
+            return False
+        if op == "Resize" and len(node.input) > 3 and node.input[3]:
+            return False  # explicit output sizes name the channel count
+        if x.rep != 1 and op not in ("Relu", "Identity", "Dropout", "Sigmoid", "Tanh", "LeakyRelu", "Clip"):
+            return False
+        layouts[out0] = x
+        return True
+
+    if op in ("BatchNormalization", "InstanceNormalization") and x is not None and x.rep == 1:
+        params = [i for i in node.input[1:] if i]
+        if not all(own_init(p) for p in params):
+            return False
+        for p in params:
+            edits.append(("slice", p, 0, node.input[0]))
+        layouts[out0] = x
+        return True
+
+    if op == "PRelu" and x is not None and x.rep == 1 and ins[1] is None:
+        return _broadcast_const(node, node.input[1], x, node.input[0], shapes, inits, edits, own_init) \
+            and _set(layouts, out0, x)
+
+    if op == "Pad" and x is not None and x.rep == 1:
+        pads = node.input[1] if len(node.input) > 1 else None
+        pads_v = get_pad(node, pads, inits)
+        if pads_v is None or len(pads_v) < 4:
+            return False
+        r = len(pads_v) // 2
+        if pads_v[1] != 0 or pads_v[r + 1] != 0:
+            return False
+        layouts[out0] = x
+        return True
+
+    if op in ELEMENTWISE:
+        tracked = [(i, lay) for i, lay in enumerate(ins) if lay is not None]
+        base = tracked[0][1]
+        if base.rep != 1:
+            return False
+        for _, lay in tracked[1:]:
+            if not _unite(base, lay, groups):
+                return False
+        for i, name in enumerate(node.input):
+            if ins[i] is not None or not name:
+                continue
+            if name in inits:
+                if not _broadcast_const(node, name, base, node.input[tracked[0][0]], shapes, inits, edits,
+                                        own_init):
+                    return False
+            else:
+                shp = shapes.get(name)
+                if shp is None:
+                    return False
+                pos = len(shp) - (rank - 1)
+                if 0 <= pos < len(shp) and shp[pos] != 1:
+                    return False
+        layouts[out0] = base
+        return True
+
+    if op == "Concat" and rank > 1 and attr(node, "axis", 0) in (1, 1 - rank):
+        if any(lay is not None and lay.rep != 1 for lay in ins):
+            return False
+        segs = []
+        for name, lay in zip(node.input, ins):
+            if lay is None:
+                shp = shapes.get(name)
+                if not shp or len(shp) < 2 or not isinstance(shp[1], int):
+                    return False
+                lay = _Layout([(groups.new(shp[1], frozen="concatenated with an untracked tensor"), shp[1])])
+            segs += lay.segments
+        layouts[out0] = _Layout(segs)
+        return True
+
+    if op in ("Flatten", "Reshape") and x is not None:
+        in_shape, out_shape = shapes.get(node.input[0]), shapes.get(out0)
+        if not in_shape or not out_shape or len(out_shape) != 2 or len(in_shape) < 2 \
+                or any(not isinstance(d, int) for d in in_shape):
+            return False
+        if op == "Flatten" and attr(node, "axis", 1) != 1:
+            return False
+        if op == "Reshape":
+            if not own_init(node.input[1]) or out_shape[0] != in_shape[0]:
+                return False
+            edits.append(("reshape", node.input[1], int(in_shape[0]), node.input[0]))
+        layouts[out0] = _Layout(x.segments, x.rep * int(np.prod(in_shape[2:], dtype=np.int64)))
+        return True
+    return False
+
+
+def _set(layouts, name, layout) -> bool:
+    layouts[name] = layout
+    return True
+
+
+def get_pad(node, pads_name, inits) -> Optional[List[int]]:
+    """The pads of a Pad node (attribute before opset 11, input after); None when not constant."""
+    p = attr(node, "pads")
+    if p is not None:
+        return list(p)
+    if pads_name and pads_name in inits:
+        from onnx import numpy_helper
+
+        return [int(v) for v in numpy_helper.to_array(inits[pads_name])]
+    return None
+
+
+def _produce(node, label, weight, axis, bias, bias_axis, groups, layouts, edits, inits, own_init, exclude, kind):
+    """Start a new channel group for a producer's output (frozen when its weights cannot be sliced)."""
+    w = np.abs(np.asarray(_array(inits[weight]), dtype=np.float64))
+    n = w.shape[axis]
+    score = np.moveaxis(w, axis, 0).reshape(n, -1).sum(axis=1)
+    frozen = None
+    if not own_init(weight):
+        frozen = f"weight '{weight}' is shared"
+    elif bias is not None and not own_init(bias):
+        frozen = f"bias '{bias}' is not a private initializer"
+    elif bias is not None and inits[bias].dims and inits[bias].dims[-1] not in (1, n):
+        frozen = f"bias '{bias}' does not broadcast per channel"
+    elif label in exclude:
+        frozen = "excluded"
+    g = groups.new(n, producer=label, score=score, frozen=frozen)
+    out0 = node.output[0]
+    layouts[out0] = _Layout([(g, n)])
+    if frozen is None:
+        edits.append(("slice", weight, axis, out0))
+        if bias is not None and inits[bias].dims and inits[bias].dims[-1] == n:
+            edits.append(("slice", bias, bias_axis if bias_axis >= 0 else len(inits[bias].dims) - 1, out0))
+
+
+def _array(t):
+    from onnx import numpy_helper
+
+    return numpy_helper.to_array(t)
+
+
+def _unite(a: _Layout, b: _Layout, groups: _Groups) -> bool:
+    """Unite two layouts segment by segment (same structure needed); False when they cannot be matched."""
+    if a.rep != b.rep or [n for _, n in a.segments] != [n for _, n in b.segments]:
+        return False
+    for (ga, _), (gb, _) in zip(a.segments, b.segments):
+        groups.union(ga, gb)
+    return True
+
+
+def _broadcast_const(node, name, layout, tensor, shapes, inits, edits, own_init) -> bool:
+    """Slice a constant that broadcasts against a channel tensor; True when that is possible (or not needed)."""
+    shp = list(inits[name].dims)
+    rank = len(shapes.get(tensor) or [])
+    if rank < 2:
+        return False
+    pos = len(shp) - (rank - 1)  # the constant's dim aligned with axis 1 of the tensor
+    if pos < 0 or pos >= len(shp) or shp[pos] == 1:
+        return True
+    if shp[pos] != layout.channels or not own_init(name):
+        return False
+    edits.append(("slice", name, pos, tensor))
+    return True
