@@ -1,0 +1,152 @@
+"""Device-side probe: what this machine is and what it can run. Prints one JSON object on stdout.
+
+Sent over SSH and run as ``python3 - [DIR]`` (standard library only, Python 3.6+). It reports raw facts;
+the host interprets them (edgesqueeze.deploy.probe). DIR is the folder whose free disk space matters.
+"""
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import subprocess
+import sys
+
+TRTEXEC_PATHS = ("/usr/src/tensorrt/bin/trtexec", "/usr/local/tensorrt/bin/trtexec", "/opt/tensorrt/bin/trtexec")
+NVCC_PATHS = ("/usr/local/cuda/bin/nvcc",)
+
+
+def read(path, limit=4096):
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(limit).decode("utf-8", "replace")
+    except (IOError, OSError):
+        return None
+
+
+def run(args, timeout=10):
+    try:
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        out, _ = proc.communicate(timeout=timeout)
+        return out.decode("utf-8", "replace")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def which(name, extra=()):
+    for path in extra:
+        if os.access(path, os.X_OK):
+            return path
+    return shutil.which(name)
+
+
+def module_version(name):
+    try:
+        import importlib
+        mod = importlib.import_module(name)
+        return str(getattr(mod, "__version__", "unknown"))
+    except Exception:  # noqa: BLE001 - a broken install is "absent" here
+        return None
+
+
+def dpkg_version(packages):
+    for pkg in packages:
+        out = run(["dpkg-query", "-W", "-f=${Version}", pkg], timeout=10)
+        if out and re.match(r"^\d", out.strip()):
+            return pkg, out.strip()
+    return None, None
+
+
+def tensorrt_from_header():
+    for folder in ("/usr/include/aarch64-linux-gnu", "/usr/include/x86_64-linux-gnu", "/usr/include",
+                   "/usr/local/tensorrt/include"):
+        text = read(os.path.join(folder, "NvInferVersion.h"), 1 << 16)
+        if text:
+            parts = []
+            for key in ("MAJOR", "MINOR", "PATCH"):
+                m = re.search(r"#define\s+(?:NV_)?TENSORRT_%s\s+(\d+)" % key, text)
+                if m:
+                    parts.append(m.group(1))
+            if len(parts) == 3:
+                return ".".join(parts)
+    return None
+
+
+def cuda_version():
+    text = read("/usr/local/cuda/version.json", 1 << 16)
+    if text:
+        try:
+            return json.loads(text)["cuda"]["version"]
+        except (ValueError, KeyError, TypeError):
+            pass
+    text = read("/usr/local/cuda/version.txt")
+    if text:
+        m = re.search(r"(\d+\.\d+(?:\.\d+)?)", text)
+        if m:
+            return m.group(1)
+    return None
+
+
+def free_bytes(folder):
+    path = os.path.abspath(os.path.expanduser(folder or "."))
+    while path and not os.path.exists(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    try:
+        st = os.statvfs(path)
+        return st.f_bavail * st.f_frsize
+    except OSError:
+        return None
+
+
+def main():
+    folder = sys.argv[1] if len(sys.argv) > 1 else "."
+    trtexec = which("trtexec", TRTEXEC_PATHS)
+    nvcc = which("nvcc", NVCC_PATHS)
+    trt_pkg, trt_dpkg = dpkg_version(("libnvinfer-bin", "libnvinfer10", "libnvinfer8", "tensorrt"))
+    trtexec_version = None
+    if trtexec:
+        out = run([trtexec, "--help"], timeout=20) or ""
+        m = re.search(r"TensorRT v(\d+)", out)
+        trtexec_version = m.group(1) if m else None
+    nvcc_version = None
+    if nvcc:
+        m = re.search(r"release (\d+\.\d+)", run([nvcc, "--version"]) or "")
+        nvcc_version = m.group(1) if m else None
+    compatible = read("/proc/device-tree/compatible")
+    model = read("/proc/device-tree/model")
+    info = {
+        "hostname": socket.gethostname(),
+        "arch": platform.machine(),
+        "kernel": platform.release(),
+        "os": (read("/etc/os-release") or "").strip(),
+        "python": platform.python_version(),
+        "python_executable": sys.executable,
+        "nv_tegra_release": (read("/etc/nv_tegra_release") or "").strip() or None,
+        "device_tree_model": model.strip("\x00 \n") if model else None,
+        "device_tree_compatible": [c for c in compatible.split("\x00") if c] if compatible else [],
+        "trtexec": trtexec,
+        "trtexec_version_tag": trtexec_version,
+        "tensorrt_dpkg": trt_dpkg,
+        "tensorrt_dpkg_package": trt_pkg,
+        "tensorrt_header": tensorrt_from_header(),
+        "tensorrt_python": module_version("tensorrt"),
+        "pycuda": module_version("pycuda"),
+        "onnxruntime": module_version("onnxruntime"),
+        "numpy": module_version("numpy"),
+        "cuda": cuda_version(),
+        "nvcc": nvcc,
+        "nvcc_version": nvcc_version,
+        "cmake": which("cmake"),
+        "tegrastats": which("tegrastats", ("/usr/bin/tegrastats",)),
+        "free_bytes": free_bytes(folder),
+        "cpu_count": os.cpu_count(),
+        "home": os.path.expanduser("~"),
+    }
+    sys.stdout.write(json.dumps(info, sort_keys=True) + "\n")
+
+
+if __name__ == "__main__":
+    main()

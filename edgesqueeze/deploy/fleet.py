@@ -1,0 +1,180 @@
+"""Fleet runs: the same bundle benchmarked on several devices in parallel, merged into one comparison report.
+
+``fleet.toml``::
+
+    [[device]]
+    name = "tx2-lab"                 # the label in reports (required, unique)
+    host = "nvidia@10.0.0.12"        # user@host[:port] or an ssh config alias (required)
+    target = "tx2"                   # the device's profile (checked against the probe and the bundle)
+    port = 22                        # optional, overrides a port in host
+    user = "nvidia"                  # optional, when host has no user@
+    identity = "~/.ssh/jetson_ed25519"
+    remote_dir = "edgesqueeze/digits"  # optional
+    python = "python3"               # optional
+    bundle = "bundles/tx2"           # optional: a bundle for this device instead of the shared one
+"""
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from ..errors import EdgeSqueezeError, InputError
+from ..fileio import write_json_atomic, write_text_atomic
+from .remote import BenchInterrupted, markdown_summary, remote_bench, render_report
+
+DEVICE_KEYS = {"name", "host", "target", "port", "user", "identity", "remote_dir", "python", "bundle", "force"}
+
+
+def _load_toml(path: Path) -> dict:
+    try:
+        import tomllib  # Python 3.11+
+    except ImportError:  # pragma: no cover - older Pythons
+        from .._lazy import require
+
+        tomllib = require("tomli", "reading fleet.toml on Python < 3.11")
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except OSError as exc:
+        raise InputError(f"cannot read the fleet file: {exc.strerror}", path=str(path)) from exc
+    except ValueError as exc:  # tomllib.TOMLDecodeError is a ValueError
+        raise InputError(f"not valid TOML: {exc}", path=str(path)) from exc
+
+
+def read_fleet(path) -> List[dict]:
+    """Read and check ``fleet.toml``; return one dict per device (keys as in the module docstring).
+
+    Raises:
+        InputError: unreadable TOML, no devices, a device without name or host, a duplicate name, an unknown
+            key, or an unknown target profile.
+    """
+    path = Path(path)
+    data = _load_toml(path)
+    devices = data.get("device", data.get("devices"))
+    if isinstance(devices, dict):  # [devices.NAME] tables
+        devices = [dict(v, name=v.get("name", k)) for k, v in devices.items()]
+    if not devices or not isinstance(devices, list):
+        raise InputError("no devices: add [[device]] tables with name and host", path=str(path))
+    from ..devices import profile_names
+
+    known = set(profile_names())
+    seen = set()
+    out = []
+    for i, dev in enumerate(devices):
+        where = f"device #{i + 1}"
+        if not isinstance(dev, dict):
+            raise InputError(f"{where} is not a table", path=str(path))
+        unknown = sorted(set(dev) - DEVICE_KEYS)
+        if unknown:
+            raise InputError(f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(DEVICE_KEYS))})",
+                             path=str(path))
+        for key in ("name", "host"):
+            if not dev.get(key):
+                raise InputError(f"{where}: '{key}' is required", path=str(path))
+        if dev["name"] in seen:
+            raise InputError(f"{where}: duplicate name '{dev['name']}'", path=str(path))
+        seen.add(dev["name"])
+        if dev.get("target") and dev["target"] not in known:
+            raise InputError(f"{where} ({dev['name']}): unknown target '{dev['target']}' "
+                             f"(see 'edgesqueeze devices')", path=str(path))
+        d = dict(dev)
+        host = str(d["host"])
+        if d.get("user") and "@" not in host:
+            host = f"{d['user']}@{host}"
+        d["device"] = host
+        for key in ("identity", "bundle"):
+            if d.get(key):
+                p = Path(os.path.expanduser(str(d[key])))
+                d[key] = str(p if p.is_absolute() else (path.parent / p))
+        out.append(d)
+    return out
+
+
+def fleet_bench(bundle_dir, fleet_toml, *, out_dir=None, max_parallel: Optional[int] = None,
+                cancel: Optional[threading.Event] = None, **opts) -> List[dict]:
+    """Run :func:`remote_bench` on every device of ``fleet_toml`` in parallel; merge the results.
+
+    Args:
+        bundle_dir: the bundle every device runs (a device's ``bundle`` key overrides it).
+        fleet_toml: path of the fleet file (see the module docstring).
+        out_dir: writes ``<name>/results.json`` per device, ``fleet.json`` and the merged comparison report.
+        max_parallel: devices at once (default: all).
+        cancel: an event that stops every remote run (Ctrl-C sets it too).
+        **opts: remote_bench options (iterations, warmup, backend, timeout, force, known_hosts, ...).
+
+    Returns:
+        One results dict per device, in fleet order. A device that failed gets a results dict with
+        ``"partial": true``, no runs and ``"error"`` ({"message", "exit_code"}), so one bad board does not
+        hide the others.
+
+    Raises:
+        InputError: a bad fleet file. BenchInterrupted: Ctrl-C (every remote run is stopped first).
+    """
+    devices = read_fleet(fleet_toml)
+    cancel = cancel or threading.Event()
+    results: Dict[str, dict] = {}
+
+    def one(dev: dict) -> dict:
+        kw = dict(opts)
+        for key in ("identity", "remote_dir", "python", "port"):
+            if dev.get(key) is not None:
+                kw[key] = dev[key]
+        if dev.get("force") is not None:
+            kw["force"] = bool(dev["force"])
+        dev_out = Path(out_dir) / dev["name"] if out_dir is not None else None
+        try:
+            return remote_bench(dev.get("bundle") or bundle_dir, dev["device"], label=dev["name"], cancel=cancel,
+                                out_dir=dev_out, **kw)
+        except BenchInterrupted as exc:
+            return exc.results or _failed(dev, "interrupted", 130)
+        except EdgeSqueezeError as exc:
+            return _failed(dev, exc.one_line(), exc.exit_code)
+
+    workers = max(1, min(max_parallel or len(devices), len(devices)))
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fleet")
+    futures = {dev["name"]: pool.submit(one, dev) for dev in devices}
+    try:
+        for name, fut in futures.items():
+            results[name] = fut.result()
+    except KeyboardInterrupt:
+        cancel.set()
+        for name, fut in futures.items():
+            results[name] = fut.result()
+        pool.shutdown(wait=True)
+        raise BenchInterrupted(_merge(devices, results, out_dir), str(out_dir) if out_dir else None) from None
+    pool.shutdown(wait=True)
+    return _merge(devices, results, out_dir)
+
+
+def _failed(dev: dict, message: str, code: int) -> dict:
+    return {"schema": "edgesqueeze.bench/1", "model": {}, "backend": {"name": None, "version": None,
+                                                                      "precision": None},
+            "device": {"profile": dev.get("target"), "label": dev["name"], "address": dev["device"]},
+            "runs": [], "warnings": [], "partial": True, "error": {"message": message, "exit_code": code}}
+
+
+def _merge(devices: List[dict], results: Dict[str, dict], out_dir) -> List[dict]:
+    merged = []
+    for dev in devices:
+        r = results[dev["name"]]
+        d = r.setdefault("device", {})
+        d.setdefault("label", dev["name"])
+        if dev.get("target"):
+            d["fleet_target"] = dev["target"]
+        merged.append(r)
+    if out_dir is not None:
+        out = Path(out_dir)
+        summary = [{"name": dev["name"], "device": dev["device"], "target": dev.get("target"),
+                    "status": "error" if r.get("error") else ("partial" if r.get("partial") else "ok"),
+                    "error": (r.get("error") or {}).get("message"),
+                    "results": f"{dev['name']}/results.json" if (out / dev["name"] / "results.json").exists()
+                    else None} for dev, r in zip(devices, merged)]
+        write_json_atomic(out / "fleet.json", {"devices": summary})
+        write_text_atomic(out / "fleet.md", markdown_summary(merged))
+        ok = [r for r in merged if r.get("runs")]
+        if ok:
+            render_report(ok, out)
+    return merged

@@ -1,0 +1,203 @@
+"""Bundle upload: send only the files whose sha256 differs, resume interrupted uploads, verify on the device.
+
+Each file travels to ``<name>.part`` by appending (``cat >>``); a later deploy that finds a ``.part`` whose
+bytes are a prefix of the local file continues from there instead of starting over. A ``.part`` is renamed
+onto its final name only after the device has hashed it, and at the end every file of the bundle is hashed
+on the device again.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shlex
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+from ..errors import DeviceError, InputError, VerificationError
+from ..fileio import sha256_file
+
+RUNNER_IN_BUNDLE = "run_on_device.py"
+RUNNER_FALLBACK = ".edgesqueeze/run_on_device.py"
+
+
+@dataclass(frozen=True)
+class BundleFile:
+    """One file to put on the device: where it is here, where it goes there (relative), its hash and size."""
+
+    rel: str
+    local: Path
+    sha256: str
+    size: int
+
+
+def _script(name: str) -> bytes:
+    return resources.files(__package__).joinpath(name).read_bytes()
+
+
+def runner_source() -> bytes:
+    """The on-device runner's source (``device_runner.py``)."""
+    return _script("device_runner.py")
+
+
+def read_local_bundle(bundle_dir) -> tuple:
+    """Check a bundle here (schema and every sha256) and list what the device needs.
+
+    Returns:
+        (manifest, files): the manifest dict and the :class:`BundleFile` list, manifest.json last. When the
+        bundle carries no ``run_on_device.py``, this edgesqueeze's runner is added as ``.edgesqueeze/``.
+
+    Raises:
+        InputError: not a bundle folder, or an unreadable manifest.
+        VerificationError: a file is missing or differs from its manifest hash.
+    """
+    root = Path(bundle_dir)
+    mpath = root / "manifest.json"
+    if not mpath.is_file():
+        raise InputError("not a bundle folder (no manifest.json)", path=str(root),
+                         hint="make one with 'edgesqueeze build model.onnx --target T -o bundle/'")
+    try:
+        from ..bundle import verify_bundle  # helper F's checker, when installed
+    except ImportError:
+        verify_bundle = None
+    if verify_bundle is not None:
+        manifest = verify_bundle(root)
+    else:
+        manifest = _verify_here(root, mpath)
+    files = []
+    for rel, entry in sorted(manifest.get("files", {}).items()):
+        _check_rel(rel, mpath)
+        files.append(BundleFile(rel, root / rel, entry["sha256"], int(entry.get("size", (root / rel).stat().st_size))))
+    if RUNNER_IN_BUNDLE not in manifest.get("files", {}):
+        src = Path(__file__).with_name("device_runner.py")
+        data = runner_source()
+        files.append(BundleFile(RUNNER_FALLBACK, src, hashlib.sha256(data).hexdigest(), len(data)))
+    files.append(BundleFile("manifest.json", mpath, sha256_file(mpath), mpath.stat().st_size))
+    return manifest, files
+
+
+def _verify_here(root: Path, mpath: Path) -> dict:
+    try:
+        manifest = json.loads(mpath.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"unreadable manifest: {exc}", path=str(mpath)) from exc
+    if not str(manifest.get("schema", "")).startswith("edgesqueeze.bundle/"):
+        raise InputError("not an edgesqueeze bundle manifest (schema)", path=str(mpath))
+    for rel, entry in sorted(manifest.get("files", {}).items()):
+        path = root / rel
+        if not path.is_file():
+            raise VerificationError("a bundle file is missing", path=str(path))
+        if sha256_file(path) != entry.get("sha256"):
+            raise VerificationError("a bundle file does not match its sha256 in manifest.json", path=str(path))
+    return manifest
+
+
+def _check_rel(rel: str, mpath: Path) -> None:
+    parts = Path(rel).parts
+    if Path(rel).is_absolute() or ".." in parts or rel.endswith(".part"):
+        raise InputError(f"manifest lists a file outside the bundle: {rel}", path=str(mpath))
+
+
+def _prefix_sha256(path: Path, size: int) -> str:
+    h = hashlib.sha256()
+    left = size
+    with open(path, "rb") as fh:
+        while left > 0:
+            block = fh.read(min(1 << 20, left))
+            if not block:
+                break
+            h.update(block)
+            left -= len(block)
+    return h.hexdigest()
+
+
+def remote_files(transport, python: str, mode: str, remote_dir: str, arg, timeout: float) -> dict:
+    """Run the device-side file helper (``remote_files.py``) in ``mode`` and return its JSON answer."""
+    cmd = f"{shlex.quote(python)} - {mode} {shlex.quote(remote_dir)} {shlex.quote(json.dumps(arg, sort_keys=True))}"
+    res = transport.run(cmd, input=_script("remote_files.py"), timeout=timeout, check=False,
+                        what=f"remote file {mode}")
+    if res.returncode != 0:
+        raise DeviceError(f"remote file {mode} failed on {transport.address} (exit {res.returncode}): "
+                          f"{' '.join(res.stderr.strip().splitlines()[-2:])}")
+    return json.loads(res.text.strip().splitlines()[-1])
+
+
+def sync_files(transport, files: List[BundleFile], remote_dir: str, *, python: str = "python3",
+               timeout: float = 600, progress: Optional[Callable[[int], None]] = None) -> dict:
+    """Make ``remote_dir`` on the device hold exactly ``files`` (by sha256), sending as little as possible.
+
+    Args:
+        transport: an :class:`~edgesqueeze.deploy.ssh.SshTransport`.
+        files: what must be there (:func:`read_local_bundle`).
+        remote_dir: the bundle folder on the device (relative paths are under the login's home).
+        python: the device's Python 3 (runs the small hashing helper).
+        timeout: seconds for each remote step (each file's upload included).
+        progress: called with the number of bytes after each chunk sent (may raise to interrupt).
+
+    Returns:
+        {"uploaded": [rel], "resumed": {rel: offset}, "unchanged": [rel], "bytes_sent": N, "bytes_total": N,
+         "verified": N}
+
+    Raises:
+        VerificationError: a file does not hash to its manifest value on the device after upload.
+        DeviceError: the connection or a remote step failed or timed out.
+    """
+    state = remote_files(transport, python, "state", remote_dir, [f.rel for f in files], timeout)
+    todo, unchanged, resumed, stale = [], [], {}, []
+    for f in files:
+        st = state.get(f.rel) or {}
+        if st.get("sha256") == f.sha256:
+            unchanged.append(f.rel)
+            continue
+        offset = 0
+        part = st.get("part_size")
+        if part is not None:
+            if part <= f.size and _prefix_sha256(f.local, part) == st.get("part_sha256"):
+                offset = part
+                if part > 0:
+                    resumed[f.rel] = part
+            else:
+                stale.append(f.rel)
+        todo.append((f, offset))
+    if stale:
+        paths = " ".join(shlex.quote(f"{remote_dir}/{rel}.part") for rel in stale)
+        transport.run(f"rm -f {paths}", timeout=timeout, what="removing stale partial uploads")
+    sent = 0
+    for f, offset in todo:
+        if offset < f.size:
+            sent += transport.stream_upload(str(f.local), f"{remote_dir}/{f.rel}.part", offset, timeout=timeout,
+                                            progress=progress)
+        elif offset == 0:  # an empty file: create its .part
+            transport.run(f"mkdir -p {shlex.quote(os.path.dirname(f'{remote_dir}/{f.rel}'))} && "
+                          f": > {shlex.quote(f'{remote_dir}/{f.rel}.part')}", timeout=timeout, what="upload")
+    if todo:
+        committed = remote_files(transport, python, "commit", remote_dir, {f.rel: f.sha256 for f, _ in todo}, timeout)
+        bad = {rel: st for rel, st in committed.items() if st != "ok"}
+        if bad:
+            raise VerificationError("uploaded files do not match their sha256 on the device: " +
+                                    ", ".join(f"{rel} ({st.split(':')[0]})" for rel, st in sorted(bad.items())),
+                                    path=f"{transport.address}:{remote_dir}", hint="run deploy again")
+    verified = verify_remote(transport, files, remote_dir, python=python, timeout=timeout)
+    return {"uploaded": [f.rel for f, _ in todo], "resumed": resumed, "unchanged": unchanged, "bytes_sent": sent,
+            "bytes_total": sum(f.size for f in files), "verified": verified}
+
+
+def verify_remote(transport, files: List[BundleFile], remote_dir: str, *, python: str = "python3",
+                  timeout: float = 600) -> int:
+    """Hash every file on the device; return how many were checked.
+
+    Raises:
+        VerificationError: naming each file that is missing or differs on the device.
+    """
+    result: Dict[str, str] = remote_files(transport, python, "verify", remote_dir,
+                                          {f.rel: f.sha256 for f in files}, timeout)
+    bad = {rel: st for rel, st in result.items() if st != "ok"}
+    if bad:
+        raise VerificationError("files on the device do not match the bundle: " +
+                                ", ".join(f"{rel} ({'missing' if st == 'missing' else 'sha256 differs'})"
+                                          for rel, st in sorted(bad.items())),
+                                path=f"{transport.address}:{remote_dir}",
+                                hint="run 'edgesqueeze deploy' again to repair them")
+    return len(result)
