@@ -1,0 +1,103 @@
+"""Reproducible ``.tar.gz`` archives of a bundle folder, and safe extraction.
+
+The archive is byte-identical across runs: entries sorted, one fixed mtime,
+uid/gid 0 with empty owner names, modes normalised (0755 for directories and
+executables, 0644 otherwise), and a gzip header with mtime 0 and no file name.
+"""
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import tarfile
+from pathlib import Path
+from typing import List
+
+from ..errors import InputError
+from ..fileio import PathLike, write_bytes_atomic
+from .manifest import list_files, MANIFEST
+
+# 1980-01-01T00:00:00Z: a fixed date that every archive tool accepts (zip's epoch)
+FIXED_MTIME = 315532800
+
+
+def _tarinfo(name: str, *, size: int = 0, directory: bool = False, executable: bool = False) -> tarfile.TarInfo:
+    ti = tarfile.TarInfo(name)
+    ti.mtime = FIXED_MTIME
+    ti.uid = ti.gid = 0
+    ti.uname = ti.gname = ""
+    if directory:
+        ti.type = tarfile.DIRTYPE
+        ti.mode = 0o755
+    else:
+        ti.size = size
+        ti.mode = 0o755 if executable else 0o644
+    return ti
+
+
+def archive_bytes(bundle_dir: PathLike, root_name: str | None = None) -> bytes:
+    """Return the deterministic ``.tar.gz`` bytes of ``bundle_dir`` (files under ``root_name/``).
+
+    Device outputs (``engines/`` and the like) are left out, exactly as the manifest leaves them out.
+    """
+    bundle_dir = Path(bundle_dir)
+    root_name = root_name or bundle_dir.resolve().name
+    files = sorted(list_files(bundle_dir) + [MANIFEST])
+    dirs = sorted({str(Path(root_name, *Path(f).parts[:i])) for f in files for i in range(len(Path(f).parts))})
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        entries: List[tuple] = [(d, None) for d in dirs] + [(f"{root_name}/{f}", bundle_dir / f) for f in files]
+        for name, path in sorted(entries, key=lambda e: e[0]):
+            if path is None:
+                tar.addfile(_tarinfo(name, directory=True))
+                continue
+            data = path.read_bytes()
+            tar.addfile(_tarinfo(name, size=len(data), executable=os.access(path, os.X_OK)), io.BytesIO(data))
+    out = io.BytesIO()
+    with gzip.GzipFile(filename="", mode="wb", fileobj=out, mtime=0, compresslevel=9) as gz:
+        gz.write(raw.getvalue())
+    return out.getvalue()
+
+
+def write_archive(bundle_dir: PathLike, archive_path: PathLike) -> Path:
+    """Write the bundle folder as a reproducible ``.tar.gz`` (atomically) and return its path."""
+    archive_path = Path(archive_path)
+    root = archive_path.name
+    for suffix in (".tar.gz", ".tgz"):
+        if root.endswith(suffix):
+            root = root[: -len(suffix)]
+    write_bytes_atomic(archive_path, archive_bytes(bundle_dir, root_name=root or None))
+    return archive_path
+
+
+def extract_archive(archive_path: PathLike, dest: PathLike) -> Path:
+    """Extract a bundle archive into ``dest`` and return the bundle folder inside it.
+
+    Refuses entries with absolute paths, ``..``, links or device files (a bundle has none).
+
+    Raises:
+        InputError: not a readable tar.gz, an unsafe entry, or no manifest.json inside.
+    """
+    archive_path, dest = Path(archive_path), Path(dest)
+    try:
+        with tarfile.open(archive_path, mode="r:*") as tar:
+            members = tar.getmembers()
+            for m in members:
+                p = Path(m.name)
+                if p.is_absolute() or ".." in p.parts or not (m.isfile() or m.isdir()):
+                    raise InputError(f"unsafe archive entry '{m.name}'", path=str(archive_path))
+            for m in members:
+                target = dest / m.name
+                if m.isdir():
+                    target.mkdir(parents=True, exist_ok=True)
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                src = tar.extractfile(m)
+                target.write_bytes(src.read() if src else b"")
+                target.chmod(0o755 if m.mode & 0o111 else 0o644)
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise InputError(f"cannot read the bundle archive: {exc}", path=str(archive_path)) from exc
+    manifests = sorted(dest.glob(f"*/{MANIFEST}")) or sorted(dest.glob(MANIFEST))
+    if not manifests:
+        raise InputError("the archive holds no manifest.json: not a bundle", path=str(archive_path))
+    return manifests[0].parent

@@ -1,0 +1,137 @@
+"""Put a bundle together from the pipeline's models: files, TensorRT variants, engine script, manifest."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Dict, Optional, Tuple
+
+import onnx
+
+from ..model import model_bytes
+from .engine_plan import plan_engine
+from .engine_script import ScriptSpec, render_build_engine_sh
+from .writer import BundleWriter, model_relpaths, short_key
+
+RUNNER_NAME = "run_on_device.py"
+SCRIPT_NAME = "build_engine.sh"
+CACHE_NAME = "calib/calibration.cache"
+
+
+def _custom_nodes(models: Dict[str, onnx.ModelProto]) -> bool:
+    try:
+        from ..plugins.dwsep import has_custom_nodes
+    except ImportError:
+        return False
+    return any(has_custom_nodes(m) for m in models.values())
+
+
+def _plugin_sources() -> Optional[Path]:
+    try:
+        from ..plugins.sources import plugin_source_dir
+    except ImportError:
+        return None
+    d = plugin_source_dir()
+    return d if d.is_dir() and any(d.iterdir()) else None
+
+
+def _cmake_args(sm: Optional[int]):
+    try:
+        from ..plugins.sources import cmake_command
+    except ImportError:
+        return ()
+    return cmake_command(str(sm), None, source_dir="plugins", build_dir="plugins/build")[1:]
+
+
+def _device_runner() -> Optional[Path]:
+    p = Path(__file__).resolve().parent.parent / "deploy" / "device_runner.py"
+    return p if p.is_file() else None
+
+
+def assemble_bundle(out_dir, *, profile, precision: str, models: Dict[str, onnx.ModelProto], deploy: str,
+                    source: dict, options: dict, versions: dict, inputs: dict, cache_text: Optional[str] = None,
+                    sparsity: bool = False, dla: bool = False, workspace_mib: int = 1024, force: bool = False,
+                    warn: Callable[[str], None] = lambda m: None) -> Tuple[dict, Optional[dict]]:
+    """Write the bundle folder ``out_dir`` and return ``(manifest, engine script description or None)``.
+
+    Args:
+        profile: the target's DeviceProfile.
+        precision: the resolved precision (fp32, fp16, int8).
+        models: ``{"fp32": ..., "fp16"/"int8_qdq": ...}``; each is written to ``models/model.<kind>.onnx``.
+        deploy: the kind the device runs with onnxruntime (and the manifest's ``models.deploy``).
+        source, options, versions, inputs: manifest sections.
+        cache_text: the TensorRT calibration cache (INT8 on a TensorRT target).
+        sparsity: 2:4 was applied and the target has sparse tensor cores (adds ``--sparsity=enable``).
+        dla: build for a DLA core. workspace_mib: builder workspace. force: replace an old bundle.
+        warn: called with a message for each degraded part (no plugin sources, no device runner).
+
+    Raises:
+        InputError: ``out_dir`` exists and cannot be replaced.
+    """
+    custom = _custom_nodes(models)
+    rel = model_relpaths(models)
+    with BundleWriter(out_dir, force=force) as w:
+        blobs = {kind: model_bytes(m) for kind, m in models.items()}
+        for kind in sorted(models):
+            w.add_bytes(rel[kind], blobs[kind])
+        cache_bytes = cache_text.encode("utf-8") if cache_text else None
+        if cache_bytes:
+            w.add_bytes(CACHE_NAME, cache_bytes)
+
+        script_info = None
+        tensorrt = None
+        if profile.has_tensorrt:
+            plan = plan_engine(profile.tensorrt, precision, fast_fp16=profile.fast_fp16, workspace_mib=workspace_mib)
+            plugin_dir = _plugin_sources() if custom else None
+            if custom and plugin_dir is None:
+                warn("the model has custom nodes but the plugin sources are not available: the engine script "
+                     "uses the functions-inlined model only")
+            if plugin_dir is not None:
+                w.add_tree("plugins", plugin_dir)
+            sources: Dict[Tuple[str, str], Tuple[str, str]] = {}
+            engine_models: Dict[str, str] = {}
+            for kind in [plan.model] + ([plan.alt_model] if plan.alt_model else []):
+                with_cache = (kind == plan.model and plan.uses_calib_cache) or kind == plan.alt_model
+                extra = cache_bytes if with_cache else None
+                if custom:
+                    from ..plugins.dwsep import inline_functions, strip_functions
+
+                    variants = {"inlined": inline_functions(models[kind])}
+                    if plugin_dir is not None:
+                        variants["plugin"] = strip_functions(models[kind])
+                    for variant, m in sorted(variants.items()):
+                        path = f"models/model.{kind}.trt_{variant}.onnx"
+                        data = model_bytes(m)
+                        w.add_bytes(path, data)
+                        engine_models[f"{kind}.{variant}"] = path
+                        key = short_key(data, extra)
+                        sources[(kind, variant if plugin_dir is not None else "plain")] = (path, key)
+                else:
+                    sources[(kind, "plain")] = (rel[kind], short_key(blobs[kind], extra))
+            spec = ScriptSpec(target=profile.name, display_name=profile.display_name, sm=profile.sm,
+                              jetpack=profile.jetpack, trt_tag=profile.trt_version_tag(), plan=plan,
+                              sources=sources, calib_cache=CACHE_NAME if cache_bytes else None,
+                              custom_nodes=custom and plugin_dir is not None, sparsity=sparsity, dla=dla,
+                              workspace_mib=workspace_mib, cmake_args=_cmake_args(profile.sm) if plugin_dir else (),
+                              generator=f"edgesqueeze {versions.get('edgesqueeze', '')}".strip())
+            w.add_text(SCRIPT_NAME, render_build_engine_sh(spec), executable=True)
+            tensorrt = {**plan.to_dict(), "script": SCRIPT_NAME, "calibration_cache": spec.calib_cache,
+                        "engine_models": engine_models, "plugin_sources": "plugins" if plugin_dir else None,
+                        "sparsity": sparsity, "dla": dla, "workspace_mib": int(workspace_mib),
+                        "version_tag": profile.trt_version_tag()}
+            model_used = (sources[(plan.model, "plain")][0] if not spec.custom_nodes else
+                          {v: sources[(plan.model, v)][0] for v in ("plugin", "inlined")})
+            script_info = {"path": SCRIPT_NAME, "model": model_used, "flags": plan.precision_flags,
+                           "workspace_flag": plan.workspace_flag, "trt_version": plan.trt_version,
+                           "strongly_typed": plan.strongly_typed}
+        runner = _device_runner()
+        if runner is not None:
+            w.add_bytes(RUNNER_NAME, runner.read_bytes(), executable=True)
+        else:
+            warn("the on-device runner (edgesqueeze/deploy/device_runner.py) is not available: "
+                 "the bundle has no run_on_device.py")
+        manifest = {
+            "target": profile.to_dict(), "precision": precision, "options": options, "versions": versions,
+            "models": {**rel, "deploy": rel[deploy]}, "inputs": inputs, "source": source,
+            "custom_nodes": custom, "tensorrt": tensorrt,
+        }
+        manifest = w.commit(manifest)
+    return manifest, script_info

@@ -1,0 +1,131 @@
+"""Assemble a bundle folder: models, calibration cache, plugin sources, scripts, manifest.
+
+The folder is built in a staging directory next to the destination and renamed
+into place, so an interrupted build never leaves half a bundle behind.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable, Dict, Optional
+
+import onnx
+
+from ..errors import InputError
+from ..fileio import PathLike, sha256_bytes
+from ..model import model_bytes
+from .manifest import MANIFEST, SCHEMA, hash_files, manifest_bytes
+
+
+class BundleWriter:
+    """Collects the files of a bundle in a staging folder; :meth:`commit` writes the manifest and renames it.
+
+    Args:
+        out_dir: the bundle folder to create.
+        force: replace ``out_dir`` when it already holds a bundle (otherwise it must be absent or empty).
+
+    Raises:
+        InputError: ``out_dir`` exists, is not empty and ``force`` is false; or it is a file.
+    """
+
+    def __init__(self, out_dir: PathLike, *, force: bool = False):
+        self.out_dir = Path(out_dir)
+        if self.out_dir.exists():
+            if not self.out_dir.is_dir():
+                raise InputError("the output exists and is a file, expected a bundle folder", path=str(self.out_dir))
+            if any(self.out_dir.iterdir()):
+                if not (self.out_dir / MANIFEST).is_file():
+                    # never delete a folder that is not a bundle, --force or not
+                    raise InputError("the output folder exists, is not empty and is not a bundle",
+                                     path=str(self.out_dir), hint="choose another -o")
+                if not force:
+                    raise InputError("the output folder already holds a bundle", path=str(self.out_dir),
+                                     hint="choose another -o or pass --force to replace it")
+        parent = self.out_dir.resolve().parent
+        parent.mkdir(parents=True, exist_ok=True)
+        self.staging = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.", suffix=".staging", dir=str(parent)))
+
+    # ------------------------------------------------------------------ adding files
+    def path(self, rel: str) -> Path:
+        """The staging path for ``rel`` (parent folders created)."""
+        p = self.staging / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+    def add_bytes(self, rel: str, data: bytes, *, executable: bool = False) -> str:
+        """Add a file with ``data``; returns its sha256."""
+        p = self.path(rel)
+        p.write_bytes(data)
+        os.chmod(p, 0o755 if executable else 0o644)
+        return sha256_bytes(data)
+
+    def add_text(self, rel: str, text: str, *, executable: bool = False) -> str:
+        """Add a UTF-8 text file (LF line ends); returns its sha256."""
+        return self.add_bytes(rel, text.encode("utf-8"), executable=executable)
+
+    def add_model(self, rel: str, model: onnx.ModelProto) -> str:
+        """Add a model serialised deterministically; returns its sha256."""
+        return self.add_bytes(rel, model_bytes(model))
+
+    def add_tree(self, rel: str, src: PathLike, *, ignore: Callable[[str], bool] = lambda name: False) -> int:
+        """Copy the folder ``src`` to ``rel`` (sorted, no links, no hidden files or build outputs); returns files copied."""
+        src = Path(src)
+        n = 0
+        for dirpath, dirnames, filenames in os.walk(src):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in ("build", "__pycache__")
+                                 and not ignore(d))
+            for name in sorted(filenames):
+                f = Path(dirpath) / name
+                if name.startswith(".") or f.is_symlink() or ignore(name) or name.endswith((".pyc", ".o", ".so")):
+                    continue
+                self.add_bytes(f"{rel}/{f.relative_to(src).as_posix()}", f.read_bytes(),
+                               executable=os.access(f, os.X_OK))
+                n += 1
+        return n
+
+    # ------------------------------------------------------------------ finishing
+    def commit(self, manifest: dict) -> dict:
+        """Hash every staged file into ``manifest["files"]``, write ``manifest.json``, move the bundle into place.
+
+        Returns:
+            The complete manifest.
+        """
+        manifest = dict(manifest)
+        manifest["schema"] = SCHEMA
+        manifest["files"] = hash_files(self.staging)
+        (self.staging / MANIFEST).write_bytes(manifest_bytes(manifest))
+        os.chmod(self.staging / MANIFEST, 0o644)
+        os.chmod(self.staging, 0o755)
+        old = None
+        if self.out_dir.exists():
+            old = self.out_dir.with_name(f".{self.out_dir.name}.old.{os.getpid()}")
+            os.replace(self.out_dir, old)
+        os.replace(self.staging, self.out_dir)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return manifest
+
+    def abort(self) -> None:
+        """Remove the staging folder (after an error)."""
+        with contextlib.suppress(OSError):
+            shutil.rmtree(self.staging)
+
+    def __enter__(self) -> "BundleWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None or self.staging.exists():
+            self.abort()
+
+
+def short_key(*parts: Optional[bytes]) -> str:
+    """A 12-hex-digit key over the given byte strings (engine file names)."""
+    return sha256_bytes(b"\0".join(p or b"" for p in parts))[:12]
+
+
+def model_relpaths(kinds) -> Dict[str, str]:
+    """``{kind: "models/model.<kind>.onnx"}`` for the bundle's model kinds."""
+    return {k: f"models/model.{k}.onnx" for k in kinds}

@@ -1,0 +1,137 @@
+"""``edgesqueeze build``: model → optimized, compressed, quantized, verified bundle for a target."""
+from __future__ import annotations
+
+import click
+
+from .common import emit, info, input_shape_option, json_option, quiet, table, target_option, warn
+
+
+def _split(values):
+    out = []
+    for v in values or ():
+        out += [x.strip() for x in str(v).split(",") if x.strip()]
+    return out
+
+
+@click.command("build")
+@click.argument("model", type=click.Path(dir_okay=False))
+@target_option
+@click.option("-p", "--precision", type=click.Choice(["auto", "fp32", "fp16", "int8"]), default="auto",
+              show_default=True, help="auto = the best the target runs (INT8 needs --calib).")
+@click.option("--calib", metavar="DATA", help="Calibration data for INT8: .npz/.npy, an image folder, or 'random'.")
+@click.option("--calib-method", type=click.Choice(["entropy", "minmax", "percentile", "mse"]), default="entropy",
+              show_default=True, help="Calibrator.")
+@click.option("--calib-limit", type=click.IntRange(min=1), help="Use at most N calibration batches.")
+@click.option("--sparsity", type=click.Choice(["2:4"]), help="Prune weights to 2:4 structured sparsity.")
+@click.option("--val", metavar="DATA", help="Validation data: report accuracy against the FP32 model.")
+@click.option("--val-limit", type=click.IntRange(min=1), help="Use at most N validation batches.")
+@input_shape_option
+@click.option("--passes", multiple=True, metavar="P1,P2", help="Optimizer passes to run (default: the target's).")
+@click.option("--skip", "skip_passes", multiple=True, metavar="P1,P2", help="Optimizer passes to skip.")
+@click.option("--no-optimize", is_flag=True, help="Do not run the optimizer.")
+@click.option("--dla", is_flag=True, help="Build the engine for DLA core 0 (GPU fallback); the target needs DLA.")
+@click.option("--workspace", "workspace_mib", type=click.IntRange(min=16), default=1024, show_default=True,
+              help="TensorRT builder workspace in MiB (build_engine.sh).")
+@click.option("--local-engine", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+              help="Also build a TensorRT engine for this machine's GPU to validate the graph.")
+@click.option("--archive", is_flag=True, help="Also write OUTPUT.tar.gz (byte-identical across runs).")
+@click.option("--force", is_flag=True, help="Replace an existing bundle in OUTPUT.")
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Bundle folder to create.")
+@json_option
+def command(model, target, precision, calib, calib_method, calib_limit, sparsity, val, val_limit, input_shapes,
+            passes, skip_passes, no_optimize, dla, workspace_mib, local_engine, archive, force, output, as_json):
+    """Build a deployable bundle of MODEL for a target: load, optimize, compress, quantize, validate, package.
+
+    The bundle holds the optimized FP32 model, the FP16 or QDQ INT8 model, the TensorRT calibration cache,
+    build_engine.sh (trtexec flags for the target's TensorRT version), the plugin sources when the model
+    has custom nodes, run_on_device.py and a manifest with the sha256 of every file.
+
+    \b
+    Examples:
+      edgesqueeze build examples/digits/digits_cnn.onnx --target orin-nano --precision int8 \\
+          --calib examples/digits/calib.npz --val examples/digits/val.npz -o bundle/
+      edgesqueeze build net.onnx -t tx2 -o bundle-tx2/                  # auto: FP16 on a TX2
+      edgesqueeze build net.onnx -t agx-orin --sparsity 2:4 --dla -o bundle/ --archive
+      edgesqueeze bench bundle/                                         # then run it (CPU default)
+    """
+    from ..errors import InputError
+    from ..pipeline import build
+
+    if not target:
+        raise InputError("--target is required", hint="see 'edgesqueeze devices' for the names")
+    summary = build(model, target, output, precision=precision, calib=calib, sparsity=sparsity, val=val,
+                    input_shapes=list(input_shapes) or None, archive=archive, passes=_split(passes) or None,
+                    skip_passes=_split(skip_passes), optimize=not no_optimize, calib_method=calib_method,
+                    calib_limit=calib_limit, val_limit=val_limit, dla=dla, workspace_mib=workspace_mib,
+                    local_engine=local_engine, force=force, progress=not quiet() and not as_json,
+                    log=_log)
+    emit(summary, as_json, format_summary)
+
+
+def _log(message: str) -> None:
+    if message.startswith("warning: "):
+        warn(message[len("warning: "):])
+    else:
+        info(message)
+
+
+def _size(n) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024.0
+
+
+def _ms(v) -> str:
+    return "-" if v is None else f"{v:.4f}" if v < 0.1 else f"{v:.3f}"
+
+
+def format_summary(s: dict) -> str:
+    """The summary table ``edgesqueeze build`` prints."""
+    acc = s.get("accuracy") or {}
+    ref_top1 = acc.get("reference_top1")
+    lat = s.get("latency_ms") or {}
+    rows = []
+
+    def acc_cells(kind):
+        if not acc:
+            return ["-", "-"]
+        m = acc["models"].get(kind) or {}
+        top1 = "-" if m.get("top1") is None else f"{100 * m['top1']:.2f}%"
+        outs = list((m.get("outputs") or {}).values())
+        err = "-" if not outs or "max_rel" not in outs[0] else f"{outs[0]['max_rel']:.2g}"
+        agree = outs[0].get("top1_agreement") if outs else None
+        return [top1 + (f" (agree {100 * agree:.1f}%)" if agree is not None and kind != "fp32" else ""), err]
+
+    rows.append(["input model (fp32)", _size(s["sizes"].get("input")), _ms(lat.get("input")),
+                 "-" if ref_top1 is None else f"{100 * ref_top1:.2f}%", "0"])
+    labels = {"fp32": "optimized fp32", "fp16": "fp16", "int8_qdq": "int8 (QDQ)"}
+    prec_of = {"fp32": "fp32", "fp16": "fp16", "int8_qdq": "int8"}
+    for kind in ("fp32", "fp16", "int8_qdq"):
+        if kind not in s["models"]:
+            continue
+        mark = " *" if s["models"][kind] == s["models"]["deploy"] else ""
+        rows.append([labels[kind] + mark, _size(s["sizes"].get(kind)), _ms(lat.get(prec_of[kind])),
+                     *acc_cells(kind)])
+    n = acc.get("samples")
+    head = ["model", "size", f"predicted ms ({s['target']})",
+            f"top-1 (val{', n=' + str(n) if n else ''})", "max rel err vs input"]
+    lines = [f"bundle {s['bundle']} for {s['target']}: precision {s['precision']}"
+             + (f" (asked: {s['requested_precision']})" if s["requested_precision"] != s["precision"] else ""),
+             "", table(rows, head, "lrrrr"), "", "* = deploy model (runs on onnxruntime; the device's TensorRT engine "
+             "comes from build_engine.sh)"]
+    stages = s.get("stages", {})
+    skipped = [f"{k}: {v.get('reason')}" for k, v in stages.items() if v.get("status") == "skipped"]
+    if skipped:
+        lines += ["skipped: " + "; ".join(skipped)]
+    if s.get("engine_script"):
+        es = s["engine_script"]
+        flags = " ".join(es["flags"]) or "(fp32)"
+        lines += [f"engine script: build_engine.sh for TensorRT {es['trt_version']}: {es['workspace_flag']} {flags}"]
+    if s.get("archive"):
+        lines += [f"archive: {s['archive']}"]
+    total = sum(v.get("seconds", 0.0) for v in stages.values())
+    lines += [f"{s['files']} files, built in {total:.1f} s. Next: edgesqueeze bench {s['bundle']}"]
+    return "\n".join(lines)

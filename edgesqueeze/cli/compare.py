@@ -1,0 +1,57 @@
+"""``edgesqueeze compare``: two models, bundles or backends on the same data."""
+from __future__ import annotations
+
+import click
+
+from .common import emit, json_option, quiet
+
+
+@click.command("compare")
+@click.argument("a")
+@click.argument("b")
+@click.option("-d", "--data", metavar="DATA", help="Inputs (and labels): .npz/.npy/image folder; default: random.")
+@click.option("--backend-a", type=click.Choice(["ort", "trt"]), help="Backend for A (default ort, or A's prefix).")
+@click.option("--backend-b", type=click.Choice(["ort", "trt"]), help="Backend for B (default ort, or B's prefix).")
+@click.option("--limit", type=click.IntRange(min=1), help="Compare at most N batches.")
+@click.option("--threads", type=click.IntRange(min=1), help="onnxruntime threads.")
+@click.option("--max-rel", type=float, help="Fail (exit 7) when an output's max relative error exceeds this.")
+@click.option("--min-agreement", type=float, help="Fail (exit 7) when top-1 agreement falls below this (0..1).")
+@json_option
+def command(a, b, data, backend_a, backend_b, limit, threads, max_rel, min_agreement, as_json):
+    """Run A and B on the same data and report per-output max/mean absolute and relative error and top-1
+    agreement (A is the reference). A and B are .onnx models, bundles (their deploy model) or
+    BACKEND:PATH (ort:, trt:).
+
+    \b
+    Examples:
+      edgesqueeze compare examples/digits/digits_cnn.onnx bundle/ --data examples/digits/val.npz
+      edgesqueeze compare bundle/models/model.fp32.onnx bundle/models/model.int8_qdq.onnx -d val.npz --json
+      edgesqueeze compare ort:model.onnx trt:model.onnx -d val.npz --max-rel 1e-2
+    """
+    from ..compare import compare, format_comparison
+    from ..errors import VerificationError
+
+    bar = None
+    progress = None
+    if not quiet() and not as_json:
+        import sys
+
+        from tqdm import tqdm
+
+        if sys.stderr.isatty():
+            bar = tqdm(desc="compare", unit="batch", file=sys.stderr, leave=False)
+            progress = bar.update
+    try:
+        result = compare(a, b, data, backend_a=backend_a, backend_b=backend_b, limit=limit, threads=threads,
+                         progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    emit(result, as_json, format_comparison)
+    for name, s in result["outputs"].items():
+        if "shape_mismatch" in s:
+            raise VerificationError(f"output shapes differ: {s['shape_mismatch']}", tensor=name)
+        if max_rel is not None and s["max_rel"] > max_rel:
+            raise VerificationError(f"max relative error {s['max_rel']:.3g} > {max_rel:g}", tensor=name)
+        if min_agreement is not None and s["top1_agreement"] is not None and s["top1_agreement"] < min_agreement:
+            raise VerificationError(f"top-1 agreement {s['top1_agreement']:.4f} < {min_agreement:g}", tensor=name)

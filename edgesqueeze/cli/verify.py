@@ -1,0 +1,60 @@
+"""``edgesqueeze verify``: check a bundle's manifest schema and the sha256 of every file."""
+from __future__ import annotations
+
+import click
+
+from .common import emit, json_option, warn
+
+
+@click.command("verify")
+@click.argument("bundle", type=click.Path())
+@json_option
+def command(bundle, as_json):
+    """Verify BUNDLE (a folder or .tar.gz): manifest schema, then the size and sha256 of every file.
+
+    A changed or missing file is an error naming it (exit code 7). Files the device writes later
+    (engines/, plugins/build/, results/) are ignored; other unlisted files are reported.
+
+    \b
+    Examples:
+      edgesqueeze verify bundle/
+      edgesqueeze verify bundle.tar.gz --json
+    """
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from ..bundle import check_bundle, extract_archive
+    from ..errors import VerificationError
+
+    path = Path(bundle)
+    tmp = None
+    try:
+        if path.is_file():
+            tmp = tempfile.mkdtemp(prefix="edgesqueeze-verify-")
+            path = extract_archive(path, tmp)
+        report = check_bundle(path)
+    finally:
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+    m = report["manifest"]
+    out = {"bundle": str(bundle), "ok": report["ok"], "checked": report["checked"], "problems": report["problems"],
+           "extra": report["extra"], "target": m["target"].get("name"), "precision": m["precision"],
+           "deploy": m["models"].get("deploy"), "versions": m.get("versions")}
+    if report["extra"] and not as_json:
+        warn(f"{len(report['extra'])} file(s) not in the manifest: {', '.join(report['extra'][:5])}"
+             + (" ..." if len(report["extra"]) > 5 else ""))
+    if not report["ok"]:
+        if as_json:
+            emit(out, True, str)
+        first = report["problems"][0]
+        more = len(report["problems"]) - 1
+        raise VerificationError(f"bundle file {first['problem']}" + (f" (and {more} more problem(s): "
+                                + ", ".join(p["path"] for p in report["problems"][1:6]) + ")" if more else ""),
+                                path=str(Path(bundle) / first["path"]))
+
+    def text(o):
+        return (f"{o['bundle']}: OK: {o['checked']} files match the manifest "
+                f"(target {o['target']}, precision {o['precision']}, deploy model {o['deploy']})")
+
+    emit(out, as_json, text)
