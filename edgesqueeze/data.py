@@ -1,0 +1,449 @@
+"""One data-reader protocol for calibration, evaluation and benchmarks.
+
+A reader is an iterable of feed dicts (``{input name: np.ndarray}``), one per model run, that can be
+iterated more than once (calibration makes several passes when its memory budget asks for it). It also has
+``labels`` (an array aligned with the samples it yields, or None), ``len()`` (number of feed dicts),
+``describe()`` and ``sha256()`` (a hash of the data and of everything that shapes it, for caches).
+
+Sources (``open_data(spec, model)``):
+
+- ``data.npz``: one array per model input (by name; a one-input model also accepts a single unnamed array)
+  and optional labels under ``label``/``labels``/``y``;
+- ``data.npy``: one array for a one-input model (memory-mapped, so large sets are not loaded whole);
+- an image folder (``images/``, ``images/?resize=256&crop=224&mean=...``, options in :class:`Preprocess`,
+  defaults from a ``preprocess.json`` in the folder): class sub-folders become labels (Pillow needed);
+- ``None`` or ``"random"``: seeded random data, labelled as random everywhere it is reported.
+
+Data whose shape or dtype does not fit the model, or that holds NaN/Inf, is an :class:`InputError`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Dict, Iterator, Optional, Sequence, Tuple
+from urllib.parse import parse_qsl
+
+import numpy as np
+from onnx import ModelProto
+
+from .errors import InputError
+from .model import format_shape, input_specs
+
+LABEL_KEYS = ("label", "labels", "y", "target", "targets")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+_CHECK_CHUNK = 1 << 22  # elements scanned at a time for NaN/Inf in memory-mapped arrays
+
+
+# ------------------------------------------------------------------------------------------ model inputs
+def _model_inputs(model: ModelProto, batch_size: int) -> Dict[str, dict]:
+    """Input specs with the batch dimension resolved: ``{name: {"shape": [...], "dtype", "batch"}}``."""
+    specs = input_specs(model)
+    if not specs:
+        raise InputError("the model has no inputs to feed")
+    out = {}
+    for name, spec in specs.items():
+        shape = list(spec["shape"])
+        if not shape:
+            raise InputError("input has no shape information", tensor=name)
+        batch = shape[0] if isinstance(shape[0], int) else int(batch_size)
+        if any(not isinstance(d, int) for d in shape[1:]):
+            raise InputError(f"dynamic dimension in input shape {format_shape(shape)}", tensor=name,
+                             hint=f"fix it when loading the model: --input {name}:1x...")
+        out[name] = {"shape": [batch] + shape[1:], "dtype": spec["dtype"], "batch": batch}
+    batches = {s["batch"] for s in out.values()}
+    if len(batches) != 1:
+        raise InputError(f"the model's inputs have different batch sizes {sorted(batches)}")
+    return out
+
+
+def _cast(arr: np.ndarray, want: np.dtype, name: str, path: str) -> np.ndarray:
+    if arr.dtype == want:
+        return arr
+    same_kind = (np.issubdtype(arr.dtype, np.floating) and np.issubdtype(want, np.floating)) or \
+        (np.issubdtype(arr.dtype, np.integer) and np.issubdtype(want, np.integer)) or \
+        (arr.dtype == np.bool_ and want == np.bool_)
+    if not same_kind:
+        hint = "convert it, e.g. x.astype(np.float32) / 255" if np.issubdtype(want, np.floating) else None
+        raise InputError(f"data dtype {arr.dtype} does not fit the model's input dtype {want}", path=path,
+                         tensor=name, hint=hint)
+    return arr.astype(want)
+
+
+def _check_finite(arr: np.ndarray, name: str, path: str) -> None:
+    """Raise InputError naming the first sample that holds NaN or Inf."""
+    if not np.issubdtype(arr.dtype, np.floating):
+        return
+    flat_per_sample = int(np.prod(arr.shape[1:])) if arr.ndim > 1 else 1
+    step = max(1, _CHECK_CHUNK // max(1, flat_per_sample))
+    for start in range(0, arr.shape[0], step):
+        chunk = np.asarray(arr[start:start + step])
+        if not np.all(np.isfinite(chunk)):
+            bad = np.where(~np.isfinite(chunk.reshape(chunk.shape[0], -1)).all(axis=1))[0][0] + start
+            sample = np.asarray(arr[bad])
+            kind = "NaN" if np.isnan(sample).any() else "Inf"
+            raise InputError(f"sample {bad} holds {kind} values ({int((~np.isfinite(sample)).sum())} of "
+                             f"{sample.size}); calibration and evaluation need finite data", path=path, tensor=name)
+
+
+# ------------------------------------------------------------------------------------------ the protocol
+class DataReader:
+    """Base class: an iterable of feed dicts with labels, length, description and hash."""
+
+    is_random = False
+
+    def __init__(self, inputs: Dict[str, dict]):
+        self.inputs = inputs
+        self.batch = next(iter(inputs.values()))["batch"]
+        self.labels: Optional[np.ndarray] = None
+
+    def __iter__(self) -> Iterator[Dict[str, np.ndarray]]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __len__(self) -> int:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @property
+    def num_samples(self) -> int:
+        """Number of samples yielded in all (feed dicts x batch)."""
+        return len(self) * self.batch
+
+    def describe(self) -> str:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def sha256(self) -> str:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _hash(self, *parts) -> str:
+        h = hashlib.sha256()
+        h.update(json.dumps({"cls": type(self).__name__, "batch": self.batch,
+                             "inputs": {k: [v["shape"], str(v["dtype"])] for k, v in sorted(self.inputs.items())}},
+                            sort_keys=True).encode())
+        for p in parts:
+            h.update(p if isinstance(p, bytes) else str(p).encode())
+        return h.hexdigest()
+
+
+class ArrayReader(DataReader):
+    """Feeds from in-memory or memory-mapped arrays ``{input name: [N, ...]}`` plus optional labels."""
+
+    def __init__(self, inputs: Dict[str, dict], arrays: Dict[str, np.ndarray], labels: Optional[np.ndarray],
+                 *, source: str, limit: Optional[int] = None, digest: str = ""):
+        super().__init__(inputs)
+        self.source = source
+        self._digest = digest
+        counts = {name: int(a.shape[0]) for name, a in arrays.items()}
+        if len(set(counts.values())) != 1:
+            raise InputError(f"the arrays hold different numbers of samples: {counts}", path=source)
+        n = next(iter(counts.values()))
+        if limit is not None:
+            if int(limit) <= 0:
+                raise InputError(f"--limit must be positive, got {limit}")
+            n = min(n, int(limit))
+        if labels is not None:
+            labels = np.asarray(labels)
+            if labels.ndim == 2 and labels.shape[1] == 1:
+                labels = labels[:, 0]
+            if labels.ndim != 1 or labels.shape[0] < n:
+                raise InputError(f"labels have shape {list(labels.shape)}; expected [{n}] (one per sample)",
+                                 path=source, tensor="label")
+            if not np.issubdtype(labels.dtype, np.integer):
+                raise InputError(f"labels must be integers (class indices), got {labels.dtype}", path=source,
+                                 tensor="label")
+        self.total = n
+        self.dropped = n % self.batch
+        self._n = n - self.dropped
+        if self._n == 0:
+            raise InputError(f"{n} sample(s) cannot fill one batch of {self.batch}", path=source)
+        self._arrays = arrays
+        self.labels = None if labels is None else np.asarray(labels[:self._n]).astype(np.int64)
+
+    def __iter__(self) -> Iterator[Dict[str, np.ndarray]]:
+        b = self.batch
+        for start in range(0, self._n, b):
+            yield {name: np.ascontiguousarray(a[start:start + b]) for name, a in self._arrays.items()}
+
+    def __len__(self) -> int:
+        return self._n // self.batch
+
+    def describe(self) -> str:
+        text = f"{self.source}: {self._n} samples in {len(self)} batches of {self.batch}"
+        if self.labels is not None:
+            text += ", labelled"
+        if self.dropped:
+            text += f" ({self.dropped} left over, not a full batch)"
+        return text
+
+    def sha256(self) -> str:
+        return self._hash(self._digest, self._n)
+
+
+class RandomReader(DataReader):
+    """Seeded random feeds (uniform in [-1, 1) for float inputs): for latency work only, never for accuracy."""
+
+    is_random = True
+
+    def __init__(self, inputs: Dict[str, dict], count: int = 8, seed: int = 0):
+        super().__init__(inputs)
+        if count <= 0:
+            raise InputError(f"--limit must be positive, got {count}")
+        self.count = int(count)
+        self.seed = int(seed)
+
+    def __iter__(self) -> Iterator[Dict[str, np.ndarray]]:
+        rng = np.random.default_rng(self.seed)
+        for _ in range(self.count):
+            feed = {}
+            for name, spec in self.inputs.items():
+                dt = spec["dtype"]
+                if np.issubdtype(dt, np.floating):
+                    feed[name] = rng.uniform(-1.0, 1.0, size=spec["shape"]).astype(dt)
+                elif dt == np.bool_:
+                    feed[name] = rng.integers(0, 2, size=spec["shape"]).astype(np.bool_)
+                else:
+                    feed[name] = rng.integers(0, 10, size=spec["shape"]).astype(dt)
+            yield feed
+
+    def __len__(self) -> int:
+        return self.count
+
+    def describe(self) -> str:
+        return f"random data (seed {self.seed}, {self.count} batches of {self.batch}; not real inputs)"
+
+    def sha256(self) -> str:
+        return self._hash("random", self.seed, self.count)
+
+
+# ------------------------------------------------------------------------------------------ npz / npy
+def _pick_arrays(path: Path, store: Dict[str, np.ndarray], inputs: Dict[str, dict]) -> Dict[str, np.ndarray]:
+    names = list(inputs)
+    keys = [k for k in store if k not in LABEL_KEYS]
+    if all(n in store for n in names):
+        return {n: store[n] for n in names}
+    if len(names) == 1 and len(keys) == 1:
+        return {names[0]: store[keys[0]]}
+    missing = [n for n in names if n not in store]
+    raise InputError(f"no array named '{missing[0]}' (the model's input); the file holds: {', '.join(keys) or 'none'}",
+                     path=str(path), hint="save one array per model input under the input's name")
+
+
+def _fit_array(arr: np.ndarray, spec: dict, name: str, path: str) -> np.ndarray:
+    want = spec["shape"]
+    if arr.ndim == len(want) - 1 and list(arr.shape) == want[1:]:
+        arr = arr[None]  # one sample without its batch axis
+    if arr.ndim != len(want) or list(arr.shape[1:]) != want[1:]:
+        raise InputError(f"data shape {format_shape(arr.shape)} does not fit the model's input shape "
+                         f"{format_shape(want)}; expected Nx{format_shape(want[1:])}", path=path, tensor=name)
+    return arr
+
+
+def _array_reader(path: Path, inputs: Dict[str, dict], limit: Optional[int]) -> ArrayReader:
+    from .fileio import sha256_file
+
+    labels = None
+    if path.suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                store = {k: z[k] for k in z.files}
+        except Exception as exc:  # noqa: BLE001 - zipfile/numpy raise several types
+            raise InputError(f"cannot read the .npz file: {exc}", path=str(path)) from exc
+        for key in LABEL_KEYS:
+            if key in store:
+                labels = store[key]
+                break
+        arrays = _pick_arrays(path, store, inputs)
+    else:
+        if len(inputs) != 1:
+            raise InputError(f"a .npy file holds one array; the model has {len(inputs)} inputs "
+                             f"({', '.join(inputs)})", path=str(path), hint="use an .npz with one array per input")
+        try:
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        except Exception as exc:  # noqa: BLE001
+            raise InputError(f"cannot read the .npy file: {exc}", path=str(path)) from exc
+        arrays = {next(iter(inputs)): arr}
+    fitted = {}
+    for name, arr in arrays.items():
+        arr = _fit_array(arr, inputs[name], name, str(path))
+        n = arr.shape[0] if limit is None else min(arr.shape[0], int(limit))
+        _check_finite(arr[:n], name, str(path))
+        if arr.dtype != inputs[name]["dtype"]:
+            arr = _cast(np.asarray(arr), inputs[name]["dtype"], name, str(path))
+        fitted[name] = arr
+    return ArrayReader(inputs, fitted, labels, source=str(path), limit=limit, digest=sha256_file(path))
+
+
+# ------------------------------------------------------------------------------------------ images
+@dataclass(frozen=True)
+class Preprocess:
+    """How images become input tensors.
+
+    resize: shorter side to this many pixels before the crop (0 = resize straight to the input's H x W).
+    crop: centre crop size (0 = the input's H x W). scale: pixel values are divided by it (255 -> [0, 1]).
+    mean/std: per channel, applied after scaling. layout: "nchw" or "nhwc" ("auto": from the input shape).
+    channels: "rgb", "bgr" or "gray" ("auto": gray for 1 channel, rgb for 3).
+    """
+
+    resize: int = 0
+    crop: int = 0
+    scale: float = 255.0
+    mean: Tuple[float, ...] = (0.0,)
+    std: Tuple[float, ...] = (1.0,)
+    layout: str = "auto"
+    channels: str = "auto"
+
+    @classmethod
+    def parse(cls, text: str = "", base: Optional[dict] = None) -> "Preprocess":
+        """Build from ``resize=256&crop=224&mean=0.485,0.456,0.406`` (and/or a dict from preprocess.json)."""
+        values = dict(base or {})
+        for key, val in parse_qsl(text, keep_blank_values=True):
+            values[key] = val
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise InputError(f"unknown preprocessing option '{unknown[0]}'; known: {', '.join(sorted(known))}")
+        kw = {}
+        try:
+            for key, val in values.items():
+                if key in ("resize", "crop"):
+                    kw[key] = int(val)
+                elif key == "scale":
+                    kw[key] = float(val)
+                elif key in ("mean", "std"):
+                    seq = val if isinstance(val, (list, tuple)) else str(val).split(",")
+                    kw[key] = tuple(float(v) for v in seq)
+                else:
+                    kw[key] = str(val).lower()
+        except ValueError as exc:
+            raise InputError(f"bad preprocessing value: {exc}") from exc
+        pre = cls(**kw)
+        if pre.layout not in ("auto", "nchw", "nhwc"):
+            raise InputError(f"layout must be nchw or nhwc, got '{pre.layout}'")
+        if pre.channels not in ("auto", "rgb", "bgr", "gray"):
+            raise InputError(f"channels must be rgb, bgr or gray, got '{pre.channels}'")
+        if any(s == 0 for s in pre.std) or pre.scale == 0:
+            raise InputError("std and scale must be non-zero")
+        return pre
+
+    def geometry(self, shape: Sequence[int]) -> Tuple[str, int, int, int]:
+        """Return (layout, channels, H, W) for a 4-D input shape."""
+        if len(shape) != 4:
+            raise InputError(f"an image input must be 4-D (NCHW or NHWC), got {format_shape(shape)}")
+        layout = self.layout
+        if layout == "auto":
+            layout = "nhwc" if shape[3] in (1, 3) and shape[1] not in (1, 3) else "nchw"
+        c, h, w = (shape[1], shape[2], shape[3]) if layout == "nchw" else (shape[3], shape[1], shape[2])
+        return layout, c, h, w
+
+
+def _image_reader(path: Path, query: str, inputs: Dict[str, dict], limit: Optional[int]) -> ArrayReader:
+    from ._lazy import require
+
+    pil = require("PIL.Image", "reading image folders (pip install pillow)")
+    if len(inputs) != 1:
+        raise InputError(f"an image folder feeds a one-input model; this one has {len(inputs)}", path=str(path))
+    name, spec = next(iter(inputs.items()))
+    base = None
+    cfg = path / "preprocess.json"
+    if cfg.exists():
+        try:
+            base = json.loads(cfg.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise InputError(f"cannot parse preprocess.json: {exc}", path=str(cfg)) from exc
+    pre = Preprocess.parse(query, base)
+    layout, c, h, w = pre.geometry(spec["shape"])
+    files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise InputError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in the folder", path=str(path))
+    classes = sorted({p.parent.relative_to(path).as_posix() for p in files})
+    labelled = classes != ["."]
+    if limit is not None:
+        files = files[:int(limit)]
+    mode = "L" if (pre.channels == "gray" or (pre.channels == "auto" and c == 1)) else "RGB"
+    if mode == "RGB" and c != 3:
+        raise InputError(f"the model's input has {c} channels; RGB images need 3", tensor=name)
+    mean = np.asarray(pre.mean, np.float32).reshape(-1)
+    std = np.asarray(pre.std, np.float32).reshape(-1)
+    data = np.empty([len(files), h, w, c], np.float32)
+    digest = hashlib.sha256(json.dumps(asdict(pre), sort_keys=True).encode())
+    for i, f in enumerate(files):
+        try:
+            with pil.open(f) as im:
+                im = im.convert(mode)
+                if pre.resize:
+                    s = pre.resize / min(im.size)
+                    im = im.resize((max(1, round(im.size[0] * s)), max(1, round(im.size[1] * s))), pil.BILINEAR)
+                ch, cw = (pre.crop, pre.crop) if pre.crop else (h, w)
+                if pre.resize or pre.crop:
+                    left, top = (im.size[0] - cw) // 2, (im.size[1] - ch) // 2
+                    if left < 0 or top < 0:
+                        raise InputError(f"image {im.size[0]}x{im.size[1]} is smaller than the crop {cw}x{ch}",
+                                         path=str(f))
+                    im = im.crop((left, top, left + cw, top + ch))
+                if im.size != (w, h):
+                    im = im.resize((w, h), pil.BILINEAR)
+                arr = np.asarray(im, dtype=np.float32).reshape(h, w, c)
+        except InputError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad files
+            raise InputError(f"cannot read the image: {exc}", path=str(f)) from exc
+        if pre.channels == "bgr":
+            arr = arr[..., ::-1]
+        data[i] = (arr / pre.scale - mean) / std
+        digest.update(f.relative_to(path).as_posix().encode())
+        digest.update(f.read_bytes())
+    if layout == "nchw":
+        data = np.ascontiguousarray(data.transpose(0, 3, 1, 2))
+    data = _cast(data, spec["dtype"], name, str(path))
+    labels = None
+    if labelled:
+        index = {cls_: k for k, cls_ in enumerate(classes)}
+        labels = np.asarray([index[f.parent.relative_to(path).as_posix()] for f in files], np.int64)
+    return ArrayReader(inputs, {name: data}, labels, source=str(path), digest=digest.hexdigest())
+
+
+# ------------------------------------------------------------------------------------------ entry point
+def open_data(spec: Optional[str], model: ModelProto, *, batch_size: int = 1, limit: Optional[int] = None,
+              seed: int = 0) -> DataReader:
+    """Open calibration/evaluation data for ``model``.
+
+    Args:
+        spec: a ``.npz``/``.npy`` path, an image folder (optionally ``folder?resize=256&crop=224&mean=...``;
+            a ``preprocess.json`` in the folder gives defaults), or None/``"random"`` for seeded random data.
+        model: the model whose inputs the data must fit (shapes and dtypes are checked).
+        batch_size: samples per feed dict when the model's batch dimension is dynamic (a fixed batch wins).
+        limit: use at most this many samples (random data: this many batches; default 8).
+        seed: seed of random data.
+
+    Returns:
+        A :class:`DataReader`: iterable (repeatedly) of feed dicts, with ``labels``, ``len()``, ``describe()``,
+        ``sha256()`` and ``is_random``.
+
+    Raises:
+        InputError: missing or unreadable file, shape/dtype that does not fit the model, NaN/Inf in the data,
+            bad preprocessing options.
+        MissingDependencyError: an image folder without Pillow installed.
+    """
+    if batch_size <= 0:
+        raise InputError(f"batch size must be positive, got {batch_size}")
+    inputs = _model_inputs(model, batch_size)
+    if spec is None or str(spec) == "random":
+        return RandomReader(inputs, count=8 if limit is None else int(limit), seed=seed)
+    text = str(spec)
+    query = ""
+    if "?" in text and not Path(text).exists():
+        text, _, query = text.partition("?")
+    path = Path(text)
+    if not path.exists():
+        raise InputError("no such file or folder", path=str(path))
+    if path.is_dir():
+        return _image_reader(path, query, inputs, limit)
+    if path.suffix.lower() not in (".npz", ".npy"):
+        raise InputError(f"unknown data format '{path.suffix}'", path=str(path),
+                         hint="give an .npz/.npy file, an image folder, or 'random'")
+    if query:
+        raise InputError("preprocessing options apply to image folders only", path=str(path))
+    return _array_reader(path, inputs, limit)
+
+
+__all__ = ["DataReader", "ArrayReader", "RandomReader", "Preprocess", "open_data", "LABEL_KEYS"]

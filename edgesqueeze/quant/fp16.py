@@ -1,0 +1,171 @@
+"""FP16 conversion: fp16 weights and compute, fp32 graph inputs/outputs by default, chosen nodes kept in fp32.
+
+Every float tensor gets a home precision from the node that produces it (fp16 unless the node is kept in fp32).
+Where a node reads a tensor in the other precision, one shared Cast is inserted. Weights are stored in fp16
+when every consumer computes in fp16 (values beyond the fp16 range are clipped to +-65504, and counted).
+"""
+from __future__ import annotations
+
+from typing import Dict, Iterable, List, Optional, Set, Tuple
+
+import numpy as np
+import onnx
+from onnx import ModelProto, TensorProto, helper, numpy_helper
+
+from ..errors import UnsupportedError
+from ..model import infer_shapes
+
+FP32, FP16 = TensorProto.FLOAT, TensorProto.FLOAT16
+FP16_MAX = 65504.0
+# (op, input index) that the ONNX spec types as float32 whatever the data type: they stay fp32.
+FP32_SLOTS = {("Resize", 1), ("Resize", 2), ("Upsample", 1)}
+# ops whose outputs are never float (or that do not compute): left as they are.
+TYPE_FREE = {"Shape", "Size", "NonZero", "ArgMax", "ArgMin"}
+
+
+def _elem_types(model: ModelProto) -> Dict[str, int]:
+    inferred = infer_shapes(model)
+    g = inferred.graph
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in list(g.input) + list(g.value_info) + list(g.output)}
+    for t in g.initializer:
+        types[t.name] = t.data_type
+    return types
+
+
+def _has_subgraph(node: onnx.NodeProto) -> bool:
+    return any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
+
+
+def _to_fp16_tensor(t: TensorProto, clipped: List[str]) -> TensorProto:
+    arr = numpy_helper.to_array(t).astype(np.float64)
+    over = np.abs(arr) > FP16_MAX
+    if over.any():
+        clipped.append(t.name)
+    return numpy_helper.from_array(np.clip(arr, -FP16_MAX, FP16_MAX).astype(np.float16), t.name)
+
+
+def convert_fp16(model: ModelProto, keep_fp32: Iterable[str] = (), keep_io_types: bool = True, *,
+                 report: Optional[dict] = None) -> ModelProto:
+    """Return an FP16 copy of ``model`` (the input is not changed).
+
+    Args:
+        model: FP32 model.
+        keep_fp32: node names, output tensor names or op types (e.g. ``"Softmax"``) that stay in fp32
+            (ops that overflow in fp16: large reductions, exponentials).
+        keep_io_types: keep fp32 graph inputs and outputs (Casts inside the graph); False makes them fp16.
+        report: when a dict is given, it receives ``{"fp16_nodes", "fp32_nodes", "casts", "clipped_weights"}``.
+
+    Returns:
+        The converted model, checked by the ONNX checker, runnable by onnxruntime.
+
+    Raises:
+        UnsupportedError: the model holds control flow (If/Loop/Scan), which is not converted.
+    """
+    keep = set(keep_fp32)
+    types = _elem_types(model)
+    out = ModelProto()
+    out.CopyFrom(model)
+    g = out.graph
+    for node in g.node:
+        if _has_subgraph(node):
+            raise UnsupportedError(f"FP16 conversion does not handle control flow ({node.op_type})",
+                                   node=node.name or node.op_type, hint="keep it out or convert it in the framework")
+
+    def is_float(name: str) -> bool:
+        return types.get(name) in (FP32, FP16)
+
+    # precision of every node, and home precision of every float tensor it produces
+    node_fp16: List[bool] = []
+    home: Dict[str, int] = {}
+    inits = {t.name: t for t in g.initializer}
+    graph_in = [vi for vi in g.input if vi.name not in inits]
+    for vi in graph_in:
+        if is_float(vi.name):
+            home[vi.name] = FP32 if keep_io_types or types[vi.name] != FP32 else FP16
+    for node in g.node:
+        fp16 = not (node.name in keep or node.op_type in keep or any(o in keep for o in node.output)
+                    or node.op_type in TYPE_FREE)
+        node_fp16.append(fp16)
+        for o in node.output:
+            if o and is_float(o):
+                home[o] = FP16 if fp16 and types[o] == FP32 else types[o]
+
+    # initializers: fp16 when every float-typed consumer slot wants fp16
+    wants: Dict[str, Set[int]] = {}
+    for node, fp16 in zip(g.node, node_fp16):
+        for k, name in enumerate(node.input):
+            if name and is_float(name):
+                want = FP16 if fp16 and (node.op_type, k) not in FP32_SLOTS else FP32
+                wants.setdefault(name, set()).add(want)
+    clipped: List[str] = []
+    new_inits = []
+    for t in g.initializer:
+        if t.data_type == FP32 and wants.get(t.name) == {FP16}:
+            new_inits.append(_to_fp16_tensor(t, clipped))
+            home[t.name] = FP16
+        else:
+            new_inits.append(t)
+            if t.data_type in (FP32, FP16):
+                home[t.name] = t.data_type
+    del g.initializer[:]
+    g.initializer.extend(new_inits)
+
+    # rewrite nodes: typed attributes, then Casts where a consumer wants the other precision
+    casts: Dict[Tuple[str, int], str] = {}
+    nodes: List[onnx.NodeProto] = []
+
+    def cast_of(name: str, to: int) -> str:
+        key = (name, to)
+        if key not in casts:
+            casts[key] = f"{name}_to_{'fp16' if to == FP16 else 'fp32'}"
+            nodes.append(helper.make_node("Cast", [name], [casts[key]], to=to, name=f"{casts[key]}_Cast"))
+        return casts[key]
+
+    for node, fp16 in zip(list(g.node), node_fp16):
+        if fp16:
+            for a in node.attribute:
+                if node.op_type == "Cast" and a.name == "to" and a.i == FP32:
+                    a.i = FP16
+                elif a.name in ("value", "value_float") and a.type == onnx.AttributeProto.TENSOR \
+                        and a.t.data_type == FP32:
+                    a.t.CopyFrom(_to_fp16_tensor(a.t, clipped))
+                elif a.name == "dtype" and a.type == onnx.AttributeProto.INT and a.i == FP32:
+                    a.i = FP16
+        for k, name in enumerate(node.input):
+            if not name or name not in home:
+                continue
+            want = FP16 if fp16 and (node.op_type, k) not in FP32_SLOTS else FP32
+            if home[name] != want:
+                node.input[k] = cast_of(name, want)
+        nodes.append(node)
+
+    # graph outputs
+    for vi in g.output:
+        name = vi.name
+        if name not in home:
+            continue
+        target = types.get(name, FP32) if keep_io_types else home[name]
+        if home[name] != target:
+            inner = f"{name}_{'fp16' if home[name] == FP16 else 'fp32'}"
+            for n in nodes:
+                n.output[:] = [inner if o == name else o for o in n.output]
+                n.input[:] = [inner if i == name else i for i in n.input]
+            for key, val in list(casts.items()):
+                if key[0] == name:
+                    casts[(inner, key[1])] = casts.pop(key)
+            nodes.append(helper.make_node("Cast", [inner], [name], to=target, name=f"{name}_output_Cast"))
+        vi.type.tensor_type.elem_type = target
+    if not keep_io_types:
+        for vi in graph_in:
+            if vi.name in home:
+                vi.type.tensor_type.elem_type = home[vi.name]
+    del g.node[:]
+    g.node.extend(nodes)
+    del g.value_info[:]
+    out = infer_shapes(out)
+    onnx.checker.check_model(out)
+    if report is not None:
+        report.update({"fp16_nodes": sum(node_fp16), "fp32_nodes": len(node_fp16) - sum(node_fp16),
+                       "casts": len(casts) + sum(1 for n in nodes if n.name.endswith("_output_Cast")),
+                       "clipped_weights": sorted(set(clipped))})
+    return out
