@@ -14,10 +14,12 @@
 #if defined(__CUDACC__) || defined(__CUDACC_RTC__)
 #define ESQ_HD __host__ __device__ __forceinline__
 #define ESQ_DEVICE_COMPILE 1
+#define ESQ_UNROLL _Pragma("unroll")
 #include <cuda_fp16.h>
 #else
 #define ESQ_HD inline
 #define ESQ_DEVICE_COMPILE 0
+#define ESQ_UNROLL
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -112,7 +114,7 @@ template <> inline half_t from_float<half_t>(float v) {
 // Two adjacent FP16 values loaded as one 32-bit word (half2) and widened to FP32.
 // `p` must be 4-byte aligned (an even element index of a 4-byte-aligned array).
 ESQ_HD void load_half2_as_float2(const half_t* p, float& a, float& b) {
-#if ESQ_DEVICE_COMPILE
+#if defined(__CUDA_ARCH__)
     float2 f = __half22float2(*reinterpret_cast<const half2_t*>(p));
     a = f.x;
     b = f.y;
@@ -143,7 +145,7 @@ enum Activation {
 };
 
 ESQ_HD float esq_exp(float x) {
-#if ESQ_DEVICE_COMPILE
+#if defined(__CUDA_ARCH__)
     return expf(x);
 #else
     return std::exp(x);

@@ -122,6 +122,7 @@ ESQ_HD void dwsep_tile_load(const DwsepParams& p, const T* x, const T* w_dw, con
 
 ESQ_HD void dwsep_tile_accumulate(int tid, const float* s_dw, const float* s_w, float* acc) {
     const int pl = tid % kDwsepTP;
+    ESQ_UNROLL
     for (int k = 0; k < kDwsepOutPerThread; ++k) {
         const int ml = tid / kDwsepTP + k * (kDwsepThreads / kDwsepTP);
         float a = acc[k];
@@ -138,6 +139,7 @@ ESQ_HD void dwsep_tile_store(const DwsepParams& p, const T* b_pw, int tile_p, in
     if (q >= (long long)p.N * plane) return;
     const long long n = q / plane;
     const long long hw = q % plane;
+    ESQ_UNROLL
     for (int k = 0; k < kDwsepOutPerThread; ++k) {
         int m = tile_m * kDwsepTM + tid / kDwsepTP + k * (kDwsepThreads / kDwsepTP);
         if (m >= p.M) continue;
@@ -172,6 +174,7 @@ dwsep_tiled_kernel(DwsepParams p, const T* __restrict__ x, const T* __restrict__
     const int tile_p = blockIdx.x;
     const int tile_m = blockIdx.y;
     float acc[kDwsepOutPerThread];
+    ESQ_UNROLL
     for (int k = 0; k < kDwsepOutPerThread; ++k) acc[k] = 0.f;
     for (int c0 = 0; c0 < p.C; c0 += kDwsepTC) {
         dwsep_tile_load(p, x, w_dw, b_dw, w_pw, tile_p, tile_m, c0, tid, s_dw, s_w);

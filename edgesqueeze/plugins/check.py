@@ -1,0 +1,230 @@
+"""Compile every CUDA kernel for every Jetson architecture, here, without a GPU (``edgesqueeze plugins check``).
+
+Per architecture the first compiler that supports it is used:
+  * ``nvcc`` on the PATH (CUDA 13 supports sm_75 and newer: Orin's sm_87): the whole translation unit, kernels
+    and host launchers, ``-std=c++14 -cubin``-equivalent with ``ptxas -v``;
+  * NVRTC from PyPI (``nvidia-cuda-nvrtc-cu12`` through ``cuda-bindings<13``; CUDA 12 still targets sm_53, sm_62,
+    sm_72) for the device code, to PTX, then ``ptxas`` from ``nvidia-cuda-nvcc-cu12`` to machine code.
+``ptxas -v`` reports registers, spills, stack and shared memory per kernel.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional
+
+from .sources import KERNEL_SOURCES, parse_archs, plugin_source_dir
+
+INSTALL_HINT = 'pip install "cuda-bindings<13" nvidia-cuda-nvrtc-cu12 nvidia-cuda-runtime-cu12 nvidia-cuda-nvcc-cu12'
+
+
+# ----------------------------------------------------------------------------- toolchains
+@lru_cache(maxsize=None)
+def nvcc_info() -> Optional[dict]:
+    """``{"path", "version", "archs": ["75", ...]}`` of the nvcc on the PATH, or None."""
+    path = shutil.which("nvcc")
+    if not path:
+        return None
+    try:
+        ver = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=60).stdout
+        archs = subprocess.run([path, "--list-gpu-arch"], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    m = re.search(r"release (\d+\.\d+)", ver)
+    return {"path": path, "version": m.group(1) if m else "?",
+            "archs": sorted({a for a in re.findall(r"compute_(\d+)", archs)}, key=int)}
+
+
+def _nvidia_dirs() -> List[Path]:
+    """The ``nvidia/`` folders of the pip CUDA wheels (namespace package)."""
+    try:
+        import nvidia  # noqa: F401  (namespace package from the nvidia-* wheels)
+    except ImportError:
+        return []
+    return [Path(p) for p in getattr(nvidia, "__path__", [])]
+
+
+def _find_pip_file(*parts: str) -> Optional[Path]:
+    for base in _nvidia_dirs():
+        cand = base.joinpath(*parts)
+        if cand.exists():
+            return cand
+    return None
+
+
+@lru_cache(maxsize=None)
+def nvrtc_info() -> Optional[dict]:
+    """``{"version", "archs", "include", "ptxas", "ptxas_version"}`` of the pip NVRTC toolchain, or None."""
+    try:
+        from cuda.bindings import nvrtc
+    except ImportError:
+        try:
+            from cuda import nvrtc  # cuda-python < 12.6 layout
+        except ImportError:
+            return None
+    err, major, minor = nvrtc.nvrtcVersion()
+    if int(err) != 0:
+        return None
+    err, count = nvrtc.nvrtcGetNumSupportedArchs()
+    archs = []
+    if int(err) == 0:
+        err, values = nvrtc.nvrtcGetSupportedArchs()
+        archs = [str(v) for v in values] if int(err) == 0 else []
+    include = _find_pip_file("cuda_runtime", "include")
+    ptxas = _find_pip_file("cuda_nvcc", "bin", "ptxas") or (Path(shutil.which("ptxas")) if shutil.which("ptxas")
+                                                            else None)
+    ptxas_version = None
+    if ptxas:
+        out = subprocess.run([str(ptxas), "--version"], capture_output=True, text=True).stdout
+        m = re.search(r"release (\d+\.\d+)", out)
+        ptxas_version = m.group(1) if m else "?"
+    return {"version": f"{major}.{minor}", "archs": archs, "include": str(include) if include else None,
+            "ptxas": str(ptxas) if ptxas else None, "ptxas_version": ptxas_version, "module": nvrtc}
+
+
+# ----------------------------------------------------------------------------- ptxas report
+_MANGLED = re.compile(r"_ZN3esq(\d+)")
+
+
+def kernel_display_name(mangled: str) -> str:
+    """``_ZN3esq18dwsep_tiled_kernelIfE...`` → ``dwsep_tiled_kernel<float>`` (other names unchanged)."""
+    m = _MANGLED.match(mangled)
+    if not m:
+        return mangled
+    n = int(m.group(1))
+    start = m.end()
+    name = mangled[start:start + n]
+    rest = mangled[start + n:]
+    if rest.startswith("IfE"):
+        return f"{name}<float>"
+    if rest.startswith("I6__halfE"):
+        return f"{name}<half>"
+    return name
+
+
+def parse_ptxas_verbose(text: str) -> List[dict]:
+    """Per-kernel resources from ``ptxas -v`` output (registers, spills, stack, shared memory)."""
+    funcs: Dict[str, dict] = {}
+    current = None
+    for line in text.splitlines():
+        m = re.search(r"(?:Compiling entry function|Function properties for) '?([\w$]+)'?", line)
+        if m:
+            current = funcs.setdefault(m.group(1), {"name": kernel_display_name(m.group(1)), "mangled": m.group(1)})
+            continue
+        if current is None:
+            continue
+        m = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", line)
+        if m:
+            current.update(stack_bytes=int(m.group(1)), spill_store_bytes=int(m.group(2)),
+                           spill_load_bytes=int(m.group(3)))
+        m = re.search(r"Used (\d+) registers", line)
+        if m:
+            current["registers"] = int(m.group(1))
+            s = re.search(r"(\d+) bytes smem", line)
+            current["smem_bytes"] = int(s.group(1)) if s else 0
+    return sorted((f for f in funcs.values() if "registers" in f), key=lambda f: f["name"])
+
+
+# ----------------------------------------------------------------------------- compiles
+def _compile_nvcc(src: Path, arch: str, info: dict, workdir: str) -> dict:
+    root = plugin_source_dir()
+    out = os.path.join(workdir, f"{src.stem}_sm{arch}.o")
+    cmd = [info["path"], "-std=c++14", "-O3", "-c", f"-gencode=arch=compute_{arch},code=sm_{arch}",
+           "-Xptxas", "-v", "-Xcompiler", "-Wall", f"-I{root / 'include'}", str(src), "-o", out]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    return {"compiler": f"nvcc {info['version']}", "ok": proc.returncode == 0,
+            "log": proc.stderr, "functions": parse_ptxas_verbose(proc.stderr) if proc.returncode == 0 else []}
+
+
+def _compile_nvrtc(src: Path, arch: str, info: dict, workdir: str) -> dict:
+    nvrtc = info["module"]
+    root = plugin_source_dir()
+    opts = [f"--gpu-architecture=compute_{arch}", "-std=c++14", f"-I{root / 'include'}", "-lineinfo"]
+    if info["include"]:
+        opts.append(f"-I{info['include']}")
+    err, prog = nvrtc.nvrtcCreateProgram(src.read_bytes(), src.name.encode(), 0, [], [])
+    try:
+        (res,) = nvrtc.nvrtcCompileProgram(prog, len(opts), [o.encode() for o in opts])
+        _, size = nvrtc.nvrtcGetProgramLogSize(prog)
+        log = b" " * size
+        nvrtc.nvrtcGetProgramLog(prog, log)
+        log_text = log.decode(errors="replace").rstrip("\x00 \n")
+        compiler = f"nvrtc {info['version']}"
+        if int(res) != 0:
+            return {"compiler": compiler, "ok": False, "log": log_text, "functions": []}
+        _, size = nvrtc.nvrtcGetPTXSize(prog)
+        ptx = b" " * size
+        nvrtc.nvrtcGetPTX(prog, ptx)
+    finally:
+        nvrtc.nvrtcDestroyProgram(prog)
+    ptx_path = os.path.join(workdir, f"{src.stem}_compute{arch}.ptx")
+    with open(ptx_path, "wb") as f:
+        f.write(ptx.rstrip(b"\x00"))
+    if not info["ptxas"]:
+        return {"compiler": compiler, "ok": True, "log": log_text + "\n(no ptxas: PTX only, no register report)",
+                "functions": []}
+    proc = subprocess.run([info["ptxas"], f"-arch=sm_{arch}", "-v", "-O3", ptx_path, "-o", ptx_path + ".cubin"],
+                          capture_output=True, text=True)
+    return {"compiler": f"{compiler} + ptxas {info['ptxas_version']}", "ok": proc.returncode == 0,
+            "log": (log_text + "\n" + proc.stderr).strip(),
+            "functions": parse_ptxas_verbose(proc.stderr) if proc.returncode == 0 else []}
+
+
+def _one(src: Path, arch: str, workdir: str) -> dict:
+    t0 = time.perf_counter()
+    nv = nvcc_info()
+    rt = nvrtc_info()
+    if nv and arch in nv["archs"]:
+        res = _compile_nvcc(src, arch, nv, workdir)
+    elif rt and arch in rt["archs"]:
+        res = _compile_nvrtc(src, arch, rt, workdir)
+    else:
+        have = []
+        if nv:
+            have.append(f"nvcc {nv['version']} ({','.join(nv['archs'])})")
+        if rt:
+            have.append(f"nvrtc {rt['version']} ({','.join(rt['archs'])})")
+        res = {"compiler": None, "ok": False, "functions": [],
+               "log": f"no compiler here targets sm_{arch} (have: {'; '.join(have) or 'none'}); {INSTALL_HINT}"}
+    res.update(source=src.relative_to(plugin_source_dir()).as_posix(), arch=f"sm_{arch}",
+               seconds=round(time.perf_counter() - t0, 2))
+    warnings = [ln for ln in res.get("log", "").splitlines()
+                if "warning" in ln.lower() and "deprecated" not in ln.lower()]
+    res["warnings"] = warnings
+    if res["ok"]:
+        res["log"] = ""
+    return res
+
+
+def check_kernels(archs: Optional[Iterable] = None, *, jobs: int = 2) -> dict:
+    """Compile every kernel source for every architecture in ``archs`` (default 53, 62, 72, 87).
+
+    Returns:
+        ``{"ok": bool, "archs": [...], "toolchains": {...}, "results": [{"source", "arch", "compiler", "ok",
+        "seconds", "warnings", "log" (the error when not ok), "functions": [{"name", "registers", "spill_store_bytes",
+        "spill_load_bytes", "stack_bytes", "smem_bytes"}]}]}``; a spill or a compile error makes ``ok`` False for
+        that entry only when it fails to compile (spills are reported, not fatal).
+
+    Raises:
+        InputError: an invalid architecture.
+    """
+    arch_list = parse_archs(archs)
+    sources = [plugin_source_dir() / s for s in KERNEL_SOURCES]
+    nv, rt = nvcc_info(), nvrtc_info()
+    with tempfile.TemporaryDirectory(prefix="esq-check-") as workdir:
+        jobs_list = [(s, a) for a in arch_list for s in sources]
+        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+            results = list(pool.map(lambda sa: _one(sa[0], sa[1], workdir), jobs_list))
+    toolchains = {
+        "nvcc": {k: v for k, v in nv.items()} if nv else None,
+        "nvrtc": {k: v for k, v in rt.items() if k != "module"} if rt else None,
+    }
+    return {"ok": all(r["ok"] for r in results), "archs": [f"sm_{a}" for a in arch_list],
+            "toolchains": toolchains, "results": results}
