@@ -1,0 +1,170 @@
+"""What a TensorRT build must do for a given TensorRT version, target and model — decided without TensorRT.
+
+Every version difference the TensorRT runner handles is decided here, from
+``packaging.version`` comparisons, so that it is tested on machines without
+TensorRT (TENSORRT.md lists the differences):
+
+* workspace: ``config.max_workspace_size`` before 8.4, ``set_memory_pool_limit`` from 8.4;
+* network creation: the ``EXPLICIT_BATCH`` flag before 10.0 (it is the only mode from 10.0);
+* I/O: the binding API (``get_binding_*``, ``execute_async_v2``) before 8.5, the named-tensor API
+  (``get_tensor_*``, ``set_tensor_address``, ``execute_async_v3``) from 8.5;
+* precision: builder flags FP16/INT8 (+ an implicit calibrator fed from our cache) up to 10.x; from 11
+  the flags and calibrators are gone and precision comes only from the model (strongly typed, Q/DQ).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import List, Optional, Sequence, Tuple
+
+from packaging.version import Version
+
+from ..errors import InputError, UnsupportedError
+
+PRECISIONS = ("auto", "fp32", "fp16", "int8")
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """The decisions for one engine build (JSON-ready with :meth:`to_dict`)."""
+
+    trt_version: str
+    precision: str
+    flags: Tuple[str, ...]            # trt.BuilderFlag names to set
+    calibrator: Optional[str]         # "cache" (implicit INT8 from our cache) or None
+    explicit_quantization: bool       # the model carries Q/DQ nodes
+    strongly_typed: bool              # network created STRONGLY_TYPED (TensorRT >= 11 always; 10.x for QDQ-only)
+    explicit_batch_flag: bool         # pass EXPLICIT_BATCH when creating the network (< 10)
+    workspace_api: str                # "max_workspace_size" | "memory_pool_limit"
+    io_api: str                       # "bindings" | "tensors"
+    dla_core: Optional[int]
+    notes: Tuple[str, ...] = field(default_factory=tuple)
+
+    def to_dict(self) -> dict:
+        """Return the plan as a JSON-ready dict."""
+        d = asdict(self)
+        d["flags"] = list(self.flags)
+        d["notes"] = list(self.notes)
+        return d
+
+
+def plan_build(trt_version: str, precision: str = "auto", *, profile=None, has_qdq: bool = False,
+               has_calibration: bool = False, sparse: bool = False, dla_core: Optional[int] = None,
+               fast_fp16: Optional[bool] = None, fast_int8: Optional[bool] = None) -> BuildPlan:
+    """Decide the builder flags and API flavour for ``trt_version``.
+
+    Args:
+        trt_version: the running TensorRT's version (``tensorrt.__version__``).
+        precision: ``auto``, ``fp32``, ``fp16`` or ``int8``.
+        profile: the target's :class:`~edgesqueeze.devices.DeviceProfile`; ``auto`` picks its best precision
+            and an explicit precision it cannot run is refused.
+        has_qdq: the model has QuantizeLinear/DequantizeLinear nodes (explicit INT8).
+        has_calibration: a calibration cache or amax values are given (implicit INT8).
+        sparse: set ``SPARSE_WEIGHTS`` (2:4 structured sparsity; Ampere and later use it).
+        dla_core: run on this DLA core with GPU fallback.
+        fast_fp16, fast_int8: what the local GPU reports (``platform_has_fast_fp16``); None = unknown.
+
+    Returns:
+        The :class:`BuildPlan`.
+
+    Raises:
+        InputError: unknown precision or a negative DLA core.
+        UnsupportedError: the precision is impossible here (the message says why).
+    """
+    v = Version(trt_version)
+    precision = (precision or "auto").lower()
+    if precision not in PRECISIONS:
+        raise InputError(f"unknown precision '{precision}'; choose one of {', '.join(PRECISIONS)}")
+    notes: List[str] = []
+    if profile is not None:
+        if precision == "auto":
+            precision = profile.best_precision()
+        else:
+            profile.require(precision)
+        if dla_core is not None and dla_core >= max(0, int(profile.dla_cores or 0)):
+            raise UnsupportedError(f"{profile.display_name} has {profile.dla_cores or 0} DLA core(s); "
+                                   f"DLA core {dla_core} does not exist")
+        if sparse and not profile.sparse_2_4:
+            notes.append(f"{profile.display_name} has no 2:4 sparse tensor cores; SPARSE_WEIGHTS has no effect")
+    elif precision == "auto":
+        precision = "int8" if has_qdq else ("fp16" if fast_fp16 else "fp32")
+    if dla_core is not None and dla_core < 0:
+        raise InputError(f"DLA core must be >= 0, got {dla_core}")
+    if precision == "int8" and has_qdq and fast_int8 is False:
+        notes.append("the local GPU reports no fast INT8; the Q/DQ model may run slowly")
+    if precision == "fp16" and fast_fp16 is False:
+        notes.append("the local GPU reports no fast FP16; FP16 kernels may be no faster than FP32")
+
+    flags: List[str] = []
+    calibrator = None
+    strongly_typed = False
+    if v.major >= 11:
+        # TensorRT 11 removed --fp16/--int8 and IInt8Calibrator: the model's own types decide.
+        strongly_typed = True
+        if precision == "int8" and not has_qdq:
+            raise UnsupportedError(f"TensorRT {trt_version} has no implicit INT8 calibration; give it the Q/DQ "
+                                   "model (models/model.int8_qdq.onnx in a bundle, or 'edgesqueeze quantize')")
+        if precision == "fp16":
+            notes.append("TensorRT 11 is strongly typed: FP16 comes from an FP16 model, not a builder flag")
+    else:
+        if precision in ("fp16", "int8"):
+            if fast_fp16 is not False:
+                flags.append("FP16")
+        if precision == "int8":
+            flags.append("INT8")
+            if has_qdq:
+                notes.append("INT8 from the model's Q/DQ nodes (explicit quantization)")
+            elif has_calibration:
+                calibrator = "cache"
+                if v.major >= 10:
+                    notes.append("implicit INT8 calibration is deprecated in TensorRT 10; the Q/DQ model is the "
+                                 "future-proof path")
+            else:
+                raise UnsupportedError("INT8 needs a calibration cache (calib=...) or a Q/DQ model",
+                                       hint="edgesqueeze build --precision int8 --calib data.npz writes both")
+    if sparse:
+        flags.append("SPARSE_WEIGHTS")
+    if dla_core is not None:
+        flags.append("GPU_FALLBACK")
+        if precision == "fp32":
+            notes.append("DLA runs only FP16/INT8: FP32 layers fall back to the GPU")
+    return BuildPlan(
+        trt_version=str(v), precision=precision, flags=tuple(flags), calibrator=calibrator,
+        explicit_quantization=has_qdq, strongly_typed=strongly_typed,
+        explicit_batch_flag=v < Version("10.0"),
+        workspace_api="max_workspace_size" if v < Version("8.4") else "memory_pool_limit",
+        io_api="bindings" if v < Version("8.5") else "tensors",
+        dla_core=dla_core, notes=tuple(notes))
+
+
+def engine_cache_key(*, trt_version: str, gpu_name: str, compute_capability: Sequence[int], precision: str,
+                     model_sha256: str, options: Optional[dict] = None) -> str:
+    """Key an engine by everything that makes it unusable elsewhere: TensorRT version, GPU, precision, model.
+
+    ``options`` holds the rest that changes the engine (DLA core, sparsity, calibration hash, shape profiles,
+    plugin libraries). Returns a 24-hex-digit key.
+    """
+    payload = {"trt": str(Version(trt_version)), "gpu": gpu_name.strip(), "sm": list(compute_capability),
+               "precision": precision, "model": model_sha256, "options": options or {}}
+    blob = json.dumps(payload, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:24]
+
+
+def parse_shape_profiles(spec: Optional[dict]) -> dict:
+    """Validate optimization profiles ``{input: (min, opt, max)}`` for dynamic shapes.
+
+    Raises:
+        InputError: a profile is not three shapes of equal rank with min <= opt <= max.
+    """
+    out = {}
+    for name, shapes in (spec or {}).items():
+        try:
+            lo, opt, hi = (tuple(int(d) for d in s) for s in shapes)
+        except (TypeError, ValueError) as exc:
+            raise InputError("an optimization profile needs (min, opt, max) shapes", tensor=name) from exc
+        if not (len(lo) == len(opt) == len(hi)) or any(not (a <= b <= c) for a, b, c in zip(lo, opt, hi)):
+            raise InputError(f"profile {lo} / {opt} / {hi} must have equal rank and min <= opt <= max",
+                             tensor=name)
+        out[name] = (lo, opt, hi)
+    return out

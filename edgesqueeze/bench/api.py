@@ -1,0 +1,109 @@
+"""``bench``: the Python function behind ``edgesqueeze bench`` (a model file or a bundle folder, locally)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional, Sequence, Tuple
+
+from ..errors import InputError
+from .harness import run_benchmark
+
+
+def resolve_model(path) -> Tuple[Path, dict]:
+    """Resolve a model file or a bundle folder to ``(model path, bundle info)``.
+
+    A bundle's ``manifest.json`` names the model under ``models.deploy`` (else ``models.fp32``) and the
+    target under ``target`` (a profile dict with ``name``, or a name).
+
+    Raises:
+        InputError: missing path, a folder without manifest.json, or a manifest naming a missing model.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise InputError("no such file or folder", path=str(p))
+    if p.is_file():
+        return p, {}
+    manifest = p / "manifest.json"
+    if not manifest.exists():
+        raise InputError("folder has no manifest.json: not an edgesqueeze bundle", path=str(p),
+                         hint="give a bundle folder from 'edgesqueeze build' or an .onnx file")
+    try:
+        m = json.loads(manifest.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise InputError(f"manifest.json is not JSON: {exc}", path=str(manifest)) from exc
+    models = m.get("models") or {}
+    rel = models.get("deploy") or models.get("fp32")
+    if not rel:
+        raise InputError("manifest.json names no model (models.deploy / models.fp32)", path=str(manifest))
+    model = p / rel
+    if not model.exists():
+        raise InputError(f"the bundle's model {rel} is missing", path=str(p), hint="edgesqueeze verify " + str(p))
+    target = m.get("target")
+    name = target.get("name") if isinstance(target, dict) else target
+    calib = p / "calib" / "calibration.cache"
+    return model, {"bundle": str(p), "target": name, "precision": m.get("precision"),
+                   "calibration": str(calib) if calib.exists() else None,
+                   "plugins": sorted(str(x) for x in (p / "plugins").glob("**/*.so"))}
+
+
+def bench(path, *, backend: str = "ort", iterations: int = 100, duration: Optional[float] = None,
+          warmup: int = 10, batch_sizes: Sequence[int] = (1,), power: str = "auto", target: Optional[str] = None,
+          data: Optional[str] = None, threads: Optional[int] = None, input_shapes=None, progress=None,
+          power_interval_ms: float = 50.0, idle_s: Optional[float] = None, **runner_opts) -> dict:
+    """Benchmark a model file or a bundle on this machine and return the results dict.
+
+    Args:
+        path: ``model.onnx`` or a bundle folder.
+        backend: ``ort`` (CPU, default) or ``trt``.
+        iterations / duration: timed iterations, or seconds. warmup: warm-up iterations.
+        batch_sizes: batch sizes to sweep. power: probe name (``auto`` picks what exists).
+        target: device profile for the roofline (default: this CPU for ``ort``; the bundle's target for ``trt``).
+        data: ``.npz``/``.npy``/image folder (see :func:`edgesqueeze.data.open_data`) or None for random data.
+        threads: onnxruntime threads. input_shapes: ``{name: dims}`` for dynamic inputs.
+        **runner_opts: more runner options (e.g. ``optimization`` for ort, ``dla_core`` for trt).
+
+    Raises:
+        InputError, UnsupportedError, MissingDependencyError: as the parts raise them.
+    """
+    from ..backends import get_runner
+    from ..model import load_model
+
+    model_path, bundle = resolve_model(path)
+    model = load_model(model_path, input_shapes)
+    if backend == "trt":
+        runner_opts.setdefault("precision", bundle.get("precision") or "auto")
+        runner_opts.setdefault("target", target or bundle.get("target"))
+        if bundle.get("calibration"):
+            runner_opts.setdefault("calibration", bundle["calibration"])
+        if bundle.get("plugins"):
+            runner_opts.setdefault("plugins", bundle["plugins"])
+        runner = get_runner("trt", model_path, **runner_opts)
+        runner.model = model
+    else:
+        runner = get_runner(backend, model, threads=threads, **runner_opts)
+        runner.path = str(model_path)
+    reader, described = _data(data, model)
+    prof = target or (bundle.get("target") if backend == "trt" else None)
+    result = run_benchmark(runner, reader, warmup=warmup, iterations=iterations, duration=duration,
+                           batch_sizes=batch_sizes, power=power, profile=prof, progress=progress,
+                           power_interval_ms=power_interval_ms, idle_s=idle_s, data_description=described)
+    if bundle:
+        result["options"]["bundle"] = bundle["bundle"]
+        result["options"]["bundle_target"] = bundle.get("target")
+    result["options"]["threads"] = threads
+    return result
+
+
+def _data(spec, model):
+    try:
+        from ..data import open_data
+    except ImportError:
+        open_data = None
+    if open_data is not None:
+        reader = open_data(spec, model, limit=64 if spec else 8)
+        return reader, reader.describe()
+    if spec:
+        raise InputError("reading benchmark data needs edgesqueeze.data (not installed in this checkout)")
+    from ..model import random_feeds
+
+    return random_feeds(model, seed=0, batches=8), "random (seed 0)"

@@ -1,0 +1,135 @@
+"""PNG plots of benchmark results (matplotlib, the ``plots`` extra, imported lazily with the Agg backend)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+
+from .._lazy import require
+from ..fileio import atomic_path
+
+
+def _plt():
+    mpl = require("matplotlib", "benchmark plots")
+    mpl.use("Agg", force=True)
+    return require("matplotlib.pyplot", "benchmark plots")
+
+
+def label(result: dict, run: Optional[dict] = None) -> str:
+    """A short label: ``model backend/precision @device [bN]``."""
+    b = result["backend"]
+    text = f"{result['model']['name']} {b['name']}/{b.get('precision') or '?'} @{result['device']['profile']}"
+    return text + (f" b{run['batch']}" if run is not None else "")
+
+
+def _save(fig, path: Path) -> Path:
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=110, metadata={"Software": None})
+    return path
+
+
+def latency_plot(results: List[dict], path) -> Path:
+    """Histogram (log bins) and CDF of every run's latency samples, one colour per run and batch size."""
+    plt = _plt()
+    fig, (ax_h, ax_c) = plt.subplots(1, 2, figsize=(11, 4.2))
+    runs = [(label(r, run), np.asarray(run["latency_ms"]["samples"], float)) for r in results for run in r["runs"]]
+    lo = max(1e-6, min(float(s.min()) for _, s in runs))
+    hi = max(float(s.max()) for _, s in runs)
+    bins = np.geomspace(lo, hi * 1.001 if hi > lo else lo * 1.01, 80)  # log bins: the tail stays visible
+    for name, s in runs:
+        ax_h.hist(s, bins=bins, alpha=0.55, label=name)
+        xs = np.sort(s)
+        ax_c.plot(xs, np.arange(1, xs.size + 1) / xs.size, label=name)
+        for q, ls in ((50, ":"), (99, "--")):
+            ax_c.axvline(np.percentile(s, q), color=ax_c.lines[-1].get_color(), ls=ls, lw=0.8)
+    ax_h.set_xscale("log")
+    ax_h.set_yscale("log")
+    ax_h.set_xlabel("latency per batch (ms)")
+    ax_h.set_ylabel("iterations")
+    ax_h.set_title("latency histogram (log-log: the slow tail stays visible)", fontsize=9)
+    ax_c.set_xlabel("latency per batch (ms)")
+    ax_c.set_ylabel("fraction of iterations ≤ x")
+    ax_c.set_title("latency CDF (dotted: median, dashed: p99)", fontsize=9)
+    ax_c.set_xscale("log")
+    ax_c.grid(True, which="both", alpha=0.3)
+    ax_h.legend(fontsize=7)
+    fig.tight_layout()
+    out = _save(fig, Path(path))
+    plt.close(fig)
+    return out
+
+
+def power_plot(result: dict, path) -> Optional[Path]:
+    """Total power over time with the idle window and each inference window shaded; None without samples."""
+    trace = (result.get("power") or {}).get("trace") or []
+    if not trace:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(10, 4))
+    t = np.asarray([p["t"] for p in trace])
+    w = np.asarray([p["mw"] for p in trace]) / 1000.0
+    ax.plot(t, w, color="black", lw=1.2, label=f"total ({result['power'].get('total_source') or 'total'})")
+    rails = result["power"].get("rails_trace") or []
+    if rails:
+        names = sorted({k for s in rails for k in s["rails"]})
+        rt = [s["t"] for s in rails]
+        for n in names:
+            ax.plot(rt, [s["rails"].get(n, np.nan) / 1000.0 for s in rails], lw=0.8, alpha=0.7, label=n)
+    idle = result["power"].get("idle") or {}
+    if idle.get("window_s"):
+        ax.axvspan(*idle["window_s"], color="grey", alpha=0.2, label=f"idle {idle.get('mean_mw', 0) / 1000:.2f} W")
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, run in enumerate(result["runs"]):
+        if run.get("window_s"):
+            ps = run.get("power") or {}
+            text = f"batch {run['batch']}"
+            if ps.get("energy_per_inference_mj") is not None:
+                text += f": {ps['avg_mw'] / 1000:.2f} W, {ps['energy_per_inference_mj']:.3g} mJ/inf"
+            ax.axvspan(*run["window_s"], color=colors[i % len(colors)], alpha=0.18, label=text)
+    ax.set_xlabel("time since the benchmark started (s)")
+    ax.set_ylabel("power (W)")
+    ax.set_title(f"power: {label(result)} — probe {result['power'].get('probe')}", fontsize=9)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    out = _save(fig, Path(path))
+    plt.close(fig)
+    return out
+
+
+def roofline_plot(results: List[dict], path) -> Optional[Path]:
+    """Each run on its target's roofline (log-log FLOP/byte vs GFLOP/s); None when no run has FLOPs."""
+    points = []
+    roofs = {}
+    for r in results:
+        for run in r["runs"]:
+            rf = ((run.get("bandwidth") or {}).get("analytic") or {}).get("roofline")
+            if rf and rf.get("intensity_flop_per_byte"):
+                points.append((label(r, run), rf))
+                roofs[(r["device"]["profile"], rf["precision"])] = rf
+    if not points:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    xs = [p[1]["intensity_flop_per_byte"] for p in points] + [rf["ridge_flop_per_byte"] for rf in roofs.values()]
+    x = np.logspace(np.log10(min(xs) / 4), np.log10(max(xs) * 4), 200)
+    for (dev, prec), rf in sorted(roofs.items()):
+        y = np.minimum(rf["peak_gflops"], x * rf["peak_gbs"])
+        ax.plot(x, y, lw=1.5, label=f"{dev} {prec}: {rf['peak_gflops']:.0f} GFLOP/s, {rf['peak_gbs']:.0f} GB/s")
+        ax.axvline(rf["ridge_flop_per_byte"], color=ax.lines[-1].get_color(), ls=":", lw=0.8)
+    for name, rf in points:
+        ax.scatter([rf["intensity_flop_per_byte"]], [rf["achieved_gflops"]], zorder=3,
+                   label=f"{name}: {rf['achieved_gflops']:.3g} GFLOP/s ({rf['fraction_of_attainable']:.0%} of roof, "
+                         f"{rf['bound']}-bound)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("arithmetic intensity (FLOP per byte that must move)")
+    ax.set_ylabel("GFLOP/s")
+    ax.set_title("roofline (analytic bytes: a lower bound on traffic; dotted: ridge point)", fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left")  # above the memory roof nothing is plotted
+    fig.tight_layout()
+    out = _save(fig, Path(path))
+    plt.close(fig)
+    return out

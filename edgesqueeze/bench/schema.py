@@ -1,0 +1,124 @@
+"""The benchmark results format, version ``edgesqueeze.bench/1``, and its validator.
+
+Required (small, so that the Python 3.6 on-device runner can write it with the standard library):
+``schema``, ``model`` {name, path, sha256}, ``device`` {profile, hostname}, ``backend`` {name, version,
+precision}, ``runs`` [{batch, latency_ms: {samples: [ms...], stats?}}]. Everything else is optional:
+``versions``, ``options``, ``data``, ``power``, ``bandwidth``, ``warnings``, ``partial``,
+``started_at``, ``finished_at``, and per run ``throughput_ips``, ``compute_ms``/``h2d_ms``/``d2h_ms``
+(``{samples, stats}`` or null), ``power``, ``bandwidth``. ``stats`` may be absent: :func:`validate_result`
+recomputes it from the samples. A result carrying raw tegrastats lines (``power.raw``) and no parsed
+power summary gets one.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+from typing import Any, List, Union
+
+from ..errors import InputError
+from .stats import summarize, throughput
+
+SCHEMA = "edgesqueeze.bench/1"
+SUPPORTED = (SCHEMA,)
+TIMING_KEYS = ("latency_ms", "compute_ms", "h2d_ms", "d2h_ms")
+
+
+def _fail(where: str, what: str, path: str = "") -> None:
+    raise InputError(f"invalid benchmark result at {where}: {what}", path=path or None)
+
+
+def _samples(obj: Any, where: str, path: str) -> List[float]:
+    if not isinstance(obj, list) or not obj:
+        _fail(where, "expected a non-empty list of numbers", path)
+    for i, v in enumerate(obj):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            _fail(f"{where}[{i}]", f"expected a finite number >= 0, got {v!r}", path)
+    return [float(v) for v in obj]
+
+
+def validate_result(result: Any, path: str = "") -> dict:
+    """Check a results dict and return a normalised deep copy (missing ``stats`` and throughput filled in).
+
+    Args:
+        result: the parsed JSON.
+        path: the file it came from, for messages.
+
+    Raises:
+        InputError: naming the first field at fault (``runs[0].latency_ms.samples[3]: ...``) or an
+            unsupported schema version.
+    """
+    if not isinstance(result, dict):
+        _fail("top level", f"expected an object, got {type(result).__name__}", path)
+    schema = result.get("schema")
+    if schema not in SUPPORTED:
+        _fail("schema", f"unsupported schema {schema!r}; this edgesqueeze reads {', '.join(SUPPORTED)}", path)
+    out = copy.deepcopy(result)
+    for key, fields in (("model", ("name", "sha256")), ("device", ("profile",)), ("backend", ("name",))):
+        sect = out.get(key)
+        if not isinstance(sect, dict):
+            _fail(key, "missing or not an object", path)
+        for f in fields:
+            if not isinstance(sect.get(f), str) or not sect[f]:
+                _fail(f"{key}.{f}", "missing or not a non-empty string", path)
+    runs = out.get("runs")
+    if not isinstance(runs, list) or not runs:
+        _fail("runs", "expected a non-empty list", path)
+    for i, run in enumerate(runs):
+        w = f"runs[{i}]"
+        if not isinstance(run, dict):
+            _fail(w, "expected an object", path)
+        batch = run.get("batch")
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            _fail(f"{w}.batch", f"expected a positive integer, got {batch!r}", path)
+        for key in TIMING_KEYS:
+            sect = run.get(key)
+            if sect is None:
+                if key == "latency_ms":
+                    _fail(f"{w}.latency_ms", "missing", path)
+                run[key] = None
+                continue
+            if not isinstance(sect, dict):
+                _fail(f"{w}.{key}", "expected an object with 'samples'", path)
+            samples = _samples(sect.get("samples"), f"{w}.{key}.samples", path)
+            if not isinstance(sect.get("stats"), dict):
+                sect["stats"] = summarize(samples)
+        if not isinstance(run.get("throughput_ips"), (int, float)):
+            run["throughput_ips"] = throughput(batch, run["latency_ms"]["stats"]["mean"])
+    for key, kind in (("warnings", list), ("partial", bool), ("options", dict), ("versions", dict)):
+        if key in out and out[key] is not None and not isinstance(out[key], kind):
+            _fail(key, f"expected {kind.__name__}", path)
+    out.setdefault("warnings", [])
+    out.setdefault("partial", False)
+    power = out.get("power")
+    if isinstance(power, dict) and power.get("raw") and not power.get("summary"):
+        from .tegrastats import parse_log, summarize_samples
+
+        parsed = parse_log(power["raw"])
+        power["summary"] = summarize_samples(parsed["samples"])
+        power["skipped_lines"] = parsed["skipped"]
+    return out
+
+
+def load_result(path: Union[str, Path]) -> dict:
+    """Read and validate a results JSON file.
+
+    Raises:
+        InputError: missing file, not JSON, or an invalid result.
+    """
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"cannot read: {exc.strerror}", path=str(p)) from exc
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise InputError(f"not JSON: {exc}", path=str(p)) from exc
+    if isinstance(data, list):
+        from .trtexec import looks_like_export_times, import_trtexec
+
+        if looks_like_export_times(data):
+            return validate_result(import_trtexec(p), str(p))
+    return validate_result(data, str(p))

@@ -1,0 +1,172 @@
+"""``edgesqueeze bench``: latency, power, bandwidth of a model or bundle, here or on a device over SSH."""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from .common import emit, info, input_shape_option, json_option, quiet, table, target_option, warn
+
+
+def _batches(text: str):
+    try:
+        out = [int(x) for x in str(text).replace(" ", "").split(",") if x]
+    except ValueError:
+        out = []
+    if not out or any(b < 1 for b in out):
+        raise click.BadParameter(f"expected positive integers like 1,4,8, got '{text}'", param_hint="--batch")
+    return out
+
+
+class _Bar:
+    """tqdm progress on stderr: iterations, or seconds with --duration."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.bar = None
+        self.phase = None
+
+    def __call__(self, phase, done, total):
+        if not self.enabled:
+            return
+        if phase != self.phase:
+            self.close()
+            from tqdm import tqdm
+
+            self.phase = phase
+            self.bar = tqdm(total=total, desc=phase, unit="it" if isinstance(total, int) else "s", file=sys.stderr,
+                            leave=False, bar_format=None if total else "{desc}")
+        if self.bar is not None and total:
+            self.bar.n = done if isinstance(total, int) else round(done, 1)
+            self.bar.refresh()
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def summary_text(result: dict) -> str:
+    """The human summary the CLI prints for one result."""
+    from ..bench.report import summary_rows
+
+    rows = summary_rows([result])
+    b = result["backend"]
+    head = (f"{result['model']['name']} on {result['device']['profile']} ({b['name']} {b.get('version') or ''} "
+            f"{b.get('precision') or ''}), data: {result.get('data')}")
+    lat = table([[r["batch"], r["n"], f"{r['mean_ms']:.4f}", f"{r['median_ms']:.4f}", f"{r['p90_ms']:.4f}",
+                  f"{r['p99_ms']:.4f}", f"{r['cv']:.1%}", f"{r['throughput_ips']:.1f}",
+                  "-" if r["avg_w"] is None else f"{r['avg_w']:.2f}",
+                  "-" if r["mj_per_inf"] is None else f"{r['mj_per_inf']:.3g}",
+                  "-" if r["analytic_gbs"] is None else f"{r['analytic_gbs']:.3g}",
+                  "-" if r["roof_fraction"] is None else f"{r['roof_fraction']:.0%} {r['bound']}"]
+                 for r in rows],
+                ["batch", "n", "mean ms", "median ms", "p90 ms", "p99 ms", "cv", "inf/s", "W", "mJ/inf", "GB/s*",
+                 "roofline"])
+    p = result.get("power") or {}
+    lines = [head, lat, "* analytic: bytes that must move / median latency (a lower bound)",
+             "power: " + (f"{p.get('probe')} ({p.get('total_source')})" if p.get("available")
+                          else p.get("reason", "not measured"))]
+    lines += [f"warning: {w}" for w in result.get("warnings") or []]
+    return "\n".join(lines)
+
+
+@click.command("bench")
+@click.argument("path", type=click.Path())
+@click.option("--backend", type=click.Choice(["ort", "trt"]), default="ort", show_default=True,
+              help="onnxruntime on the CPU, or TensorRT (needs the trt extra and a GPU).")
+@click.option("-n", "--iterations", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Timed iterations per batch size.")
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=None, metavar="S",
+              help="Time each batch size for S seconds instead of a fixed count (better for power).")
+@click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True, help="Warm-up iterations.")
+@click.option("--batch", "batch", default="1", show_default=True, metavar="1,4,8", help="Batch sizes to sweep.")
+@click.option("--power", type=click.Choice(["auto", "tegrastats", "ina3221", "nvml", "rapl", "none"]),
+              default="auto", show_default=True, help="Power probe (auto: the first that works here).")
+@click.option("--power-interval", type=click.FloatRange(min=1), default=50.0, show_default=True, metavar="MS",
+              help="Power sampling interval in milliseconds.")
+@target_option
+@click.option("--data", default=None, metavar="FILE", help="Input data (.npz/.npy/image folder); default random.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime intra-op threads.")
+@input_shape_option
+@click.option("-o", "--output", type=click.Path(), default=None, help="Write the results JSON here.")
+@click.option("--report", "report_dir", type=click.Path(), default=None, metavar="DIR",
+              help="Write report.md and PNG plots into DIR.")
+@click.option("--device", default=None, metavar="USER@HOST", help="Run on this device over SSH (deploys first).")
+@click.option("--devices", "fleet", type=click.Path(), default=None, metavar="FLEET.TOML",
+              help="Run on every device of a fleet file, in parallel.")
+@json_option
+def command(path, backend, iterations, duration, warmup, batch, power, power_interval, target, data, threads,
+            input_shapes, output, report_dir, device, fleet, as_json):
+    """Benchmark a model or bundle: latency statistics, throughput, power and energy, memory bandwidth.
+
+    Every latency sample is kept; the results JSON (schema edgesqueeze.bench/1) carries them with the device,
+    versions and options. Power is measured when a probe exists (tegrastats, INA3221, NVML, RAPL), with an
+    idle baseline first; otherwise the results say why not.
+
+    \b
+    Examples:
+      edgesqueeze bench examples/digits/digits_cnn.onnx
+      edgesqueeze bench bundle/ --batch 1,4,8 --iterations 500 -o results.json --report report/
+      edgesqueeze bench bundle/ --backend trt --duration 10 --power tegrastats
+      edgesqueeze bench bundle/ --device nvidia@jetson.local -o tx2.json
+      edgesqueeze bench bundle/ --devices fleet.toml --report fleet-report/
+    """
+    from ..errors import InputError, UnsupportedError
+    from ..fileio import write_json_atomic
+    from ..model import parse_input_shapes
+
+    batches = _batches(batch)
+    if device and fleet:
+        raise InputError("give --device or --devices, not both")
+    bar = _Bar(enabled=not quiet() and sys.stderr.isatty())
+    if device or fleet:
+        try:
+            from ..deploy import fleet_bench, remote_bench
+        except ImportError as exc:
+            raise UnsupportedError(f"remote benchmarks need edgesqueeze.deploy, which cannot be imported: {exc}") \
+                from exc
+        opts = dict(iterations=iterations, warmup=warmup, duration=duration, power=power,
+                    backend="auto" if backend == "ort" and device is None else backend)
+        if device:
+            info(f"benchmarking {path} on {device} ...")
+            results = [remote_bench(path, device, **opts)]
+        else:
+            info(f"benchmarking {path} on the devices of {fleet} ...")
+            results = fleet_bench(path, fleet, **opts)
+    else:
+        from ..bench.api import bench
+
+        info(f"benchmarking {path} with {backend} (batch {','.join(map(str, batches))}, "
+             f"{f'{duration:g} s' if duration else f'{iterations} iterations'} each, power: {power}) ...")
+        try:
+            results = [bench(path, backend=backend, iterations=iterations, duration=duration, warmup=warmup,
+                             batch_sizes=batches, power=power, target=target, data=data, threads=threads,
+                             input_shapes=parse_input_shapes(input_shapes), progress=bar,
+                             power_interval_ms=power_interval)]
+        finally:
+            bar.close()
+    good = [r for r in results if r.get("runs")]
+    for r in results:
+        if not r.get("runs"):
+            err = r.get("error") or {}
+            warn(f"{(r.get('device') or {}).get('label') or (r.get('device') or {}).get('hostname')}: "
+                 f"no results ({err.get('message', 'failed')})")
+    if output:
+        if len(results) == 1:
+            write_json_atomic(output, results[0])
+        else:
+            write_json_atomic(output, results)
+        info(f"wrote {output}")
+    if report_dir and good:
+        from ..bench.report import write_report
+
+        written = write_report(good, report_dir)
+        info(f"wrote {written['report']}" + (f" and {len(written) - 1} plot(s)" if len(written) > 1 else ""))
+    if any(r.get("partial") for r in results):
+        warn("the benchmark was interrupted: the results are partial")
+    payload = results[0] if len(results) == 1 else results
+    emit(payload, as_json, lambda _: "\n\n".join(summary_text(r) for r in good))
+    if not good:
+        return 6
+    return 130 if any(r.get("partial") for r in results) else 0

@@ -1,0 +1,63 @@
+"""``edgesqueeze report``: compare benchmark results side by side (Markdown + PNG plots)."""
+from __future__ import annotations
+
+import click
+
+from .common import emit, info, json_option, table
+
+
+@click.command("report")
+@click.argument("results", nargs=-1, required=True, type=click.Path())
+@click.option("-o", "--output", "out_dir", required=True, type=click.Path(), metavar="DIR",
+              help="Folder for report.md and the plots.")
+@click.option("--no-plots", is_flag=True, help="Markdown only (no matplotlib needed).")
+@click.option("--trtexec-profile", type=click.Path(), default=None, metavar="FILE",
+              help="With one trtexec --exportTimes file: its --exportProfile file (per-layer times).")
+@json_option
+def command(results, out_dir, no_plots, trtexec_profile, as_json):
+    """Compare benchmark results (e.g. FP32 vs FP16 vs INT8, or two devices) in one report.
+
+    RESULTS are results JSON files from 'edgesqueeze bench' (a file holding a list, as fleet runs write, adds
+    each entry), or trtexec --exportTimes JSON files.
+
+    \b
+    Examples:
+      edgesqueeze report fp32.json fp16.json int8.json -o report/
+      edgesqueeze report tx2.json orin-nano.json -o compare/ --json
+      edgesqueeze report times.json --trtexec-profile profile.json -o trtexec-report/
+    """
+    import json
+    from pathlib import Path
+
+    from ..bench.report import summary_rows, write_report
+    from ..bench.schema import load_result, validate_result
+    from ..bench.trtexec import import_trtexec, looks_like_export_times
+    from ..errors import InputError
+
+    loaded = []
+    for path in results:
+        p = Path(path)
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise InputError(f"cannot read: {exc.strerror}", path=str(p)) from exc
+        except ValueError as exc:
+            raise InputError(f"not JSON: {exc}", path=str(p)) from exc
+        if looks_like_export_times(data):
+            loaded.append(validate_result(import_trtexec(p, trtexec_profile), str(p)))
+        elif isinstance(data, list):
+            loaded += [validate_result(r, f"{p}[{i}]") for i, r in enumerate(data) if r.get("runs")]
+        else:
+            loaded.append(load_result(p))
+    written = write_report(loaded, out_dir, plots=not no_plots)
+    info(f"wrote {written['report']}" + (f" and {len(written) - 1} plot(s)" if len(written) > 1 else ""))
+    rows = summary_rows(loaded)
+    payload = {"written": written, "rows": rows}
+
+    def text(_):
+        return table([[f"{r['model']} {r['backend']}/{r['precision']} @{r['device']}", r["batch"],
+                       f"{r['median_ms']:.4f}", f"{r['p99_ms']:.4f}", f"{r['throughput_ips']:.1f}",
+                       "-" if r["mj_per_inf"] is None else f"{r['mj_per_inf']:.3g}"] for r in rows],
+                     ["run", "batch", "median ms", "p99 ms", "inf/s", "mJ/inf"], "lrrrrr")
+
+    emit(payload, as_json, text)
