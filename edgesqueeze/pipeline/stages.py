@@ -1,0 +1,187 @@
+"""The build pipeline's stages that are more than a call: optimizer, calibration cache, validation, local
+TensorRT engine, predicted latency, and the small JSON helpers for the manifest."""
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import onnx
+
+from .. import __version__
+from ..errors import InputError, UnsupportedError
+from ..model import input_specs
+
+
+def have(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def have_quant() -> bool:
+    try:
+        from ..quant import calibrate, convert_fp16, quantize_qdq, write_calibration_cache  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_target_precision(profile, requested: str) -> str:
+    """``auto`` → the target's best precision; an explicit one must be supported (UnsupportedError otherwise)."""
+    requested = (requested or "auto").lower()
+    try:
+        from ..quant import resolve_precision
+    except ImportError:
+        resolve_precision = None
+    if resolve_precision is not None:
+        return resolve_precision(profile, requested)
+    if requested == "auto":
+        return profile.best_precision()
+    if requested not in ("fp32", "fp16", "int8"):
+        raise InputError(f"unknown precision '{requested}'; choose auto, fp32, fp16 or int8")
+    if not profile.supports(requested):
+        raise UnsupportedError(f"--precision {requested} is not possible on {profile.name}: "
+                               f"{profile.why_not(requested)}")
+    return requested
+
+
+def predicted_ms(model: onnx.ModelProto, profile, precision: str, sparse: bool = False) -> Optional[float]:
+    try:
+        from ..inspect import inspect_model
+    except ImportError:
+        return None
+    totals = inspect_model(model, target=profile, precision=precision, sparse=sparse)["totals"]
+    return totals.get("roofline_ms")
+
+
+def versions() -> Dict[str, str]:
+    import numpy
+    import onnxruntime
+
+    return {"edgesqueeze": __version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
+            "numpy": numpy.__version__}
+
+
+def local_trt_reason() -> Optional[str]:
+    """Why no local TensorRT engine can be built here (None when one can)."""
+    if not have("tensorrt"):
+        return "TensorRT is not installed here (pip install 'edgesqueeze[trt]' on a machine with an NVIDIA GPU)"
+    if shutil.which("nvidia-smi") is None:
+        return "no NVIDIA GPU here (nvidia-smi not found)"
+    return None
+
+
+def run_optimizer(model, profile, passes, skip, enabled) -> dict:
+    if not enabled:
+        return {"status": "skipped", "reason": "--no-optimize", "model": model, "note": "off"}
+    try:
+        from ..passes import optimize as run_passes
+    except ImportError as exc:
+        return {"status": "skipped", "reason": f"the optimizer is not available ({exc})", "model": model,
+                "note": "optimizer missing"}
+    out, report = run_passes(model, passes=list(passes) if passes else None, skip=tuple(skip),
+                             target=profile.name, verify=True)
+    fusions = {k: (v.get("count") if isinstance(v, dict) else v) for k, v in sorted(report.get("fusions", {}).items())}
+    names = [p["name"] if isinstance(p, dict) else str(p) for p in report.get("passes", [])]
+    return {"status": "done", "model": out, "passes": names, "fusions": fusions,
+            "nodes_before": report.get("nodes_before"), "nodes_after": report.get("nodes_after"),
+            "verification": report.get("verification"),
+            "note": f"{report.get('nodes_before')} -> {report.get('nodes_after')} nodes"}
+
+
+def cache_text(amax: Dict[str, float], trt_version: str) -> str:
+    """The calibration cache for ``trt_version`` as text (header EntropyCalibration2: what trtexec --calib reads)."""
+    import tempfile
+
+    from ..quant import write_calibration_cache
+
+    with tempfile.TemporaryDirectory(prefix="edgesqueeze-cache-") as tmp:
+        path = Path(tmp) / "calibration.cache"
+        write_calibration_cache(path, amax, trt_version=trt_version, algorithm="EntropyCalibration2")
+        return path.read_text(encoding="utf-8")
+
+
+def validate(original, models, reader, bar) -> dict:
+    """Accuracy of every model against the input model's outputs (and labels when the data has them)."""
+    from ..compare import compare_runs
+    from ..ortutil import make_session, run_model
+
+    ref_sess = make_session(original)
+    results = {}
+    ref_cache: List[dict] = []
+    feeds = list(reader)
+    labels = getattr(reader, "labels", None)
+    for f in feeds:
+        ref_cache.append(run_model(original, f, session=ref_sess))
+        bar.update(1)
+    for kind, m in models.items():
+        sess = make_session(m)
+        it = iter(ref_cache)
+        r = compare_runs(lambda f: next(it), lambda f, s=sess, mm=m: run_model(mm, f, session=s), feeds, labels,
+                         progress=bar.update if kind != "fp32" else None)
+        results[kind] = r
+    any_r = next(iter(results.values()))
+    acc = any_r.get("accuracy")
+    return {"samples": any_r["samples"], "labelled": bool(acc and acc.get("n")),
+            "reference_top1": acc["a"] if acc else None,
+            "models": {k: {"top1": (r["accuracy"] or {}).get("b"), "outputs": r["outputs"]}
+                       for k, r in results.items()}}
+
+
+def accuracy_note(acc: dict, deploy_kind: str) -> str:
+    d = acc["models"].get(deploy_kind, {})
+    if d.get("top1") is not None and acc.get("reference_top1") is not None:
+        return f"top-1 {100 * acc['reference_top1']:.2f}% -> {100 * d['top1']:.2f}% ({deploy_kind})"
+    errs = [o.get("max_rel") for o in d.get("outputs", {}).values() if o.get("max_rel") is not None]
+    return f"max relative error {max(errs):.3g} ({deploy_kind})" if errs else "done"
+
+
+def manifest_accuracy(acc: Optional[dict]) -> Optional[dict]:
+    if not acc:
+        return None
+    out = {"samples": acc["samples"], "reference_top1": acc["reference_top1"]}
+    for kind, m in acc["models"].items():
+        agree = [o.get("top1_agreement") for o in m["outputs"].values() if o.get("top1_agreement") is not None]
+        out[kind] = {"top1": m["top1"], "top1_agreement": agree[0] if agree else None}
+    return out
+
+
+def local_engine(model, precision, profile, cache_text) -> dict:
+    """Build and run a TensorRT engine for this machine's GPU to validate the graph (not the device's engine)."""
+    import numpy as np
+
+    from ..backends import get_runner
+    from ..model import random_feeds
+    from ..ortutil import compare_outputs, run_model
+
+    feeds = random_feeds(model, seed=0)[0]
+    trt_model, path = model, "plain"
+    try:
+        from ..plugins.dwsep import has_custom_nodes, inline_functions
+
+        if has_custom_nodes(model):  # no plugin library is built here: hand TensorRT the standard-op variant
+            trt_model, path = inline_functions(model), "inlined"
+    except ImportError:
+        pass
+    runner = get_runner("trt", trt_model, precision=precision, cache_dir=False)
+    with runner:
+        out = runner.infer(feeds)
+    ref = run_model(model, feeds)
+    err = compare_outputs(ref, {k: np.asarray(v) for k, v in out.items()})
+    worst = max((s.get("max_rel", 0.0) for s in err.values()), default=0.0)
+    return {"status": "done", "max_rel_vs_ort": worst, "model_variant": path,
+            "note": f"local TensorRT engine built ({path} model); max rel err vs onnxruntime {worst:.3g}"}
+
+
+def inputs_json(model) -> dict:
+    return {name: {"shape": list(spec["shape"]), "dtype": spec["dtype"].name}
+            for name, spec in sorted(input_specs(model).items())}
+
+
+def shapes_json(shapes) -> Optional[dict]:
+    if not shapes:
+        return None
+    return {("" if k is None else k): list(v) for k, v in sorted(shapes.items(), key=lambda kv: str(kv[0]))}
