@@ -20,7 +20,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional
 
-from .sources import KERNEL_SOURCES, parse_archs, plugin_source_dir
+from ..errors import InputError
+from .sources import KERNEL_SOURCES, PLUGIN_SOURCES, parse_archs, plugin_source_dir
 
 INSTALL_HINT = 'pip install "cuda-bindings<13" nvidia-cuda-nvrtc-cu12 nvidia-cuda-runtime-cu12 nvidia-cuda-nvcc-cu12'
 
@@ -203,7 +204,59 @@ def _one(src: Path, arch: str, workdir: str) -> dict:
     return res
 
 
-def check_kernels(archs: Optional[Iterable] = None, *, jobs: int = 2) -> dict:
+def _cuda_include() -> List[str]:
+    """Folders for cuda_runtime_api.h (and its crt/ headers): the nvcc toolkit's, else the pip wheels'."""
+    nv = nvcc_info()
+    if nv:
+        cand = Path(nv["path"]).resolve().parent.parent / "include"
+        if (cand / "cuda_runtime_api.h").exists() and (cand / "crt" / "host_defines.h").exists():
+            return [str(cand)]
+    runtime = _find_pip_file("cuda_runtime", "include")
+    crt = _find_pip_file("cuda_nvcc", "include")
+    if runtime and crt and (runtime / "cuda_runtime_api.h").exists():
+        return [str(runtime), str(crt)]
+    return []
+
+
+def check_plugin_sources(trt_include: str, *, compiler: Optional[str] = None) -> List[dict]:
+    """Compile the TensorRT plugin sources (C++14, ``-fsyntax-only``) against the TensorRT headers in
+    ``trt_include`` (the folder holding NvInfer.h). TensorRT itself is not needed, only its headers.
+
+    Returns:
+        ``[{"source", "ok", "compiler", "trt_version", "log"}]``, one per plugin source.
+
+    Raises:
+        InputError: ``trt_include`` has no NvInfer.h, or no C++ compiler / CUDA runtime header is available.
+    """
+    inc = Path(trt_include)
+    if not (inc / "NvInfer.h").exists():
+        raise InputError(f"no NvInfer.h in {trt_include}", path=str(trt_include),
+                         hint="give the TensorRT include folder, e.g. /usr/include/aarch64-linux-gnu")
+    cxx = compiler or next((c for c in (os.environ.get("CXX"), "g++", "c++", "clang++") if c and shutil.which(c)),
+                           None)
+    cuda_inc = _cuda_include()
+    if not cxx or not cuda_inc:
+        raise InputError("checking the plugin sources needs a C++ compiler and cuda_runtime_api.h",
+                         hint=INSTALL_HINT)
+    ver_text = (inc / "NvInferVersion.h").read_text(errors="replace") if (inc / "NvInferVersion.h").exists() else ""
+    nums = [re.search(rf"define (?:NV_TENSORRT|TRT)_{part}(?:_ENTERPRISE)? (\d+)", ver_text)
+            for part in ("MAJOR", "MINOR", "PATCH")]
+    trt_version = ".".join(m.group(1) for m in nums if m) or "?"
+    root = plugin_source_dir()
+    out = []
+    for rel in PLUGIN_SOURCES + ("plugins/plugin_common.cpp",):
+        cmd = [cxx, "-std=c++14", "-fsyntax-only", "-Wall", "-Wextra", "-Wno-deprecated-declarations",
+               f"-I{root / 'include'}", f"-I{root / 'plugins'}", "-isystem", str(inc)]
+        for d in cuda_inc:
+            cmd += ["-isystem", d]
+        cmd.append(str(root / rel))
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        out.append({"source": rel, "ok": proc.returncode == 0, "compiler": cxx, "trt_version": trt_version,
+                    "log": proc.stderr.strip()})
+    return out
+
+
+def check_kernels(archs: Optional[Iterable] = None, *, jobs: int = 2, trt_include: Optional[str] = None) -> dict:
     """Compile every kernel source for every architecture in ``archs`` (default 53, 62, 72, 87).
 
     Returns:
@@ -212,8 +265,10 @@ def check_kernels(archs: Optional[Iterable] = None, *, jobs: int = 2) -> dict:
         "spill_load_bytes", "stack_bytes", "smem_bytes"}]}]}``; a spill or a compile error makes ``ok`` False for
         that entry only when it fails to compile (spills are reported, not fatal).
 
+        With ``trt_include``, also ``"plugins"``: :func:`check_plugin_sources` against those TensorRT headers.
+
     Raises:
-        InputError: an invalid architecture.
+        InputError: an invalid architecture or TensorRT include folder.
     """
     arch_list = parse_archs(archs)
     sources = [plugin_source_dir() / s for s in KERNEL_SOURCES]
@@ -226,5 +281,9 @@ def check_kernels(archs: Optional[Iterable] = None, *, jobs: int = 2) -> dict:
         "nvcc": {k: v for k, v in nv.items()} if nv else None,
         "nvrtc": {k: v for k, v in rt.items() if k != "module"} if rt else None,
     }
-    return {"ok": all(r["ok"] for r in results), "archs": [f"sm_{a}" for a in arch_list],
-            "toolchains": toolchains, "results": results}
+    report = {"ok": all(r["ok"] for r in results), "archs": [f"sm_{a}" for a in arch_list],
+              "toolchains": toolchains, "results": results}
+    if trt_include:
+        report["plugins"] = check_plugin_sources(trt_include)
+        report["ok"] = report["ok"] and all(p["ok"] for p in report["plugins"])
+    return report

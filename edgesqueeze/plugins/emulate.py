@@ -1,9 +1,11 @@
-"""Run the CUDA kernels' arithmetic on the CPU.
+"""Run the CUDA kernels from numpy: their arithmetic on the CPU, or the real kernels on a GPU.
 
-The kernels' ``__host__ __device__`` functions compile with g++ through ``kernels/tests/host_harness.cpp``,
-which calls them for every block and thread index exactly as the ``__global__`` kernels map them. This module
-builds that harness once per source hash (a shared library loaded with ctypes) and wraps it in numpy calls, so
-tests compare the very code the GPU runs with onnxruntime running the node's ONNX function.
+``device="cpu"``: the kernels' ``__host__ __device__`` functions compile with g++ through
+``kernels/tests/host_harness.cpp``, which calls them for every block and thread index exactly as the
+``__global__`` kernels map them. ``device="gpu"``: ``kernels/tests/gpu_harness.cu`` compiled with nvcc for this
+machine's GPU runs the kernels through the library's launchers. Each harness is built once per source hash (a
+shared library loaded with ctypes), so tests compare the very code the GPU runs with onnxruntime running the
+node's ONNX function.
 """
 from __future__ import annotations
 
@@ -19,11 +21,12 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from ..errors import InputError, UnsupportedError
+from ..errors import DeviceError, InputError, UnsupportedError
 from .dwsep import ACTIVATIONS
 from .sources import plugin_source_dir
 
 HARNESS = "tests/host_harness.cpp"
+GPU_HARNESS = "tests/gpu_harness.cu"
 
 
 class _DwsepParams(ctypes.Structure):
@@ -48,7 +51,8 @@ def _compiler() -> str:
 def _source_hash() -> str:
     root = plugin_source_dir()
     h = hashlib.sha256()
-    for p in sorted((root / "include").rglob("*")) + [root / HARNESS]:
+    for p in sorted((root / "include").rglob("*")) + sorted((root / "src").rglob("*")) + \
+            [root / HARNESS, root / GPU_HARNESS]:
         if p.is_file():
             h.update(p.relative_to(root).as_posix().encode() + b"\0" + p.read_bytes())
     return h.hexdigest()[:16]
@@ -87,20 +91,70 @@ def build_harness(cache_dir: Optional[Path] = None, compiler: Optional[str] = No
     return lib
 
 
+def build_gpu_harness(cache_dir: Optional[Path] = None, arch: Optional[str] = None) -> Path:
+    """Compile the GPU harness with nvcc for ``arch`` (default: this machine's GPU); return its path.
+
+    Raises:
+        UnsupportedError: no nvcc, or no GPU to build for.
+        InputError: the sources do not compile.
+    """
+    from .build import _find_nvcc, detect_arch
+
+    nvcc = _find_nvcc()
+    arch = arch or detect_arch()
+    if not nvcc or not arch:
+        raise UnsupportedError("the GPU harness needs nvcc and an NVIDIA GPU")
+    out_dir = Path(cache_dir or default_cache_dir())
+    lib = out_dir / f"esq_gpu_{_source_hash()}_sm{arch}.so"
+    if lib.exists():
+        return lib
+    out_dir.mkdir(parents=True, exist_ok=True)
+    root = plugin_source_dir()
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=str(out_dir))
+    os.close(fd)
+    cmd = [nvcc, "-std=c++14", "-O2", "-shared", "-Xcompiler", "-fPIC", f"-gencode=arch=compute_{arch},code=sm_{arch}",
+           f"-I{root / 'include'}", str(root / GPU_HARNESS), str(root / "src" / "dwsep.cu"),
+           str(root / "src" / "sparse.cu"), "-o", tmp]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        os.unlink(tmp)
+        raise InputError(f"GPU harness does not compile: {proc.stderr.strip()[:2000]}", path=str(root / GPU_HARNESS))
+    os.replace(tmp, lib)
+    return lib
+
+
 @lru_cache(maxsize=None)
-def _load(path: str) -> ctypes.CDLL:
+def _load(path: str, prefix: str) -> ctypes.CDLL:
     lib = ctypes.CDLL(path)
     vp = ctypes.c_void_p
-    lib.esq_host_dwsep.argtypes = [ctypes.POINTER(_DwsepParams), ctypes.c_int, ctypes.c_int] + [vp] * 6
-    lib.esq_host_sparse24.argtypes = [ctypes.POINTER(_SparseParams), ctypes.c_int] + [vp] * 5
-    lib.esq_host_sparse_csr.argtypes = [ctypes.POINTER(_SparseParams), ctypes.c_int] + [vp] * 6
-    lib.esq_host_round_half.argtypes = [vp, vp, ctypes.c_longlong]
+    getattr(lib, f"{prefix}_dwsep").argtypes = [ctypes.POINTER(_DwsepParams), ctypes.c_int, ctypes.c_int] + [vp] * 6
+    getattr(lib, f"{prefix}_sparse24").argtypes = [ctypes.POINTER(_SparseParams), ctypes.c_int] + [vp] * 5
+    getattr(lib, f"{prefix}_sparse_csr").argtypes = [ctypes.POINTER(_SparseParams), ctypes.c_int] + [vp] * 6
+    if prefix == "esq_host":
+        lib.esq_host_round_half.argtypes = [vp, vp, ctypes.c_longlong]
     return lib
 
 
 def harness(cache_dir: Optional[Path] = None) -> ctypes.CDLL:
-    """The loaded harness library (built on first use)."""
-    return _load(str(build_harness(cache_dir)))
+    """The loaded CPU harness library (built on first use)."""
+    return _load(str(build_harness(cache_dir)), "esq_host")
+
+
+class _Entry:
+    """The three entry points of one harness (CPU or GPU), raising DeviceError on a CUDA error code."""
+
+    def __init__(self, device: str, cache_dir: Optional[Path]):
+        if device == "cpu":
+            self.lib, self.prefix = harness(cache_dir), "esq_host"
+        elif device == "gpu":
+            self.lib, self.prefix = _load(str(build_gpu_harness(cache_dir)), "esq_gpu"), "esq_gpu"
+        else:
+            raise InputError(f"device must be 'cpu' or 'gpu', not '{device}'")
+
+    def __call__(self, name: str, *args) -> None:
+        rc = getattr(self.lib, f"{self.prefix}_{name}")(*args)
+        if rc != 0:
+            raise DeviceError(f"kernel {name} failed with CUDA error {rc}")
 
 
 def _act(name: str) -> int:
@@ -127,8 +181,11 @@ def _out_size(size, k, s, p0, p1, d):
 def emulate_dwsep(x, w_dw, b_dw, w_pw, b_pw, *, strides: Sequence[int] = (1, 1),
                   pads: Sequence[int] = (0, 0, 0, 0), dilations: Sequence[int] = (1, 1), dw_activation="none",
                   dw_alpha=0.0, dw_beta=0.0, pw_activation="none", pw_alpha=0.0, pw_beta=0.0, tiled=True,
-                  cache_dir: Optional[Path] = None, **_unused) -> np.ndarray:
-    """Run the dwsep kernel (tiled, or the one-thread-per-output reference) on the CPU; dtype follows ``x``."""
+                  device: str = "cpu", cache_dir: Optional[Path] = None, **_unused) -> np.ndarray:
+    """Run the dwsep kernel (tiled, or the one-thread-per-output reference) on the CPU or GPU.
+
+    The element type follows ``x`` (float32 or float16); the other arguments are the node's attributes.
+    """
     (x, w_dw, b_dw, w_pw, b_pw), dtype = _prep((x, w_dw, b_dw, w_pw, b_pw), np.asarray(x).dtype)
     n, c, h, w = x.shape
     m = w_pw.shape[0]
@@ -138,8 +195,8 @@ def emulate_dwsep(x, w_dw, b_dw, w_pw, b_pw, *, strides: Sequence[int] = (1, 1),
     p = _DwsepParams(n, c, h, w, m, oh, ow, kh, kw, strides[0], strides[1], pads[0], pads[1], dilations[0],
                      dilations[1], _act(dw_activation), _act(pw_activation), dw_alpha, dw_beta, pw_alpha, pw_beta)
     y = np.zeros((n, m, oh, ow), dtype=x.dtype)
-    harness(cache_dir).esq_host_dwsep(ctypes.byref(p), dtype, 1 if tiled else 0, *(_ptr(a) for a in
-                                                                                  (x, w_dw, b_dw, w_pw, b_pw, y)))
+    _Entry(device, cache_dir)("dwsep", ctypes.byref(p), dtype, 1 if tiled else 0,
+                              *(_ptr(a) for a in (x, w_dw, b_dw, w_pw, b_pw, y)))
     return y
 
 
@@ -154,8 +211,8 @@ def _sparse_params(x, m, kh, kw, strides, pads, dilations, activation, alpha, be
 def emulate_sparse_conv(x, arrays: dict, bias, *, sparse_format: str, kernel_shape: Sequence[int],
                         strides: Sequence[int] = (1, 1), pads: Sequence[int] = (0, 0, 0, 0),
                         dilations: Sequence[int] = (1, 1), activation="none", alpha=0.0, beta=0.0,
-                        cache_dir: Optional[Path] = None) -> np.ndarray:
-    """Run the 2:4 or CSR sparse kernel on the CPU.
+                        device: str = "cpu", cache_dir: Optional[Path] = None) -> np.ndarray:
+    """Run the 2:4 or CSR sparse kernel on the CPU or GPU.
 
     Args:
         x: ``[N,C,H,W]`` float32/float16.
@@ -167,15 +224,15 @@ def emulate_sparse_conv(x, arrays: dict, bias, *, sparse_format: str, kernel_sha
     p, shape = _sparse_params(x, m, kernel_shape[0], kernel_shape[1], strides, pads, dilations, activation,
                               alpha, beta)
     y = np.zeros(shape, dtype=x.dtype)
-    lib = harness(cache_dir)
+    run = _Entry(device, cache_dir)
     if sparse_format == "2:4":
         meta = np.ascontiguousarray(arrays["metadata"], dtype=np.int32)
-        lib.esq_host_sparse24(ctypes.byref(p), dtype, _ptr(x), _ptr(values), _ptr(meta), _ptr(bias), _ptr(y))
+        run("sparse24", ctypes.byref(p), dtype, _ptr(x), _ptr(values), _ptr(meta), _ptr(bias), _ptr(y))
     elif sparse_format == "csr":
         col = np.ascontiguousarray(arrays["col"], dtype=np.int32)
         row_ptr = np.ascontiguousarray(arrays["row_ptr"], dtype=np.int32)
-        lib.esq_host_sparse_csr(ctypes.byref(p), dtype, _ptr(x), _ptr(values), _ptr(col), _ptr(row_ptr),
-                                _ptr(bias), _ptr(y))
+        run("sparse_csr", ctypes.byref(p), dtype, _ptr(x), _ptr(values), _ptr(col), _ptr(row_ptr), _ptr(bias),
+            _ptr(y))
     else:
         raise InputError(f"unknown sparse_format '{sparse_format}'")
     return y

@@ -1,0 +1,113 @@
+"""``edgesqueeze plugins``: compile-check, build and locate the CUDA kernels and TensorRT plugins."""
+from __future__ import annotations
+
+import click
+
+from .common import emit, info, json_option, table
+
+
+@click.group("plugins")
+def command():
+    """CUDA kernels and TensorRT plugins for the DepthwiseSeparableConv and SparseConv custom ops.
+
+    \b
+    Examples:
+      edgesqueeze plugins check                       # compile every kernel for sm_53/62/72/87 here
+      edgesqueeze plugins check --arch 62 --json
+      edgesqueeze plugins check --trt-include /usr/include/aarch64-linux-gnu
+      edgesqueeze plugins build --arch 62             # on the device: build libedgesqueeze_plugins.so
+      edgesqueeze plugins path                        # where the sources are (what a bundle copies)
+    """
+
+
+@command.command("check")
+@click.option("--arch", default=None, metavar="LIST",
+              help="Compute capabilities to compile for, e.g. 53,62,72,87 (the default: every Jetson GPU).")
+@click.option("--trt-include", default=None, metavar="DIR", type=click.Path(),
+              help="Also compile the TensorRT plugin sources against the TensorRT headers in DIR (NvInfer.h).")
+@json_option
+def check(arch, trt_include, as_json):
+    """Compile every kernel for every Jetson architecture, without a GPU.
+
+    sm_75 and newer use nvcc from the PATH; older architectures (Nano sm_53, TX2 sm_62, Xavier sm_72) use CUDA 12
+    NVRTC and ptxas from PyPI (pip install "cuda-bindings<13" nvidia-cuda-nvrtc-cu12 nvidia-cuda-runtime-cu12
+    nvidia-cuda-nvcc-cu12). Reports registers, spills and shared memory per kernel. Exit code 7 when a compile fails.
+
+    \b
+    Examples:
+      edgesqueeze plugins check
+      edgesqueeze plugins check --arch 53,87 --json
+    """
+    from ..errors import VerificationError
+    from ..plugins.check import check_kernels
+
+    report = check_kernels(arch, trt_include=trt_include)
+
+    def text(rep):
+        rows = []
+        for r in rep["results"]:
+            if not r["functions"]:
+                rows.append([r["arch"], r["source"], r["compiler"] or "-", "-", "-", "-", "-",
+                             "ok" if r["ok"] else "FAILED"])
+            for f in r["functions"]:
+                spill = f.get("spill_store_bytes", 0) + f.get("spill_load_bytes", 0)
+                rows.append([r["arch"], r["source"], r["compiler"], f["name"], f["registers"], spill,
+                             f.get("smem_bytes", 0), "ok" if r["ok"] else "FAILED"])
+        lines = [table(rows, ["arch", "source", "compiler", "kernel", "regs", "spill B", "smem B", "status"],
+                       "llllrrrl")]
+        for p in rep.get("plugins", []):
+            lines.append(f"plugin {p['source']} (TensorRT {p['trt_version']} headers): "
+                         f"{'ok' if p['ok'] else 'FAILED'}")
+        bad = [r for r in rep["results"] if not r["ok"]] + [p for p in rep.get("plugins", []) if not p["ok"]]
+        for r in bad:
+            lines.append(f"\n{r.get('arch', '')} {r['source']}:\n{r['log']}")
+        lines.append(f"{'all kernels compile' if rep['ok'] else 'compile check FAILED'} for "
+                     f"{', '.join(rep['archs'])}")
+        return "\n".join(lines)
+
+    emit(report, as_json, text)
+    if not report["ok"]:
+        failed = [f"{r['arch']} {r['source']}" for r in report["results"] if not r["ok"]]
+        failed += [f"plugin {p['source']}" for p in report.get("plugins", []) if not p["ok"]]
+        raise VerificationError(f"kernel compile check failed: {', '.join(failed)}")
+
+
+@command.command("build")
+@click.option("--arch", default=None, metavar="LIST",
+              help="Compute capabilities, e.g. 62 (default: this machine's GPU, else 53,62,72,87).")
+@click.option("--trt-root", default=None, metavar="DIR", type=click.Path(),
+              help="TensorRT prefix (include/, lib/); default: JetPack's standard locations.")
+@click.option("--build-dir", default="build/plugins", show_default=True, type=click.Path(),
+              help="CMake build folder.")
+@click.option("--kernels-only", is_flag=True, help="Build the kernels and GPU test harness only (no TensorRT).")
+@json_option
+def build(arch, trt_root, build_dir, kernels_only, as_json):
+    """Build libedgesqueeze_plugins.so with CMake and nvcc (run it on the Jetson).
+
+    Load the result with trtexec --plugins=LIB (TensorRT 8) or --dynamicPlugins=LIB (TensorRT 10).
+
+    \b
+    Examples:
+      edgesqueeze plugins build --arch 62
+      edgesqueeze plugins build --trt-root /opt/TensorRT-10.3 --build-dir /tmp/esq-plugins
+    """
+    from ..plugins.build import build_library
+
+    info("building the edgesqueeze plugin library (this takes a few minutes on a Nano)...")
+    result = build_library(arch, trt_root, build_dir, kernels_only=kernels_only)
+    emit(result, as_json, lambda r: f"built {r['library'] or r['gpu_harness']} for {', '.join(r['archs'])} "
+                                    f"in {r['seconds']} s")
+
+
+@command.command("path")
+@json_option
+def path(as_json):
+    """Print the folder with the kernel and plugin sources and CMakeLists.txt.
+
+    \b
+    Example:
+      cmake -S "$(edgesqueeze plugins path)" -B build -DCUDA_ARCHITECTURES=87
+    """
+    from ..plugins.sources import plugin_source_dir
+
+    emit({"source_dir": str(plugin_source_dir())}, as_json, lambda d: d["source_dir"])

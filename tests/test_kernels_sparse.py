@@ -1,0 +1,102 @@
+"""The 2:4 and CSR sparse CUDA kernels' arithmetic (g++ host harness, every thread index) against onnxruntime
+running the SparseConv node's ONNX local function (which decompresses the weights with standard ops)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgesqueeze.ortutil import run_model
+from edgesqueeze.plugins import emulate
+from edgesqueeze.plugins.dwsep import ACTIVATIONS
+from edgesqueeze.plugins.sparse import make_sparse_conv_model, sparse_conv_inputs
+
+# (name, N, C, H, W, M, K, strides, pads, dilations)
+CASES = [
+    ("gemm_1x1_hw1", 3, 12, 1, 1, 10, 1, (1, 1), (0, 0, 0, 0), (1, 1)),   # a fully-connected layer
+    ("pw_1x1", 1, 20, 5, 7, 9, 1, (1, 1), (0, 0, 0, 0), (1, 1)),
+    ("k3_s2", 2, 8, 9, 7, 5, 3, (2, 2), (1, 1, 1, 1), (1, 1)),
+    ("k5_dil2", 1, 4, 11, 10, 6, 5, (1, 1), (4, 3, 4, 2), (2, 2)),
+    ("k3_s2x1_odd_m", 1, 36, 6, 5, 33, 3, (2, 1), (0, 1, 1, 0), (1, 2)),
+]
+PARAMS = {"none": (0.0, 0.0), "relu": (0.0, 0.0), "clip": (-0.5, 0.5), "leaky_relu": (0.2, 0.0),
+          "sigmoid": (0.0, 0.0), "hard_sigmoid": (0.2, 0.5), "hard_swish": (0.0, 0.0)}
+
+
+@pytest.fixture(scope="session")
+def harness_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("esq_kernels")
+    emulate.build_harness(path)
+    return path
+
+
+def _sparse_weight(m, c, k, fmt, rng):
+    w = rng.standard_normal((m, c, k, k)) / np.sqrt(c * k * k)
+    if fmt == "2:4":  # keep the 2 largest of every 4 input channels at each tap; one group entirely zero
+        g = w.transpose(0, 2, 3, 1).reshape(m, k, k, c // 4, 4)
+        keep = np.argsort(-np.abs(g), axis=-1)[..., :2]
+        mask = np.zeros(g.shape, bool)
+        np.put_along_axis(mask, keep, True, axis=-1)
+        mask[0, 0, 0, 0] = False
+        w = np.where(mask, g, 0).reshape(m, k, k, c).transpose(0, 3, 1, 2)
+    else:  # ~85 % zeros, one all-zero output channel
+        w[rng.random(w.shape) < 0.85] = 0
+        w[m // 2] = 0
+    return w
+
+
+def _rel_err(ref, act):
+    ref, act = np.asarray(ref, np.float64), np.asarray(act, np.float64)
+    assert ref.shape == act.shape
+    return float(np.abs(ref - act).max() / max(np.abs(ref).max(), 1e-12))
+
+
+def _run(case, fmt, dtype, act, harness_dir, seed=0):
+    _, n, c, h, w, m, k, strides, pads, dilations = case
+    rng = np.random.default_rng(seed)
+    weight = _sparse_weight(m, c, k, fmt, rng).astype(dtype)
+    bias = rng.standard_normal(m).astype(dtype) * 0.5
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    alpha, beta = PARAMS[act]
+    attrs = dict(strides=strides, pads=pads, dilations=dilations, activation=act, alpha=alpha, beta=beta)
+    model = make_sparse_conv_model(x.shape, weight, bias, sparse_format=fmt, dtype=dtype, **attrs)
+    ref = run_model(model, {"x": x})["y"]
+    got = emulate.emulate_sparse_conv(x, sparse_conv_inputs(weight, fmt, dtype), bias, sparse_format=fmt,
+                                      kernel_shape=(k, k), cache_dir=harness_dir, **attrs)
+    assert got.dtype == np.dtype(dtype)
+    return ref, got
+
+
+@pytest.mark.parametrize("fmt", ["2:4", "csr"])
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("dtype,tol", [(np.float32, 1e-5), (np.float16, 1e-2)], ids=["fp32", "fp16"])
+def test_geometry(case, fmt, dtype, tol, harness_dir):
+    ref, got = _run(case, fmt, dtype, "relu", harness_dir)
+    assert _rel_err(ref, got) <= tol
+
+
+@pytest.mark.parametrize("act", ACTIVATIONS)
+@pytest.mark.parametrize("fmt", ["2:4", "csr"])
+def test_every_activation(act, fmt, harness_dir):
+    ref, got = _run(CASES[2], fmt, np.float32, act, harness_dir, seed=5)
+    assert _rel_err(ref, got) <= 1e-5
+    ref, got = _run(CASES[1], fmt, np.float16, act, harness_dir, seed=6)
+    assert _rel_err(ref, got) <= 1e-2
+
+
+def test_corrupt_metadata_is_detected(harness_dir):
+    """The comparison can fail: flipping one 2-bit position moves a weight to another input channel."""
+    case = CASES[1]
+    _, n, c, h, w, m, k, strides, pads, dilations = case
+    rng = np.random.default_rng(1)
+    weight = _sparse_weight(m, c, k, "2:4", rng).astype(np.float32)
+    bias = np.zeros(m, np.float32)
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    arrays = sparse_conv_inputs(weight, "2:4")
+    good = emulate.emulate_sparse_conv(x, arrays, bias, sparse_format="2:4", kernel_shape=(1, 1),
+                                       cache_dir=harness_dir)
+    arrays["metadata"] = arrays["metadata"].copy()
+    assert arrays["values"][1, 0] != 0
+    arrays["metadata"][1, 0] ^= 0b0001  # first kept weight of row 1, group 0: position p → p ^ 1
+    bad = emulate.emulate_sparse_conv(x, arrays, bias, sparse_format="2:4", kernel_shape=(1, 1),
+                                      cache_dir=harness_dir)
+    assert _rel_err(good, bad) > 1e-3
