@@ -1,0 +1,239 @@
+"""The optimizer: run a named list of passes on a model, report what changed, prove it on onnxruntime.
+
+``optimize(model)`` imports the model into onnx-graphsurgeon once, runs each pass (a function on the graph),
+exports, rebuilds the custom ops' local functions and, unless ``verify=False``, runs the input and the output on
+onnxruntime CPU with seeded random inputs. When they disagree it bisects the pass list (re-running growing
+prefixes from the input, which is deterministic) and raises a VerificationError naming the first pass whose
+output disagrees.
+"""
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import onnx
+from onnx import ModelProto
+
+from ..errors import InputError, UnsupportedError, VerificationError
+from ..model import infer_shapes, opset_version
+from ._graph import ir_version_for
+from .registry import PASSES, PassContext, get_pass
+
+#: ai.onnx opset the CLI converts older models to (the light Model-Zoo models are opset 9)
+DEFAULT_OPSET = 13
+
+
+def _is_gpu_target(target: Optional[str]) -> bool:
+    if target is None:
+        return False
+    from ..devices import get_profile
+
+    return get_profile(target).kind != "cpu"
+
+
+def default_pass_names(target: Optional[str] = None) -> List[str]:
+    """The default pipeline for ``target`` (a device profile name; None = CPU): pass names in order.
+
+    GPU targets add the depthwise-separable fusion; on the CPU it brings nothing.
+
+    Raises:
+        InputError: unknown target.
+    """
+    gpu = _is_gpu_target(target)
+    return [p.name for p in PASSES.values() if p.default or (p.gpu_only and gpu)]
+
+
+def resolve_passes(passes: Optional[Sequence[str]] = None, skip: Sequence[str] = (),
+                   target: Optional[str] = None) -> List[str]:
+    """The pass list to run: ``passes`` (in the order given) or the target's default, minus ``skip``.
+
+    Raises:
+        InputError: an unknown pass name in ``passes`` or ``skip``.
+    """
+    names = list(passes) if passes else default_pass_names(target)
+    for name in list(names) + list(skip):
+        get_pass(name)
+    return [n for n in names if n not in set(skip)]
+
+
+def histogram(model: ModelProto) -> Dict[str, int]:
+    """Op histogram of the main graph: ``{"Conv": 53, "edgesqueeze::DepthwiseSeparableConv": 3, ...}``."""
+    return dict(sorted(Counter((f"{n.domain}::{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type)
+                               for n in model.graph.node).items()))
+
+
+# ----------------------------------------------------------------------------- import / export
+_SMALL = 4096  # bytes: initializers up to this size stay for data propagation (shape tensors)
+
+
+def infer_shapes_fast(model: ModelProto) -> ModelProto:
+    """Shape inference without serialising the weights: large initializers are described by type and shape only.
+
+    Fills ``model.graph.value_info`` in place (and returns ``model``); on failure the model is left as it is.
+    """
+    light = ModelProto()
+    light.ir_version = max(model.ir_version, 4)
+    light.opset_import.extend(model.opset_import)
+    light.functions.extend(model.functions)
+    g = light.graph
+    g.node.extend(model.graph.node)
+    g.input.extend(model.graph.input)
+    g.output.extend(model.graph.output)
+    names = {i.name for i in model.graph.input}
+    for t in model.graph.initializer:
+        size = len(t.raw_data) or 4 * max(len(t.float_data), len(t.int64_data), len(t.int32_data))
+        if size <= _SMALL:
+            g.initializer.append(t)
+        elif t.name not in names:
+            g.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    inferred = infer_shapes(light)
+    if inferred is not light:
+        del model.graph.value_info[:]
+        model.graph.value_info.extend(vi for vi in inferred.graph.value_info)
+    return model
+
+
+def _prepare(model: ModelProto) -> ModelProto:
+    """A copy ready for graph surgery: initializers no longer listed as graph inputs, custom functions removed."""
+    from ..plugins.dwsep import strip_functions
+
+    out = strip_functions(model)
+    inits = {t.name for t in out.graph.initializer}
+    real = [i for i in out.graph.input if i.name not in inits]
+    if len(real) != len(out.graph.input):  # IR < 4 style: weights also listed as (overridable) inputs
+        del out.graph.input[:]
+        out.graph.input.extend(real)
+    return infer_shapes_fast(out)
+
+
+def _run_passes(model: ModelProto, names: Sequence[str], ctx: PassContext) -> Tuple[ModelProto, List[dict]]:
+    import onnx_graphsurgeon as gs
+
+    from ..plugins.dwsep import attach_functions, has_custom_nodes
+
+    graph = gs.import_onnx(_prepare(model))
+    ctx.reserve(graph.tensors().keys())
+    ctx.reserve(n.name for n in graph.nodes if n.name)
+    timings = []
+    for name in names:
+        p = PASSES[name]
+        t0 = time.perf_counter()
+        before = len(graph.nodes)
+        graph = p.fn(graph, ctx)
+        graph.cleanup(remove_unused_graph_inputs=False).toposort()
+        timings.append({"name": name, "seconds": round(time.perf_counter() - t0, 4),
+                        "nodes_before": before, "nodes_after": len(graph.nodes)})
+    out = gs.export_onnx(graph, do_type_check=False)
+    # keep the input's identity: IR version, opsets, producer, metadata, other functions
+    del out.opset_import[:]
+    out.opset_import.extend(model.opset_import)
+    out.ir_version = ir_version_for(model)
+    for field in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
+        setattr(out, field, getattr(model, field))
+    del out.metadata_props[:]
+    out.metadata_props.extend(model.metadata_props)
+    if has_custom_nodes(out):
+        attach_functions(out)
+    return infer_shapes_fast(out), timings
+
+
+# ----------------------------------------------------------------------------- verification
+def _verify(reference: ModelProto, candidate: ModelProto, feeds, rtol: float, ref_outputs=None):
+    from ..ortutil import assert_close, run_model
+
+    ref = ref_outputs if ref_outputs is not None else [run_model(reference, f) for f in feeds]
+    act = [run_model(candidate, f) for f in feeds]
+    stats = {}
+    for r, a in zip(ref, act):
+        for name, s in assert_close(r, a, rtol=rtol, what="original and optimized outputs").items():
+            prev = stats.get(name)
+            if prev is None or s["max_rel"] > prev["max_rel"]:
+                stats[name] = s
+    return ref, stats
+
+
+def _bisect(model: ModelProto, names: Sequence[str], ctx_args: dict, feeds, rtol: float, ref_outputs) -> str:
+    """Return the first pass of ``names`` after which the model no longer matches ``model``."""
+    lo, hi = 0, len(names)  # prefix lo is known good, prefix hi known bad
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        cand, _ = _run_passes(model, names[:mid], PassContext(**ctx_args))
+        try:
+            _verify(model, cand, feeds, rtol, ref_outputs)
+            lo = mid
+        except (VerificationError, UnsupportedError):
+            hi = mid
+    return names[hi - 1]
+
+
+def optimize(model: ModelProto, passes: Optional[Sequence[str]] = None, skip: Sequence[str] = (),
+             target: Optional[str] = None, verify: bool = True, rtol: float = 1e-4,
+             seed: int = 0) -> Tuple[ModelProto, dict]:
+    """Optimize ``model`` with a named list of graph passes and prove the result on onnxruntime.
+
+    Args:
+        model: the model (not mutated). Its ai.onnx opset should be >= 13 for every pass to apply
+            (:func:`edgesqueeze.model.load_model` with ``opset=13`` converts older models); passes whose opset
+            range excludes the model are skipped and listed in the report.
+        passes: pass names to run in this order (default: :func:`default_pass_names` for ``target``).
+        skip: pass names to leave out.
+        target: device profile name; GPU targets add the depthwise-separable fusion.
+        verify: run input and output on onnxruntime CPU with seeded random inputs and require agreement.
+        rtol: relative tolerance of the check (max |a - r| / max |r| per output).
+        seed: seed of the random inputs.
+
+    Returns:
+        ``(optimized model, report)``; the report is JSON-ready: ``passes``, ``skipped_passes``, ``fusions``
+        (``{kind: {"count", "nodes"}}``), ``ops_before``/``ops_after``, ``nodes_before``/``nodes_after``,
+        ``verification``.
+
+    Raises:
+        InputError: an unknown pass or target name.
+        VerificationError: the outputs disagree; the message names the pass that broke equivalence.
+    """
+    names = resolve_passes(passes, skip, target)
+    opset = opset_version(model)
+    skipped = [{"name": n, "reason": f"supports ai.onnx opsets {PASSES[n].opsets[0]}..{PASSES[n].opsets[1]}, "
+                                     f"the model has {opset}"} for n in names if not PASSES[n].supports(opset)]
+    names = [n for n in names if PASSES[n].supports(opset)]
+    ctx_args = {"opset": opset, "target": target, "gpu": _is_gpu_target(target)}
+    ctx = PassContext(**ctx_args)
+    t0 = time.perf_counter()
+    out, timings = _run_passes(model, names, ctx)
+    seconds = time.perf_counter() - t0
+    report = {
+        "passes": timings, "skipped_passes": skipped, "target": target, "opset": opset,
+        "fusions": {k: {"count": len(v), "nodes": v} for k, v in sorted(ctx.fusions.items())},
+        "ops_before": histogram(model), "ops_after": histogram(out),
+        "nodes_before": len(model.graph.node), "nodes_after": len(out.graph.node),
+        "seconds": round(seconds, 4),
+    }
+    report["verification"] = _verification(model, out, names, ctx_args, verify, rtol, seed)
+    return out, report
+
+
+def _verification(model, out, names, ctx_args, verify, rtol, seed) -> dict:
+    from ..model import random_feeds
+
+    if not verify:
+        return {"status": "skipped", "reason": "verification disabled (--no-verify)"}
+    try:
+        feeds = random_feeds(model, seed=seed)
+    except InputError as exc:
+        return {"status": "skipped", "reason": f"no random inputs: {exc.one_line()}"}
+    from ..ortutil import run_model
+
+    try:
+        ref_outputs = [run_model(model, f) for f in feeds]
+    except UnsupportedError as exc:
+        return {"status": "skipped", "reason": f"onnxruntime cannot run the input model: {exc.message}"}
+    try:
+        _, stats = _verify(model, out, feeds, rtol, ref_outputs)
+    except (VerificationError, UnsupportedError) as exc:
+        culprit = _bisect(model, names, ctx_args, feeds, rtol, ref_outputs) if names else None
+        raise VerificationError(f"pass '{culprit}' broke equivalence: {exc.message}", tensor=exc.tensor,
+                                hint="skip it with --skip " + str(culprit)) from exc
+    worst = max((s["max_rel"] for s in stats.values()), default=0.0)
+    return {"status": "passed", "rtol": rtol, "seed": seed, "max_rel": worst,
+            "outputs": {k: {"max_abs": v["max_abs"], "max_rel": v["max_rel"]} for k, v in sorted(stats.items())}}
