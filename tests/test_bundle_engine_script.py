@@ -181,13 +181,32 @@ def test_script_falls_back_to_the_inlined_model_without_a_plugin(tmp_path):
     b, fake = _bundle_dir(tmp_path, spec)
     (b / "plugins").mkdir()
     (b / "plugins" / "CMakeLists.txt").write_text("this is not cmake(\n")  # the plugin build must fail
-    r = _run(b, fake, 100300, "--dry-run")
+    r = _run(b, fake, 100300, "--dry-run")  # a dry run builds nothing and shows the inlined route
     assert r.returncode == 0, r.stderr
-    assert "inlined path" in r.stdout and "models/model.fp32.trt_inlined.onnx" in r.stdout
-    r = _run(b, fake, 100300, "--dry-run", ESQ_PLUGIN="on")
+    assert "not built yet" in r.stdout and "inlined path" in r.stdout
+    assert not (b / "plugins" / "build").exists()
+    r = _run(b, fake, 100300)
+    assert r.returncode == 0, r.stderr
+    assert "the plugin library did not build" in r.stdout and "inlined path" in r.stdout
+    args = (b / "args.txt").read_text().split("\n")
+    assert "--onnx=models/model.fp32.trt_inlined.onnx" in args and not any("Plugins" in a for a in args)
+    r = _run(b, fake, 100300, ESQ_PLUGIN="on", ESQ_REBUILD="1")
     assert r.returncode == 1 and "plugin library did not build" in r.stderr + r.stdout
     r = _run(b, fake, 100300, "--dry-run", ESQ_PLUGIN="off")
     assert "ESQ_PLUGIN=off" in r.stdout and "inlined path" in r.stdout
+
+
+@pytest.mark.skipif(BASH is None, reason="bash not found")
+def test_dry_run_without_trtexec(tmp_path):
+    b, _ = _bundle_dir(tmp_path, _spec("thor", "int8"))
+    env = {k: v for k, v in os.environ.items() if k != "TRTEXEC"}
+    env["PATH"] = "/usr/bin:/bin"
+    r = subprocess.run([BASH, str(b / "build_engine.sh"), "--dry-run"], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "trtexec not found (dry run goes on)" in r.stdout and "--stronglyTyped" in r.stdout
+    assert "model.trt110000" not in r.stdout and "engines/model.trt" in r.stdout
+    r = subprocess.run([BASH, str(b / "build_engine.sh")], capture_output=True, text=True, env=env)
+    assert r.returncode == 1 and "trtexec not found" in r.stderr
 
 
 @pytest.mark.skipif(BASH is None, reason="bash not found")

@@ -150,6 +150,8 @@ def test_verify_cli(cli, bundle_dir, copy):
     code, out, _ = cli("verify", str(bundle_dir), "--json")
     assert code == 0 and json.loads(out)["ok"] is True
     (copy / "models" / "model.fp16.onnx").unlink()
+    code, out, _ = cli("verify", str(write_archive(bundle_dir, copy.parent / "b.tar.gz")))
+    assert code == 0 and "OK" in out
     code, out, err = cli("verify", str(copy))
     assert code == 7
     assert "model.fp16.onnx" in err and "missing" in err and "Traceback" not in err

@@ -118,7 +118,7 @@ def format_summary(s: dict) -> str:
     n = acc.get("samples")
     head = ["model", "size", f"predicted ms ({s['target']})",
             f"top-1 (val{', n=' + str(n) if n else ''})", "max rel err vs input"]
-    lines = [f"bundle {s['bundle']} for {s['target']}: precision {s['precision']}"
+    lines = [f"built {s['bundle'].rstrip('/')}/ for {s['target']}: precision {s['precision']}"
              + (f" (asked: {s['requested_precision']})" if s["requested_precision"] != s["precision"] else ""),
              "", table(rows, head, "lrrrr"), "", "* = deploy model (runs on onnxruntime; the device's TensorRT engine "
              "comes from build_engine.sh)"]
