@@ -145,7 +145,10 @@ def engine_cache_key(*, trt_version: str, gpu_name: str, compute_capability: Seq
     ``options`` holds the rest that changes the engine (DLA core, sparsity, calibration hash, shape profiles,
     plugin libraries). Returns a 24-hex-digit key.
     """
-    payload = {"trt": str(Version(trt_version)), "gpu": gpu_name.strip(), "sm": list(compute_capability),
+    release = list(Version(trt_version).release)
+    while len(release) > 1 and release[-1] == 0:
+        release.pop()  # 8.5.2.0 and 8.5.2 are the same TensorRT
+    payload = {"trt": ".".join(map(str, release)), "gpu": gpu_name.strip(), "sm": list(compute_capability),
                "precision": precision, "model": model_sha256, "options": options or {}}
     blob = json.dumps(payload, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:24]
