@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import posixpath
+import re
 import shlex
 import time
 from typing import Callable, Optional
@@ -119,48 +120,89 @@ def engine_key(info: dict, manifest: dict) -> str:
     return f"trt{trt}-{info.get('soc') or info.get('arch')}-{manifest.get('precision', 'fp32')}-{sha[:16]}"
 
 
+def _shell_path(path: str) -> str:
+    """A device path for the shell: relative paths are anchored at $HOME so they work from any folder."""
+    return shlex.quote(path) if path.startswith("/") else f'"$HOME"/{shlex.quote(path)}'
+
+
 def _engine(tr: SshTransport, manifest: dict, info: dict, rdir: str, cache: str, timeout: float,
             python: str) -> dict:
     if not info.get("trtexec"):
         return {"built": False, "path": None, "reason": "no trtexec on the device: the benchmark runs without "
                                                         "a prebuilt engine"}
-    path = f"{cache}/{engine_key(info, manifest)}.engine"
+    files = manifest.get("files") or {}
+    if "build_engine.sh" in files:
+        return _engine_by_script(tr, info, rdir, cache, timeout)
+    return _engine_by_trtexec(tr, manifest, info, rdir, cache, timeout)
+
+
+def _engine_by_script(tr: SshTransport, info: dict, rdir: str, cache: str, timeout: float) -> dict:
+    """Run the bundle's build_engine.sh with ENGINE_DIR in the device's engine cache.
+
+    The script names the engine by TensorRT version, precision and model hash, skips an engine that already
+    exists, and builds the plugin library itself when the model has custom nodes; ``--dry-run`` tells where
+    the engine goes.
+    """
     q = shlex.quote
-    if tr.run(f"test -s {q(path)}", timeout=60, check=False, what="engine cache lookup").returncode == 0:
+    env = f"ENGINE_DIR={_shell_path(cache)} TRTEXEC={q(info['trtexec'])}"
+    base = f"mkdir -p {_shell_path(cache)} && cd {q(rdir)} && {env} bash build_engine.sh"
+    dry = tr.run(f"{base} --dry-run", timeout=120, check=False, what="build_engine.sh --dry-run")
+    m = re.search(r"^edgesqueeze: engine: (.+)$", dry.text, re.MULTILINE)
+    if dry.returncode != 0 or not m:
+        tail = " | ".join((dry.stderr or dry.text).strip().splitlines()[-3:])
+        raise DeviceError(f"build_engine.sh --dry-run failed on {tr.address} (exit {dry.returncode}): {tail}")
+    path = m.group(1).strip()
+    exists = f"test -s {_shell_path(path) if not path.startswith('$') else path}"
+    if tr.run(exists, timeout=60, check=False, what="engine cache lookup").returncode == 0:
+        return {"built": False, "cached": True, "path": path, "how": "build_engine.sh",
+                "plugin_lib": _plugin_lib(tr, rdir), "reason": "found in the device's engine cache"}
+    t0 = time.monotonic()
+    res = tr.run(base, timeout=timeout, check=False, what="engine build (build_engine.sh)")
+    ok = tr.run(exists, timeout=60, check=False, what="engine check").returncode == 0
+    if res.returncode != 0 or not ok:
+        tail = " | ".join((res.stderr or res.text).strip().splitlines()[-4:])
+        raise DeviceError(f"the engine build on {tr.address} failed (build_engine.sh, exit {res.returncode}): {tail}")
+    notes = [ln[len("edgesqueeze: "):] for ln in res.text.splitlines()
+             if ln.startswith("edgesqueeze: ") and ("warning" in ln or "path:" in ln)]
+    return {"built": True, "cached": False, "path": path, "how": "build_engine.sh", "plugin_lib": _plugin_lib(tr, rdir),
+            "seconds": round(time.monotonic() - t0, 1), "log": notes,
+            "warnings": [n for n in notes if "warning" in n]}
+
+
+def _plugin_lib(tr: SshTransport, rdir: str) -> Optional[str]:
+    res = tr.run(f"cd {shlex.quote(rdir)} && find plugins/build -maxdepth 2 -name 'lib*.so' 2>/dev/null | sort | head -n 1",
+                 timeout=60, check=False, what="plugin library lookup")
+    lib = res.text.strip()
+    return lib or None
+
+
+def _engine_by_trtexec(tr: SshTransport, manifest: dict, info: dict, rdir: str, cache: str, timeout: float) -> dict:
+    """No build_engine.sh in the bundle: call trtexec with the flags of the device's TensorRT version."""
+    q = shlex.quote
+    files = manifest.get("files") or {}
+    path = f"{cache}/{engine_key(info, manifest)}.engine"
+    if tr.run(f"test -s {_shell_path(path)}", timeout=60, check=False, what="engine cache lookup").returncode == 0:
         return {"built": False, "cached": True, "path": path, "reason": "found in the device's engine cache"}
     warnings = []
     plugin_lib = None
-    files = manifest.get("files") or {}
     if "plugins/CMakeLists.txt" in files:
         plugin_lib, note = _build_plugins(tr, info, rdir, timeout)
         if note:
             warnings.append(note)
     t0 = time.monotonic()
-    env = f"TRTEXEC={q(info['trtexec'])} EDGESQUEEZE_ENGINE={q(path)} EDGESQUEEZE_PLUGIN_LIB={q(plugin_lib or '')}"
-    if "build_engine.sh" in files:
-        how = "build_engine.sh"
-        cmd = f"mkdir -p {q(cache)} && cd {q(rdir)} && {env} sh build_engine.sh"
-    else:
-        how = "trtexec (no build_engine.sh in the bundle)"
-        tag = info.get("trtexec_version_tag")
-        major = int(tag) // (10000 if int(tag) >= 100000 else 1000) if tag and tag.isdigit() else None
-        calib = "calib/calibration.cache" if "calib/calibration.cache" in files else None
-        flags = device_runner.trtexec_build_flags(manifest, calib, major, plugin_lib)
-        out = "$HOME/" + path if not path.startswith("/") else path
-        cmd = (f"mkdir -p {q(cache)} && cd {q(rdir)} && {q(info['trtexec'])} "
-               f"--onnx={q(manifest['models']['deploy'])} {' '.join(q(f) for f in flags)} "
-               f"--saveEngine=\"{out}\" " + ("--buildOnly" if major and major < 10 else "--skipInference"))
-    res = tr.run(cmd, timeout=timeout, check=False, what="engine build")
-    # a build_engine.sh that ignores $EDGESQUEEZE_ENGINE leaves its engine in the bundle: adopt the newest one
-    if res.returncode == 0 and tr.run(f"test -s {q(path)}", timeout=60, check=False,
-                                      what="engine check").returncode != 0:
-        tr.run(f"f=$(cd {q(rdir)} && ls -t *.engine *.plan engines/*.engine 2>/dev/null | head -n 1); "
-               f"test -n \"$f\" && cp \"{rdir}/$f\" {q(path)}", timeout=120, check=False, what="engine adopt")
-    ok = tr.run(f"test -s {q(path)}", timeout=60, check=False, what="engine check").returncode == 0
+    tag = info.get("trtexec_version_tag")
+    major = int(tag) // (10000 if int(tag) >= 100000 else 1000) if tag and tag.isdigit() else None
+    calib = "calib/calibration.cache" if "calib/calibration.cache" in files else None
+    flags = device_runner.trtexec_build_flags(manifest, calib, major, plugin_lib)
+    cmd = (f"mkdir -p {_shell_path(cache)} && cd {q(rdir)} && {q(info['trtexec'])} "
+           f"--onnx={q(manifest['models']['deploy'])} {' '.join(q(f) for f in flags)} "
+           f"--saveEngine={_shell_path(path)} " + ("--buildOnly" if major and major < 10 else "--skipInference"))
+    res = tr.run(cmd, timeout=timeout, check=False, what="engine build (trtexec)")
+    ok = tr.run(f"test -s {_shell_path(path)}", timeout=60, check=False, what="engine check").returncode == 0
     if res.returncode != 0 or not ok:
         tail = " | ".join((res.stderr or res.text).strip().splitlines()[-4:])
-        raise DeviceError(f"the engine build on {tr.address} failed ({how}, exit {res.returncode}): {tail}")
-    return {"built": True, "cached": False, "path": path, "how": how, "plugin_lib": plugin_lib,
+        raise DeviceError(f"the engine build on {tr.address} failed (trtexec, exit {res.returncode}): {tail}")
+    return {"built": True, "cached": False, "path": path, "how": "trtexec", "plugin_lib": plugin_lib,
             "seconds": round(time.monotonic() - t0, 1), "warnings": warnings}
 
 

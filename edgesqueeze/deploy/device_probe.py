@@ -40,20 +40,43 @@ def which(name, extra=()):
     return shutil.which(name)
 
 
-def module_version(name):
+def module_version(name, dist=None):
+    """The installed version of a Python module, without importing it where Python 3.8+ allows."""
     try:
-        import importlib
-        mod = importlib.import_module(name)
+        import importlib.util
+        if importlib.util.find_spec(name) is None:
+            return None
+    except (ImportError, ValueError):
+        return None
+    try:
+        from importlib import metadata  # Python 3.8+
+        for candidate in (dist or name, name):
+            try:
+                return metadata.version(candidate)
+            except metadata.PackageNotFoundError:
+                pass
+    except ImportError:
+        pass
+    try:
+        mod = __import__(name)
         return str(getattr(mod, "__version__", "unknown"))
     except Exception:  # noqa: BLE001 - a broken install is "absent" here
         return None
 
 
 def dpkg_version(packages):
+    """(package, version) of the first installed Debian package of ``packages`` (one dpkg-query call)."""
+    if not shutil.which("dpkg-query"):
+        return None, None
+    out = run(["dpkg-query", "-W", "-f=${Package} ${Version} ${db:Status-Abbrev}\n"] + list(packages)) or ""
+    found = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and parts[2].startswith("ii") and re.match(r"^\d", parts[1]):
+            found[parts[0]] = parts[1]
     for pkg in packages:
-        out = run(["dpkg-query", "-W", "-f=${Version}", pkg], timeout=10)
-        if out and re.match(r"^\d", out.strip()):
-            return pkg, out.strip()
+        if pkg in found:
+            return pkg, found[pkg]
     return None, None
 
 
@@ -134,7 +157,7 @@ def main():
         "tensorrt_header": tensorrt_from_header(),
         "tensorrt_python": module_version("tensorrt"),
         "pycuda": module_version("pycuda"),
-        "onnxruntime": module_version("onnxruntime"),
+        "onnxruntime": module_version("onnxruntime") or module_version("onnxruntime", "onnxruntime-gpu"),
         "numpy": module_version("numpy"),
         "cuda": cuda_version(),
         "nvcc": nvcc,

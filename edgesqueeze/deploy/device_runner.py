@@ -545,8 +545,9 @@ def main(argv=None):
             window = [start, sampler.rel()]
         if STOP.is_set():
             results["partial"] = True
-            results["warnings"].append("interrupted after %d of %s iterations: partial results" % (
-                done, args.iterations if not args.duration else "%gs of" % args.duration))
+            planned = "%g s run" % args.duration if args.duration else "%d-iteration run" % args.iterations
+            results["warnings"].append("interrupted after %d timed iterations of a %s: partial results" % (
+                done, planned))
             code = 130
     except RunnerError as exc:
         results["partial"] = True

@@ -10,7 +10,7 @@ from typing import Callable, List, Optional
 
 from ..errors import DeviceError, EdgeSqueezeError, VerificationError
 from ..fileio import write_json_atomic, write_text_atomic
-from .core import deploy, open_transport, remote_path, default_remote_dir
+from .core import _shell_path, default_remote_dir, deploy, open_transport, remote_path
 
 RESULTS_DIR = ".edgesqueeze/results"
 PID_FILE = ".edgesqueeze/run.pid"
@@ -73,14 +73,14 @@ def remote_bench(bundle_dir, device: str, *, iterations: int = 100, warmup: int 
         if label:
             args += ["--label", label]
         engine = (report or {}).get("engine") or {}
+        extra = ""
         if engine.get("path") and backend in ("auto", "trtexec", "trt"):
-            args += ["--engine", engine["path"] if engine["path"].startswith("/") else "../" * _depth(rdir)
-                     + engine["path"]]
+            extra = f" --engine {_shell_path(engine['path'])}"
             if engine.get("plugin_lib"):
                 args += ["--plugin-lib", engine["plugin_lib"]]
         args += list(runner_args)
         cmd = (f"cd {shlex.quote(rdir)} && mkdir -p {RESULTS_DIR} && exec {shlex.quote(python)} {runner} "
-               + " ".join(shlex.quote(a) for a in args))
+               + " ".join(shlex.quote(a) for a in args) + extra)
         limit = run_timeout or (120 + (duration or 0) * 2 + iterations * 2)
         stopped = None
         try:
@@ -98,6 +98,7 @@ def remote_bench(bundle_dir, device: str, *, iterations: int = 100, warmup: int 
                 results["partial"] = True
                 results.setdefault("warnings", []).append(f"stopped: {stopped}; partial results")
                 _annotate(results, tr, report, label)
+                results = normalise(results)
                 _save(results, out_dir)
             if "Ctrl-C" in stopped:
                 raise BenchInterrupted(results, str(out_dir) if out_dir else None)
@@ -109,6 +110,7 @@ def remote_bench(bundle_dir, device: str, *, iterations: int = 100, warmup: int 
             raise DeviceError(f"the on-device runner wrote no results on {tr.address} (exit {res.returncode}): "
                               f"{' '.join(res.stderr.strip().splitlines()[-3:])}")
         _annotate(results, tr, report, label)
+        results = normalise(results)
         _save(results, out_dir)
         err = results.get("error")
         if err:
@@ -118,10 +120,6 @@ def remote_bench(bundle_dir, device: str, *, iterations: int = 100, warmup: int 
         return results
     finally:
         tr.close()
-
-
-def _depth(rdir: str) -> int:
-    return 0 if rdir.startswith("/") else len(Path(rdir).parts)
 
 
 def _find_runner(tr, rdir: str) -> str:
@@ -172,12 +170,34 @@ def _annotate(results: dict, tr, report: Optional[dict], label: Optional[str]) -
                 results["warnings"].append(f"deploy: {w}")
 
 
+def normalise(results: dict) -> dict:
+    """Validate fetched results with the bench schema (helper E's validator, when installed).
+
+    The validator fills in missing statistics and parses raw tegrastats lines into a power summary. Results
+    that do not validate (e.g. a run stopped before its first sample) are returned as they are, with a
+    warning saying why.
+    """
+    try:
+        from ..bench.schema import validate_result
+    except ImportError:
+        return results
+    try:
+        return validate_result(results)
+    except EdgeSqueezeError as exc:
+        if results.get("runs"):
+            results.setdefault("warnings", []).append(f"results do not validate: {exc.one_line()}")
+        return results
+
+
 def _save(results: dict, out_dir) -> None:
     if out_dir is None:
         return
     out = Path(out_dir)
     write_json_atomic(out / "results.json", results)
-    render_report([results], out)
+    if results.get("runs"):
+        render_report([results], out)
+    else:
+        write_text_atomic(out / "report.md", markdown_summary([results]))
 
 
 def render_report(results: List[dict], out_dir) -> Path:
@@ -195,8 +215,8 @@ def render_report(results: List[dict], out_dir) -> Path:
         written = write_report(results, out)
         if isinstance(written, (str, Path)):
             return Path(written)
-        if isinstance(written, dict) and written.get("markdown"):
-            return Path(written["markdown"])
+        if isinstance(written, dict) and (written.get("report") or written.get("markdown")):
+            return Path(written.get("report") or written["markdown"])
         return out / "report.md"
     write_text_atomic(out / "report.md", markdown_summary(results))
     return out / "report.md"

@@ -3,7 +3,8 @@
 Sent over SSH and run as ``python3 - MODE ROOT JSON`` (standard library only, Python 3.6+):
 
 - ``state ROOT '["rel", ...]'``: size and sha256 of each file and of its ``.part`` upload, when present;
-- ``commit ROOT '{"rel": sha256}'``: check each ``rel.part`` against its hash, then rename it onto ``rel``;
+- ``commit ROOT '{"commit": {"rel": sha256}, "verify": {"rel": sha256}}'``: check each ``rel.part`` against
+  its hash and rename it onto ``rel``, then verify (below) the "verify" files;
 - ``verify ROOT '{"rel": sha256}'``: hash every file and report the ones that are missing or differ.
 """
 import hashlib
@@ -38,6 +39,14 @@ def inside(root, rel):
     return path
 
 
+def verify(root, wanted):
+    out = {}
+    for rel, want in sorted(wanted.items()):
+        size, got = describe(inside(root, rel))
+        out[rel] = "ok" if got == want else ("missing" if got is None else "mismatch:" + got)
+    return out
+
+
 def main():
     mode, root, arg = sys.argv[1], os.path.abspath(os.path.expanduser(sys.argv[2])), json.loads(sys.argv[3])
     out = {}
@@ -48,20 +57,20 @@ def main():
             part_size, part_digest = describe(path + PART)
             out[rel] = {"size": size, "sha256": digest, "part_size": part_size, "part_sha256": part_digest}
     elif mode == "commit":
-        for rel, want in sorted(arg.items()):
+        out = {"commit": {}}
+        for rel, want in sorted(arg["commit"].items()):
             path = inside(root, rel)
             size, got = describe(path + PART)
             if got == want:
                 os.rename(path + PART, path)
-                out[rel] = "ok"
+                out["commit"][rel] = "ok"
             else:
                 if size is not None:
                     os.remove(path + PART)
-                out[rel] = "missing" if got is None else "mismatch:" + got
+                out["commit"][rel] = "missing" if got is None else "mismatch:" + got
+        out["verify"] = verify(root, arg.get("verify", {}))
     elif mode == "verify":
-        for rel, want in sorted(arg.items()):
-            size, got = describe(inside(root, rel))
-            out[rel] = "ok" if got == want else ("missing" if got is None else "mismatch:" + got)
+        out = verify(root, arg)
     else:
         raise SystemExit("unknown mode %r" % mode)
     sys.stdout.write(json.dumps(out, sort_keys=True) + "\n")

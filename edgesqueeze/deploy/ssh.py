@@ -224,20 +224,30 @@ class SshTransport:
 
     @staticmethod
     def _kill(proc: subprocess.Popen) -> None:
+        # With ControlMaster the master holds copies of our pipes until the remote command ends, so wait
+        # for the local ssh process only, then close our ends (never wait for EOF here).
         if proc.poll() is None:
             proc.kill()
         try:
-            proc.communicate(timeout=5)
-        except (subprocess.TimeoutExpired, ValueError, OSError):
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
             pass
+        for pipe in (proc.stdin, proc.stdout, proc.stderr):
+            if pipe is not None:
+                try:
+                    pipe.close()
+                except OSError:
+                    pass
 
     def raise_connection_error(self, stderr: str, what: str = "ssh") -> None:
         """Raise the :class:`DeviceError` that explains ssh's exit 255."""
         reason, hint = _explain(stderr)
         if reason == "connection timed out":
             reason = f"connection timed out after {self.connect_timeout} s"
-        key = f" with key {self.identity}" if self.identity and reason == "authentication failed" else ""
-        raise DeviceError(f"cannot reach {self.address}{key}: {reason} ({what})", hint=hint)
+        if reason == "authentication failed":
+            key = f" with key {self.identity}" if self.identity else ""
+            raise DeviceError(f"authentication failed on {self.address}{key} ({what})", hint=hint)
+        raise DeviceError(f"cannot reach {self.address}: {reason} ({what})", hint=hint)
 
     def popen(self, command: str, **kwargs) -> subprocess.Popen:
         """Start ``command`` on the device without waiting (stdin/stdout as in ``kwargs``).

@@ -173,13 +173,18 @@ def sync_files(transport, files: List[BundleFile], remote_dir: str, *, python: s
             transport.run(f"mkdir -p {shlex.quote(os.path.dirname(f'{remote_dir}/{f.rel}'))} && "
                           f": > {shlex.quote(f'{remote_dir}/{f.rel}.part')}", timeout=timeout, what="upload")
     if todo:
-        committed = remote_files(transport, python, "commit", remote_dir, {f.rel: f.sha256 for f, _ in todo}, timeout)
-        bad = {rel: st for rel, st in committed.items() if st != "ok"}
+        # commit the uploads, then hash every file of the bundle again, in one remote call
+        answer = remote_files(transport, python, "commit", remote_dir,
+                              {"commit": {f.rel: f.sha256 for f, _ in todo},
+                               "verify": {f.rel: f.sha256 for f in files}}, timeout)
+        bad = {rel: st for rel, st in answer["commit"].items() if st != "ok"}
         if bad:
             raise VerificationError("uploaded files do not match their sha256 on the device: " +
                                     ", ".join(f"{rel} ({st.split(':')[0]})" for rel, st in sorted(bad.items())),
                                     path=f"{transport.address}:{remote_dir}", hint="run deploy again")
-    verified = verify_remote(transport, files, remote_dir, python=python, timeout=timeout)
+        verified = _check_verified(answer["verify"], transport, remote_dir)
+    else:
+        verified = len(unchanged)  # the state query above hashed every file on the device and all matched
     return {"uploaded": [f.rel for f, _ in todo], "resumed": resumed, "unchanged": unchanged, "bytes_sent": sent,
             "bytes_total": sum(f.size for f in files), "verified": verified}
 
@@ -193,6 +198,10 @@ def verify_remote(transport, files: List[BundleFile], remote_dir: str, *, python
     """
     result: Dict[str, str] = remote_files(transport, python, "verify", remote_dir,
                                           {f.rel: f.sha256 for f in files}, timeout)
+    return _check_verified(result, transport, remote_dir)
+
+
+def _check_verified(result: Dict[str, str], transport, remote_dir: str) -> int:
     bad = {rel: st for rel, st in result.items() if st != "ok"}
     if bad:
         raise VerificationError("files on the device do not match the bundle: " +
