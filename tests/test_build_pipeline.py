@@ -208,3 +208,16 @@ def test_main_job_from_a_fresh_process_under_60s(tmp_path):
                        cwd=REPO, timeout=120)
     assert r.returncode == 0, r.stderr
     assert time.perf_counter() - t0 < 60
+
+
+def test_accuracy_drop_warnings():
+    from edgesqueeze.pipeline.stages import accuracy_warnings
+
+    labelled = {"reference_top1": 0.98, "models": {"int8_qdq": {"top1": 0.90, "outputs": {}}}}
+    (msg,) = accuracy_warnings(labelled, "int8_qdq", max_drop=0.02)
+    assert "loses 8.00 top-1 points" in msg and "minmax" in msg
+    assert accuracy_warnings(labelled, "int8_qdq", max_drop=0.1) == []
+    unlabelled = {"reference_top1": None,
+                  "models": {"fp16": {"top1": None, "outputs": {"logits": {"top1_agreement": 0.95}}}}}
+    assert "95.00% of top-1" in accuracy_warnings(unlabelled, "fp16")[0]
+    assert accuracy_warnings(unlabelled, "fp16", max_drop=0.1) == []

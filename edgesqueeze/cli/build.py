@@ -25,6 +25,8 @@ def _split(values):
 @click.option("--sparsity", type=click.Choice(["2:4"]), help="Prune weights to 2:4 structured sparsity.")
 @click.option("--val", metavar="DATA", help="Validation data: report accuracy against the FP32 model.")
 @click.option("--val-limit", type=click.IntRange(min=1), help="Use at most N validation batches.")
+@click.option("--max-accuracy-drop", type=click.FloatRange(0, 1), default=0.02, show_default=True,
+              help="Warn when the deploy model's top-1 drops more than this fraction below the input model's.")
 @input_shape_option
 @click.option("--passes", multiple=True, metavar="P1,P2", help="Optimizer passes to run (default: the target's).")
 @click.option("--skip", "skip_passes", multiple=True, metavar="P1,P2", help="Optimizer passes to skip.")
@@ -38,7 +40,8 @@ def _split(values):
 @click.option("--force", is_flag=True, help="Replace an existing bundle in OUTPUT.")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Bundle folder to create.")
 @json_option
-def command(model, target, precision, calib, calib_method, calib_limit, sparsity, val, val_limit, input_shapes,
+def command(model, target, precision, calib, calib_method, calib_limit, sparsity, val, val_limit, max_accuracy_drop,
+            input_shapes,
             passes, skip_passes, no_optimize, dla, workspace_mib, local_engine, archive, force, output, as_json):
     """Build a deployable bundle of MODEL for a target: load, optimize, compress, quantize, validate, package.
 
@@ -64,6 +67,7 @@ def command(model, target, precision, calib, calib_method, calib_limit, sparsity
                     skip_passes=_split(skip_passes), optimize=not no_optimize, calib_method=calib_method,
                     calib_limit=calib_limit, val_limit=val_limit, dla=dla, workspace_mib=workspace_mib,
                     local_engine=local_engine, force=force, progress=not quiet() and not as_json,
+                    max_accuracy_drop=max_accuracy_drop,
                     log=_log)
     emit(summary, as_json, format_summary)
 

@@ -22,7 +22,7 @@ from ..fileio import PathLike, sha256_file
 from ..model import load_model, parse_input_shapes
 from .progress import CountingReader, Progress
 from . import stages
-from .stages import (accuracy_note, have, have_quant, inputs_json, local_trt_reason, manifest_accuracy, predicted_ms,
+from .stages import (accuracy_note, accuracy_warnings, have, have_quant, inputs_json, local_trt_reason, manifest_accuracy, predicted_ms,
                      resolve_target_precision, run_optimizer, shapes_json, validate, versions)
 
 SPARSITY_CHOICES = ("2:4",)
@@ -35,7 +35,7 @@ def build(model_path: PathLike, target: str, out_dir: PathLike, *, precision: st
           skip_passes: Sequence[str] = (), optimize: bool = True, calib_method: str = "entropy",
           calib_limit: Optional[int] = None, val_limit: Optional[int] = None, dla: bool = False,
           workspace_mib: int = 1024, local_engine: str = "auto", force: bool = False, progress: bool = True,
-          log: Optional[Callable[[str], None]] = None) -> dict:
+          max_accuracy_drop: float = 0.02, log: Optional[Callable[[str], None]] = None) -> dict:
     """Build a deployable bundle of ``model_path`` for ``target``.
 
     Args:
@@ -57,6 +57,8 @@ def build(model_path: PathLike, target: str, out_dir: PathLike, *, precision: st
         local_engine: ``auto`` (build a local TensorRT engine when TensorRT and a GPU are present), ``on``, ``off``.
         force: replace an existing bundle in ``out_dir``.
         progress: show progress bars (on a terminal).
+        max_accuracy_drop: warn when the deploy model's top-1 falls more than this (a fraction) below the input
+            model's, or (without labels) when its top-1 agreement with it falls below ``1 - max_accuracy_drop``.
         log: called with one line per stage and per warning (default: silent).
 
     Returns:
@@ -207,6 +209,9 @@ def build(model_path: PathLike, target: str, out_dir: PathLike, *, precision: st
         stage_info["validate"] = {"status": "done", "seconds": bar.seconds, "samples": accuracy["samples"]}
         if getattr(reader, "is_random", False):
             warn("validation data is random: the accuracy figures mean nothing")
+        else:
+            for msg in accuracy_warnings(accuracy, deploy_kind, max_drop=max_accuracy_drop):
+                warn(msg)
     else:
         with prog.stage("validate") as bar:
             bar.done("no --val data")

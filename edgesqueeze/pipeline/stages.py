@@ -139,6 +139,24 @@ def accuracy_note(acc: dict, deploy_kind: str) -> str:
     return f"max relative error {max(errs):.3g} ({deploy_kind})" if errs else "done"
 
 
+def accuracy_warnings(acc: dict, deploy_kind: str, max_drop: float = 0.02) -> List[str]:
+    """Warnings when the deploy model lost more accuracy than ``max_drop`` (top-1, or top-1 agreement)."""
+    d = acc["models"].get(deploy_kind, {})
+    ref = acc.get("reference_top1")
+    if d.get("top1") is not None and ref is not None:
+        if ref - d["top1"] > max_drop:
+            return [f"the {deploy_kind} model loses {100 * (ref - d['top1']):.2f} top-1 points "
+                    f"({100 * ref:.2f}% -> {100 * d['top1']:.2f}%): try --calib-method minmax or percentile, "
+                    f"more calibration data, or --precision fp16"]
+        return []
+    out = []
+    for name, o in d.get("outputs", {}).items():
+        if o.get("top1_agreement") is not None and o["top1_agreement"] < 1 - max_drop:
+            out.append(f"the {deploy_kind} model agrees with the input model on only "
+                       f"{100 * o['top1_agreement']:.2f}% of top-1 predictions ({name})")
+    return out
+
+
 def manifest_accuracy(acc: Optional[dict]) -> Optional[dict]:
     if not acc:
         return None
