@@ -132,6 +132,8 @@ def fleet_bench(bundle_dir, fleet_toml, *, out_dir=None, max_parallel: Optional[
             return exc.results or _failed(dev, "interrupted", 130)
         except EdgeSqueezeError as exc:
             return _failed(dev, exc.one_line(), exc.exit_code)
+        except Exception as exc:  # noqa: BLE001 - one device's bug must not lose the other devices' results
+            return _failed(dev, f"internal error: {type(exc).__name__}: {exc}", 1)
 
     workers = max(1, min(max_parallel or len(devices), len(devices)))
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fleet")

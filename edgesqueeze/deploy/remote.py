@@ -13,6 +13,7 @@ from ..fileio import write_json_atomic, write_text_atomic
 from .core import _shell_path, default_remote_dir, deploy, open_transport, remote_path
 
 RESULTS_DIR = ".edgesqueeze/results"
+_REPORT_LOCK = threading.Lock()  # matplotlib is not thread-safe: fleet threads render one at a time
 PID_FILE = ".edgesqueeze/run.pid"
 
 
@@ -162,6 +163,8 @@ def _annotate(results: dict, tr, report: Optional[dict], label: Optional[str]) -
     dev["address"] = str(tr.address)
     if label:
         dev["label"] = label
+    # what reports print for the device (helper E's report reads display_name): fleet name, host, address
+    dev["display_name"] = (f"{label}: " if label else "") + f"{dev.get('hostname') or '?'} at {tr.address}"
     if report:
         dev["probe"] = report.get("probe")
         results["deploy"] = {k: report.get(k) for k in ("remote_dir", "files", "engine", "warnings", "seconds")}
@@ -212,7 +215,8 @@ def render_report(results: List[dict], out_dir) -> Path:
     except ImportError:
         write_report = None
     if write_report is not None:
-        written = write_report(results, out)
+        with _REPORT_LOCK:
+            written = write_report(results, out)
         if isinstance(written, (str, Path)):
             return Path(written)
         if isinstance(written, dict) and (written.get("report") or written.get("markdown")):
