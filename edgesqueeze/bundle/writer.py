@@ -20,6 +20,25 @@ from ..model import model_bytes
 from .manifest import MANIFEST, SCHEMA, hash_files, manifest_bytes
 
 
+def check_out_dir(out_dir: PathLike, *, force: bool = False) -> None:
+    """Raise :class:`InputError` unless ``out_dir`` is absent, empty, or (with ``force``) an old bundle.
+
+    A folder that is not a bundle is never replaced, ``force`` or not.
+    """
+    out_dir = Path(out_dir)
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise InputError("the output exists and is a file, expected a bundle folder", path=str(out_dir))
+    if any(out_dir.iterdir()):
+        if not (out_dir / MANIFEST).is_file():
+            raise InputError("the output folder exists, is not empty and is not a bundle", path=str(out_dir),
+                             hint="choose another -o")
+        if not force:
+            raise InputError("the output folder already holds a bundle", path=str(out_dir),
+                             hint="choose another -o or pass --force to replace it")
+
+
 class BundleWriter:
     """Collects the files of a bundle in a staging folder; :meth:`commit` writes the manifest and renames it.
 
@@ -33,17 +52,7 @@ class BundleWriter:
 
     def __init__(self, out_dir: PathLike, *, force: bool = False):
         self.out_dir = Path(out_dir)
-        if self.out_dir.exists():
-            if not self.out_dir.is_dir():
-                raise InputError("the output exists and is a file, expected a bundle folder", path=str(self.out_dir))
-            if any(self.out_dir.iterdir()):
-                if not (self.out_dir / MANIFEST).is_file():
-                    # never delete a folder that is not a bundle, --force or not
-                    raise InputError("the output folder exists, is not empty and is not a bundle",
-                                     path=str(self.out_dir), hint="choose another -o")
-                if not force:
-                    raise InputError("the output folder already holds a bundle", path=str(self.out_dir),
-                                     hint="choose another -o or pass --force to replace it")
+        check_out_dir(self.out_dir, force=force)
         parent = self.out_dir.resolve().parent
         parent.mkdir(parents=True, exist_ok=True)
         self.staging = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.", suffix=".staging", dir=str(parent)))

@@ -113,6 +113,9 @@ def build(model_path: PathLike, target: str, out_dir: PathLike, *, precision: st
     from ..fileio import refuse_overwrite
 
     refuse_overwrite(out_dir, model_path)
+    from ..bundle.writer import check_out_dir
+
+    check_out_dir(out_dir, force=force)  # before any work; checked again when the bundle is written
     prog = Progress(progress, log)
     stage_info: Dict[str, dict] = {}
     summary: dict = {"bundle": str(out_dir), "target": profile.name, "requested_precision": requested,
