@@ -141,7 +141,7 @@ def _bits_of(kind_index: str, index_bits: Dict[str, int], name: str, kind: str) 
 # ----------------------------------------------------------------------------- pack
 def pack(model: ModelProto, *, conv_index_bits: int = 8, fc_index_bits: int = 5,
          index_bits: Optional[Dict[str, int]] = None, dense_onnx_bytes: Optional[int] = None) -> Tuple[bytes, dict]:
-    """Serialise ``model`` to ``.esq`` bytes: every Conv / Gemm / MatMul float32 weight as sparse, shared,
+    """Serialise ``model`` to ``.esq`` bytes: every Conv / Gemm / MatMul float32 weight (and bias) as sparse, shared,
     Huffman-coded streams; the rest of the model as a zlib-compressed ONNX skeleton.
 
     Args:
@@ -171,6 +171,8 @@ def pack(model: ModelProto, *, conv_index_bits: int = 8, fc_index_bits: int = 5,
             b = overrides.get(ly.weight, overrides.get(ly.name, conv_index_bits if ly.kind == "conv"
                                                        else fc_index_bits))
             chosen[ly.weight] = (ly.name, int(b))
+        if ly.bias is not None and inits[ly.bias].data_type == onnx.TensorProto.FLOAT and ly.bias not in chosen:
+            chosen[ly.bias] = (ly.name + ".bias", int(overrides.get(ly.bias, 4)))  # dense: gaps are all 0
     body = io.BytesIO()
     rows = []
     for name in chosen:  # graph order

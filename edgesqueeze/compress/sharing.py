@@ -63,8 +63,8 @@ def kmeans_1d(values: np.ndarray, k: int, *, iterations: int = 100) -> Tuple[np.
 
 
 def share_weights(model: ModelProto, *, conv_bits: int = 8, fc_bits: int = 5,
-                  bits: Optional[Dict[str, int]] = None, iterations: int = 100, ops: Iterable[str] = WEIGHT_OPS,
-                  exclude: Sequence[str] = ()) -> Tuple[ModelProto, dict]:
+                  bits: Optional[Dict[str, int]] = None, bias_bits: Optional[int] = None, iterations: int = 100,
+                  ops: Iterable[str] = WEIGHT_OPS, exclude: Sequence[str] = ()) -> Tuple[ModelProto, dict]:
     """Replace each layer's non-zero weights by a ``2**bits``-entry codebook found by 1-D k-means.
 
     Args:
@@ -72,6 +72,8 @@ def share_weights(model: ModelProto, *, conv_bits: int = 8, fc_bits: int = 5,
         conv_bits: bits per Conv weight (codebook of ``2**conv_bits`` values).
         fc_bits: bits per Gemm / MatMul weight.
         bits: per-layer overrides ``{layer or weight name: bits}``.
+        bias_bits: when given, share each layer's bias too, with a ``2**bias_bits`` codebook (off by default, as
+            in the paper; on a tiny network the biases are a visible part of the stored size).
         iterations: k-means iterations at most.
         ops: op types to share.
         exclude: layer or weight names to leave alone.
@@ -83,27 +85,39 @@ def share_weights(model: ModelProto, *, conv_bits: int = 8, fc_bits: int = 5,
         InputError: bits outside 1..16.
     """
     bits = dict(bits or {})
-    for name, b in list(bits.items()) + [("conv", conv_bits), ("fc", fc_bits)]:
+    checks = list(bits.items()) + [("conv", conv_bits), ("fc", fc_bits)] + \
+        ([("bias", bias_bits)] if bias_bits is not None else [])
+    for name, b in checks:
         if not 1 <= int(b) <= 16:
-            raise InputError(f"bits must be in 1..16, got {b}", tensor=None if name in ("conv", "fc") else name)
+            raise InputError(f"bits must be in 1..16, got {b}",
+                             tensor=None if name in ("conv", "fc", "bias") else name)
     out = copy_model(model)
     rows, done = [], set()
+    tensors = []
     for ly in find_layers(out, ops):
-        if ly.weight in done or ly.name in exclude or ly.weight in exclude:
+        if ly.name in exclude or ly.weight in exclude:
             continue
-        done.add(ly.weight)
-        b = int(bits.get(ly.name, bits.get(ly.weight, conv_bits if ly.kind == "conv" else fc_bits)))
-        w = get_array(out, ly.weight)
+        tensors.append((ly, ly.weight, int(bits.get(ly.name, bits.get(ly.weight, conv_bits if ly.kind == "conv"
+                                                                          else fc_bits)))))
+        if bias_bits is not None and ly.bias is not None:
+            tensors.append((ly, ly.bias, int(bits.get(ly.bias, bias_bits))))
+    for ly, name, b in tensors:
+        if name in done:
+            continue
+        done.add(name)
+        w = get_array(out, name)
         nz = w != 0
         codebook, labels = kmeans_1d(w[nz], 2 ** b, iterations=iterations)
         shared = np.zeros_like(w)
         shared[nz] = codebook[labels].astype(w.dtype)
-        set_array(out, ly.weight, shared)
+        set_array(out, name, shared)
         diff = (shared - w).astype(np.float64)
-        rows.append({"layer": ly.name, "op": ly.node.op_type, "weight": ly.weight, "kind": ly.kind, "bits": b,
+        rows.append({"layer": ly.name, "op": ly.node.op_type, "weight": name,
+                     "kind": "bias" if name == ly.bias else ly.kind, "bits": b,
                      "codebook": int(codebook.size), "params": int(w.size), "nonzero": int(nz.sum()),
                      "rms_change": float(np.sqrt(np.mean(diff ** 2))) if w.size else 0.0,
                      "max_change": float(np.abs(diff).max()) if w.size else 0.0})
     if not rows:
         raise InputError("the model has no Conv/Gemm/MatMul weight initializers to share")
-    return out, {"method": "sharing", "conv_bits": conv_bits, "fc_bits": fc_bits, "layers": rows}
+    return out, {"method": "sharing", "conv_bits": conv_bits, "fc_bits": fc_bits, "bias_bits": bias_bits,
+                 "layers": rows}

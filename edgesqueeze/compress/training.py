@@ -1,0 +1,223 @@
+"""Pruning with training (``torch`` extra): iterative magnitude pruning with fine-tuning (Han et al. 2015),
+lottery-ticket rounds with rewinding (Frankle & Carbin 2019), and class-dependent pruning (Entezari & Saukh 2020).
+
+Models are given as a factory ``model_fn() -> torch.nn.Module`` (seeded here, so the initial weights ``W_0`` are
+reproducible); the weights of every ``Linear`` and ``Conv`` layer are pruned, biases are kept. Data is a pair of
+arrays ``(x, labels)``. Every round reports sparsity, accuracy and, with an important class, its false
+negatives, false positives and AUC.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .._lazy import require
+from ..errors import InputError
+from .class_loss import class_dependent_loss, class_metrics
+
+
+def _torch():
+    return require("torch", "pruning with training")
+
+
+def prunable(module) -> List[Tuple[str, object]]:
+    """``(name, parameter)`` of the weights of every Linear / Conv layer, in module order."""
+    torch = _torch()
+    out = []
+    for name, mod in module.named_modules():
+        if isinstance(mod, (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)):
+            out.append((f"{name}.weight" if name else "weight", mod.weight))
+    return out
+
+
+def apply_masks(module, masks: Dict[str, object]) -> None:
+    """Zero the pruned weights in place."""
+    torch = _torch()
+    with torch.no_grad():
+        for name, p in prunable(module):
+            if name in masks:
+                p.mul_(masks[name])
+
+
+def mask_sparsity(masks: Dict[str, object]) -> float:
+    """Fraction of pruned weights over all masks."""
+    total = sum(int(m.numel()) for m in masks.values())
+    kept = sum(int(m.sum().item()) for m in masks.values())
+    return 1.0 - kept / max(total, 1)
+
+
+def train(module, data, *, loss_fn: Optional[Callable] = None, masks: Optional[Dict[str, object]] = None,
+          epochs: int = 10, lr: float = 1e-3, batch_size: int = 64, weight_decay: float = 0.0, seed: int = 0):
+    """Train ``module`` with Adam on ``data = (x, labels)``, keeping pruned weights at zero.
+
+    Returns:
+        The module (trained in place).
+    """
+    torch = _torch()
+    x, y = _tensors(data)
+    loss_fn = loss_fn or torch.nn.functional.cross_entropy
+    opt = torch.optim.Adam(module.parameters(), lr=lr, weight_decay=weight_decay)
+    gen = torch.Generator().manual_seed(seed)
+    module.train()
+    for _ in range(epochs):
+        order = torch.randperm(x.shape[0], generator=gen)
+        for start in range(0, x.shape[0], batch_size):
+            idx = order[start:start + batch_size]
+            opt.zero_grad()
+            loss = loss_fn(module(x[idx]), y[idx])
+            loss.backward()
+            opt.step()
+            if masks:
+                apply_masks(module, masks)
+    module.eval()
+    return module
+
+
+def predict(module, x, batch_size: int = 1024) -> np.ndarray:
+    """Logits of ``module`` on ``x`` as a numpy array."""
+    torch = _torch()
+    xt = _tensors((x, np.zeros(len(x), np.int64)))[0]
+    module.eval()
+    with torch.no_grad():
+        return np.concatenate([module(xt[i:i + batch_size]).numpy() for i in range(0, xt.shape[0], batch_size)])
+
+
+def evaluate(module, data, positive: Optional[int] = None) -> Dict[str, object]:
+    """Accuracy (and false negatives / positives and AUC of the important class) of ``module`` on ``data``."""
+    x, y = data
+    return class_metrics(predict(module, x), np.asarray(y), positive)
+
+
+def _tensors(data):
+    torch = _torch()
+    x, y = data
+    x = x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x, np.float32))
+    y = y if isinstance(y, torch.Tensor) else torch.as_tensor(np.asarray(y, np.int64))
+    return x, y
+
+
+def _prune_step(module, masks, fraction: float, *, score_fn, layerwise: bool) -> None:
+    """Remove ``fraction`` of the remaining weights with the lowest score (per layer or over all layers)."""
+    params = dict(prunable(module))
+    scores = {n: score_fn(n, params[n].detach()) for n in masks}
+    if layerwise:
+        for n, m in masks.items():
+            _drop_lowest([scores[n]], [m], fraction)
+    else:
+        _drop_lowest([scores[n] for n in masks], list(masks.values()), fraction)
+
+
+def _drop_lowest(scores, masks, fraction: float) -> None:
+    torch = _torch()
+    alive = torch.cat([s[m.bool()].flatten() for s, m in zip(scores, masks)])
+    k = int(round(fraction * alive.numel()))
+    if k <= 0:
+        return
+    threshold = torch.kthvalue(alive, k).values
+    # ties at the threshold: drop in order until k are gone, so the count is exact and deterministic
+    budget = k
+    for s, m in zip(scores, masks):
+        below = (s < threshold) & m.bool()
+        m[below] = 0
+        budget -= int(below.sum())
+    for s, m in zip(scores, masks):
+        if budget <= 0:
+            break
+        at = ((s == threshold) & m.bool()).flatten().nonzero().flatten()[:budget]
+        m.view(-1)[at] = 0
+        budget -= int(at.numel())
+
+
+def _row(round_: int, masks, metrics: Dict[str, object]) -> Dict[str, object]:
+    row = {"round": round_, "sparsity": round(mask_sparsity(masks), 6)}
+    row.update(metrics)
+    return row
+
+
+def iterative_pruning(module, train_data, val_data, *, schedule: Sequence[float] = (0.5, 0.75, 0.9),
+                      epochs: int = 5, lr: float = 1e-3, batch_size: int = 64, layerwise: bool = True,
+                      loss_fn: Optional[Callable] = None, positive: Optional[int] = None, seed: int = 0):
+    """Han et al.'s prune / fine-tune cycle on a trained ``module``: prune to each sparsity of ``schedule`` by
+    magnitude, fine-tune ``epochs`` with the mask fixed, never rewinding.
+
+    Returns:
+        ``(module, masks, history)``: the pruned module (modified in place), masks ``{weight name: 0/1 tensor}``,
+        and one row per step (step 0 = the dense model).
+
+    Raises:
+        InputError: a schedule that is not increasing in [0, 1).
+    """
+    torch = _torch()
+    if any(not 0.0 <= s < 1.0 for s in schedule) or list(schedule) != sorted(schedule):
+        raise InputError(f"pruning schedule must increase within [0, 1), got {list(schedule)}")
+    masks = {n: torch.ones_like(p) for n, p in prunable(module)}
+    history = [_row(0, masks, evaluate(module, val_data, positive))]
+    for i, target in enumerate(schedule, 1):
+        current = mask_sparsity(masks)
+        fraction = (target - current) / (1.0 - current) if current < 1.0 else 0.0
+        _prune_step(module, masks, fraction, score_fn=lambda n, w: w.abs(), layerwise=layerwise)
+        apply_masks(module, masks)
+        train(module, train_data, loss_fn=loss_fn, masks=masks, epochs=epochs, lr=lr, batch_size=batch_size,
+              seed=seed + i)
+        history.append(_row(i, masks, evaluate(module, val_data, positive)))
+    return module, masks, history
+
+
+def lottery_ticket(model_fn: Callable, train_data, val_data, *, rounds: int = 5, prune_rate: float = 0.2,
+                   epochs: int = 10, lr: float = 1e-3, batch_size: int = 64, layerwise: bool = True,
+                   positive: Optional[int] = None, class_dependent: bool = False, beta: float = 0.999,
+                   lam: float = 0.05, seed: int = 0):
+    """Lottery-ticket rounds with rewinding; with ``class_dependent`` the variant of Entezari & Saukh.
+
+    Each round trains the masked network from the initial weights ``W_0``, removes ``prune_rate`` of the
+    remaining weights, and rewinds the survivors to ``W_0``. Plain lottery tickets train with cross-entropy and
+    prune the smallest ``|W_k|``; the class-dependent variant trains with :func:`class_dependent_loss` (needs
+    ``positive``) and prunes the smallest magnitude increase ``|W_k| - |W_0|``.
+
+    Args:
+        model_fn: builds the network (called once, after ``torch.manual_seed(seed)``).
+        train_data, val_data: ``(x, labels)`` arrays.
+        rounds: pruning rounds after the dense round 0 (sparsity after k rounds: ``1 - (1 - prune_rate) ** k``).
+        prune_rate: fraction of the remaining weights removed per round.
+        epochs, lr, batch_size: training of every round (Adam).
+        layerwise: prune the same fraction in every layer (else one global ranking).
+        positive: the important class (metrics for it; required when ``class_dependent``).
+        beta, lam: parameters of the class-dependent loss.
+        seed: seeds the initial weights and the batch order.
+
+    Returns:
+        ``(module, masks, history)``: the last round's trained sparse module, its masks and one row per round:
+        round, sparsity, accuracy, n and, with ``positive``, fn, fp, positives, auc.
+
+    Raises:
+        InputError: ``prune_rate`` outside (0, 1), ``rounds`` < 0, or ``class_dependent`` without ``positive``.
+    """
+    torch = _torch()
+    if not 0.0 < prune_rate < 1.0 or rounds < 0:
+        raise InputError(f"need 0 < prune_rate < 1 and rounds >= 0, got {prune_rate} and {rounds}")
+    if class_dependent and positive is None:
+        raise InputError("class-dependent pruning needs the important class (positive=...)")
+    torch.manual_seed(seed)
+    module = model_fn()
+    init = copy.deepcopy(module.state_dict())
+    w0 = {n: p.detach().clone() for n, p in prunable(module)}
+    masks = {n: torch.ones_like(p) for n, p in prunable(module)}
+    loss_fn = None
+    if class_dependent:
+        counts = np.bincount(np.asarray(train_data[1]), minlength=int(np.max(train_data[1])) + 1)
+        loss_fn = class_dependent_loss(counts, positive, beta=beta, lam=lam)
+        score = lambda n, w: w.abs() - w0[n].abs()  # noqa: E731 - magnitude increase since W_0
+    else:
+        score = lambda n, w: w.abs()  # noqa: E731
+    history = []
+    for k in range(rounds + 1):
+        if k > 0:
+            _prune_step(module, masks, prune_rate, score_fn=score, layerwise=layerwise)
+            module.load_state_dict(init)          # rewind the survivors to W_0
+            apply_masks(module, masks)
+        train(module, train_data, loss_fn=loss_fn, masks=masks, epochs=epochs, lr=lr, batch_size=batch_size,
+              seed=seed)
+        history.append(_row(k, masks, evaluate(module, val_data, positive)))
+    return module, masks, history

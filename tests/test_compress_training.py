@@ -1,0 +1,173 @@
+"""Pruning with training (torch): class-dependent loss, lottery tickets with rewinding, iterative pruning."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgesqueeze.compress.class_loss import auc_score, class_balanced_weights, class_metrics, positive_score
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "digits" / "digits_cnn.onnx"
+
+
+def test_class_balanced_weights_formula():
+    counts = [10, 100, 1000]
+    w = class_balanced_weights(counts, beta=0.99)
+    raw = np.array([(1 - 0.99) / (1 - 0.99 ** n) for n in counts])
+    np.testing.assert_allclose(w, raw * 3 / raw.sum())
+    assert w[0] > w[1] > w[2]
+    np.testing.assert_allclose(class_balanced_weights(counts, beta=0.0), [1, 1, 1])
+
+
+def test_auc_matches_pairwise_count():
+    rng = np.random.default_rng(0)
+    s = rng.integers(0, 6, 300).astype(float)  # many ties
+    y = rng.random(300) < 0.3
+    pos, neg = s[y], s[~y]
+    pairs = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    assert auc_score(s, y) == pytest.approx(pairs / (pos.size * neg.size))
+    assert auc_score(s, np.zeros(300, bool)) is None
+
+
+def test_class_metrics_counts_false_negatives_and_positives():
+    logits = np.array([[5, 0, 0], [0, 5, 0], [0, 0, 5], [5, 0, 0]], np.float32)
+    labels = np.array([0, 0, 2, 1])
+    m = class_metrics(logits, labels, positive=0)
+    assert m["fn"] == 1 and m["fp"] == 1 and m["positives"] == 2 and m["accuracy"] == 0.5
+    np.testing.assert_allclose(positive_score(logits, 0)[0], 5 - np.log(2), rtol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x, y = (d.data / 16.0).astype(np.float32), d.target.astype(np.int64)
+    rng = np.random.default_rng(0)
+    idx = rng.permutation(len(y))
+    return (x[idx[:600]], y[idx[:600]]), (x[idx[600:900]], y[idx[600:900]])
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny nets train faster on one thread, and a busy shared CPU makes thread pools spin."""
+    try:
+        import torch
+    except ImportError:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _mlp():
+    import torch
+
+    return torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+
+
+@pytest.mark.torch
+def test_class_dependent_loss_value_and_gradient():
+    import torch
+
+    from edgesqueeze.compress.class_loss import class_dependent_loss
+
+    torch.manual_seed(0)
+    logits = torch.randn(6, 3, requires_grad=True)
+    targets = torch.tensor([0, 1, 2, 0, 1, 1])
+    loss = class_dependent_loss([2, 3, 1], positive=0, beta=0.9, lam=0.5)(logits, targets)
+    w = torch.tensor(class_balanced_weights([2, 3, 1], 0.9), dtype=torch.float32)
+    ce = torch.nn.functional.cross_entropy(logits, targets, weight=w)
+    r = logits[:, 0] - torch.logsumexp(logits[:, 1:], dim=1)
+    y = (targets == 0).float() * 2 - 1
+    expected = ce + 0.5 * (torch.clamp(1 - y * r, min=0) ** 2).sum()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    loss.backward()
+    assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("class_dependent", [False, True])
+def test_lottery_ticket_rewinds_and_prunes_per_round(digits, class_dependent):
+    import torch
+
+    from edgesqueeze.compress.training import lottery_ticket, prunable
+
+    train_data, val_data = digits
+    torch.manual_seed(0)
+    w0 = {n: p.detach().clone() for n, p in prunable(_mlp())}
+    # epochs=0: no training, so after each round the weights are exactly the rewound, masked W_0
+    module, masks, hist = lottery_ticket(_mlp, train_data, val_data, rounds=3, prune_rate=0.5, epochs=0,
+                                         positive=3, class_dependent=class_dependent)
+    assert [round(h["sparsity"], 3) for h in hist] == [0.0, 0.5, 0.75, 0.875]
+    for n, p in prunable(module):
+        assert torch.equal(p.detach(), w0[n] * masks[n])
+    assert {"fn", "fp", "auc", "accuracy"} <= set(hist[-1])
+    if not class_dependent:  # plain lottery ticket: the survivors are the largest |W_0| of each layer
+        for n, m in masks.items():
+            kept, dropped = w0[n].abs()[m.bool()], w0[n].abs()[~m.bool()]
+            assert dropped.max() <= kept.min()
+
+
+@pytest.mark.torch
+def test_lottery_ticket_trains_and_is_deterministic(digits):
+    from edgesqueeze.compress.training import lottery_ticket
+
+    train_data, val_data = digits
+    runs = [lottery_ticket(_mlp, train_data, val_data, rounds=2, prune_rate=0.5, epochs=5, lr=1e-2, positive=3,
+                           class_dependent=True, lam=0.02, seed=1)[2] for _ in range(2)]
+    assert runs[0] == runs[1]
+    assert runs[0][0]["accuracy"] > 0.8 and runs[0][-1]["accuracy"] > 0.7
+    assert runs[0][-1]["sparsity"] == pytest.approx(0.75, abs=1e-3)
+
+
+@pytest.mark.torch
+def test_iterative_pruning_with_fine_tuning(digits):
+    import torch
+
+    from edgesqueeze.compress.training import iterative_pruning, train
+
+    train_data, val_data = digits
+    torch.manual_seed(0)
+    net = train(_mlp(), train_data, epochs=8)
+    net, masks, hist = iterative_pruning(net, train_data, val_data, schedule=(0.5, 0.8), epochs=3,
+                                         layerwise=False)
+    assert [round(h["sparsity"], 3) for h in hist] == [0.0, 0.5, 0.8]
+    assert hist[-1]["accuracy"] > hist[0]["accuracy"] - 0.1
+    for n, p in net.named_parameters():
+        if n.endswith("weight"):
+            assert (p.detach()[masks[n] == 0] == 0).all()
+
+
+@pytest.mark.torch
+def test_bad_options():
+    from edgesqueeze.compress.training import lottery_ticket
+    from edgesqueeze.errors import InputError
+
+    data = (np.zeros((4, 64), np.float32), np.zeros(4, np.int64))
+    with pytest.raises(InputError):
+        lottery_ticket(_mlp, data, data, prune_rate=1.5)
+    with pytest.raises(InputError):
+        lottery_ticket(_mlp, data, data, class_dependent=True)
+
+
+@pytest.mark.torch
+@pytest.mark.skipif(not EXAMPLE.exists(), reason="example model not built yet")
+def test_onnx_torch_roundtrip_of_exported_cnn():
+    import torch
+
+    from edgesqueeze.compress.torch_onnx import onnx_to_sequential, sequential_to_onnx
+    from edgesqueeze.model import load_model, random_feeds
+    from edgesqueeze.ortutil import run_model
+
+    m = load_model(EXAMPLE)
+    seq = onnx_to_sequential(m)
+    feeds = random_feeds(m, seed=2)[0]
+    ref = run_model(m, feeds)["logits"]
+    with torch.no_grad():
+        np.testing.assert_allclose(seq(torch.tensor(feeds["input"])).numpy(), ref, rtol=1e-4, atol=1e-4)
+    back = sequential_to_onnx(seq, [1, 1, 8, 8])
+    np.testing.assert_allclose(run_model(back, feeds)["logits"], ref, rtol=1e-4, atol=1e-4)
