@@ -24,7 +24,7 @@ Attributes: ``sparse_format``, ``kernel_shape``, ``strides``, ``pads`` (ONNX ord
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import onnx
@@ -32,123 +32,14 @@ from onnx import AttributeProto, FunctionProto, ModelProto, NodeProto, TensorPro
 
 from ..errors import InputError, UnsupportedError
 from .dwsep import ACTIVATIONS, DOMAIN, DOMAIN_VERSION, OVERLOAD_IR_VERSION, _activation_nodes, _activate
+from .sparse_formats import (_as_matrix, _from_matrix, choose_format, compress_2_4, compress_csr,  # noqa: F401
+                             compressed_bytes, decompress_2_4, decompress_csr, is_2_4_sparse, sparse_conv_inputs)
 
 OP_TYPE = "SparseConv"
 FORMATS = {"2:4": "s24", "csr": "csr"}
 _DTYPES = {"f32": TensorProto.FLOAT, "f16": TensorProto.FLOAT16}
 _FUNCTION_ATTRS = ("sparse_format", "kernel_shape", "strides", "pads", "dilations", "activation", "alpha", "beta",
                    "plugin_namespace", "plugin_version")
-
-
-# ----------------------------------------------------------------------------- compression
-def _as_matrix(weight: np.ndarray) -> np.ndarray:
-    """``W[M,C,kh,kw]`` → ``A[M, kh*kw*C]`` with the input channel fastest."""
-    if weight.ndim != 4:
-        raise InputError(f"{OP_TYPE} weight must be [M,C,kh,kw], got shape {list(weight.shape)}")
-    return np.ascontiguousarray(weight.transpose(0, 2, 3, 1)).reshape(weight.shape[0], -1)
-
-
-def _from_matrix(a: np.ndarray, shape: Sequence[int]) -> np.ndarray:
-    m, c, kh, kw = shape
-    return np.ascontiguousarray(a.reshape(m, kh, kw, c).transpose(0, 3, 1, 2))
-
-
-def is_2_4_sparse(weight: np.ndarray) -> bool:
-    """True when ``weight [M,C,kh,kw]`` has C % 4 == 0 and at most 2 non-zeros per group of 4 input channels."""
-    if weight.ndim != 4 or weight.shape[1] % 4:
-        return False
-    groups = _as_matrix(np.asarray(weight)).reshape(weight.shape[0], -1, 4)
-    return bool((np.count_nonzero(groups, axis=2) <= 2).all())
-
-
-def compress_2_4(weight: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """Compress a 2:4-sparse weight.
-
-    Args:
-        weight: ``[M, C, kh, kw]`` with C % 4 == 0 and at most 2 non-zeros in each group of 4 input channels.
-
-    Returns:
-        ``(values [M, R/2] in weight's dtype, metadata int32 [M, ceil(R/32)])`` as described in the module doc.
-
-    Raises:
-        InputError: C % 4 != 0 or a group with more than 2 non-zeros (names the first one).
-    """
-    weight = np.asarray(weight)
-    if weight.ndim != 4 or weight.shape[1] % 4:
-        raise InputError(f"2:4 sparsity needs a [M,C,kh,kw] weight with C % 4 == 0, got {list(weight.shape)}")
-    a = _as_matrix(weight)
-    m, r = a.shape
-    groups = a.reshape(m, r // 4, 4)
-    nz = groups != 0
-    bad = np.argwhere(nz.sum(axis=2) > 2)
-    if len(bad):
-        row, g = (int(v) for v in bad[0])
-        raise InputError(f"weight is not 2:4 sparse: output channel {row}, group {g} (reduction indices "
-                         f"{4 * g}..{4 * g + 3}) has {int(nz[row, g].sum())} non-zeros",
-                         hint="prune with 'edgesqueeze compress --sparsity 2:4' first")
-    # Kept positions: the non-zeros, padded with the lowest zero positions, in increasing order.
-    order = np.argsort(~nz, axis=2, kind="stable")[:, :, :2]   # non-zeros first, each side in position order
-    pos = np.sort(order, axis=2)
-    values = np.take_along_axis(groups, pos, axis=2).reshape(m, r // 2)
-    nibbles = (pos[:, :, 0] | (pos[:, :, 1] << 2)).astype(np.uint64)   # [M, G]
-    words = -(-(r // 4) // 8)
-    padded = np.zeros((m, words * 8), dtype=np.uint64)
-    padded[:, :r // 4] = nibbles
-    shifts = (4 * np.arange(8, dtype=np.uint64))[None, None, :]
-    packed = (padded.reshape(m, words, 8) << shifts).sum(axis=2).astype(np.uint32)
-    return np.ascontiguousarray(values), packed.view(np.int32)
-
-
-def decompress_2_4(values: np.ndarray, metadata: np.ndarray, shape: Sequence[int]) -> np.ndarray:
-    """Inverse of :func:`compress_2_4`: the dense ``[M, C, kh, kw]`` weight."""
-    m, c, kh, kw = (int(v) for v in shape)
-    r = kh * kw * c
-    words = metadata.view(np.uint32).astype(np.uint64)
-    fields = (words[:, :, None] >> (2 * np.arange(16, dtype=np.uint64))[None, None, :]) & 3
-    pos = fields.reshape(m, -1)[:, :r // 2].astype(np.int64) + 4 * (np.arange(r // 2) // 2)[None, :]
-    a = np.zeros((m, r), dtype=values.dtype)
-    np.put_along_axis(a, pos, values, axis=1)
-    return _from_matrix(a, (m, c, kh, kw))
-
-
-def compress_csr(weight: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Compress any weight ``[M, C, kh, kw]`` to CSR over ``A[M, R]``.
-
-    Returns:
-        ``(values [nnz], col int32 [nnz], row_ptr int32 [M+1])``.
-    """
-    a = _as_matrix(np.asarray(weight))
-    rows, cols = np.nonzero(a)
-    row_ptr = np.zeros(a.shape[0] + 1, dtype=np.int64)
-    np.cumsum(np.bincount(rows, minlength=a.shape[0]), out=row_ptr[1:])
-    return np.ascontiguousarray(a[rows, cols]), cols.astype(np.int32), row_ptr.astype(np.int32)
-
-
-def decompress_csr(values: np.ndarray, col: np.ndarray, row_ptr: np.ndarray, shape: Sequence[int]) -> np.ndarray:
-    """Inverse of :func:`compress_csr`: the dense ``[M, C, kh, kw]`` weight."""
-    m, c, kh, kw = (int(v) for v in shape)
-    a = np.zeros((m, kh * kw * c), dtype=values.dtype)
-    rows = np.repeat(np.arange(m), np.diff(row_ptr.astype(np.int64)))
-    a[rows, col.astype(np.int64)] = values
-    return _from_matrix(a, (m, c, kh, kw))
-
-
-def compressed_bytes(weight: np.ndarray, sparse_format: str) -> int:
-    """Bytes the compressed weight occupies (values + indices), to compare with ``weight.nbytes``."""
-    if sparse_format == "2:4":
-        return sum(a.nbytes for a in compress_2_4(weight))
-    if sparse_format == "csr":
-        return sum(a.nbytes for a in compress_csr(weight))
-    raise InputError(f"unknown sparse_format '{sparse_format}'; expected one of: {', '.join(FORMATS)}")
-
-
-def choose_format(weight: np.ndarray, csr_max_density: float = 0.25) -> Optional[str]:
-    """The format worth using for ``weight``: ``"2:4"`` when it is 2:4 sparse, ``"csr"`` when at most
-    ``csr_max_density`` of it is non-zero (CSR's 4-byte column index costs as much as an FP32 value), else None."""
-    if is_2_4_sparse(weight):
-        return "2:4"
-    density = np.count_nonzero(weight) / max(1, weight.size)
-    return "csr" if density <= csr_max_density else None
 
 
 # ----------------------------------------------------------------------------- node + function
@@ -349,18 +240,6 @@ def sparse_conv_function(node: NodeProto, opset: int = 17) -> FunctionProto:
     return _function_for(node.overload, opset)
 
 
-def sparse_conv_inputs(weight: np.ndarray, sparse_format: str, dtype=np.float32) -> Dict[str, np.ndarray]:
-    """The compressed arrays of ``weight`` in node input order (after X, before B), keyed by function input name."""
-    w = np.asarray(weight, dtype=dtype)
-    if sparse_format == "2:4":
-        values, meta = compress_2_4(w)
-        return {"values": values, "metadata": meta}
-    if sparse_format == "csr":
-        values, col, row_ptr = compress_csr(w)
-        return {"values": values, "col": col, "row_ptr": row_ptr}
-    raise InputError(f"unknown sparse_format '{sparse_format}'; expected one of: {', '.join(FORMATS)}")
-
-
 def make_sparse_conv_model(x_shape: Sequence[int], weight: np.ndarray, bias: np.ndarray, *, sparse_format: str,
                            strides: Sequence[int] = (1, 1), pads: Sequence[int] = (0, 0, 0, 0),
                            dilations: Sequence[int] = (1, 1), activation: str = "none", alpha: float = 0.0,
@@ -420,3 +299,106 @@ def reference_sparse_conv(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, *
             patch = xp[:, :, r0:r0 + strides[0] * (oh - 1) + 1:strides[0], c0:c0 + strides[1] * (ow - 1) + 1:strides[1]]
             y += np.einsum("nchw,mc->nmhw", patch, w[:, :, i, j])
     return _activate(y, activation, alpha, beta).astype(out_dtype)
+
+
+# ----------------------------------------------------------------------------- dense fallback
+def _dense_activation(kind: str, alpha: float, beta: float, src: str, dst: str, elem: int, opset: int,
+                      prefix: str) -> Tuple[list, list]:
+    """(nodes, initializers) computing ``kind`` from ``src`` into ``dst`` with literal parameters."""
+    n = helper.make_node
+    if kind == "none":
+        return [n("Identity", [src], [dst])], []
+    if kind in ("relu", "sigmoid"):
+        return [n({"relu": "Relu", "sigmoid": "Sigmoid"}[kind], [src], [dst])], []
+    if kind == "leaky_relu":
+        return [n("LeakyRelu", [src], [dst], alpha=alpha)], []
+    if kind == "hard_sigmoid":
+        return [n("HardSigmoid", [src], [dst], alpha=alpha, beta=beta)], []
+    if kind == "hard_swish":
+        if opset >= 14:
+            return [n("HardSwish", [src], [dst])], []
+        return [n("HardSigmoid", [src], [f"{prefix}_hsig"], alpha=1.0 / 6.0, beta=0.5),
+                n("Mul", [src, f"{prefix}_hsig"], [dst])], []
+    if kind == "clip":
+        np_dtype = onnx.helper.tensor_dtype_to_np_dtype(elem)
+        inits = [onnx.numpy_helper.from_array(np.array(v, dtype=np_dtype), f"{prefix}_{t}")
+                 for v, t in ((alpha, "min"), (beta, "max"))]
+        return [n("Clip", [src, f"{prefix}_min", f"{prefix}_max"], [dst])], inits
+    raise InputError(f"unknown activation '{kind}'; expected one of: {', '.join(ACTIVATIONS)}")
+
+
+def densify(model: ModelProto) -> ModelProto:
+    """Return a copy whose ``SparseConv`` nodes are plain ``Conv`` (+ activation) nodes with dense weights.
+
+    The variant for a TensorRT without the edgesqueeze plugin: TensorRT's own sparse kernels can still use the
+    2:4 pattern (``--sparsity=enable`` on Ampere). The compressed weights must be initializers.
+
+    Raises:
+        InputError: a SparseConv node whose compressed weights are not initializers.
+    """
+    out = ModelProto()
+    out.CopyFrom(model)
+    opset = next((int(o.version) for o in out.opset_import if o.domain in ("", "ai.onnx")), 0)
+    inits = {t.name: t for t in out.graph.initializer}
+    used_elsewhere = {i for node in out.graph.node if not (node.op_type == OP_TYPE and node.domain == DOMAIN)
+                      for i in node.input} | {o.name for o in out.graph.output}
+    new_nodes, new_inits, drop = [], [], set()
+    for idx, node in enumerate(out.graph.node):
+        if node.op_type != OP_TYPE or node.domain != DOMAIN:
+            new_nodes.append(node)
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        text = {k: v.decode() if isinstance(v, bytes) else v for k, v in attrs.items()}
+        fmt = text.get("sparse_format")
+        weights = list(node.input[1:-1])
+        if any(w not in inits for w in weights):
+            raise InputError("SparseConv weights must be initializers to densify", node=node.name)
+        arrays = [onnx.numpy_helper.to_array(inits[w]) for w in weights]
+        name = node.name or f"sparse_conv_{idx}"
+        x_name = node.input[0]
+        kh, kw = (int(v) for v in attrs["kernel_shape"])
+        # C from the reduction size: 2:4 values are [M, R/2]; CSR needs the input's channel count
+        if fmt == "2:4":
+            m, r = arrays[0].shape[0], arrays[0].shape[1] * 2
+        else:
+            m, r = len(arrays[2]) - 1, None
+        if r is None:
+            shapes = {vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim]
+                      for vi in list(out.graph.input) + list(out.graph.value_info)}
+            c = (shapes.get(x_name) or [0, 0])[1]
+            if not c:
+                raise InputError("cannot densify a csr SparseConv without the input's channel count "
+                                 "(run shape inference first)", node=name, tensor=x_name)
+        else:
+            c = r // (kh * kw)
+        shape = (m, c, kh, kw)
+        dense = decompress_2_4(arrays[0], arrays[1], shape) if fmt == "2:4" else \
+            decompress_csr(arrays[0], arrays[1], arrays[2], shape)
+        w_name = f"{name}_dense_weight"
+        new_inits.append(onnx.numpy_helper.from_array(dense, w_name))
+        drop.update(w for w in weights if w not in used_elsewhere)
+        act = text.get("activation", "none")
+        conv_out = node.output[0] if act == "none" else f"{name}_conv"
+        new_nodes.append(helper.make_node("Conv", [x_name, w_name, node.input[-1]], [conv_out], name=name,
+                                          kernel_shape=[kh, kw], strides=list(attrs.get("strides", [1, 1])),
+                                          pads=list(attrs.get("pads", [0, 0, 0, 0])),
+                                          dilations=list(attrs.get("dilations", [1, 1]))))
+        if act != "none":
+            act_nodes, act_inits = _dense_activation(act, float(attrs.get("alpha", 0.0)), float(attrs.get("beta", 0.0)),
+                                                     conv_out, node.output[0], inits[weights[0]].data_type, opset,
+                                                     name)
+            new_nodes += act_nodes
+            new_inits += act_inits
+    keep_inits = [t for t in out.graph.initializer if t.name not in drop] + new_inits
+    del out.graph.node[:]
+    out.graph.node.extend(new_nodes)
+    del out.graph.initializer[:]
+    out.graph.initializer.extend(keep_inits)
+    kept = [f for f in out.functions if not (f.domain == DOMAIN and f.name == OP_TYPE)]
+    del out.functions[:]
+    out.functions.extend(kept)
+    if not any(n.domain == DOMAIN for n in out.graph.node) and not any(f.domain == DOMAIN for f in out.functions):
+        keep = [o for o in out.opset_import if o.domain != DOMAIN]
+        del out.opset_import[:]
+        out.opset_import.extend(keep)
+    return out
