@@ -94,6 +94,7 @@ class TrtRunner(Runner):
         self.cache_hit = False
         self._meta = InputMetadata(input_specs(self.model)) if self.model is not None else None
         self._trt = self._cuda = self._ctx = self._engine = self._context = self._stream = None
+        self._calibrator = None
         self._io: Dict[str, dict] = {}
         self._events = []
         self._times: Optional[Dict[str, float]] = None
@@ -116,6 +117,30 @@ class TrtRunner(Runner):
 
     def device_times(self) -> Optional[Dict[str, float]]:
         return self._times
+
+    def for_batch(self, batch: int) -> "TrtRunner":
+        """A runner whose engine takes batch ``batch`` (the ONNX model re-batched and proven on onnxruntime first).
+
+        Raises:
+            UnsupportedError: a serialized engine (no ONNX model to rebuild from) with another batch size, or
+                a model that cannot run at ``batch``.
+        """
+        if self._meta is not None and all(
+                s["shape"] and (s["shape"][0] == batch or not isinstance(s["shape"][0], int))
+                for s in self._meta.values()):
+            return self
+        if self.model is None:
+            raise UnsupportedError(f"a serialized engine cannot change its batch size to {batch}",
+                                   path=self.path)
+        from .ort import OrtRunner
+
+        rebatched = OrtRunner(self.model).for_batch(batch).model
+        clone = TrtRunner(rebatched, precision=self.precision, target=self.target, calibration=self.calibration,
+                          sparse=self.sparse, dla_core=self.dla_core, shape_profiles=self.shape_profiles,
+                          plugins=self.plugins, cache_dir=self.cache_dir if self.cache_dir else False,
+                          workspace_mib=self.workspace_mib, device=self.device, verbose=self.verbose)
+        clone.path = self.path
+        return clone
 
     # ------------------------------------------------------------------ activate
     def _activate(self) -> None:
@@ -215,7 +240,8 @@ class TrtRunner(Runner):
             config.default_device_type = trt.DeviceType.DLA
             config.DLA_core = int(plan.dla_core)
         if plan.calibrator == "cache":
-            config.int8_calibrator = make_cache_calibrator(trt, calib_bytes)
+            self._calibrator = make_cache_calibrator(trt, calib_bytes)  # must outlive the build
+            config.int8_calibrator = self._calibrator
         self._add_profiles(builder, network, config)
         timing_path = self._timing_cache_path()
         cache = config.create_timing_cache(timing_path.read_bytes() if timing_path and timing_path.exists() else b"")

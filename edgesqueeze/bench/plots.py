@@ -72,7 +72,7 @@ def power_plot(result: dict, path) -> Optional[Path]:
     ax.plot(t, w, color="black", lw=1.2, label=f"total ({result['power'].get('total_source') or 'total'})")
     rails = result["power"].get("rails_trace") or []
     if rails:
-        names = sorted({k for s in rails for k in s["rails"]})
+        names = sorted({k for s in rails for k in s["rails"]} - {result["power"].get("total_source")})
         rt = [s["t"] for s in rails]
         for n in names:
             ax.plot(rt, [s["rails"].get(n, np.nan) / 1000.0 for s in rails], lw=0.8, alpha=0.7, label=n)
