@@ -2,7 +2,8 @@
 
 - ``minmax``: amax = max |x| seen.
 - ``entropy``: TensorRT's EntropyCalibration2 as NVIDIA published it (Migacz, GTC 2017; TENSORRT.md): over the
-  2048-bin histogram of |x|, for every candidate i in 128..bins, P = bins[0:i] with all counts at or beyond i
+  2048-bin histogram of |x| (bin 0, the spike of exact zeros after a ReLU, takes bin 1's count as in NVIDIA's
+  published calibrator, when bin 1 is not empty), for every candidate i in 128..bins, P = bins[0:i] with all counts at or beyond i
   added to bin i-1; Q = bins[0:i] merged into 128 levels (i // 128 bins per level, the last level takes the
   remainder) and expanded back, each level's count spread evenly over the bins that are non-zero in P; the
   candidate with the smallest KL(P||Q) wins (the first one on ties) and amax = (i + 0.5) x bin width.
@@ -27,17 +28,24 @@ METHODS = ("entropy", "minmax", "percentile", "mse")
 _TIE = 1e-12  # KL values closer than this count as equal (the first candidate wins)
 
 
-def entropy_threshold_bin(hist: np.ndarray, num_levels: int = NUM_LEVELS) -> int:
+def entropy_threshold_bin(hist: np.ndarray, num_levels: int = NUM_LEVELS, flatten_zero_bin: bool = True) -> int:
     """Return the candidate bin count i (num_levels <= i <= len(hist)) that minimises KL(P||Q).
 
     Args:
         hist: counts of |x| per bin (any non-negative numbers).
         num_levels: quantized levels (128 for int8).
+        flatten_zero_bin: replace the count of bin 0 by that of bin 1 before the search, as NVIDIA's published
+            calibrator does: the spike of exact zeros after a ReLU would otherwise dominate KL and pull the
+            threshold far down (zeros are represented exactly at any scale anyway). Done only when bin 1 is
+            non-empty: with discrete data (e.g. pixel levels) an emptied bin 0 would let a single clipped level
+            reach KL = 0.
 
     Returns:
         i, or ``len(hist)`` when the histogram has fewer than ``num_levels`` bins or holds no data.
     """
-    b = np.asarray(hist, dtype=np.float64)
+    b = np.array(hist, dtype=np.float64)
+    if flatten_zero_bin and b.size > 1 and b[1] > 0:
+        b[0] = b[1]
     n = b.size
     total = b.sum()
     if n < num_levels or total <= 0:
@@ -75,11 +83,11 @@ def entropy_threshold_bin(hist: np.ndarray, num_levels: int = NUM_LEVELS) -> int
     return int(i[np.flatnonzero(kl <= best + _TIE)[0]])
 
 
-def entropy_amax(stats: TensorHistogram, num_levels: int = NUM_LEVELS) -> float:
+def entropy_amax(stats: TensorHistogram, num_levels: int = NUM_LEVELS, flatten_zero_bin: bool = True) -> float:
     """EntropyCalibration2 amax: (i + 0.5) x bin width for the KL-optimal candidate i."""
     if stats.count == 0 or stats.range == 0.0:
         return stats.amax
-    i = entropy_threshold_bin(stats.hist, num_levels)
+    i = entropy_threshold_bin(stats.hist, num_levels, flatten_zero_bin)
     return (i + 0.5) * stats.width
 
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import sys
-
 from typing import Dict, Optional, Union
 
 import numpy as np

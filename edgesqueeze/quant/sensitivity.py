@@ -7,7 +7,6 @@ sensitive layers out of INT8, worst first, until the accuracy drop is within a b
 from __future__ import annotations
 
 import sys
-
 from typing import Dict, List, Mapping, Optional, Sequence
 
 from onnx import ModelProto

@@ -1,0 +1,82 @@
+"""FP16 conversion: fp16 weights and compute, fp32 I/O, kept nodes, fp32-only slots, overflow clipping."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from edgesqueeze.model import infer_shapes, input_specs, model_bytes
+from edgesqueeze.ortutil import run_model
+from edgesqueeze.quant import convert_fp16
+
+
+def small_net(big_weight=False):
+    """x[1,2,4,4] -> Conv -> Relu -> Resize(x2, scales) -> GlobalAveragePool -> Flatten -> MatMul -> Softmax,
+    plus a second output taken after the Conv."""
+    rng = np.random.default_rng(0)
+    w = rng.normal(0, 0.5, (3, 2, 1, 1)).astype(np.float32)
+    if big_weight:
+        w[0, 0, 0, 0] = 1e6
+    m = rng.normal(0, 0.5, (3, 4)).astype(np.float32)
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(m, "m"),
+             numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"),
+             helper.make_node("Resize", ["r", "", "scales"], ["up"], name="resize", mode="nearest"),
+             helper.make_node("GlobalAveragePool", ["up"], ["p"], name="gap"),
+             helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
+             helper.make_node("MatMul", ["f", "m"], ["logits"], name="mm"),
+             helper.make_node("Softmax", ["logits"], ["prob"], name="softmax")]
+    g = helper.make_graph(nodes, "small", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])],
+                          [helper.make_tensor_value_info("prob", TensorProto.FLOAT, [1, 4]),
+                           helper.make_tensor_value_info("c", TensorProto.FLOAT, [1, 3, 4, 4])], inits)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model)
+    return infer_shapes(model)
+
+
+def _x(seed=0):
+    return {"x": np.random.default_rng(seed).normal(size=(1, 2, 4, 4)).astype(np.float32)}
+
+
+def test_fp16_runs_on_onnxruntime_with_fp32_io():
+    model = small_net()
+    report = {}
+    half = convert_fp16(model, report=report)
+    assert input_specs(half)["x"]["dtype"] == np.float32
+    assert all(o.type.tensor_type.elem_type == TensorProto.FLOAT for o in half.graph.output)
+    inits = {t.name: t.data_type for t in half.graph.initializer}
+    assert inits["w"] == TensorProto.FLOAT16 and inits["m"] == TensorProto.FLOAT16
+    assert inits["scales"] == TensorProto.FLOAT  # Resize scales are float32 by the ONNX spec
+    for seed in range(3):
+        ref, got = run_model(model, _x(seed)), run_model(half, _x(seed))
+        for name in ("prob", "c"):
+            assert got[name].dtype == np.float32
+            np.testing.assert_allclose(got[name], ref[name], rtol=1e-2, atol=1e-3)
+            assert not np.array_equal(got[name], ref[name])  # really computed in fp16
+    assert report["fp32_nodes"] == 0 and report["casts"] >= 3
+
+
+def test_keep_fp32_by_op_type_and_name():
+    model = small_net()
+    half = convert_fp16(model, keep_fp32=["Softmax", "conv"])
+    casts = [n for n in half.graph.node if n.op_type == "Cast"]
+    softmax = next(n for n in half.graph.node if n.op_type == "Softmax")
+    assert softmax.input[0].endswith("_to_fp32")
+    conv = next(n for n in half.graph.node if n.name == "conv")
+    assert conv.input[0] == "x" and {t.name: t.data_type for t in half.graph.initializer}["w"] == TensorProto.FLOAT
+    assert len(casts) >= 2
+    np.testing.assert_allclose(run_model(half, _x())["prob"], run_model(model, _x())["prob"], rtol=1e-2, atol=1e-3)
+
+
+def test_fp16_io_and_clipping_and_input_untouched():
+    model = small_net(big_weight=True)
+    before = model_bytes(model)
+    report = {}
+    half = convert_fp16(model, keep_io_types=False, report=report)
+    assert input_specs(half)["x"]["dtype"] == np.float16
+    assert report["clipped_weights"] == ["w"]
+    out = run_model(half, {"x": _x()["x"].astype(np.float16)})
+    assert out["prob"].dtype == np.float16 and np.isfinite(out["prob"]).all()
+    assert model_bytes(model) == before
+    assert model_bytes(convert_fp16(model, keep_io_types=False)) == model_bytes(half)  # deterministic
