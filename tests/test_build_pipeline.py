@@ -221,3 +221,31 @@ def test_accuracy_drop_warnings():
                   "models": {"fp16": {"top1": None, "outputs": {"logits": {"top1_agreement": 0.95}}}}}
     assert "95.00% of top-1" in accuracy_warnings(unlabelled, "fp16")[0]
     assert accuracy_warnings(unlabelled, "fp16", max_drop=0.1) == []
+
+
+def test_dynamic_inputs_take_shapes_and_bad_shapes_fail_early(cli, tmp_path):
+    import onnx
+
+    m = onnx.load(MODEL)
+    m.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "N"
+    m.graph.output[0].type.tensor_type.shape.dim[0].dim_param = "N"
+    dyn = tmp_path / "dyn.onnx"
+    onnx.save(m, dyn)
+    code, _, err = cli("build", dyn, "-t", "orin-nano", "-o", tmp_path / "a")
+    assert code == 3 and "--input input:1x1x8x8" in err
+    # the example's Reshape hard-codes batch 1: batch 4 cannot run, and says so before any work
+    code, _, err = cli("build", dyn, "-t", "orin-nano", "-i", "input:4x1x8x8", "-o", tmp_path / "b")
+    assert code == 4 and "cannot run the model at its input shapes" in err and "Traceback" not in err
+    assert not (tmp_path / "b").exists()
+    code, out, err = cli("build", dyn, "-t", "orin-nano", "-i", "input:1x1x8x8", "-o", tmp_path / "c", "--json")
+    assert code == 0, err
+    mf = read_manifest(tmp_path / "c")
+    assert mf["inputs"]["input"]["shape"] == [1, 1, 8, 8] and mf["options"]["input_shapes"] == {"input": [1, 1, 8, 8]}
+
+
+def test_existing_archive_needs_force(cli, tmp_path):
+    (tmp_path / "b.tar.gz").write_bytes(b"old")
+    code, _, err = cli("build", MODEL, "-t", "cpu", "-o", tmp_path / "b", "--archive")
+    assert code == 3 and "archive already exists" in err and not (tmp_path / "b").exists()
+    code, _, err = cli("build", MODEL, "-t", "cpu", "-o", tmp_path / "b", "--archive", "--force")
+    assert code == 0 and (tmp_path / "b.tar.gz").read_bytes() != b"old"

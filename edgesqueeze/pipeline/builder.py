@@ -116,6 +116,9 @@ def build(model_path: PathLike, target: str, out_dir: PathLike, *, precision: st
     from ..bundle.writer import check_out_dir
 
     check_out_dir(out_dir, force=force)  # before any work; checked again when the bundle is written
+    archive_target = out_dir.parent / f"{out_dir.resolve().name}.tar.gz"
+    if archive and archive_target.exists() and not force:
+        raise InputError("the archive already exists", path=str(archive_target), hint="pass --force to replace it")
     prog = Progress(progress, log)
     stage_info: Dict[str, dict] = {}
     summary: dict = {"bundle": str(out_dir), "target": profile.name, "requested_precision": requested,
@@ -124,6 +127,7 @@ def build(model_path: PathLike, target: str, out_dir: PathLike, *, precision: st
     # 1. load ------------------------------------------------------------------------------------------
     with prog.stage("load") as bar:
         model = load_model(model_path, input_shapes)
+        stages.check_runs(model, str(model_path))
         source = {"name": model_path.name, "sha256": sha256_file(model_path), "size": model_path.stat().st_size}
         bar.done(f"{model_path.name}: {len(model.graph.node)} nodes")
     stage_info["load"] = {"status": "done", "seconds": bar.seconds, "nodes": len(model.graph.node)}
@@ -247,7 +251,7 @@ def build(model_path: PathLike, target: str, out_dir: PathLike, *, precision: st
         if archive:
             from ..bundle import write_archive
 
-            archive_path = write_archive(out_dir, out_dir.parent / f"{out_dir.resolve().name}.tar.gz")
+            archive_path = write_archive(out_dir, archive_target)
         bar.done(f"{len(manifest['files'])} files")
     stage_info["bundle"] = {"status": "done", "seconds": bar.seconds, "files": len(manifest["files"])}
     summary.update({

@@ -3,6 +3,7 @@ TensorRT engine, predicted latency, and the small JSON helpers for the manifest.
 from __future__ import annotations
 
 import importlib.util
+import re
 import shutil
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -72,6 +73,40 @@ def local_trt_reason() -> Optional[str]:
     if shutil.which("nvidia-smi") is None:
         return "no NVIDIA GPU here (nvidia-smi not found)"
     return None
+
+
+def check_runs(model: onnx.ModelProto, path: str) -> None:
+    """Run the loaded model once on onnxruntime (seeded random inputs) so that a model that cannot run at its
+    input shapes fails here, as a user error naming the file, not deep inside a later stage.
+
+    Raises:
+        UnsupportedError: onnxruntime cannot load or run the model (the message is onnxruntime's first line).
+    """
+    from ..model import random_feeds
+
+    try:
+        feeds = random_feeds(model, seed=0)[0]
+    except InputError:
+        return  # dynamic shapes: load_model already asked for --input where it mattered
+    import onnxruntime as ort
+
+    from ..model import model_bytes
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 4  # the error is raised with its message: no second copy on stderr
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        sess = ort.InferenceSession(model_bytes(model), so, providers=["CPUExecutionProvider"])
+    except Exception:  # noqa: BLE001 - what onnxruntime cannot load, the stages report with their own context
+        return
+    try:
+        sess.run(None, feeds)
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own Fail/RuntimeException types
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        text = text.split("Status Message:")[-1].strip()
+        text = re.sub(r"^/\S+:\d+ .*?\)\s+", "", text)  # onnxruntime's source location and function
+        raise UnsupportedError(f"onnxruntime cannot run the model at its input shapes: {text}", path=path,
+                               hint="check the --input shapes (a hard-coded Reshape fixes the batch size)") from exc
 
 
 def run_optimizer(model, profile, passes, skip, enabled) -> dict:
