@@ -108,6 +108,17 @@ def _prepare(model: ModelProto) -> ModelProto:
 
 
 def _run_passes(model: ModelProto, names: Sequence[str], ctx: PassContext) -> Tuple[ModelProto, List[dict]]:
+    from onnx_graphsurgeon.logger import G_LOGGER
+
+    level = G_LOGGER.severity
+    G_LOGGER.severity = G_LOGGER.ERROR  # onnx-graphsurgeon prints its warnings on stdout (which --json owns)
+    try:
+        return _run_passes_quietly(model, names, ctx)
+    finally:
+        G_LOGGER.severity = level
+
+
+def _run_passes_quietly(model: ModelProto, names: Sequence[str], ctx: PassContext):
     import onnx_graphsurgeon as gs
 
     from ..plugins.dwsep import attach_functions, has_custom_nodes
@@ -139,11 +150,38 @@ def _run_passes(model: ModelProto, names: Sequence[str], ctx: PassContext) -> Tu
 
 
 # ----------------------------------------------------------------------------- verification
-def _verify(reference: ModelProto, candidate: ModelProto, feeds, rtol: float, ref_outputs=None):
-    from ..ortutil import assert_close, run_model
+_SHAPE_ONLY = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Transpose")
 
-    ref = ref_outputs if ref_outputs is not None else [run_model(reference, f) for f in feeds]
-    act = [run_model(candidate, f) for f in feeds]
+
+def _logit_tensors(reference: ModelProto) -> List[str]:
+    """Inputs of the Softmax/LogSoftmax nodes that produce graph outputs: a saturated softmax hides errors, so
+    the check also compares the logits (the passes keep the names of tensors that remain)."""
+    outputs = {o.name for o in reference.graph.output}
+    reaches = set(outputs)  # tensors that become a graph output through shape-only ops
+    for n in reversed(reference.graph.node):
+        if n.op_type in _SHAPE_ONLY and n.output and n.output[0] in reaches:
+            reaches.add(n.input[0])
+    return [n.input[0] for n in reference.graph.node
+            if n.op_type in ("Softmax", "LogSoftmax") and n.output[0] in reaches and n.input[0] not in outputs]
+
+
+def _reference_outputs(reference: ModelProto, feeds) -> list:
+    from ..ortutil import make_session, run_model
+
+    sess = make_session(reference, extra_outputs=_logit_tensors(reference))
+    return [run_model(reference, f, session=sess) for f in feeds]
+
+
+def _verify(reference: ModelProto, candidate: ModelProto, feeds, rtol: float, ref_outputs=None):
+    from ..ortutil import assert_close, make_session, run_model
+
+    ref = ref_outputs if ref_outputs is not None else _reference_outputs(reference, feeds)
+    produced = {o for n in candidate.graph.node for o in n.output}
+    extra = [t for t in _logit_tensors(reference) if t in produced]
+    sess = make_session(candidate, extra_outputs=extra)
+    act = [run_model(candidate, f, session=sess) for f in feeds]
+    keep = {o.name for o in reference.graph.output} | set(extra)
+    ref = [{k: v for k, v in r.items() if k in keep} for r in ref]
     stats = {}
     for r, a in zip(ref, act):
         for name, s in assert_close(r, a, rtol=rtol, what="original and optimized outputs").items():
@@ -222,10 +260,8 @@ def _verification(model, out, names, ctx_args, verify, rtol, seed) -> dict:
         feeds = random_feeds(model, seed=seed)
     except InputError as exc:
         return {"status": "skipped", "reason": f"no random inputs: {exc.one_line()}"}
-    from ..ortutil import run_model
-
     try:
-        ref_outputs = [run_model(model, f) for f in feeds]
+        ref_outputs = _reference_outputs(model, feeds)
     except UnsupportedError as exc:
         return {"status": "skipped", "reason": f"onnxruntime cannot run the input model: {exc.message}"}
     try:

@@ -62,14 +62,14 @@ def materialize_random_weights(model: ModelProto, seed: int = 0) -> ModelProto:
     from onnx_graphsurgeon.logger import G_LOGGER
 
     prepared = _prepare(model)
-    graph = gs.import_onnx(prepared)
     level = G_LOGGER.severity
-    G_LOGGER.severity = G_LOGGER.ERROR
+    G_LOGGER.severity = G_LOGGER.ERROR  # its warnings go to stdout
     try:
+        graph = gs.import_onnx(prepared)
         graph.fold_constants(fold_shapes=False, error_ok=True).cleanup(remove_unused_graph_inputs=False)
+        out = gs.export_onnx(graph, do_type_check=False)
     finally:
         G_LOGGER.severity = level
-    out = gs.export_onnx(graph, do_type_check=False)
     del out.opset_import[:]
     out.opset_import.extend(model.opset_import)
     out.ir_version = ir_version_for(model)
