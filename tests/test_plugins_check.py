@@ -142,3 +142,15 @@ def test_cmake_project_configures(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "edgesqueeze: CUDA architectures 87" in proc.stdout
     assert (tmp_path / "edgesqueeze_plugins" / "Makefile").exists() or (tmp_path / "build.ninja").exists()
+
+
+def test_cli_build_without_tensorrt_fails_cleanly(cli, tmp_path):
+    """`plugins build` configures the CMake project and stops with one line naming the missing TensorRT (exit 6)."""
+    nv = chk.nvcc_info()
+    if not shutil.which("cmake") or nv is None or "87" not in nv["archs"]:
+        pytest.skip("needs cmake and an nvcc that targets sm_87")
+    code, _, err = cli("plugins", "build", "--arch", "87", "--build-dir", str(tmp_path / "b"),
+                       "--trt-root", str(tmp_path / "no-tensorrt"))
+    if code == 0:
+        pytest.skip("a TensorRT installation was found in the standard locations")
+    assert code == 6 and "TensorRT not found" in err and "Traceback" not in err

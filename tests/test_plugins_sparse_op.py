@@ -8,15 +8,16 @@ import pytest
 from edgesqueeze.errors import InputError, UnsupportedError
 from edgesqueeze.ortutil import run_model
 from edgesqueeze.plugins import sparse as S
+from edgesqueeze.plugins import sparse_formats as F
 
 
 def _two_of_four(rng, m, c, k):
     w = rng.standard_normal((m, c, k, k)).astype(np.float32)
-    a = S._as_matrix(w).reshape(m, -1, 4)
+    a = F._as_matrix(w).reshape(m, -1, 4)
     keep = np.argsort(-np.abs(a), axis=2)[:, :, :2]
     mask = np.zeros(a.shape, bool)
     np.put_along_axis(mask, keep, True, axis=2)
-    return S._from_matrix(np.where(mask, a, 0).reshape(m, -1), w.shape)
+    return F._from_matrix(np.where(mask, a, 0).reshape(m, -1), w.shape)
 
 
 def test_2_4_layout_by_hand():

@@ -53,8 +53,13 @@ def _find_nvcc() -> Optional[str]:
     return None
 
 
-def _tail(text: str, lines: int = 15) -> str:
-    return "\n".join(text.strip().splitlines()[-lines:])
+def _tail(text: str, lines: int = 12) -> str:
+    """The part of a CMake/compiler log that says what went wrong: from the first error on, else the end."""
+    rows = text.strip().splitlines()
+    for i, row in enumerate(rows):
+        if "CMake Error" in row or re.search(r"\berror\b", row, re.IGNORECASE):
+            return " ".join(r.strip() for r in rows[i:i + lines] if r.strip())
+    return " ".join(r.strip() for r in rows[-lines:])
 
 
 def build_library(arch: Optional[str] = None, trt_root: Optional[str] = None, build_dir: str = "build/plugins", *,

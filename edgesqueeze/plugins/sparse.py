@@ -32,10 +32,16 @@ from onnx import AttributeProto, FunctionProto, ModelProto, NodeProto, TensorPro
 
 from ..errors import InputError, UnsupportedError
 from .dwsep import ACTIVATIONS, DOMAIN, DOMAIN_VERSION, OVERLOAD_IR_VERSION, _activation_nodes, _activate
-from .sparse_formats import (_as_matrix, _from_matrix, choose_format, compress_2_4, compress_csr,  # noqa: F401
+from .sparse_formats import (choose_format, compress_2_4, compress_csr,  # noqa: F401 (re-exported)
                              compressed_bytes, decompress_2_4, decompress_csr, is_2_4_sparse, sparse_conv_inputs)
 
+__all__ = ["OP_TYPE", "FORMATS", "overload_key", "make_sparse_conv_node", "sparse_conv_function",
+           "make_sparse_conv_model", "reference_sparse_conv", "densify", "is_2_4_sparse", "compress_2_4",
+           "decompress_2_4", "compress_csr", "decompress_csr", "compressed_bytes", "choose_format",
+           "sparse_conv_inputs"]
+
 OP_TYPE = "SparseConv"
+#: sparse_format attribute value → tag used in the function overload key
 FORMATS = {"2:4": "s24", "csr": "csr"}
 _DTYPES = {"f32": TensorProto.FLOAT, "f16": TensorProto.FLOAT16}
 _FUNCTION_ATTRS = ("sparse_format", "kernel_shape", "strides", "pads", "dilations", "activation", "alpha", "beta",
