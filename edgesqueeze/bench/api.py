@@ -9,11 +9,13 @@ from ..errors import InputError
 from .harness import run_benchmark
 
 
-def resolve_model(path) -> Tuple[Path, dict]:
+def resolve_model(path, backend: str = "ort") -> Tuple[Path, dict]:
     """Resolve a model file or a bundle folder to ``(model path, bundle info)``.
 
     A bundle's ``manifest.json`` names the model under ``models.deploy`` (else ``models.fp32``) and the
-    target under ``target`` (a profile dict with ``name``, or a name).
+    target under ``target`` (a profile dict with ``name``, or a name). For TensorRT the bundle's explicit
+    variant is used (``tensorrt.engine_models``): custom nodes without functions when a plugin library
+    (``plugins/**/*.so``) was built, functions inlined otherwise; ``bundle["variant"]`` says which.
 
     Raises:
         InputError: missing path, a folder without manifest.json, or a manifest naming a missing model.
@@ -41,9 +43,18 @@ def resolve_model(path) -> Tuple[Path, dict]:
     target = m.get("target")
     name = target.get("name") if isinstance(target, dict) else target
     calib = p / "calib" / "calibration.cache"
-    return model, {"bundle": str(p), "target": name, "precision": m.get("precision"),
-                   "calibration": str(calib) if calib.exists() else None,
-                   "plugins": sorted(str(x) for x in (p / "plugins").glob("**/*.so"))}
+    plugins = sorted(str(x) for x in (p / "plugins").glob("**/*.so"))
+    source = (m.get("source") or {}).get("name")
+    info = {"bundle": str(p), "target": name, "source": Path(source).stem if source else p.name, "precision": m.get("precision"),
+            "calibration": str(calib) if calib.exists() else None, "plugins": plugins, "variant": rel}
+    trt_info = m.get("tensorrt") or {}
+    engines = trt_info.get("engine_models") or {}
+    if backend == "trt" and engines:
+        key = f"{trt_info.get('model', 'fp32')}.{'plugin' if plugins else 'inlined'}"
+        if engines.get(key) and (p / engines[key]).exists():
+            model = p / engines[key]
+            info["variant"] = f"{engines[key]} ({'plugin library loaded' if plugins else 'custom ops inlined'})"
+    return model, info
 
 
 def bench(path, *, backend: str = "ort", iterations: int = 100, duration: Optional[float] = None,
@@ -68,7 +79,7 @@ def bench(path, *, backend: str = "ort", iterations: int = 100, duration: Option
     from ..backends import get_runner
     from ..model import load_model
 
-    model_path, bundle = resolve_model(path)
+    model_path, bundle = resolve_model(path, backend)
     model = load_model(model_path, input_shapes)
     if backend == "trt":
         runner_opts.setdefault("precision", bundle.get("precision") or "auto")
@@ -83,13 +94,22 @@ def bench(path, *, backend: str = "ort", iterations: int = 100, duration: Option
         runner = get_runner(backend, model, threads=threads, **runner_opts)
         runner.path = str(model_path)
     reader, described = _data(data, model)
+    model_info = None
+    if bundle:
+        from ..fileio import sha256_file
+
+        variant = model_path.stem[len("model."):] if model_path.stem.startswith("model.") else model_path.stem
+        model_info = {"name": f"{bundle['source']}:{variant}", "path": str(model_path),
+                      "sha256": sha256_file(model_path)}
     prof = target or (bundle.get("target") if backend == "trt" else None)
     result = run_benchmark(runner, reader, warmup=warmup, iterations=iterations, duration=duration,
                            batch_sizes=batch_sizes, power=power, profile=prof, progress=progress,
-                           power_interval_ms=power_interval_ms, idle_s=idle_s, data_description=described)
+                           power_interval_ms=power_interval_ms, idle_s=idle_s, data_description=described,
+                           model_info=model_info)
     if bundle:
         result["options"]["bundle"] = bundle["bundle"]
         result["options"]["bundle_target"] = bundle.get("target")
+        result["options"]["bundle_model"] = bundle.get("variant")
     result["options"]["threads"] = threads
     return result
 

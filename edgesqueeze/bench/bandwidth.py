@@ -83,7 +83,8 @@ def roofline(profile, precision: str, flops: Optional[float], bytes_moved: float
     out = {"peak_gflops": peak / 1e9, "peak_gbs": bw / 1e9, "ridge_flop_per_byte": peak / bw,
            "precision": precision, "intensity_flop_per_byte": None, "achieved_gflops": None,
            "attainable_gflops": None, "fraction_of_attainable": None, "bound": None,
-           "bandwidth_fraction_of_peak": (bytes_moved / latency_s) / bw if latency_s > 0 else None}
+           "bandwidth_fraction_of_peak": (bytes_moved / latency_s) / bw if latency_s > 0 else None,
+           "unverified": sorted(set(getattr(profile, "unverified", None) or []))}
     if flops and bytes_moved > 0 and latency_s > 0:
         intensity = flops / bytes_moved
         attainable = min(peak, intensity * bw)

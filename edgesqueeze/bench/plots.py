@@ -111,12 +111,14 @@ def roofline_plot(results: List[dict], path) -> Optional[Path]:
     if not points:
         return None
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(7.5, 5))
+    fig, ax = plt.subplots(figsize=(8, 5.2 + 0.16 * (len(points) + len(roofs))))
     xs = [p[1]["intensity_flop_per_byte"] for p in points] + [rf["ridge_flop_per_byte"] for rf in roofs.values()]
     x = np.logspace(np.log10(min(xs) / 4), np.log10(max(xs) * 4), 200)
     for (dev, prec), rf in sorted(roofs.items()):
         y = np.minimum(rf["peak_gflops"], x * rf["peak_gbs"])
-        ax.plot(x, y, lw=1.5, label=f"{dev} {prec}: {rf['peak_gflops']:.0f} GFLOP/s, {rf['peak_gbs']:.0f} GB/s")
+        unverified = " (bandwidth unverified)" if "peak_bandwidth_gbs" in (rf.get("unverified") or []) else ""
+        ax.plot(x, y, lw=1.5, label=f"{dev} {prec}: {rf['peak_gflops']:.0f} GFLOP/s, {rf['peak_gbs']:.0f} GB/s"
+                                    f"{unverified}")
         ax.axvline(rf["ridge_flop_per_byte"], color=ax.lines[-1].get_color(), ls=":", lw=0.8)
     for name, rf in points:
         ax.scatter([rf["intensity_flop_per_byte"]], [rf["achieved_gflops"]], zorder=3,
@@ -128,7 +130,7 @@ def roofline_plot(results: List[dict], path) -> Optional[Path]:
     ax.set_ylabel("GFLOP/s")
     ax.set_title("roofline (analytic bytes: a lower bound on traffic; dotted: ridge point)", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left")  # above the memory roof nothing is plotted
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=1, frameon=False)
     fig.tight_layout()
     out = _save(fig, Path(path))
     plt.close(fig)
