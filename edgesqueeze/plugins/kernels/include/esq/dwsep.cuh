@@ -110,13 +110,27 @@ ESQ_HD void dwsep_tile_load(const DwsepParams& p, const T* x, const T* w_dw, con
         }
         s_dw[cl * kDwsepTP + pl] = v;
     }
-    for (int k = 0; k < kDwsepTM * kDwsepTC / kDwsepThreads; ++k) {
-        int e = tid + k * kDwsepThreads;  // element of the TM x TC weight slice, channel fastest
-        int cl = e % kDwsepTC;
-        int ml = e / kDwsepTC;
+    // The TM x TC pointwise-weight slice, two neighbouring channels per load: with FP16 and an even C that is
+    // one 32-bit half2 load (m*C + c is even, so it is aligned).
+    const bool pairs = (p.C % 2) == 0;
+    for (int k = 0; k < kDwsepTM * kDwsepTC / (2 * kDwsepThreads); ++k) {
+        int e = tid + k * kDwsepThreads;  // pair of the slice, channel fastest
+        int cl = 2 * (e % (kDwsepTC / 2));
+        int ml = e / (kDwsepTC / 2);
         int m = tile_m * kDwsepTM + ml;
         int c = c0 + cl;
-        s_w[ml * kDwsepTC + cl] = (m < p.M && c < p.C) ? to_float(w_pw[(long long)m * p.C + c]) : 0.f;
+        float a = 0.f, b = 0.f;
+        if (m < p.M) {
+            const T* row = w_pw + (long long)m * p.C;
+            if (pairs && c + 1 < p.C) {
+                load_pair_as_float2(row + c, a, b);
+            } else {
+                if (c < p.C) a = to_float(row[c]);
+                if (c + 1 < p.C) b = to_float(row[c + 1]);
+            }
+        }
+        s_w[ml * kDwsepTC + cl] = a;
+        s_w[ml * kDwsepTC + cl + 1] = b;
     }
 }
 
