@@ -54,7 +54,7 @@ def archive_bytes(bundle_dir: PathLike, root_name: str | None = None) -> bytes:
             data = path.read_bytes()
             tar.addfile(_tarinfo(name, size=len(data), executable=os.access(path, os.X_OK)), io.BytesIO(data))
     out = io.BytesIO()
-    with gzip.GzipFile(filename="", mode="wb", fileobj=out, mtime=0, compresslevel=9) as gz:
+    with gzip.GzipFile(filename="", mode="wb", fileobj=out, mtime=0, compresslevel=6) as gz:
         gz.write(raw.getvalue())
     return out.getvalue()
 
