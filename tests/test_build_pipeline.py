@@ -249,3 +249,29 @@ def test_existing_archive_needs_force(cli, tmp_path):
     assert code == 3 and "archive already exists" in err and not (tmp_path / "b").exists()
     code, _, err = cli("build", MODEL, "-t", "cpu", "-o", tmp_path / "b", "--archive", "--force")
     assert code == 0 and (tmp_path / "b.tar.gz").read_bytes() != b"old"
+
+
+@pytest.mark.parametrize("target,precision,rtol", [("thor", "fp16", 1e-2), ("orin-nano", "fp16", 1e-2),
+                                                   ("orin-nano", "int8", None)])
+def test_every_bundle_model_runs_and_matches(tmp_path, target, precision, rtol):
+    """Each model of the bundle runs on onnxruntime; FP16 stays within 1e-2 of FP32, the TensorRT variants
+    with the functions inlined match the model they come from."""
+    from edgesqueeze.ortutil import compare_outputs, run_model
+    from edgesqueeze.pipeline import build
+
+    build(MODEL, target, tmp_path / "b", precision=precision, calib=str(CALIB), calib_limit=32, progress=False)
+    m = read_manifest(tmp_path / "b")
+    x = {"input": np.load(VAL)["input"][:8]}
+    outs = {}
+    for kind, rel in m["models"].items():
+        outs[kind] = [run_model(str(tmp_path / "b" / rel), {"input": x["input"][i:i + 1]}) for i in range(8)]
+    if rtol is not None:
+        for ref, act in zip(outs["fp32"], outs[precision]):
+            assert compare_outputs(ref, act)["logits"]["max_rel"] < rtol
+    assert m["custom_nodes"]  # the digits CNN has a depthwise-separable block: the variants exist
+    for key, rel in m["tensorrt"]["engine_models"].items():
+        if key.endswith(".inlined"):
+            kind = key.split(".")[0]
+            for i, ref in enumerate(outs[kind]):
+                act = run_model(str(tmp_path / "b" / rel), {"input": x["input"][i:i + 1]})
+                assert compare_outputs(ref, act)["logits"]["max_rel"] < 1e-5

@@ -109,6 +109,42 @@ def check_runs(model: onnx.ModelProto, path: str) -> None:
                                hint="check the --input shapes (a hard-coded Reshape fixes the batch size)") from exc
 
 
+def finish_models(models: Dict[str, onnx.ModelProto]) -> Dict[str, onnx.ModelProto]:
+    """Make every bundle model self-consistent and prove it runs: rebuild the custom nodes' local functions for
+    the model's element type (an FP16 model needs FP16 function bodies), then run each once on onnxruntime.
+
+    Raises:
+        VerificationError: a model does not load or run on onnxruntime, or gives non-finite outputs (names it).
+    """
+    import numpy as np
+
+    from ..errors import VerificationError
+    from ..model import random_feeds
+    from ..ortutil import make_session
+
+    try:
+        from ..plugins.dwsep import attach_functions, has_custom_nodes
+    except ImportError:
+        attach_functions = has_custom_nodes = None
+    feeds = random_feeds(models["fp32"], seed=0)[0]
+    out = {}
+    for kind, m in models.items():
+        if has_custom_nodes is not None and has_custom_nodes(m):
+            fixed = onnx.ModelProto()
+            fixed.CopyFrom(m)
+            m = attach_functions(fixed)
+        try:
+            result = make_session(m).run(None, feeds)
+        except Exception as exc:  # noqa: BLE001 - UnsupportedError from make_session or onnxruntime's own types
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise VerificationError(f"the {kind} model does not run on onnxruntime: {text}",
+                                    hint="a bug in the stage that made it: rerun with --debug and report it") from exc
+        if not all(np.all(np.isfinite(r)) for r in result if np.issubdtype(np.asarray(r).dtype, np.floating)):
+            raise VerificationError(f"the {kind} model gives non-finite outputs on random inputs")
+        out[kind] = m
+    return out
+
+
 def run_optimizer(model, profile, passes, skip, enabled) -> dict:
     if not enabled:
         return {"status": "skipped", "reason": "--no-optimize", "model": model, "note": "off"}
