@@ -337,9 +337,12 @@ class Preprocess:
 
 
 def _image_reader(path: Path, query: str, inputs: Dict[str, dict], limit: Optional[int]) -> ArrayReader:
-    from ._lazy import require
+    try:
+        import PIL.Image as pil
+    except ImportError as exc:
+        from .errors import MissingDependencyError
 
-    pil = require("PIL.Image", "reading image folders (pip install pillow)")
+        raise MissingDependencyError("PIL (pillow)", "images", "reading image folders") from exc
     if len(inputs) != 1:
         raise InputError(f"an image folder feeds a one-input model; this one has {len(inputs)}", path=str(path))
     name, spec = next(iter(inputs.items()))

@@ -74,7 +74,9 @@ def tensor_bytes(model: ModelProto, name: str, batch: int) -> Optional[int]:
 
 def plan_groups(model: ModelProto, names: Sequence[str], batch: int, memory_budget_mb: float) -> List[List[str]]:
     """Split ``names`` into groups whose exposed activations fit the budget per batch (graph order kept)."""
-    budget = max(1.0, float(memory_budget_mb)) * 2 ** 20
+    if memory_budget_mb <= 0:
+        raise InputError(f"the memory budget must be positive, got {memory_budget_mb} MB")
+    budget = float(memory_budget_mb) * 2 ** 20
     groups: List[List[str]] = [[]]
     used = 0.0
     for name in names:

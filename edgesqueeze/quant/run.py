@@ -21,6 +21,15 @@ def _error_row(res: dict) -> dict:
             "sqnr_db": min(sq) if sq else None, "max_rel": max((e["max_rel"] for e in errs), default=None)}
 
 
+def _checked(precision: str) -> str:
+    from .policy import CHOICES
+
+    p = precision.lower()
+    if p not in CHOICES:
+        raise InputError(f"unknown precision '{precision}'; choose one of {', '.join(CHOICES)}")
+    return p
+
+
 def quantize_model(model: PathLike, output: PathLike, *, precision: str = "auto", target: Optional[str] = None,
                    calib: Optional[str] = None, method: str = "entropy", percentile: float = 99.99,
                    keep: Sequence[str] = (), val: Optional[str] = None, sensitivity: bool = False,
@@ -49,11 +58,20 @@ def quantize_model(model: PathLike, output: PathLike, *, precision: str = "auto"
     from .sensitivity import auto_keep, layer_sensitivity
     from .trtcache import read_calibration_cache, write_calibration_cache
 
+    from .calibrators import amax_function
+
+    if not 0.0 < float(percentile) <= 100.0:
+        raise InputError(f"--percentile must be in (0, 100], got {percentile}")
+    amax_function(method, percentile)  # validates the method before any work
     model_path = Path(model)
     output = Path(output)
     fp32 = load_model(model_path, parse_input_shapes(list(input_shapes)))
     profile = get_profile(target) if target else None
-    chosen = resolve_precision(profile, precision)
+    # without a target an explicit precision is simply what the user asked for (onnxruntime runs all three)
+    if profile is not None or precision.lower() == "auto":
+        chosen = resolve_precision(profile, precision)
+    else:
+        chosen = _checked(precision)
     summary: dict = {"model": str(model_path), "precision": chosen, "requested": precision.lower(),
                      "target": target, "outputs": {}}
     if precision.lower() == "auto" and profile is not None:
