@@ -66,8 +66,13 @@ def test_duration_mode_and_bad_arguments():
 def test_ort_batch_sweep_with_baked_reshape_is_verified():
     model = cnn_with_baked_batch()
     feeds = [{"input": np.random.default_rng(i).standard_normal((1, 1, 4, 4)).astype(np.float32)} for i in range(3)]
-    r = run_benchmark(OrtRunner(model, threads=1), feeds, warmup=2, iterations=20, batch_sizes=(1, 4), power="none")
+    r = run_benchmark(OrtRunner(model, threads=1, profile_layers=True), feeds, warmup=2, iterations=20,
+                      batch_sizes=(1, 4), power="none")
     assert [run["batch"] for run in r["runs"]] == [1, 4]
+    layers = r["runs"][1]["layers"]
+    assert {lay["op"] for lay in layers} == {"Conv", "Relu", "Reshape", "MatMul"}
+    assert all(lay["count"] == 2 + 20 + 1 for lay in layers)  # warm-up + timed + the validation call
+    assert any("per-layer profiling" in w for w in r["warnings"])
     assert r["runs"][1]["inferences"] == 80
     an = r["runs"][0]["bandwidth"]["analytic"]
     assert an["bytes_per_inference"] > 0 and an["roofline"]["bound"] in ("memory", "compute")

@@ -110,6 +110,11 @@ def test_bench_and_report_verbs_on_the_example_model(cli, tmp_path):
     assert r["runs"][0]["bandwidth"]["analytic"]["flops_per_inference"] > 0
     png = (tmp_path / "rep" / "roofline.png").read_bytes()
     assert png.startswith(PNG)
+    code, _, err = cli("-q", "report", TRTEXEC / "times.json", "--trtexec-profile", TRTEXEC / "profile.json",
+                       "-o", tmp_path / "trt", "--no-plots")
+    assert code == 0, err
+    md = (tmp_path / "trt" / "report.md").read_text()
+    assert "| conv1 + relu1 |  | 0.3000 | 0.3000 | 60.0% |" in md and not (tmp_path / "trt" / "latency.png").exists()
     code, stdout, err = cli("report", out, TRTEXEC / "times.json", "-o", tmp_path / "cmp", "--json")
     assert code == 0, err
     rows = json.loads(stdout)["rows"]

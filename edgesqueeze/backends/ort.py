@@ -153,7 +153,7 @@ class OrtRunner(Runner):
 
 
 def parse_ort_profile(path: Union[str, os.PathLike]) -> List[dict]:
-    """Aggregate an onnxruntime profile (Chrome trace JSON) into per-node kernel times.
+    """Aggregate an onnxruntime profile (Chrome trace JSON) into per-node kernel times (``*_kernel_time`` events).
 
     Raises:
         InputError: the file is not an onnxruntime profile.
@@ -168,16 +168,20 @@ def parse_ort_profile(path: Union[str, os.PathLike]) -> List[dict]:
             continue
         name = ev["name"][: -len("_kernel_time")]
         rec = agg.setdefault(name, {"name": name, "op": ev.get("args", {}).get("op_name", ""), "count": 0,
-                                    "total_us": 0.0})
+                                    "total_us": 0.0, "_durs": []})
         rec["count"] += 1
         rec["total_us"] += float(ev.get("dur", 0))
-    total = sum(r["total_us"] for r in agg.values()) or 1.0
+        rec["_durs"].append(float(ev.get("dur", 0)))
     out = []
     for r in agg.values():
         r["mean_us"] = r["total_us"] / max(1, r["count"])
-        r["percent"] = 100.0 * r["total_us"] / total
+        r["median_us"] = float(np.median(r.pop("_durs")))
         out.append(r)
-    out.sort(key=lambda r: (-r["total_us"], r["name"]))
+    # medians and shares of their sum: one preempted run on a busy machine does not reorder the layers
+    total = sum(r["median_us"] for r in out) or 1.0
+    for r in out:
+        r["percent"] = 100.0 * r["median_us"] / total
+    out.sort(key=lambda r: (-r["median_us"], r["name"]))
     return out
 
 

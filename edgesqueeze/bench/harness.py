@@ -161,6 +161,7 @@ def run_benchmark(runner, reader_or_feeds, *, warmup: int = 10, iterations: int 
     base_feeds = collect_feeds(reader_or_feeds)
     probe = power if isinstance(power, PowerProbe) else select_probe(power, sysfs_root=sysfs_root,
                                                                      interval_ms=power_interval_ms)
+    probe.interval_ms = power_interval_ms
     owned = not runner.is_active
     sampler = PowerSampler(probe, power_interval_ms).start()
     warnings: List[str] = []
@@ -198,7 +199,8 @@ def run_benchmark(runner, reader_or_feeds, *, warmup: int = 10, iterations: int 
     result = _assemble(runner, runs, probe, power_samples, idle, origin, prof, warnings, base_feeds,
                        reader_or_feeds, model_info, data_description,
                        dict(warmup=warmup, warmup_s=warmup_s, iterations=iterations, duration_s=duration,
-                            batch_sizes=batch_sizes, power=probe.name, power_interval_ms=power_interval_ms,
+                            batch_sizes=batch_sizes, power=power if isinstance(power, str) else probe.name,
+                            power_probe=probe.name, power_interval_ms=power_interval_ms,
                             idle_s=None if idle is None else idle[1] - idle[0]))
     result.update(partial=partial, started_at=started, finished_at=_now())
     return result
@@ -239,6 +241,8 @@ def _run_batch(runner, base_feeds, batch, warmup, warmup_s, iterations, duration
                     run[key] = _timing(vals)
         if gpm is not None:
             run["_gpm_dram_util_pct"] = probe.gpm_dram_bw_util(gpm)
+        if getattr(r, "profile_layers", False) and hasattr(r, "layer_profile"):
+            run["layers"] = r.layer_profile()  # warm-up and timed iterations, per node
         run["backend"] = r.describe()
         run["_model"] = getattr(r, "model", None)
         return run
@@ -266,6 +270,8 @@ def _assemble(runner, runs, probe, samples, idle, origin, prof, warnings, base_f
         run.pop("_model", None)
         t0, t1 = run.pop("_window")
         run["window_s"] = [t0 - origin, t1 - origin]
+        if run.get("layers"):
+            warnings.append(f"batch {run['batch']}: per-layer profiling was on; its own cost is in the latency")
         w = noisy_warning(run["latency_ms"]["stats"], f"batch {run['batch']}")
         if w:
             warnings.append(w)

@@ -98,6 +98,21 @@ def _markdown(results: Sequence[dict], plots: Dict[str, Optional[str]], plot_not
                 out.append(f"| {i}: {x['model']} {x['backend']}/{x['precision']} @{x['device']} | {x['batch']} | "
                            f"{ref['median_ms'] / x['median_ms']:.2f}x | {_f(ratio, '{:.2f}x')} |")
         out.append("")
+    layer_sets = [(i, f"batch {run['batch']}", run["layers"]) for i, r in enumerate(results, start=1)
+                  for run in r["runs"] if run.get("layers")]
+    layer_sets += [(i, "trtexec --exportProfile", r["layers"]) for i, r in enumerate(results, start=1)
+                   if r.get("layers")]
+    if layer_sets:
+        out += ["## Slowest layers", ""]
+        for i, what, layers in layer_sets:
+            out += [f"Run {i}, {what}:", "", "| layer | op | median ms | mean ms | share |",
+                    "| --- | --- | --- | --- | --- |"]
+            for lay in layers[:15]:
+                mean_ms = lay.get("average_ms", lay.get("mean_us", 0) / 1000.0)
+                med = lay.get("median_ms", lay["median_us"] / 1000.0 if "median_us" in lay else None)
+                out.append(f"| {lay['name']} | {lay.get('op', '')} | {_f(med, '{:.4f}')} | {mean_ms:.4f} | "
+                           f"{lay['percent']:.1f}% |")
+            out.append("")
     warns = [(i, w) for i, r in enumerate(results, start=1) for w in r.get("warnings") or []]
     if warns:
         out += ["## Warnings", ""] + [f"- run {i}: {w}" for i, w in warns] + [""]

@@ -88,6 +88,7 @@ def summary_text(result: dict) -> str:
 @target_option
 @click.option("--data", default=None, metavar="FILE", help="Input data (.npz/.npy/image folder); default random.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime intra-op threads.")
+@click.option("--profile-layers", is_flag=True, help="onnxruntime: record per-node times (adds its own cost).")
 @input_shape_option
 @click.option("-o", "--output", type=click.Path(), default=None, help="Write the results JSON here.")
 @click.option("--report", "report_dir", type=click.Path(), default=None, metavar="DIR",
@@ -97,7 +98,7 @@ def summary_text(result: dict) -> str:
               help="Run on every device of a fleet file, in parallel.")
 @json_option
 def command(path, backend, iterations, duration, warmup, batch, power, power_interval, target, data, threads,
-            input_shapes, output, report_dir, device, fleet, as_json):
+            profile_layers, input_shapes, output, report_dir, device, fleet, as_json):
     """Benchmark a model or bundle: latency statistics, throughput, power and energy, memory bandwidth.
 
     Every latency sample is kept; the results JSON (schema edgesqueeze.bench/1) carries them with the device,
@@ -119,6 +120,9 @@ def command(path, backend, iterations, duration, warmup, batch, power, power_int
     batches = _batches(batch)
     if device and fleet:
         raise InputError("give --device or --devices, not both")
+    if profile_layers and backend != "ort":
+        raise InputError("--profile-layers is for --backend ort (for TensorRT use trtexec --exportProfile and "
+                         "'edgesqueeze report times.json --trtexec-profile profile.json')")
     bar = _Bar(enabled=not quiet() and sys.stderr.isatty())
     if device or fleet:
         try:
@@ -143,7 +147,8 @@ def command(path, backend, iterations, duration, warmup, batch, power, power_int
             results = [bench(path, backend=backend, iterations=iterations, duration=duration, warmup=warmup,
                              batch_sizes=batches, power=power, target=target, data=data, threads=threads,
                              input_shapes=parse_input_shapes(input_shapes), progress=bar,
-                             power_interval_ms=power_interval)]
+                             power_interval_ms=power_interval,
+                             **({"profile_layers": True} if profile_layers else {}))]
         finally:
             bar.close()
     good = [r for r in results if r.get("runs")]
