@@ -133,3 +133,26 @@ def test_power_on_an_ina3221_tree_gives_energy_per_inference(tmp_path):
     assert len(r["power"]["trace"]) > 20
     lo, hi = run["window_s"]
     assert r["power"]["idle"]["window_s"][1] <= lo < hi
+
+
+def test_tegrastats_run_gives_power_and_emc_bandwidth():
+    import sys
+    from pathlib import Path
+
+    from edgesqueeze.bench.probe_tegrastats import TegrastatsProbe
+
+    log = Path(__file__).parent / "data" / "tegrastats" / "orin_nano_run.log"
+    busy = [ln for ln in log.read_text().splitlines() if "GR3D_FREQ 0%" not in ln]  # the load phase
+    script = ("import sys, time\nlines = %r\ni = 0\nwhile True:\n    print(lines[i %% len(lines)], flush=True)\n"
+              "    i += 1\n    time.sleep(0.01)\n" % busy)
+    probe = TegrastatsProbe(interval_ms=10, command=[sys.executable, "-c", script])
+    r = run_benchmark(NoopRunner(delay_ms=0.5), X, warmup=0, duration=0.4, power=probe, profile="orin-nano",
+                      power_interval_ms=10, idle_s=0.1)
+    run = r["runs"][0]
+    emc = run["bandwidth"]["emc"]
+    assert emc["samples"] >= 3 and 18 <= emc["mean_emc_pct"] <= 24
+    # EMC% x 2133 MHz x 2 x 16 bytes
+    assert emc["mean_gbs"] == pytest.approx(emc["mean_emc_pct"] / 100 * 2133e6 * 2 * 16 / 1e9)
+    assert 6000 < run["power"]["avg_mw"] < 7100 and r["power"]["total_source"] == "VDD_IN"
+    assert r["power"]["raw"] and validate_result(r)["power"]["summary"]
+    assert r["device"]["profile"] == "orin-nano" and run["bandwidth"]["emc"]["source"].startswith("tegrastats")

@@ -124,6 +124,10 @@ def test_power_cli_from_log(cli, tmp_path):
 
     data = json.loads(out)
     assert data["lines"] == 3 and data["skipped"] == 1 and data["summary"]["samples"] == 2
+    code, _, err = cli("-q", "power", "--from-log", DATA / "orin_nano_run.log", "--plot", tmp_path / "log.png",
+                       "--interval", "100")
+    assert code == 0, err
+    assert (tmp_path / "log.png").read_bytes().startswith(b"\x89PNG")
     code, _, err = cli("power", "--from-log", tmp_path / "missing.log")
     assert code == 3 and "cannot read" in err
     empty = tmp_path / "empty.log"

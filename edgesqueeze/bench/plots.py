@@ -135,3 +135,34 @@ def roofline_plot(results: List[dict], path) -> Optional[Path]:
     out = _save(fig, Path(path))
     plt.close(fig)
     return out
+
+
+def log_plot(samples: List[dict], path, interval_ms: float = 1000.0, title: str = "") -> Path:
+    """Plot a parsed tegrastats log: total and per-rail power, EMC and GPU load (time = line x interval)."""
+    plt = _plt()
+    fig, (ax_p, ax_l) = plt.subplots(2, 1, figsize=(10, 6), sharex=True, gridspec_kw={"height_ratios": [3, 2]})
+    t = np.arange(len(samples)) * interval_ms / 1000.0
+    total = [s.get("total_mw") for s in samples]
+    if any(v is not None for v in total):
+        src = next((s["total_source"] for s in samples if s.get("total_source")), "total")
+        ax_p.plot(t, [np.nan if v is None else v / 1000 for v in total], color="black", lw=1.4,
+                  label=f"total ({src})")
+        names = sorted({k for s in samples for k in s["rails"]} - {src})
+        for n in names:
+            ax_p.plot(t, [s["rails"][n]["cur_mw"] / 1000 if n in s["rails"] else np.nan for s in samples], lw=0.9,
+                      label=n)
+    ax_p.set_ylabel("power (W)")
+    ax_p.grid(True, alpha=0.3)
+    ax_p.legend(fontsize=7, loc="best")
+    ax_p.set_title(title or "tegrastats log", fontsize=9)
+    for key, name in (("emc", "EMC load %"), ("gpu", "GPU (GR3D) load %")):
+        ax_l.plot(t, [s[key]["load_pct"] if s.get(key) else np.nan for s in samples], lw=1.0, label=name)
+    ax_l.set_ylabel("load (%)")
+    ax_l.set_xlabel(f"time (s; line number x {interval_ms:g} ms interval)")
+    ax_l.set_ylim(0, 100)
+    ax_l.grid(True, alpha=0.3)
+    ax_l.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    out = _save(fig, Path(path))
+    plt.close(fig)
+    return out

@@ -85,8 +85,12 @@ def _text(r: dict) -> str:
 @target_option
 @click.option("--strict", is_flag=True, help="Fail at the first malformed line instead of skipping it.")
 @click.option("--samples", is_flag=True, help="With --json: include every parsed sample.")
+@click.option("--plot", type=click.Path(), default=None, metavar="PNG",
+              help="Draw power per rail, EMC and GPU load over time into PNG (needs the plots extra).")
+@click.option("--interval", type=click.FloatRange(min=1), default=1000.0, show_default=True, metavar="MS",
+              help="The log's tegrastats --interval, for the plot's time axis.")
 @json_option
-def command(log, target, strict, samples, as_json):
+def command(log, target, strict, samples, plot, interval, as_json):
     """Analyse a recorded tegrastats log: power per rail, total power, EMC load and clock, GPU load, RAM.
 
     Every tegrastats format from the TK1 to JetPack 6 is understood; malformed lines are skipped and counted.
@@ -96,8 +100,17 @@ def command(log, target, strict, samples, as_json):
     Examples:
       edgesqueeze power --from-log tegrastats.log
       edgesqueeze power --from-log tegrastats.log --target orin-nano --json
+      edgesqueeze power --from-log tegrastats.log --plot power.png --interval 100
     """
-    r = power_from_log(log, target=target, strict=strict, samples=samples)
+    r = power_from_log(log, target=target, strict=strict, samples=samples or bool(plot))
+    if plot:
+        from ..bench.plots import log_plot
+        from .common import info
+
+        log_plot(r["samples"], plot, interval_ms=interval, title=f"{log} ({r['summary']['samples']} samples)")
+        info(f"wrote {plot}")
+        if not samples:
+            r.pop("samples")
     if r["skipped"]:
         first = r["errors"][0] if r["errors"] else {}
         warn(f"{r['skipped']} malformed line(s) skipped (first: line {first.get('line')}: {first.get('error')})")
