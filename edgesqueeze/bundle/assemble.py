@@ -7,7 +7,7 @@ from typing import Callable, Dict, Optional, Tuple
 import onnx
 
 from ..model import model_bytes
-from .engine_plan import plan_engine
+from .engine_plan import CALIB_PLACEHOLDER, plan_engine
 from .engine_script import ScriptSpec, render_build_engine_sh
 from .writer import BundleWriter, model_relpaths, short_key
 
@@ -113,13 +113,17 @@ def assemble_bundle(out_dir, *, profile, precision: str, models: Dict[str, onnx.
                               workspace_mib=workspace_mib, cmake_args=_cmake_args(profile.sm) if plugin_dir else (),
                               generator=f"edgesqueeze {versions.get('edgesqueeze', '')}".strip())
             w.add_text(SCRIPT_NAME, render_build_engine_sh(spec), executable=True)
-            tensorrt = {**plan.to_dict(), "script": SCRIPT_NAME, "calibration_cache": spec.calib_cache,
+            def fill(flags):
+                return [f.replace(CALIB_PLACEHOLDER, CACHE_NAME) for f in flags]
+
+            tensorrt = {**plan.to_dict(), "precision_flags": fill(plan.precision_flags),
+                        "alt_flags": fill(plan.alt_flags), "script": SCRIPT_NAME, "calibration_cache": spec.calib_cache,
                         "engine_models": engine_models, "plugin_sources": "plugins" if plugin_dir else None,
                         "sparsity": sparsity, "dla": dla, "workspace_mib": int(workspace_mib),
                         "version_tag": profile.trt_version_tag()}
             model_used = (sources[(plan.model, "plain")][0] if not spec.custom_nodes else
                           {v: sources[(plan.model, v)][0] for v in ("plugin", "inlined")})
-            script_info = {"path": SCRIPT_NAME, "model": model_used, "flags": plan.precision_flags,
+            script_info = {"path": SCRIPT_NAME, "model": model_used, "flags": fill(plan.precision_flags),
                            "workspace_flag": plan.workspace_flag, "trt_version": plan.trt_version,
                            "strongly_typed": plan.strongly_typed}
         runner = _device_runner()
