@@ -27,7 +27,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 SSHD_CANDIDATES = ("/usr/sbin/sshd", "/usr/local/sbin/sshd", "/sbin/sshd")
 
@@ -74,8 +74,9 @@ def keygen(path: Path, comment: str = "edgesqueeze-test") -> Path:
 class SshServer:
     """One sshd process on 127.0.0.1 with a fresh host key and a fresh authorised user key."""
 
-    def __init__(self, workdir: Path, port: Optional[int] = None):
+    def __init__(self, workdir: Path, port: Optional[int] = None, extra_config: Sequence[str] = ()):
         self.dir = Path(workdir)
+        self.extra_config = list(extra_config)
         self.port = port or free_port()
         self.user = getpass.getuser()
         self.proc: Optional[subprocess.Popen] = None
@@ -127,8 +128,7 @@ class SshServer:
             "PrintMotd no",
             "LogLevel ERROR",
             "Subsystem sftp internal-sftp",
-            "",
-        ]))
+        ] + self.extra_config + [""]))
         self.proc = subprocess.Popen([find_sshd(), "-D", "-e", "-f", str(self.config)],
                                      stdout=subprocess.DEVNULL, stderr=open(self.log, "wb"))
         deadline = time.monotonic() + 15
@@ -223,3 +223,54 @@ def make_bundle(folder: Path, target: str = "cpu", precision: str = "fp32", feat
                 "inputs": {"x": {"shape": [1, features], "dtype": "float32"}}, "files": files}
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return folder
+
+
+FAKE_TRTEXEC = r'''#!{python}
+"""A trtexec STAND-IN for tests on machines without TensorRT (TensorRT cannot be installed here).
+
+It accepts the flags edgesqueeze passes, writes an "engine" file for --saveEngine and, for --loadEngine,
+an --exportTimes file in trtexec's documented format. Its timings are synthetic: they test the plumbing
+(engine cache, flags, parsing), never performance.
+"""
+import json, os, sys
+args = dict(a[2:].split("=", 1) if "=" in a else (a[2:], "") for a in sys.argv[1:] if a.startswith("--"))
+print("&&&& RUNNING TensorRT.trtexec [TensorRT v{tag}] # trtexec " + " ".join(sys.argv[1:]))
+with open(os.environ.get("FAKE_TRTEXEC_LOG", os.devnull), "a") as log:
+    log.write(json.dumps(sys.argv[1:]) + "\n")
+if "help" in args:
+    sys.exit(0)
+if "onnx" in args:
+    if not os.path.isfile(args["onnx"]):
+        print("[E] cannot open " + args["onnx"]); sys.exit(1)
+    if "saveEngine" in args:
+        with open(args["saveEngine"], "wb") as fh:
+            fh.write(b"FAKE-ENGINE " + args["onnx"].encode())
+if "loadEngine" in args:
+    with open(args["loadEngine"], "rb") as fh:
+        if not fh.read().startswith(b"FAKE-ENGINE"):
+            print("[E] not an engine"); sys.exit(1)
+if "exportTimes" in args:
+    n = int(args.get("iterations", "10"))
+    rows, t = [], 0.0
+    for i in range(n):
+        h2d, comp, d2h = 0.01, 0.5 + 0.001 * i, 0.02
+        rows.append({{"startH2dMs": t, "endH2dMs": t + h2d, "startComputeMs": t + h2d, "endComputeMs": t + h2d + comp,
+                     "startD2hMs": t + h2d + comp, "endD2hMs": t + h2d + comp + d2h, "h2dMs": h2d, "computeMs": comp,
+                     "d2hMs": d2h, "latencyMs": h2d + comp + d2h, "endToEndMs": h2d + comp + d2h}})
+        t += 1.0
+    with open(args["exportTimes"], "w") as fh:
+        json.dump(rows, fh)
+print("&&&& PASSED TensorRT.trtexec [TensorRT v{tag}]")
+'''
+
+
+def write_fake_trtexec(folder: Path, tag: str = "100300") -> Path:
+    """Write the trtexec stand-in (see FAKE_TRTEXEC) as ``folder/trtexec``; return its path."""
+    import sys
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "trtexec"
+    path.write_text(FAKE_TRTEXEC.format(python=sys.executable, tag=tag))
+    path.chmod(0o755)
+    return path

@@ -45,8 +45,8 @@ def open_transport(device: str, **opts) -> SshTransport:
 def deploy(bundle_dir, device: str, identity: Optional[str] = None, remote_dir: Optional[str] = None,
            force: bool = False, timeout: float = 600, *, python: str = "python3", build_engine: bool = True,
            engine_cache: str = DEFAULT_ENGINE_CACHE, build_timeout: float = 3600,
-           progress: Optional[Callable[[int], None]] = None, transport: Optional[SshTransport] = None,
-           **transport_opts) -> dict:
+           build_env: Optional[dict] = None, progress: Optional[Callable[[int], None]] = None,
+           transport: Optional[SshTransport] = None, **transport_opts) -> dict:
     """Put a bundle on a device and make it ready to run.
 
     Steps: check the bundle here; probe the device (architecture, L4T/JetPack, TensorRT, CUDA, trtexec, nvcc,
@@ -65,6 +65,7 @@ def deploy(bundle_dir, device: str, identity: Optional[str] = None, remote_dir: 
         build_engine: build the TensorRT engine on the device when trtexec is present.
         engine_cache: the device folder that keeps engines.
         build_timeout: seconds allowed for the plugin and engine builds (a Nano takes minutes).
+        build_env: extra environment for build_engine.sh, e.g. {"ESQ_PLUGIN": "off", "WORKSPACE_MIB": "2048"}.
         progress: called with bytes after each uploaded chunk.
         transport: reuse an open :class:`SshTransport` (then identity and transport options are ignored).
         **transport_opts: port, connect_timeout, host_key_check, known_hosts, multiplex, ssh_options.
@@ -100,7 +101,7 @@ def deploy(bundle_dir, device: str, identity: Optional[str] = None, remote_dir: 
         engine = {"built": False, "path": None, "reason": "not requested (build_engine=False)"}
         if build_engine:
             engine = _engine(tr, manifest, info, rdir, remote_path(engine_cache, DEFAULT_ENGINE_CACHE),
-                             build_timeout, python)
+                             build_timeout, force, build_env or {})
             warnings += engine.pop("warnings", [])
         return {"device": str(tr.address), "remote_dir": rdir, "probe": describe(info), "target": target.get("name"),
                 "precision": manifest.get("precision"), "mismatches": mismatches, "warnings": warnings,
@@ -126,47 +127,51 @@ def _shell_path(path: str) -> str:
 
 
 def _engine(tr: SshTransport, manifest: dict, info: dict, rdir: str, cache: str, timeout: float,
-            python: str) -> dict:
+            force: bool, build_env: dict) -> dict:
+    target = manifest.get("target") or {}
+    if not (target.get("tensorrt") or target.get("kind") in ("jetson", "desktop")):
+        return {"built": False, "path": None, "reason": f"the bundle's target ({target.get('name')}) runs "
+                                                        "onnxruntime, not TensorRT"}
     if not info.get("trtexec"):
         return {"built": False, "path": None, "reason": "no trtexec on the device: the benchmark runs without "
                                                         "a prebuilt engine"}
     files = manifest.get("files") or {}
     if "build_engine.sh" in files:
-        return _engine_by_script(tr, info, rdir, cache, timeout)
+        return _engine_by_script(tr, info, rdir, cache, timeout, force, build_env)
     return _engine_by_trtexec(tr, manifest, info, rdir, cache, timeout)
 
 
-def _engine_by_script(tr: SshTransport, info: dict, rdir: str, cache: str, timeout: float) -> dict:
+def _engine_by_script(tr: SshTransport, info: dict, rdir: str, cache: str, timeout: float, force: bool,
+                      build_env: dict) -> dict:
     """Run the bundle's build_engine.sh with ENGINE_DIR in the device's engine cache.
 
     The script names the engine by TensorRT version, precision and model hash, skips an engine that already
-    exists, and builds the plugin library itself when the model has custom nodes; ``--dry-run`` tells where
-    the engine goes.
+    exists ("engine already built"), builds the plugin library itself when the model has custom nodes, and
+    prints "edgesqueeze: engine: PATH".
     """
     q = shlex.quote
-    env = f"ENGINE_DIR={_shell_path(cache)} TRTEXEC={q(info['trtexec'])}"
-    base = f"mkdir -p {_shell_path(cache)} && cd {q(rdir)} && {env} bash build_engine.sh"
-    dry = tr.run(f"{base} --dry-run", timeout=120, check=False, what="build_engine.sh --dry-run")
-    m = re.search(r"^edgesqueeze: engine: (.+)$", dry.text, re.MULTILINE)
-    if dry.returncode != 0 or not m:
-        tail = " | ".join((dry.stderr or dry.text).strip().splitlines()[-3:])
-        raise DeviceError(f"build_engine.sh --dry-run failed on {tr.address} (exit {dry.returncode}): {tail}")
-    path = m.group(1).strip()
-    exists = f"test -s {_shell_path(path) if not path.startswith('$') else path}"
-    if tr.run(exists, timeout=60, check=False, what="engine cache lookup").returncode == 0:
-        return {"built": False, "cached": True, "path": path, "how": "build_engine.sh",
-                "plugin_lib": _plugin_lib(tr, rdir), "reason": "found in the device's engine cache"}
+    for key in build_env:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(key)):
+            raise InputError(f"bad environment variable name for build_engine.sh: {key!r}")
+    env = f"ENGINE_DIR={_shell_path(cache)} TRTEXEC={q(info['trtexec'])}" + (" ESQ_FORCE=1" if force else "") + \
+        "".join(f" {k}={q(str(v))}" for k, v in sorted(build_env.items()))
     t0 = time.monotonic()
-    res = tr.run(base, timeout=timeout, check=False, what="engine build (build_engine.sh)")
-    ok = tr.run(exists, timeout=60, check=False, what="engine check").returncode == 0
+    res = tr.run(f"mkdir -p {_shell_path(cache)} && cd {q(rdir)} && {env} bash build_engine.sh", timeout=timeout,
+                 check=False, what="engine build (build_engine.sh)")
+    found = re.findall(r"^edgesqueeze: engine(?: already built)?: (\S+)", res.text, re.MULTILINE)
+    path = found[-1] if found else None
+    ok = bool(path) and tr.run(f"test -s {_shell_path(path)}", timeout=60, check=False,
+                               what="engine check").returncode == 0
     if res.returncode != 0 or not ok:
         tail = " | ".join((res.stderr or res.text).strip().splitlines()[-4:])
         raise DeviceError(f"the engine build on {tr.address} failed (build_engine.sh, exit {res.returncode}): {tail}")
+    cached = "engine already built" in res.text
     notes = [ln[len("edgesqueeze: "):] for ln in res.text.splitlines()
-             if ln.startswith("edgesqueeze: ") and ("warning" in ln or "path:" in ln)]
-    return {"built": True, "cached": False, "path": path, "how": "build_engine.sh", "plugin_lib": _plugin_lib(tr, rdir),
-            "seconds": round(time.monotonic() - t0, 1), "log": notes,
-            "warnings": [n for n in notes if "warning" in n]}
+             if ln.startswith("edgesqueeze: ") and ("warning" in ln or " path:" in ln or "did not build" in ln)]
+    return {"built": not cached, "cached": cached, "path": path, "how": "build_engine.sh",
+            "plugin_lib": _plugin_lib(tr, rdir), "seconds": round(time.monotonic() - t0, 1), "log": notes,
+            "reason": "found in the device's engine cache" if cached else "built on the device",
+            "warnings": [n for n in notes if "warning" in n or "did not build" in n]}
 
 
 def _plugin_lib(tr: SshTransport, rdir: str) -> Optional[str]:

@@ -49,7 +49,7 @@ def module_version(name, dist=None):
     except (ImportError, ValueError):
         return None
     try:
-        from importlib import metadata  # Python 3.8+
+        from importlib import metadata  # novermin (Python 3.8+, guarded)
         for candidate in (dist or name, name):
             try:
                 return metadata.version(candidate)

@@ -203,12 +203,14 @@ def choose_backend(requested, warnings, expects_trt):
     why = {"trtexec": "trtexec not found (looked in %s and PATH)" % ", ".join(TRTEXEC_PATHS),
            "trt": "the tensorrt and pycuda Python modules are not both importable",
            "ort": "the onnxruntime Python module is not importable"}
-    order = ["trtexec", "trt", "ort"] if requested == "auto" else [requested] + [
-        b for b in ("trtexec", "trt", "ort") if b != requested]
+    if requested == "auto":  # a cpu bundle runs onnxruntime first; TensorRT targets go down from trtexec
+        order = ["trtexec", "trt", "ort"] if expects_trt else ["ort", "trtexec", "trt"]
+    else:
+        order = [requested] + [b for b in ("trtexec", "trt", "ort") if b != requested]
     for i, name in enumerate(order):
         if have[name]:
-            skipped = [b for b in order[:i] if b != "ort"]
-            if skipped and (expects_trt or requested != "auto"):
+            skipped = order[:i]
+            if skipped:
                 warnings.append("backend fallback: %s; running with %s instead%s" % (
                     "; ".join(why[b] for b in skipped), {"trt": "the TensorRT Python API",
                                                          "ort": "onnxruntime on the CPU"}.get(name, name),
@@ -284,6 +286,16 @@ def trtexec_version(trtexec):
     return m.group(1), major
 
 
+def version_from_tag(tag):
+    """NV_TENSORRT_VERSION digits -> dotted version: 8201 -> 8.2.1, 100300 -> 10.3.0 (None stays None)."""
+    if not tag:
+        return None
+    n = int(tag)
+    if n >= 100000:
+        return "%d.%d.%d" % (n // 10000, n // 100 % 100, n % 100)
+    return "%d.%d.%d" % (n // 1000, n // 100 % 10, n % 100)
+
+
 def trtexec_build_flags(manifest, calib, major, plugin_lib):
     """Precision, workspace and plugin flags for this TensorRT major version (see TENSORRT.md).
 
@@ -306,8 +318,9 @@ def trtexec_build_flags(manifest, calib, major, plugin_lib):
 
 def run_trtexec(trtexec, model_path, bundle, manifest, args, results):
     tag, major = trtexec_version(trtexec)
-    results["backend"].update({"name": "trtexec", "version": tag, "path": trtexec})
-    results["versions"]["tensorrt"] = tag
+    version = version_from_tag(tag)
+    results["backend"].update({"name": "trtexec", "version": version, "version_tag": tag, "path": trtexec})
+    results["versions"]["tensorrt"] = version
     fd, times_path = tempfile.mkstemp(prefix="esq-times-", suffix=".json")
     os.close(fd)
     calib = os.path.join(bundle, "calib", "calibration.cache")

@@ -12,6 +12,7 @@ from importlib import resources
 from typing import Dict, List, Optional, Tuple
 
 from ..errors import DeviceError
+from .device_runner import version_from_tag
 
 # L4T release -> JetPack (NVIDIA's JetPack archive). Keys are "major.minor[.patch]"; the longest prefix wins.
 L4T_TO_JETPACK = {
@@ -79,12 +80,7 @@ def jetpack_for_l4t(l4t: Optional[str]) -> Optional[str]:
 
 
 def _trt_from_tag(tag: Optional[str]) -> Optional[str]:
-    if not tag or not tag.isdigit():
-        return None
-    n = int(tag)
-    if n >= 100000:
-        return f"{n // 10000}.{n // 100 % 100}.{n % 100}"
-    return f"{n // 1000}.{n // 100 % 10}.{n % 100}"
+    return version_from_tag(tag) if tag and tag.isdigit() else None
 
 
 def interpret(raw: dict) -> dict:

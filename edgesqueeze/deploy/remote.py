@@ -10,7 +10,7 @@ from typing import Callable, List, Optional
 
 from ..errors import DeviceError, EdgeSqueezeError, VerificationError
 from ..fileio import write_json_atomic, write_text_atomic
-from .core import _shell_path, default_remote_dir, deploy, open_transport, remote_path
+from .core import DEFAULT_ENGINE_CACHE, _shell_path, default_remote_dir, deploy, open_transport, remote_path
 
 RESULTS_DIR = ".edgesqueeze/results"
 _REPORT_LOCK = threading.Lock()  # matplotlib is not thread-safe: fleet threads render one at a time
@@ -31,7 +31,8 @@ def remote_bench(bundle_dir, device: str, *, iterations: int = 100, warmup: int 
                  out_dir=None, run_timeout: Optional[float] = None, deploy_first: bool = True,
                  label: Optional[str] = None, cancel: Optional[threading.Event] = None,
                  identity: Optional[str] = None, remote_dir: Optional[str] = None, force: bool = False,
-                 timeout: float = 600, python: str = "python3", runner_args=(),
+                 timeout: float = 600, python: str = "python3", runner_args=(), build_engine: bool = True,
+                 engine_cache: str = DEFAULT_ENGINE_CACHE, build_env: Optional[dict] = None,
                  progress: Optional[Callable[[int], None]] = None, **transport_opts) -> dict:
     """Benchmark a bundle on a device over SSH and return the results (``edgesqueeze.bench/1``).
 
@@ -40,7 +41,8 @@ def remote_bench(bundle_dir, device: str, *, iterations: int = 100, warmup: int 
     (helper E's :func:`edgesqueeze.bench.report.write_report` when installed, a Markdown summary otherwise).
 
     Args:
-        bundle_dir, device, identity, remote_dir, force, timeout, python, transport options: as for deploy.
+        bundle_dir, device, identity, remote_dir, force, timeout, python, build_engine, engine_cache, build_env, transport
+            options: as for deploy.
         iterations, warmup, duration, backend, power: passed to the on-device runner.
         out_dir: local folder for results.json and the report (None: only return the results).
         run_timeout: seconds for the on-device run (default: generous, from iterations/duration).
@@ -63,7 +65,8 @@ def remote_bench(bundle_dir, device: str, *, iterations: int = 100, warmup: int 
         report = None
         if deploy_first:
             report = deploy(bundle_dir, device, remote_dir=rdir, force=force, timeout=timeout, python=python,
-                            progress=progress, transport=tr)
+                            progress=progress, transport=tr, build_engine=build_engine, engine_cache=engine_cache,
+                            build_env=build_env)
         runner = report["runner"] if report else _find_runner(tr, rdir)
         run_id = time.strftime("%Y%m%dT%H%M%S") + f"-{int(time.time() * 1000) % 1000:03d}"
         out = f"{RESULTS_DIR}/{run_id}.json"

@@ -1,11 +1,14 @@
 """Device-side file helper for deploy: hash, commit and verify bundle files. Prints one JSON object.
 
-Sent over SSH and run as ``python3 - MODE ROOT JSON`` (standard library only, Python 3.6+):
+Sent over SSH and run as ``python3 -c SCRIPT MODE ROOT [JSON]`` (standard library only, Python 3.6+):
 
 - ``state ROOT '["rel", ...]'``: size and sha256 of each file and of its ``.part`` upload, when present;
 - ``commit ROOT '{"commit": {"rel": sha256}, "verify": {"rel": sha256}}'``: check each ``rel.part`` against
   its hash and rename it onto ``rel``, then verify (below) the "verify" files;
-- ``verify ROOT '{"rel": sha256}'``: hash every file and report the ones that are missing or differ.
+- ``verify ROOT '{"rel": sha256}'``: hash every file and report the ones that are missing or differ;
+- ``receive ROOT``: read files from stdin, each a JSON header line ``{"rel", "offset", "size"}`` followed by
+  ``size`` bytes, and append them to ``rel.part`` from ``offset`` (written as they arrive, so a transfer cut
+  off half way leaves a prefix that the next deploy continues from).
 """
 import hashlib
 import json
@@ -47,10 +50,38 @@ def verify(root, wanted):
     return out
 
 
+def receive(root, stream):
+    got = {}
+    while True:
+        line = stream.readline()
+        if not line:
+            break
+        head = json.loads(line.decode("utf-8"))
+        path = inside(root, head["rel"]) + PART
+        folder = os.path.dirname(path)
+        if not os.path.isdir(folder):
+            os.makedirs(folder)
+        with open(path, "ab") as fh:
+            fh.truncate(head["offset"])
+            left = head["size"]
+            while left > 0:
+                block = stream.read(min(1 << 18, left))
+                if not block:
+                    raise SystemExit("the stream ended inside %s" % head["rel"])
+                fh.write(block)
+                fh.flush()
+                left -= len(block)
+        got[head["rel"]] = head["offset"] + head["size"]
+    return got
+
+
 def main():
-    mode, root, arg = sys.argv[1], os.path.abspath(os.path.expanduser(sys.argv[2])), json.loads(sys.argv[3])
+    mode, root = sys.argv[1], os.path.abspath(os.path.expanduser(sys.argv[2]))
+    arg = json.loads(sys.argv[3]) if len(sys.argv) > 3 else None
     out = {}
-    if mode == "state":
+    if mode == "receive":
+        out = receive(root, sys.stdin.buffer)
+    elif mode == "state":
         for rel in arg:
             path = inside(root, rel)
             size, digest = describe(path)

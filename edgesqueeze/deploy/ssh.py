@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
 import shutil
 import subprocess
 import tempfile
@@ -258,50 +257,52 @@ class SshTransport:
         kwargs.setdefault("start_new_session", True)
         return subprocess.Popen(self.base_args() + [command], **kwargs)
 
-    def stream_upload(self, local_path: str, remote_path: str, offset: int, *, timeout: float,
-                      chunk: int = 1 << 18, progress: Optional[Callable[[int], None]] = None) -> int:
-        """Append ``local_path[offset:]`` to ``remote_path`` (created when missing); return bytes sent.
+    def send_files(self, command: str, items, *, timeout: float, chunk: int = 1 << 18,
+                   progress: Optional[Callable[[int], None]] = None) -> int:
+        """Stream several files into one remote ``command`` over a single ssh session; return bytes sent.
 
-        The data goes through ``cat >>`` so that an interrupted upload leaves a prefix that a later call
-        can continue from. ``progress(n)`` is called after each chunk with the bytes just sent; it may raise
-        (e.g. KeyboardInterrupt) to stop the upload, which kills the transfer and leaves the prefix.
+        ``items`` are ``(header, local_path, offset)``: ``header`` (bytes, e.g. one JSON line) is written, then
+        ``local_path[offset:]``. The remote command decides what to do with the stream (deploy's receiver
+        appends each file to its ``.part``). ``progress(n)`` is called after each chunk; it may raise (e.g.
+        KeyboardInterrupt) to stop the transfer, which leaves whatever arrived on the device.
+
+        Raises:
+            DeviceError: connection failure, the remote command failed, or ``timeout`` seconds passed.
         """
-        parent = os.path.dirname(remote_path) or "."
-        cmd = f"mkdir -p {shlex.quote(parent)} && cat >> {shlex.quote(remote_path)}"
-        proc = self.popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = self.popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         sent = 0
         deadline = time.monotonic() + timeout
         try:
-            with open(local_path, "rb") as fh:
-                fh.seek(offset)
-                while True:
-                    block = fh.read(chunk)
-                    if not block:
-                        break
-                    try:
+            for header, local_path, offset in items:
+                proc.stdin.write(header)
+                with open(local_path, "rb") as fh:
+                    fh.seek(offset)
+                    while True:
+                        block = fh.read(chunk)
+                        if not block:
+                            break
                         proc.stdin.write(block)
-                    except BrokenPipeError:
-                        break
-                    sent += len(block)
-                    if progress is not None:
-                        progress(len(block))
-                    if time.monotonic() > deadline:
-                        raise DeviceError(f"upload of {remote_path} to {self.address} timed out after {timeout:g} s")
-            proc.stdin.close()
-            err = proc.stderr.read()
-            proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+                        sent += len(block)
+                        if progress is not None:
+                            progress(len(block))
+                        if time.monotonic() > deadline:
+                            raise DeviceError(f"upload to {self.address} timed out after {timeout:g} s")
+            out, err = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))  # closes stdin
+        except BrokenPipeError:
+            out, err = proc.communicate(timeout=30)
         except subprocess.TimeoutExpired:
             self._kill(proc)
-            raise DeviceError(f"upload of {remote_path} to {self.address} timed out after {timeout:g} s") from None
+            raise DeviceError(f"upload to {self.address} timed out after {timeout:g} s") from None
         except BaseException:
             self._kill(proc)
             raise
         stderr = err.decode("utf-8", "replace")
         if proc.returncode == 255:
-            self.raise_connection_error(stderr, f"upload of {remote_path}")
+            self.raise_connection_error(stderr, "upload")
         if proc.returncode != 0:
-            raise DeviceError(f"upload of {remote_path} to {self.address} failed (exit {proc.returncode}): "
-                              f"{stderr.strip()[-300:]}", hint="is the device's disk full or the folder read-only?")
+            raise DeviceError(f"upload to {self.address} failed (exit {proc.returncode}): "
+                              f"{' '.join(stderr.strip().splitlines()[-2:])}",
+                              hint="is the device's disk full or the folder read-only?")
         return sent
 
     def close(self) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shlex
 from dataclasses import dataclass
 from importlib import resources
@@ -113,10 +112,15 @@ def _prefix_sha256(path: Path, size: int) -> str:
     return h.hexdigest()
 
 
+def _helper_command(python: str, mode: str, remote_dir: str, arg=None) -> str:
+    cmd = (f"{shlex.quote(python)} -c {shlex.quote(_script('remote_files.py').decode('utf-8'))} {mode} "
+           f"{shlex.quote(remote_dir)}")
+    return cmd if arg is None else f"{cmd} {shlex.quote(json.dumps(arg, sort_keys=True))}"
+
+
 def remote_files(transport, python: str, mode: str, remote_dir: str, arg, timeout: float) -> dict:
     """Run the device-side file helper (``remote_files.py``) in ``mode`` and return its JSON answer."""
-    cmd = f"{shlex.quote(python)} - {mode} {shlex.quote(remote_dir)} {shlex.quote(json.dumps(arg, sort_keys=True))}"
-    res = transport.run(cmd, input=_script("remote_files.py"), timeout=timeout, check=False,
+    res = transport.run(_helper_command(python, mode, remote_dir, arg), timeout=timeout, check=False,
                         what=f"remote file {mode}")
     if res.returncode != 0:
         raise DeviceError(f"remote file {mode} failed on {transport.address} (exit {res.returncode}): "
@@ -145,7 +149,7 @@ def sync_files(transport, files: List[BundleFile], remote_dir: str, *, python: s
         DeviceError: the connection or a remote step failed or timed out.
     """
     state = remote_files(transport, python, "state", remote_dir, [f.rel for f in files], timeout)
-    todo, unchanged, resumed, stale = [], [], {}, []
+    todo, unchanged, resumed = [], [], {}
     for f in files:
         st = state.get(f.rel) or {}
         if st.get("sha256") == f.sha256:
@@ -158,20 +162,13 @@ def sync_files(transport, files: List[BundleFile], remote_dir: str, *, python: s
                 offset = part
                 if part > 0:
                     resumed[f.rel] = part
-            else:
-                stale.append(f.rel)
+            # else: a stale .part (not a prefix of this file): the receiver truncates it to offset 0
         todo.append((f, offset))
-    if stale:
-        paths = " ".join(shlex.quote(f"{remote_dir}/{rel}.part") for rel in stale)
-        transport.run(f"rm -f {paths}", timeout=timeout, what="removing stale partial uploads")
-    sent = 0
-    for f, offset in todo:
-        if offset < f.size:
-            sent += transport.stream_upload(str(f.local), f"{remote_dir}/{f.rel}.part", offset, timeout=timeout,
-                                            progress=progress)
-        elif offset == 0:  # an empty file: create its .part
-            transport.run(f"mkdir -p {shlex.quote(os.path.dirname(f'{remote_dir}/{f.rel}'))} && "
-                          f": > {shlex.quote(f'{remote_dir}/{f.rel}.part')}", timeout=timeout, what="upload")
+    # every file that needs bytes travels in one ssh session (one handshake, however many files)
+    items = [(json.dumps({"rel": f.rel, "offset": offset, "size": f.size - offset}).encode() + b"\n",
+              str(f.local), offset) for f, offset in todo if offset < f.size or f.size == 0]
+    sent = transport.send_files(_helper_command(python, "receive", remote_dir), items, timeout=timeout,
+                                progress=progress) if items else 0
     if todo:
         # commit the uploads, then hash every file of the bundle again, in one remote call
         answer = remote_files(transport, python, "commit", remote_dir,
