@@ -33,7 +33,7 @@ class Bar:
             from tqdm import tqdm
 
             self.bar = tqdm(total=self.total, desc=self.desc, file=sys.stderr, leave=True, dynamic_ncols=True,
-                            bar_format="{desc:<22} {bar:30} {n_fmt}/{total_fmt} {elapsed} {postfix}")
+                            bar_format="{desc:<22} {bar:30} {n_fmt}/{total_fmt} {elapsed}{postfix}")
         return self
 
     def update(self, n: int = 1) -> None:
