@@ -275,3 +275,37 @@ def test_every_bundle_model_runs_and_matches(tmp_path, target, precision, rtol):
             for i, ref in enumerate(outs[kind]):
                 act = run_model(str(tmp_path / "b" / rel), {"input": x["input"][i:i + 1]})
                 assert compare_outputs(ref, act)["logits"]["max_rel"] < 1e-5
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="needs a Linux pseudo-terminal")
+def test_progress_bar_per_stage_on_a_terminal(tmp_path):
+    import fcntl
+    import os
+    import pty
+    import select
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    p = subprocess.Popen([sys.executable, "-m", "edgesqueeze", "build", str(MODEL), "-t", "orin-nano", "-p", "int8",
+                          "--calib", str(CALIB), "--calib-limit", "20", "-o", str(tmp_path / "b")],
+                         stdin=slave, stdout=subprocess.DEVNULL, stderr=slave, cwd=REPO, close_fds=True)
+    os.close(slave)
+    buf = b""
+    while True:
+        ready, _, _ = select.select([master], [], [], 60)
+        if not ready:
+            break
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        buf += chunk
+    assert p.wait(timeout=60) == 0
+    text = buf.decode("utf-8", "replace")
+    for i, stage in enumerate(("load", "optimize", "compress", "quantize", "validate", "engine", "bundle"), 1):
+        assert f"[{i}/7] {stage}" in text
+    assert "\u2588" in text and "20/20" in text  # drawn bars; the calibration bar counts batches
