@@ -9,6 +9,7 @@ from edgesqueeze.errors import InputError, UnsupportedError
 from edgesqueeze.ortutil import run_model
 from edgesqueeze.plugins import sparse as S
 from edgesqueeze.plugins import sparse_formats as F
+from edgesqueeze.plugins.sparse_convert import densify
 
 
 def _two_of_four(rng, m, c, k):
@@ -129,10 +130,32 @@ def test_inlined_and_dense_variants_compute_the_same(fmt, act):
     x = rng.standard_normal((2, 8, 6, 5)).astype(np.float32)
     ref = run_model(model, {"x": x})["y"]
     inlined = inliner.inline_local_functions(model)
-    dense = S.densify(model)
+    dense = densify(model)
     assert not inlined.functions and all(n.domain in ("", "ai.onnx") for n in inlined.graph.node)
     assert dense.graph.node[0].op_type == "Conv" and not dense.functions
     assert all(o.domain != "edgesqueeze" for o in dense.opset_import)
     onnx.checker.check_model(dense, full_check=True)
     for variant in (inlined, dense):
         np.testing.assert_allclose(run_model(variant, {"x": x})["y"], ref, rtol=1e-5, atol=1e-5)
+
+
+def test_attach_sparse_functions_after_fp16_conversion():
+    """Converting the weights to FP16 needs the f16 overload: attach_sparse_functions rebuilds it."""
+    rng = np.random.default_rng(7)
+    w = _two_of_four(rng, 4, 8, 3)
+    model = S.make_sparse_conv_model((1, 8, 5, 5), w, rng.standard_normal(4), sparse_format="2:4", pads=(1, 1, 1, 1))
+    half = onnx.ModelProto()
+    half.CopyFrom(model)
+    for t in half.graph.initializer:
+        if t.data_type == onnx.TensorProto.FLOAT:
+            t.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(t).astype(np.float16), t.name))
+    for vi in list(half.graph.input) + list(half.graph.output):
+        vi.type.tensor_type.elem_type = onnx.TensorProto.FLOAT16
+    del half.functions[:]
+    assert S.has_sparse_nodes(half) and not half.functions
+    S.attach_sparse_functions(half)
+    assert half.graph.node[0].overload == "s24.none.f16" and [f.overload for f in half.functions] == ["s24.none.f16"]
+    x = rng.standard_normal((1, 8, 5, 5)).astype(np.float32)
+    ref = run_model(model, {"x": x})["y"]
+    got = run_model(half, {"x": x.astype(np.float16)})["y"]
+    assert np.abs(got.astype(np.float64) - ref).max() <= 1e-2 * np.abs(ref).max()
