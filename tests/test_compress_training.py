@@ -171,3 +171,27 @@ def test_onnx_torch_roundtrip_of_exported_cnn():
         np.testing.assert_allclose(seq(torch.tensor(feeds["input"])).numpy(), ref, rtol=1e-4, atol=1e-4)
     back = sequential_to_onnx(seq, [1, 1, 8, 8])
     np.testing.assert_allclose(run_model(back, feeds)["logits"], ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.torch
+def test_trained_quantization_keeps_codebook_and_zeros(digits):
+    import torch
+
+    from edgesqueeze.compress import share_weights
+    from edgesqueeze.compress.torch_onnx import sequential_to_onnx
+    from edgesqueeze.compress.training import finetune_shared, iterative_pruning, train
+
+    train_data, val_data = digits
+    torch.manual_seed(0)
+    net = train(_mlp(), train_data, epochs=5, lr=1e-2)
+    net, masks, _ = iterative_pruning(net, train_data, val_data, schedule=(0.5,), epochs=1)
+    report = finetune_shared(net, train_data, fc_bits=3, epochs=2, lr=1e-3)
+    for name, p in net.named_parameters():
+        if name.endswith("weight"):
+            w = p.detach()
+            assert (w[masks[name] == 0] == 0).all()
+            assert torch.unique(w[w != 0]).numel() <= 8
+            assert report[name]["bits"] == 3
+    model = sequential_to_onnx(net, [4, 64])
+    again, _ = share_weights(model, fc_bits=3)   # already shared: k-means reproduces it exactly
+    assert again.SerializeToString(deterministic=True) == model.SerializeToString(deterministic=True)

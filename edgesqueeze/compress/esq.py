@@ -14,8 +14,8 @@ Layout (all integers are unsigned LEB128 varints unless marked; floats little-en
 A tensor is flattened (C order) into *entries*: every non-zero weight, and a *filler zero* whenever a run of
 zeros is longer than the index can express. Entry ``i`` has a gap ``g_i`` (zeros skipped before it, at most
 ``2**index_bits - 1``) and a value; positions are ``cumsum(g + 1) - 1``. In mode 0 (codebook) the value symbol
-``s`` is ``codebook[s]``, and symbol ``K`` is the filler zero; in mode 1 (no sharing, more than 256 distinct
-values) values are raw float32 and a filler is 0.0. "Non-zero" means a bit pattern other than +0.0, so unpacking
+``s`` is ``codebook[s]``, and symbol ``K`` is the filler zero; in mode 1 (more than 256 distinct values, or a
+codebook that would not save space) values are raw float32 and a filler is 0.0. "Non-zero" means a bit pattern other than +0.0, so unpacking
 reproduces every weight bit for bit (-0.0 and NaN included).
 """
 from __future__ import annotations
@@ -200,7 +200,9 @@ def _pack_tensor(out: io.BytesIO, name: str, layer: str, arr: np.ndarray, index_
     fillers = int((pos < 0).sum())
     out.write(_uv(len(name.encode())) + name.encode() + bytes([onnx.TensorProto.FLOAT]) + _uv(arr.ndim)
               + b"".join(_uv(d) for d in arr.shape) + bytes([index_bits]))
-    mode = 0 if codebook.size <= MAX_CODEBOOK else 1
+    # a codebook pays off when the shared values plus their indices take less room than raw floats
+    k_bits = max(1, math.ceil(math.log2(codebook.size + 1))) if codebook.size else 1
+    mode = 0 if codebook.size <= MAX_CODEBOOK and codebook.size * 32 + gaps.size * k_bits < gaps.size * 32 else 1
     out.write(bytes([mode]) + _uv(gaps.size))
     start = out.tell()
     if mode == 0:

@@ -221,3 +221,59 @@ def lottery_ticket(model_fn: Callable, train_data, val_data, *, rounds: int = 5,
               seed=seed)
         history.append(_row(k, masks, evaluate(module, val_data, positive)))
     return module, masks, history
+
+
+def finetune_shared(module, train_data, *, conv_bits: int = 8, fc_bits: int = 5, epochs: int = 5,
+                    lr: float = 1e-4, batch_size: int = 64, seed: int = 0,
+                    loss_fn: Optional[Callable] = None) -> Dict[str, dict]:
+    """Han et al.'s trained quantization: share every Linear / Conv weight with 1-D k-means (linear
+    initialisation; pruned zeros stay zero), then fine-tune the shared values (centroids) themselves.
+
+    The gradient of a centroid is the sum of the gradients of the weights in its cluster; the other parameters
+    (biases) train as usual. Afterwards each layer holds at most ``2**bits`` distinct non-zero values, so
+    :func:`edgesqueeze.compress.share_weights` on the exported model reproduces them exactly.
+
+    Returns:
+        ``{weight name: {"bits", "codebook" (size), "nonzero"}}``; the module is modified in place.
+    """
+    torch = _torch()
+    from .sharing import kmeans_1d
+
+    shared = {}
+    for name, p in prunable(module):
+        w = p.detach().cpu().numpy()
+        nz = w != 0
+        bits = conv_bits if p.dim() > 2 else fc_bits
+        code, labels = kmeans_1d(w[nz], 2 ** bits)
+        shared[name] = (p, torch.tensor(code, requires_grad=True), torch.as_tensor(labels),
+                        torch.as_tensor(nz), bits)
+    weights = {id(p) for p, *_ in shared.values()}
+    others = [p for p in module.parameters() if id(p) not in weights]
+    opt = torch.optim.Adam([c for _, c, *_ in shared.values()] + others, lr=lr)
+
+    def load():
+        with torch.no_grad():
+            for p, code, labels, nz, _ in shared.values():
+                p.zero_()
+                p[nz] = code[labels]
+
+    x, y = _tensors(train_data)
+    loss_fn = loss_fn or torch.nn.functional.cross_entropy
+    gen = torch.Generator().manual_seed(seed)
+    module.train()
+    load()
+    for _ in range(epochs):
+        order = torch.randperm(x.shape[0], generator=gen)
+        for start in range(0, x.shape[0], batch_size):
+            idx = order[start:start + batch_size]
+            opt.zero_grad()
+            for p, *_ in shared.values():
+                p.grad = None
+            loss_fn(module(x[idx]), y[idx]).backward()
+            for p, code, labels, nz, _ in shared.values():
+                code.grad = torch.zeros_like(code).index_add_(0, labels, p.grad[nz])
+            opt.step()
+            load()
+    module.eval()
+    return {n: {"bits": b, "codebook": int(c.numel()), "nonzero": int(nz.sum())}
+            for n, (_, c, _, nz, b) in shared.items()}
