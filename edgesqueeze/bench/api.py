@@ -71,7 +71,8 @@ def bench(path, *, backend: str = "ort", iterations: int = 100, duration: Option
         target: device profile for the roofline (default: this CPU for ``ort``; the bundle's target for ``trt``).
         data: ``.npz``/``.npy``/image folder (see :func:`edgesqueeze.data.open_data`) or None for random data.
         threads: onnxruntime threads. input_shapes: ``{name: dims}`` for dynamic inputs.
-        **runner_opts: more runner options (e.g. ``optimization`` for ort, ``dla_core`` for trt).
+        **runner_opts: more runner options (e.g. ``optimization`` for ort, default ``"all"`` here as a deployment
+            runs it; ``dla_core`` for trt).
 
     Raises:
         InputError, UnsupportedError, MissingDependencyError: as the parts raise them.
@@ -91,6 +92,8 @@ def bench(path, *, backend: str = "ort", iterations: int = 100, duration: Option
         runner = get_runner("trt", model_path, **runner_opts)
         runner.model = model
     else:
+        if backend == "ort":
+            runner_opts.setdefault("optimization", "all")  # as a deployment runs it
         runner = get_runner(backend, model, threads=threads, **runner_opts)
         runner.path = str(model_path)
     reader, described = _data(data, model)

@@ -52,8 +52,9 @@ def summary_text(result: dict) -> str:
 
     rows = summary_rows([result])
     b = result["backend"]
+    opt = f", graph optimizations: {b['optimization']}" if b.get("optimization") else ""
     head = (f"{result['model']['name']} on {result['device']['profile']} ({b['name']} {b.get('version') or ''} "
-            f"{b.get('precision') or ''}), data: {result.get('data')}")
+            f"{b.get('precision') or ''}{opt}), data: {result.get('data')}")
     lat = table([[r["batch"], r["n"], f"{r['mean_ms']:.4f}", f"{r['median_ms']:.4f}", f"{r['p90_ms']:.4f}",
                   f"{r['p99_ms']:.4f}", f"{r['cv']:.1%}", f"{r['throughput_ips']:.1f}",
                   "-" if r["avg_w"] is None else f"{r['avg_w']:.2f}",
@@ -88,6 +89,9 @@ def summary_text(result: dict) -> str:
 @target_option
 @click.option("--data", default=None, metavar="FILE", help="Input data (.npz/.npy/image folder); default random.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime intra-op threads.")
+@click.option("--ort-opt", "ort_opt", type=click.Choice(["disable", "basic", "extended", "all"]), default="all",
+              show_default=True, help="onnxruntime graph optimizations (all = as a deployment runs it; "
+                                      "disable = exactly the graph in the file).")
 @click.option("--profile-layers", is_flag=True, help="onnxruntime: record per-node times (adds its own cost).")
 @input_shape_option
 @click.option("-o", "--output", type=click.Path(), default=None, help="Write the results JSON here.")
@@ -98,7 +102,7 @@ def summary_text(result: dict) -> str:
               help="Run on every device of a fleet file, in parallel.")
 @json_option
 def command(path, backend, iterations, duration, warmup, batch, power, power_interval, target, data, threads,
-            profile_layers, input_shapes, output, report_dir, device, fleet, as_json):
+            ort_opt, profile_layers, input_shapes, output, report_dir, device, fleet, as_json):
     """Benchmark a model or bundle: latency statistics, throughput, power and energy, memory bandwidth.
 
     Every latency sample is kept; the results JSON (schema edgesqueeze.bench/1) carries them with the device,
@@ -148,7 +152,8 @@ def command(path, backend, iterations, duration, warmup, batch, power, power_int
                              batch_sizes=batches, power=power, target=target, data=data, threads=threads,
                              input_shapes=parse_input_shapes(input_shapes), progress=bar,
                              power_interval_ms=power_interval,
-                             **({"profile_layers": True} if profile_layers else {}))]
+                             **({"profile_layers": profile_layers, "optimization": ort_opt}
+                                if backend == "ort" else {}))]
         finally:
             bar.close()
     good = [r for r in results if r.get("runs")]
