@@ -37,13 +37,15 @@ def _bits(text):
 @click.option("--low-rank-spatial", is_flag=True, help="Also split K x K convolutions into K x 1 then 1 x K.")
 @click.option("--share", default=None, metavar="CONV,FC",
               help="k-means weight sharing with these bits per Conv and per fully-connected weight, e.g. 8,5.")
+@click.option("--share-bias", type=int, default=None, metavar="BITS",
+              help="With --share: share each layer's bias too, with this many bits.")
 @click.option("--val", default=None, metavar="DATA",
               help="Labelled validation data (.npz with the input arrays and 'label') for top-1 before/after.")
 @input_shape_option
 @output_option(help="Compressed .onnx to write.")
 @json_option
 def command(model, sparsity, prune, prune_scope, prune_std, channels, channel_multiple, low_rank_energy,
-            rank_ratio, low_rank_spatial, share, val, input_shapes, output, as_json):
+            rank_ratio, low_rank_spatial, share, share_bias, val, input_shapes, output, as_json):
     """Compress MODEL's weights; the result runs on onnxruntime like the original.
 
     Techniques combine and run in a fixed order: channels, low-rank, prune, 2:4, share.
@@ -68,7 +70,7 @@ def command(model, sparsity, prune, prune_scope, prune_std, channels, channel_mu
     out, report = compress(m, sparsity=sparsity, prune=prune, prune_scope=prune_scope, prune_std=prune_std,
                            channels=channels, channel_multiple=channel_multiple, low_rank_energy=low_rank_energy,
                            rank_ratio=rank_ratio, low_rank_spatial=low_rank_spatial, share=_bits(share),
-                           val=reader)
+                           share_bias=share_bias, val=reader)
     save_model(out, output, inputs=(model,))
     info(f"wrote {output}")
     report["output"] = str(output)

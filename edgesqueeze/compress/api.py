@@ -23,6 +23,7 @@ def compress(model: ModelProto, *, sparsity: Optional[str] = None, prune: Option
              prune_scope: str = "layer", prune_std: Optional[float] = None, channels: Optional[float] = None,
              channel_multiple: int = 1, low_rank_energy: Optional[float] = None, rank_ratio: Optional[float] = None,
              low_rank_spatial: bool = False, share: Optional[Tuple[int, int]] = None,
+             share_bias: Optional[int] = None,
              val: Optional[Iterable[Mapping[str, np.ndarray]]] = None, seed: int = 0) -> Tuple[ModelProto, dict]:
     """Compress ``model`` with the requested techniques, in the order channels -> low-rank -> prune -> 2:4 ->
     sharing (structure first, then zeros, then the values that remain).
@@ -35,7 +36,7 @@ def compress(model: ModelProto, *, sparsity: Optional[str] = None, prune: Option
         channels: fraction of channels to remove by L1 norm; ``channel_multiple`` rounds the kept count up.
         low_rank_energy: truncated-SVD energy to keep; ``rank_ratio`` a parameter ratio instead;
             ``low_rank_spatial`` also splits K x K convolutions.
-        share: ``(conv_bits, fc_bits)`` for k-means weight sharing.
+        share: ``(conv_bits, fc_bits)`` for k-means weight sharing; ``share_bias`` bits to share biases too.
         val: a data reader with ``labels`` (``edgesqueeze.data.open_data``) to measure top-1 before and after.
         seed: seed of the random inputs used to measure the output change.
 
@@ -59,7 +60,10 @@ def compress(model: ModelProto, *, sparsity: Optional[str] = None, prune: Option
     if sparsity is not None:
         steps.append(("sparsity", sparsify_2_4))
     if share is not None:
-        steps.append(("share", lambda m: share_weights(m, conv_bits=share[0], fc_bits=share[1])))
+        steps.append(("share", lambda m: share_weights(m, conv_bits=share[0], fc_bits=share[1],
+                                                             bias_bits=share_bias)))
+    if share_bias is not None and share is None:
+        raise InputError("--share-bias needs --share")
     if not steps:
         raise InputError("nothing to do: give --sparsity 2:4, --prune, --channels, --low-rank or --share")
     out, reports = model, {}
