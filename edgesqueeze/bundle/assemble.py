@@ -9,6 +9,7 @@ import onnx
 from ..model import model_bytes
 from .engine_plan import CALIB_PLACEHOLDER, plan_engine
 from .engine_script import ScriptSpec, render_build_engine_sh
+from .variants import custom_ops, inlined_variant, stripped_variant
 from .writer import BundleWriter, model_relpaths, short_key
 
 RUNNER_NAME = "run_on_device.py"
@@ -17,11 +18,7 @@ CACHE_NAME = "calib/calibration.cache"
 
 
 def _custom_nodes(models: Dict[str, onnx.ModelProto]) -> bool:
-    try:
-        from ..plugins.dwsep import has_custom_nodes
-    except ImportError:
-        return False
-    return any(has_custom_nodes(m) for m in models.values())
+    return any(custom_ops(m) for m in models.values())
 
 
 def _plugin_sources() -> Optional[Path]:
@@ -92,11 +89,9 @@ def assemble_bundle(out_dir, *, profile, precision: str, models: Dict[str, onnx.
                 with_cache = (kind == plan.model and plan.uses_calib_cache) or kind == plan.alt_model
                 extra = cache_bytes if with_cache else None
                 if custom:
-                    from ..plugins.dwsep import inline_functions, strip_functions
-
-                    variants = {"inlined": inline_functions(models[kind])}
+                    variants = {"inlined": inlined_variant(models[kind])}
                     if plugin_dir is not None:
-                        variants["plugin"] = strip_functions(models[kind])
+                        variants["plugin"] = stripped_variant(models[kind])
                     for variant, m in sorted(variants.items()):
                         path = f"models/model.{kind}.trt_{variant}.onnx"
                         data = model_bytes(m)

@@ -122,17 +122,13 @@ def finish_models(models: Dict[str, onnx.ModelProto]) -> Dict[str, onnx.ModelPro
     from ..model import random_feeds
     from ..ortutil import make_session
 
-    try:
-        from ..plugins.dwsep import attach_functions, has_custom_nodes
-    except ImportError:
-        attach_functions = has_custom_nodes = None
+    from ..bundle.variants import custom_ops, refresh_functions
+
     feeds = random_feeds(models["fp32"], seed=0)[0]
     out = {}
     for kind, m in models.items():
-        if has_custom_nodes is not None and has_custom_nodes(m):
-            fixed = onnx.ModelProto()
-            fixed.CopyFrom(m)
-            m = attach_functions(fixed)
+        if custom_ops(m):
+            m = refresh_functions(m)
         try:
             result = make_session(m).run(None, feeds)
         except Exception as exc:  # noqa: BLE001 - UnsupportedError from make_session or onnxruntime's own types
@@ -247,14 +243,11 @@ def local_engine(model, precision, profile, cache_text) -> dict:
     from ..ortutil import compare_outputs, run_model
 
     feeds = random_feeds(model, seed=0)[0]
-    trt_model, path = model, "plain"
-    try:
-        from ..plugins.dwsep import has_custom_nodes, inline_functions
+    from ..bundle.variants import custom_ops, inlined_variant
 
-        if has_custom_nodes(model):  # no plugin library is built here: hand TensorRT the standard-op variant
-            trt_model, path = inline_functions(model), "inlined"
-    except ImportError:
-        pass
+    trt_model, path = model, "plain"
+    if custom_ops(model):  # no plugin library is built here: hand TensorRT the standard-op variant
+        trt_model, path = inlined_variant(model), "inlined"
     runner = get_runner("trt", trt_model, precision=precision, cache_dir=False)
     with runner:
         out = runner.infer(feeds)

@@ -1,0 +1,89 @@
+"""TensorRT variants of a model with ``edgesqueeze`` custom nodes (every op of the domain, not one kind).
+
+TensorRT parsers differ on whether a custom node with an ONNX local function runs
+as the plugin or as the function (TENSORRT.md, "Plugins"), so the bundle hands
+TensorRT an explicit variant: functions **stripped** (the plugin library must be
+loaded) or functions **inlined** into standard ops (no plugin needed). Both start
+from functions rebuilt for the model's current element types, so an FP16 model
+gets FP16 bodies.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Set
+
+import onnx
+from onnx import ModelProto, NodeProto
+
+DOMAIN = "edgesqueeze"
+
+
+def _nodes(graph: onnx.GraphProto) -> Iterable[NodeProto]:
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                yield from _nodes(sub)
+
+
+def custom_ops(model: ModelProto) -> Set[str]:
+    """The op types of the model's ``edgesqueeze``-domain nodes (in any subgraph)."""
+    return {n.op_type for n in _nodes(model.graph) if n.domain == DOMAIN}
+
+
+def refresh_functions(model: ModelProto) -> ModelProto:
+    """Return a copy whose custom nodes' local functions are rebuilt for their current element types.
+
+    Raises:
+        InputError: a custom node's weights have no known element type (from the plugin modules).
+    """
+    out = ModelProto()
+    out.CopyFrom(model)
+    ops = custom_ops(out)
+    if "DepthwiseSeparableConv" in ops:
+        from ..plugins.dwsep import attach_functions
+
+        attach_functions(out)
+    if "SparseConv" in ops:
+        from ..plugins.sparse import attach_sparse_functions
+
+        attach_sparse_functions(out)
+    return out
+
+
+def _plain_ir(model: ModelProto) -> None:
+    if any(f.overload for f in model.functions):
+        return
+    from ..plugins.dwsep import _plain_ir_version  # the IR version rule lives with the op definitions
+
+    model.ir_version = _plain_ir_version(model)
+
+
+def inlined_variant(model: ModelProto) -> ModelProto:
+    """Every custom node replaced by its function body: standard ONNX ops only (TensorRT without the plugin)."""
+    from onnx import inliner
+
+    ops = custom_ops(model)
+    out = refresh_functions(model)
+    if not ops:
+        return out
+    out = inliner.inline_selected_functions(out, [(DOMAIN, op) for op in sorted(ops)], exclude=False)
+    if not custom_ops(out):
+        keep = [op for op in out.opset_import if op.domain != DOMAIN]
+        del out.opset_import[:]
+        out.opset_import.extend(keep)
+    _plain_ir(out)
+    return out
+
+
+def stripped_variant(model: ModelProto) -> ModelProto:
+    """Custom nodes kept, their local functions and overload keys removed (TensorRT with the plugin library)."""
+    out = ModelProto()
+    out.CopyFrom(model)
+    for node in _nodes(out.graph):
+        if node.domain == DOMAIN:
+            node.overload = ""
+    kept = [f for f in out.functions if f.domain != DOMAIN]
+    del out.functions[:]
+    out.functions.extend(kept)
+    _plain_ir(out)
+    return out
