@@ -1,6 +1,5 @@
 """The runner interface on onnxruntime and the no-op runner: lifecycle, validation, profiling, re-batching."""
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 

@@ -106,7 +106,6 @@ def test_cache_is_relabelled_for_the_running_tensorrt(tmp_path):
 
 def test_runner_without_tensorrt_says_what_to_install(tmp_path):
     from edgesqueeze.backends import TrtRunner
-    from edgesqueeze.backends.ort import OrtRunner  # noqa: F401 - the import of TrtRunner must stay lazy
 
     if available("tensorrt") and available("pycuda.driver"):
         pytest.skip("TensorRT is installed here")

@@ -123,6 +123,10 @@ def test_bench_and_report_verbs_on_the_example_model(cli, tmp_path):
     assert code == 3 and "no such file" in err
     code, _, err = cli("bench", DIGITS, "--batch", "0")
     assert code == 2
+    code, _, err = cli("bench", DIGITS, "--backend", "trtexec")
+    assert code == 3 and "runs on a device only" in err
+    code, _, err = cli("bench", DIGITS, "--device", "u@h", "--devices", tmp_path / "fleet.toml")
+    assert code == 3 and "not both" in err
     code, _, err = cli("report", tmp_path / "rep" / "report.md", "-o", tmp_path / "x")
     assert code == 3 and "not JSON" in err
 

@@ -65,7 +65,7 @@ def _timed_loop(runner, feeds, iterations: Optional[int], duration: Optional[flo
     t_start = time.perf_counter()
     deadline = t_start + duration if duration else None
     deadline_ns = perf() + int(duration * 1e9) if duration else None
-    i = 0
+    i = t1 = 0
     interrupted = False
     try:
         while True:

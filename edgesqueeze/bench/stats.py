@@ -47,8 +47,8 @@ def noisy_warning(stats: Dict[str, float], label: str = "") -> Optional[str]:
     """A warning text when the run's coefficient of variation exceeds :data:`NOISY_CV`, else None."""
     if stats.get("cv", 0.0) > NOISY_CV:
         where = f"{label}: " if label else ""
-        return (f"{where}latency is noisy (cv {stats['cv']:.1%} > {NOISY_CV:.0%}): another process, thermal "
-                "throttling or a dynamic clock; lock clocks (jetson_clocks) or run longer")
+        return (f"{where}latency is noisy (cv {stats['cv']:.1%} > {NOISY_CV:.0%}): other processes, thermal "
+                "throttling or changing clocks (on a Jetson: sudo jetson_clocks); quote the median, run longer")
     return None
 
 

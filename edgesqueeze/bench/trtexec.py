@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import socket
 from pathlib import Path
-from typing import List, Optional, Union
+from typing import Optional, Union
 
 from ..errors import InputError
 from ..fileio import sha256_file

@@ -74,8 +74,10 @@ def summary_text(result: dict) -> str:
 
 @click.command("bench")
 @click.argument("path", type=click.Path())
-@click.option("--backend", type=click.Choice(["ort", "trt"]), default="ort", show_default=True,
-              help="onnxruntime on the CPU, or TensorRT (needs the trt extra and a GPU).")
+@click.option("--backend", type=click.Choice(["ort", "trt", "trtexec", "auto"]), default=None,
+              help="ort: onnxruntime on the CPU (default here); trt: TensorRT (the trt extra and a GPU); on a "
+                   "device (--device/--devices) also trtexec, and auto (default there: trtexec, TensorRT or "
+                   "onnxruntime, whichever the device has).")
 @click.option("-n", "--iterations", type=click.IntRange(min=1), default=100, show_default=True,
               help="Timed iterations per batch size.")
 @click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=None, metavar="S",
@@ -100,9 +102,14 @@ def summary_text(result: dict) -> str:
 @click.option("--device", default=None, metavar="USER@HOST", help="Run on this device over SSH (deploys first).")
 @click.option("--devices", "fleet", type=click.Path(), default=None, metavar="FLEET.TOML",
               help="Run on every device of a fleet file, in parallel.")
+@click.option("--identity", type=click.Path(), default=None, metavar="FILE", help="SSH private key (--device).")
+@click.option("--known-hosts", type=click.Path(), default=None, metavar="FILE",
+              help="known_hosts file to use instead of ~/.ssh's (--device/--devices).")
+@click.option("--python", "remote_python", default=None, metavar="PATH", help="Python 3.6+ on the device.")
 @json_option
 def command(path, backend, iterations, duration, warmup, batch, power, power_interval, target, data, threads,
-            ort_opt, profile_layers, input_shapes, output, report_dir, device, fleet, as_json):
+            ort_opt, profile_layers, input_shapes, output, report_dir, device, fleet, identity, known_hosts,
+            remote_python, as_json):
     """Benchmark a model or bundle: latency statistics, throughput, power and energy, memory bandwidth.
 
     Every latency sample is kept; the results JSON (schema edgesqueeze.bench/1) carries them with the device,
@@ -114,7 +121,7 @@ def command(path, backend, iterations, duration, warmup, batch, power, power_int
       edgesqueeze bench examples/digits/digits_cnn.onnx
       edgesqueeze bench bundle/ --batch 1,4,8 --iterations 500 -o results.json --report report/
       edgesqueeze bench bundle/ --backend trt --duration 10 --power tegrastats
-      edgesqueeze bench bundle/ --device nvidia@jetson.local -o tx2.json
+      edgesqueeze bench bundle/ --device nvidia@jetson.local --identity ~/.ssh/jetson -o tx2.json
       edgesqueeze bench bundle/ --devices fleet.toml --report fleet-report/
     """
     from ..errors import InputError, UnsupportedError
@@ -122,9 +129,14 @@ def command(path, backend, iterations, duration, warmup, batch, power, power_int
     from ..model import parse_input_shapes
 
     batches = _batches(batch)
+    if not (device or fleet):
+        backend = backend or "ort"
+        if backend not in ("ort", "trt"):
+            raise InputError(f"--backend {backend} runs on a device only (with --device or --devices); "
+                             "here use ort or trt")
     if device and fleet:
         raise InputError("give --device or --devices, not both")
-    if profile_layers and backend != "ort":
+    if profile_layers and backend not in (None, "ort"):
         raise InputError("--profile-layers is for --backend ort (for TensorRT use trtexec --exportProfile and "
                          "'edgesqueeze report times.json --trtexec-profile profile.json')")
     bar = _Bar(enabled=not quiet() and sys.stderr.isatty())
@@ -134,9 +146,17 @@ def command(path, backend, iterations, duration, warmup, batch, power, power_int
         except ImportError as exc:
             raise UnsupportedError(f"remote benchmarks need edgesqueeze.deploy, which cannot be imported: {exc}") \
                 from exc
-        opts = dict(iterations=iterations, warmup=warmup, duration=duration, power=power,
-                    backend="auto" if backend == "ort" and device is None else backend)
+        if batches != [1] or data or threads or profile_layers:
+            warn("--batch, --data, --threads and --profile-layers apply to local runs; the on-device runner runs "
+                 "the bundle's model as built")
+        opts = dict(iterations=iterations, warmup=warmup, duration=duration, power=power, backend=backend or "auto")
+        if known_hosts:
+            opts["known_hosts"] = known_hosts
         if device:
+            if identity:
+                opts["identity"] = identity
+            if remote_python:
+                opts["python"] = remote_python
             info(f"benchmarking {path} on {device} ...")
             results = [remote_bench(path, device, **opts)]
         else:
