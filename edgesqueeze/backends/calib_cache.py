@@ -81,3 +81,31 @@ def cache_bytes_for(source: Union[str, Path, Mapping[str, float]], version_tag: 
     return format_cache(scales, version_tag, algorithm).encode(), (
         f"calibration cache {path.name} was written for TRT-{tag}-{algo}; its {len(scales)} scales are "
         f"re-labelled TRT-{version_tag}-{algorithm} for this TensorRT")
+
+
+def make_cache_calibrator(trt, cache: bytes):
+    """An ``IInt8EntropyCalibrator2`` that only reads ``cache`` (it has no data to calibrate with).
+
+    TensorRT calls ``read_calibration_cache`` first; when the header matches it never asks for batches.
+    ``cache_bytes_for`` makes the header match, so ``get_batch`` returning None is a last resort that makes
+    TensorRT report a calibration failure rather than hang.
+    """
+
+    class CacheOnlyCalibrator(trt.IInt8EntropyCalibrator2):
+        def __init__(self):
+            trt.IInt8EntropyCalibrator2.__init__(self)
+            self._cache = cache
+
+        def get_batch_size(self):
+            return 1
+
+        def get_batch(self, names):  # noqa: ARG002 - TensorRT's signature
+            return None
+
+        def read_calibration_cache(self):
+            return self._cache
+
+        def write_calibration_cache(self, cache):  # noqa: ARG002 - the cache is ours, never overwritten
+            return None
+
+    return CacheOnlyCalibrator()

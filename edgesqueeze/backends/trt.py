@@ -23,7 +23,7 @@ from ..errors import DeviceError, InputError, UnsupportedError
 from ..fileio import sha256_bytes, sha256_file, write_bytes_atomic
 from ..model import input_specs, load_model, model_bytes
 from .base import InputMetadata, Runner
-from .calib_cache import cache_bytes_for
+from .calib_cache import cache_bytes_for, make_cache_calibrator
 from .trt_plan import BuildPlan, engine_cache_key, parse_shape_profiles, plan_build
 
 WORKSPACE_MIB = 1024
@@ -153,6 +153,13 @@ class TrtRunner(Runner):
             self._ctx.push()
         except Exception as exc:  # noqa: BLE001 - pycuda raises its own LogicError/RuntimeError
             raise DeviceError(f"cannot open CUDA device {self.device}: {exc}") from exc
+        try:
+            self._open(trt, cuda, dev)
+        except BaseException:
+            self._deactivate()  # pop the CUDA context and free what was allocated, then report
+            raise
+
+    def _open(self, trt, cuda, dev) -> None:
         self._gpu = (dev.name(), tuple(dev.compute_capability()))
         self._logger = trt.Logger(trt.Logger.VERBOSE if self.verbose else trt.Logger.WARNING)
         self._load_plugins()
@@ -361,34 +368,6 @@ class TrtRunner(Runner):
                 self._ctx.detach()
             finally:
                 self._ctx = None
-
-
-def make_cache_calibrator(trt, cache: bytes):
-    """An ``IInt8EntropyCalibrator2`` that only reads ``cache`` (it has no data to calibrate with).
-
-    TensorRT calls ``read_calibration_cache`` first; when the header matches it never asks for batches.
-    ``cache_bytes_for`` makes the header match, so ``get_batch`` returning None is a last resort that makes
-    TensorRT report a calibration failure rather than hang.
-    """
-
-    class CacheOnlyCalibrator(trt.IInt8EntropyCalibrator2):
-        def __init__(self):
-            trt.IInt8EntropyCalibrator2.__init__(self)
-            self._cache = cache
-
-        def get_batch_size(self):
-            return 1
-
-        def get_batch(self, names):  # noqa: ARG002 - TensorRT's signature
-            return None
-
-        def read_calibration_cache(self):
-            return self._cache
-
-        def write_calibration_cache(self, cache):  # noqa: ARG002 - the cache is ours, never overwritten
-            return None
-
-    return CacheOnlyCalibrator()
 
 
 def _attr(obj, name):
