@@ -85,7 +85,12 @@ def run_model(model: ModelLike, feeds: Mapping[str, np.ndarray], *, session=None
     """Run ``model`` once on ``feeds`` and return ``{output name: array}``."""
     sess = session or make_session(model)
     names = list(output_names) if output_names else [o.name for o in sess.get_outputs()]
-    values = sess.run(names, dict(feeds))
+    try:
+        values = sess.run(names, dict(feeds))
+    except Exception as exc:  # noqa: BLE001 - onnxruntime run-time failures (bad shapes, kernel errors)
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        m = re.search(r"node\. Name:'([^']*)'", text)
+        raise UnsupportedError(f"onnxruntime failed to run the model: {text}", node=m.group(1) if m else None) from exc
     return dict(zip(names, values))
 
 
