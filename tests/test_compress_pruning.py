@@ -211,3 +211,17 @@ def test_channel_pruning_model_zoo_concats(light_models_dir, name):
     feeds = random_feeds(m)[0]
     ref, act = run_model(m, feeds), run_model(out, feeds)
     assert {k: v.shape for k, v in ref.items()} == {k: v.shape for k, v in act.items()}
+
+
+@pytest.mark.slow
+def test_channel_pruning_resnet50_residuals(light_models_dir):
+    passes = pytest.importorskip("edgesqueeze.passes")
+    from edgesqueeze.model import load_model
+
+    m = passes.materialize_random_weights(load_model(light_models_dir / "light_resnet50.onnx"))
+    out, rep = prune_channels(m, 0.25)
+    tied = [g for g in rep["groups"] if len(g["producers"]) > 1]   # each stage's shortcut + block outputs
+    assert len(tied) == 4 and all(g["frozen"] is None for g in tied)
+    assert _macs(out) < 0.7 * _macs(m)
+    feeds = random_feeds(m)[0]
+    assert run_model(out, feeds)[m.graph.output[0].name].shape == run_model(m, feeds)[m.graph.output[0].name].shape
