@@ -152,3 +152,21 @@ def test_trt_bench_reports_compute_and_copies_separately(tmp_path):
     run = r["runs"][0]
     assert run["compute_ms"]["stats"]["n"] == 50 and run["h2d_ms"] and run["d2h_ms"]
     assert run["compute_ms"]["stats"]["median"] <= run["latency_ms"]["stats"]["median"]
+
+
+def test_cache_only_calibrator_contract():
+    """The calibrator's methods as TensorRT calls them (a plain base class stands in for TensorRT's here)."""
+    import types
+
+    from edgesqueeze.backends.calib_cache import make_cache_calibrator
+
+    class Base:
+        def __init__(self):
+            self.base_initialised = True
+
+    cal = make_cache_calibrator(types.SimpleNamespace(IInt8EntropyCalibrator2=Base), b"TRT-8201-EntropyCalibration2\n")
+    assert isinstance(cal, Base) and cal.base_initialised
+    assert cal.get_batch_size() == 1 and cal.get_batch(["input"]) is None
+    assert cal.read_calibration_cache() == b"TRT-8201-EntropyCalibration2\n"
+    assert cal.write_calibration_cache(b"other") is None
+    assert cal.read_calibration_cache() == b"TRT-8201-EntropyCalibration2\n"  # never overwritten
