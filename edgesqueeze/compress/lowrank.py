@@ -103,13 +103,14 @@ def low_rank(model: ModelProto, energy: float = 0.9, *, ratio: Optional[float] =
         replace[ly.index] = _factor_nodes(out, ly, w, a, b, r)
         rows.append(dict(entry, rank=r, full_rank=int(len(s)), energy=round(kept, 6), params_before=before,
                          params_after=after))
+    replaced = {out.graph.node[i].input[1] for i in replace}  # the weights the factors take over
     new_nodes = []
     for i, node in enumerate(out.graph.node):
         new_nodes += replace.get(i, [node])
     del out.graph.node[:]
     out.graph.node.extend(new_nodes)
-    used = {i for nd in out.graph.node for i in nd.input}
-    keep = [t for t in out.graph.initializer if t.name in used]
+    used = {i for nd in out.graph.node for i in nd.input} | {o.name for o in out.graph.output}
+    keep = [t for t in out.graph.initializer if t.name in used or t.name not in replaced]
     del out.graph.initializer[:]
     out.graph.initializer.extend(keep)
     out = reinfer(out)
