@@ -74,6 +74,10 @@ def test_cli_check_text_and_bad_input(cli, tmp_path):
 def test_plugin_sources_compile_against_tensorrt_headers():
     results = chk.check_plugin_sources(os.environ["EDGESQUEEZE_TRT_INCLUDE"])
     assert all(r["ok"] for r in results), [r["log"] for r in results if not r["ok"]]
+    if chk.nvcc_info() is not None:   # creators, attributes as the ONNX parser passes them, serialisation
+        selftest = chk.run_plugin_selftest(os.environ["EDGESQUEEZE_TRT_INCLUDE"])
+        assert selftest["ok"], selftest["log"]
+        assert "plugin self-test OK" in selftest["log"]
 
 
 def test_parse_ptxas_output():
@@ -95,7 +99,8 @@ ptxas info    : Used 39 registers, 464 bytes cmem[0], 28 bytes cmem[2]
 def test_sources_are_complete_and_single_copy():
     root = plugin_source_dir()
     for rel in ("CMakeLists.txt",) + KERNEL_SOURCES + PLUGIN_SOURCES + ("tests/host_harness.cpp",
-                                                                        "tests/gpu_harness.cu"):
+                                                                        "tests/gpu_harness.cu",
+                                                                        "tests/plugin_selftest.cpp"):
         assert (root / rel).is_file(), rel
     names = {p.name for p in source_files()}
     # the repository's kernels/ folder only points at the package copy

@@ -24,7 +24,8 @@ def command():
 @click.option("--arch", default=None, metavar="LIST",
               help="Compute capabilities to compile for, e.g. 53,62,72,87 (the default: every Jetson GPU).")
 @click.option("--trt-include", default=None, metavar="DIR", type=click.Path(),
-              help="Also compile the TensorRT plugin sources against the TensorRT headers in DIR (NvInfer.h).")
+              help="Also compile the TensorRT plugin sources against the TensorRT headers in DIR (NvInfer.h) and run "
+                   "the plugin self-test (creators, attributes, serialisation; no GPU needed).")
 @json_option
 def check(arch, trt_include, as_json):
     """Compile every kernel for every Jetson architecture, without a GPU.
@@ -58,6 +59,9 @@ def check(arch, trt_include, as_json):
         for p in rep.get("plugins", []):
             lines.append(f"plugin {p['source']} (TensorRT {p['trt_version']} headers): "
                          f"{'ok' if p['ok'] else 'FAILED'}")
+        if "plugin_selftest" in rep:
+            st = rep["plugin_selftest"]
+            lines.append(f"plugin self-test: {'ok' if st['ok'] else 'FAILED'}" + ("" if st["ok"] else f"\n{st['log']}"))
         bad = [r for r in rep["results"] if not r["ok"]] + [p for p in rep.get("plugins", []) if not p["ok"]]
         for r in bad:
             lines.append(f"\n{r.get('arch', '')} {r['source']}:\n{r['log']}")
@@ -69,6 +73,8 @@ def check(arch, trt_include, as_json):
     if not report["ok"]:
         failed = [f"{r['arch']} {r['source']}" for r in report["results"] if not r["ok"]]
         failed += [f"plugin {p['source']}" for p in report.get("plugins", []) if not p["ok"]]
+        if not report.get("plugin_selftest", {"ok": True})["ok"]:
+            failed.append("plugin self-test")
         raise VerificationError(f"kernel compile check failed: {', '.join(failed)}")
 
 

@@ -204,11 +204,21 @@ def _one(src: Path, arch: str, workdir: str) -> dict:
     return res
 
 
-def _cuda_include() -> List[str]:
-    """Folders for cuda_runtime_api.h (and its crt/ headers): the nvcc toolkit's, else the pip wheels'."""
+def cuda_toolkit_roots() -> List[Path]:
+    """Candidate CUDA toolkit folders: $CUDA_HOME / $CUDA_PATH, the folder of nvcc on the PATH (through symlinks),
+    /usr/local/cuda. (nvcc may also be a wrapper script elsewhere, hence the fallbacks.)"""
+    roots = [Path(os.environ[v]) for v in ("CUDA_HOME", "CUDA_PATH") if os.environ.get(v)]
     nv = nvcc_info()
     if nv:
-        cand = Path(nv["path"]).resolve().parent.parent / "include"
+        roots.append(Path(nv["path"]).resolve().parent.parent)
+    roots.append(Path("/usr/local/cuda"))
+    return [r for r in dict.fromkeys(roots) if (r / "bin").is_dir()]
+
+
+def _cuda_include() -> List[str]:
+    """Folders for cuda_runtime_api.h (and its crt/ headers): the CUDA toolkit's, else the pip wheels'."""
+    for root in cuda_toolkit_roots():
+        cand = root / "include"
         if (cand / "cuda_runtime_api.h").exists() and (cand / "crt" / "host_defines.h").exists():
             return [str(cand)]
     runtime = _find_pip_file("cuda_runtime", "include")
@@ -256,6 +266,59 @@ def check_plugin_sources(trt_include: str, *, compiler: Optional[str] = None) ->
     return out
 
 
+def run_plugin_selftest(trt_include: str, *, compiler: Optional[str] = None) -> dict:
+    """Build and run ``tests/plugin_selftest.cpp`` against the TensorRT headers in ``trt_include``: creators,
+    attribute parsing as the ONNX parser passes attributes, format negotiation, serialisation round trips.
+
+    Needs nvcc (for the kernels' host launchers) and its libcudart, not libnvinfer and not a GPU
+    (the library is built with ``ESQ_STATIC_REGISTRATION=0``).
+
+    Returns:
+        ``{"ok": bool, "trt_include", "log"}``.
+
+    Raises:
+        InputError: no NvInfer.h in ``trt_include``, or no nvcc / C++ compiler / libcudart.
+    """
+    inc = Path(trt_include)
+    if not (inc / "NvInfer.h").exists():
+        raise InputError(f"no NvInfer.h in {trt_include}", path=str(trt_include))
+    nv = nvcc_info()
+    cxx = compiler or next((c for c in (os.environ.get("CXX"), "g++", "c++") if c and shutil.which(c)), None)
+    if not nv or not nv["archs"] or not cxx:
+        raise InputError("the plugin self-test needs nvcc and a C++ compiler")
+    libdir = next((d for r in cuda_toolkit_roots()
+                   for d in (r / "lib64", r / "lib", r / "targets" / "x86_64-linux" / "lib",
+                             r / "targets" / "aarch64-linux" / "lib") if (d / "libcudart.so").exists()), None)
+    if libdir is None:
+        raise InputError("libcudart.so not found in the CUDA toolkit", hint="set CUDA_HOME")
+    root = plugin_source_dir()
+    arch = nv["archs"][0]
+    with tempfile.TemporaryDirectory(prefix="esq-selftest-") as tmp:
+        objs = []
+        for src in KERNEL_SOURCES:
+            obj = os.path.join(tmp, Path(src).stem + ".o")
+            proc = subprocess.run([nv["path"], "-std=c++14", "-c", f"-gencode=arch=compute_{arch},code=sm_{arch}",
+                                   f"-I{root / 'include'}", str(root / src), "-o", obj], capture_output=True, text=True)
+            if proc.returncode != 0:
+                return {"ok": False, "trt_include": str(inc), "log": proc.stderr.strip()}
+            objs.append(obj)
+        exe = os.path.join(tmp, "plugin_selftest")
+        cmd = [cxx, "-std=c++14", "-Wall", "-Wno-deprecated-declarations", "-DESQ_STATIC_REGISTRATION=0",
+               f"-I{root / 'include'}", f"-I{root / 'plugins'}", "-isystem", str(inc)]
+        for d in _cuda_include():
+            cmd += ["-isystem", d]
+        cmd += [str(root / "tests" / "plugin_selftest.cpp")] + [str(root / s) for s in PLUGIN_SOURCES
+                                                                  if "registry" not in s]
+        cmd += [str(root / "plugins" / "plugin_common.cpp")] + objs + [f"-L{libdir}", "-lcudart",
+                                                                       f"-Wl,-rpath,{libdir}", "-o", exe]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            return {"ok": False, "trt_include": str(inc), "log": proc.stderr.strip()}
+        proc = subprocess.run([exe], capture_output=True, text=True, timeout=120)
+        return {"ok": proc.returncode == 0, "trt_include": str(inc),
+                "log": (proc.stdout + proc.stderr).strip()}
+
+
 def check_kernels(archs: Optional[Iterable] = None, *, jobs: int = 2, trt_include: Optional[str] = None) -> dict:
     """Compile every kernel source for every architecture in ``archs`` (default 53, 62, 72, 87).
 
@@ -265,7 +328,8 @@ def check_kernels(archs: Optional[Iterable] = None, *, jobs: int = 2, trt_includ
         "spill_load_bytes", "stack_bytes", "smem_bytes"}]}]}``; a spill or a compile error makes ``ok`` False for
         that entry only when it fails to compile (spills are reported, not fatal).
 
-        With ``trt_include``, also ``"plugins"``: :func:`check_plugin_sources` against those TensorRT headers.
+        With ``trt_include``, also ``"plugins"``: :func:`check_plugin_sources` against those TensorRT headers, and
+        ``"plugin_selftest"``: :func:`run_plugin_selftest` (when nvcc is present).
 
     Raises:
         InputError: an invalid architecture or TensorRT include folder.
@@ -286,4 +350,7 @@ def check_kernels(archs: Optional[Iterable] = None, *, jobs: int = 2, trt_includ
     if trt_include:
         report["plugins"] = check_plugin_sources(trt_include)
         report["ok"] = report["ok"] and all(p["ok"] for p in report["plugins"])
+        if nv and report["ok"]:
+            report["plugin_selftest"] = run_plugin_selftest(trt_include)
+            report["ok"] = report["plugin_selftest"]["ok"]
     return report

@@ -1,0 +1,195 @@
+// Host-only self-test of the TensorRT plugin classes (no GPU, no libnvinfer needed): creators, attribute parsing
+// as TensorRT's ONNX parser passes them (ints → kINT32 arrays, strings → kCHAR without a trailing NUL), format
+// negotiation, serialisation round trips and rejection of bad attributes or corrupt blobs.
+// Built by edgesqueeze.plugins.check.run_plugin_selftest against a TensorRT include folder, with
+// ESQ_STATIC_REGISTRATION=0 so that nothing from libnvinfer is referenced.
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "dwsep_plugin.h"
+#include "sparse_plugin.h"
+
+using nvinfer1::DataType;
+using nvinfer1::PluginField;
+using nvinfer1::PluginFieldCollection;
+using nvinfer1::PluginFieldType;
+using nvinfer1::PluginTensorDesc;
+using nvinfer1::TensorFormat;
+
+namespace {
+
+int failures = 0;
+
+void expect(bool ok, const char* what) {
+    if (!ok) {
+        std::printf("FAIL: %s\n", what);
+        ++failures;
+    }
+}
+
+// Fields the way onnx-tensorrt's loadFields builds them.
+struct Attrs {
+    std::vector<std::vector<int32_t>> ints;
+    std::vector<std::string> strings;
+    std::vector<float> floats;
+    std::vector<PluginField> fields;
+    Attrs() {
+        ints.reserve(16);
+        strings.reserve(16);
+        floats.reserve(16);
+    }
+    void add_ints(const char* name, std::vector<int32_t> v) {
+        ints.push_back(v);
+        fields.push_back(PluginField(name, ints.back().data(), PluginFieldType::kINT32, (int32_t)v.size()));
+    }
+    void add_string(const char* name, const std::string& v) {
+        strings.push_back(v);
+        fields.push_back(PluginField(name, strings.back().data(), PluginFieldType::kCHAR, (int32_t)v.size()));
+    }
+    void add_float(const char* name, float v) {
+        floats.push_back(v);
+        fields.push_back(PluginField(name, &floats.back(), PluginFieldType::kFLOAT32, 1));
+    }
+    PluginFieldCollection collection() {
+        PluginFieldCollection fc;
+        fc.nbFields = (int32_t)fields.size();
+        fc.fields = fields.data();
+        return fc;
+    }
+};
+
+std::vector<PluginTensorDesc> descs(int n, DataType type) {
+    std::vector<PluginTensorDesc> d(n);
+    for (auto& x : d) {
+        std::memset(&x, 0, sizeof(x));
+        x.type = type;
+        x.format = TensorFormat::kLINEAR;
+        x.scale = 1.f;
+    }
+    return d;
+}
+
+template <typename Plugin>
+std::vector<char> bytes_of(const Plugin* p) {
+    std::vector<char> b(p->getSerializationSize());
+    p->serialize(b.data());
+    return b;
+}
+
+void test_dwsep() {
+    esq::trt::DwsepPluginCreator creator;
+    expect(std::string(creator.getPluginName()) == "DepthwiseSeparableConv", "dwsep name");
+    expect(std::string(creator.getPluginVersion()) == "1", "dwsep version");
+    const PluginFieldCollection* names = creator.getFieldNames();
+    expect(names != nullptr && names->nbFields == 10, "dwsep declares its 10 attributes");
+
+    Attrs a;
+    a.add_ints("kernel_shape", {3, 3});
+    a.add_ints("strides", {2, 2});
+    a.add_ints("pads", {1, 1, 1, 1});
+    a.add_ints("dilations", {1, 1});
+    a.add_string("dw_activation", "clip");
+    a.add_string("pw_activation", "hard_swish");
+    a.add_float("dw_alpha", 0.f);
+    a.add_float("dw_beta", 6.f);
+    a.add_float("pw_alpha", 0.f);
+    a.add_float("pw_beta", 0.f);
+    PluginFieldCollection fc = a.collection();
+    nvinfer1::IPluginV2* raw = creator.createPlugin("dwsep", &fc);
+    expect(raw != nullptr, "dwsep createPlugin");
+    if (raw == nullptr) return;
+    auto* plugin = static_cast<esq::trt::DwsepPlugin*>(raw);
+    expect(std::string(plugin->getPluginType()) == "DepthwiseSeparableConv" && plugin->getNbOutputs() == 1,
+           "dwsep type/outputs");
+    expect(plugin->initialize() == 0, "dwsep initialize");
+
+    auto f32 = descs(6, DataType::kFLOAT);
+    bool all = true;
+    for (int pos = 0; pos < 6; ++pos) all = all && plugin->supportsFormatCombination(pos, f32.data(), 5, 1);
+    expect(all, "dwsep accepts FP32 everywhere");
+    auto f16 = descs(6, DataType::kHALF);
+    expect(plugin->supportsFormatCombination(0, f16.data(), 5, 1) &&
+               plugin->supportsFormatCombination(5, f16.data(), 5, 1), "dwsep accepts FP16");
+    auto mixed = descs(6, DataType::kFLOAT);
+    mixed[3].type = DataType::kHALF;
+    expect(!plugin->supportsFormatCombination(3, mixed.data(), 5, 1), "dwsep rejects mixed precision");
+    auto i32 = descs(6, DataType::kINT32);
+    expect(!plugin->supportsFormatCombination(0, i32.data(), 5, 1), "dwsep rejects int32 input");
+    expect(!plugin->supportsFormatCombination(0, f32.data(), 4, 1), "dwsep rejects 4 inputs");
+    DataType in[5] = {DataType::kHALF, DataType::kHALF, DataType::kHALF, DataType::kHALF, DataType::kHALF};
+    expect(plugin->getOutputDataType(0, in, 5) == DataType::kHALF, "dwsep output type follows input");
+
+    std::vector<char> blob = bytes_of(plugin);
+    nvinfer1::IPluginV2* back = creator.deserializePlugin("dwsep", blob.data(), blob.size());
+    expect(back != nullptr, "dwsep deserialize");
+    if (back != nullptr) {
+        expect(bytes_of(static_cast<esq::trt::DwsepPlugin*>(back)) == blob, "dwsep round trip is exact");
+        back->destroy();
+    }
+    nvinfer1::IPluginV2DynamicExt* copy = plugin->clone();
+    expect(copy != nullptr && bytes_of(static_cast<esq::trt::DwsepPlugin*>(copy)) == blob, "dwsep clone");
+    if (copy != nullptr) copy->destroy();
+    blob[0] ^= 0x5a;
+    expect(creator.deserializePlugin("dwsep", blob.data(), blob.size()) == nullptr, "dwsep rejects a corrupt blob");
+    expect(creator.deserializePlugin("dwsep", blob.data(), blob.size() - 1) == nullptr, "dwsep rejects a short blob");
+    plugin->destroy();
+
+    Attrs bad;
+    bad.add_ints("kernel_shape", {3, 3});
+    bad.add_string("dw_activation", "gelu");
+    PluginFieldCollection bfc = bad.collection();
+    expect(creator.createPlugin("bad", &bfc) == nullptr, "dwsep rejects an unknown activation");
+    Attrs nokernel;
+    nokernel.add_ints("strides", {1, 1});
+    PluginFieldCollection nfc = nokernel.collection();
+    expect(creator.createPlugin("bad", &nfc) == nullptr, "dwsep needs kernel_shape");
+}
+
+void test_sparse() {
+    esq::trt::SparseConvPluginCreator creator;
+    expect(std::string(creator.getPluginName()) == "SparseConv", "sparse name");
+    expect(creator.getFieldNames()->nbFields == 8, "sparse declares its 8 attributes");
+    for (int csr = 0; csr < 2; ++csr) {
+        Attrs a;
+        a.add_string("sparse_format", csr ? "csr" : "2:4");
+        a.add_ints("kernel_shape", {1, 1});
+        a.add_string("activation", "relu");
+        PluginFieldCollection fc = a.collection();
+        nvinfer1::IPluginV2* raw = creator.createPlugin("s", &fc);
+        expect(raw != nullptr, "sparse createPlugin");
+        if (raw == nullptr) continue;
+        auto* plugin = static_cast<esq::trt::SparseConvPlugin*>(raw);
+        const int nb = csr ? 5 : 4;
+        auto d = descs(nb + 1, DataType::kFLOAT);
+        d[2].type = DataType::kINT32;
+        if (csr) d[3].type = DataType::kINT32;
+        bool all = true;
+        for (int pos = 0; pos <= nb; ++pos) all = all && plugin->supportsFormatCombination(pos, d.data(), nb, 1);
+        expect(all, "sparse accepts FP32 data with int32 indices");
+        d[2].type = DataType::kFLOAT;
+        expect(!plugin->supportsFormatCombination(2, d.data(), nb, 1), "sparse wants int32 indices");
+        expect(!plugin->supportsFormatCombination(0, d.data(), csr ? 4 : 5, 1), "sparse checks the input count");
+        std::vector<char> blob = bytes_of(plugin);
+        nvinfer1::IPluginV2* back = creator.deserializePlugin("s", blob.data(), blob.size());
+        expect(back != nullptr && bytes_of(static_cast<esq::trt::SparseConvPlugin*>(back)) == blob,
+               "sparse round trip");
+        if (back != nullptr) back->destroy();
+        plugin->destroy();
+    }
+    Attrs nofmt;
+    nofmt.add_ints("kernel_shape", {1, 1});
+    PluginFieldCollection fc = nofmt.collection();
+    expect(creator.createPlugin("s", &fc) == nullptr, "sparse needs sparse_format");
+}
+
+}  // namespace
+
+int main() {
+    test_dwsep();
+    test_sparse();
+    if (failures == 0) std::printf("plugin self-test OK (TensorRT %d.%d headers)\n", NV_TENSORRT_MAJOR,
+                                   NV_TENSORRT_MINOR);
+    return failures == 0 ? 0 : 1;
+}
