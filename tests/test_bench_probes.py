@@ -164,3 +164,13 @@ def test_tegrastats_absent_here():
         pytest.skip("tegrastats exists here")
     probe = TegrastatsProbe()
     assert not probe.available and "not found" in probe.reason
+
+
+def test_nvml_probe_says_why_not_here():
+    from edgesqueeze.bench.nvml import NvmlProbe
+
+    probe = NvmlProbe()
+    if probe.available:
+        pytest.skip(f"NVML works here: {probe.reason}")
+    assert "pynvml" in probe.reason or "NVML" in probe.reason
+    assert probe.gpm_start() is None and probe.gpm_dram_bw_util(None) is None

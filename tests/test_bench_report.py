@@ -123,6 +123,9 @@ def test_bench_and_report_verbs_on_the_example_model(cli, tmp_path):
     assert code == 3 and "no such file" in err
     code, _, err = cli("bench", DIGITS, "--batch", "0")
     assert code == 2
+    code, stdout, err = cli("-q", "bench", DIGITS, "--warmup", "0.05s", "-n", "3", "--json")
+    assert code == 0, err
+    assert json.loads(stdout)["runs"][0]["warmup_iterations"] > 0
     code, _, err = cli("bench", DIGITS, "--backend", "trtexec")
     assert code == 3 and "runs on a device only" in err
     code, _, err = cli("bench", DIGITS, "--device", "u@h", "--devices", tmp_path / "fleet.toml")

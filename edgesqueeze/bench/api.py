@@ -45,8 +45,9 @@ def resolve_model(path, backend: str = "ort") -> Tuple[Path, dict]:
     calib = p / "calib" / "calibration.cache"
     plugins = sorted(str(x) for x in (p / "plugins").glob("**/*.so"))
     source = (m.get("source") or {}).get("name")
-    info = {"bundle": str(p), "target": name, "source": Path(source).stem if source else p.name, "precision": m.get("precision"),
-            "calibration": str(calib) if calib.exists() else None, "plugins": plugins, "variant": rel}
+    info = {"bundle": str(p), "target": name, "source": Path(source).stem if source else p.name,
+            "precision": m.get("precision"), "calibration": str(calib) if calib.exists() else None,
+            "plugins": plugins, "variant": rel}
     trt_info = m.get("tensorrt") or {}
     engines = trt_info.get("engine_models") or {}
     if backend == "trt" and engines:
@@ -58,7 +59,8 @@ def resolve_model(path, backend: str = "ort") -> Tuple[Path, dict]:
 
 
 def bench(path, *, backend: str = "ort", iterations: int = 100, duration: Optional[float] = None,
-          warmup: int = 10, batch_sizes: Sequence[int] = (1,), power: str = "auto", target: Optional[str] = None,
+          warmup: int = 10, warmup_s: Optional[float] = None, batch_sizes: Sequence[int] = (1,),
+          power: str = "auto", target: Optional[str] = None,
           data: Optional[str] = None, threads: Optional[int] = None, input_shapes=None, progress=None,
           power_interval_ms: float = 50.0, idle_s: Optional[float] = None, **runner_opts) -> dict:
     """Benchmark a model file or a bundle on this machine and return the results dict.
@@ -66,7 +68,7 @@ def bench(path, *, backend: str = "ort", iterations: int = 100, duration: Option
     Args:
         path: ``model.onnx`` or a bundle folder.
         backend: ``ort`` (CPU, default) or ``trt``.
-        iterations / duration: timed iterations, or seconds. warmup: warm-up iterations.
+        iterations / duration: timed iterations, or seconds. warmup / warmup_s: warm-up iterations, or seconds.
         batch_sizes: batch sizes to sweep. power: probe name (``auto`` picks what exists).
         target: device profile for the roofline (default: this CPU for ``ort``; the bundle's target for ``trt``).
         data: ``.npz``/``.npy``/image folder (see :func:`edgesqueeze.data.open_data`) or None for random data.
@@ -105,7 +107,8 @@ def bench(path, *, backend: str = "ort", iterations: int = 100, duration: Option
         model_info = {"name": f"{bundle['source']}:{variant}", "path": str(model_path),
                       "sha256": sha256_file(model_path)}
     prof = target or (bundle.get("target") if backend == "trt" else None)
-    result = run_benchmark(runner, reader, warmup=warmup, iterations=iterations, duration=duration,
+    result = run_benchmark(runner, reader, warmup=warmup, warmup_s=warmup_s, iterations=iterations,
+                           duration=duration,
                            batch_sizes=batch_sizes, power=power, profile=prof, progress=progress,
                            power_interval_ms=power_interval_ms, idle_s=idle_s, data_description=described,
                            model_info=model_info)

@@ -8,6 +8,23 @@ import click
 from .common import emit, info, input_shape_option, json_option, quiet, table, target_option, warn
 
 
+def _warmup(text: str):
+    """``"10"`` -> (10, None); ``"2s"`` / ``"0.5s"`` -> (0, 2.0)."""
+    t = str(text).strip().lower()
+    try:
+        if t.endswith("s"):
+            sec = float(t[:-1])
+            if sec > 0:
+                return 0, sec
+        else:
+            n = int(t)
+            if n >= 0:
+                return n, None
+    except ValueError:
+        pass
+    raise click.BadParameter(f"expected a count like 10 or seconds like 2s, got '{text}'", param_hint="--warmup")
+
+
 def _batches(text: str):
     try:
         out = [int(x) for x in str(text).replace(" ", "").split(",") if x]
@@ -82,7 +99,8 @@ def summary_text(result: dict) -> str:
               help="Timed iterations per batch size.")
 @click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=None, metavar="S",
               help="Time each batch size for S seconds instead of a fixed count (better for power).")
-@click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True, help="Warm-up iterations.")
+@click.option("--warmup", default="10", show_default=True, metavar="N|Ss",
+              help="Warm-up: N iterations, or seconds with an s suffix (--warmup 2s).")
 @click.option("--batch", "batch", default="1", show_default=True, metavar="1,4,8", help="Batch sizes to sweep.")
 @click.option("--power", type=click.Choice(["auto", "tegrastats", "ina3221", "nvml", "rapl", "none"]),
               default="auto", show_default=True, help="Power probe (auto: the first that works here).")
@@ -129,6 +147,7 @@ def command(path, backend, iterations, duration, warmup, batch, power, power_int
     from ..model import parse_input_shapes
 
     batches = _batches(batch)
+    warmup, warmup_s = _warmup(warmup)
     if not (device or fleet):
         backend = backend or "ort"
         if backend not in ("ort", "trt"):
@@ -149,6 +168,9 @@ def command(path, backend, iterations, duration, warmup, batch, power, power_int
         if batches != [1] or data or threads or profile_layers:
             warn("--batch, --data, --threads and --profile-layers apply to local runs; the on-device runner runs "
                  "the bundle's model as built")
+        if warmup_s:
+            warn("--warmup in seconds applies to local runs; the device runner warms up 10 iterations")
+            warmup = 10
         opts = dict(iterations=iterations, warmup=warmup, duration=duration, power=power, backend=backend or "auto")
         if known_hosts:
             opts["known_hosts"] = known_hosts
@@ -169,6 +191,7 @@ def command(path, backend, iterations, duration, warmup, batch, power, power_int
              f"{f'{duration:g} s' if duration else f'{iterations} iterations'} each, power: {power}) ...")
         try:
             results = [bench(path, backend=backend, iterations=iterations, duration=duration, warmup=warmup,
+                             warmup_s=warmup_s,
                              batch_sizes=batches, power=power, target=target, data=data, threads=threads,
                              input_shapes=parse_input_shapes(input_shapes), progress=bar,
                              power_interval_ms=power_interval,
