@@ -65,6 +65,9 @@ def test_cli_check_text_and_bad_input(cli, tmp_path):
     assert code == 0 and "dwsep_tiled_kernel<half>" in out and "all kernels compile for sm_62" in out
     code, _, err = cli("plugins", "check", "--arch", "sixty-two")
     assert code == 3 and "bad GPU architecture" in err
+    if chk.nvrtc_info() is not None:   # Kepler: neither CUDA 13 nvcc nor CUDA 12 NVRTC targets it
+        code, _, err = cli("plugins", "check", "--arch", "35")
+        assert code == 4 and "no compiler here targets sm_35" in err
     code, _, err = cli("plugins", "check", "--arch", "87", "--trt-include", str(tmp_path))
     assert code == 3 and "NvInfer.h" in err
 

@@ -32,7 +32,8 @@ def check(arch, trt_include, as_json):
 
     sm_75 and newer use nvcc from the PATH; older architectures (Nano sm_53, TX2 sm_62, Xavier sm_72) use CUDA 12
     NVRTC and ptxas from PyPI (pip install "cuda-bindings<13" nvidia-cuda-nvrtc-cu12 nvidia-cuda-runtime-cu12
-    nvidia-cuda-nvcc-cu12). Reports registers, spills and shared memory per kernel. Exit code 7 when a compile fails.
+    nvidia-cuda-nvcc-cu12). Reports registers, spills and shared memory per kernel. Exit code 7 when a compile fails,
+    5 when no compiler here targets an architecture.
 
     \b
     Examples:
@@ -70,6 +71,16 @@ def check(arch, trt_include, as_json):
         return "\n".join(lines)
 
     emit(report, as_json, text)
+    missing = sorted({r["arch"] for r in report["results"] if not r["ok"] and r["compiler"] is None})
+    if missing:
+        from ..errors import MissingDependencyError, UnsupportedError
+        from ..plugins.check import INSTALL_HINT
+
+        if report["toolchains"]["nvrtc"] is None:
+            err = MissingDependencyError("cuda.bindings", "", f"compiling the kernels for {', '.join(missing)}")
+            err.hint = INSTALL_HINT
+            raise err
+        raise UnsupportedError(f"no compiler here targets {', '.join(missing)} (CUDA 12 NVRTC: sm_50 and newer)")
     if not report["ok"]:
         failed = [f"{r['arch']} {r['source']}" for r in report["results"] if not r["ok"]]
         failed += [f"plugin {p['source']}" for p in report.get("plugins", []) if not p["ok"]]
