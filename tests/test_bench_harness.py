@@ -155,3 +155,6 @@ def test_tegrastats_run_gives_power_and_emc_bandwidth():
     assert 6000 < run["power"]["avg_mw"] < 7100 and r["power"]["total_source"] == "VDD_IN"
     assert r["power"]["raw"] and validate_result(r)["power"]["summary"]
     assert r["device"]["profile"] == "orin-nano" and run["bandwidth"]["emc"]["source"].startswith("tegrastats")
+    probe = TegrastatsProbe(interval_ms=10, command=[sys.executable, "-c", script])
+    r = run_benchmark(NoopRunner(), X, warmup=0, duration=0.1, power=probe, power_interval_ms=10, idle_s=0.05)
+    assert "emc" not in r["runs"][0]["bandwidth"] and any("give --target" in w for w in r["warnings"])

@@ -293,6 +293,9 @@ def _assemble(runner, runs, probe, samples, idle, origin, prof, warnings, base_f
                 warnings.append(f"batch {run['batch']}: {ps['note']}")
         else:
             run["power"] = None
+    if any(s.get("emc") for s in samples) and not getattr(prof, "memory_bus_bits", None):
+        warnings.append(f"tegrastats reports EMC load, but the profile '{getattr(prof, 'name', None)}' has no memory "
+                        "bus width: give --target (e.g. orin-nano) for the EMC bandwidth")
     power = probe.describe()
     power["idle"] = idle_sum
     if idle:
