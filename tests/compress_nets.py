@@ -65,7 +65,7 @@ def residual_net(seed=0, bn=False):
     m = b.node("Mul", [dw, b.w("scale", (24, 1, 1), 1.0)])
     pw = b.conv(m, 24, 12, k=1)
     f = b.node("Flatten", [b.node("GlobalAveragePool", [pw])], axis=1)
-    y = b.node("Gemm", [f, b.w("fc.w", (10, 12)), b.w("fc.b", (10,), 0.1)], transB=1)
+    b.node("Gemm", [f, b.w("fc.w", (10, 12)), b.w("fc.b", (10,), 0.1)], transB=1)
     b.nodes[-1].output[0] = "y"
     return b.model([helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
                    [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])])
@@ -77,7 +77,7 @@ def flatten_net(seed=0):
     c = b.conv("x", 4, 8)
     f = b.node("Flatten", [c], axis=1)
     h = b.node("Relu", [b.node("Gemm", [f, b.w("fc1.w", (128, 16)), b.w("fc1.b", (16,), 0.1)])])
-    y = b.node("Add", [b.node("MatMul", [h, b.w("fc2.w", (16, 5))]), b.w("fc2.b", (5,), 0.1)])
+    b.node("Add", [b.node("MatMul", [h, b.w("fc2.w", (16, 5))]), b.w("fc2.b", (5,), 0.1)])
     b.nodes[-1].output[0] = "y"
     return b.model([helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4, 4, 4])],
                    [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5])])

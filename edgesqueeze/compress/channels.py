@@ -18,6 +18,7 @@ from onnx import ModelProto
 from ..errors import InputError
 from ..model import infer_shapes, tensor_shape
 from ._layers import attr, copy_model, get_array, initializers, reinfer, set_array, set_attr, use_counts
+from ._channel_groups import Groups, Layout, unite
 from ._macs import count_macs
 
 UNARY = {"Relu", "LeakyRelu", "Clip", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Elu", "Selu", "Softplus",
@@ -25,63 +26,6 @@ UNARY = {"Relu", "LeakyRelu", "Clip", "Sigmoid", "Tanh", "HardSigmoid", "HardSwi
          "GlobalMaxPool", "LpPool", "Abs", "Neg", "Exp", "Sqrt", "Erf", "Resize", "Upsample", "Cast", "Mish",
          "ThresholdedRelu", "Celu"}
 ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Max", "Min", "Sum", "Pow"}
-
-
-class _Groups:
-    """Union-find over channel groups with a size, the producers' filter norms and a frozen reason."""
-
-    def __init__(self):
-        self.parent: List[int] = []
-        self.size: List[int] = []
-        self.frozen: Dict[int, str] = {}
-        self.scores: Dict[int, np.ndarray] = {}
-        self.producers: Dict[int, List[str]] = {}
-
-    def new(self, size: int, producer: Optional[str] = None, score: Optional[np.ndarray] = None,
-            frozen: Optional[str] = None) -> int:
-        g = len(self.parent)
-        self.parent.append(g)
-        self.size.append(size)
-        self.producers[g] = [producer] if producer else []
-        if score is not None:
-            self.scores[g] = score
-        if frozen:
-            self.frozen[g] = frozen
-        return g
-
-    def find(self, g: int) -> int:
-        while self.parent[g] != g:
-            self.parent[g] = self.parent[self.parent[g]]
-            g = self.parent[g]
-        return g
-
-    def union(self, a: int, b: int) -> None:
-        a, b = self.find(a), self.find(b)
-        if a == b:
-            return
-        self.parent[b] = a
-        if a in self.scores and b in self.scores:
-            self.scores[a] = self.scores[a] + self.scores.pop(b)
-        elif b in self.scores:
-            self.scores[a] = self.scores.pop(b)
-        self.producers[a] += self.producers.pop(b, [])
-        if b in self.frozen:
-            self.frozen.setdefault(a, self.frozen.pop(b))
-
-    def freeze(self, g: int, reason: str) -> None:
-        self.frozen.setdefault(self.find(g), reason)
-
-
-class _Layout:
-    """The channel groups along axis 1 of a tensor: segments of (group, size); ``rep`` > 1 after a Flatten."""
-
-    def __init__(self, segments: List[Tuple[int, int]], rep: int = 1):
-        self.segments = segments
-        self.rep = rep
-
-    @property
-    def channels(self) -> int:
-        return sum(n for _, n in self.segments)
 
 
 def prune_channels(model: ModelProto, ratio: float = 0.3, *, multiple_of: int = 1, min_channels: int = 1,
@@ -111,11 +55,11 @@ def prune_channels(model: ModelProto, ratio: float = 0.3, *, multiple_of: int = 
     for name, t in inits.items():
         shapes[name] = list(t.dims)
     uses = use_counts(out)
-    groups = _Groups()
-    layouts: Dict[str, _Layout] = {}
+    groups = Groups()
+    layouts: Dict[str, Layout] = {}
     edits: List[tuple] = []   # (kind, initializer or node, axis, tensor whose layout gives the indices)
 
-    def freeze(layout: Optional[_Layout], reason: str) -> None:
+    def freeze(layout: Optional[Layout], reason: str) -> None:
         if layout is not None:
             for g, _ in layout.segments:
                 groups.freeze(g, reason)
@@ -285,7 +229,7 @@ def _visit(node, op, ins, label, shapes, inits, groups, layouts, edits, freeze, 
         if base.rep != 1:
             return False
         for _, lay in tracked[1:]:
-            if not _unite(base, lay, groups):
+            if not unite(base, lay, groups):
                 return False
         for i, name in enumerate(node.input):
             if ins[i] is not None or not name:
@@ -313,9 +257,9 @@ def _visit(node, op, ins, label, shapes, inits, groups, layouts, edits, freeze, 
                 shp = shapes.get(name)
                 if not shp or len(shp) < 2 or not isinstance(shp[1], int):
                     return False
-                lay = _Layout([(groups.new(shp[1], frozen="concatenated with an untracked tensor"), shp[1])])
+                lay = Layout([(groups.new(shp[1], frozen="concatenated with an untracked tensor"), shp[1])])
             segs += lay.segments
-        layouts[out0] = _Layout(segs)
+        layouts[out0] = Layout(segs)
         return True
 
     if op in ("Flatten", "Reshape") and x is not None:
@@ -329,7 +273,7 @@ def _visit(node, op, ins, label, shapes, inits, groups, layouts, edits, freeze, 
             if not own_init(node.input[1]) or out_shape[0] != in_shape[0]:
                 return False
             edits.append(("reshape", node.input[1], int(in_shape[0]), node.input[0]))
-        layouts[out0] = _Layout(x.segments, x.rep * int(np.prod(in_shape[2:], dtype=np.int64)))
+        layouts[out0] = Layout(x.segments, x.rep * int(np.prod(in_shape[2:], dtype=np.int64)))
         return True
     return False
 
@@ -367,7 +311,7 @@ def _produce(node, label, weight, axis, bias, bias_axis, groups, layouts, edits,
         frozen = "excluded"
     g = groups.new(n, producer=label, score=score, frozen=frozen)
     out0 = node.output[0]
-    layouts[out0] = _Layout([(g, n)])
+    layouts[out0] = Layout([(g, n)])
     if frozen is None:
         edits.append(("slice", weight, axis, out0))
         if bias is not None and inits[bias].dims and inits[bias].dims[-1] == n:
@@ -378,15 +322,6 @@ def _array(t):
     from onnx import numpy_helper
 
     return numpy_helper.to_array(t)
-
-
-def _unite(a: _Layout, b: _Layout, groups: _Groups) -> bool:
-    """Unite two layouts segment by segment (same structure needed); False when they cannot be matched."""
-    if a.rep != b.rep or [n for _, n in a.segments] != [n for _, n in b.segments]:
-        return False
-    for (ga, _), (gb, _) in zip(a.segments, b.segments):
-        groups.union(ga, gb)
-    return True
 
 
 def _broadcast_const(node, name, layout, tensor, shapes, inits, edits, own_init) -> bool:
