@@ -113,6 +113,8 @@ def test_ctrl_c_keeps_the_samples_and_marks_partial():
     # 50 calls = 1 validation + 5 warm-up + 44 timed; the 51st raised
     assert len(r["runs"][0]["latency_ms"]["samples"]) == 44
     validate_result(r)
+    with pytest.raises(KeyboardInterrupt):  # during warm-up: no sample to keep, the interrupt goes on
+        run_benchmark(InterruptAfter(3), X, warmup=5, iterations=10, power="none")
 
 
 def test_power_on_an_ina3221_tree_gives_energy_per_inference(tmp_path):

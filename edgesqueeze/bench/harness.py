@@ -195,7 +195,9 @@ def run_benchmark(runner, reader_or_feeds, *, warmup: int = 10, iterations: int 
         if owned and runner.is_active:
             runner.deactivate()
     if not runs:
-        raise InputError("no benchmark run completed: " + "; ".join(warnings or ["interrupted"]))
+        if partial:
+            raise KeyboardInterrupt  # interrupted before the first sample: nothing to keep
+        raise InputError("no benchmark run completed: " + "; ".join(warnings))
     result = _assemble(runner, runs, probe, power_samples, idle, origin, prof, warnings, base_feeds,
                        reader_or_feeds, model_info, data_description,
                        dict(warmup=warmup, warmup_s=warmup_s, iterations=iterations, duration_s=duration,
