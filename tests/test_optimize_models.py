@@ -42,7 +42,7 @@ def _check(light_models_dir, name, target=None):
 
 
 def _expectations(name, report):
-    assert report["nodes_after"] < report["nodes_before"]
+    assert report["nodes_after"] <= report["nodes_before"]
     if name == "inception_v1":
         assert report["fusions"]["horizontal:conv"]["count"] == 9  # one per Inception module
     if name == "densenet121":

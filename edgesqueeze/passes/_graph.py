@@ -21,6 +21,28 @@ def const(tensor) -> Optional[np.ndarray]:
     return None
 
 
+class ConstInfo:
+    """Shape and dtype of a constant without loading its values (lazy initializers stay lazy, and are then
+    written back unchanged instead of being re-encoded)."""
+
+    __slots__ = ("shape", "dtype", "ndim")
+
+    def __init__(self, shape, dtype):
+        self.shape = tuple(int(d) for d in shape)
+        self.dtype = np.dtype(dtype)
+        self.ndim = len(self.shape)
+
+
+def const_info(tensor) -> Optional[ConstInfo]:
+    """:class:`ConstInfo` of an initializer (None for anything else)."""
+    if isinstance(tensor, gs.Constant):
+        try:
+            return ConstInfo(tensor.shape, tensor.dtype)
+        except TypeError:  # a dtype numpy does not know (bfloat16, float8): treat as not foldable
+            return None
+    return None
+
+
 def is_output(graph: gs.Graph, tensor) -> bool:
     """True when ``tensor`` is a graph output."""
     return any(t is tensor for t in graph.outputs)

@@ -14,7 +14,7 @@ import onnx_graphsurgeon as gs
 from onnx import helper
 
 from ..plugins.dwsep import DOMAIN, OP_TYPE, make_dwsep_node
-from ._graph import attr_list, const, new_const, sole_consumer, take_over_outputs
+from ._graph import attr_list, const, const_info, new_const, sole_consumer, take_over_outputs
 from .fold_batchnorm import bn_scale_shift
 from .registry import register
 
@@ -52,7 +52,7 @@ def _activation(node: Optional[gs.Node]) -> Optional[Tuple[str, float, float]]:
 
 
 def _is_depthwise(node: gs.Node) -> bool:
-    w = const(node.inputs[1]) if node.op == "Conv" and len(node.inputs) > 1 else None
+    w = const_info(node.inputs[1]) if node.op == "Conv" and len(node.inputs) > 1 else None
     if w is None or w.ndim != 4 or w.shape[1] != 1 or w.dtype not in (np.float32, np.float16):
         return False
     return int(node.attrs.get("group", 1)) == w.shape[0] > 1 and node.attrs.get("auto_pad", "NOTSET") in (
@@ -62,7 +62,7 @@ def _is_depthwise(node: gs.Node) -> bool:
 def _is_pointwise(node: Optional[gs.Node], channels: int) -> bool:
     if node is None or node.op != "Conv" or len(node.inputs) < 2:
         return False
-    w = const(node.inputs[1])
+    w = const_info(node.inputs[1])
     return (w is not None and w.ndim == 4 and w.shape[1:] == (channels, 1, 1)
             and int(node.attrs.get("group", 1)) == 1 and attr_list(node, "strides", (1, 1)) == [1, 1]
             and not any(attr_list(node, "pads", (0, 0, 0, 0))) and attr_list(node, "dilations", (1, 1)) == [1, 1]

@@ -17,17 +17,17 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ._graph import attr_list, const, new_const, new_var
+from ._graph import attr_list, const, const_info, new_const, new_var
 from .registry import register
 
 
 def _conv_key(node: gs.Node, padded: bool) -> Optional[tuple]:
     if node.op != "Conv" or len(node.inputs) < 2 or int(node.attrs.get("group", 1)) != 1:
         return None
-    w = const(node.inputs[1])
+    w = const_info(node.inputs[1])
     if w is None or w.ndim < 3 or node.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET"):
         return None
-    if len(node.inputs) > 2 and node.inputs[2].name and const(node.inputs[2]) is None:
+    if len(node.inputs) > 2 and node.inputs[2].name and const_info(node.inputs[2]) is None:
         return None
     rank = w.ndim - 2
     strides = tuple(attr_list(node, "strides", (1,) * rank))
@@ -45,12 +45,12 @@ def _conv_key(node: gs.Node, padded: bool) -> Optional[tuple]:
 
 def _gemm_key(node: gs.Node) -> Optional[tuple]:
     if node.op == "MatMul" and len(node.inputs) == 2:
-        w = const(node.inputs[1])
+        w = const_info(node.inputs[1])
         if w is not None and w.ndim == 2:
             return ("matmul", w.dtype.str, w.shape[0])
     if node.op == "Gemm" and len(node.inputs) >= 2:
-        w = const(node.inputs[1])
-        c = const(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2].name else np.zeros(1, np.float32)
+        w = const_info(node.inputs[1])
+        c = const_info(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2].name else np.zeros(1)
         if w is None or c is None or w.ndim != 2 or c.ndim > 1:
             return None
         trans_b = int(node.attrs.get("transB", 0))
@@ -146,7 +146,7 @@ def _fuse(graph, ctx, padded: bool):
         for key, group in groups.items():
             if len(group) < 2:
                 continue
-            if padded and len({tuple(const(n.inputs[1]).shape[2:]) for n in group}) < 2:
+            if padded and len({tuple(const_info(n.inputs[1]).shape[2:]) for n in group}) < 2:
                 continue  # same kernels: the plain pass handles them
             if padded and not _exact_padding(group):
                 continue
@@ -192,7 +192,7 @@ def _shared_activation(graph, group: List[gs.Node]) -> List[gs.Node]:
 
 def _exact_padding(group: List[gs.Node]) -> bool:
     """Zero-padding is exact when each smaller kernel sits at an integer offset inside the largest one."""
-    weights = [const(n.inputs[1]) for n in group]
+    weights = [const_info(n.inputs[1]) for n in group]
     rank = weights[0].ndim - 2
     target = tuple(max(w.shape[2 + i] for w in weights) for i in range(rank))
     if not any(tuple(w.shape[2:]) == target for w in weights):

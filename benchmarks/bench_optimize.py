@@ -1,0 +1,162 @@
+"""edgesqueeze optimize vs onnxslim vs onnxsim on the same models, in one run.
+
+For each model and tool: wall time of the optimization (median of --repeat runs), node count of the output,
+agreement with the original on onnxruntime (max relative error on the outputs and the logits), and the
+onnxruntime CPU median latency of the output (>= 50 timed runs after warm-up), measured twice: with
+onnxruntime's graph optimizations off (what the graph itself costs) and at ORT_ENABLE_ALL (what a user gets).
+
+Models: ResNet-50 (the onnx package's light Model-Zoo model with seeded random weights) and MobileNetV2
+(built with onnx helpers in edgesqueeze.passes.zoo, Conv -> BN -> ReLU6 as a framework export has it).
+
+    python benchmarks/bench_optimize.py                      # prints a Markdown table
+    python benchmarks/bench_optimize.py --runs 100 --json out.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from edgesqueeze.model import load_model, model_bytes, random_feeds  # noqa: E402
+from edgesqueeze.passes import DEFAULT_OPSET, materialize_random_weights, optimize  # noqa: E402
+from edgesqueeze.passes.zoo import mobilenet_v2  # noqa: E402
+
+
+def _resnet50():
+    path = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light" / "light_resnet50.onnx"
+    return materialize_random_weights(load_model(path, opset=DEFAULT_OPSET), seed=0)
+
+
+def _tools(target):
+    def edgesqueeze_tool(m):
+        return optimize(m, target=target, verify=False)[0]
+
+    def onnxslim_tool(m):
+        import onnxslim
+
+        return onnxslim.slim(m)
+
+    def onnxsim_tool(m):
+        import onnxsim
+
+        out, ok = onnxsim.simplify(m)
+        if not ok:
+            raise RuntimeError("onnxsim check failed")
+        return out
+
+    tools = {"edgesqueeze": edgesqueeze_tool, "onnxslim": onnxslim_tool, "onnxsim": onnxsim_tool}
+    if target is not None:
+        tools = {f"edgesqueeze --target {target}": edgesqueeze_tool}
+    return tools
+
+
+def _copy(model):
+    return onnx.load_from_string(model_bytes(model))
+
+
+def _latency(model, feeds, runs, warmup, optimized, threads):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimized
+                                   else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    sess = ort.InferenceSession(model_bytes(model), so, providers=["CPUExecutionProvider"])
+    for _ in range(warmup):
+        sess.run(None, feeds)
+    samples = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        sess.run(None, feeds)
+        samples.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(samples), samples
+
+
+def _agreement(reference, candidate, feeds):
+    from edgesqueeze.ortutil import expose_outputs, run_model
+
+    logits = [n.input[0] for n in reference.graph.node if n.op_type == "Softmax"]
+    produced = {o for n in candidate.graph.node for o in n.output}
+    extra = [t for t in logits if t in produced]
+    ref = run_model(expose_outputs(reference, extra), feeds)
+    act = run_model(expose_outputs(candidate, extra), feeds)
+    worst = 0.0
+    for k, r in ref.items():
+        r64, a64 = r.astype(np.float64), act[k].astype(np.float64)
+        worst = max(worst, float(np.max(np.abs(r64 - a64)) / max(np.max(np.abs(r64)), 1e-12)))
+    return worst
+
+
+def run(runs=50, warmup=5, repeat=3, threads=2):
+    models = {"ResNet-50": _resnet50(), "MobileNetV2": mobilenet_v2()}
+    rows = []
+    for model_name, model in models.items():
+        feeds = random_feeds(model, seed=0)[0]
+        variants = [("original", model, None)]
+        for target in (None, "orin-nano") if model_name == "MobileNetV2" else (None,):
+            for tool, fn in _tools(target).items():
+                times, out = [], None
+                for _ in range(repeat):
+                    src = _copy(model)
+                    t0 = time.perf_counter()
+                    out = fn(src)
+                    times.append(time.perf_counter() - t0)
+                variants.append((tool, out, statistics.median(times)))
+        for tool, out, seconds in variants:
+            lat_raw, _ = _latency(out, feeds, runs, warmup, optimized=False, threads=threads)
+            lat_ort, _ = _latency(out, feeds, runs, warmup, optimized=True, threads=threads)
+            rows.append({"model": model_name, "tool": tool, "optimize_s": seconds, "nodes": len(out.graph.node),
+                         "max_rel_err": _agreement(model, out, feeds) if out is not model else 0.0,
+                         "latency_ms_ort_off": lat_raw, "latency_ms_ort_all": lat_ort})
+            print(f"{model_name:12s} {tool:32s} done", file=sys.stderr)
+    return rows
+
+
+def markdown(rows, runs, threads):
+    import onnxruntime
+    import onnxsim
+    import onnxslim
+
+    lines = [f"onnxruntime {onnxruntime.__version__}, onnxslim {onnxslim.__version__}, onnxsim "
+             f"{getattr(onnxsim, '__version__', '?')}, onnx {onnx.__version__}; {platform.processor() or 'cpu'}, "
+             f"{threads} intra-op threads, median of {runs} timed runs", "",
+             "| model | tool | optimize time (s) | nodes | max rel. error | ORT latency, graph opt. off (ms) | "
+             "ORT latency, ORT_ENABLE_ALL (ms) |", "|---|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        t = "-" if r["optimize_s"] is None else f"{r['optimize_s']:.2f}"
+        lines.append(f"| {r['model']} | {r['tool']} | {t} | {r['nodes']} | {r['max_rel_err']:.1e} | "
+                     f"{r['latency_ms_ort_off']:.2f} | {r['latency_ms_ort_all']:.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runs", type=int, default=50, help="timed onnxruntime runs per model (>= 50)")
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--repeat", type=int, default=3, help="optimization runs per tool (median reported)")
+    ap.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads")
+    ap.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
+    args = ap.parse_args(argv)
+    if args.runs < 50:
+        ap.error("--runs must be >= 50")
+    with tempfile.TemporaryDirectory():
+        rows = run(args.runs, args.warmup, args.repeat, args.threads)
+    print(markdown(rows, args.runs, args.threads))
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2, sort_keys=True) + "\n")
+
+
+if __name__ == "__main__":
+    main()
