@@ -105,3 +105,12 @@ def test_fp16_model_optimizes_with_fp16_tolerance():
     out, report = optimize(b.model([y]), target="orin-nano", rtol=1e-2)
     assert report["ops_after"] == {"edgesqueeze::DepthwiseSeparableConv": 1}
     assert report["verification"]["max_rel"] <= 1e-2
+
+
+def test_optimizing_an_optimized_model_is_stable():
+    model = mobilenet_v2(width=0.35, input_size=64, num_classes=10)
+    once, r1 = optimize(model, target="orin-nano")
+    twice, r2 = optimize(once, target="orin-nano")
+    assert r2["ops_after"] == r1["ops_after"]
+    assert r2["verification"]["status"] == "passed"
+    assert [f.overload for f in twice.functions] == [f.overload for f in once.functions]

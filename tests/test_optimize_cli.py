@@ -86,3 +86,20 @@ def test_cli_errors_are_one_line_with_exit_codes(cli, mobilenet, tmp_path, args,
 def test_python_twin_matches_cli(mobilenet, tmp_path):
     report = run_optimize(mobilenet, tmp_path / "o.onnx", target="orin-nano")
     assert report["output"] == str(tmp_path / "o.onnx") and report["opset"] == 13
+
+
+def test_cli_fp16_model_gets_fp16_tolerance(cli, tmp_path):
+    import numpy as np
+
+    from edgesqueeze.passes.zoo import NetBuilder
+
+    b = NetBuilder(seed=2, dtype=np.float16)
+    x = b.input("x", [1, 8, 8, 8])
+    y = b.act(b.bn(b.conv(b.act(b.bn(b.conv(x, 8, 8, 3, group=8), 8), "relu6"), 8, 16, 1), 16), "relu")
+    path = tmp_path / "half.onnx"
+    onnx.save(b.model([y]), str(path))
+    code, stdout, stderr = cli("optimize", path, "-o", tmp_path / "o.onnx", "-t", "orin-nano", "--json")
+    assert code == 0, stderr
+    report = json.loads(stdout)
+    assert report["verification"]["rtol"] == 1e-2
+    assert report["ops_after"] == {"edgesqueeze::DepthwiseSeparableConv": 1}

@@ -14,7 +14,7 @@ def _split_names(values):
 
 
 def run_optimize(model_path, output, *, target=None, passes=None, skip=(), report_path=None, verify=True,
-                 input_shapes=None, opset=None, rtol=1e-4, seed=0) -> dict:
+                 input_shapes=None, opset=None, rtol=None, seed=0) -> dict:
     """Optimize the model file ``model_path`` into ``output`` (the Python twin of ``edgesqueeze optimize``).
 
     Args:
@@ -23,7 +23,8 @@ def run_optimize(model_path, output, *, target=None, passes=None, skip=(), repor
         target: device profile name (GPU targets add the depthwise-separable fusion).
         passes, skip: pass names (see ``edgesqueeze optimize --list``).
         report_path: where to write the JSON report (optional).
-        verify: prove the result on onnxruntime (relative error <= ``rtol``).
+        verify: prove the result on onnxruntime (relative error <= ``rtol``; None: 1e-4, or 1e-2 when the
+            model computes in float16).
         input_shapes: ``{name: [dims]}`` for dynamic inputs.
         opset: convert models with an older ai.onnx opset to this one first (default 13).
 
@@ -40,6 +41,8 @@ def run_optimize(model_path, output, *, target=None, passes=None, skip=(), repor
     refuse_overwrite(output, model_path)
     names = resolve_passes(passes, skip, target)  # fail on a bad pass name before loading anything
     model = load_model(model_path, input_shapes, opset=opset or DEFAULT_OPSET)
+    if rtol is None:
+        rtol = 1e-2 if _computes_in_fp16(model) else 1e-4
     out, report = optimize(model, passes=names, target=target, verify=verify, rtol=rtol, seed=seed)
     save_model(out, output, inputs=(model_path,))
     report.update({"input": str(model_path), "output": str(output), "sha256": model_hash(out),
@@ -48,6 +51,13 @@ def run_optimize(model_path, output, *, target=None, passes=None, skip=(), repor
         refuse_overwrite(report_path, model_path)
         write_json_atomic(report_path, report)
     return report
+
+
+def _computes_in_fp16(model) -> bool:
+    from onnx import TensorProto
+
+    return any(t.data_type == TensorProto.FLOAT16 for t in model.graph.initializer) or any(
+        i.type.tensor_type.elem_type == TensorProto.FLOAT16 for i in model.graph.input)
 
 
 def format_report(report: dict, show_nodes: int = 6) -> str:
@@ -96,7 +106,8 @@ def format_report(report: dict, show_nodes: int = 6) -> str:
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None,
               help="Also write the JSON report to this file.")
 @click.option("--no-verify", is_flag=True, help="Do not prove the result on onnxruntime.")
-@click.option("--rtol", type=float, default=1e-4, show_default=True, help="Relative tolerance of the check.")
+@click.option("--rtol", type=float, default=None,
+              help="Relative tolerance of the check (default 1e-4; 1e-2 for float16 models).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random verification inputs.")
 @input_shape_option
 @click.option("--opset", type=int, default=None, metavar="N",
