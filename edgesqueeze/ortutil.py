@@ -19,7 +19,7 @@ ModelLike = Union[onnx.ModelProto, str, bytes]
 
 
 def make_session(model: ModelLike, *, threads: Optional[int] = None, optimize: bool = False,
-                 extra_outputs: Sequence[str] = ()):
+                 extra_outputs: Sequence[str] = (), session_options=None):
     """Create an onnxruntime CPU ``InferenceSession`` for ``model``.
 
     Args:
@@ -27,6 +27,7 @@ def make_session(model: ModelLike, *, threads: Optional[int] = None, optimize: b
         threads: intra-op threads (None = onnxruntime's default).
         optimize: enable onnxruntime's graph optimizations (off by default so that what runs is what we wrote).
         extra_outputs: intermediate tensors to expose as extra graph outputs (model must be a ModelProto).
+        session_options: a prepared ``onnxruntime.SessionOptions`` (then ``threads``/``optimize`` are ignored).
 
     Raises:
         UnsupportedError: onnxruntime cannot load the model (the message says why).
@@ -37,12 +38,14 @@ def make_session(model: ModelLike, *, threads: Optional[int] = None, optimize: b
         if not isinstance(model, onnx.ModelProto):
             model = onnx.load(model) if isinstance(model, str) else onnx.load_from_string(model)
         model = expose_outputs(model, extra_outputs)
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
-                                   else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
-    if threads:
-        so.intra_op_num_threads = int(threads)
+    so = session_options
+    if so is None:
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                       else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+        if threads:
+            so.intra_op_num_threads = int(threads)
     src = model_bytes(model) if isinstance(model, onnx.ModelProto) else model
     try:
         return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
@@ -53,7 +56,8 @@ def make_session(model: ModelLike, *, threads: Optional[int] = None, optimize: b
             proto = model if isinstance(model, onnx.ModelProto) else (
                 onnx.load(model) if isinstance(model, str) else onnx.load_from_string(model))
             if proto.ir_version > int(m.group(1)):
-                return make_session(with_ir_version(proto, int(m.group(1))), threads=threads, optimize=optimize)
+                return make_session(with_ir_version(proto, int(m.group(1))), threads=threads, optimize=optimize,
+                                    session_options=session_options)
         raise UnsupportedError(f"onnxruntime cannot load the model: {text}") from exc
 
 

@@ -114,11 +114,12 @@ class OrtRunner(Runner):
             self._profile_dir = tempfile.mkdtemp(prefix="edgesqueeze-ortprof-")
             so.enable_profiling = True
             so.profile_file_prefix = os.path.join(self._profile_dir, "ort")
-        try:
-            self._session = ort.InferenceSession(model_bytes(self.model), so, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated types
-            raise UnsupportedError(f"onnxruntime cannot load the model: {ort_error_text(exc)}",
-                                   path=self.path) from exc
+        from ..ortutil import make_session
+
+        try:  # make_session also copes with IR versions newer than this onnxruntime knows
+            self._session = make_session(self.model, session_options=so)
+        except UnsupportedError as exc:
+            raise UnsupportedError(exc.message, path=self.path) from exc
         self._output_names = [o.name for o in self._session.get_outputs()]
 
     def _infer(self, feeds: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
