@@ -525,7 +525,10 @@ def main(argv=None):
         precision = manifest.get("precision")
         results["device"]["profile"] = target.get("name")
         results["backend"]["precision"] = precision
-        results["model"] = {"name": manifest.get("name") or os.path.basename(rel).split(".")[0], "path": rel,
+        source = (manifest.get("source") or {}).get("name") or ""
+        name = manifest.get("name") or (source[:-5] if source.endswith(".onnx") else source) or \
+            os.path.basename(rel).split(".")[0]
+        results["model"] = {"name": name, "path": rel,
                             "sha256": manifest.get("files", {}).get(rel, {}).get("sha256")}
         if not args.no_verify:
             verify_files(bundle, manifest)

@@ -23,6 +23,7 @@ from typing import Dict, List, Optional
 
 from ..errors import EdgeSqueezeError, InputError
 from ..fileio import write_json_atomic, write_text_atomic
+from .ssh import DeviceAddress, parse_device
 from .remote import BenchInterrupted, markdown_summary, remote_bench, render_report
 
 DEVICE_KEYS = {"name", "host", "target", "port", "user", "identity", "remote_dir", "python", "bundle", "force"}
@@ -84,7 +85,13 @@ def read_fleet(path) -> List[dict]:
         host = str(d["host"])
         if d.get("user") and "@" not in host:
             host = f"{d['user']}@{host}"
-        d["device"] = host
+        try:
+            addr = parse_device(host)
+            if d.get("port") is not None:
+                addr = DeviceAddress(addr.host, addr.user, int(d.pop("port")))
+        except (InputError, ValueError) as exc:
+            raise InputError(f"{where} ({dev['name']}): bad host or port: {exc}", path=str(path)) from exc
+        d["device"] = str(addr)
         for key in ("identity", "bundle"):
             if d.get(key):
                 p = Path(os.path.expanduser(str(d[key])))
@@ -119,7 +126,7 @@ def fleet_bench(bundle_dir, fleet_toml, *, out_dir=None, max_parallel: Optional[
 
     def one(dev: dict) -> dict:
         kw = dict(opts)
-        for key in ("identity", "remote_dir", "python", "port"):
+        for key in ("identity", "remote_dir", "python"):
             if dev.get(key) is not None:
                 kw[key] = dev[key]
         if dev.get("force") is not None:
