@@ -6,7 +6,7 @@ memory traffic of pointwise ops that TensorRT fuses into the preceding convoluti
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Set
+from typing import Dict, List, Optional, Set
 
 import numpy as np
 import onnx

@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 
 from ..errors import InputError, UnsupportedError
-from ..model import input_specs, infer_shapes, load_model, model_bytes, model_hash
+from ..model import input_specs, infer_shapes, load_model, model_hash
 from .base import InputMetadata, Runner
 
 OPT_LEVELS = ("disable", "basic", "extended", "all")
