@@ -4,7 +4,6 @@ from __future__ import annotations
 import tracemalloc
 
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -48,6 +47,15 @@ def reader_of(n, seed=0):
 
 def test_activation_tensors_are_the_float_activations_in_graph_order():
     assert activation_tensors(mlp()) == ["x", "h", "hb", "r", "y", "logy"]
+
+
+def test_the_model_is_left_as_it_was():
+    from edgesqueeze.model import model_bytes
+
+    model, reader, _ = reader_of(3)
+    before = model_bytes(model)
+    collect_statistics(model, reader, memory_budget_mb=1e-4)
+    assert model_bytes(model) == before
 
 
 def test_minmax_is_exact_and_memory_budget_splits_passes_without_changing_results():

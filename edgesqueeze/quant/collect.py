@@ -99,16 +99,23 @@ def _session(model: ModelProto, exposed: Sequence[str], threads: Optional[int]):
     import onnxruntime as ort
 
     from ..errors import UnsupportedError
-    from ..ortutil import expose_outputs
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     if threads:
         so.intra_op_num_threads = int(threads)
+    # expose the tensors on the model itself for the time of one serialisation: a deep copy would hold the
+    # weights once more at the peak
+    have = {o.name for o in model.graph.output}
+    added = [n for n in dict.fromkeys(exposed) if n not in have]
+    model.graph.output.extend(onnx.ValueInfoProto(name=n) for n in added)
     try:
-        return ort.InferenceSession(model_bytes(expose_outputs(model, exposed)), so,
-                                    providers=["CPUExecutionProvider"])
+        data = model_bytes(model)
+    finally:
+        del model.graph.output[len(model.graph.output) - len(added):]
+    try:
+        return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated types
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UnsupportedError(f"onnxruntime cannot load the model: {text}") from exc

@@ -59,7 +59,7 @@ class TensorHistogram:
         self.count += int(x.size)
         if self.hist is None:
             return
-        top = max(abs(lo), abs(hi))
+        top = max(-lo, hi)
         if top > self.range:
             self._grow(top)
         if self.range == 0.0:  # everything so far is exactly zero
@@ -67,9 +67,8 @@ class TensorHistogram:
             return
         a = np.abs(x)
         a *= a.dtype.type(self.bins / self.range)
-        idx = a.astype(np.intp)
-        np.minimum(idx, self.bins - 1, out=idx)
-        self.hist += np.bincount(idx.ravel(), minlength=self.bins)
+        np.minimum(a, self.bins - 1, out=a)  # x == range goes to the last bin
+        self.hist += np.bincount(a.astype(np.int32).ravel(), minlength=self.bins)
 
     def _grow(self, top: float) -> None:
         if self.range == 0.0:
