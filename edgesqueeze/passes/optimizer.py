@@ -94,17 +94,46 @@ def infer_shapes_fast(model: ModelProto) -> ModelProto:
     return model
 
 
-def _prepare(model: ModelProto) -> ModelProto:
-    """A copy ready for graph surgery: initializers no longer listed as graph inputs, custom functions removed."""
-    from ..plugins.dwsep import strip_functions
+def _prepare(model: ModelProto) -> Tuple[ModelProto, dict]:
+    """A copy ready for graph surgery, and what to restore after it.
 
-    out = strip_functions(model)
+    Initializers stop being listed as graph inputs (IR < 4 style); local functions and node overload keys are
+    set aside (onnx-graphsurgeon does not carry overloads), to be restored by :func:`_restore`.
+    """
+    out = ModelProto()
+    out.CopyFrom(model)
+    saved = {"functions": list(out.functions),
+             "overloads": {n.output[0]: n.overload for n in out.graph.node if n.overload and n.output}}
+    del out.functions[:]
+    for node in out.graph.node:
+        node.overload = ""
     inits = {t.name for t in out.graph.initializer}
     real = [i for i in out.graph.input if i.name not in inits]
     if len(real) != len(out.graph.input):  # IR < 4 style: weights also listed as (overridable) inputs
         del out.graph.input[:]
         out.graph.input.extend(real)
-    return infer_shapes_fast(out)
+    return infer_shapes_fast(out), saved
+
+
+def _restore(out: ModelProto, saved: dict) -> None:
+    """Put back the overload keys of surviving nodes and the functions still called; rebuild the
+    DepthwiseSeparableConv functions from the weights."""
+    from ..plugins.dwsep import DOMAIN, OP_TYPE, attach_functions, has_custom_nodes
+
+    for node in out.graph.node:
+        key = node.output[0] if node.output else None  # surviving nodes keep their output names
+        if key in saved["overloads"] and not (node.domain == DOMAIN and node.op_type == OP_TYPE):
+            node.overload = saved["overloads"][key]
+    called = {(n.domain, n.op_type, n.overload) for n in out.graph.node}
+    for fn in saved["functions"]:
+        if (fn.domain, fn.name) == (DOMAIN, OP_TYPE):
+            continue  # rebuilt below
+        if (fn.domain, fn.name, fn.overload) in called or any(
+                f.node and any((n.domain, n.op_type) == (fn.domain, fn.name) for n in f.node)
+                for f in saved["functions"]):
+            out.functions.append(fn)
+    if has_custom_nodes(out):
+        attach_functions(out)
 
 
 def _run_passes(model: ModelProto, names: Sequence[str], ctx: PassContext) -> Tuple[ModelProto, List[dict]]:
@@ -121,9 +150,8 @@ def _run_passes(model: ModelProto, names: Sequence[str], ctx: PassContext) -> Tu
 def _run_passes_quietly(model: ModelProto, names: Sequence[str], ctx: PassContext):
     import onnx_graphsurgeon as gs
 
-    from ..plugins.dwsep import attach_functions, has_custom_nodes
-
-    graph = gs.import_onnx(_prepare(model))
+    prepared, saved = _prepare(model)
+    graph = gs.import_onnx(prepared)
     ctx.reserve(graph.tensors().keys())
     ctx.reserve(n.name for n in graph.nodes if n.name)
     timings = []
@@ -144,8 +172,7 @@ def _run_passes_quietly(model: ModelProto, names: Sequence[str], ctx: PassContex
         setattr(out, field, getattr(model, field))
     del out.metadata_props[:]
     out.metadata_props.extend(model.metadata_props)
-    if has_custom_nodes(out):
-        attach_functions(out)
+    _restore(out, saved)
     return infer_shapes_fast(out), timings
 
 

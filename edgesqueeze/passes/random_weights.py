@@ -57,11 +57,11 @@ def materialize_random_weights(model: ModelProto, seed: int = 0) -> ModelProto:
         A new ModelProto; ``model`` is not modified.
     """
     from ._graph import ir_version_for
-    from .optimizer import _prepare
+    from .optimizer import _prepare, _restore
     import onnx_graphsurgeon as gs
     from onnx_graphsurgeon.logger import G_LOGGER
 
-    prepared = _prepare(model)
+    prepared, saved = _prepare(model)
     level = G_LOGGER.severity
     G_LOGGER.severity = G_LOGGER.ERROR  # its warnings go to stdout
     try:
@@ -82,10 +82,6 @@ def materialize_random_weights(model: ModelProto, seed: int = 0) -> ModelProto:
         inits.append(numpy_helper.from_array(arr, t.name))
     del out.graph.initializer[:]
     out.graph.initializer.extend(inits)
-    out.functions.extend(f for f in prepared.functions if f not in out.functions)
-    from ..plugins.dwsep import attach_functions, has_custom_nodes
-
-    if has_custom_nodes(out):
-        attach_functions(out)
+    _restore(out, saved)
     onnx.checker.check_model(out)
     return out

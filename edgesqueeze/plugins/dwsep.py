@@ -243,6 +243,16 @@ def _custom_nodes(graph: onnx.GraphProto) -> Iterable[NodeProto]:
                 yield from _custom_nodes(sub)
 
 
+def _domain_nodes(graph: onnx.GraphProto) -> Iterable[NodeProto]:
+    """Every node of the edgesqueeze domain (any op), in any subgraph."""
+    for node in graph.node:
+        if node.domain == DOMAIN:
+            yield node
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                yield from _domain_nodes(sub)
+
+
 def has_custom_nodes(model: ModelProto) -> bool:
     """True when the model contains ``edgesqueeze`` custom nodes (in any subgraph)."""
     return any(True for _ in _custom_nodes(model.graph))
@@ -281,7 +291,7 @@ def attach_functions(model: ModelProto) -> ModelProto:
                                      _text(attrs.get("pw_activation", "none")), dims[0], types[w_dw])
         if node.overload not in wanted:
             wanted[node.overload] = _function_for(node.overload, opset)
-    kept = [f for f in model.functions if f.domain != DOMAIN]
+    kept = [f for f in model.functions if not (f.domain == DOMAIN and f.name == OP_TYPE)]  # other ops' stay
     del model.functions[:]
     model.functions.extend(kept + [wanted[k] for k in sorted(wanted)])
     if wanted:
@@ -315,23 +325,24 @@ def inline_functions(model: ModelProto) -> ModelProto:
         return out
     attach_functions(out)
     out = inliner.inline_selected_functions(out, [(DOMAIN, OP_TYPE)], exclude=False)
-    keep = [op for op in out.opset_import if op.domain != DOMAIN]
-    del out.opset_import[:]
-    out.opset_import.extend(keep)
+    if not any(True for _ in _domain_nodes(out.graph)):  # other edgesqueeze ops may remain
+        keep = [op for op in out.opset_import if op.domain != DOMAIN]
+        del out.opset_import[:]
+        out.opset_import.extend(keep)
     if not any(f.overload for f in out.functions):
         out.ir_version = _plain_ir_version(out)
     return out
 
 
 def strip_functions(model: ModelProto) -> ModelProto:
-    """Return a copy that keeps the custom nodes but drops their local functions and overload keys.
+    """Return a copy that keeps the custom nodes but drops the edgesqueeze local functions and overload keys.
 
     This is the variant for TensorRT with the edgesqueeze plugin library loaded: the parser can only map the
     node to the plugin. onnxruntime cannot run it.
     """
     out = ModelProto()
     out.CopyFrom(model)
-    for node in _custom_nodes(out.graph):
+    for node in _domain_nodes(out.graph):
         node.overload = ""
     kept = [f for f in out.functions if f.domain != DOMAIN]
     del out.functions[:]
