@@ -103,3 +103,16 @@ def test_cli_fp16_model_gets_fp16_tolerance(cli, tmp_path):
     report = json.loads(stdout)
     assert report["verification"]["rtol"] == 1e-2
     assert report["ops_after"] == {"edgesqueeze::DepthwiseSeparableConv": 1}
+
+
+def test_cli_on_the_digits_example(cli, tmp_path):
+    from conftest import EXAMPLES
+
+    model = EXAMPLES / "digits" / "digits_cnn.onnx"
+    if not model.exists():
+        pytest.skip("examples/digits/digits_cnn.onnx not built yet")
+    code, stdout, stderr = cli("optimize", model, "-o", tmp_path / "d.onnx", "--target", "orin-nano", "--json")
+    assert code == 0, stderr
+    report = json.loads(stdout)
+    assert report["verification"]["status"] == "passed"
+    assert report["nodes_after"] < report["nodes_before"]
