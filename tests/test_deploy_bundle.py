@@ -45,7 +45,7 @@ def test_cpu_bundle_from_build_runs_on_the_device(tmp_path, device):
     srv, _ = device
     bundle = _build("cpu", tmp_path / "cpu")
     results = remote_bench(bundle, srv.device, iterations=20, warmup=2, remote_dir=str(tmp_path / "remote"),
-                           python=PY, out_dir=tmp_path / "out", **srv.ssh_options())
+                           python=PY, out_dir=tmp_path / "out", plots=False, **srv.ssh_options())
     from edgesqueeze.bench.schema import validate_result
 
     validate_result(results)

@@ -70,6 +70,7 @@ def test_two_devices_in_parallel_give_one_merged_report(fleet, tmp_path):
     report = (out / "report.md").read_text()
     assert "Run 1" in report and "Run 2" in report and "board-a" in report and "board-b" in report
     assert (out / "board-a" / "results.json").is_file() and (out / "board-b" / "results.json").is_file()
+    assert (out / "latency.png").stat().st_size > 10_000  # the merged plot of both boards
     fleet_md = (out / "fleet.md").read_text()
     assert "board-a" in fleet_md and "board-b" in fleet_md
 
@@ -84,7 +85,7 @@ host = "{a.user}@127.0.0.1:{free_port()}"
 identity = "{a.identity}"
 """)
     out = tmp_path / "out"
-    code, stdout, err = cli("deploy", bundle, "--devices", toml, "-o", out, "--known-hosts", known, "-n", "10",
+    code, stdout, err = cli("deploy", bundle, "--devices", toml, "-o", out, "--known-hosts", known, "-n", "10", "--no-plots",
                             "--connect-timeout", "3")
     assert code == 6, err
     assert "board-dead" in err and "connection refused" in err

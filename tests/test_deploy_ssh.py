@@ -61,7 +61,8 @@ def test_full_deploy_bench_fetch_then_nothing_to_upload(server, bundle, tmp_path
     assert len(second["files"]["unchanged"]) == 3
 
     out = tmp_path / "results"
-    results = remote_bench(bundle, server.device, iterations=30, warmup=3, out_dir=out, **_opts(server, remote))
+    results = remote_bench(bundle, server.device, iterations=30, warmup=3, out_dir=out, plots=False,
+                           **_opts(server, remote))
     _validate(results)
     assert results["partial"] is False and "error" not in results
     assert results["backend"]["name"] == "ort" and results["device"]["profile"] == "cpu"
@@ -182,7 +183,7 @@ def test_ctrl_c_stops_the_remote_run_and_keeps_partial_results(server, bundle, t
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "edgesqueeze", "deploy", str(bundle), "--device", server.device,
                              "-i", str(server.identity), "--known-hosts", str(server.known_hosts), "--remote-dir",
-                             str(remote), "--python", PY, "--bench", "--duration", "60", "-o", str(out)],
+                             str(remote), "--python", PY, "--bench", "--duration", "60", "--no-plots", "-o", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     pid_file = remote / ".edgesqueeze" / "run.pid"
     deadline = time.monotonic() + 60
@@ -213,7 +214,7 @@ def test_cli_deploy_and_bench(server, bundle, tmp_path, cli):
     assert "3 uploaded" in out and "verified by sha256" in out and "runs onnxruntime, not TensorRT" in out
     code, out, err = cli(*base, "--json")
     assert code == 0 and json.loads(out)["files"]["uploaded"] == []
-    code, out, err = cli(*base, "--bench", "-n", "20", "-o", tmp_path / "res")
+    code, out, err = cli(*base, "--bench", "-n", "20", "--no-plots", "-o", tmp_path / "res")
     assert code == 0, err
     assert "median ms" in out and "ort" in out
     assert (tmp_path / "res" / "results.json").is_file()

@@ -86,6 +86,7 @@ def bench_text(results: list) -> str:
               help="On-device backend; auto = trtexec, else TensorRT Python, else onnxruntime.")
 @click.option("--power", type=click.Choice(["auto", "tegrastats", "none"]), default="auto", show_default=True)
 @click.option("--no-engine", is_flag=True, help="Do not build the TensorRT engine on the device.")
+@click.option("--no-plots", is_flag=True, help="Write the report without PNG plots (--bench).")
 @click.option("--timeout", type=float, default=600, show_default=True, help="Seconds for each remote step.")
 @click.option("--run-timeout", type=float, help="Seconds for the on-device benchmark run.")
 @click.option("--connect-timeout", type=float, default=10, show_default=True, help="Seconds to connect.")
@@ -94,7 +95,7 @@ def bench_text(results: list) -> str:
 @click.option("--known-hosts", type=click.Path(dir_okay=False), help="known_hosts file to use instead of ~/.ssh's.")
 @json_option
 def command(bundle, device, fleet, identity, port, remote_dir, force, python, bench, output, iterations, warmup,
-            duration, backend, power, no_engine, timeout, run_timeout, connect_timeout, host_key_check,
+            duration, backend, power, no_engine, no_plots, timeout, run_timeout, connect_timeout, host_key_check,
             known_hosts, as_json):
     """Deploy BUNDLE to a Jetson (or any Linux box) over SSH with the system's OpenSSH client.
 
@@ -120,7 +121,7 @@ def command(bundle, device, fleet, identity, port, remote_dir, force, python, be
            "known_hosts": known_hosts}
     bench_opts = {"iterations": iterations, "warmup": warmup, "duration": duration, "backend": backend,
                   "power": power, "run_timeout": run_timeout, "force": force, "timeout": timeout,
-                  "python": python}
+                  "python": python, "plots": not no_plots, "build_engine": not no_engine}
     try:
         if fleet:
             ssh.pop("port")

@@ -101,7 +101,7 @@ def read_fleet(path) -> List[dict]:
 
 
 def fleet_bench(bundle_dir, fleet_toml, *, out_dir=None, max_parallel: Optional[int] = None,
-                cancel: Optional[threading.Event] = None, **opts) -> List[dict]:
+                cancel: Optional[threading.Event] = None, plots: bool = True, **opts) -> List[dict]:
     """Run :func:`remote_bench` on every device of ``fleet_toml`` in parallel; merge the results.
 
     Args:
@@ -110,6 +110,7 @@ def fleet_bench(bundle_dir, fleet_toml, *, out_dir=None, max_parallel: Optional[
         out_dir: writes ``<name>/results.json`` per device, ``fleet.json`` and the merged comparison report.
         max_parallel: devices at once (default: all).
         cancel: an event that stops every remote run (Ctrl-C sets it too).
+        plots: draw PNG plots in the reports (False: Markdown only).
         **opts: remote_bench options (iterations, warmup, backend, timeout, force, known_hosts, ...).
 
     Returns:
@@ -134,7 +135,7 @@ def fleet_bench(bundle_dir, fleet_toml, *, out_dir=None, max_parallel: Optional[
         dev_out = Path(out_dir) / dev["name"] if out_dir is not None else None
         try:
             return remote_bench(dev.get("bundle") or bundle_dir, dev["device"], label=dev["name"], cancel=cancel,
-                                out_dir=dev_out, **kw)
+                                out_dir=dev_out, plots=plots, **kw)
         except BenchInterrupted as exc:
             return exc.results or _failed(dev, "interrupted", 130)
         except EdgeSqueezeError as exc:
@@ -153,9 +154,9 @@ def fleet_bench(bundle_dir, fleet_toml, *, out_dir=None, max_parallel: Optional[
         for name, fut in futures.items():
             results[name] = fut.result()
         pool.shutdown(wait=True)
-        raise BenchInterrupted(_merge(devices, results, out_dir), str(out_dir) if out_dir else None) from None
+        raise BenchInterrupted(_merge(devices, results, out_dir, plots), str(out_dir) if out_dir else None) from None
     pool.shutdown(wait=True)
-    return _merge(devices, results, out_dir)
+    return _merge(devices, results, out_dir, plots)
 
 
 def _failed(dev: dict, message: str, code: int) -> dict:
@@ -165,7 +166,7 @@ def _failed(dev: dict, message: str, code: int) -> dict:
             "runs": [], "warnings": [], "partial": True, "error": {"message": message, "exit_code": code}}
 
 
-def _merge(devices: List[dict], results: Dict[str, dict], out_dir) -> List[dict]:
+def _merge(devices: List[dict], results: Dict[str, dict], out_dir, plots: bool = True) -> List[dict]:
     merged = []
     for dev in devices:
         r = results[dev["name"]]
@@ -185,5 +186,5 @@ def _merge(devices: List[dict], results: Dict[str, dict], out_dir) -> List[dict]
         write_text_atomic(out / "fleet.md", markdown_summary(merged))
         ok = [r for r in merged if r.get("runs")]
         if ok:
-            render_report(ok, out)
+            render_report(ok, out, plots=plots)
     return merged

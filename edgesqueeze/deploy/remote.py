@@ -32,7 +32,7 @@ def remote_bench(bundle_dir, device: str, *, iterations: int = 100, warmup: int 
                  label: Optional[str] = None, cancel: Optional[threading.Event] = None,
                  identity: Optional[str] = None, remote_dir: Optional[str] = None, force: bool = False,
                  timeout: float = 600, python: str = "python3", runner_args=(), build_engine: bool = True,
-                 engine_cache: str = DEFAULT_ENGINE_CACHE, build_env: Optional[dict] = None,
+                 engine_cache: str = DEFAULT_ENGINE_CACHE, build_env: Optional[dict] = None, plots: bool = True,
                  progress: Optional[Callable[[int], None]] = None, **transport_opts) -> dict:
     """Benchmark a bundle on a device over SSH and return the results (``edgesqueeze.bench/1``).
 
@@ -45,6 +45,7 @@ def remote_bench(bundle_dir, device: str, *, iterations: int = 100, warmup: int 
             options: as for deploy.
         iterations, warmup, duration, backend, power: passed to the on-device runner.
         out_dir: local folder for results.json and the report (None: only return the results).
+        plots: draw the report's PNG plots (needs matplotlib; False writes the Markdown only).
         run_timeout: seconds for the on-device run (default: generous, from iterations/duration).
         deploy_first: deploy (a no-op when up to date) before running.
         label: a name for this device in reports (fleet runs use the fleet name).
@@ -103,7 +104,7 @@ def remote_bench(bundle_dir, device: str, *, iterations: int = 100, warmup: int 
                 results.setdefault("warnings", []).append(f"stopped: {stopped}; partial results")
                 _annotate(results, tr, report, label)
                 results = normalise(results)
-                _save(results, out_dir)
+                _save(results, out_dir, plots)
             if "Ctrl-C" in stopped:
                 raise BenchInterrupted(results, str(out_dir) if out_dir else None)
             raise DeviceError(f"{stopped} on {tr.address}" + (f"; partial results in {out_dir}" if
@@ -115,7 +116,7 @@ def remote_bench(bundle_dir, device: str, *, iterations: int = 100, warmup: int 
                               f"{' '.join(res.stderr.strip().splitlines()[-3:])}")
         _annotate(results, tr, report, label)
         results = normalise(results)
-        _save(results, out_dir)
+        _save(results, out_dir, plots)
         err = results.get("error")
         if err:
             cls = VerificationError if err.get("exit_code") == 7 else DeviceError
@@ -195,18 +196,18 @@ def normalise(results: dict) -> dict:
         return results
 
 
-def _save(results: dict, out_dir) -> None:
+def _save(results: dict, out_dir, plots: bool = True) -> None:
     if out_dir is None:
         return
     out = Path(out_dir)
     write_json_atomic(out / "results.json", results)
     if results.get("runs"):
-        render_report([results], out)
+        render_report([results], out, plots=plots)
     else:
         write_text_atomic(out / "report.md", markdown_summary([results]))
 
 
-def render_report(results: List[dict], out_dir) -> Path:
+def render_report(results: List[dict], out_dir, plots: bool = True) -> Path:
     """Write the report for ``results`` into ``out_dir``; return the Markdown file's path.
 
     Uses helper E's :func:`edgesqueeze.bench.report.write_report` when it is installed; otherwise writes a
@@ -219,7 +220,7 @@ def render_report(results: List[dict], out_dir) -> Path:
         write_report = None
     if write_report is not None:
         with _REPORT_LOCK:
-            written = write_report(results, out)
+            written = write_report(results, out, plots=plots)
         if isinstance(written, (str, Path)):
             return Path(written)
         if isinstance(written, dict) and (written.get("report") or written.get("markdown")):
