@@ -74,8 +74,8 @@ def build_library(arch: Optional[str] = None, trt_root: Optional[str] = None, bu
         jobs: parallel build jobs (default: CPU count).
 
     Returns:
-        ``{"library": path | None, "gpu_harness": path, "archs": [...], "build_dir", "commands": [...],
-        "seconds"}``.
+        ``{"library": path | None (kernels_only), "gpu_harness": path | None (built with kernels_only),
+        "archs": [...], "build_dir", "commands": [...], "seconds"}``.
 
     Raises:
         UnsupportedError: cmake or nvcc is not installed.
@@ -106,7 +106,8 @@ def build_library(arch: Optional[str] = None, trt_root: Optional[str] = None, bu
                               f"{_tail(proc.stdout + proc.stderr)}", path=str(out_dir))
     library = out_dir / LIBRARY_NAME
     harness = out_dir / "libedgesqueeze_gpu_harness.so"
-    return {"library": None if kernels_only else str(library), "gpu_harness": str(harness),
+    return {"library": None if kernels_only else str(library),
+            "gpu_harness": str(harness) if harness.exists() else None,
             "archs": [f"sm_{a}" for a in archs], "build_dir": str(out_dir), "commands": [configure, build],
             "seconds": round(time.perf_counter() - t0, 1)}
 
