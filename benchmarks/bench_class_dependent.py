@@ -33,6 +33,8 @@ def main(argv=None) -> int:
     ap.add_argument("--beta", type=float, default=0.999)
     ap.add_argument("--lam", type=float, default=0.01)
     ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--ablation", action="store_true",
+                    help="also run the class-dependent loss with |W_k| pruning, and cross-entropy with |W_k|-|W_0|")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
 
@@ -48,7 +50,10 @@ def main(argv=None) -> int:
     x, digit = (d.data / 16.0).astype(np.float32), d.target
     y = (digit == args.positive).astype(np.int64)
     seeds = [int(s) for s in args.seeds.split(",")]
-    runs = {"plain": [], "class-dependent": []}
+    variants = {"plain": (False, "magnitude"), "class-dependent": (True, "increase")}
+    if args.ablation:
+        variants.update({"cd-loss only": (True, "magnitude"), "increase only": (False, "increase")})
+    runs = {name: [] for name in variants}
     for seed in seeds:
         xtr, xte, ytr, yte = train_test_split(x, y, test_size=0.3, random_state=seed, stratify=digit)
         rng = np.random.default_rng(seed)
@@ -61,10 +66,10 @@ def main(argv=None) -> int:
             return torch.nn.Sequential(torch.nn.Linear(64, 300), torch.nn.ReLU(), torch.nn.Linear(300, 100),
                                        torch.nn.ReLU(), torch.nn.Linear(100, 2))
 
-        for name, cd in (("plain", False), ("class-dependent", True)):
+        for name, (cd, criterion) in variants.items():
             _, _, hist = lottery_ticket(make, train_data, test_data, rounds=args.rounds, prune_rate=args.prune_rate,
                                         epochs=args.epochs, lr=args.lr, positive=1, class_dependent=cd,
-                                        beta=args.beta, lam=args.lam, seed=seed)
+                                        beta=args.beta, lam=args.lam, criterion=criterion, seed=seed)
             runs[name].append(hist)
         n_pos_train, n_pos_test = int(train_data[1].sum()), int(yte.sum())
     levels = []
@@ -92,6 +97,11 @@ def main(argv=None) -> int:
         print(f"{r['round']:>5} {100 * r['weights_kept']:>6.1f}% | {p['fn']:>8.2f} {c['fn']:>6.2f} | "
               f"{p['fp']:>8.2f} {c['fp']:>6.2f} | {p['auc']:>9.4f} {c['auc']:>7.4f} | "
               f"{p['accuracy']:>9.4f} {c['accuracy']:>7.4f}")
+    if args.ablation:
+        print("ablation (FN / AUC): " + ", ".join(f"{name}" for name in list(runs)[2:]))
+        for r in levels:
+            print(f"{r['round']:>5} {100 * r['weights_kept']:>6.1f}% | " + " | ".join(
+                f"{r[name]['fn']:>6.2f} {r[name]['auc']:.4f}" for name in list(runs)[2:]))
     print(f"[{result['seconds']} s]")
     return 0
 

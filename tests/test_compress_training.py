@@ -152,6 +152,8 @@ def test_bad_options():
         lottery_ticket(_mlp, data, data, prune_rate=1.5)
     with pytest.raises(InputError):
         lottery_ticket(_mlp, data, data, class_dependent=True)
+    with pytest.raises(InputError):
+        lottery_ticket(_mlp, data, data, criterion="gradient")
 
 
 @pytest.mark.torch

@@ -168,7 +168,7 @@ def iterative_pruning(module, train_data, val_data, *, schedule: Sequence[float]
 def lottery_ticket(model_fn: Callable, train_data, val_data, *, rounds: int = 5, prune_rate: float = 0.2,
                    epochs: int = 10, lr: float = 1e-3, batch_size: int = 64, layerwise: bool = True,
                    positive: Optional[int] = None, class_dependent: bool = False, beta: float = 0.999,
-                   lam: float = 0.05, seed: int = 0):
+                   lam: float = 0.05, criterion: Optional[str] = None, seed: int = 0):
     """Lottery-ticket rounds with rewinding; with ``class_dependent`` the variant of Entezari & Saukh.
 
     Each round trains the masked network from the initial weights ``W_0``, removes ``prune_rate`` of the
@@ -185,6 +185,8 @@ def lottery_ticket(model_fn: Callable, train_data, val_data, *, rounds: int = 5,
         layerwise: prune the same fraction in every layer (else one global ranking).
         positive: the important class (metrics for it; required when ``class_dependent``).
         beta, lam: parameters of the class-dependent loss.
+        criterion: ``"magnitude"`` (|W_k|) or ``"increase"`` (|W_k| - |W_0|); by default ``"increase"`` with
+            ``class_dependent`` and ``"magnitude"`` without (set it to separate the effect of loss and criterion).
         seed: seeds the initial weights and the batch order.
 
     Returns:
@@ -192,9 +194,13 @@ def lottery_ticket(model_fn: Callable, train_data, val_data, *, rounds: int = 5,
         round, sparsity, accuracy, n and, with ``positive``, fn, fp, positives, auc.
 
     Raises:
-        InputError: ``prune_rate`` outside (0, 1), ``rounds`` < 0, or ``class_dependent`` without ``positive``.
+        InputError: ``prune_rate`` outside (0, 1), ``rounds`` < 0, ``class_dependent`` without ``positive``, or an
+            unknown ``criterion``.
     """
     torch = _torch()
+    criterion = criterion or ("increase" if class_dependent else "magnitude")
+    if criterion not in ("magnitude", "increase"):
+        raise InputError(f"unknown pruning criterion '{criterion}' (use 'magnitude' or 'increase')")
     if not 0.0 < prune_rate < 1.0 or rounds < 0:
         raise InputError(f"need 0 < prune_rate < 1 and rounds >= 0, got {prune_rate} and {rounds}")
     if class_dependent and positive is None:
@@ -208,6 +214,7 @@ def lottery_ticket(model_fn: Callable, train_data, val_data, *, rounds: int = 5,
     if class_dependent:
         counts = np.bincount(np.asarray(train_data[1]), minlength=int(np.max(train_data[1])) + 1)
         loss_fn = class_dependent_loss(counts, positive, beta=beta, lam=lam)
+    if criterion == "increase":
         score = lambda n, w: w.abs() - w0[n].abs()  # noqa: E731 - magnitude increase since W_0
     else:
         score = lambda n, w: w.abs()  # noqa: E731
