@@ -225,3 +225,12 @@ def test_channel_pruning_resnet50_residuals(light_models_dir):
     assert _macs(out) < 0.7 * _macs(m)
     feeds = random_feeds(m)[0]
     assert run_model(out, feeds)[m.graph.output[0].name].shape == run_model(m, feeds)[m.graph.output[0].name].shape
+
+
+def test_channel_pruning_ratio_zero_changes_nothing():
+    m = residual_net()
+    out, rep = prune_channels(m, 0.0)
+    assert [n.SerializeToString() for n in out.graph.node] == [n.SerializeToString() for n in m.graph.node]
+    assert {t.name: t.SerializeToString() for t in out.graph.initializer} == \
+        {t.name: t.SerializeToString() for t in m.graph.initializer}
+    assert all(g["kept"] == g["channels"] for g in rep["groups"])

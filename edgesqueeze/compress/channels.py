@@ -117,12 +117,13 @@ def prune_channels(model: ModelProto, ratio: float = 0.3, *, multiple_of: int = 
     params_before = sum(int(np.prod(t.dims)) for t in out.graph.initializer)
     for kind, target, axis, tensor in edits:
         idx = indices(tensor)
+        if len(idx) == layouts[tensor].channels * layouts[tensor].rep and kind != "slice":
+            continue            # nothing pruned here: leave the node as it is
         if kind == "group":     # depthwise conv: group count follows the channels
             set_attr(target, "group", int(len(idx)))
         elif kind == "reshape":  # flatten-like Reshape: let the feature dim follow
             shp = get_array(out, target)
-            shp = np.array([axis, -1], dtype=shp.dtype)  # the static batch dim, then the rest
-            set_array(out, target, shp)
+            set_array(out, target, np.array([axis, -1], dtype=shp.dtype))  # the static batch dim, then the rest
         else:
             w = get_array(out, target)
             if w.shape[axis] != len(idx):
