@@ -134,10 +134,6 @@ def to_entries(flat_bits: np.ndarray, index_bits: int) -> Tuple[np.ndarray, np.n
     return out_gaps, out_pos
 
 
-def _bits_of(kind_index: str, index_bits: Dict[str, int], name: str, kind: str) -> int:
-    return int(index_bits.get(name, index_bits.get(kind_index, 8)))
-
-
 # ----------------------------------------------------------------------------- pack
 def pack(model: ModelProto, *, conv_index_bits: int = 8, fc_index_bits: int = 5,
          index_bits: Optional[Dict[str, int]] = None, dense_onnx_bytes: Optional[int] = None) -> Tuple[bytes, dict]:

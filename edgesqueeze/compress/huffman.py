@@ -113,11 +113,13 @@ def decode(data: bytes, count: int, lengths: np.ndarray) -> np.ndarray:
         table_len[lo:hi] = lengths[s]
     bits = np.unpackbits(np.frombuffer(data, np.uint8))
     bits = np.concatenate([bits, np.zeros(width, np.uint8)])
-    windows = np.lib.stride_tricks.sliding_window_view(bits, width)[: bits.size - width] \
-        @ (1 << np.arange(width - 1, -1, -1))
+    limit = bits.size - width
+    windows = np.zeros(limit, np.uint32)  # the next `width` bits at every bit position
+    for b in range(width):
+        windows <<= 1
+        windows |= bits[b:b + limit]
     win = windows.tolist()
     tsym, tlen = table_sym.tolist(), table_len.tolist()
-    limit = bits.size - width
     out = [0] * count
     pos = 0
     for i in range(count):
