@@ -274,3 +274,25 @@ def write_fake_trtexec(folder: Path, tag: str = "100300") -> Path:
     path.write_text(FAKE_TRTEXEC.format(python=sys.executable, tag=tag))
     path.chmod(0o755)
     return path
+
+
+def find_python36() -> Optional[str]:
+    """A real Python 3.6 interpreter (what JetPack 4.6 ships), or None.
+
+    Looks at $EDGESQUEEZE_TEST_PY36, ``python3.6`` on PATH and pyenv's versions; each candidate must run.
+    """
+    import glob
+
+    candidates = [os.environ.get("EDGESQUEEZE_TEST_PY36"), shutil.which("python3.6"), "/usr/bin/python3.6"]
+    candidates += sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.6*/bin/python3.6")))
+    for cand in candidates:
+        if not cand or not os.access(cand, os.X_OK):
+            continue
+        try:
+            out = subprocess.run([cand, "-c", "import sys; print(sys.version_info[:2] == (3, 6))"],
+                                 capture_output=True, text=True, timeout=20)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if out.stdout.strip() == "True":
+            return cand
+    return None

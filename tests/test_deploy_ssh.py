@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from sshd import SilentServer, SshServer, free_port, make_bundle, sshd_skip_reason  # noqa: E402
+from sshd import SilentServer, SshServer, find_python36, free_port, make_bundle, sshd_skip_reason  # noqa: E402
 
 from edgesqueeze.deploy import deploy, read_local_bundle, remote_bench, verify_remote  # noqa: E402
 from edgesqueeze.deploy.ssh import SshTransport  # noqa: E402
@@ -218,3 +218,24 @@ def test_cli_deploy_and_bench(server, bundle, tmp_path, cli):
     assert code == 0, err
     assert "median ms" in out and "ort" in out
     assert (tmp_path / "res" / "results.json").is_file()
+
+
+def test_a_python_3_6_device(server, bundle, tmp_path):
+    """Deploy and run with a real Python 3.6 as the device's Python (JetPack 4.6: TX1, TX2, Nano)."""
+    py36 = find_python36()
+    if py36 is None:
+        pytest.skip("no Python 3.6 interpreter here (set EDGESQUEEZE_TEST_PY36=/path/to/python3.6)")
+    has_ort = subprocess.run([py36, "-c", "import onnxruntime"], capture_output=True).returncode == 0
+    opts = dict(remote_dir=str(tmp_path / "dense"), python=py36, **server.ssh_options())
+    if not has_ort:  # the check against the bundle's target says why it cannot run, before uploading
+        with pytest.raises(DeviceError, match="no onnxruntime for Python 3.6"):
+            deploy(bundle, server.device, **opts)
+        opts["force"] = True
+    report = deploy(bundle, server.device, **opts)
+    assert report["probe"]["python"].startswith("3.6.") and report["files"]["verified"] == 3
+    if has_ort:
+        results = remote_bench(bundle, server.device, iterations=20, **opts)
+        assert results["versions"]["python"].startswith("3.6.") and results["backend"]["name"] == "ort"
+    else:
+        with pytest.raises(DeviceError, match="no backend can run the model here"):
+            remote_bench(bundle, server.device, iterations=20, **opts)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from sshd import make_bundle  # noqa: E402
+from sshd import find_python36, make_bundle  # noqa: E402
 
 from edgesqueeze.deploy import check_target, engine_key, jetpack_for_l4t, parse_device, parse_tegra_release  # noqa: E402
 from edgesqueeze.deploy.device_runner import stats, trtexec_build_flags, version_from_tag  # noqa: E402
@@ -208,3 +208,39 @@ def test_runner_stops_on_sigterm_and_keeps_partial_results(tmp_path):
     assert r["partial"] is True and "interrupted after" in r["warnings"][0]
     assert len(r["runs"][0]["latency_ms"]["samples"]) > 10
     _validate(r)
+
+
+def test_device_scripts_under_a_real_python_3_6(tmp_path):
+    """vermin reads the code; this runs it on a real Python 3.6 (JetPack 4.6's), when one is installed."""
+    py36 = find_python36()
+    if py36 is None:
+        pytest.skip("no Python 3.6 interpreter here (set EDGESQUEEZE_TEST_PY36=/path/to/python3.6)")
+    deploy_dir = REPO / "edgesqueeze" / "deploy"
+    probe = json.loads(subprocess.run([py36, str(deploy_dir / "device_probe.py"), str(tmp_path)], capture_output=True,
+                                      text=True, timeout=60, check=True).stdout)
+    assert probe["python"].startswith("3.6.") and probe["free_bytes"] > 0
+
+    helper = (deploy_dir / "remote_files.py").read_text()
+    src = tmp_path / "src.bin"
+    src.write_bytes(os.urandom(300_000))
+    frame = json.dumps({"rel": "a/b.bin", "offset": 0, "size": src.stat().st_size}).encode() + b"\n" + src.read_bytes()
+    got = subprocess.run([py36, "-c", helper, "receive", str(tmp_path / "dev")], input=frame, capture_output=True,
+                         timeout=60, check=True)
+    assert json.loads(got.stdout) == {"a/b.bin": 300_000}
+    import hashlib
+
+    sha = hashlib.sha256(src.read_bytes()).hexdigest()
+    done = subprocess.run([py36, "-c", helper, "commit", str(tmp_path / "dev"),
+                           json.dumps({"commit": {"a/b.bin": sha}, "verify": {"a/b.bin": sha}})],
+                          capture_output=True, text=True, timeout=60, check=True)
+    assert json.loads(done.stdout) == {"commit": {"a/b.bin": "ok"}, "verify": {"a/b.bin": "ok"}}
+
+    bundle = make_bundle(tmp_path / "b", hidden=64)
+    proc = subprocess.run([py36, str(RUNNER), "--bundle", str(bundle), "--out", str(tmp_path / "r.json"),
+                           "--iterations", "20"], capture_output=True, text=True, timeout=120)
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert r["versions"]["python"].startswith("3.6.")
+    if proc.returncode == 0:  # this Python 3.6 has onnxruntime
+        assert r["backend"]["name"] == "ort" and len(r["runs"][0]["latency_ms"]["samples"]) == 20
+    else:
+        assert proc.returncode == 6 and "no backend can run the model here" in r["error"]["message"]
