@@ -109,9 +109,27 @@ def test_trtexec_flags_follow_the_tensorrt_version():
     m = {"precision": "int8", "models": {"deploy": "models/model.fp32.onnx"}}
     assert trtexec_build_flags(m, "calib/calibration.cache", 8, "libesq.so") == [
         "--workspace=1024", "--fp16", "--int8", "--calib=calib/calibration.cache", "--plugins=libesq.so"]
+    assert trtexec_build_flags(m, None, 10, "/no/such/lib.so")[-1] == "--staticPlugins=/no/such/lib.so"
     assert trtexec_build_flags(m, "c", 10, None) == ["--memPoolSize=workspace:1024", "--fp16", "--int8", "--calib=c"]
     assert trtexec_build_flags(m, "c", 11, None) == ["--memPoolSize=workspace:1024"]  # precision from Q/DQ only
     assert (version_from_tag("8201"), version_from_tag("100300")) == ("8.2.1", "10.3.0")
+
+
+def test_plugin_flag_follows_what_the_library_exports(tmp_path):
+    from edgesqueeze.deploy.device_runner import plugin_flag
+
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler to build a test library")
+    libs = {}
+    for name, code in (("dyn", "int getCreators(void) { return 0; }"), ("static", "int esq_registered = 1;")):
+        (tmp_path / f"{name}.c").write_text(code + "\n")
+        libs[name] = tmp_path / f"lib{name}.so"
+        subprocess.run([cc, "-shared", "-fPIC", "-o", str(libs[name]), str(tmp_path / f"{name}.c")], check=True,
+                       timeout=60)
+    assert plugin_flag(str(libs["dyn"]), 10) == f"--dynamicPlugins={libs['dyn']}"
+    assert plugin_flag(str(libs["static"]), 10) == f"--staticPlugins={libs['static']}"
+    assert plugin_flag(str(libs["dyn"]), 8) == f"--plugins={libs['dyn']}"
 
 
 def test_runner_statistics_match_numpy():

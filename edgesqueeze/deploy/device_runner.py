@@ -296,6 +296,19 @@ def version_from_tag(tag):
     return "%d.%d.%d" % (n // 1000, n // 100 % 10, n % 100)
 
 
+def plugin_flag(lib, major):
+    """trtexec's flag to load a plugin library: --plugins (8.x); 10.x: --dynamicPlugins for a library that
+    exports getCreators, --staticPlugins for one that registers itself when loaded (TENSORRT.md)."""
+    if major and major < 10:
+        return "--plugins=" + lib
+    try:
+        import ctypes
+        dynamic = hasattr(ctypes.CDLL(os.path.abspath(lib)), "getCreators")
+    except OSError:
+        dynamic = False
+    return ("--dynamicPlugins=" if dynamic else "--staticPlugins=") + lib
+
+
 def trtexec_build_flags(manifest, calib, major, plugin_lib):
     """Precision, workspace and plugin flags for this TensorRT major version (see TENSORRT.md).
 
@@ -312,7 +325,7 @@ def trtexec_build_flags(manifest, calib, major, plugin_lib):
             if calib and "qdq" not in manifest.get("models", {}).get("deploy", ""):
                 flags.append("--calib=" + calib)
     if plugin_lib:
-        flags.append(("--plugins=" if major and major < 10 else "--dynamicPlugins=") + plugin_lib)
+        flags.append(plugin_flag(plugin_lib, major))
     return flags
 
 
@@ -327,7 +340,7 @@ def run_trtexec(trtexec, model_path, bundle, manifest, args, results):
     source = ["--loadEngine=" + args.engine] if args.engine else ["--onnx=" + model_path] + \
         trtexec_build_flags(manifest, calib if os.path.isfile(calib) else None, major, None)
     if args.plugin_lib:
-        source.append(("--plugins=" if major and major < 10 else "--dynamicPlugins=") + args.plugin_lib)
+        source.append(plugin_flag(args.plugin_lib, major))
     cmd = [trtexec] + source + ["--warmUp=%d" % args.warmup_ms, "--iterations=%d" % args.iterations,
                                 "--duration=%d" % (args.duration or 0), "--exportTimes=" + times_path]
     results["backend"]["command"] = cmd
@@ -379,7 +392,14 @@ def run_trt_python(model_path, bundle, manifest, args, results):
         with open(args.engine, "rb") as fh:
             plan = fh.read()
     else:
-        plan = build_plan(trt, logger, model_path, manifest.get("precision", "fp32"))
+        precision = manifest.get("precision", "fp32")
+        qdq = "qdq" in os.path.basename(model_path)
+        if precision == "int8" and not qdq:
+            results["warnings"].append("the TensorRT Python path builds INT8 from Q/DQ models only; this model has "
+                                       "none, so the engine is built in FP16 (use trtexec with the calibration "
+                                       "cache for INT8)")
+            precision = "fp16"
+        plan = build_plan(trt, logger, model_path, precision)
     engine = trt.Runtime(logger).deserialize_cuda_engine(plan)
     if engine is None:
         raise RunnerError("TensorRT could not deserialize the engine (built for another TensorRT or GPU?)", 6)
