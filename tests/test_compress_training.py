@@ -197,3 +197,20 @@ def test_trained_quantization_keeps_codebook_and_zeros(digits):
     model = sequential_to_onnx(net, [4, 64])
     again, _ = share_weights(model, fc_bits=3)   # already shared: k-means reproduces it exactly
     assert again.SerializeToString(deterministic=True) == model.SerializeToString(deterministic=True)
+
+
+@pytest.mark.torch
+@pytest.mark.slow
+def test_benchmarks_run(tmp_path, capsys):
+    import importlib.util
+
+    root = Path(__file__).resolve().parents[1] / "benchmarks"
+    for name, args in (("bench_compression", ["--epochs", "5", "--finetune-epochs", "2", "--out-dir", str(tmp_path)]),
+                       ("bench_class_dependent", ["--seeds", "0", "--rounds", "2", "--epochs", "3"])):
+        spec = importlib.util.spec_from_file_location(name, root / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        mod.main(args)
+    out = capsys.readouterr().out
+    assert "+Huffman KiB" in out and "unpack bit-exact: True" in out and "FN plain" in out
+    assert (tmp_path / "model.esq").exists()
