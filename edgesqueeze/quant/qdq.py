@@ -18,7 +18,7 @@ import onnx
 from onnx import ModelProto, helper, numpy_helper
 
 from ..errors import InputError
-from ..model import convert_opset, infer_shapes, opset_version
+from ..model import convert_opset, opset_version
 
 # op -> (activation input indices, weight input index, weight channel axis or None: decided per node)
 WEIGHTED_OPS = {"Conv": ((0,), 1), "ConvTranspose": ((0,), 1), "Gemm": ((0, 1), 1), "MatMul": ((0, 1), 1)}
@@ -210,7 +210,6 @@ def quantize_qdq(model: ModelProto, amax: Mapping[str, float], keep: Sequence[st
     keep_inits = [t for t in g.initializer if not (t.name in drop_inits and t.name not in still_used)]
     del g.initializer[:]
     g.initializer.extend(keep_inits + new_inits)
-    del g.value_info[:]
-    out = infer_shapes(out)
+    # existing value_info stays valid (no tensor changes shape); re-inferring would copy the weights twice more
     onnx.checker.check_model(out)
     return out
