@@ -254,15 +254,18 @@ def check_plugin_sources(trt_include: str, *, compiler: Optional[str] = None) ->
     trt_version = ".".join(m.group(1) for m in nums if m) or "?"
     root = plugin_source_dir()
     out = []
-    for rel in PLUGIN_SOURCES + ("plugins/plugin_common.cpp",):
+    units = [(rel, []) for rel in PLUGIN_SOURCES + ("plugins/plugin_common.cpp",)]
+    if trt_version.split(".")[0].isdigit() and int(trt_version.split(".")[0]) >= 10:
+        units.append(("plugins/plugin_registry.cpp", ["-DESQ_PLUGIN_V3=1"]))   # the IPluginV3 build
+    for rel, defines in units:
         cmd = [cxx, "-std=c++14", "-fsyntax-only", "-Wall", "-Wextra", "-Wno-deprecated-declarations",
-               f"-I{root / 'include'}", f"-I{root / 'plugins'}", "-isystem", str(inc)]
-        for d in cuda_inc:
+               f"-I{root / 'include'}", f"-I{root / 'plugins'}", "-isystem", str(inc)] + defines
+        for d in _cuda_include():
             cmd += ["-isystem", d]
         cmd.append(str(root / rel))
         proc = subprocess.run(cmd, capture_output=True, text=True)
-        out.append({"source": rel, "ok": proc.returncode == 0, "compiler": cxx, "trt_version": trt_version,
-                    "log": proc.stderr.strip()})
+        out.append({"source": rel + (f" ({' '.join(defines)})" if defines else ""), "ok": proc.returncode == 0,
+                    "compiler": cxx, "trt_version": trt_version, "log": proc.stderr.strip()})
     return out
 
 

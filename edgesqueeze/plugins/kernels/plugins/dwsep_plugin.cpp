@@ -21,6 +21,19 @@ DwsepPlugin::DwsepPlugin(const void* data, size_t length) {
     valid_ = read_pod(p, end, &magic) && magic == kMagic && read_pod(p, end, &attrs_) && p == end;
 }
 
+void DwsepPlugin::exportFields(FieldStore& out) const {
+    out.add_ints("kernel_shape", attrs_.kernel, 2);
+    out.add_ints("strides", attrs_.strides, 2);
+    out.add_ints("pads", attrs_.pads, 4);
+    out.add_ints("dilations", attrs_.dilations, 2);
+    out.add_string("dw_activation", activation_name(attrs_.dw_act));
+    out.add_string("pw_activation", activation_name(attrs_.pw_act));
+    out.add_float("dw_alpha", attrs_.dw_alpha);
+    out.add_float("dw_beta", attrs_.dw_beta);
+    out.add_float("pw_alpha", attrs_.pw_alpha);
+    out.add_float("pw_beta", attrs_.pw_beta);
+}
+
 nvinfer1::IPluginV2DynamicExt* DwsepPlugin::clone() const noexcept {
     DwsepPlugin* copy = new (std::nothrow) DwsepPlugin(attrs_);
     if (copy != nullptr) copy->setPluginNamespace(namespace_.c_str());

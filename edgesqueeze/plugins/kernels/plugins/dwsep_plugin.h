@@ -24,6 +24,8 @@ public:
     explicit DwsepPlugin(const DwsepAttrs& attrs);
     DwsepPlugin(const void* data, size_t length);  // deserialise; valid() false on a bad blob
     bool valid() const { return valid_; }
+    // The creation attributes as plugin fields (what the IPluginV3 adapter serialises).
+    void exportFields(FieldStore& out) const;
 
     // IPluginV2DynamicExt
     nvinfer1::IPluginV2DynamicExt* clone() const noexcept override;

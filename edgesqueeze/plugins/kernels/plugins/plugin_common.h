@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <deque>
 #include <string>
 #include <vector>
 
@@ -71,6 +72,43 @@ struct FieldList {
         collection.nbFields = static_cast<int32_t>(fields.size());
         collection.fields = fields.data();
     }
+};
+
+// A plugin's attributes written back as PluginFields of the types the ONNX parser uses (IPluginV3 serialises
+// through these). deques keep the element addresses stable while fields point into them.
+class FieldStore {
+public:
+    void clear() {
+        fields_.clear();
+        ints_.clear();
+        floats_.clear();
+        strings_.clear();
+    }
+    void add_ints(const char* name, const int* v, int count) {
+        ints_.emplace_back(v, v + count);
+        fields_.push_back(nvinfer1::PluginField(name, ints_.back().data(), nvinfer1::PluginFieldType::kINT32, count));
+    }
+    void add_float(const char* name, float v) {
+        floats_.push_back(v);
+        fields_.push_back(nvinfer1::PluginField(name, &floats_.back(), nvinfer1::PluginFieldType::kFLOAT32, 1));
+    }
+    void add_string(const char* name, const std::string& v) {
+        strings_.push_back(v);
+        fields_.push_back(nvinfer1::PluginField(name, strings_.back().c_str(), nvinfer1::PluginFieldType::kCHAR,
+                                                static_cast<int32_t>(v.size())));
+    }
+    const nvinfer1::PluginFieldCollection* collection() {
+        collection_.nbFields = static_cast<int32_t>(fields_.size());
+        collection_.fields = fields_.data();
+        return &collection_;
+    }
+
+private:
+    std::vector<nvinfer1::PluginField> fields_;
+    std::deque<std::vector<int32_t>> ints_;
+    std::deque<float> floats_;
+    std::deque<std::string> strings_;
+    nvinfer1::PluginFieldCollection collection_;
 };
 
 }  // namespace trt

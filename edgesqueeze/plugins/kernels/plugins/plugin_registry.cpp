@@ -6,11 +6,26 @@
 //   register what it returns, so static registration is off by default there (registering the same creator
 //   twice fails), and getCreators()/getPluginCreators() are exported instead. -DESQ_STATIC_REGISTRATION=1/0
 //   overrides the choice (e.g. 0 on TensorRT 8.6 to use loadLibrary, 1 on 10.x for `--staticPlugins`).
+//
+// * -DESQ_PLUGIN_V3=1 (TensorRT >= 10): getCreators() returns IPluginCreatorV3One creators of the same names
+//   (plugin_v3.h, an adapter over the same code) instead of the IPluginV2DynamicExt ones.
 #include "dwsep_plugin.h"
+#include "plugin_v3.h"
 #include "sparse_plugin.h"
 
 #if ESQ_TRT_VERSION >= 806
 #include <mutex>
+#endif
+
+#if defined(ESQ_PLUGIN_V3) && ESQ_PLUGIN_V3 && NV_TENSORRT_MAJOR < 10
+#error "ESQ_PLUGIN_V3 needs TensorRT 10 or newer"
+#endif
+#if defined(ESQ_PLUGIN_V3) && ESQ_PLUGIN_V3
+#define ESQ_USE_V3 1
+#undef ESQ_STATIC_REGISTRATION
+#define ESQ_STATIC_REGISTRATION 0
+#else
+#define ESQ_USE_V3 0
 #endif
 
 #if !defined(ESQ_STATIC_REGISTRATION)
@@ -54,7 +69,7 @@ extern "C" __attribute__((visibility("default"))) void setLoggerFinder(nvinfer1:
 }
 #endif
 
-#if !ESQ_STATIC_REGISTRATION && ESQ_TRT_VERSION >= 806
+#if !ESQ_STATIC_REGISTRATION && !ESQ_USE_V3 && ESQ_TRT_VERSION >= 806
 extern "C" __attribute__((visibility("default"))) nvinfer1::IPluginCreator* const* getPluginCreators(
     int32_t& nbCreators) {
     static nvinfer1::IPluginCreator* creators[] = {&esq::trt::dwsep_creator(), &esq::trt::sparse_creator()};
@@ -66,7 +81,13 @@ extern "C" __attribute__((visibility("default"))) nvinfer1::IPluginCreator* cons
 #if !ESQ_STATIC_REGISTRATION && NV_TENSORRT_MAJOR >= 10
 extern "C" __attribute__((visibility("default"))) nvinfer1::IPluginCreatorInterface* const* getCreators(
     int32_t& nbCreators) {
+#if ESQ_USE_V3
+    static esq::trt::PluginCreatorV3<esq::trt::DwsepPlugin, esq::trt::DwsepPluginCreator> dwsep_v3;
+    static esq::trt::PluginCreatorV3<esq::trt::SparseConvPlugin, esq::trt::SparseConvPluginCreator> sparse_v3;
+    static nvinfer1::IPluginCreatorInterface* creators[] = {&dwsep_v3, &sparse_v3};
+#else
     static nvinfer1::IPluginCreatorInterface* creators[] = {&esq::trt::dwsep_creator(), &esq::trt::sparse_creator()};
+#endif
     nbCreators = 2;
     return creators;
 }

@@ -25,6 +25,17 @@ SparseConvPlugin::SparseConvPlugin(const void* data, size_t length) {
              (attrs_.format == kFormat24 || attrs_.format == kFormatCsr);
 }
 
+void SparseConvPlugin::exportFields(FieldStore& out) const {
+    out.add_string("sparse_format", attrs_.format == kFormat24 ? "2:4" : "csr");
+    out.add_ints("kernel_shape", attrs_.kernel, 2);
+    out.add_ints("strides", attrs_.strides, 2);
+    out.add_ints("pads", attrs_.pads, 4);
+    out.add_ints("dilations", attrs_.dilations, 2);
+    out.add_string("activation", activation_name(attrs_.act));
+    out.add_float("alpha", attrs_.alpha);
+    out.add_float("beta", attrs_.beta);
+}
+
 nvinfer1::IPluginV2DynamicExt* SparseConvPlugin::clone() const noexcept {
     SparseConvPlugin* copy = new (std::nothrow) SparseConvPlugin(attrs_);
     if (copy != nullptr) copy->setPluginNamespace(namespace_.c_str());

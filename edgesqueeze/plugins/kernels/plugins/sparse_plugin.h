@@ -26,6 +26,7 @@ public:
     explicit SparseConvPlugin(const SparseAttrs& attrs);
     SparseConvPlugin(const void* data, size_t length);
     bool valid() const { return valid_; }
+    void exportFields(FieldStore& out) const;
 
     nvinfer1::IPluginV2DynamicExt* clone() const noexcept override;
     nvinfer1::DimsExprs getOutputDimensions(int32_t outputIndex, const nvinfer1::DimsExprs* inputs, int32_t nbInputs,

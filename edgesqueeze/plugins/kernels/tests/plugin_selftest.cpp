@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "dwsep_plugin.h"
+#include "plugin_v3.h"
 #include "sparse_plugin.h"
 
 using nvinfer1::DataType;
@@ -184,11 +185,98 @@ void test_sparse() {
     expect(creator.createPlugin("s", &fc) == nullptr, "sparse needs sparse_format");
 }
 
+#if NV_TENSORRT_MAJOR >= 10
+// Field contents as comparable text: name, type, length and bytes of each field.
+std::string describe(const PluginFieldCollection* fc) {
+    std::string out;
+    for (int32_t i = 0; i < fc->nbFields; ++i) {
+        const PluginField& f = fc->fields[i];
+        size_t unit = f.type == PluginFieldType::kCHAR ? 1 : 4;
+        out += std::string(f.name) + ":" + std::to_string((int)f.type) + ":" + std::to_string(f.length) + ":";
+        out.append(static_cast<const char*>(f.data), unit * f.length);
+        out += ";";
+    }
+    return out;
+}
+
+template <typename V2Plugin, typename V2Creator>
+void test_v3(Attrs& attrs, int nb_inputs, const char* name) {
+    esq::trt::PluginCreatorV3<V2Plugin, V2Creator> creator;
+    expect(std::string(creator.getPluginName()) == name && std::string(creator.getPluginVersion()) == "1",
+           "v3 creator name/version");
+    expect(std::string(creator.getInterfaceInfo().kind) == "PLUGIN CREATOR_V3ONE", "v3 creator kind");
+    PluginFieldCollection fc = attrs.collection();
+    nvinfer1::IPluginV3* plugin = creator.createPlugin(name, &fc, nvinfer1::TensorRTPhase::kBUILD);
+    expect(plugin != nullptr, "v3 createPlugin");
+    if (plugin == nullptr) return;
+    auto* core = static_cast<nvinfer1::IPluginV3OneCore*>(
+        plugin->getCapabilityInterface(nvinfer1::PluginCapabilityType::kCORE));
+    auto* build = static_cast<nvinfer1::IPluginV3OneBuild*>(
+        plugin->getCapabilityInterface(nvinfer1::PluginCapabilityType::kBUILD));
+    auto* runtime = static_cast<nvinfer1::IPluginV3OneRuntime*>(
+        plugin->getCapabilityInterface(nvinfer1::PluginCapabilityType::kRUNTIME));
+    expect(core && build && runtime, "v3 capabilities");
+    if (!(core && build && runtime)) return;
+    expect(std::string(core->getPluginName()) == name, "v3 core name");
+    expect(build->getNbOutputs() == 1, "v3 outputs");
+    std::vector<nvinfer1::DynamicPluginTensorDesc> d(nb_inputs + 1);
+    for (auto& x : d) {
+        std::memset(&x, 0, sizeof(x));
+        x.desc.type = DataType::kHALF;
+        x.desc.format = TensorFormat::kLINEAR;
+    }
+    if (std::string(name) == "SparseConv") {
+        d[2].desc.type = DataType::kINT32;
+        if (nb_inputs == 5) d[3].desc.type = DataType::kINT32;
+    }
+    bool all = true;
+    for (int pos = 0; pos <= nb_inputs; ++pos) all = all && build->supportsFormatCombination(pos, d.data(), nb_inputs, 1);
+    expect(all, "v3 accepts FP16");
+    DataType in[5] = {DataType::kHALF, DataType::kHALF, DataType::kINT32, DataType::kHALF, DataType::kHALF};
+    DataType outType = DataType::kFLOAT;
+    expect(build->getOutputDataTypes(&outType, 1, in, nb_inputs) == 0 && outType == DataType::kHALF,
+           "v3 output type");
+    std::string first = describe(runtime->getFieldsToSerialize());
+    PluginFieldCollection again = *runtime->getFieldsToSerialize();
+    nvinfer1::IPluginV3* back = creator.createPlugin(name, &again, nvinfer1::TensorRTPhase::kRUNTIME);
+    expect(back != nullptr, "v3 runtime re-creation from serialised fields");
+    if (back != nullptr) {
+        auto* rt = static_cast<nvinfer1::IPluginV3OneRuntime*>(
+            back->getCapabilityInterface(nvinfer1::PluginCapabilityType::kRUNTIME));
+        expect(describe(rt->getFieldsToSerialize()) == first, "v3 serialisation round trip");
+        delete back;
+    }
+    nvinfer1::IPluginV3* copy = runtime->attachToContext(nullptr);
+    expect(copy != nullptr, "v3 attachToContext clones");
+    delete copy;
+    delete plugin;
+}
+
+void test_plugin_v3() {
+    Attrs a;
+    a.add_ints("kernel_shape", {5, 5});
+    a.add_ints("pads", {2, 2, 2, 2});
+    a.add_string("dw_activation", "leaky_relu");
+    a.add_float("dw_alpha", 0.1f);
+    test_v3<esq::trt::DwsepPlugin, esq::trt::DwsepPluginCreator>(a, 5, "DepthwiseSeparableConv");
+    Attrs s;
+    s.add_string("sparse_format", "csr");
+    s.add_ints("kernel_shape", {3, 3});
+    s.add_string("activation", "hard_sigmoid");
+    s.add_float("alpha", 0.2f);
+    s.add_float("beta", 0.5f);
+    test_v3<esq::trt::SparseConvPlugin, esq::trt::SparseConvPluginCreator>(s, 5, "SparseConv");
+}
+#endif
+
 }  // namespace
 
 int main() {
     test_dwsep();
     test_sparse();
+#if NV_TENSORRT_MAJOR >= 10
+    test_plugin_v3();
+#endif
     if (failures == 0) std::printf("plugin self-test OK (TensorRT %d.%d headers)\n", NV_TENSORRT_MAJOR,
                                    NV_TENSORRT_MINOR);
     return failures == 0 ? 0 : 1;
