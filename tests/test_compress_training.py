@@ -40,7 +40,7 @@ def test_class_metrics_counts_false_negatives_and_positives():
 
 @pytest.fixture(scope="module")
 def digits():
-    from sklearn.datasets import load_digits
+    load_digits = pytest.importorskip("sklearn.datasets").load_digits
 
     d = load_digits()
     x, y = (d.data / 16.0).astype(np.float32), d.target.astype(np.int64)
