@@ -10,7 +10,6 @@ separately and nothing is timed around an unsynchronised enqueue (TensorRT#3493)
 """
 from __future__ import annotations
 
-import ctypes
 import os
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Union
@@ -177,13 +176,14 @@ class TrtRunner(Runner):
         self._bind_io()
 
     def _load_plugins(self) -> None:
+        from ..plugins.build import load_plugin_library
+
         trt = self._trt
-        for lib in self.plugins:
-            try:
-                ctypes.CDLL(lib, mode=ctypes.RTLD_GLOBAL)  # the library registers its creators on load
-            except OSError as exc:
-                raise InputError(f"cannot load the plugin library: {exc}", path=lib) from exc
         trt.init_libnvinfer_plugins(self._logger, "")
+        for lib in self.plugins:
+            # TensorRT >= 10 registers the creators through IPluginRegistry.load_library (getCreators);
+            # TensorRT 8 through the library's static registration when it is loaded globally
+            load_plugin_library(str(lib))
         if self.plugins:
             self.notes.append(f"plugin libraries loaded: {', '.join(Path(p).name for p in self.plugins)}")
 
