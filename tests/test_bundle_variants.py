@@ -63,3 +63,25 @@ def test_refresh_functions_is_a_copy(sparse_model):
     before = m.SerializeToString()
     refresh_functions(m)
     assert m.SerializeToString() == before
+
+
+def test_inlined_variant_densifies_sparse_convs():
+    """Without the plugin, SparseConv nodes become dense Conv nodes (no CSR decompression TensorRT 8.2 can't run)."""
+    import numpy as np
+
+    from edgesqueeze.bundle.variants import custom_ops, inlined_variant
+    from edgesqueeze.model import random_feeds
+    from edgesqueeze.ortutil import run_model
+    from edgesqueeze.plugins.sparse_convert import convert_sparse_convs
+    from test_plugins_sparse_convert import _model
+
+    dense = _model()
+    sparse, report = convert_sparse_convs(dense)
+    assert {c["format"] for c in report["converted"]} == {"2:4", "csr"}
+    variant = inlined_variant(sparse)
+    assert not custom_ops(variant)
+    ops = {n.op_type for n in variant.graph.node}
+    assert "ScatterElements" not in ops and "Conv" in ops
+    feeds = random_feeds(dense, seed=0)[0]
+    ref = run_model(dense, feeds)["y"]
+    np.testing.assert_allclose(run_model(variant, feeds)["y"], ref, rtol=1e-5, atol=1e-5 * float(np.abs(ref).max()))

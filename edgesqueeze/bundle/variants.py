@@ -59,9 +59,23 @@ def _plain_ir(model: ModelProto) -> None:
 
 
 def inlined_variant(model: ModelProto) -> ModelProto:
-    """Every custom node replaced by its function body: standard ONNX ops only (TensorRT without the plugin)."""
+    """Every custom node replaced by standard ONNX ops (TensorRT without the plugin).
+
+    SparseConv nodes become dense Conv nodes; the other custom nodes are replaced by their function bodies.
+    """
     from onnx import inliner
 
+    from ..errors import InputError
+
+    if "SparseConv" in custom_ops(model):
+        # a plain dense Conv, not the decompressing function: TensorRT 8.2 cannot run the CSR decompression
+        # (ScatterElements with reduction), and with --sparsity=enable TensorRT uses its own 2:4 kernels on it
+        from ..plugins.sparse_convert import densify
+
+        try:
+            model = densify(model)
+        except InputError:
+            pass  # compressed weights computed in-graph: the function body is the only exact spelling
     ops = custom_ops(model)
     out = refresh_functions(model)
     if not ops:
