@@ -70,10 +70,11 @@ def inlined_variant(model: ModelProto) -> ModelProto:
     if "SparseConv" in custom_ops(model):
         # a plain dense Conv, not the decompressing function: TensorRT 8.2 cannot run the CSR decompression
         # (ScatterElements with reduction), and with --sparsity=enable TensorRT uses its own 2:4 kernels on it
+        from ..model import infer_shapes
         from ..plugins.sparse_convert import densify
 
         try:
-            model = densify(model)
+            model = densify(infer_shapes(model))
         except InputError:
             pass  # compressed weights computed in-graph: the function body is the only exact spelling
     ops = custom_ops(model)
