@@ -23,13 +23,14 @@ pytestmark = pytest.mark.skipif(sshd_skip_reason() is not None, reason=f"ssh: {s
 PY = sys.executable
 
 
-def _build(target, out):
+def _build(target, out, archive=False):
     if not (DIGITS / "digits_cnn.onnx").is_file():
         pytest.skip("examples/digits/digits_cnn.onnx is not there")
     from edgesqueeze.pipeline import build
 
-    build(DIGITS / "digits_cnn.onnx", target, out, calib=str(DIGITS / "calib.npz"), progress=False)
-    return out
+    summary = build(DIGITS / "digits_cnn.onnx", target, out, calib=str(DIGITS / "calib.npz"), progress=False,
+                    archive=archive)
+    return (out, Path(summary["archive"])) if archive else out
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,7 @@ def device(tmp_path_factory):
 
 def test_cpu_bundle_from_build_runs_on_the_device(tmp_path, device):
     srv, _ = device
-    bundle = _build("cpu", tmp_path / "cpu")
+    bundle, archive = _build("cpu", tmp_path / "cpu", archive=True)
     results = remote_bench(bundle, srv.device, iterations=20, warmup=2, remote_dir=str(tmp_path / "remote"),
                            python=PY, out_dir=tmp_path / "out", plots=False, **srv.ssh_options())
     from edgesqueeze.bench.schema import validate_result
@@ -55,6 +56,9 @@ def test_cpu_bundle_from_build_runs_on_the_device(tmp_path, device):
     assert results["model"]["sha256"] == manifest["files"][manifest["models"]["deploy"]]["sha256"]
     assert results["deploy"]["engine"]["path"] is None  # cpu bundles carry no build_engine.sh
     assert (tmp_path / "out" / "report.md").is_file()
+    # the --archive .tar.gz deploys the same files: the device already has them all
+    again = deploy(archive, srv.device, remote_dir=str(tmp_path / "remote"), python=PY, **srv.ssh_options())
+    assert again["files"]["bytes_sent"] == 0 and again["files"]["verified"] == len(manifest["files"]) + 1
 
 
 def test_tensorrt_bundle_builds_and_caches_its_engine_on_the_device(tmp_path, device):

@@ -68,7 +68,7 @@ def bench_text(results: list) -> str:
 
 
 @click.command("deploy")
-@click.argument("bundle", type=click.Path(exists=True, file_okay=False))
+@click.argument("bundle", type=click.Path(exists=True))
 @click.option("-d", "--device", metavar="USER@HOST[:PORT]", help="The device (or an alias from ~/.ssh/config).")
 @click.option("--devices", "fleet", type=click.Path(exists=True, dir_okay=False), metavar="FLEET.TOML",
               help="Several devices (name, host, target, identity...): deploy and benchmark them in parallel.")
@@ -97,7 +97,9 @@ def bench_text(results: list) -> str:
 def command(bundle, device, fleet, identity, port, remote_dir, force, python, bench, output, iterations, warmup,
             duration, backend, power, no_engine, no_plots, timeout, run_timeout, connect_timeout, host_key_check,
             known_hosts, as_json):
-    """Deploy BUNDLE to a Jetson (or any Linux box) over SSH with the system's OpenSSH client.
+    """Deploy BUNDLE (a folder, or its .tar.gz from build --archive) to a Jetson over SSH.
+
+    Uses the system's OpenSSH client, so ~/.ssh/config aliases, agents and jump hosts work.
 
     Probes the device (architecture, L4T -> JetPack -> TensorRT/CUDA, trtexec, nvcc, Python, free disk),
     refuses a device that does not match the bundle's target (--force: warn instead), uploads only files
@@ -133,7 +135,10 @@ def command(bundle, device, fleet, identity, port, remote_dir, force, python, be
         if not bench:
             from ..deploy.sync import read_local_bundle
 
-            total = sum(f.size for f in read_local_bundle(bundle)[1])
+            from ..deploy.core import open_bundle
+
+            with open_bundle(bundle) as folder:
+                total = sum(f.size for f in read_local_bundle(folder)[1])
             bar, update = _progress(total)
             try:
                 report = deploy(bundle, device, identity=identity, remote_dir=remote_dir, force=force,

@@ -1,11 +1,14 @@
 """``deploy``: probe a device, check it against the bundle's target, sync the bundle, build the engine there."""
 from __future__ import annotations
 
+import contextlib
 import posixpath
+import tempfile
 import re
 import shlex
 import time
-from typing import Callable, Optional
+from pathlib import Path
+from typing import Callable, Iterator, Optional
 
 from ..errors import DeviceError, InputError
 from . import device_runner
@@ -32,8 +35,6 @@ def remote_path(path: Optional[str], default: str) -> str:
 
 def default_remote_dir(bundle_dir) -> str:
     """``edgesqueeze/<bundle folder name>`` under the device login's home."""
-    from pathlib import Path
-
     return f"edgesqueeze/{Path(bundle_dir).resolve().name}"
 
 
@@ -55,7 +56,7 @@ def deploy(bundle_dir, device: str, identity: Optional[str] = None, remote_dir: 
     library (CMake) and the engine, cached on the device by TensorRT version + precision + model hash.
 
     Args:
-        bundle_dir: a bundle folder (``edgesqueeze build ... -o bundle/``).
+        bundle_dir: a bundle folder (``edgesqueeze build ... -o bundle/``) or its ``--archive`` ``.tar.gz``.
         device: ``user@host[:port]`` or an ssh config alias.
         identity: private key file for ssh ``-i``.
         remote_dir: bundle folder on the device (default ``~/edgesqueeze/<bundle name>``).
@@ -79,6 +80,26 @@ def deploy(bundle_dir, device: str, identity: Optional[str] = None, remote_dir: 
         DeviceError: unreachable device, failed authentication, a mismatch without ``force``, a timeout or a
         failed build.
     """
+    with open_bundle(bundle_dir) as folder:
+        return _deploy(folder, device, identity, remote_dir, force, timeout, python, build_engine, engine_cache,
+                       build_timeout, build_env, progress, transport, transport_opts)
+
+
+@contextlib.contextmanager
+def open_bundle(path) -> Iterator[Path]:
+    """Yield the bundle folder for ``path``: the folder itself, or a ``.tar.gz`` bundle extracted to a temp folder."""
+    p = Path(path)
+    if p.is_file() and p.name.endswith((".tar.gz", ".tgz")):
+        from ..bundle import extract_archive
+
+        with tempfile.TemporaryDirectory(prefix="esq-bundle-") as tmp:
+            yield Path(extract_archive(p, tmp))
+    else:
+        yield p
+
+
+def _deploy(bundle_dir, device, identity, remote_dir, force, timeout, python, build_engine, engine_cache,
+            build_timeout, build_env, progress, transport, transport_opts) -> dict:
     t0 = time.monotonic()
     manifest, files = read_local_bundle(bundle_dir)
     rdir = remote_path(remote_dir, default_remote_dir(bundle_dir))

@@ -10,7 +10,8 @@ from typing import Callable, List, Optional
 
 from ..errors import DeviceError, EdgeSqueezeError, VerificationError
 from ..fileio import write_json_atomic, write_text_atomic
-from .core import DEFAULT_ENGINE_CACHE, _shell_path, default_remote_dir, deploy, open_transport, remote_path
+from .core import (DEFAULT_ENGINE_CACHE, _shell_path, default_remote_dir, deploy, open_bundle, open_transport,
+                   remote_path)
 
 RESULTS_DIR = ".edgesqueeze/results"
 _REPORT_LOCK = threading.Lock()  # matplotlib is not thread-safe: fleet threads render one at a time
@@ -41,7 +42,7 @@ def remote_bench(bundle_dir, device: str, *, iterations: int = 100, warmup: int 
     (helper E's :func:`edgesqueeze.bench.report.write_report` when installed, a Markdown summary otherwise).
 
     Args:
-        bundle_dir, device, identity, remote_dir, force, timeout, python, build_engine, engine_cache, build_env, transport
+        bundle_dir (a folder or a .tar.gz), device, identity, remote_dir, force, timeout, python, build_engine, engine_cache, build_env, transport
             options: as for deploy.
         iterations, warmup, duration, backend, power: passed to the on-device runner.
         out_dir: local folder for results.json and the report (None: only return the results).
@@ -60,6 +61,15 @@ def remote_bench(bundle_dir, device: str, *, iterations: int = 100, warmup: int 
             results (``"partial": true``) are in ``exc.results`` and, with ``out_dir``, on disk.
         DeviceError / VerificationError: as for deploy, or the run failed or timed out (partial results kept).
     """
+    with open_bundle(bundle_dir) as folder:
+        return _remote_bench(folder, device, iterations, warmup, duration, backend, power, out_dir, run_timeout,
+                             deploy_first, label, cancel, identity, remote_dir, force, timeout, python, runner_args,
+                             build_engine, engine_cache, build_env, plots, progress, transport_opts)
+
+
+def _remote_bench(bundle_dir, device, iterations, warmup, duration, backend, power, out_dir, run_timeout,
+                  deploy_first, label, cancel, identity, remote_dir, force, timeout, python, runner_args,
+                  build_engine, engine_cache, build_env, plots, progress, transport_opts) -> dict:
     rdir = remote_path(remote_dir, default_remote_dir(bundle_dir))
     tr = open_transport(device, identity=identity, **transport_opts)
     try:
