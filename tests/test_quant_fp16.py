@@ -80,3 +80,29 @@ def test_fp16_io_and_clipping_and_input_untouched():
     assert out["prob"].dtype == np.float16 and np.isfinite(out["prob"]).all()
     assert model_bytes(model) == before
     assert model_bytes(convert_fp16(model, keep_io_types=False)) == model_bytes(half)  # deterministic
+
+
+def test_layers_that_overflow_fp16_are_found_on_data(tmp_path):
+    from edgesqueeze.quant.run import quantize_model
+
+    big = helper.make_node("Mul", ["x", "k"], ["big"], name="scale_up")
+    back = helper.make_node("Mul", ["big", "kinv"], ["y"], name="scale_down")
+    g = helper.make_graph([big, back], "ovf", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+                          [numpy_helper.from_array(np.array(1e5, np.float32), "k"),
+                           numpy_helper.from_array(np.array(1e-5, np.float32), "kinv")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.save(model, tmp_path / "ovf.onnx")
+    np.save(tmp_path / "x.npy", np.ones((3, 4), np.float32))
+    warnings = []
+    s = quantize_model(tmp_path / "ovf.onnx", tmp_path / "h.onnx", precision="fp16", calib=str(tmp_path / "x.npy"),
+                       warn=warnings.append)
+    assert s["fp16"]["overflow"] == ["scale_up", "scale_down"]
+    assert "--keep scale_up,scale_down" in warnings[0]
+    wrong = run_model(onnx.load(tmp_path / "h.onnx"), {"x": np.ones((1, 4), np.float32)})["y"]
+    assert np.abs(wrong - 1.0).max() > 0.3 and s["fp16"]["clipped_weights"] == ["k"]  # 1e5 clipped to 65504
+    kept = quantize_model(tmp_path / "ovf.onnx", tmp_path / "k.onnx", precision="fp16",
+                          keep=["scale_up", "scale_down"], calib=str(tmp_path / "x.npy"), warn=warnings.append)
+    assert len(warnings) == 1 and kept["fp16"]["fp32_nodes"] == 2
+    out = run_model(onnx.load(tmp_path / "k.onnx"), {"x": np.ones((1, 4), np.float32)})["y"]
+    np.testing.assert_allclose(out, 1.0, rtol=1e-2)

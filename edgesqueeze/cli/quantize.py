@@ -96,6 +96,8 @@ def _text(s: dict) -> str:
     if s.get("fp16"):
         f = s["fp16"]
         lines.append(f"fp16 nodes: {f['fp16_nodes']}, fp32 nodes: {f['fp32_nodes']}, casts: {f['casts']}")
+        if f.get("overflow"):
+            lines.append(f"  beyond the fp16 range on the data: {', '.join(f['overflow'])}")
         if f["clipped_weights"]:
             lines.append(f"  weights clipped to the fp16 range: {', '.join(f['clipped_weights'])}")
     if s.get("sensitivity"):

@@ -91,6 +91,14 @@ def quantize_model(model: PathLike, output: PathLike, *, precision: str = "auto"
         report: dict = {}
         out_model = convert_fp16(fp32, keep_fp32=keep, report=report)
         summary["fp16"] = report
+        data_spec = calib or val
+        if data_spec:
+            report["overflow"] = fp16_overflow_nodes(fp32, open_data(data_spec, fp32, batch_size=batch_size,
+                                                                     limit=limit))
+            risky = [n for n in report["overflow"] if n not in keep]
+            if risky:
+                warn(f"{len(risky)} layer(s) produce values beyond the FP16 range (65504) on the data: "
+                     f"{', '.join(risky[:5])}; keep them in FP32 with --keep {','.join(risky[:5])}")
         save_model(out_model, output, inputs=(model_path,))
         summary["outputs"]["model"] = str(output)
         if val_reader is not None:
@@ -161,6 +169,20 @@ def quantize_model(model: PathLike, output: PathLike, *, precision: str = "auto"
     if val_reader is not None:
         summary["accuracy"] = _accuracy(fp32, {"int8": qdq}, val_reader, progress)
     return summary
+
+
+def fp16_overflow_nodes(model, reader, limit: float = 65504.0) -> list:
+    """Nodes that produce or read a tensor exceeding the FP16 range on ``reader``'s data, in graph order.
+
+    Both sides must stay in FP32: a consumer in FP16 would see the value cast to inf.
+    """
+    from .collect import collect_statistics
+    from .qdq import node_label
+
+    stats = collect_statistics(model, reader, histogram=False)
+    big = {t for t, s in stats.items() if s.amax > limit}
+    return [node_label(n, i) for i, n in enumerate(model.graph.node)
+            if big.intersection(n.output) or big.intersection(n.input)]
 
 
 def _kept_only_tensors(model, plan) -> set:
