@@ -56,6 +56,17 @@ def sshd_skip_reason() -> Optional[str]:
     return None
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: ask Linux to SIGTERM sshd when the test process dies (no stray servers)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -129,8 +140,9 @@ class SshServer:
             "LogLevel ERROR",
             "Subsystem sftp internal-sftp",
         ] + self.extra_config + [""]))
-        self.proc = subprocess.Popen([find_sshd(), "-D", "-e", "-f", str(self.config)],
-                                     stdout=subprocess.DEVNULL, stderr=open(self.log, "wb"))
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen([find_sshd(), "-D", "-e", "-f", str(self.config)],
+                                         stdout=subprocess.DEVNULL, stderr=log, preexec_fn=_die_with_parent)
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
