@@ -294,6 +294,13 @@ class SshTransport:
             self._kill(proc)
             raise DeviceError(f"upload to {self.address} timed out after {timeout:g} s") from None
         except BaseException:
+            # interrupted: end the stream so that what is in flight still lands in the .part (a later deploy
+            # resumes from there), then stop the local ssh
+            try:
+                proc.stdin.close()
+                proc.wait(timeout=3)
+            except (OSError, ValueError, subprocess.TimeoutExpired):
+                pass
             self._kill(proc)
             raise
         stderr = err.decode("utf-8", "replace")
