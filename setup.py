@@ -29,6 +29,7 @@ setup(
         "click>=8.1",
         "tqdm>=4.60",
         "packaging>=21",
+        "tomli>=1.1; python_version<'3.11'",
     ],
     extras_require={
         "torch": ["torch==2.13.0", "onnxscript>=0.5"],

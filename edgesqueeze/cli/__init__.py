@@ -21,6 +21,7 @@ from ..errors import EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, EdgeSqueezeErr
 COMMANDS = {
     "export": "export",
     "inspect": "inspect",
+    "convert": "convert",
     "optimize": "optimize",
     "compress": "compress",
     "pack": "pack",
