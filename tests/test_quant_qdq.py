@@ -137,3 +137,37 @@ def test_int8_weights_opset_conversion_and_determinism(calibrated):
     converted = quantize_qdq(old, amax)
     assert next(o.version for o in converted.opset_import if o.domain in ("", "ai.onnx")) == 13
     assert model_bytes(model) == model_bytes(tiny_cnn()[0])  # the input model is not modified
+
+
+def residual_block():
+    """x -> conv_a -> relu -> conv_b -> Add(conv_b, relu) -> Add(conv_c(x), conv_d(x)) ... -> y."""
+    rng = np.random.default_rng(3)
+    w = {n: numpy_helper.from_array(rng.normal(0, 0.4, (4, 4, 1, 1)).astype(np.float32), n)
+         for n in ("wa", "wb", "wc", "wd")}
+    conv = lambda i, wn, o: helper.make_node("Conv", [i, wn], [o], name=o)  # noqa: E731
+    nodes = [conv("x", "wa", "a"), helper.make_node("Relu", ["a"], ["r"], name="relu"), conv("r", "wb", "b"),
+             helper.make_node("Add", ["b", "r"], ["skip"], name="add_skip"),
+             conv("skip", "wc", "c"), conv("skip", "wd", "d"),
+             helper.make_node("Add", ["c", "d"], ["y"], name="add_two_convs")]
+    g = helper.make_graph(nodes, "res", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 3, 3])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 3, 3])], list(w.values()))
+    return infer_shapes(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=7))
+
+
+def test_residual_input_of_an_add_after_a_conv_is_quantized():
+    model = residual_block()
+    with pytest.warns(UserWarning):
+        amax = calibrate(model, open_data("random", model, limit=8), method="minmax")
+    plan = plan_qdq(model, amax)
+    assert plan.residual == {"add_skip": 1, "add_two_convs": 1}
+    qdq = quantize_qdq(model, amax)
+    by_out = {o: n for n in qdq.graph.node for o in n.output}
+    add = next(n for n in qdq.graph.node if n.name == "add_skip")
+    assert by_out[add.input[0]].op_type == "Conv"              # the fused Conv's output stays as it is
+    assert by_out[add.input[1]].name == "r_DequantizeLinear"   # the residual shares the Relu output's Q/DQ
+    two = next(n for n in qdq.graph.node if n.name == "add_two_convs")
+    assert by_out[two.input[0]].op_type == "Conv" and by_out[two.input[1]].op_type == "DequantizeLinear"
+    assert "add_skip" not in plan_qdq(model, amax, keep=["add_skip"]).residual
+    x = {"x": np.random.default_rng(4).uniform(-1, 1, (1, 4, 3, 3)).astype(np.float32)}
+    ref, got = run_model(model, x)["y"], run_model(qdq, x)["y"]
+    assert 0 < np.abs(got - ref).max() < 0.05 * np.abs(ref).max()

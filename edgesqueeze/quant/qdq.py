@@ -4,7 +4,9 @@ TensorRT's explicit-quantization rules (the path TensorRT 10/11 needs, also runn
 Q/DQ go on the *inputs* of the weighted layers (Conv, ConvTranspose, Gemm, MatMul): symmetric INT8, per-tensor
 for activations (scale = amax / 127 from calibration), per-output-channel for weights. Nothing is inserted
 on a layer's output, so a Conv stays next to its activation (Conv -> Relu is fused by TensorRT, and the next
-layer's input Q/DQ sits after the Relu). Biases stay in float (TensorRT folds them into the kernel).
+layer's input Q/DQ sits after the Relu). Biases stay in float (TensorRT folds them into the kernel). In a
+skip connection, the residual input of the Add that follows a quantized Conv is quantized too, so that
+TensorRT can fuse the Add into the Conv.
 Weights stay float and pass through Q -> DQ (the form TensorRT 8.x folds), unless ``int8_weights`` stores them
 as INT8 initializers behind a DequantizeLinear (smaller files, TensorRT >= 8.6).
 """
@@ -33,11 +35,12 @@ class QdqPlan:
     activations: Dict[str, float] = field(default_factory=dict)   # tensor -> scale
     weights: Dict[str, int] = field(default_factory=dict)         # weight tensor -> channel axis (-1: per tensor)
     skipped: Dict[str, str] = field(default_factory=dict)         # node -> reason
+    residual: Dict[str, int] = field(default_factory=dict)        # Add node -> index of its quantized input
 
     def to_dict(self) -> dict:
         """JSON-ready form."""
         return {"quantized_nodes": list(self.nodes), "activations": dict(self.activations),
-                "weights": dict(self.weights), "skipped": dict(self.skipped)}
+                "weights": dict(self.weights), "skipped": dict(self.skipped), "residual_adds": dict(self.residual)}
 
 
 def node_label(node: onnx.NodeProto, index: int) -> str:
@@ -109,7 +112,38 @@ def plan_qdq(model: ModelProto, amax: Mapping[str, float], keep: Iterable[str] =
             plan.activations[name] = scale
         for name, axis in weights:
             plan.weights[name] = axis
+    _plan_residual_adds(model, amax, keep, plan)
     return plan
+
+
+def _plan_residual_adds(model: ModelProto, amax: Mapping[str, float], keep: set, plan: QdqPlan) -> None:
+    """Quantize the residual input of an Add that follows a quantized Conv (TensorRT's skip-connection rule).
+
+    TensorRT fuses such an Add into the Conv's epilogue when the other (residual) input is quantized; the
+    Conv's own output stays unquantized. When both inputs come from quantized Convs, the second is treated
+    as the residual.
+    """
+    consts = {t.name for t in model.graph.initializer}
+    producer = {}
+    for index, node in enumerate(model.graph.node):
+        for o in node.output:
+            producer[o] = (node, node_label(node, index))
+    quantized = set(plan.nodes)
+    for index, node in enumerate(model.graph.node):
+        label = node_label(node, index)
+        if node.op_type != "Add" or len(node.input) != 2 or label in keep or node.name in keep:
+            continue
+        from_conv = [node.input[k] in producer and producer[node.input[k]][1] in quantized
+                     and producer[node.input[k]][0].op_type in ("Conv", "ConvTranspose") for k in (0, 1)]
+        if not any(from_conv):
+            continue
+        k = 1 if from_conv[0] else 0
+        name = node.input[k]
+        value = amax.get(name)
+        if name in consts or value is None or not np.isfinite(value) or value <= 0:
+            continue
+        plan.residual[label] = k
+        plan.activations.setdefault(name, float(value) / 127.0)
 
 
 def _weight_scales(w: np.ndarray, axis: int) -> np.ndarray:
@@ -198,11 +232,14 @@ def quantize_qdq(model: ModelProto, amax: Mapping[str, float], keep: Sequence[st
     chosen = set(plan.nodes)
     nodes: List[onnx.NodeProto] = []
     for index, node in enumerate(g.node):
-        if node_label(node, index) in chosen:
-            for k, name in enumerate(node.input):
-                if name in rename:
-                    nodes.extend(pending.pop(name, []))  # emitted once, before the first consumer
-                    node.input[k] = rename[name]
+        label = node_label(node, index)
+        slots = range(len(node.input)) if label in chosen else \
+            [plan.residual[label]] if label in plan.residual else []
+        for k in slots:
+            name = node.input[k]
+            if name in rename:
+                nodes.extend(pending.pop(name, []))  # emitted once, before the first consumer
+                node.input[k] = rename[name]
         nodes.append(node)
     del g.node[:]
     g.node.extend(nodes)
