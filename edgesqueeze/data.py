@@ -11,7 +11,8 @@ Sources (``open_data(spec, model)``):
   and optional labels under ``label``/``labels``/``y``;
 - ``data.npy``: one array for a one-input model (memory-mapped, so large sets are not loaded whole);
 - an image folder (``images/``, ``images/?resize=256&crop=224&mean=...``, options in :class:`Preprocess`,
-  defaults from a ``preprocess.json`` in the folder): class sub-folders become labels (Pillow needed);
+  defaults from a ``preprocess.json`` in the folder; :mod:`edgesqueeze.imagedata`): class sub-folders become
+  labels, images are decoded batch by batch (Pillow needed);
 - ``None`` or ``"random"``: seeded random data, labelled as random everywhere it is reported.
 
 Data whose shape or dtype does not fit the model, or that holds NaN/Inf, is an :class:`InputError`.
@@ -20,10 +21,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, Iterator, Optional, Sequence, Tuple
-from urllib.parse import parse_qsl
+from typing import Dict, Iterator, Optional
 
 import numpy as np
 from onnx import ModelProto
@@ -32,7 +31,6 @@ from .errors import InputError
 from .model import format_shape, input_specs
 
 LABEL_KEYS = ("label", "labels", "y", "target", "targets")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 _CHECK_CHUNK = 1 << 22  # elements scanned at a time for NaN/Inf in memory-mapped arrays
 
 
@@ -273,138 +271,6 @@ def _array_reader(path: Path, inputs: Dict[str, dict], limit: Optional[int]) -> 
     return ArrayReader(inputs, fitted, labels, source=str(path), limit=limit, digest=sha256_file(path))
 
 
-# ------------------------------------------------------------------------------------------ images
-@dataclass(frozen=True)
-class Preprocess:
-    """How images become input tensors.
-
-    resize: shorter side to this many pixels before the crop (0 = resize straight to the input's H x W).
-    crop: centre crop size (0 = the input's H x W). scale: pixel values are divided by it (255 -> [0, 1]).
-    mean/std: per channel, applied after scaling. layout: "nchw" or "nhwc" ("auto": from the input shape).
-    channels: "rgb", "bgr" or "gray" ("auto": gray for 1 channel, rgb for 3).
-    """
-
-    resize: int = 0
-    crop: int = 0
-    scale: float = 255.0
-    mean: Tuple[float, ...] = (0.0,)
-    std: Tuple[float, ...] = (1.0,)
-    layout: str = "auto"
-    channels: str = "auto"
-
-    @classmethod
-    def parse(cls, text: str = "", base: Optional[dict] = None) -> "Preprocess":
-        """Build from ``resize=256&crop=224&mean=0.485,0.456,0.406`` (and/or a dict from preprocess.json)."""
-        values = dict(base or {})
-        for key, val in parse_qsl(text, keep_blank_values=True):
-            values[key] = val
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise InputError(f"unknown preprocessing option '{unknown[0]}'; known: {', '.join(sorted(known))}")
-        kw = {}
-        try:
-            for key, val in values.items():
-                if key in ("resize", "crop"):
-                    kw[key] = int(val)
-                elif key == "scale":
-                    kw[key] = float(val)
-                elif key in ("mean", "std"):
-                    seq = val if isinstance(val, (list, tuple)) else str(val).split(",")
-                    kw[key] = tuple(float(v) for v in seq)
-                else:
-                    kw[key] = str(val).lower()
-        except ValueError as exc:
-            raise InputError(f"bad preprocessing value: {exc}") from exc
-        pre = cls(**kw)
-        if pre.layout not in ("auto", "nchw", "nhwc"):
-            raise InputError(f"layout must be nchw or nhwc, got '{pre.layout}'")
-        if pre.channels not in ("auto", "rgb", "bgr", "gray"):
-            raise InputError(f"channels must be rgb, bgr or gray, got '{pre.channels}'")
-        if any(s == 0 for s in pre.std) or pre.scale == 0:
-            raise InputError("std and scale must be non-zero")
-        return pre
-
-    def geometry(self, shape: Sequence[int]) -> Tuple[str, int, int, int]:
-        """Return (layout, channels, H, W) for a 4-D input shape."""
-        if len(shape) != 4:
-            raise InputError(f"an image input must be 4-D (NCHW or NHWC), got {format_shape(shape)}")
-        layout = self.layout
-        if layout == "auto":
-            layout = "nhwc" if shape[3] in (1, 3) and shape[1] not in (1, 3) else "nchw"
-        c, h, w = (shape[1], shape[2], shape[3]) if layout == "nchw" else (shape[3], shape[1], shape[2])
-        return layout, c, h, w
-
-
-def _image_reader(path: Path, query: str, inputs: Dict[str, dict], limit: Optional[int]) -> ArrayReader:
-    try:
-        import PIL.Image as pil
-    except ImportError as exc:
-        from .errors import MissingDependencyError
-
-        raise MissingDependencyError("PIL (pillow)", "images", "reading image folders") from exc
-    if len(inputs) != 1:
-        raise InputError(f"an image folder feeds a one-input model; this one has {len(inputs)}", path=str(path))
-    name, spec = next(iter(inputs.items()))
-    base = None
-    cfg = path / "preprocess.json"
-    if cfg.exists():
-        try:
-            base = json.loads(cfg.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise InputError(f"cannot parse preprocess.json: {exc}", path=str(cfg)) from exc
-    pre = Preprocess.parse(query, base)
-    layout, c, h, w = pre.geometry(spec["shape"])
-    files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if not files:
-        raise InputError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in the folder", path=str(path))
-    classes = sorted({p.parent.relative_to(path).as_posix() for p in files})
-    labelled = classes != ["."]
-    if limit is not None:
-        files = files[:int(limit)]
-    mode = "L" if (pre.channels == "gray" or (pre.channels == "auto" and c == 1)) else "RGB"
-    if mode == "RGB" and c != 3:
-        raise InputError(f"the model's input has {c} channels; RGB images need 3", tensor=name)
-    mean = np.asarray(pre.mean, np.float32).reshape(-1)
-    std = np.asarray(pre.std, np.float32).reshape(-1)
-    data = np.empty([len(files), h, w, c], np.float32)
-    digest = hashlib.sha256(json.dumps(asdict(pre), sort_keys=True).encode())
-    for i, f in enumerate(files):
-        try:
-            with pil.open(f) as im:
-                im = im.convert(mode)
-                if pre.resize:
-                    s = pre.resize / min(im.size)
-                    im = im.resize((max(1, round(im.size[0] * s)), max(1, round(im.size[1] * s))), pil.BILINEAR)
-                ch, cw = (pre.crop, pre.crop) if pre.crop else (h, w)
-                if pre.resize or pre.crop:
-                    left, top = (im.size[0] - cw) // 2, (im.size[1] - ch) // 2
-                    if left < 0 or top < 0:
-                        raise InputError(f"image {im.size[0]}x{im.size[1]} is smaller than the crop {cw}x{ch}",
-                                         path=str(f))
-                    im = im.crop((left, top, left + cw, top + ch))
-                if im.size != (w, h):
-                    im = im.resize((w, h), pil.BILINEAR)
-                arr = np.asarray(im, dtype=np.float32).reshape(h, w, c)
-        except InputError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad files
-            raise InputError(f"cannot read the image: {exc}", path=str(f)) from exc
-        if pre.channels == "bgr":
-            arr = arr[..., ::-1]
-        data[i] = (arr / pre.scale - mean) / std
-        digest.update(f.relative_to(path).as_posix().encode())
-        digest.update(f.read_bytes())
-    if layout == "nchw":
-        data = np.ascontiguousarray(data.transpose(0, 3, 1, 2))
-    data = _cast(data, spec["dtype"], name, str(path))
-    labels = None
-    if labelled:
-        index = {cls_: k for k, cls_ in enumerate(classes)}
-        labels = np.asarray([index[f.parent.relative_to(path).as_posix()] for f in files], np.int64)
-    return ArrayReader(inputs, {name: data}, labels, source=str(path), digest=digest.hexdigest())
-
-
 # ------------------------------------------------------------------------------------------ entry point
 def open_data(spec: Optional[str], model: ModelProto, *, batch_size: int = 1, limit: Optional[int] = None,
               seed: int = 0) -> DataReader:
@@ -440,7 +306,9 @@ def open_data(spec: Optional[str], model: ModelProto, *, batch_size: int = 1, li
     if not path.exists():
         raise InputError("no such file or folder", path=str(path))
     if path.is_dir():
-        return _image_reader(path, query, inputs, limit)
+        from .imagedata import image_folder_reader
+
+        return image_folder_reader(path, query, inputs, limit)
     if path.suffix.lower() not in (".npz", ".npy"):
         raise InputError(f"unknown data format '{path.suffix}'", path=str(path),
                          hint="give an .npz/.npy file, an image folder, or 'random'")
@@ -449,4 +317,4 @@ def open_data(spec: Optional[str], model: ModelProto, *, batch_size: int = 1, li
     return _array_reader(path, inputs, limit)
 
 
-__all__ = ["DataReader", "ArrayReader", "RandomReader", "Preprocess", "open_data", "LABEL_KEYS"]
+__all__ = ["DataReader", "ArrayReader", "RandomReader", "open_data", "LABEL_KEYS"]

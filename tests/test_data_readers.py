@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from edgesqueeze.data import Preprocess, open_data
+from edgesqueeze.data import open_data
+from edgesqueeze.imagedata import Preprocess
 from edgesqueeze.errors import InputError
 
 
@@ -115,6 +115,10 @@ def test_image_folder_with_preprocessing(tmp_path):
     assert x.shape == (1, 3, 16, 16) and x.dtype == np.float32
     assert x.mean() == pytest.approx((40 / 255 - 0.5) / 0.25, abs=0.1)
     assert feeds[5]["input"].mean() == pytest.approx((200 / 255 - 0.5) / 0.25, abs=0.1)
+    digest = r.sha256()
+    pil.fromarray(np.zeros((20, 30, 3), np.uint8)).save(tmp_path / "imgs" / "dog" / "0.png")
+    assert open_data(spec, model).sha256() != digest  # the data hash follows the image bytes
+    assert not hasattr(r, "_arrays")  # decoded batch by batch, never all at once
     nhwc = open_data(str(tmp_path / "imgs"), model_with_input([1, 16, 16, 3]))
     assert next(iter(nhwc))["input"].shape == (1, 16, 16, 3)
     (tmp_path / "imgs" / "preprocess.json").write_text('{"scale": 1, "channels": "bgr"}')
