@@ -112,6 +112,8 @@ def opset_version(model: ModelProto, domain: str = "") -> int:
 
 # ----------------------------------------------------------------------------- loading
 def _looks_like_text(data: bytes) -> bool:
+    if data[:1] == b"\x08":  # an ONNX ModelProto starts with field 1 (ir_version, varint): not text
+        return False
     head = data[:4096]
     printable = sum(32 <= b < 127 or b in (9, 10, 13) for b in head)
     return printable / max(1, len(head)) > 0.95

@@ -1,6 +1,7 @@
 """load_model / save_model: validation, clear errors, atomic writes, inputs never modified."""
 import hashlib
 import os
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -162,3 +163,12 @@ def test_every_light_model_loads(light_models_dir):
     for f in sorted(light_models_dir.glob("*.onnx")):
         m = load_model(f)
         assert m.graph.output and graph_inputs(m)
+
+
+def test_large_truncated_model_is_not_called_text(tmp_path):
+    # the first kilobytes of a real model are mostly printable names: the error must still say "truncated"
+    src = Path(__file__).resolve().parents[1] / "examples" / "digits" / "digits_cnn.onnx"
+    p = tmp_path / "cut.onnx"
+    p.write_bytes(src.read_bytes()[:100000])
+    with pytest.raises(InputError, match="truncated or corrupt"):
+        load_model(p)
