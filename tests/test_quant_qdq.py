@@ -171,3 +171,14 @@ def test_residual_input_of_an_add_after_a_conv_is_quantized():
     x = {"x": np.random.default_rng(4).uniform(-1, 1, (1, 4, 3, 3)).astype(np.float32)}
     ref, got = run_model(model, x)["y"], run_model(qdq, x)["y"]
     assert 0 < np.abs(got - ref).max() < 0.05 * np.abs(ref).max()
+
+
+def test_weights_computed_at_run_time_are_named(light_models_dir):
+    from edgesqueeze.model import graph_inputs, load_model
+
+    model = load_model(light_models_dir / "light_squeezenet.onnx")
+    first = graph_inputs(model)[0].name
+    plan = plan_qdq(model, {first: 1.0})
+    conv = model.graph.node[0]
+    assert "computed at run time" in plan.skipped[conv.name or "Conv_0"]
+    assert "fold constants" in plan.skipped[conv.name or "Conv_0"]

@@ -100,7 +100,8 @@ def plan_qdq(model: ModelProto, amax: Mapping[str, float], keep: Iterable[str] =
                     break
                 acts.append((name, float(value) / 127.0))
             else:
-                reason = f"input '{name}' is neither a weight nor calibrated"
+                reason = (f"its weight '{name}' is computed at run time, not stored: fold constants first "
+                          f"(edgesqueeze optimize)")
                 break
         if reason is None and not acts:
             reason = "no activation input"
