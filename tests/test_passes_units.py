@@ -208,6 +208,18 @@ def test_fuse_horizontal_inception_branches():
     assert report["fusions"]["horizontal:conv"]["count"] == 1
 
 
+def test_fuse_horizontal_keeps_layer_activation_pairs():
+    """ResNet's projection shortcut (no activation) and branch2a (Relu) read the same tensor: merging them would
+    put a Split between branch2a's Conv and its Relu."""
+    b = NetBuilder(seed=19)
+    x = b.input("x", [1, 8, 7, 7])
+    short = b.conv(x, 8, 16, 1)
+    branch = b.act(b.conv(x, 8, 4, 1), "relu")
+    model = b.model([short, branch])
+    opt, report = run(model, ["fuse_horizontal"])
+    assert ops(opt) == ops(model) and not report["fusions"]
+
+
 def test_fuse_horizontal_qkv_matmul_and_gemm_keep_output_names():
     b = NetBuilder(seed=13)
     x = b.input("x", [4, 16])

@@ -1,7 +1,9 @@
 """Horizontal fusion: sibling layers that read the same tensor become one wider layer followed by ``Split``.
 
 Sibling ``Conv`` nodes (group 1, same strides/pads/dilations/kernel, constant weights) are merged by
-concatenating their weights and biases along the output channels (Inception branches). Sibling ``MatMul`` with
+concatenating their weights and biases along the output channels (Inception branches). Only siblings followed
+by the same element-wise activation (or by none) merge, and that activation then runs once before the
+``Split``: a Split between a layer and its activation would undo the layer+activation fusion. Sibling ``MatMul`` with
 constant 2-D weights, and ``Gemm`` with the same ``alpha``/``transA``/``transB`` and constant weights, are merged
 along the output columns (attention Q/K/V projections). The ``Split`` writes the original output tensors, so
 names and consumers do not change.
@@ -68,7 +70,7 @@ def _pad_kernel(w: np.ndarray, pads: List[int], target: Tuple[int, ...], centre_
     return np.pad(w, widths)
 
 
-def _merge_convs(graph, group: List[gs.Node], ctx, padded: bool) -> gs.Node:
+def _merge_convs(graph, group: List[gs.Node], ctx, padded: bool) -> Tuple[gs.Node, List[int], int]:
     weights = [const(n.inputs[1]) for n in group]
     rank = weights[0].ndim - 2
     target = tuple(max(w.shape[2 + i] for w in weights) for i in range(rank))
@@ -95,7 +97,7 @@ def _merge_convs(graph, group: List[gs.Node], ctx, padded: bool) -> gs.Node:
     return merged, [w.shape[0] for w in weights], 1
 
 
-def _merge_gemms(graph, group: List[gs.Node], ctx):
+def _merge_gemms(graph, group: List[gs.Node], ctx) -> Tuple[gs.Node, List[int], int]:
     base = f"{group[0].name or group[0].op.lower()}_hfused"
     x = group[0].inputs[0]
     weights = [const(n.inputs[1]) for n in group]
@@ -141,6 +143,10 @@ def _fuse(graph, ctx, padded: bool):
             if not node.inputs or node.inputs[0] is not x or len(node.outputs) != 1:
                 continue
             key = _conv_key(node, padded) or (None if padded else _gemm_key(node))
+            if key is not None:
+                # siblings merge only with siblings followed by the same activation: a Split between a layer and
+                # its activation would cost the layer+activation fusion that TensorRT and onnxruntime make
+                key = key + (_epilogue(graph, node),)
             if key is not None and node not in groups.get(key, []):
                 groups.setdefault(key, []).append(node)
         for key, group in groups.items():
@@ -172,6 +178,17 @@ def _fuse(graph, ctx, padded: bool):
 
 
 _POINTWISE = ("Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu", "Selu", "Softplus")
+
+
+def _epilogue(graph, node: gs.Node) -> Optional[tuple]:
+    """(op, attributes) of the element-wise activation that alone reads ``node``'s output, else None."""
+    out = node.outputs[0]
+    if any(t is out for t in graph.outputs) or len(out.outputs) != 1:
+        return None
+    act = out.outputs[0]
+    if act.op not in _POINTWISE or len(act.inputs) != 1 or len(act.outputs) != 1:
+        return None
+    return (act.op, tuple(sorted((k, str(v)) for k, v in act.attrs.items())))
 
 
 def _shared_activation(graph, group: List[gs.Node]) -> List[gs.Node]:
