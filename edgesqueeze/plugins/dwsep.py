@@ -12,7 +12,8 @@ A function body is fixed, but the activations, the group count (= channels) and 
 node to node. Each distinct combination is therefore an IR-10 function *overload* keyed
 ``"<dw_activation>.<pw_activation>.c<channels>.<dtype>"``: the node keeps op_type ``DepthwiseSeparableConv`` (the
 name TensorRT maps to the plugin) and names its overload; the function forwards the geometry and the activation
-parameters through attribute references. onnxruntime (1.17+) resolves the overload and runs the body unchanged.
+parameters through attribute references. onnxruntime (1.18+, IR 10) resolves the overload and runs the body
+unchanged.
 """
 from __future__ import annotations
 
