@@ -214,7 +214,7 @@ def main():
     ap.add_argument("--methods", default="entropy,percentile,minmax")
     ap.add_argument("--ours-only", action="store_true")
     ap.add_argument("--repeat", type=int, default=1,
-                    help="runs per tool and method, interleaved; the table shows the median wall and CPU time")
+                    help="runs per tool and method (each in a fresh process); the table shows the median times")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
     import onnxruntime
