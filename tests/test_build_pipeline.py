@@ -306,6 +306,7 @@ def test_progress_bar_per_stage_on_a_terminal(tmp_path):
         buf += chunk
     assert p.wait(timeout=60) == 0
     text = buf.decode("utf-8", "replace")
-    for i, stage in enumerate(("load", "optimize", "compress", "quantize", "validate", "engine", "bundle"), 1):
-        assert f"[{i}/7] {stage}" in text
+    stages = ("load", "optimize", "compress", "quantize", "compat", "validate", "engine", "bundle")
+    for i, stage in enumerate(stages, 1):
+        assert f"[{i}/{len(stages)}] {stage}" in text
     assert "\u2588" in text and "20/20" in text  # drawn bars; the calibration bar counts batches

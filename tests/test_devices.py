@@ -80,3 +80,22 @@ def test_devices_cli_json(cli):
 def test_devices_cli_unknown_target_exit_code(cli):
     code, _, err = cli("devices", "nope")
     assert code == 3 and "unknown target 'nope'" in err and "Traceback" not in err
+
+
+def test_onnx_limits_are_data():
+    from edgesqueeze.devices import get_profile, list_profiles
+
+    tx2 = get_profile("tx2")
+    assert (tx2.onnx_max_opset, tx2.onnx_max_ir) == (13, 8)  # TensorRT 8.2 parser, onnxruntime 1.10
+    assert tx2.onnx_limits == {"opset": 13, "ir": 8}
+    assert tx2.loads_onnx(13, 8) and not tx2.loads_onnx(18, 8) and not tx2.loads_onnx(13, 10)
+    assert get_profile("xavier-nx").onnx_max_opset == 17 and get_profile("orin-nano").onnx_max_ir == 10
+    assert "onnx_max_opset" in get_profile("thor").unverified
+    for name in ("tk1", "cpu", "h100"):
+        p = get_profile(name)
+        assert p.onnx_limits == {"opset": None, "ir": None} and p.loads_onnx(23, 11)
+    for p in list_profiles():
+        d = p.to_dict()
+        assert "onnx_max_opset" in d and "onnx_max_ir" in d and "onnx_max_opset" not in p.extra
+        if p.jetpack == "4.6":
+            assert (p.onnx_max_opset, p.onnx_max_ir) == (13, 8)

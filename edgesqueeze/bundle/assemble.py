@@ -46,7 +46,10 @@ def _device_runner() -> Optional[Path]:
 def assemble_bundle(out_dir, *, profile, precision: str, models: Dict[str, onnx.ModelProto], deploy: str,
                     source: dict, options: dict, versions: dict, inputs: dict, cache_text: Optional[str] = None,
                     sparsity: bool = False, dla: bool = False, workspace_mib: int = 1024, force: bool = False,
-                    warn: Callable[[str], None] = lambda m: None) -> Tuple[dict, Optional[dict]]:
+                    warn: Callable[[str], None] = lambda m: None,
+                    variant_sources: Optional[Dict[str, onnx.ModelProto]] = None,
+                    compat: Optional[Callable[[onnx.ModelProto], onnx.ModelProto]] = None,
+                    compat_report: Optional[dict] = None) -> Tuple[dict, Optional[dict]]:
     """Write the bundle folder ``out_dir`` and return ``(manifest, engine script description or None)``.
 
     Args:
@@ -59,11 +62,18 @@ def assemble_bundle(out_dir, *, profile, precision: str, models: Dict[str, onnx.
         sparsity: 2:4 was applied and the target has sparse tensor cores (adds ``--sparsity=enable``).
         dla: build for a DLA core. workspace_mib: builder workspace. force: replace an old bundle.
         warn: called with a message for each degraded part (no plugin sources, no device runner).
+        variant_sources: the models the TensorRT variants (plugin / inlined) are derived from, when ``models``
+            were lowered for the target (an IR-8 target gets plain, inlined ``models``, but TensorRT still
+            gets the plugin variant); default ``models``.
+        compat: ``model -> model`` applied to each TensorRT variant (the target's ONNX opset/IR limits).
+        compat_report: the manifest's ``onnx_compat`` section.
 
     Raises:
         InputError: ``out_dir`` exists and cannot be replaced.
     """
-    custom = _custom_nodes(models)
+    variant_sources = variant_sources or models
+    custom = _custom_nodes(variant_sources)
+    lower = compat or (lambda m: m)
     rel = model_relpaths(models)
     with BundleWriter(out_dir, force=force) as w:
         blobs = {kind: model_bytes(m) for kind, m in models.items()}
@@ -89,9 +99,9 @@ def assemble_bundle(out_dir, *, profile, precision: str, models: Dict[str, onnx.
                 with_cache = (kind == plan.model and plan.uses_calib_cache) or kind == plan.alt_model
                 extra = cache_bytes if with_cache else None
                 if custom:
-                    variants = {"inlined": inlined_variant(models[kind])}
+                    variants = {"inlined": lower(inlined_variant(variant_sources[kind]))}
                     if plugin_dir is not None:
-                        variants["plugin"] = stripped_variant(models[kind])
+                        variants["plugin"] = lower(stripped_variant(variant_sources[kind]))
                     for variant, m in sorted(variants.items()):
                         path = f"models/model.{kind}.trt_{variant}.onnx"
                         data = model_bytes(m)
@@ -132,5 +142,7 @@ def assemble_bundle(out_dir, *, profile, precision: str, models: Dict[str, onnx.
             "models": {**rel, "deploy": rel[deploy]}, "inputs": inputs, "source": source,
             "custom_nodes": custom, "tensorrt": tensorrt,
         }
+        if compat_report is not None:
+            manifest["onnx_compat"] = compat_report
         manifest = w.commit(manifest)
     return manifest, script_info

@@ -130,6 +130,9 @@ def format_summary(s: dict) -> str:
     skipped = [f"{k}: {v.get('reason')}" for k, v in stages.items() if v.get("status") == "skipped"]
     if skipped:
         lines += ["skipped: " + "; ".join(skipped)]
+    compat = stages.get("compat") or {}
+    if compat.get("status") == "done":
+        lines += [f"ONNX compat: {compat['note']}"]
     if s.get("engine_script"):
         es = s["engine_script"]
         flags = " ".join(es["flags"]) or "(fp32)"

@@ -49,6 +49,8 @@ class DeviceProfile:
     cuda: Optional[str]
     tensorrt: Optional[str]
     python: Optional[str]
+    onnx_max_opset: Optional[int] = None  # newest ai.onnx opset the target's TensorRT/onnxruntime load (None: any)
+    onnx_max_ir: Optional[int] = None  # newest ONNX IR version they load (None: any)
     notes: str = ""
     sources: List[str] = field(default_factory=list)
     unverified: List[str] = field(default_factory=list)
@@ -138,6 +140,16 @@ class DeviceProfile:
         if not mhz:
             raise UnsupportedError(f"{self.name}: no EMC clock known")
         return emc_percent / 100.0 * mhz * 1e6 * 2 * self.memory_bus_bits / 8
+
+    @property
+    def onnx_limits(self) -> Dict[str, Optional[int]]:
+        """``{"opset": N, "ir": N}``: the newest ONNX the target loads (values None when there is no limit)."""
+        return {"opset": self.onnx_max_opset, "ir": self.onnx_max_ir}
+
+    def loads_onnx(self, opset: int, ir_version: int) -> bool:
+        """True when a model with ai.onnx ``opset`` and IR ``ir_version`` is within the target's limits."""
+        return ((self.onnx_max_opset is None or opset <= self.onnx_max_opset)
+                and (self.onnx_max_ir is None or ir_version <= self.onnx_max_ir))
 
     def trt_version_tag(self) -> Optional[str]:
         """NV_TENSORRT_VERSION digits as TensorRT writes them in calibration caches (8.2.1 -> 8201, 10.3 -> 100300)."""

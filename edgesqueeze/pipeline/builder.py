@@ -67,7 +67,7 @@ def build(model_path: PathLike, target: str, out_dir: PathLike, *, precision: st
 
     Raises:
         InputError: bad model, data or option (exit 3). UnsupportedError: the target cannot run the requested
-        precision, DLA or sparsity (exit 4). MissingDependencyError: ``local_engine="on"`` without TensorRT
+        precision, DLA or sparsity, or a node has no exact spelling at the target's ONNX opset/IR (exit 4). MissingDependencyError: ``local_engine="on"`` without TensorRT
         (exit 5). VerificationError: an optimized model disagrees with its input (exit 7).
     """
     from ..devices import get_profile
@@ -200,6 +200,14 @@ def build(model_path: PathLike, target: str, out_dir: PathLike, *, precision: st
     models = stages.finish_models(models)
     deploy_kind = {"int8": "int8_qdq", "fp16": "fp16", "fp32": "fp32"}[resolved]
 
+    # 4b. compat: what the target's TensorRT parser and onnxruntime load (opset, IR) --------------------
+    variant_sources = dict(models)  # the TensorRT variants are derived from these, then lowered themselves
+    with prog.stage("compat") as bar:
+        models, stage_info["compat"] = stages.make_compatible(models, profile)
+        bar.done(stage_info["compat"]["note"])
+    stage_info["compat"]["seconds"] = bar.seconds
+    summary["compat"] = stage_info["compat"]
+
     # 5. validate --------------------------------------------------------------------------------------
     summary["latency_ms"] = {
         "input": predicted_ms(original, profile, "fp32"),
@@ -247,7 +255,8 @@ def build(model_path: PathLike, target: str, out_dir: PathLike, *, precision: st
             out_dir, profile=profile, precision=resolved, models=models, deploy=deploy_kind, source=source,
             options=options, versions=versions(), inputs=inputs_json(model), cache_text=cache_text,
             sparsity=sparse_applied and profile.sparse_2_4, dla=dla, workspace_mib=workspace_mib, force=force,
-            warn=warn)
+            warn=warn, variant_sources=variant_sources, compat=stages.compat_function(profile),
+            compat_report=stages.manifest_compat(stage_info["compat"]))
         archive_path = None
         if archive:
             from ..bundle import write_archive

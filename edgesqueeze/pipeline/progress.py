@@ -5,7 +5,7 @@ import sys
 import time
 from typing import Callable
 
-STAGES = ("load", "optimize", "compress", "quantize", "validate", "engine", "bundle")
+STAGES = ("load", "optimize", "compress", "quantize", "compat", "validate", "engine", "bundle")
 
 
 class Progress:

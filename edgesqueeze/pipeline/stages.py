@@ -6,7 +6,7 @@ import importlib.util
 import re
 import shutil
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import onnx
 
@@ -267,3 +267,54 @@ def shapes_json(shapes) -> Optional[dict]:
     if not shapes:
         return None
     return {("" if k is None else k): list(v) for k, v in sorted(shapes.items(), key=lambda kv: str(kv[0]))}
+
+
+def make_compatible(models: Dict[str, onnx.ModelProto], profile) -> Tuple[Dict[str, onnx.ModelProto], dict]:
+    """Lower every bundle model to the target's ONNX limits (opset, IR), each proven equal on onnxruntime.
+
+    Returns ``(models, stage info)``; the info has per-model reports and a one-line ``note``.
+
+    Raises:
+        UnsupportedError: a node has no exact spelling at the target's opset/IR (names node, op and target).
+    """
+    from ..compat import make_target_compatible, onnx_version_of
+
+    limits = {"max_opset": profile.onnx_max_opset, "max_ir": profile.onnx_max_ir}
+    if limits["max_opset"] is None and limits["max_ir"] is None:
+        return models, {"status": "skipped", "reason": f"{profile.name} has no ONNX opset/IR limit", **limits,
+                        "note": "no ONNX limit"}
+    out, reports = {}, {}
+    for kind, m in models.items():
+        out[kind], rep = make_target_compatible(m, profile)
+        reports[kind] = {"opset": [onnx_version_of(m), onnx_version_of(out[kind])],
+                         "ir_version": [m.ir_version, out[kind].ir_version], "changed": rep["changed"],
+                         "rewrites": (rep.get("opset") or {}).get("rewrites", {}), "inlined": rep.get("inlined"),
+                         "verification": rep.get("verification")}
+    changed = [k for k, r in reports.items() if r["changed"]]
+    first = next(iter(reports.values()))
+    worst = max((r["verification"] or {}).get("max_rel", 0.0) or 0.0 for r in reports.values())
+    if changed:
+        note = (f"opset {first['opset'][0]} -> {first['opset'][1]}, IR {first['ir_version'][0]} -> "
+                f"{first['ir_version'][1]} for {profile.name} ({len(changed)} model(s), max rel err vs "
+                f"before {worst:.2g})")
+    else:
+        note = f"already within {profile.name}'s limits (opset <= {limits['max_opset']}, IR <= {limits['max_ir']})"
+    return out, {"status": "done" if changed else "skipped", **limits, "models": reports, "note": note,
+                 **({} if changed else {"reason": "already within the target's ONNX limits"})}
+
+
+def compat_function(profile) -> Optional[Callable[[onnx.ModelProto], onnx.ModelProto]]:
+    """``model -> model`` lowered to the target's ONNX limits (None for a target without limits)."""
+    if profile.onnx_max_opset is None and profile.onnx_max_ir is None:
+        return None
+    from ..compat import make_target_compatible
+
+    return lambda m: make_target_compatible(m, profile)[0]
+
+
+def manifest_compat(info: dict) -> dict:
+    """The manifest's ``onnx_compat`` section: the limits and each model's opset/IR before and after."""
+    return {"max_opset": info.get("max_opset"), "max_ir": info.get("max_ir"),
+            "models": {k: {"opset": r["opset"], "ir_version": r["ir_version"], "rewrites": r["rewrites"],
+                           "inlined": r["inlined"]}
+                       for k, r in sorted(info.get("models", {}).items())}}
