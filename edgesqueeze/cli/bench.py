@@ -89,6 +89,16 @@ def summary_text(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _label_partial(result: dict, where=None) -> dict:
+    """Mark an interrupted run's results as partial, saying so in its warnings (the JSON keeps the samples)."""
+    result = dict(result)
+    result["partial"] = True
+    note = "interrupted (Ctrl-C)" + (f" during {where}" if where else "") + ": partial results"
+    result["warnings"] = list(result.get("warnings") or []) + ([note] if note not in (result.get("warnings") or [])
+                                                               else [])
+    return result
+
+
 @click.command("bench")
 @click.argument("path", type=click.Path())
 @click.option("--backend", type=click.Choice(["ort", "trt", "trtexec", "auto"]), default=None,
@@ -159,6 +169,7 @@ def command(path, backend, iterations, duration, warmup, batch, power, power_int
         raise InputError("--profile-layers is for --backend ort (for TensorRT use trtexec --exportProfile and "
                          "'edgesqueeze report times.json --trtexec-profile profile.json')")
     bar = _Bar(enabled=not quiet() and sys.stderr.isatty())
+    remote_report = False
     if device or fleet:
         try:
             from ..deploy import fleet_bench, remote_bench
@@ -180,7 +191,17 @@ def command(path, backend, iterations, duration, warmup, batch, power, power_int
             if remote_python:
                 opts["python"] = remote_python
             info(f"benchmarking {path} on {device} ...")
-            results = [remote_bench(path, device, **opts)]
+            from ..deploy.remote import BenchInterrupted
+
+            try:  # with an out dir, remote_bench writes results.json + report there, partial ones too
+                results = [remote_bench(path, device, out_dir=report_dir, **opts)]
+            except BenchInterrupted as exc:
+                if not exc.results:
+                    warn("interrupted before the device returned any result")
+                    return 130
+                results = [_label_partial(exc.results, getattr(exc, "where", None))]
+            else:
+                remote_report = bool(report_dir)  # written by remote_bench; after Ctrl-C the CLI writes it
         else:
             info(f"benchmarking {path} on the devices of {fleet} ...")
             results = fleet_bench(path, fleet, **opts)
@@ -211,7 +232,7 @@ def command(path, backend, iterations, duration, warmup, batch, power, power_int
         else:
             write_json_atomic(output, results)
         info(f"wrote {output}")
-    if report_dir and good:
+    if report_dir and good and not (device and remote_report):
         from ..bench.report import write_report
 
         written = write_report(good, report_dir)
