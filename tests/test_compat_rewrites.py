@@ -268,3 +268,28 @@ def test_dwsep_functions_lowered_or_inlined():
     assert {n.domain for n in out.graph.node} == {""} and rep["verification"]["max_rel"] <= 1e-5
     same, rep = make_target_compatible(m, "cpu")
     assert not rep["changed"] and same.SerializeToString() == m.SerializeToString()
+
+
+@pytest.mark.parametrize("op,since,attrs,first", [
+    ("HardSwish", 14, {}, "HardSigmoid"), ("Mish", 18, {}, "Softplus"),
+    ("Gelu", 20, {}, "Div"), ("Gelu", 20, {"approximate": "tanh"}, "Mul"),
+])
+def test_newer_activations_become_their_definitions(op, since, attrs, first):
+    m = mk([helper.make_node(op, ["x"], ["y"], **attrs)], {"x": [3, 5]}, ["y"], since)
+    out, rep = lower(m, 13)
+    assert op not in ops(out) and ops(out)[0] == first
+
+
+def test_function_body_rewrite_uses_constant_nodes():
+    """A rewrite that needs a new constant inside a local function emits a Constant node (no initializers)."""
+    body = [helper.make_node("Gelu", ["X"], ["Y"])]
+    f = helper.make_function("edgesqueeze", "G", ["X"], ["Y"], body, [helper.make_opsetid("", 20)])
+    g = helper.make_graph([helper.make_node("G", ["x"], ["y"], domain="edgesqueeze")], "g",
+                          [helper.make_tensor_value_info("x", F, [2, 3])],
+                          [helper.make_tensor_value_info("y", F, [2, 3])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 20), helper.make_opsetid("edgesqueeze", 1)],
+                          functions=[f])
+    m.ir_version = 10
+    out, rep = lower(m, 17)
+    assert not out.graph.initializer and "Constant" in [n.op_type for n in out.functions[0].node]
+    assert out.functions[0].opset_import[0].version == 17

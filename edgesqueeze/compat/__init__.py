@@ -99,6 +99,17 @@ def _tensor_info(model: ModelProto):
     return types, shapes, consts
 
 
+def _function_consts(f) -> Dict[str, np.ndarray]:
+    """Values of a function body's Constant nodes that hold a tensor (not attribute references)."""
+    out = {}
+    for n in f.node:
+        if n.op_type == "Constant" and n.domain in ("", "ai.onnx"):
+            for a in n.attribute:
+                if a.name == "value" and not a.ref_attr_name:
+                    out[n.output[0]] = numpy_helper.to_array(a.t)
+    return out
+
+
 def _plugin_only(model: ModelProto) -> bool:
     """True when some node's domain is neither standard nor a local function (onnxruntime cannot run it)."""
     local = {(f.domain, f.name) for f in model.functions}
@@ -176,13 +187,11 @@ def downgrade_opset(model: ModelProto, opset: int, *, verify: bool = True, rtol:
     for f in out.functions:
         f_src = next((o.version for o in f.opset_import if o.domain in ("", "ai.onnx")), 0)
         if f_src > opset:
-            fctx = Context(out, f_src, opset, None, None, {})
-            fctx._names = {n for node in f.node for n in node.output}
+            fctx = Context(out, f_src, opset, None, None, _function_consts(f))
+            fctx.in_function = True
+            fctx._names = {n for node in f.node for n in node.output} | set(f.input)
             fctx.used = {n for node in f.node for n in node.input} | set(f.output)
             convert_graph(f, fctx, REWRITES)
-            if fctx.new_initializers:
-                raise UnsupportedError(f"local function {f.domain}.{f.name}: lowering it needs constants a "
-                                       f"function cannot hold", hint="inline the custom nodes first")
             for k, v in fctx.changes.items():
                 ctx.note(f"function {f.name}: {k}")
             for o in f.opset_import:

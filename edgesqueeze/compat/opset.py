@@ -50,6 +50,8 @@ class Context:
         self.changes: Dict[str, int] = {}
         self._names = {i.name for i in model.graph.initializer} | {n for node in model.graph.node for n in node.output}
         self._counter = 0
+        self.in_function = False
+        self.pending: List[NodeProto] = []
         self.used = set()
         for g in _all_graphs(model.graph):
             self.used.update(n for node in g.node for n in node.input)
@@ -91,8 +93,13 @@ class Context:
                 return name
 
     def add_const(self, base: str, array: np.ndarray) -> str:
+        """A new constant tensor: an initializer in a graph, a Constant node in a function body."""
         name = self.fresh(base)
-        self.new_initializers.append(numpy_helper.from_array(np.asarray(array), name))
+        tensor = numpy_helper.from_array(np.asarray(array), name)
+        if self.in_function:
+            self.pending.append(helper.make_node("Constant", [], [name], value=tensor, name=name))
+        else:
+            self.new_initializers.append(tensor)
         self.consts[name] = np.asarray(array)
         return name
 
@@ -252,6 +259,8 @@ def convert_graph(graph: GraphProto, ctx: Context, rewrites) -> None:
         rewrite = rewrites.get(node.op_type)
         new_nodes = rewrite(node, ctx, hi, lo) if rewrite else None
         rewritten = new_nodes is not None
+        if ctx.pending:
+            new_nodes, ctx.pending = ctx.pending + list(new_nodes or [node]), []
         if new_nodes is None:
             if lo is None:
                 first = first_version(node.op_type)

@@ -23,6 +23,8 @@ QuantizeLinear & DQ    13          per-tensor scale only (no ``axis`` before 13)
 GridSample             20          mode names (linear -> bilinear, cubic -> bicubic), 4-D only
 Slice                  10          inputs -> attributes (steps of 1 only)
 TopK                   10          ``K`` input -> attribute
+HardSwish, Mish, Gelu  14, 18, 20  their definitions in older ops (HardSigmoid/Mul, Softplus/Tanh/Mul,
+                                   Erf or Tanh)
 =====================  ==========  ==============================================================
 """
 from __future__ import annotations
@@ -307,7 +309,63 @@ def topk(node: NodeProto, ctx: Context, hi, lo) -> Optional[List[NodeProto]]:
     return [node]
 
 
+def hard_swish(node: NodeProto, ctx: Context, hi, lo) -> Optional[List[NodeProto]]:
+    if lo is not None:
+        return None
+    t = ctx.fresh(node.output[0] + "_hsig")
+    ctx.note("HardSwish -> x * HardSigmoid(x, 1/6, 0.5) (its definition)")
+    return [helper.make_node("HardSigmoid", [node.input[0]], [t], alpha=1.0 / 6, beta=0.5, name=ctx.fresh(node.name)),
+            helper.make_node("Mul", [node.input[0], t], [node.output[0]], name=node.name)]
+
+
+def mish(node: NodeProto, ctx: Context, hi, lo) -> Optional[List[NodeProto]]:
+    if lo is not None:
+        return None
+    sp, th = ctx.fresh(node.output[0] + "_softplus"), ctx.fresh(node.output[0] + "_tanh")
+    ctx.note("Mish -> x * Tanh(Softplus(x)) (its definition)")
+    return [helper.make_node("Softplus", [node.input[0]], [sp], name=ctx.fresh(node.name)),
+            helper.make_node("Tanh", [sp], [th], name=ctx.fresh(node.name)),
+            helper.make_node("Mul", [node.input[0], th], [node.output[0]], name=node.name)]
+
+
+def gelu(node: NodeProto, ctx: Context, hi, lo) -> Optional[List[NodeProto]]:
+    """Gelu (20) as its definition: 0.5 x (1 + erf(x / sqrt 2)), or with approximate='tanh'
+    0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3)))."""
+    if lo is not None:
+        return None
+    x, y = node.input[0], node.output[0]
+    elem = ctx.elem_type(x) or 1
+    from onnx import helper as h
+
+    dt = h.tensor_dtype_to_np_dtype(elem)
+
+    def c(base, v):
+        return ctx.add_const(y + "_" + base, np.array(v, dtype=dt))
+
+    def t(base):
+        return ctx.fresh(y + "_" + base)
+
+    nodes, half, one = [], c("half", 0.5), c("one", 1.0)
+    if _get(node, "approximate", "none") == "tanh":
+        x3, inner, scaled, th, s = t("x3"), t("inner"), t("scaled"), t("tanh"), t("sum")
+        nodes += [helper.make_node("Mul", [x, x], [t("x2")])]
+        nodes += [helper.make_node("Mul", [nodes[-1].output[0], x], [x3]),
+                  helper.make_node("Mul", [x3, c("k", 0.044715)], [t("kx3")])]
+        nodes += [helper.make_node("Add", [x, nodes[-1].output[0]], [inner]),
+                  helper.make_node("Mul", [inner, c("sqrt2pi", float(np.sqrt(2.0 / np.pi)))], [scaled]),
+                  helper.make_node("Tanh", [scaled], [th]), helper.make_node("Add", [th, one], [s])]
+    else:
+        d, e, s = t("scaled"), t("erf"), t("sum")
+        nodes += [helper.make_node("Div", [x, c("sqrt2", float(np.sqrt(2.0)))], [d]),
+                  helper.make_node("Erf", [d], [e]), helper.make_node("Add", [e, one], [s])]
+    hx = t("halfx")
+    nodes += [helper.make_node("Mul", [x, half], [hx]), helper.make_node("Mul", [hx, s], [y], name=node.name)]
+    ctx.note(f"Gelu -> its definition with {'Tanh' if len(nodes) > 6 else 'Erf'}")
+    return nodes
+
+
 REWRITES = {
+    "HardSwish": hard_swish, "Mish": mish, "Gelu": gelu,
     **{op: reduce_axes for op in ("ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1",
                                   "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare")},
     "Split": split, "Squeeze": squeeze_axes, "Unsqueeze": squeeze_axes, "Pad": pad, "Clip": clip,
