@@ -94,8 +94,8 @@ def _label_partial(result: dict, where=None) -> dict:
     result = dict(result)
     result["partial"] = True
     note = "interrupted (Ctrl-C)" + (f" during {where}" if where else "") + ": partial results"
-    result["warnings"] = list(result.get("warnings") or []) + ([note] if note not in (result.get("warnings") or [])
-                                                               else [])
+    warnings = list(result.get("warnings") or [])
+    result["warnings"] = warnings if any("interrupted" in w for w in warnings) else warnings + [note]
     return result
 
 

@@ -301,6 +301,7 @@ def lower_to_limits(model: ModelProto, max_opset: Optional[int], max_ir: Optiona
         model = _inline_for_ir(model, max_ir, report)
     if max_opset is not None and onnx_version_of(model) > max_opset:
         model, report["opset"] = downgrade_opset(model, max_opset, verify=False)
+        report["opset"].pop("verification", None)  # the whole result is verified below
     if max_ir is not None and model.ir_version > max_ir:
         model, rep = limit_ir_version(model, max_ir)
     report["opset"].update({"from": onnx_version_of(src), "to": onnx_version_of(model)})
@@ -374,6 +375,8 @@ def convert_file(model_path, output, *, opset: Optional[int] = None, target: Opt
         out, report = lower_to_limits(model, max_opset, max_ir)
     except UnsupportedError as exc:
         exc.path = str(model_path)
+        if name:
+            exc.message = f"for {name} (max opset {max_opset}, IR {max_ir}): {exc.message}"
         raise
     save_model(out, output, inputs=(model_path,))
     report.update(input=str(model_path), output=str(output), target=name)

@@ -109,7 +109,8 @@ class Context:
     def unsupported(self, node: NodeProto, why: str) -> UnsupportedError:
         return UnsupportedError(f"{node.op_type} node '{node_label(node)}' cannot be lowered from opset {self.src} "
                                 f"to {self.dst}: {why}", node=node_label(node),
-                                hint="raise the target opset (--opset) or re-export the model at a lower opset")
+                                hint=f"re-export the model with opset_version={self.dst} (the exporter then spells "
+                                     f"it in older ops), or pick a target whose TensorRT reads a newer opset")
 
 
 def _all_graphs(graph):

@@ -292,11 +292,10 @@ def make_compatible(models: Dict[str, onnx.ModelProto], profile) -> Tuple[Dict[s
                          "verification": rep.get("verification")}
     changed = [k for k, r in reports.items() if r["changed"]]
     first = next(iter(reports.values()))
-    worst = max((r["verification"] or {}).get("max_rel", 0.0) or 0.0 for r in reports.values())
+    errs = ", ".join(f"{k} {(reports[k]['verification'] or {}).get('max_rel', 0.0):.2g}" for k in changed)
     if changed:
         note = (f"opset {first['opset'][0]} -> {first['opset'][1]}, IR {first['ir_version'][0]} -> "
-                f"{first['ir_version'][1]} for {profile.name} ({len(changed)} model(s), max rel err vs "
-                f"before {worst:.2g})")
+                f"{first['ir_version'][1]} for {profile.name} (max rel err vs before: {errs})")
     else:
         note = f"already within {profile.name}'s limits (opset <= {limits['max_opset']}, IR <= {limits['max_ir']})"
     return out, {"status": "done" if changed else "skipped", **limits, "models": reports, "note": note,
