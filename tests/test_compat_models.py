@@ -141,3 +141,35 @@ def test_convert_exit_codes(cli, tmp_path):
     assert code == 3 and "--opset" in err
     code, out, err = cli("convert", str(DIGITS), "-o", str(tmp_path / "d.onnx"), "--target", "tx2", "--json")
     assert code == 0 and json.loads(out)["ir"] == {"from": 10, "to": 8}
+
+
+@pytest.mark.torch
+def test_torch_dynamo_export_lowered(tmp_path):
+    """A small net through torch's dynamo exporter (opset 18): HardSwish, Resize, chunk (Split num_outputs), Pad,
+    mean/sum (Reduce with axes inputs), GELU, Softmax, Unsqueeze/Squeeze, lowered to 13 and to 11."""
+    import torch
+    import torch.nn as nn
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.hs = nn.Conv2d(3, 8, 3, 2, 1), nn.Hardswish()
+            self.up, self.fc = nn.Upsample(scale_factor=2, mode="nearest"), nn.Linear(8, 10)
+
+        def forward(self, x):
+            y = self.up(self.hs(self.c1(x)))
+            a, b = torch.chunk(y, 2, dim=1)
+            y = nn.functional.pad(torch.cat([b, a], 1), (1, 1, 0, 0)).mean(dim=(2, 3))
+            y = nn.functional.gelu(self.fc(y))
+            return torch.softmax(y, dim=-1), y.unsqueeze(1).squeeze(1).sum(-1, keepdim=True)
+
+    torch.manual_seed(0)
+    path = tmp_path / "net.onnx"
+    torch.onnx.export(Net().eval(), (torch.randn(1, 3, 16, 16),), str(path), dynamo=True, opset_version=18)
+    m = load_model(path)
+    assert _opset(m) == 18
+    for dst in (13, 11):
+        out, rep = downgrade_opset(m, dst)
+        assert _opset(out) == dst and rep["verification"]["max_rel"] <= 1e-5
+        assert "HardSwish" not in {n.op_type for n in out.graph.node}
+        assert any(k.startswith("Split: num_outputs") for k in rep["rewrites"])

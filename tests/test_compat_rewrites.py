@@ -293,3 +293,11 @@ def test_function_body_rewrite_uses_constant_nodes():
     out, rep = lower(m, 17)
     assert not out.graph.initializer and "Constant" in [n.op_type for n in out.functions[0].node]
     assert out.functions[0].opset_import[0].version == 17
+
+
+def test_slice_negative_axes_input_made_positive_for_opset_10():
+    m = mk([helper.make_node("Slice", ["x", "st", "en", "ax"], ["y"])], {"x": [2, 6]}, ["y"], 13,
+           {"st": np.array([1], np.int64), "en": np.array([4], np.int64), "ax": np.array([-1], np.int64)})
+    out, _ = lower(m, 10)
+    axes = next(i for i in out.graph.initializer if i.name == out.graph.node[0].input[3])
+    assert numpy_helper.to_array(axes).tolist() == [1]

@@ -258,6 +258,7 @@ def convert_graph(graph: GraphProto, ctx: Context, rewrites) -> None:
             out.append(node)
             continue
         rewrite = rewrites.get(node.op_type)
+        notes_before = sum(ctx.changes.values())
         new_nodes = rewrite(node, ctx, hi, lo) if rewrite else None
         rewritten = new_nodes is not None
         if ctx.pending:
@@ -277,8 +278,8 @@ def convert_graph(graph: GraphProto, ctx: Context, rewrites) -> None:
             check_against(n, ctx, n_hi, n_lo)
             if ctx.dst < 11 <= ctx.src:
                 _nonnegative_axes(n, ctx)
-        if not rewritten:
-            ctx.note(f"{node.op_type} {hi.since_version}->{lo.since_version}: same spelling")
+        if not rewritten or sum(ctx.changes.values()) == notes_before:
+            ctx.note(f"{node.op_type} {hi.since_version}->{lo.since_version if lo else '-'}: same spelling")
         out.extend(new_nodes)
     del graph.node[:]
     graph.node.extend(out)

@@ -284,8 +284,18 @@ def grid_sample(node: NodeProto, ctx: Context, hi, lo) -> Optional[List[NodeProt
 
 
 def slice_(node: NodeProto, ctx: Context, hi, lo) -> Optional[List[NodeProto]]:
-    if lo is None or lo.since_version >= 10:
+    if lo is None or lo.since_version >= 11:
         return None
+    if lo.since_version == 10:  # Slice-10 takes inputs too, but no negative axes
+        axes = ctx.const(node, 3, "axes") if len(node.input) > 3 and node.input[3] else None
+        if axes is None or (np.asarray(axes) >= 0).all():
+            return None
+        r = ctx.rank(node, node.input[0])
+        inputs = list(node.input)
+        inputs[3] = ctx.add_const(node.output[0] + "_axes", np.array([a % r for a in _ints(axes)], np.int64))
+        _inputs(node, inputs)
+        ctx.note("Slice: negative axes made positive")
+        return [node]
     starts, ends = ctx.const(node, 1, "starts"), ctx.const(node, 2, "ends")
     axes = ctx.const(node, 3, "axes")
     steps = ctx.const(node, 4, "steps")
