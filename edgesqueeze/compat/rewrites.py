@@ -242,10 +242,8 @@ def dropout(node: NodeProto, ctx: Context, hi, lo) -> Optional[List[NodeProto]]:
 def gemm(node: NodeProto, ctx: Context, hi, lo) -> Optional[List[NodeProto]]:
     if lo is None or lo.since_version >= 11 or (len(node.input) > 2 and node.input[2]):
         return None
-    from onnx import helper as h
-
     elem = ctx.elem_type(node.output[0]) or 1
-    zero = np.zeros((), dtype=h.tensor_dtype_to_np_dtype(elem))
+    zero = np.zeros((), dtype=helper.tensor_dtype_to_np_dtype(elem))
     _inputs(node, [node.input[0], node.input[1], ctx.add_const(node.output[0] + "_c", zero)])
     ctx.note("Gemm: missing C -> zero scalar")
     return [node]
@@ -344,10 +342,7 @@ def gelu(node: NodeProto, ctx: Context, hi, lo) -> Optional[List[NodeProto]]:
     if lo is not None:
         return None
     x, y = node.input[0], node.output[0]
-    elem = ctx.elem_type(x) or 1
-    from onnx import helper as h
-
-    dt = h.tensor_dtype_to_np_dtype(elem)
+    dt = helper.tensor_dtype_to_np_dtype(ctx.elem_type(x) or 1)
 
     def c(base, v):
         return ctx.add_const(y + "_" + base, np.array(v, dtype=dt))
