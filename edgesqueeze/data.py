@@ -10,7 +10,7 @@ Sources (``open_data(spec, model)``):
 - ``data.npz``: one array per model input (by name; a one-input model also accepts a single unnamed array)
   and optional labels under ``label``/``labels``/``y``;
 - ``data.npy``: one array for a one-input model (memory-mapped, so large sets are not loaded whole);
-- an image folder (``images/``, ``images/?resize=256&crop=224&mean=...``, options in :class:`Preprocess`,
+- an image folder (``images/``, ``images/?resize=256&crop=224&mean=...``, options in :class:`~edgesqueeze.imagedata.Preprocess`,
   defaults from a ``preprocess.json`` in the folder; :mod:`edgesqueeze.imagedata`): class sub-folders become
   labels, images are decoded batch by batch (Pillow needed);
 - ``None`` or ``"random"``: seeded random data, labelled as random everywhere it is reported.

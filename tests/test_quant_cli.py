@@ -85,3 +85,9 @@ def test_quantize_refuses_to_overwrite_its_input(cli, tmp_path):
     before = sha256_file(model)
     code, _, err = cli("quantize", model, "-p", "fp16", "-o", model)
     assert code == 3 and "overwrite" in err and sha256_file(model) == before
+
+
+def test_auto_without_calibration_data_falls_back_with_a_warning(cli, tmp_path):
+    code, out, err = cli("quantize", MODEL, "-t", "orin-nano", "-o", tmp_path / "a.onnx", "--json")
+    assert code == 0 and "no calibration data" in err
+    assert json.loads(out)["precision"] == "fp16" and "needs --calib" in json.loads(out)["precision_reason"]

@@ -21,6 +21,12 @@ def _error_row(res: dict) -> dict:
             "sqnr_db": min(sq) if sq else None, "max_rel": max((e["max_rel"] for e in errs), default=None)}
 
 
+def _cpu():
+    from ..devices import cpu_profile
+
+    return cpu_profile()
+
+
 def _checked(precision: str) -> str:
     from .policy import CHOICES
 
@@ -72,10 +78,17 @@ def quantize_model(model: PathLike, output: PathLike, *, precision: str = "auto"
         chosen = resolve_precision(profile, precision)
     else:
         chosen = _checked(precision)
+    if chosen == "int8" and precision.lower() == "auto" and not (calib or from_cache):
+        target_profile = profile if profile is not None else _cpu()
+        fallback = "fp16" if target_profile.supports("fp16") else "fp32"
+        warn(f"auto chose INT8 but no calibration data was given (--calib); building {fallback} instead")
+        chosen, reason = fallback, f"INT8 needs --calib; {fallback} instead"
+    else:
+        reason = precision_reason(profile, chosen) if profile is not None else None
     summary: dict = {"model": str(model_path), "precision": chosen, "requested": precision.lower(),
                      "target": target, "outputs": {}}
-    if precision.lower() == "auto" and profile is not None:
-        summary["precision_reason"] = precision_reason(profile, chosen)
+    if precision.lower() == "auto" and reason:
+        summary["precision_reason"] = reason
     val_reader = open_data(val, fp32, batch_size=batch_size, limit=limit) if val else None
     if val_reader is not None and val_reader.is_random:
         warn("validation on random data: accuracy numbers mean nothing")
