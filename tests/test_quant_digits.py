@@ -53,3 +53,19 @@ def test_sensitivity_and_auto_keep(digits):
     assert result["met"] and result["metric"] == "top1" and result["drop"] <= 0.0
     given = auto_keep(model, amax, val, 0.0, ranking=ranking, keep=[ranking[-1]["node"]])
     assert given["keep"][0] == ranking[-1]["node"]  # layers given with --keep stay kept
+
+
+def test_evaluate_without_labels_and_with_a_mismatched_reference(digits):
+    from onnx import helper
+
+    from edgesqueeze.errors import InputError
+
+    model, _, _, _ = digits
+    res = evaluate(model, open_data("random", model, limit=3), reference=model)
+    assert res["top1"] is None and res["random"] and res["agreement"] == 100.0
+    assert res["output_error"]["logits"]["max_abs"] == 0.0
+    other = helper.make_model(helper.make_graph(
+        [helper.make_node("Identity", ["input"], ["other"])], "g", [model.graph.input[0]],
+        [helper.make_tensor_value_info("other", 1, [1, 1, 8, 8])]), opset_imports=model.opset_import, ir_version=8)
+    with pytest.raises(InputError, match="no output 'logits'"):
+        evaluate(model, open_data("random", model, limit=1), reference=other)

@@ -78,6 +78,10 @@ def evaluate(model: ModelLike, reader, reference: Optional[ModelLike] = None, *,
     score = output or names[0]
     if score not in names:
         raise InputError(f"no output named '{score}'; the outputs are: {', '.join(names)}")
+    if ref_sess is not None:
+        missing = [n for n in names if n not in {o.name for o in ref_sess.get_outputs()}]
+        if missing:
+            raise InputError(f"the reference model has no output '{missing[0]}' to compare with")
     labels = getattr(reader, "labels", None)
     correct = agree = n = 0
     errors: Dict[str, _ErrorAccumulator] = {}
