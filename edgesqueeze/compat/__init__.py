@@ -143,8 +143,18 @@ def _verify(before: ModelProto, after: ModelProto, rtol: float, seed: int) -> di
         feeds = random_feeds(before, seed=seed)[0]
     except Exception as exc:  # noqa: BLE001 - dynamic shapes without --input: checker only
         return {"checked": False, "reason": f"no random inputs for this model ({exc})"}
-    stats = assert_close(run_model(before, feeds), run_model(after, feeds), rtol=rtol,
-                         what="the converted model and its input")
+    try:
+        ref = run_model(before, feeds)
+    except Exception as exc:  # noqa: BLE001 - onnxruntime's own error types: the input itself does not run here
+        text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        return {"checked": False, "reason": f"onnxruntime cannot run the input model here ({text})"}
+    try:
+        act = run_model(after, feeds)
+    except Exception as exc:  # noqa: BLE001
+        text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise VerificationError(f"the converted model does not run on onnxruntime: {text}",
+                                hint="a bug in edgesqueeze.compat: report it with the model") from exc
+    stats = assert_close(ref, act, rtol=rtol, what="the converted model and its input")
     worst = max((s["max_rel"] for s in stats.values()), default=0.0)
     return {"checked": True, "seed": seed, "rtol": rtol, "max_rel": float(worst)}
 
