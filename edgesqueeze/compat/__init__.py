@@ -18,43 +18,16 @@ from __future__ import annotations
 from typing import Dict, Optional, Tuple
 
 import numpy as np
-import onnx
-from onnx import ModelProto, TensorProto, helper, numpy_helper
+from onnx import ModelProto, helper, numpy_helper
 
-from ..errors import UnsupportedError, VerificationError
+from ..errors import UnsupportedError
+from .common import FP16_RTOL, _check, _copy, _graphs, _verify, onnx_version_of
+from .ir import _inline_for_ir, limit_ir_version, required_ir_version
 from .opset import Context, convert_graph
 from .rewrites import REWRITES
 
-__all__ = ["downgrade_opset", "limit_ir_version", "lower_to_limits", "make_target_compatible", "required_ir_version",
-           "onnx_version_of", "convert_file"]
-
-#: tolerance for FP16 models: the same graph may run with different FP16/FP32 kernels at two opsets
-FP16_RTOL = 1e-2
-
-#: the lowest IR version each element type needs
-_TYPE_IR = {name: ir for name, ir in (("FLOAT8E4M3FN", 9), ("FLOAT8E4M3FNUZ", 9), ("FLOAT8E5M2", 9),
-                                      ("FLOAT8E5M2FNUZ", 9), ("UINT4", 10), ("INT4", 10), ("FLOAT4E2M1", 11))}
-
-
-def onnx_version_of(model: ModelProto, domain: str = "") -> int:
-    for op in model.opset_import:
-        if op.domain in (domain, "ai.onnx" if domain == "" else domain):
-            return op.version
-    return 0
-
-
-def _copy(model: ModelProto) -> ModelProto:
-    out = ModelProto()
-    out.CopyFrom(model)
-    return out
-
-
-def _graphs(graph):
-    yield graph
-    for node in graph.node:
-        for attr in node.attribute:
-            for g in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                yield from _graphs(g)
+__all__ = ["FP16_RTOL", "convert_file", "downgrade_opset", "limit_ir_version", "lower_to_limits",
+           "make_target_compatible", "onnx_version_of", "required_ir_version"]
 
 
 def _used_names(model: ModelProto) -> set:
@@ -108,55 +81,6 @@ def _function_consts(f) -> Dict[str, np.ndarray]:
                 if a.name == "value" and not a.ref_attr_name:
                     out[n.output[0]] = numpy_helper.to_array(a.t)
     return out
-
-
-def _plugin_only(model: ModelProto) -> bool:
-    """True when some node's domain is neither standard nor a local function (onnxruntime cannot run it)."""
-    local = {(f.domain, f.name) for f in model.functions}
-    return any(n.domain not in ("", "ai.onnx") and (n.domain, n.op_type) not in local
-               for g in _graphs(model.graph) for n in g.node)
-
-
-def _check(model: ModelProto, what: str) -> None:
-    try:
-        onnx.checker.check_model(model, full_check=True)
-    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        if _plugin_only(model) and "No Op registered" in str(exc):
-            onnx.checker.check_model(model)  # plugin-only nodes have no schema: the structural check only
-            return
-        text = str(exc).strip().splitlines()[0]
-        raise VerificationError(f"{what}: onnx.checker rejects the result: {text}",
-                                hint="a bug in edgesqueeze.compat: report it with the model") from exc
-
-
-def _verify(before: ModelProto, after: ModelProto, rtol: float, seed: int) -> dict:
-    if _plugin_only(before) or _plugin_only(after):
-        return {"checked": False, "reason": "plugin-only nodes: onnxruntime cannot run the model (the same "
-                                            "rewrites are proven on the variant it can run)"}
-    from ..model import random_feeds
-    from ..ortutil import assert_close, run_model
-
-    half = any(i.data_type in (TensorProto.FLOAT16, TensorProto.BFLOAT16) for i in before.graph.initializer)
-    if half:  # onnxruntime runs some FP16 ops in FP32 (inserted Casts) at one opset and natively at another
-        rtol = max(rtol, FP16_RTOL)
-    try:
-        feeds = random_feeds(before, seed=seed)[0]
-    except Exception as exc:  # noqa: BLE001 - dynamic shapes without --input: checker only
-        return {"checked": False, "reason": f"no random inputs for this model ({exc})"}
-    try:
-        ref = run_model(before, feeds)
-    except Exception as exc:  # noqa: BLE001 - onnxruntime's own error types: the input itself does not run here
-        text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        return {"checked": False, "reason": f"onnxruntime cannot run the input model here ({text})"}
-    try:
-        act = run_model(after, feeds)
-    except Exception as exc:  # noqa: BLE001
-        text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise VerificationError(f"the converted model does not run on onnxruntime: {text}",
-                                hint="a bug in edgesqueeze.compat: report it with the model") from exc
-    stats = assert_close(ref, act, rtol=rtol, what="the converted model and its input")
-    worst = max((s["max_rel"] for s in stats.values()), default=0.0)
-    return {"checked": True, "seed": seed, "rtol": rtol, "max_rel": float(worst)}
 
 
 def downgrade_opset(model: ModelProto, opset: int, *, verify: bool = True, rtol: float = 1e-5,
@@ -222,74 +146,6 @@ def downgrade_opset(model: ModelProto, opset: int, *, verify: bool = True, rtol:
     report["verification"] = _verify(model, out, rtol, seed) if verify else {"checked": False,
                                                                            "reason": "verify off"}
     return out, report
-
-
-def required_ir_version(model: ModelProto) -> Tuple[int, str]:
-    """The lowest IR version that can hold ``model`` and the feature that sets it."""
-    need, why = 3, "the IR baseline"
-
-    def bump(ir, reason):
-        nonlocal need, why
-        if ir > need:
-            need, why = ir, reason
-
-    opset = onnx_version_of(model)
-    for row in helper.VERSION_TABLE:  # (onnx release, IR, ai.onnx opset, ml opset, ...)
-        if row[2] >= opset:
-            bump(row[1], f"ai.onnx opset {opset}")
-            break
-    if model.functions:
-        bump(8, "model-local functions")
-    if any(f.overload for f in model.functions) or any(n.overload for g in _graphs(model.graph) for n in g.node):
-        bump(10, "function overloads")
-    elems = {i.data_type for g in _graphs(model.graph) for i in g.initializer}
-    elems |= {vi.type.tensor_type.elem_type for g in _graphs(model.graph)
-              for vi in list(g.input) + list(g.output) + list(g.value_info)}
-    for name, ir in _TYPE_IR.items():
-        if hasattr(TensorProto, name) and getattr(TensorProto, name) in elems:
-            bump(ir, f"{name} tensors")
-    return need, why
-
-
-def limit_ir_version(model: ModelProto, ir: int) -> Tuple[ModelProto, dict]:
-    """Return ``model`` with IR version at most ``ir`` and a report {"from", "to", "changed"}.
-
-    Raises:
-        UnsupportedError: the model needs a newer IR: function overloads need IR 10 (IR 8 cannot hold them:
-            inline the custom nodes), local functions IR 8, float8 IR 9, int4 IR 10, and an opset its IR
-            (e.g. opset 18 needs IR 8: lower the opset first).
-    """
-    ir = int(ir)
-    out = _copy(model)
-    report = {"from": model.ir_version, "to": min(model.ir_version, ir), "changed": False}
-    if model.ir_version <= ir:
-        return out, report
-    need, why = required_ir_version(model)
-    if need > ir:
-        hint = ("inline the custom nodes (edgesqueeze convert --target does) or keep IR 10"
-                if why == "function overloads" else "lower the opset first (--opset)" if "opset" in why else None)
-        raise UnsupportedError(f"IR version {ir} cannot hold {why} (needs IR {need})", hint=hint)
-    out.ir_version = ir
-    _check(out, f"IR {model.ir_version} -> {ir}")
-    report.update(to=ir, changed=True)
-    return out, report
-
-
-def _inline_for_ir(model: ModelProto, max_ir: int, report: dict) -> ModelProto:
-    """Inline what the target's IR cannot hold: overloaded custom functions (< 10), any local function (< 8)."""
-    from ..bundle.variants import custom_ops, inlined_variant
-
-    overloads = any(f.overload for f in model.functions)
-    if model.functions and (max_ir < 8 or (overloads and max_ir < 10)):
-        if custom_ops(model):
-            model = inlined_variant(model)
-            report["inlined"] = "custom nodes replaced by their function bodies (standard ops)"
-        if model.functions:
-            from onnx import inliner
-
-            model = inliner.inline_local_functions(model)
-            report["inlined"] = "local functions inlined"
-    return model
 
 
 def lower_to_limits(model: ModelProto, max_opset: Optional[int], max_ir: Optional[int], *, verify: bool = True,
