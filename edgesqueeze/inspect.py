@@ -2,7 +2,9 @@
 
 The roofline time of a layer is ``max(FLOPs / peak FLOP/s, bytes / peak bandwidth)`` at the chosen precision on
 the target; the model's estimate sums the layers (``roofline_ms``) and, for ``roofline_fused_ms``, leaves out the
-memory traffic of pointwise ops that TensorRT fuses into the preceding convolution or GEMM.
+memory traffic of pointwise ops that TensorRT fuses into the preceding convolution or GEMM. ``predicted_ms`` adds
+the profile's per-layer launch overhead (``kernel_launch_us``) for every layer that runs as its own kernel: small
+networks on a Jetson are launch-bound, not roofline-bound.
 """
 from __future__ import annotations
 
@@ -212,6 +214,11 @@ def inspect_model(model: onnx.ModelProto, target: Optional[str] = None, precisio
                 continue
             fused_ms += l["time_ms"]
         totals["roofline_fused_ms"] = fused_ms
+        # what a deployed engine costs beyond the roofline: one launch per executed (unfused) layer
+        kernels = sum(1 for l in layers if not l["fused"] and l["op"] not in SHAPE_OPS)
+        totals["kernels"] = kernels
+        totals["kernel_launch_us"] = profile.kernel_launch_s * 1e6
+        totals["predicted_ms"] = fused_ms + kernels * profile.kernel_launch_s * 1e3
         totals["compute_bound_layers"] = sum(1 for l in layers if l["bound"] == "compute")
         totals["memory_bound_layers"] = sum(1 for l in layers if l["bound"] == "memory")
         totals["peak_flops"] = profile.peak_flops(precision, sparse=sparse)
@@ -321,6 +328,8 @@ def format_report(result: dict, top: Optional[int] = None) -> str:
                      f"{t['roofline_fused_ms']:.3f} ms with pointwise ops fused (* above); "
                      f"{t['compute_bound_layers']} compute-bound, {t['memory_bound_layers']} memory-bound layers; "
                      f"ridge point {t['ridge_intensity']:.1f} FLOP/B")
+        lines.append(f"predicted latency: {t['predicted_ms']:.3f} ms = fused roofline + {t['kernels']} layers x "
+                     f"{t['kernel_launch_us']:g} us launch overhead (a typical figure; a lower bound, not a measurement)")
     if result["dwsep_blocks"]:
         rows = []
         for b in result["dwsep_blocks"]:

@@ -83,3 +83,24 @@ def test_inspect_cli_json_on_light_resnet(cli, light_models_dir):
     r = json.loads(out)
     assert r["target"] == "tx2" and r["totals"]["macs"] / 1e9 == pytest.approx(4.09, rel=0.01)
     assert {l["bound"] for l in r["layers"]} == {"compute", "memory"}
+
+
+def test_predicted_latency_adds_launch_overhead_per_executed_layer():
+    from edgesqueeze.devices import get_profile
+
+    r = inspect_model(_conv_model(16, 32, 10, 3), target="orin-nano")
+    t = r["totals"]
+    assert t["kernels"] == 1  # the Relu is fused into the Conv
+    launch = get_profile("orin-nano").kernel_launch_s * 1e3
+    assert t["predicted_ms"] == pytest.approx(t["roofline_fused_ms"] + launch)
+    assert t["predicted_ms"] > t["roofline_ms"]
+
+
+def test_resnet50_int8_prediction_is_near_published_mlperf(light_models_dir):
+    """Predictions stay within 2x of MLPerf Inference SingleStream (JETSON.md): a sanity bound, not a claim."""
+    from edgesqueeze.passes import optimize
+
+    model, _ = optimize(load_model(light_models_dir / "light_resnet50.onnx", opset=13), verify=False)
+    for target, published_ms in (("agx-orin", 0.640), ("orin-nx", 1.082), ("agx-xavier", 1.98), ("xavier-nx", 2.585)):
+        predicted = inspect_model(model, target=target, precision="int8")["totals"]["predicted_ms"]
+        assert published_ms / 2 < predicted < published_ms * 2, (target, predicted)

@@ -151,6 +151,11 @@ class DeviceProfile:
         return ((self.onnx_max_opset is None or opset <= self.onnx_max_opset)
                 and (self.onnx_max_ir is None or ir_version <= self.onnx_max_ir))
 
+    @property
+    def kernel_launch_s(self) -> float:
+        """Fixed cost per executed layer in seconds (kernel launch + enqueue), for latency prediction."""
+        return float(self.extra.get("kernel_launch_us", 5.0)) * 1e-6
+
     def trt_version_tag(self) -> Optional[str]:
         """NV_TENSORRT_VERSION digits as TensorRT writes them in calibration caches (8.2.1 -> 8201, 10.3 -> 100300)."""
         if not self.tensorrt:
@@ -259,8 +264,8 @@ def cpu_profile() -> DeviceProfile:
         notes=(f"This host, read at run time: {cores} cores at {mhz:.0f} MHz, {per_cycle} FP32 FLOP/cycle/core. "
                "ONNX Runtime on the CPU is the embedded default. INT8 runs through onnxruntime's QDQ kernels "
                + ("with VNNI." if vnni else "without VNNI (no faster than FP32 here).")),
-        sources=["/proc/cpuinfo", "os.cpu_count()"], unverified=["peak_bandwidth_gbs"],
-        extra={"cores": cores, "isa": isa, "vnni": vnni})
+        sources=["/proc/cpuinfo", "os.cpu_count()"], unverified=["peak_bandwidth_gbs", "kernel_launch_us"],
+        extra={"cores": cores, "isa": isa, "vnni": vnni, "kernel_launch_us": 1.0})
 
 
 def list_profiles(include_cpu: bool = True) -> List[DeviceProfile]:

@@ -55,7 +55,7 @@ def predicted_ms(model: onnx.ModelProto, profile, precision: str, sparse: bool =
     except ImportError:
         return None
     totals = inspect_model(model, target=profile, precision=precision, sparse=sparse)["totals"]
-    return totals.get("roofline_ms")
+    return totals.get("predicted_ms", totals.get("roofline_ms"))
 
 
 def versions() -> Dict[str, str]:
