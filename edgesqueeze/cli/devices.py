@@ -39,8 +39,9 @@ def command(names, as_json):
                          f"{g['fp32'] / 1000:.2f}", f"{g['fp16'] / 1000:.2f}" if p.fast_fp16 else "-",
                          f"{g['int8'] / 1000:.1f}" if p.int8 and g.get("int8") else "-",
                          "yes" if p.sparse_2_4 else "-", f"{p.peak_bandwidth_gbs:g}", p.dla_cores or "-",
-                         p.jetpack or "-", p.tensorrt or "-", p.best_precision()])
+                         p.jetpack or "-", p.tensorrt or "-",
+                         f"{p.onnx_max_opset}/{p.onnx_max_ir}" if p.onnx_max_opset else "-", p.best_precision()])
         return table(rows, ["target", "arch", "SM", "cores", "FP32 TF", "FP16 TF", "INT8 TOPS", "2:4", "GB/s",
-                            "DLA", "JetPack", "TensorRT", "auto"], "lllrrrrlrrlll")
+                            "DLA", "JetPack", "TensorRT", "opset/IR", "auto"], "lllrrrrlrrllll")
 
     emit(data if names or as_json else data, as_json, text)
