@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Union
+from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import onnx
@@ -108,6 +108,21 @@ def opset_version(model: ModelProto, domain: str = "") -> int:
         if op.domain in (domain, "ai.onnx" if domain == "" else domain):
             return int(op.version)
     return 0
+
+
+def iter_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    """Yield ``graph`` and every subgraph below it (If/Loop/Scan bodies), depth first."""
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                yield from iter_graphs(sub)
+
+
+def iter_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
+    """Yield every node of ``graph`` and of its subgraphs."""
+    for g in iter_graphs(graph):
+        yield from g.node
 
 
 # ----------------------------------------------------------------------------- loading

@@ -9,25 +9,20 @@ gets FP16 bodies.
 """
 from __future__ import annotations
 
-from typing import Iterable, Set
+from typing import Set
 
-import onnx
-from onnx import ModelProto, NodeProto
+from onnx import ModelProto
+
+from ..model import iter_nodes
 
 DOMAIN = "edgesqueeze"
 
 
-def _nodes(graph: onnx.GraphProto) -> Iterable[NodeProto]:
-    for node in graph.node:
-        yield node
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                yield from _nodes(sub)
 
 
 def custom_ops(model: ModelProto) -> Set[str]:
     """The op types of the model's ``edgesqueeze``-domain nodes (in any subgraph)."""
-    return {n.op_type for n in _nodes(model.graph) if n.domain == DOMAIN}
+    return {n.op_type for n in iter_nodes(model.graph) if n.domain == DOMAIN}
 
 
 def refresh_functions(model: ModelProto) -> ModelProto:
@@ -53,7 +48,9 @@ def refresh_functions(model: ModelProto) -> ModelProto:
 def _plain_ir(model: ModelProto) -> None:
     if any(f.overload for f in model.functions):
         return
-    from ..plugins.dwsep import _plain_ir_version  # the IR version rule lives with the op definitions
+    from ..plugins.dwsep import (
+        _plain_ir_version,  # the IR version rule lives with the op definitions
+    )
 
     model.ir_version = _plain_ir_version(model)
 
@@ -94,7 +91,7 @@ def stripped_variant(model: ModelProto) -> ModelProto:
     """Custom nodes kept, their local functions and overload keys removed (TensorRT with the plugin library)."""
     out = ModelProto()
     out.CopyFrom(model)
-    for node in _nodes(out.graph):
+    for node in iter_nodes(out.graph):
         if node.domain == DOMAIN:
             node.overload = ""
     kept = [f for f in out.functions if f.domain != DOMAIN]

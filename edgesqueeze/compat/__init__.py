@@ -21,7 +21,8 @@ import numpy as np
 from onnx import ModelProto, helper, numpy_helper
 
 from ..errors import UnsupportedError
-from .common import FP16_RTOL, _check, _copy, _graphs, _verify, onnx_version_of
+from ..model import iter_graphs as _graphs
+from .common import FP16_RTOL, _check, _copy, _verify, onnx_version_of
 from .ir import _inline_for_ir, limit_ir_version, required_ir_version
 from .opset import Context, convert_graph
 from .rewrites import REWRITES

@@ -5,7 +5,7 @@ import onnx
 from onnx import ModelProto, TensorProto
 
 from ..errors import VerificationError
-
+from ..model import iter_nodes
 
 #: tolerance for FP16 models: the same graph may run with different FP16/FP32 kernels at two opsets
 FP16_RTOL = 1e-2
@@ -24,19 +24,13 @@ def _copy(model: ModelProto) -> ModelProto:
     return out
 
 
-def _graphs(graph):
-    yield graph
-    for node in graph.node:
-        for attr in node.attribute:
-            for g in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                yield from _graphs(g)
 
 
 def _plugin_only(model: ModelProto) -> bool:
     """True when some node's domain is neither standard nor a local function (onnxruntime cannot run it)."""
     local = {(f.domain, f.name) for f in model.functions}
     return any(n.domain not in ("", "ai.onnx") and (n.domain, n.op_type) not in local
-               for g in _graphs(model.graph) for n in g.node)
+               for n in iter_nodes(model.graph))
 
 
 def _check(model: ModelProto, what: str) -> None:

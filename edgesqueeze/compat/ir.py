@@ -6,8 +6,8 @@ from typing import Tuple
 from onnx import ModelProto, TensorProto, helper
 
 from ..errors import UnsupportedError
-from .common import _check, _copy, _graphs, onnx_version_of
-
+from ..model import iter_graphs as _graphs
+from .common import _check, _copy, onnx_version_of
 
 #: the lowest IR version each element type needs
 _TYPE_IR = {name: ir for name, ir in (("FLOAT8E4M3FN", 9), ("FLOAT8E4M3FNUZ", 9), ("FLOAT8E5M2", 9),

@@ -12,9 +12,19 @@ from __future__ import annotations
 from typing import Dict, List, Optional
 
 import numpy as np
-from onnx import AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto, defs, helper, numpy_helper
+from onnx import (
+    AttributeProto,
+    GraphProto,
+    ModelProto,
+    NodeProto,
+    TensorProto,
+    defs,
+    helper,
+    numpy_helper,
+)
 
 from ..errors import UnsupportedError
+from ..model import iter_graphs
 
 #: attributes whose schema has no default but whose absence means a known value (drop when equal)
 IMPLIED_DEFAULTS = {"dilations": "ones", "axes": None, "end": None, "start": 0}
@@ -52,7 +62,7 @@ class Context:
         self.in_function = False
         self.pending: List[NodeProto] = []
         self.used = set()
-        for g in _all_graphs(model.graph):
+        for g in iter_graphs(model.graph):
             self.used.update(n for node in g.node for n in node.input)
             self.used.update(o.name for o in g.output)
 
@@ -112,12 +122,6 @@ class Context:
                                      f"it in older ops), or pick a target whose TensorRT reads a newer opset")
 
 
-def _all_graphs(graph):
-    yield graph
-    for node in graph.node:
-        for attr in node.attribute:
-            for g in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                yield from _all_graphs(g)
 
 
 def _attr_default(sch, name: str):

@@ -28,12 +28,34 @@ from typing import Optional, Sequence
 
 import numpy as np
 import onnx
-from onnx import AttributeProto, FunctionProto, ModelProto, NodeProto, TensorProto, helper
+from onnx import (
+    AttributeProto,
+    FunctionProto,
+    ModelProto,
+    NodeProto,
+    TensorProto,
+    helper,
+)
 
 from ..errors import InputError, UnsupportedError
-from .dwsep import ACTIVATIONS, DOMAIN, DOMAIN_VERSION, OVERLOAD_IR_VERSION, _activation_nodes, _activate
-from .sparse_formats import (choose_format, compress_2_4, compress_csr,  # noqa: F401 (re-exported)
-                             compressed_bytes, decompress_2_4, decompress_csr, is_2_4_sparse, sparse_conv_inputs)
+from .dwsep import (
+    ACTIVATIONS,
+    DOMAIN,
+    DOMAIN_VERSION,
+    OVERLOAD_IR_VERSION,
+    _activate,
+    _activation_nodes,
+)
+from .sparse_formats import (  # noqa: F401 (re-exported)
+    choose_format,
+    compress_2_4,
+    compress_csr,
+    compressed_bytes,
+    decompress_2_4,
+    decompress_csr,
+    is_2_4_sparse,
+    sparse_conv_inputs,
+)
 
 __all__ = ["OP_TYPE", "FORMATS", "overload_key", "make_sparse_conv_node", "sparse_conv_function",
            "make_sparse_conv_model", "reference_sparse_conv", "is_2_4_sparse", "compress_2_4",
@@ -308,12 +330,9 @@ def reference_sparse_conv(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, *
 
 
 def _sparse_nodes(graph):
-    for node in graph.node:
-        if node.op_type == OP_TYPE and node.domain == DOMAIN:
-            yield node
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                yield from _sparse_nodes(sub)
+    from ..model import iter_nodes
+
+    return (n for n in iter_nodes(graph) if n.op_type == OP_TYPE and n.domain == DOMAIN)
 
 
 def has_sparse_nodes(model: ModelProto) -> bool:
