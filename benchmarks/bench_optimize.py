@@ -5,8 +5,8 @@ agreement with the original on onnxruntime (max relative error on the outputs an
 onnxruntime CPU median latency of the output (>= 50 timed runs after warm-up), measured twice: with
 onnxruntime's graph optimizations off (what the graph itself costs) and at ORT_ENABLE_ALL (what a user gets).
 
-Models: ResNet-50 (the onnx package's light Model-Zoo model with seeded random weights) and MobileNetV2
-(built with onnx helpers in edgesqueeze.passes.zoo, Conv -> BN -> ReLU6 as a framework export has it).
+Models: ResNet-50 and Inception-v1 (the onnx package's light Model-Zoo models with seeded random weights) and
+MobileNetV2 (built with onnx helpers in edgesqueeze.passes.zoo, Conv -> BN -> ReLU6 as a framework export has it).
 
     python benchmarks/bench_optimize.py                      # prints a Markdown table
     python benchmarks/bench_optimize.py --runs 100 --json out.json
@@ -18,7 +18,6 @@ import json
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -32,8 +31,8 @@ from edgesqueeze.passes import DEFAULT_OPSET, materialize_random_weights, optimi
 from edgesqueeze.passes.zoo import mobilenet_v2  # noqa: E402
 
 
-def _resnet50():
-    path = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light" / "light_resnet50.onnx"
+def _light(name):
+    path = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light" / f"light_{name}.onnx"
     return materialize_random_weights(load_model(path, opset=DEFAULT_OPSET), seed=0)
 
 
@@ -64,7 +63,7 @@ def _copy(model):
     return onnx.load_from_string(model_bytes(model))
 
 
-def _latency(model, feeds, runs, warmup, optimized, threads):
+def _session(model, optimized, threads):
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -73,15 +72,22 @@ def _latency(model, feeds, runs, warmup, optimized, threads):
     so.inter_op_num_threads = 1
     so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimized
                                    else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
-    sess = ort.InferenceSession(model_bytes(model), so, providers=["CPUExecutionProvider"])
-    for _ in range(warmup):
-        sess.run(None, feeds)
-    samples = []
+    return ort.InferenceSession(model_bytes(model), so, providers=["CPUExecutionProvider"])
+
+
+def _latencies(models, feeds, runs, warmup, optimized, threads):
+    """Median latency (ms) of each model, timed round-robin so that load changes hit every model alike."""
+    sessions = [_session(m, optimized, threads) for m in models]
+    for sess in sessions:
+        for _ in range(warmup):
+            sess.run(None, feeds)
+    samples = [[] for _ in sessions]
     for _ in range(runs):
-        t0 = time.perf_counter()
-        sess.run(None, feeds)
-        samples.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(samples), samples
+        for i, sess in enumerate(sessions):
+            t0 = time.perf_counter()
+            sess.run(None, feeds)
+            samples[i].append((time.perf_counter() - t0) * 1000)
+    return [statistics.median(s) for s in samples]
 
 
 def _agreement(reference, candidate, feeds):
@@ -100,27 +106,30 @@ def _agreement(reference, candidate, feeds):
 
 
 def run(runs=50, warmup=5, repeat=3, threads=2):
-    models = {"ResNet-50": _resnet50(), "MobileNetV2": mobilenet_v2()}
+    models = {"ResNet-50": _light("resnet50"), "MobileNetV2": mobilenet_v2(), "Inception-v1": _light("inception_v1")}
     rows = []
     for model_name, model in models.items():
         feeds = random_feeds(model, seed=0)[0]
-        variants = [("original", model, None)]
+        variants = [("original", model, None, None)]
         for target in (None, "orin-nano") if model_name == "MobileNetV2" else (None,):
             for tool, fn in _tools(target).items():
-                times, out = [], None
+                wall, cpu, out = [], [], None
                 for _ in range(repeat):
                     src = _copy(model)
-                    t0 = time.perf_counter()
+                    t0, c0 = time.perf_counter(), time.process_time()
                     out = fn(src)
-                    times.append(time.perf_counter() - t0)
-                variants.append((tool, out, statistics.median(times)))
-        for tool, out, seconds in variants:
-            lat_raw, _ = _latency(out, feeds, runs, warmup, optimized=False, threads=threads)
-            lat_ort, _ = _latency(out, feeds, runs, warmup, optimized=True, threads=threads)
-            rows.append({"model": model_name, "tool": tool, "optimize_s": seconds, "nodes": len(out.graph.node),
+                    wall.append(time.perf_counter() - t0)
+                    cpu.append(time.process_time() - c0)
+                variants.append((tool, out, statistics.median(wall), statistics.median(cpu)))
+                print(f"{model_name:12s} {tool:32s} optimized", file=sys.stderr)
+        outs = [v[1] for v in variants]
+        raw = _latencies(outs, feeds, runs, warmup, optimized=False, threads=threads)
+        full = _latencies(outs, feeds, runs, warmup, optimized=True, threads=threads)
+        for (tool, out, wall, cpu), lat_raw, lat_ort in zip(variants, raw, full):
+            rows.append({"model": model_name, "tool": tool, "optimize_s": wall, "optimize_cpu_s": cpu,
+                         "nodes": len(out.graph.node),
                          "max_rel_err": _agreement(model, out, feeds) if out is not model else 0.0,
                          "latency_ms_ort_off": lat_raw, "latency_ms_ort_all": lat_ort})
-            print(f"{model_name:12s} {tool:32s} done", file=sys.stderr)
     return rows
 
 
@@ -131,12 +140,14 @@ def markdown(rows, runs, threads):
 
     lines = [f"onnxruntime {onnxruntime.__version__}, onnxslim {onnxslim.__version__}, onnxsim "
              f"{getattr(onnxsim, '__version__', '?')}, onnx {onnx.__version__}; {platform.processor() or 'cpu'}, "
-             f"{threads} intra-op threads, median of {runs} timed runs", "",
-             "| model | tool | optimize time (s) | nodes | max rel. error | ORT latency, graph opt. off (ms) | "
-             "ORT latency, ORT_ENABLE_ALL (ms) |", "|---|---|---:|---:|---:|---:|---:|"]
+             f"{threads} intra-op threads, median of {runs} timed runs (round-robin); optimize times: median of the repeats", "",
+             "| model | tool | optimize wall (s) | optimize CPU (s) | nodes | max rel. error | "
+             "ORT latency, graph opt. off (ms) | ORT latency, ORT_ENABLE_ALL (ms) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         t = "-" if r["optimize_s"] is None else f"{r['optimize_s']:.2f}"
-        lines.append(f"| {r['model']} | {r['tool']} | {t} | {r['nodes']} | {r['max_rel_err']:.1e} | "
+        c = "-" if r["optimize_cpu_s"] is None else f"{r['optimize_cpu_s']:.2f}"
+        lines.append(f"| {r['model']} | {r['tool']} | {t} | {c} | {r['nodes']} | {r['max_rel_err']:.1e} | "
                      f"{r['latency_ms_ort_off']:.2f} | {r['latency_ms_ort_all']:.2f} |")
     return "\n".join(lines)
 
@@ -151,8 +162,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.runs < 50:
         ap.error("--runs must be >= 50")
-    with tempfile.TemporaryDirectory():
-        rows = run(args.runs, args.warmup, args.repeat, args.threads)
+    rows = run(args.runs, args.warmup, args.repeat, args.threads)
     print(markdown(rows, args.runs, args.threads))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2, sort_keys=True) + "\n")
