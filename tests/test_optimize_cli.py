@@ -116,3 +116,19 @@ def test_cli_on_the_digits_example(cli, tmp_path):
     report = json.loads(stdout)
     assert report["verification"]["status"] == "passed"
     assert report["nodes_after"] < report["nodes_before"]
+
+
+def test_cli_dynamic_input_needs_a_shape(cli, tmp_path):
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 8, 8])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    path = tmp_path / "dyn.onnx"
+    onnx.save(model, str(path))
+    code, _, stderr = cli("optimize", path, "-o", tmp_path / "o.onnx")
+    assert code == 3 and "--input x:1x3x8x8" in stderr
+    code, stdout, _ = cli("optimize", path, "-o", tmp_path / "o.onnx", "--input", "x:2x3x8x8", "--json")
+    assert code == 0 and json.loads(stdout)["verification"]["status"] == "passed"
