@@ -23,9 +23,9 @@ setup(
                                   "plugins/kernels/*/*/*", "deploy/*.py", "deploy/*.sh"]},
     install_requires=[
         "numpy>=1.22",
-        "onnx>=1.15",
+        "onnx>=1.16",
         "onnx-graphsurgeon>=0.5",
-        "onnxruntime>=1.17",
+        "onnxruntime>=1.18",
         "click>=8.1",
         "tqdm>=4.60",
         "packaging>=21",

@@ -24,6 +24,7 @@ import onnx
 from onnx import AttributeProto, FunctionProto, ModelProto, NodeProto, TensorProto, helper
 
 from ..errors import InputError, UnsupportedError
+from ..model import iter_nodes
 
 DOMAIN = "edgesqueeze"
 OP_TYPE = "DepthwiseSeparableConv"
@@ -236,22 +237,12 @@ def _ai_onnx_opset(model: ModelProto) -> int:
 
 
 def _custom_nodes(graph: onnx.GraphProto) -> Iterable[NodeProto]:
-    for node in graph.node:
-        if node.op_type == OP_TYPE and node.domain == DOMAIN:
-            yield node
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                yield from _custom_nodes(sub)
+    return (n for n in iter_nodes(graph) if n.op_type == OP_TYPE and n.domain == DOMAIN)
 
 
 def _domain_nodes(graph: onnx.GraphProto) -> Iterable[NodeProto]:
     """Every node of the edgesqueeze domain (any op), in any subgraph."""
-    for node in graph.node:
-        if node.domain == DOMAIN:
-            yield node
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                yield from _domain_nodes(sub)
+    return (n for n in iter_nodes(graph) if n.domain == DOMAIN)
 
 
 def has_custom_nodes(model: ModelProto) -> bool:
