@@ -24,6 +24,8 @@ SHAPE_OPS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout"
 # pointwise ops TensorRT fuses into a preceding Conv/Gemm (vertical fusion)
 FUSABLE = {"Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "BatchNormalization",
            "Add", "Mul", "Sub", "Div", "PRelu", "Elu", "Selu", "Softplus"}
+# explicit-quantization nodes: TensorRT folds them into the neighbouring layers' INT8 kernels
+QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
 MAC_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "DepthwiseSeparableConv", "SparseConv"}
 
 
@@ -173,8 +175,9 @@ def inspect_model(model: onnx.ModelProto, target: Optional[str] = None, precisio
         if node.op_type in SHAPE_OPS:
             act_in = act_out = 0
         # a pointwise op right after a Conv/Gemm whose output has no other reader is fused by TensorRT
-        fused = (node.op_type in FUSABLE and a_in and producer_op.get(a_in[0]) in MAC_OPS | FUSABLE
-                 and len(consumers.get(a_in[0], [])) == 1 and a_in[0] not in graph_outputs)
+        fused = ((node.op_type in FUSABLE and a_in and producer_op.get(a_in[0]) in MAC_OPS | FUSABLE
+                  and len(consumers.get(a_in[0], [])) == 1 and a_in[0] not in graph_outputs)
+                 or node.op_type in QDQ_OPS)
         total_bytes = weight_bytes + act_in + act_out
         layer = {"index": idx, "name": node.name or f"{node.op_type}_{idx}", "op": node.op_type,
                  "domain": node.domain or "ai.onnx",

@@ -104,3 +104,21 @@ def test_resnet50_int8_prediction_is_near_published_mlperf(light_models_dir):
     for target, published_ms in (("agx-orin", 0.640), ("orin-nx", 1.082), ("agx-xavier", 1.98), ("xavier-nx", 2.585)):
         predicted = inspect_model(model, target=target, precision="int8")["totals"]["predicted_ms"]
         assert published_ms / 2 < predicted < published_ms * 2, (target, predicted)
+
+
+def test_qdq_nodes_cost_no_launches(tmp_path):
+    """A QDQ model predicts no slower than its FP32 source: TensorRT folds Q/DQ into the INT8 kernels."""
+    from pathlib import Path
+
+    from edgesqueeze.quant import calibrate, quantize_qdq
+    from edgesqueeze.data import open_data
+
+    digits = Path(__file__).resolve().parents[1] / "examples" / "digits"
+    fp32 = load_model(digits / "digits_cnn.onnx")
+    amax = calibrate(fp32, open_data(str(digits / "calib.npz"), fp32, limit=8), method="minmax",
+                     cache_dir=str(tmp_path))
+    qdq = infer_shapes(quantize_qdq(fp32, amax))
+    a = inspect_model(fp32, target="orin-nano", precision="int8")["totals"]
+    b = inspect_model(qdq, target="orin-nano", precision="int8")["totals"]
+    assert b["kernels"] == a["kernels"]
+    assert b["predicted_ms"] == pytest.approx(a["predicted_ms"], rel=0.05)
