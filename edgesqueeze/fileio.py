@@ -23,11 +23,40 @@ def same_file(a: PathLike, b: PathLike) -> bool:
 
 
 def refuse_overwrite(output: PathLike, *inputs: PathLike) -> None:
-    """Raise :class:`InputError` when ``output`` would overwrite one of ``inputs``."""
-    for src in inputs:
+    """Raise :class:`InputError` when ``output`` would overwrite one of ``inputs``.
+
+    The first input is the model; the others (data, weights, sources) are named in the message.
+    ``None`` entries are skipped.
+    """
+    for i, src in enumerate(inputs):
         if src is not None and os.path.exists(output) and same_file(output, src):
-            raise InputError("the output would overwrite the input model; choose another -o path",
-                             path=str(output))
+            what = "the input model" if i == 0 else f"the input file '{src}'"
+            raise InputError(f"the output would overwrite {what}; choose another -o path", path=str(output))
+
+
+def check_writable(target: PathLike) -> None:
+    """Raise :class:`InputError` when the file ``target``, or a folder to create there, cannot be written.
+
+    An existing folder at ``target`` is an error too (an output file was expected).
+
+    Meant to run before any long work: it finds the nearest existing folder above ``target`` and creates
+    (and removes) a probe file there, so a read-only place or a path through a file fails at once.
+    """
+    target = Path(target)
+    if target.is_dir():
+        raise InputError("is a directory; give a file name for the output", path=str(target))
+    ancestor = (target.parent if str(target.parent) else Path(".")).absolute()
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise InputError(f"cannot write here: '{ancestor}' is a file, not a folder", path=str(target))
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".edgesqueeze-probe.", dir=str(ancestor))
+    except OSError as exc:
+        raise InputError(f"cannot write here: {exc.strerror}", path=str(target)) from exc
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(probe)
 
 
 @contextlib.contextmanager
@@ -44,12 +73,20 @@ def atomic_path(target: PathLike, suffix: str = "") -> Iterator[Path]:
             parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise InputError(f"cannot create the output directory: {exc.strerror}", path=str(parent)) from exc
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix + ".tmp", dir=str(parent))
+    if target.is_dir():
+        raise InputError("is a directory; give a file name for the output", path=str(target))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix + ".tmp", dir=str(parent))
+    except OSError as exc:  # read-only or not a directory: a user error, found before any work is lost
+        raise InputError(f"cannot write here: {exc.strerror}", path=str(target)) from exc
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
     try:
         yield Path(tmp)
-        os.replace(tmp, target)
+        try:
+            os.replace(tmp, target)
+        except OSError as exc:
+            raise InputError(f"cannot write here: {exc.strerror}", path=str(target)) from exc
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)

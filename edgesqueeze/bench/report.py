@@ -144,7 +144,12 @@ def write_report(results: Sequence[dict], out_dir, *, plots: bool = True) -> Dic
         raise InputError("no benchmark results to report")
     results = [validate_result(r) for r in results]
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise InputError("the report folder is a file; give a folder (created when absent)", path=str(out))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create the report folder: {exc.strerror}", path=str(out)) from exc
     written: Dict[str, str] = {}
     rel: Dict[str, Optional[str]] = {}
     note = ""

@@ -95,6 +95,9 @@ def extract_archive(archive_path: PathLike, dest: PathLike) -> Path:
                 src = tar.extractfile(m)
                 target.write_bytes(src.read() if src else b"")
                 target.chmod(0o755 if m.mode & 0o111 else 0o644)
+    except tarfile.ReadError as exc:
+        raise InputError("cannot read the bundle archive: neither a bundle folder nor a .tar.gz archive "
+                         "(truncated, or another kind of file)", path=str(archive_path)) from exc
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise InputError(f"cannot read the bundle archive: {exc}", path=str(archive_path)) from exc
     manifests = sorted(dest.glob(f"*/{MANIFEST}")) or sorted(dest.glob(MANIFEST))

@@ -77,12 +77,11 @@ def read_manifest(bundle: PathLike) -> dict:
         InputError: the folder or manifest is missing, or the manifest is not JSON.
         VerificationError: the manifest has the wrong schema or lacks a required key.
     """
-    path = Path(bundle)
-    if path.is_dir():
-        path = path / MANIFEST
+    given = Path(bundle)
+    path = given / MANIFEST if given.is_dir() else given
     if not path.exists():
-        if not path.parent.exists():
-            raise InputError("no such bundle folder", path=str(path.parent))
+        if not path.parent.exists() or (path == given and given.name != MANIFEST):
+            raise InputError("no such bundle folder", path=str(given if path == given else path.parent))
         raise InputError("not a bundle: manifest.json is missing", path=str(path.parent),
                          hint="make one with 'edgesqueeze build MODEL --target T -o DIR'")
     try:

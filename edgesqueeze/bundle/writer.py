@@ -15,7 +15,7 @@ from typing import Callable, Dict, Optional
 import onnx
 
 from ..errors import InputError
-from ..fileio import PathLike, sha256_bytes
+from ..fileio import PathLike, check_writable, sha256_bytes
 from ..model import model_bytes
 from .manifest import MANIFEST, SCHEMA, hash_files, manifest_bytes
 
@@ -27,6 +27,7 @@ def check_out_dir(out_dir: PathLike, *, force: bool = False) -> None:
     """
     out_dir = Path(out_dir)
     if not out_dir.exists():
+        check_writable(out_dir)
         return
     if not out_dir.is_dir():
         raise InputError("the output exists and is a file, expected a bundle folder", path=str(out_dir))
@@ -54,8 +55,12 @@ class BundleWriter:
         self.out_dir = Path(out_dir)
         check_out_dir(self.out_dir, force=force)
         parent = self.out_dir.resolve().parent
-        parent.mkdir(parents=True, exist_ok=True)
-        self.staging = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.", suffix=".staging", dir=str(parent)))
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            self.staging = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.", suffix=".staging",
+                                                 dir=str(parent)))
+        except OSError as exc:
+            raise InputError(f"cannot write the bundle here: {exc.strerror}", path=str(self.out_dir)) from exc
 
     # ------------------------------------------------------------------ adding files
     def path(self, rel: str) -> Path:

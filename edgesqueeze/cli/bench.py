@@ -152,8 +152,10 @@ def command(path, backend, iterations, duration, warmup, batch, power, power_int
       edgesqueeze bench bundle/ --device nvidia@jetson.local --identity ~/.ssh/jetson -o tx2.json
       edgesqueeze bench bundle/ --devices fleet.toml --report fleet-report/
     """
+    from pathlib import Path
+
     from ..errors import InputError, UnsupportedError
-    from ..fileio import write_json_atomic
+    from ..fileio import check_writable, refuse_overwrite, write_json_atomic
     from ..model import parse_input_shapes
 
     batches = _batches(batch)
@@ -168,6 +170,16 @@ def command(path, backend, iterations, duration, warmup, batch, power, power_int
     if profile_layers and backend not in (None, "ort"):
         raise InputError("--profile-layers is for --backend ort (for TensorRT use trtexec --exportProfile and "
                          "'edgesqueeze report times.json --trtexec-profile profile.json')")
+    if not Path(path).exists():  # before the progress line: a bad input is a one-line error
+        raise InputError("no such file or folder", path=str(path))
+    if output:  # where results go is checked before the benchmark, not after it
+        refuse_overwrite(output, path, data if data and data != "random" else None)
+        check_writable(output)
+    if report_dir:
+        if Path(report_dir).is_file():
+            raise InputError("the report folder is a file; give a folder (created when absent)",
+                             path=str(report_dir))
+        check_writable(Path(report_dir) / "report.md")
     bar = _Bar(enabled=not quiet() and sys.stderr.isatty())
     remote_report = False
     if device or fleet:

@@ -14,7 +14,7 @@ def _split(values):
 
 
 @click.command("build")
-@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("model", type=click.Path())
 @target_option
 @click.option("-p", "--precision", type=click.Choice(["auto", "fp32", "fp16", "int8"]), default="auto",
               show_default=True, help="auto = the best the target runs (INT8 needs --calib).")

@@ -17,7 +17,7 @@ def _bits(text):
 
 
 @click.command("compress")
-@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("model", type=click.Path())
 @click.option("--sparsity", type=click.Choice(["2:4"]), default=None,
               help="2:4 structured sparsity (Ampere/Orin sparse tensor cores).")
 @click.option("--prune", type=float, default=None, metavar="FRACTION",
@@ -59,8 +59,11 @@ def command(model, sparsity, prune, prune_scope, prune_std, channels, channel_mu
       edgesqueeze compress net.onnx --low-rank 0.9 --low-rank-spatial --json -o net.lr.onnx
     """
     from ..compress.api import compress
+    from ..fileio import check_writable, refuse_overwrite
     from ..model import load_model, parse_input_shapes, save_model
 
+    refuse_overwrite(output, model, val if val and val != "random" else None)
+    check_writable(output)
     m = load_model(model, parse_input_shapes(input_shapes) or None)
     reader = None
     if val is not None:
@@ -71,7 +74,7 @@ def command(model, sparsity, prune, prune_scope, prune_std, channels, channel_mu
                            channels=channels, channel_multiple=channel_multiple, low_rank_energy=low_rank_energy,
                            rank_ratio=rank_ratio, low_rank_spatial=low_rank_spatial, share=_bits(share),
                            share_bias=share_bias, val=reader)
-    save_model(out, output, inputs=(model,))
+    save_model(out, output, inputs=(model, val))
     info(f"wrote {output}")
     report["output"] = str(output)
     emit(report, as_json, _text)

@@ -7,7 +7,7 @@ from .common import emit, input_shape_option, json_option, target_option
 
 
 @click.command("convert")
-@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("model", type=click.Path())
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The converted .onnx file.")
 @click.option("--opset", type=click.IntRange(min=7), help="Highest ai.onnx opset to keep (overrides the target's).")
 @target_option

@@ -7,7 +7,7 @@ from .common import emit, input_shape_option, json_option, quiet, table
 
 
 @click.command("eval")
-@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("model", type=click.Path())
 @click.option("-d", "--data", required=True, metavar="DATA",
               help="Evaluation data: .npz/.npy (labels under 'label'), an image folder, or 'random'.")
 @click.option("-r", "--reference", type=click.Path(dir_okay=False), metavar="MODEL",

@@ -29,7 +29,11 @@ def command(factory, weights, inputs, output, opset, output_names, legacy, no_ve
     """
     from .._lazy import require
     from ..export import export_torch, load_factory, load_weights, parse_example_shapes
+    from ..fileio import check_writable, refuse_overwrite
 
+    source = factory.rpartition(":")[0]
+    refuse_overwrite(output, source if source.endswith(".py") else None, weights)  # never the user's own files
+    check_writable(output)
     torch = require("torch", "exporting PyTorch models")
     make = load_factory(factory)
     module = make()

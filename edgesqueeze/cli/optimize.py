@@ -14,7 +14,7 @@ def _split_names(values):
 
 
 def run_optimize(model_path, output, *, target=None, passes=None, skip=(), report_path=None, verify=True,
-                 input_shapes=None, opset=None, rtol=None, seed=0) -> dict:
+                 input_shapes=None, opset=None, rtol=None, seed=0, announce=None) -> dict:
     """Optimize the model file ``model_path`` into ``output`` (the Python twin of ``edgesqueeze optimize``).
 
     Args:
@@ -27,6 +27,7 @@ def run_optimize(model_path, output, *, target=None, passes=None, skip=(), repor
             model computes in float16).
         input_shapes: ``{name: [dims]}`` for dynamic inputs.
         opset: convert models with an older ai.onnx opset to this one first (default 13).
+        announce: called with no argument once the model has loaded (the CLI's progress line).
 
     Returns:
         The report dict (see :func:`edgesqueeze.passes.optimize`) plus ``input``, ``output``, ``sha256``.
@@ -34,13 +35,16 @@ def run_optimize(model_path, output, *, target=None, passes=None, skip=(), repor
     Raises:
         InputError, UnsupportedError, VerificationError: see :func:`edgesqueeze.passes.optimize`.
     """
-    from ..fileio import refuse_overwrite, write_json_atomic
+    from ..fileio import check_writable, refuse_overwrite, write_json_atomic
     from ..model import load_model, model_hash, opset_version, save_model
     from ..passes import DEFAULT_OPSET, optimize, resolve_passes
 
     refuse_overwrite(output, model_path)
+    check_writable(output)
     names = resolve_passes(passes, skip, target)  # fail on a bad pass name before loading anything
     model = load_model(model_path, input_shapes, opset=opset or DEFAULT_OPSET)
+    if announce:
+        announce()
     if rtol is None:
         rtol = 1e-2 if _computes_in_fp16(model) else 1e-4
     out, report = optimize(model, passes=names, target=target, verify=verify, rtol=rtol, seed=seed)
@@ -97,7 +101,7 @@ def format_report(report: dict, show_nodes: int = 6) -> str:
 
 
 @click.command("optimize")
-@click.argument("model", type=click.Path(dir_okay=False), required=False)
+@click.argument("model", type=click.Path(), required=False)
 @output_option(required=False, help="Output .onnx file.")
 @target_option
 @click.option("--passes", "passes", multiple=True, metavar="A,B",
@@ -147,9 +151,9 @@ def command(model, output, target, passes, skip, report_path, no_verify, rtol, s
         raise InputError("missing MODEL argument", hint="edgesqueeze optimize net.onnx -o net.opt.onnx")
     if not output:
         raise InputError("missing -o/--output", hint="edgesqueeze optimize net.onnx -o net.opt.onnx")
-    if not no_verify:
-        info("optimizing and verifying on onnxruntime CPU ...")
     report = run_optimize(model, output, target=target, passes=_split_names(passes) or None,
                           skip=_split_names(skip), report_path=report_path, verify=not no_verify,
-                          input_shapes=parse_input_shapes(input_shapes), opset=opset, rtol=rtol, seed=seed)
+                          input_shapes=parse_input_shapes(input_shapes), opset=opset, rtol=rtol, seed=seed,
+                          announce=None if no_verify else lambda: info("optimizing and verifying on onnxruntime "
+                                                                       "CPU ..."))
     emit(report, as_json, format_report)

@@ -9,7 +9,7 @@ from .common import emit, info, json_option, output_option, table
 
 
 @click.command("pack")
-@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("model", type=click.Path())
 @click.option("--conv-index-bits", type=int, default=8, show_default=True,
               help="Relative-index width for Conv weights (a longer run of zeros takes a filler entry).")
 @click.option("--fc-index-bits", type=int, default=5, show_default=True,

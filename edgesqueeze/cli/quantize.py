@@ -14,7 +14,7 @@ def _split(values):
 
 
 @click.command("quantize")
-@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("model", type=click.Path())
 @output_option(help="Output model (.onnx): the QDQ model for int8, the FP16 model for fp16.")
 @click.option("-p", "--precision", default="auto", show_default=True,
               type=click.Choice(["auto", "int8", "fp16", "fp32"], case_sensitive=False),

@@ -7,7 +7,7 @@ from .common import emit, info, json_option, output_option
 
 
 @click.command("unpack")
-@click.argument("esq", type=click.Path(dir_okay=False))
+@click.argument("esq", type=click.Path())
 @output_option(help=".onnx file to write.")
 @json_option
 def command(esq, output, as_json):

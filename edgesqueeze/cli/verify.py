@@ -28,6 +28,8 @@ def command(bundle, as_json):
     from ..errors import VerificationError
 
     path = Path(bundle)
+    if path.name == "manifest.json" and path.is_file():
+        path = path.parent  # the bundle's own manifest names the bundle
     tmp = None
     try:
         if path.is_file():

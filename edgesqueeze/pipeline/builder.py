@@ -12,6 +12,7 @@ the usual :mod:`edgesqueeze.errors` exceptions before anything is written.
 """
 from __future__ import annotations
 
+import warnings as pywarnings
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -89,8 +90,10 @@ def build(model_path: PathLike, target: str, out_dir: PathLike, *, precision: st
             raise InputError("--precision int8 needs calibration data", hint="give --calib calib.npz "
                              "(or --calib random for a smoke test whose accuracy means nothing)")
         fallback = "fp16" if profile.supports("fp16") else "fp32"
-        warn(f"INT8 needs calibration data (--calib); auto chose {fallback} instead")
+        fallback_note = f"INT8 needs calibration data (--calib); auto chose {fallback} instead"
         resolved = fallback
+    else:
+        fallback_note = None
     if sparsity is not None and sparsity not in SPARSITY_CHOICES:
         raise InputError(f"unknown --sparsity '{sparsity}'; choose {', '.join(SPARSITY_CHOICES)}")
     if calib_method not in CALIB_METHODS:
@@ -132,6 +135,8 @@ def build(model_path: PathLike, target: str, out_dir: PathLike, *, precision: st
         bar.done(f"{model_path.name}: {len(model.graph.node)} nodes")
     stage_info["load"] = {"status": "done", "seconds": bar.seconds, "nodes": len(model.graph.node)}
     original = model
+    if fallback_note:  # said once the input is known good: a bad input is a one-line error
+        warn(fallback_note)
 
     # 2. optimize --------------------------------------------------------------------------------------
     with prog.stage("optimize") as bar:
@@ -176,7 +181,12 @@ def build(model_path: PathLike, target: str, out_dir: PathLike, *, precision: st
         if getattr(reader, "is_random", False):
             warn("calibrating INT8 on random data: the scales, and so the accuracy, mean nothing")
         with prog.stage("quantize", total=len(reader)) as bar:
-            amax = calibrate(model, CountingReader(reader, bar), method=calib_method)
+            with pywarnings.catch_warnings(record=True) as caught:  # routed to warn(), not Python's stderr
+                pywarnings.simplefilter("always")
+                amax = calibrate(model, CountingReader(reader, bar), method=calib_method)
+            for w in caught:
+                if issubclass(w.category, UserWarning) and "random data" not in str(w.message):  # said above
+                    warn(str(w.message))
             models["int8_qdq"] = quantize_qdq(model, amax)
             if profile.has_tensorrt:
                 cache_text = stages.cache_text(amax, profile.tensorrt)

@@ -130,13 +130,18 @@ def finish_models(models: Dict[str, onnx.ModelProto]) -> Dict[str, onnx.ModelPro
         if custom_ops(m):
             m = refresh_functions(m)
         try:
-            result = make_session(m).run(None, feeds)
+            session = make_session(m)
+            result = session.run(None, feeds)
         except Exception as exc:  # noqa: BLE001 - UnsupportedError from make_session or onnxruntime's own types
             text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise VerificationError(f"the {kind} model does not run on onnxruntime: {text}",
                                     hint="a bug in the stage that made it: rerun with --debug and report it") from exc
-        if not all(np.all(np.isfinite(r)) for r in result if np.issubdtype(np.asarray(r).dtype, np.floating)):
-            raise VerificationError(f"the {kind} model gives non-finite outputs on random inputs")
+        bad = [o.name for o, r in zip(session.get_outputs(), result)
+               if np.issubdtype(np.asarray(r).dtype, np.floating) and not np.all(np.isfinite(r))]
+        if bad:
+            raise VerificationError(f"the {kind} model gives NaN/Inf on random inputs (seed 0)", tensor=bad[0],
+                                    hint="a Log, Sqrt or division of arbitrary inputs? build from a model that "
+                                         "is finite for any input")
         out[kind] = m
     return out
 

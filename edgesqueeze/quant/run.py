@@ -58,6 +58,7 @@ def quantize_model(model: PathLike, output: PathLike, *, precision: str = "auto"
     """
     from ..data import open_data
     from ..devices import get_profile
+    from ..fileio import check_writable, refuse_overwrite
     from ..model import load_model, parse_input_shapes, save_model
     from . import calibrate, convert_fp16, default_cache_dir, plan_qdq, quantize_qdq, resolve_precision
     from .policy import precision_reason
@@ -71,6 +72,13 @@ def quantize_model(model: PathLike, output: PathLike, *, precision: str = "auto"
     amax_function(method, percentile)  # validates the method before any work
     model_path = Path(model)
     output = Path(output)
+    data_files = [p for p in (calib, val, from_cache) if p and str(p) != "random"]
+    refuse_overwrite(output, model_path, *data_files)  # the model, the data and a cache read are never written
+    if calib_cache:
+        refuse_overwrite(calib_cache, model_path, *data_files)
+        if Path(calib_cache).resolve() == output.resolve():
+            raise InputError("--calib-cache and -o name the same file", path=str(output))
+    check_writable(output)
     fp32 = load_model(model_path, parse_input_shapes(list(input_shapes)))
     profile = get_profile(target) if target else None
     # without a target an explicit precision is simply what the user asked for (onnxruntime runs all three)

@@ -1,0 +1,240 @@
+"""End-to-end rough edges found by using the CLI as a Jetson developer would: each test is a regression test.
+
+Every user error is one line on stderr with the documented exit code, names the file/tensor, leaves no output
+behind, and a bad output place is found before the work is done.
+"""
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+ROOT = Path(__file__).resolve().parent.parent
+DIGITS = ROOT / "examples" / "digits" / "digits_cnn.onnx"
+
+
+def _one_error_line(err: str) -> str:
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1, f"expected one stderr line, got:\n{err}"
+    assert lines[0].startswith("edgesqueeze: error: "), lines[0]
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# ------------------------------------------------------------------------------------------ model arguments
+
+
+@pytest.mark.parametrize("argv", [
+    ["optimize", "-o", "OUT.onnx"], ["quantize", "-p", "fp16", "-o", "OUT.onnx"],
+    ["compress", "--sparsity", "2:4", "-o", "OUT.onnx"], ["pack", "-o", "OUT.esq"],
+    ["build", "-t", "tx2", "-o", "OUTDIR"], ["convert", "-t", "tx2", "-o", "OUT.onnx"],
+    ["eval", "-d", "random"], ["inspect"], ["unpack", "-o", "OUT.onnx"],
+])
+def test_directory_given_as_model_is_bad_input_exit_3(cli, tmp_path, argv):
+    folder = tmp_path / "adir"
+    folder.mkdir()
+    argv = [str(tmp_path / a) if a.startswith("OUT") else a for a in argv]
+    code, out, err = cli(*argv, folder)
+    assert code == 3, err
+    assert "adir" in _one_error_line(err)
+    assert list(tmp_path.iterdir()) == [folder]
+
+
+def test_build_missing_model_is_one_line_before_the_precision_fallback_warning(cli, tmp_path):
+    # orin-nano auto = int8, no --calib: the fp16 fallback warning must not precede the input error
+    code, out, err = cli("build", tmp_path / "missing.onnx", "-t", "orin-nano", "-o", tmp_path / "b")
+    assert code == 3
+    assert "missing.onnx" in _one_error_line(err)
+    assert not (tmp_path / "b").exists()
+
+
+def test_build_fallback_warning_still_said_and_recorded(tmp_path):
+    from edgesqueeze.pipeline import build
+
+    summary = build(DIGITS, "orin-nano", tmp_path / "b", precision="auto")
+    assert summary["precision"] == "fp16"
+    assert any("INT8 needs calibration data" in w for w in summary["warnings"])
+
+
+@pytest.mark.parametrize("argv", [["optimize", "-o", "OUT.onnx"], ["bench", "-n", "2"]])
+def test_progress_line_not_printed_before_a_missing_input_error(cli, tmp_path, argv):
+    argv = [str(tmp_path / a) if a.startswith("OUT") else a for a in argv]
+    code, out, err = cli(*argv, tmp_path / "missing.onnx")
+    assert code == 3
+    assert "missing.onnx" in _one_error_line(err)
+
+
+# ------------------------------------------------------------------------------------------ output places
+
+
+def _blocked(tmp_path: Path) -> Path:
+    """A path whose parent is a regular file: unwritable even for root."""
+    f = tmp_path / "a_file.txt"
+    f.write_text("not a folder")
+    return f
+
+
+@pytest.mark.parametrize("argv", [
+    ["build", DIGITS, "-t", "tx2", "-o", "BLOCKED/bundle"],
+    ["pack", DIGITS, "-o", "BLOCKED/x.esq"],
+    ["optimize", DIGITS, "-o", "BLOCKED/x.onnx"],
+    ["bench", DIGITS, "-n", "2", "-o", "BLOCKED/r.json"],
+    ["bench", DIGITS, "-n", "2", "--report", "BLOCKED/rep"],
+    ["bench", DIGITS, "-n", "2", "--report", "FILE"],
+])
+def test_unwritable_output_is_bad_input_not_internal_error(cli, tmp_path, argv):
+    blocked = _blocked(tmp_path)
+    argv = [str(blocked) + a[len("BLOCKED"):] if str(a).startswith("BLOCKED") else
+            (str(blocked) if a == "FILE" else a) for a in argv]
+    before = _digest(DIGITS)
+    code, out, err = cli(*argv)
+    assert code == 3, err
+    line = _one_error_line(err)
+    assert "a_file.txt" in line and "internal error" not in line
+    assert _digest(DIGITS) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file.txt"]  # no staging folder or temp file left
+
+
+def test_bench_output_folder_given_as_results_file(cli, tmp_path):
+    code, out, err = cli("bench", DIGITS, "-n", "2", "-o", tmp_path)
+    assert code == 3
+    assert "is a directory" in _one_error_line(err)
+
+
+def test_report_into_a_file_is_bad_input(cli, tmp_path):
+    res = tmp_path / "r.json"
+    code, _, err = cli("bench", DIGITS, "-n", "3", "-o", res)
+    assert code == 0, err
+    blocked = _blocked(tmp_path)
+    for out_dir in (blocked, blocked / "rep"):
+        code, out, err = cli("report", res, "-o", out_dir)
+        assert code == 3, err
+        assert "a_file.txt" in _one_error_line(err)
+
+
+def test_atomic_write_into_a_directory_names_it(tmp_path):
+    from edgesqueeze.errors import InputError
+    from edgesqueeze.fileio import write_bytes_atomic
+
+    with pytest.raises(InputError, match="is a directory"):
+        write_bytes_atomic(tmp_path, b"x")
+    assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------------------ verify
+
+
+def test_verify_missing_bundle_names_it_not_dot(cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = cli("verify", "nosuch")
+    assert code == 3
+    line = _one_error_line(err)
+    assert line.startswith("edgesqueeze: error: nosuch: no such bundle folder"), line
+
+
+def test_verify_a_model_file_says_not_a_bundle_without_tar_internals(cli):
+    code, out, err = cli("verify", DIGITS)
+    assert code == 3
+    line = _one_error_line(err)
+    assert "cannot read the bundle archive" in line and "method gz" not in line and "ReadError" not in line
+
+
+def test_verify_accepts_the_manifest_path(cli, tmp_path):
+    from edgesqueeze.pipeline import build
+
+    build(DIGITS, "tx2", tmp_path / "b", precision="fp16")
+    code, out, err = cli("verify", tmp_path / "b" / "manifest.json")
+    assert code == 0, err
+    assert "OK" in out
+
+
+# ------------------------------------------------------------------------------------------ build warnings
+
+
+def _log_model(path: Path) -> Path:
+    """Conv -> Log -> Conv: NaN wherever the first conv is negative (which random inputs make happen)."""
+    r = np.random.default_rng(0)
+    w1 = numpy_helper.from_array(r.standard_normal((4, 4, 3, 3)).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array(r.standard_normal((4, 4, 3, 3)).astype(np.float32), "w2")
+    g = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+         helper.make_node("Log", ["c1"], ["l"], name="log"),
+         helper.make_node("Conv", ["l", "w2"], ["y"], pads=[1, 1, 1, 1], name="conv2")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])], [w1, w2])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    onnx.save(m, path)
+    return path
+
+
+def test_build_routes_calibration_warnings_and_names_the_nonfinite_output(cli, tmp_path):
+    model = _log_model(tmp_path / "log.onnx")
+    code, out, err = cli("build", model, "-t", "xavier-nx", "--calib", "random", "-o", tmp_path / "b")
+    assert "UserWarning" not in err and "builder.py" not in err  # no raw Python warning on stderr
+    assert "edgesqueeze: warning: " in err and "NaN/Inf on the calibration data" in err
+    assert code == 7
+    assert "tensor 'y'" in err.splitlines()[-1]
+    assert not (tmp_path / "b").exists()
+
+
+def test_build_random_calibration_warns_once(cli, tmp_path):
+    code, out, err = cli("build", DIGITS, "-t", "xavier-nx", "--calib", "random", "-o", tmp_path / "b")
+    assert code == 0, err
+    assert "UserWarning" not in err
+    assert err.count("random data") == 1
+
+
+# ------------------------------------------------------------------------------------------ inputs never written
+
+
+def _data_npz(path: Path) -> Path:
+    r = np.random.default_rng(0)
+    np.savez(path, input=r.standard_normal((4, 1, 8, 8)).astype(np.float32), label=np.arange(4))
+    return path
+
+
+@pytest.mark.parametrize("argv", [
+    ["quantize", DIGITS, "-p", "int8", "--calib", "DATA", "-o", "DATA"],
+    ["quantize", DIGITS, "-p", "int8", "--calib", "DATA", "-o", "OUT.onnx", "--calib-cache", "DATA"],
+    ["quantize", DIGITS, "-p", "fp16", "--val", "DATA", "-o", "DATA"],
+    ["compress", DIGITS, "--prune", "0.5", "--val", "DATA", "-o", "DATA"],
+    ["bench", "MODEL", "-n", "2", "-o", "MODEL"],
+])
+def test_output_onto_an_input_data_file_is_refused(cli, tmp_path, argv):
+    data = _data_npz(tmp_path / "data.npz")
+    model = tmp_path / "m.onnx"
+    model.write_bytes(DIGITS.read_bytes())
+    before = {p: _digest(p) for p in (data, model)}
+    argv = [{"DATA": data, "MODEL": model}.get(a, a) for a in argv]
+    argv = [str(tmp_path / a) if str(a).startswith("OUT") else a for a in argv]
+    code, out, err = cli(*argv)
+    assert code == 3, err
+    assert "would overwrite the input" in _one_error_line(err)
+    assert {p: _digest(p) for p in (data, model)} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.npz", "m.onnx"]
+
+
+def test_quantize_cache_and_model_on_the_same_path_is_refused(cli, tmp_path):
+    out = tmp_path / "q.onnx"
+    code, _, err = cli("quantize", DIGITS, "-p", "int8", "--calib", "random", "-o", out, "--calib-cache", out)
+    assert code == 3
+    assert "same file" in _one_error_line(err)
+    assert not out.exists()
+
+
+@pytest.mark.torch
+def test_export_never_overwrites_the_model_source(cli, tmp_path):
+    src = tmp_path / "net.py"
+    src.write_text("import torch\n\ndef make():\n    return torch.nn.Linear(4, 2)\n")
+    before = _digest(src)
+    code, out, err = cli("export", f"{src}:make", "--input", "1x4", "-o", src)
+    assert code == 3, err
+    assert "would overwrite" in _one_error_line(err)
+    assert _digest(src) == before
