@@ -48,24 +48,32 @@ class _Shapes:
     def __init__(self, model: onnx.ModelProto):
         self.shape: Dict[str, list] = {}
         self.itemsize: Dict[str, int] = {}
+        self.elem_type: Dict[str, int] = {}
         g = model.graph
         for vi in list(g.input) + list(g.output) + list(g.value_info):
             self.shape[vi.name] = tensor_shape(vi)
             et = vi.type.tensor_type.elem_type
             if et:
                 self.itemsize[vi.name] = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(et)).itemsize
+                self.elem_type[vi.name] = et
         for t in g.initializer:
             self.shape[t.name] = list(t.dims)
             self.itemsize[t.name] = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+            self.elem_type[t.name] = t.data_type
         for n in g.node:
             if n.op_type == "Constant":
                 v = _attr(n, "value")
                 if isinstance(v, onnx.TensorProto):
                     self.shape[n.output[0]] = list(v.dims)
                     self.itemsize[n.output[0]] = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(v.data_type)).itemsize
+                    self.elem_type[n.output[0]] = v.data_type
 
     def numel(self, name: str) -> int:
         return _numel(self.shape.get(name))
+
+    def is_index(self, name: str) -> bool:
+        """True for int64/bool tensors: axes, shapes, pads, indices (operator arguments, not weights)."""
+        return self.elem_type.get(name) in (onnx.TensorProto.INT64, onnx.TensorProto.BOOL)
 
 
 def _constant_tensors(model: onnx.ModelProto) -> Set[str]:
@@ -164,7 +172,7 @@ def inspect_model(model: onnx.ModelProto, target: Optional[str] = None, precisio
             continue  # constant subgraph (folded away before execution)
         w_in = [i for i in node.input if i and i in const]
         a_in = [i for i in node.input if i and i not in const]
-        params = sum(shapes.numel(i) for i in w_in) if node.op_type not in SHAPE_OPS else 0
+        params = sum(shapes.numel(i) for i in w_in if not shapes.is_index(i)) if node.op_type not in SHAPE_OPS else 0
         macs = _macs(node, shapes, const)
         flops = 2 * macs + (0 if node.op_type in MAC_OPS else _other_flops(node, shapes))
         if node.op_type in MAC_OPS:

@@ -238,3 +238,69 @@ def test_export_never_overwrites_the_model_source(cli, tmp_path):
     assert code == 3, err
     assert "would overwrite" in _one_error_line(err)
     assert _digest(src) == before
+
+
+# ------------------------------------------------------------------------------------------ --json
+
+
+def _unary(path: Path, op: str) -> Path:
+    g = helper.make_graph([helper.make_node(op, ["x"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    onnx.save(m, path)
+    return path
+
+
+def test_compare_json_is_strict_json_when_the_reference_is_all_zero(cli, tmp_path):
+    import json
+
+    data = tmp_path / "neg.npz"
+    np.savez(data, x=-np.ones((3, 4), np.float32))  # Relu gives zeros, Abs ones: relative error is inf
+    a, b = _unary(tmp_path / "relu.onnx", "Relu"), _unary(tmp_path / "abs.onnx", "Abs")
+    code, out, err = cli("compare", a, b, "-d", data, "--json")
+    assert code == 0, err
+
+    def reject(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    result = json.loads(out, parse_constant=reject)
+    assert result["outputs"]["y"]["max_rel"] is None and result["outputs"]["y"]["max_abs"] == 1.0
+    code, out, err = cli("compare", a, b, "-d", data)
+    assert code == 0 and "inf" in out
+
+
+# ------------------------------------------------------------------------------------------ inspect
+
+
+def test_inspect_does_not_count_int64_axes_as_parameters():
+    from edgesqueeze.inspect import inspect_model
+
+    axes = numpy_helper.from_array(np.array([2, 3], np.int64), "axes")
+    w = numpy_helper.from_array(np.ones((4, 4, 1, 1), np.float32), "w")
+    g = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+         helper.make_node("ReduceMean", ["c", "axes"], ["y"], keepdims=0, name="mean")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], [w, axes])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+    m.ir_version = 8
+    layers = {l["name"]: l for l in inspect_model(onnx.shape_inference.infer_shapes(m))["layers"]}
+    assert layers["mean"]["params"] == 0 and layers["mean"]["weight_bytes"] == 0
+    assert layers["conv"]["params"] == 16
+
+
+# ------------------------------------------------------------------------------------------ report
+
+
+def test_report_tells_apart_runs_with_the_same_model_name(cli, tmp_path):
+    for name in ("a.json", "b.json"):
+        code, _, err = cli("bench", DIGITS, "-n", "3", "-o", tmp_path / name)
+        assert code == 0, err
+    code, out, err = cli("report", tmp_path / "a.json", tmp_path / "b.json", "-o", tmp_path / "rep", "--no-plots")
+    assert code == 0, err
+    assert "1: digits_cnn" in out and "2: digits_cnn" in out
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "| run | model |" in md and "| 2 | digits_cnn |" in md
+    assert f"`{DIGITS}`" in md  # the model path tells bundles of one model apart

@@ -16,11 +16,12 @@ def _plt():
     return require("matplotlib.pyplot", "benchmark plots")
 
 
-def label(result: dict, run: Optional[dict] = None) -> str:
-    """A short label: ``model backend/precision @device [bN]``."""
+def label(result: dict, run: Optional[dict] = None, index: Optional[int] = None) -> str:
+    """A short label: ``[i: ]model backend/precision @device [bN]`` (``index``: the run number in a report,
+    which tells apart two results with the same model name, e.g. one model's bundles for two targets)."""
     b = result["backend"]
     text = f"{result['model']['name']} {b['name']}/{b.get('precision') or '?'} @{result['device']['profile']}"
-    return text + (f" b{run['batch']}" if run is not None else "")
+    return (f"{index}: " if index is not None else "") + text + (f" b{run['batch']}" if run is not None else "")
 
 
 def _save(fig, path: Path) -> Path:
@@ -33,7 +34,9 @@ def latency_plot(results: List[dict], path) -> Path:
     """Histogram (log bins) and CDF of every run's latency samples, one colour per run and batch size."""
     plt = _plt()
     fig, (ax_h, ax_c) = plt.subplots(1, 2, figsize=(11, 4.2))
-    runs = [(label(r, run), np.asarray(run["latency_ms"]["samples"], float)) for r in results for run in r["runs"]]
+    many = len(results) > 1
+    runs = [(label(r, run, i if many else None), np.asarray(run["latency_ms"]["samples"], float))
+            for i, r in enumerate(results, start=1) for run in r["runs"]]
     lo = max(1e-6, min(float(s.min()) for _, s in runs))
     hi = max(float(s.max()) for _, s in runs)
     bins = np.geomspace(lo, hi * 1.001 if hi > lo else lo * 1.01, 80)  # log bins: the tail stays visible
@@ -53,6 +56,13 @@ def latency_plot(results: List[dict], path) -> Path:
     ax_c.set_title("latency CDF (dotted: median, dashed: p99)", fontsize=9)
     ax_c.set_xscale("log")
     ax_c.grid(True, which="both", alpha=0.3)
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    plain = FuncFormatter(lambda v, _: f"{v:g}")  # 0.6, 1, 2 rather than 6x10^-1, 10^0, 2x10^0
+    for ax in (ax_h, ax_c):
+        ax.xaxis.set_major_formatter(plain)
+        ax.xaxis.set_minor_formatter(plain if hi / lo < 30 else NullFormatter())  # label 2..9 on short spans
+    ax_h.yaxis.set_major_formatter(plain)
     ax_h.legend(fontsize=7)
     fig.tight_layout()
     out = _save(fig, Path(path))
@@ -102,11 +112,11 @@ def roofline_plot(results: List[dict], path) -> Optional[Path]:
     """Each run on its target's roofline (log-log FLOP/byte vs GFLOP/s); None when no run has FLOPs."""
     points = []
     roofs = {}
-    for r in results:
+    for i, r in enumerate(results, start=1):
         for run in r["runs"]:
             rf = ((run.get("bandwidth") or {}).get("analytic") or {}).get("roofline")
             if rf and rf.get("intensity_flop_per_byte"):
-                points.append((label(r, run), rf))
+                points.append((label(r, run, i if len(results) > 1 else None), rf))
                 roofs[(r["device"]["profile"], rf["precision"])] = rf
     if not points:
         return None

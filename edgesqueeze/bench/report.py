@@ -16,7 +16,7 @@ def _f(v, fmt="{:.3f}", none="-"):
 def summary_rows(results: Sequence[dict]) -> List[dict]:
     """One row per run: the numbers the report's table and the CLI print."""
     rows = []
-    for r in results:
+    for index, r in enumerate(results, start=1):
         for run in r["runs"]:
             st = run["latency_ms"]["stats"]
             ps = run.get("power") or {}
@@ -24,7 +24,7 @@ def summary_rows(results: Sequence[dict]) -> List[dict]:
             emc = (run.get("bandwidth") or {}).get("emc") or {}
             rf = an.get("roofline") or {}
             rows.append({
-                "model": r["model"]["name"], "backend": r["backend"]["name"],
+                "run": index, "model": r["model"]["name"], "backend": r["backend"]["name"],
                 "precision": r["backend"].get("precision"), "device": r["device"]["profile"],
                 "batch": run["batch"], "n": st.get("n", len(run["latency_ms"]["samples"])),
                 "mean_ms": st["mean"], "median_ms": st["median"], "p90_ms": st["p90"], "p99_ms": st["p99"],
@@ -48,7 +48,8 @@ def _markdown(results: Sequence[dict], plots: Dict[str, Optional[str]], plot_not
     out = ["# edgesqueeze benchmark report", ""]
     for i, r in enumerate(results, start=1):
         b, d, v = r["backend"], r["device"], r.get("versions") or {}
-        out.append(f"**Run {i}**: `{r['model']['name']}` (sha256 `{r['model']['sha256'][:12]}`) on "
+        where = f"`{r['model']['path']}`, " if r["model"].get("path") else ""
+        out.append(f"**Run {i}**: `{r['model']['name']}` ({where}sha256 `{r['model']['sha256'][:12]}`) on "
                    f"**{d['profile']}** ({d.get('display_name') or d.get('hostname', '')}), backend "
                    f"**{b['name']}** {b.get('version') or ''} {b.get('precision') or ''}; data: {r.get('data', '?')}; "
                    f"{r.get('started_at', '')}" + (" — **partial (interrupted)**" if r.get("partial") else ""))
@@ -63,23 +64,23 @@ def _markdown(results: Sequence[dict], plots: Dict[str, Optional[str]], plot_not
         out.append("")
     rows = summary_rows(results)
     out += ["## Latency", "",
-            "| model | backend | precision | device | batch | n | mean ms | median ms | p90 ms | p99 ms | std ms | cv | "
-            "inf/s |", "|" + " --- |" * 13]
+            "| run | model | backend | precision | device | batch | n | mean ms | median ms | p90 ms | p99 ms | std ms | "
+            "cv | inf/s |", "|" + " --- |" * 14]
     for x in rows:
-        out.append(f"| {x['model']} | {x['backend']} | {x['precision']} | {x['device']} | {x['batch']} | {x['n']} | "
+        out.append(f"| {x['run']} | {x['model']} | {x['backend']} | {x['precision']} | {x['device']} | {x['batch']} | {x['n']} | "
                    f"{_f(x['mean_ms'], '{:.4f}')} | {_f(x['median_ms'], '{:.4f}')} | {_f(x['p90_ms'], '{:.4f}')} | "
                    f"{_f(x['p99_ms'], '{:.4f}')} | {_f(x['std_ms'], '{:.4f}')} | {x['cv']:.1%} | "
                    f"{x['throughput_ips']:.1f} |")
     if any(x["compute_ms"] is not None for x in rows):
-        out += ["", "| model | batch | GPU compute ms | H2D ms | D2H ms | end-to-end ms |", "|" + " --- |" * 6]
+        out += ["", "| run | model | batch | GPU compute ms | H2D ms | D2H ms | end-to-end ms |", "|" + " --- |" * 7]
         for x in rows:
-            out.append(f"| {x['model']} | {x['batch']} | {_f(x['compute_ms'], '{:.4f}')} | "
+            out.append(f"| {x['run']} | {x['model']} | {x['batch']} | {_f(x['compute_ms'], '{:.4f}')} | "
                        f"{_f(x['h2d_ms'], '{:.4f}')} | {_f(x['d2h_ms'], '{:.4f}')} | {x['mean_ms']:.4f} |")
     out += ["", "## Power, energy and memory bandwidth", "",
-            "| model | device | batch | avg W | peak W | mJ/inference | mJ/inf above idle | analytic GB/s | "
-            "EMC GB/s | GFLOP/s | % of roof | bound |", "|" + " --- |" * 12]
+            "| run | model | device | batch | avg W | peak W | mJ/inference | mJ/inf above idle | analytic GB/s | "
+            "EMC GB/s | GFLOP/s | % of roof | bound |", "|" + " --- |" * 13]
     for x in rows:
-        out.append(f"| {x['model']} | {x['device']} | {x['batch']} | {_f(x['avg_w'])} | {_f(x['peak_w'])} | "
+        out.append(f"| {x['run']} | {x['model']} | {x['device']} | {x['batch']} | {_f(x['avg_w'])} | {_f(x['peak_w'])} | "
                    f"{_f(x['mj_per_inf'], '{:.4g}')} | {_f(x['mj_per_inf_above_idle'], '{:.4g}')} | "
                    f"{_f(x['analytic_gbs'], '{:.3g}')} | {_f(x['emc_gbs'], '{:.3g}')} | "
                    f"{_f(x['achieved_gflops'], '{:.3g}')} | {_f(x['roof_fraction'], '{:.1%}')} | {x['bound'] or '-'} |")

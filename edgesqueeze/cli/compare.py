@@ -20,7 +20,7 @@ from .common import emit, json_option, quiet
 def command(a, b, data, backend_a, backend_b, limit, threads, max_rel, min_agreement, as_json):
     """Run A and B on the same data and report per-output max/mean absolute and relative error and top-1
     agreement (A is the reference). A and B are .onnx models, bundles (their deploy model) or
-    BACKEND:PATH (ort:, trt:).
+    BACKEND:PATH (ort:, trt:). A relative error against an all-zero reference is inf (null in --json).
 
     \b
     Examples:
@@ -47,7 +47,7 @@ def command(a, b, data, backend_a, backend_b, limit, threads, max_rel, min_agree
     finally:
         if bar is not None:
             bar.close()
-    emit(result, as_json, format_comparison)
+    emit(_finite_or_null(result) if as_json else result, as_json, format_comparison)
     for name, s in result["outputs"].items():
         if "shape_mismatch" in s:
             raise VerificationError(f"output shapes differ: {s['shape_mismatch']}", tensor=name)
@@ -55,3 +55,16 @@ def command(a, b, data, backend_a, backend_b, limit, threads, max_rel, min_agree
             raise VerificationError(f"max relative error {s['max_rel']:.3g} > {max_rel:g}", tensor=name)
         if min_agreement is not None and s["top1_agreement"] is not None and s["top1_agreement"] < min_agreement:
             raise VerificationError(f"top-1 agreement {s['top1_agreement']:.4f} < {min_agreement:g}", tensor=name)
+
+
+def _finite_or_null(obj):
+    """JSON has no inf/NaN: a relative error against an all-zero reference (inf in the table) becomes null."""
+    import math
+
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite_or_null(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_null(v) for v in obj]
+    return obj

@@ -25,7 +25,7 @@ def command(model, data, reference, score_output, limit, batch_size, input_shape
     Examples:
       edgesqueeze eval net.onnx --data val.npz
       edgesqueeze eval net.int8.onnx --data val.npz --reference net.onnx
-      edgesqueeze eval net.fp16.onnx --data images/?resize=256&crop=224 --reference net.onnx --json
+      edgesqueeze eval net.fp16.onnx --data 'images/?resize=256&crop=224' --reference net.onnx --json
     """
     from ..quant.run import evaluate_model
 

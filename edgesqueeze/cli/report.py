@@ -55,7 +55,9 @@ def command(results, out_dir, no_plots, trtexec_profile, as_json):
     payload = {"written": written, "rows": rows}
 
     def text(_):
-        return table([[f"{r['model']} {r['backend']}/{r['precision']} @{r['device']}", r["batch"],
+        many = len(loaded) > 1  # the run number tells apart results that share a model name
+        return table([[(f"{r['run']}: " if many else "") + f"{r['model']} {r['backend']}/{r['precision']} "
+                       f"@{r['device']}", r["batch"],
                        f"{r['median_ms']:.4f}", f"{r['p99_ms']:.4f}", f"{r['throughput_ips']:.1f}",
                        "-" if r["mj_per_inf"] is None else f"{r['mj_per_inf']:.3g}"] for r in rows],
                      ["run", "batch", "median ms", "p99 ms", "inf/s", "mJ/inf"], "lrrrrr")
