@@ -304,3 +304,30 @@ def test_report_tells_apart_runs_with_the_same_model_name(cli, tmp_path):
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "| run | model |" in md and "| 2 | digits_cnn |" in md
     assert f"`{DIGITS}`" in md  # the model path tells bundles of one model apart
+
+
+# ------------------------------------------------------------------------------------------ INT8 + custom nodes
+
+
+def test_int8_says_which_fused_custom_nodes_stay_float(cli, tmp_path):
+    import json
+
+    from edgesqueeze.pipeline import build
+
+    fused = tmp_path / "fused.onnx"
+    code, _, err = cli("optimize", DIGITS, "-t", "orin-nano", "-o", fused)
+    assert code == 0, err
+    code, out, err = cli("quantize", fused, "-p", "int8", "--calib", "random", "-o", tmp_path / "q.onnx", "--json")
+    assert code == 0, err
+    custom = json.loads(out)["quantized"]["custom_not_quantized"]
+    assert len(custom) == 1 and "DepthwiseSeparableConv" in next(iter(custom.values()))
+    code, out, err = cli("quantize", fused, "-p", "int8", "--calib", "random", "-o", tmp_path / "q2.onnx")
+    assert "not quantized: 1 custom node(s) (DepthwiseSeparableConv)" in out
+
+    summary = build(DIGITS, "orin-nano", tmp_path / "b", precision="int8", calib="random")
+    assert any("DepthwiseSeparableConv" in w and "--skip fuse_depthwise_separable" in w for w in summary["warnings"])
+    assert summary["stages"]["quantize"]["custom_not_quantized"] == 1
+    summary = build(DIGITS, "orin-nano", tmp_path / "b2", precision="int8", calib="random",
+                    skip_passes=["fuse_depthwise_separable"])
+    assert not any("DepthwiseSeparableConv" in w for w in summary["warnings"])
+    assert summary["stages"]["quantize"]["custom_not_quantized"] == 0

@@ -93,6 +93,13 @@ def _text(s: dict) -> str:
         lines.append(f"quantized layers: {len(q['quantized_nodes'])}, kept/skipped: {len(q['skipped'])}")
         for node, why in q["skipped"].items():
             lines.append(f"  {node}: {why}")
+        custom = q.get("custom_not_quantized") or {}
+        if custom:
+            ops = sorted({why.split(":")[0].replace("custom op ", "") for why in custom.values()})
+            hint = (" (optimize with --skip fuse_depthwise_separable to keep those layers INT8)"
+                    if "DepthwiseSeparableConv" in ops else "")
+            lines.append(f"not quantized: {len(custom)} custom node(s) ({', '.join(ops)}): their TensorRT plugins "
+                         f"run FP16/FP32{hint}")
     if s.get("fp16"):
         f = s["fp16"]
         lines.append(f"fp16 nodes: {f['fp16_nodes']}, fp32 nodes: {f['fp32_nodes']}, casts: {f['casts']}")

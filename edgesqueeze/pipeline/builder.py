@@ -176,6 +176,7 @@ def build(model_path: PathLike, target: str, out_dir: PathLike, *, precision: st
     if resolved == "int8":
         from ..data import open_data
         from ..quant import calibrate, quantize_qdq
+        from ..quant.qdq import custom_not_quantized
 
         reader = open_data(calib, model, limit=calib_limit)
         if getattr(reader, "is_random", False):
@@ -188,13 +189,20 @@ def build(model_path: PathLike, target: str, out_dir: PathLike, *, precision: st
                 if issubclass(w.category, UserWarning) and "random data" not in str(w.message):  # said above
                     warn(str(w.message))
             models["int8_qdq"] = quantize_qdq(model, amax)
+            custom = custom_not_quantized(model, amax)
+            if custom:
+                warn(f"INT8: {len(custom)} fused custom node(s) ({', '.join(sorted(set(custom.values())))}) stay "
+                     "FP16/FP32: their TensorRT plugins have no INT8 kernels"
+                     + ("; build with --skip fuse_depthwise_separable to keep those layers INT8"
+                        if "DepthwiseSeparableConv" in custom.values() else ""))
             if profile.has_tensorrt:
                 cache_text = stages.cache_text(amax, profile.tensorrt)
             calib_info = {"data": "random" if getattr(reader, "is_random", False) else Path(str(calib)).name,
                           "sha256": reader.sha256(), "batches": len(reader), "method": calib_method,
                           "tensors": len(amax)}
             bar.done(f"{calib_method} calibration on {len(reader)} batches, {len(amax)} tensors")
-        stage_info["quantize"] = {"status": "done", "precision": "int8", "seconds": bar.seconds, **calib_info}
+        stage_info["quantize"] = {"status": "done", "precision": "int8", "seconds": bar.seconds, **calib_info,
+                                  "custom_not_quantized": len(custom)}
     elif resolved == "fp16":
         from ..quant import convert_fp16
 

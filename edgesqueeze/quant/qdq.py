@@ -25,6 +25,7 @@ from ..model import convert_opset, opset_version
 # op -> (activation input indices, weight input index, weight channel axis or None: decided per node)
 WEIGHTED_OPS = {"Conv": ((0,), 1), "ConvTranspose": ((0,), 1), "Gemm": ((0, 1), 1), "MatMul": ((0, 1), 1)}
 MIN_OPSET = 13  # per-channel QuantizeLinear (axis) needs opset 13
+CUSTOM_DOMAIN = "edgesqueeze"  # DepthwiseSeparableConv, SparseConv: plugins without INT8 kernels
 
 
 @dataclass
@@ -36,11 +37,13 @@ class QdqPlan:
     weights: Dict[str, int] = field(default_factory=dict)         # weight tensor -> channel axis (-1: per tensor)
     skipped: Dict[str, str] = field(default_factory=dict)         # node -> reason
     residual: Dict[str, int] = field(default_factory=dict)        # Add node -> index of its quantized input
+    custom: Dict[str, str] = field(default_factory=dict)          # edgesqueeze-domain node -> why it stays float
 
     def to_dict(self) -> dict:
         """JSON-ready form."""
         return {"quantized_nodes": list(self.nodes), "activations": dict(self.activations),
-                "weights": dict(self.weights), "skipped": dict(self.skipped), "residual_adds": dict(self.residual)}
+                "weights": dict(self.weights), "skipped": dict(self.skipped), "residual_adds": dict(self.residual),
+                "custom_not_quantized": dict(self.custom)}
 
 
 def node_label(node: onnx.NodeProto, index: int) -> str:
@@ -72,6 +75,10 @@ def plan_qdq(model: ModelProto, amax: Mapping[str, float], keep: Iterable[str] =
     inits = {t.name: t for t in model.graph.initializer}
     plan = QdqPlan()
     for index, node in enumerate(model.graph.node):
+        if node.domain == CUSTOM_DOMAIN:  # no Q/DQ around it: its plugin computes in FP16/FP32
+            plan.custom[node_label(node, index)] = (f"custom op {node.op_type}: its TensorRT plugin has FP16/FP32 "
+                                                    "kernels only, so it stays out of INT8")
+            continue
         if node.op_type not in WEIGHTED_OPS:
             continue
         label = node_label(node, index)
@@ -115,6 +122,12 @@ def plan_qdq(model: ModelProto, amax: Mapping[str, float], keep: Iterable[str] =
             plan.weights[name] = axis
     _plan_residual_adds(model, amax, keep, plan)
     return plan
+
+
+def custom_not_quantized(model: ModelProto, amax: Mapping[str, float]) -> Dict[str, str]:
+    """``{node label: op type}`` of the custom (edgesqueeze-domain) nodes that :func:`quantize_qdq` leaves in float."""
+    nodes = {node_label(n, i): n.op_type for i, n in enumerate(model.graph.node)}
+    return {label: nodes[label] for label in plan_qdq(model, amax).custom}
 
 
 def _plan_residual_adds(model: ModelProto, amax: Mapping[str, float], keep: set, plan: QdqPlan) -> None:
