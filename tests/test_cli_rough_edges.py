@@ -331,3 +331,19 @@ def test_int8_says_which_fused_custom_nodes_stay_float(cli, tmp_path):
                     skip_passes=["fuse_depthwise_separable"])
     assert not any("DepthwiseSeparableConv" in w for w in summary["warnings"])
     assert summary["stages"]["quantize"]["custom_not_quantized"] == 0
+
+
+# ------------------------------------------------------------------------------------------ --batch-size
+
+
+@pytest.mark.parametrize("verb", [["quantize", "-p", "int8", "--calib", "DATA", "-o", "OUT.onnx"],
+                                  ["eval", "-d", "DATA"]])
+def test_batch_size_that_cannot_apply_warns(cli, tmp_path, verb):
+    data = _data_npz(tmp_path / "data.npz")
+    argv = [{"DATA": data}.get(a, a) for a in verb]
+    argv = [str(tmp_path / a) if str(a).startswith("OUT") else a for a in argv]
+    code, out, err = cli(argv[0], DIGITS, *argv[1:], "--batch-size", "4")
+    assert code == 0, err
+    assert "--batch-size 4 has no effect: the model's batch is fixed at 1" in err
+    code, out, err = cli(argv[0], DIGITS, *[str(a).replace("OUT", "OUT2") for a in argv[1:]])
+    assert "--batch-size" not in err

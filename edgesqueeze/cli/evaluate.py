@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from .common import emit, input_shape_option, json_option, quiet, table
+from .common import emit, input_shape_option, json_option, quiet, table, warn
 
 
 @click.command("eval")
@@ -14,7 +14,7 @@ from .common import emit, input_shape_option, json_option, quiet, table
               help="Reference model (e.g. the FP32 original): output error and top-1 agreement.")
 @click.option("--output", "score_output", metavar="NAME", help="Output holding class scores (default: the first).")
 @click.option("--limit", type=int, help="Use at most this many samples.")
-@click.option("--batch-size", default=1, show_default=True, type=int, help="Batch for models with a dynamic batch.")
+@click.option("--batch-size", default=1, show_default=True, type=int, help="Samples per batch; the model loads with static shapes, so its batch (fixed by the model or --input NAME:Nx...) wins, with a warning when they differ.")
 @input_shape_option
 @json_option
 def command(model, data, reference, score_output, limit, batch_size, input_shapes, as_json):
@@ -30,7 +30,8 @@ def command(model, data, reference, score_output, limit, batch_size, input_shape
     from ..quant.run import evaluate_model
 
     result = evaluate_model(model, data, reference=reference, output=score_output, limit=limit,
-                            batch_size=batch_size, input_shapes=input_shapes, progress=not quiet() and not as_json)
+                            batch_size=batch_size, input_shapes=input_shapes, progress=not quiet() and not as_json,
+                            warn=warn)
     emit(result, as_json, _text)
 
 

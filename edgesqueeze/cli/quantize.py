@@ -39,7 +39,7 @@ def _split(values):
 @click.option("--trt-version", metavar="VERSION",
               help="TensorRT version for the cache header (default: the target's, else 8.2.1).")
 @click.option("--limit", type=int, help="Use at most this many calibration (and validation) samples.")
-@click.option("--batch-size", default=1, show_default=True, type=int, help="Batch for models with a dynamic batch.")
+@click.option("--batch-size", default=1, show_default=True, type=int, help="Samples per batch; the model loads with static shapes, so its batch (fixed by the model or --input NAME:Nx...) wins, with a warning when they differ.")
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Calibration result cache folder "
               "(default: ~/.cache/edgesqueeze/calib).")
 @click.option("--no-cache", is_flag=True, help="Do not read or write the calibration result cache.")

@@ -80,6 +80,7 @@ def quantize_model(model: PathLike, output: PathLike, *, precision: str = "auto"
             raise InputError("--calib-cache and -o name the same file", path=str(output))
     check_writable(output)
     fp32 = load_model(model_path, parse_input_shapes(list(input_shapes)))
+    _check_batch_size(fp32, batch_size, warn)
     profile = get_profile(target) if target else None
     # without a target an explicit precision is simply what the user asked for (onnxruntime runs all three)
     if profile is not None or precision.lower() == "auto":
@@ -233,9 +234,24 @@ def _accuracy(fp32, variants: dict, reader, progress: bool) -> dict:
     return {"data": reader.describe(), "n": base["n"], "models": models, "top1_drop": drop}
 
 
+def _check_batch_size(model, batch_size: int, warn: Callable[[str], None]) -> None:
+    """Say so when --batch-size cannot apply: the model is loaded with static shapes, so its batch is fixed."""
+    from ..model import input_specs
+
+    if batch_size == 1:
+        return
+    batches = {spec["shape"][0] for spec in input_specs(model).values() if spec["shape"]}
+    if batches and batch_size not in batches:
+        fixed = ", ".join(str(b) for b in sorted(batches))
+        warn(f"--batch-size {batch_size} has no effect: the model's batch is fixed at {fixed} (by the model or "
+             f"--input); batches of {fixed} are used. Give --input NAME:{batch_size}x... to calibrate in batches of "
+             f"{batch_size} (the written model then has that batch too)")
+
+
 def evaluate_model(model: PathLike, data: str, *, reference: Optional[PathLike] = None,
                    output: Optional[str] = None, limit: Optional[int] = None, batch_size: int = 1,
-                   input_shapes: Sequence[str] = (), progress: bool = False) -> dict:
+                   input_shapes: Sequence[str] = (), progress: bool = False,
+                   warn: Callable[[str], None] = _noop) -> dict:
     """The ``edgesqueeze eval`` verb: load ``model`` (and ``reference``), open ``data``, run :func:`evaluate`.
 
     Raises:
@@ -247,6 +263,7 @@ def evaluate_model(model: PathLike, data: str, *, reference: Optional[PathLike] 
 
     shapes = parse_input_shapes(list(input_shapes))
     m = load_model(model, shapes)
+    _check_batch_size(m, batch_size, warn)
     ref = None
     if reference:
         ref = load_model(reference, shapes)
