@@ -232,12 +232,23 @@ def compare(a, b, data: Optional[str] = None, *, backend_a: Optional[str] = None
     with contextlib.ExitStack() as stack:
         side_a = parse_side(a, backend_a, stack)
         side_b = parse_side(b, backend_b, stack)
+        _check_same_inputs(side_a, side_b)
         reader = open_data(data, side_a.model, limit=limit, seed=seed)
         with _runner(side_a, threads) as run_a, _runner(side_b, threads) as run_b:
             result = compare_runs(run_a, run_b, reader, getattr(reader, "labels", None), progress)
         result.update({"a": side_a.label, "b": side_b.label, "data": reader.describe(),
                        "random_data": bool(getattr(reader, "is_random", False))})
         return result
+
+
+def _check_same_inputs(side_a: Side, side_b: Side) -> None:
+    """Both sides get A's feeds: B must take inputs of the same names (else the error would blame the data)."""
+    from .model import input_specs
+
+    names_a, names_b = sorted(input_specs(side_a.model)), sorted(input_specs(side_b.model))
+    if names_a != names_b:
+        raise InputError(f"B takes inputs {', '.join(names_b)} but A takes {', '.join(names_a)}: compare models of "
+                         f"the same network", path=side_b.label)
 
 
 def format_comparison(result: dict) -> str:

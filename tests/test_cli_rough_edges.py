@@ -70,6 +70,14 @@ def test_progress_line_not_printed_before_a_missing_input_error(cli, tmp_path, a
     assert "missing.onnx" in _one_error_line(err)
 
 
+def test_bench_bad_data_is_one_line(cli, tmp_path):
+    data = tmp_path / "bad.npz"
+    np.savez(data, input=np.zeros((2, 1, 5, 5), np.float32))
+    code, out, err = cli("bench", DIGITS, "-n", "2", "--data", data)
+    assert code == 3
+    assert "bad.npz" in _one_error_line(err)
+
+
 # ------------------------------------------------------------------------------------------ output places
 
 
@@ -347,3 +355,17 @@ def test_batch_size_that_cannot_apply_warns(cli, tmp_path, verb):
     assert "--batch-size 4 has no effect: the model's batch is fixed at 1" in err
     code, out, err = cli(argv[0], DIGITS, *[str(a).replace("OUT", "OUT2") for a in argv[1:]])
     assert "--batch-size" not in err
+
+
+def test_compare_models_with_different_inputs_names_b(cli, tmp_path):
+    other = _unary(tmp_path / "relu.onnx", "Relu")
+    code, out, err = cli("compare", DIGITS, other)
+    assert code == 3
+    line = _one_error_line(err)
+    assert "relu.onnx" in line and "B takes inputs x but A takes input" in line
+
+
+def test_deploy_missing_bundle_is_exit_3(cli, tmp_path):
+    code, out, err = cli("deploy", tmp_path / "nosuch", "--device", "user@127.0.0.1")
+    assert code == 3
+    assert "nosuch: no such bundle folder" in _one_error_line(err)

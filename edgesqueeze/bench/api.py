@@ -62,7 +62,8 @@ def bench(path, *, backend: str = "ort", iterations: int = 100, duration: Option
           warmup: int = 10, warmup_s: Optional[float] = None, batch_sizes: Sequence[int] = (1,),
           power: str = "auto", target: Optional[str] = None,
           data: Optional[str] = None, threads: Optional[int] = None, input_shapes=None, progress=None,
-          power_interval_ms: float = 50.0, idle_s: Optional[float] = None, **runner_opts) -> dict:
+          power_interval_ms: float = 50.0, idle_s: Optional[float] = None, announce=None,
+          **runner_opts) -> dict:
     """Benchmark a model file or a bundle on this machine and return the results dict.
 
     Args:
@@ -73,6 +74,7 @@ def bench(path, *, backend: str = "ort", iterations: int = 100, duration: Option
         target: device profile for the roofline (default: this CPU for ``ort``; the bundle's target for ``trt``).
         data: ``.npz``/``.npy``/image folder (see :func:`edgesqueeze.data.open_data`) or None for random data.
         threads: onnxruntime threads. input_shapes: ``{name: dims}`` for dynamic inputs.
+        announce: called with no argument once the model and data are loaded, before timing starts.
         **runner_opts: more runner options (e.g. ``optimization`` for ort, default ``"all"`` here as a deployment
             runs it; ``dla_core`` for trt).
 
@@ -99,6 +101,8 @@ def bench(path, *, backend: str = "ort", iterations: int = 100, duration: Option
         runner = get_runner(backend, model, threads=threads, **runner_opts)
         runner.path = str(model_path)
     reader, described = _data(data, model)
+    if announce:
+        announce()
     model_info = None
     if bundle:
         from ..fileio import sha256_file

@@ -220,11 +220,11 @@ def command(path, backend, iterations, duration, warmup, batch, power, power_int
     else:
         from ..bench.api import bench
 
-        info(f"benchmarking {path} with {backend} (batch {','.join(map(str, batches))}, "
-             f"{f'{duration:g} s' if duration else f'{iterations} iterations'} each, power: {power}) ...")
-        try:
+        line = (f"benchmarking {path} with {backend} (batch {','.join(map(str, batches))}, "
+                f"{f'{duration:g} s' if duration else f'{iterations} iterations'} each, power: {power}) ...")
+        try:  # the line comes once the model and data load: a bad input stays a one-line error
             results = [bench(path, backend=backend, iterations=iterations, duration=duration, warmup=warmup,
-                             warmup_s=warmup_s,
+                             warmup_s=warmup_s, announce=lambda: info(line),
                              batch_sizes=batches, power=power, target=target, data=data, threads=threads,
                              input_shapes=parse_input_shapes(input_shapes), progress=bar,
                              power_interval_ms=power_interval,

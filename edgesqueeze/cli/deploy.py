@@ -68,7 +68,7 @@ def bench_text(results: list) -> str:
 
 
 @click.command("deploy")
-@click.argument("bundle", type=click.Path(exists=True))
+@click.argument("bundle", type=click.Path())
 @click.option("-d", "--device", metavar="USER@HOST[:PORT]", help="The device (or an alias from ~/.ssh/config).")
 @click.option("--devices", "fleet", type=click.Path(exists=True, dir_okay=False), metavar="FLEET.TOML",
               help="Several devices (name, host, target, identity...): deploy and benchmark them in parallel.")

@@ -54,6 +54,8 @@ def read_local_bundle(bundle_dir) -> tuple:
     """
     root = Path(bundle_dir)
     mpath = root / "manifest.json"
+    if not root.exists():
+        raise InputError("no such bundle folder", path=str(root))
     if not mpath.is_file():
         raise InputError("not a bundle folder (no manifest.json)", path=str(root),
                          hint="make one with 'edgesqueeze build model.onnx --target T -o bundle/'")
