@@ -82,8 +82,29 @@ def load_weights(module, weights: PathLike) -> None:
     try:
         module.load_state_dict(state, strict=True)
     except Exception as exc:  # noqa: BLE001
-        first = str(exc).strip().splitlines()[0]
-        raise InputError(f"the weights do not fit the model: {first}", path=str(path)) from exc
+        raise InputError(f"the weights do not fit the model: {_state_dict_mismatch(module, state, exc)}",
+                         path=str(path)) from exc
+
+
+def _state_dict_mismatch(module, state, exc: Exception) -> str:
+    """One line saying how a state dict differs from ``module``'s (torch's own message spans many lines)."""
+    own = module.state_dict()
+    if not isinstance(state, dict):
+        return f"the file holds a {type(state).__name__}, not a state dict"
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shape = [k for k in own if k in state and hasattr(state[k], "shape")
+             and tuple(state[k].shape) != tuple(own[k].shape)]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing key(s) (first: {missing[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected key(s) (first: {unexpected[0]})")
+    if shape:
+        k = shape[0]
+        parts.append(f"{len(shape)} shape mismatch(es) (first: {k}: file {list(state[k].shape)}, "
+                     f"model {list(own[k].shape)})")
+    return "; ".join(parts) or str(exc).strip().splitlines()[0]
 
 
 def _as_tuple(example_inputs) -> tuple:
@@ -125,7 +146,13 @@ def export_torch(module, example_inputs, path: PathLike, *, input_names: Optiona
     n_in = len(args)
     input_names = list(input_names or (["input"] if n_in == 1 else [f"input_{i}" for i in range(n_in)]))
     with torch.no_grad():
-        sample_out = module(*args)
+        try:
+            sample_out = module(*args)
+        except Exception as exc:  # noqa: BLE001 - user code can raise anything
+            shapes = ", ".join("x".join(map(str, a.shape)) for a in args)
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise InputError(f"the model fails on an example input of shape {shapes}: {type(exc).__name__}: {text}",
+                             hint="check --input") from exc
     outs = sample_out if isinstance(sample_out, (list, tuple)) else (sample_out,)
     output_names = list(output_names or (["output"] if len(outs) == 1 else [f"output_{i}" for i in range(len(outs))]))
     path = Path(path)

@@ -369,3 +369,33 @@ def test_deploy_missing_bundle_is_exit_3(cli, tmp_path):
     code, out, err = cli("deploy", tmp_path / "nosuch", "--device", "user@127.0.0.1")
     assert code == 3
     assert "nosuch: no such bundle folder" in _one_error_line(err)
+
+
+@pytest.mark.torch
+def test_export_bad_example_shape_and_bad_weights_are_user_errors(cli, tmp_path):
+    import torch
+
+    src = tmp_path / "net.py"
+    src.write_text("import torch\n\ndef make():\n    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), "
+                   "torch.nn.Flatten(), torch.nn.LazyLinear(2))\n\ndef lin():\n    return torch.nn.Linear(4, 2)\n")
+    code, out, err = cli("export", f"{src}:make", "--input", "1x1x8x8", "-o", tmp_path / "a.onnx")
+    assert code == 3, err
+    assert "fails on an example input of shape 1x1x8x8" in err and "internal error" not in err
+    weights = tmp_path / "w.pt"
+    torch.save({"weight": torch.zeros(3, 4), "bias": torch.zeros(2), "extra": torch.zeros(1)}, weights)
+    code, out, err = cli("export", f"{src}:lin", "--input", "1x4", "--weights", weights, "-o", tmp_path / "b.onnx")
+    assert code == 3
+    line = _one_error_line(err)
+    assert "1 unexpected key(s) (first: extra)" in line and "weight: file [3, 4], model [2, 4]" in line
+    assert not (tmp_path / "a.onnx").exists() and not (tmp_path / "b.onnx").exists()
+
+
+def test_build_checks_the_data_files_before_the_work(cli, tmp_path):
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, input=np.zeros((4, 1, 8, 8), np.float32), label=np.arange(3))
+    for opt in ("--val", "--calib"):
+        code, out, err = cli("build", DIGITS, "-t", "orin-nano", "-p", "int8", "--calib", "random", opt, bad,
+                             "-o", tmp_path / "b")
+        assert code == 3, err
+        assert "bad.npz" in _one_error_line(err)  # no '[1/8] load' / optimize lines first
+        assert not (tmp_path / "b").exists()

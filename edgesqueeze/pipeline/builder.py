@@ -131,6 +131,11 @@ def build(model_path: PathLike, target: str, out_dir: PathLike, *, precision: st
     with prog.stage("load") as bar:
         model = load_model(model_path, input_shapes)
         stages.check_runs(model, str(model_path))
+        from ..data import open_data
+
+        for spec, limit in ((calib if resolved == "int8" else None, calib_limit), (val, val_limit)):
+            if spec is not None and str(spec) != "random":
+                open_data(spec, model, limit=limit)  # a bad data file fails now, not after the optimizer ran
         source = {"name": model_path.name, "sha256": sha256_file(model_path), "size": model_path.stat().st_size}
         bar.done(f"{model_path.name}: {len(model.graph.node)} nodes")
     stage_info["load"] = {"status": "done", "seconds": bar.seconds, "nodes": len(model.graph.node)}
