@@ -399,3 +399,12 @@ def test_build_checks_the_data_files_before_the_work(cli, tmp_path):
         assert code == 3, err
         assert "bad.npz" in _one_error_line(err)  # no '[1/8] load' / optimize lines first
         assert not (tmp_path / "b").exists()
+
+
+def test_compress_a_model_whose_weights_are_computed_says_so(cli, tmp_path, light_models_dir):
+    out = tmp_path / "sq.onnx"
+    code, _, err = cli("compress", light_models_dir / "light_squeezenet.onnx", "--sparsity", "2:4", "-o", out)
+    assert code == 3
+    line = _one_error_line(err)
+    assert "compute it at run time" in line and "edgesqueeze optimize" in line
+    assert not out.exists()

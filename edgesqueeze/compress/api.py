@@ -66,6 +66,7 @@ def compress(model: ModelProto, *, sparsity: Optional[str] = None, prune: Option
         raise InputError("--share-bias needs --share")
     if not steps:
         raise InputError("nothing to do: give --sparsity 2:4, --prune, --channels, --low-rank or --share")
+    _require_stored_weights(model)
     out, reports = model, {}
     for name, fn in steps:
         out, reports[name] = fn(out)
@@ -84,6 +85,20 @@ def compress(model: ModelProto, *, sparsity: Optional[str] = None, prune: Option
     if val is not None:
         report["accuracy"] = {"before": top1(model, val), "after": top1(out, val)}
     return out, report
+
+
+def _require_stored_weights(model: ModelProto) -> None:
+    """Compression rewrites weight initializers: a model whose weights are all computed at run time (e.g. by
+    ConstantOfShape) would come out unchanged, so say so instead of writing a copy."""
+    from ._layers import WEIGHT_OPS, find_layers
+
+    if find_layers(model):
+        return
+    computed = [n.name or n.op_type for n in model.graph.node if n.op_type in WEIGHT_OPS]
+    if computed:
+        raise InputError(f"no Conv/Gemm/MatMul stores its weight as an initializer ({len(computed)} compute it at "
+                         f"run time, first: node '{computed[0]}'), so there is nothing to compress",
+                         hint="fold the constants first: edgesqueeze optimize MODEL -o folded.onnx")
 
 
 def _params(model: ModelProto) -> int:
