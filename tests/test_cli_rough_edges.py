@@ -408,3 +408,17 @@ def test_compress_a_model_whose_weights_are_computed_says_so(cli, tmp_path, ligh
     line = _one_error_line(err)
     assert "compute it at run time" in line and "edgesqueeze optimize" in line
     assert not out.exists()
+
+
+def test_inspect_defaults_to_the_models_own_precision(cli, tmp_path):
+    import json
+
+    fp16, qdq = tmp_path / "h.onnx", tmp_path / "q.onnx"
+    assert cli("quantize", DIGITS, "-p", "fp16", "-o", fp16)[0] == 0
+    assert cli("quantize", DIGITS, "-p", "int8", "--calib", "random", "-o", qdq)[0] == 0
+    for path, want in ((DIGITS, "fp32"), (fp16, "fp16"), (qdq, "int8")):
+        code, out, err = cli("inspect", path, "--json")
+        assert code == 0, err
+        assert json.loads(out)["precision"] == want, path
+    code, out, _ = cli("inspect", fp16, "-p", "fp32", "--json")
+    assert json.loads(out)["precision"] == "fp32"

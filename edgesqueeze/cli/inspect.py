@@ -9,8 +9,9 @@ from .common import emit, input_shape_option, json_option, target_option
 @click.command("inspect")
 @click.argument("model", type=click.Path())
 @target_option
-@click.option("-p", "--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
-              help="Bytes per value and the target peak used for the roofline.")
+@click.option("-p", "--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None,
+              help="Bytes per value and the target peak used for the roofline (default: the model's own: int8 for a "
+                   "QDQ model, fp16 for an FP16 model, else fp32).")
 @click.option("--sparse", is_flag=True, help="Use the target's 2:4 sparse INT8 peak.")
 @click.option("--top", type=int, default=None, help="Show only the N most expensive layers.")
 @input_shape_option
@@ -32,6 +33,16 @@ def command(model, target, precision, sparse, top, input_shapes, as_json):
     from ..model import load_model, parse_input_shapes
 
     m = load_model(model, parse_input_shapes(input_shapes))
-    result = inspect_model(m, target=target, precision=precision, sparse=sparse)
+    result = inspect_model(m, target=target, precision=precision or model_precision(m), sparse=sparse)
     result["model"] = str(model)
     emit(result, as_json, lambda r: format_report(r, top=top))
+
+
+def model_precision(model) -> str:
+    """The precision a model computes in: int8 with QuantizeLinear nodes, fp16 when most weights are float16."""
+    from onnx import TensorProto
+
+    if any(n.op_type == "QuantizeLinear" for n in model.graph.node):
+        return "int8"
+    floats = [t.data_type for t in model.graph.initializer if t.data_type in (TensorProto.FLOAT, TensorProto.FLOAT16)]
+    return "fp16" if floats and floats.count(TensorProto.FLOAT16) * 2 > len(floats) else "fp32"
