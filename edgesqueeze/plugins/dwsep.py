@@ -283,7 +283,16 @@ def attach_functions(model: ModelProto) -> ModelProto:
                                      _text(attrs.get("pw_activation", "none")), dims[0], types[w_dw])
         if node.overload not in wanted:
             wanted[node.overload] = _function_for(node.overload, opset)
-    kept = [f for f in model.functions if not (f.domain == DOMAIN and f.name == OP_TYPE)]  # other ops' stay
+    return install_functions(model, OP_TYPE, wanted)
+
+
+def install_functions(model: ModelProto, op_type: str, wanted: Dict[str, FunctionProto]) -> ModelProto:
+    """Replace ``model``'s local functions for the custom op ``op_type`` by ``wanted`` (overload -> function).
+
+    Functions of other ops are kept; the ``edgesqueeze`` opset import and the IR version that overloads need
+    (10) are added when any function is installed. Modifies and returns ``model``.
+    """
+    kept = [f for f in model.functions if not (f.domain == DOMAIN and f.name == op_type)]  # other ops' stay
     del model.functions[:]
     model.functions.extend(kept + [wanted[k] for k in sorted(wanted)])
     if wanted:

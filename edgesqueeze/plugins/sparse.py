@@ -45,6 +45,7 @@ from .dwsep import (
     OVERLOAD_IR_VERSION,
     _activate,
     _activation_nodes,
+    install_functions,
 )
 from .sparse_formats import (  # noqa: F401 (re-exported)
     choose_format,
@@ -369,11 +370,4 @@ def attach_sparse_functions(model: ModelProto) -> ModelProto:
         node.overload = overload_key(fmt, act, dtype)
         if node.overload not in wanted:
             wanted[node.overload] = _function_for(node.overload, opset)
-    kept = [f for f in model.functions if not (f.domain == DOMAIN and f.name == OP_TYPE)]
-    del model.functions[:]
-    model.functions.extend(kept + [wanted[k] for k in sorted(wanted)])
-    if wanted:
-        if not any(o.domain == DOMAIN for o in model.opset_import):
-            model.opset_import.append(helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
-        model.ir_version = max(model.ir_version, OVERLOAD_IR_VERSION)
-    return model
+    return install_functions(model, OP_TYPE, wanted)
