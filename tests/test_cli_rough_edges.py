@@ -422,3 +422,21 @@ def test_inspect_defaults_to_the_models_own_precision(cli, tmp_path):
         assert json.loads(out)["precision"] == want, path
     code, out, _ = cli("inspect", fp16, "-p", "fp32", "--json")
     assert json.loads(out)["precision"] == "fp32"
+
+
+def test_fp16_quantize_of_a_fused_model_runs(cli, tmp_path):
+    """Custom nodes' local functions must follow the FP16 weights (FP32 Clip bounds fail the checker)."""
+    from edgesqueeze.model import load_model, random_feeds
+    from edgesqueeze.ortutil import run_model
+
+    fused, half = tmp_path / "fused.onnx", tmp_path / "half.onnx"
+    assert cli("optimize", DIGITS, "-t", "orin-nano", "-o", fused)[0] == 0
+    code, _, err = cli("quantize", fused, "-p", "fp16", "-o", half)
+    assert code == 0, err
+    a, b = load_model(fused), load_model(half)  # the full checker passes
+    assert any(n.op_type == "DepthwiseSeparableConv" for n in b.graph.node)
+    feeds = random_feeds(a, seed=0)[0]
+    ref, got = run_model(a, feeds)["logits"], run_model(b, feeds)["logits"]
+    assert np.abs(got - ref).max() <= 1e-2 * np.abs(ref).max()
+    code, out, err = cli("compare", fused, half)
+    assert code == 0, err

@@ -162,6 +162,7 @@ def convert_fp16(model: ModelProto, keep_fp32: Iterable[str] = (), keep_io_types
     del g.node[:]
     g.node.extend(nodes)
     del g.value_info[:]
+    _refresh_custom_functions(out)
     out = infer_shapes(out)
     onnx.checker.check_model(out)
     if report is not None:
@@ -169,3 +170,17 @@ def convert_fp16(model: ModelProto, keep_fp32: Iterable[str] = (), keep_io_types
                        "casts": len(casts) + sum(1 for n in nodes if n.name.endswith("_output_Cast")),
                        "clipped_weights": sorted(set(clipped))})
     return out
+
+
+def _refresh_custom_functions(model: ModelProto) -> None:
+    """Rebuild the local functions of edgesqueeze custom nodes for their new (FP16) element types, in place:
+    an FP32 function body (Clip bounds, constants) under FP16 weights fails the checker and onnxruntime."""
+    ops = {n.op_type for n in model.graph.node if n.domain == "edgesqueeze"}
+    if "DepthwiseSeparableConv" in ops:
+        from ..plugins.dwsep import attach_functions
+
+        attach_functions(model)
+    if "SparseConv" in ops:
+        from ..plugins.sparse import attach_sparse_functions
+
+        attach_sparse_functions(model)
