@@ -23,8 +23,9 @@ from ..fileio import PathLike, sha256_file
 from ..model import load_model, parse_input_shapes
 from .progress import CountingReader, Progress
 from . import stages
-from .stages import (accuracy_note, accuracy_warnings, have, have_quant, inputs_json, local_trt_reason, manifest_accuracy, predicted_ms,
-                     resolve_target_precision, run_optimizer, shapes_json, validate, versions)
+from .stages import (DWSEP_PASS, accuracy_note, accuracy_warnings, fusion_deferred, have, have_quant, inputs_json,
+                     local_trt_reason, manifest_accuracy, predicted_ms, resolve_target_precision, run_optimizer,
+                     shapes_json, validate, versions)
 
 SPARSITY_CHOICES = ("2:4",)
 CALIB_METHODS = ("entropy", "minmax", "percentile", "mse")
@@ -144,8 +145,12 @@ def build(model_path: PathLike, target: str, out_dir: PathLike, *, precision: st
         warn(fallback_note)
 
     # 2. optimize --------------------------------------------------------------------------------------
+    # Compression must see the pointwise convolutions before they disappear into DepthwiseSeparableConv
+    # nodes: with --sparsity the depthwise-separable fusion waits until after the compress stage.
+    late_fusion = bool(sparsity) and optimize and fusion_deferred(profile, passes, skip_passes)
     with prog.stage("optimize") as bar:
-        stage_info["optimize"] = run_optimizer(model, profile, passes, skip_passes, optimize)
+        early_skip = tuple(skip_passes) + ((DWSEP_PASS,) if late_fusion else ())
+        stage_info["optimize"] = run_optimizer(model, profile, passes, early_skip, optimize)
         model = stage_info["optimize"].pop("model")
         bar.done(stage_info["optimize"].get("note", ""))
     stage_info["optimize"]["seconds"] = bar.seconds
@@ -167,6 +172,11 @@ def build(model_path: PathLike, target: str, out_dir: PathLike, *, precision: st
         else:
             stage_info["compress"] = {"status": "skipped", "reason": "no compression asked (--sparsity 2:4)"}
             note = "nothing asked"
+        if late_fusion:
+            fused = run_optimizer(model, profile, [DWSEP_PASS, "cleanup"], (), True)
+            model = fused.pop("model")
+            stage_info["compress"]["late_fusion"] = fused.get("fusions", {})
+            note += f"; then depthwise-separable fusion ({fused.get('note', '')})"
         bar.done(note)
     stage_info["compress"]["seconds"] = bar.seconds
 

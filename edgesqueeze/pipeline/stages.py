@@ -146,6 +146,18 @@ def finish_models(models: Dict[str, onnx.ModelProto]) -> Dict[str, onnx.ModelPro
     return out
 
 
+DWSEP_PASS = "fuse_depthwise_separable"
+
+
+def fusion_deferred(profile, passes, skip) -> bool:
+    """True when the optimizer would fuse depthwise-separable blocks for this target and these options."""
+    try:
+        from ..passes import resolve_passes
+    except ImportError:
+        return False
+    return DWSEP_PASS in resolve_passes(list(passes) if passes else None, tuple(skip), profile.name)
+
+
 def run_optimizer(model, profile, passes, skip, enabled) -> dict:
     if not enabled:
         return {"status": "skipped", "reason": "--no-optimize", "model": model, "note": "off"}
