@@ -115,3 +115,12 @@ def test_missing_torch_names_the_extra(tmp_path):
                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert r.returncode == 5, r.stderr
     assert "pip install 'edgesqueeze[torch]'" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_quiet_works_after_the_verb_too(cli):
+    model = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "digits",
+                         "digits_cnn.onnx")
+    code, _, err = cli("bench", model, "-n", "5", "--warmup", "1", "--power", "none", "--json")
+    assert code == 0 and "benchmarking" in err
+    code, _, err = cli("bench", model, "-n", "5", "--warmup", "1", "--power", "none", "--json", "-q")
+    assert code == 0 and "benchmarking" not in err

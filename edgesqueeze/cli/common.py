@@ -9,7 +9,16 @@ import click
 
 from ..fileio import _json_default
 
-json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")
+def _set_quiet(ctx: click.Context, _param, value: bool) -> None:
+    if value:
+        ctx.ensure_object(dict)["quiet"] = True
+
+
+def json_option(func: Callable) -> Callable:
+    """``--json`` (machine-readable output) plus ``-q/--quiet``, which every verb also accepts after its name."""
+    func = click.option("-q", "--quiet", is_flag=True, expose_value=False, callback=_set_quiet,
+                        help="No progress bars or informational messages.")(func)
+    return click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")(func)
 target_option = click.option("-t", "--target", default=None, metavar="TARGET",
                              help="Device profile (see 'edgesqueeze devices'), e.g. tx2, xavier-nx, orin-nano, cpu.")
 input_shape_option = click.option("-i", "--input", "input_shapes", multiple=True, metavar="[NAME:]SHAPE",
