@@ -230,7 +230,7 @@ def build(model_path: PathLike, target: str, out_dir: PathLike, *, precision: st
             bar.done("FP32: nothing to do")
         stage_info["quantize"] = {"status": "skipped", "reason": quant_missing or f"precision {resolved}",
                               "seconds": bar.seconds}
-    models = stages.finish_models(models)
+    models = stages.finish_models(models, stages.first_real_feed([(calib, model), (val, model)]))
     deploy_kind = {"int8": "int8_qdq", "fp16": "fp16", "fp32": "fp32"}[resolved]
 
     # 4b. compat: what the target's TensorRT parser and onnxruntime load (opset, IR) --------------------

@@ -109,9 +109,24 @@ def check_runs(model: onnx.ModelProto, path: str) -> None:
                                hint="check the --input shapes (a hard-coded Reshape fixes the batch size)") from exc
 
 
-def finish_models(models: Dict[str, onnx.ModelProto]) -> Dict[str, onnx.ModelProto]:
+def first_real_feed(specs) -> Optional[Dict[str, "object"]]:
+    """The first feed dict of the first real (not random) data set among ``specs`` ((spec, model) pairs), or None."""
+    from ..data import open_data
+
+    for spec, model in specs:
+        if spec is None or str(spec) == "random":
+            continue
+        try:
+            return next(iter(open_data(spec, model, limit=1)))
+        except Exception:  # noqa: BLE001 - the data was checked at load time; fall back to random inputs
+            continue
+    return None
+
+
+def finish_models(models: Dict[str, onnx.ModelProto], feeds=None) -> Dict[str, onnx.ModelProto]:
     """Make every bundle model self-consistent and prove it runs: rebuild the custom nodes' local functions for
-    the model's element type (an FP16 model needs FP16 function bodies), then run each once on onnxruntime.
+    the model's element type (an FP16 model needs FP16 function bodies), then run each once on onnxruntime,
+    on ``feeds`` (a real input, when the user gave data) or on seeded random inputs.
 
     Raises:
         VerificationError: a model does not load or run on onnxruntime, or gives non-finite outputs (names it).
@@ -124,7 +139,10 @@ def finish_models(models: Dict[str, onnx.ModelProto]) -> Dict[str, onnx.ModelPro
 
     from ..bundle.variants import custom_ops, refresh_functions
 
-    feeds = random_feeds(models["fp32"], seed=0)[0]
+    what = "the first data sample"
+    if feeds is None:
+        feeds = random_feeds(models["fp32"], seed=0)[0]
+        what = "random inputs (seed 0)"
     out = {}
     for kind, m in models.items():
         if custom_ops(m):
@@ -139,9 +157,9 @@ def finish_models(models: Dict[str, onnx.ModelProto]) -> Dict[str, onnx.ModelPro
         bad = [o.name for o, r in zip(session.get_outputs(), result)
                if np.issubdtype(np.asarray(r).dtype, np.floating) and not np.all(np.isfinite(r))]
         if bad:
-            raise VerificationError(f"the {kind} model gives NaN/Inf on random inputs (seed 0)", tensor=bad[0],
-                                    hint="a Log, Sqrt or division of arbitrary inputs? build from a model that "
-                                         "is finite for any input")
+            raise VerificationError(f"the {kind} model gives NaN/Inf on {what}", tensor=bad[0],
+                                    hint="a Log, Sqrt or division of arbitrary inputs? give real data with --calib "
+                                         "or --val, or build from a model that is finite for any input")
         out[kind] = m
     return out
 
