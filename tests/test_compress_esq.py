@@ -101,11 +101,13 @@ def test_size_breakdown_shrinks_at_every_stage():
 def test_pack_special_values_and_raw_mode(tmp_path):
     m = mlp((16, 600, 4))
     w = numpy_helper.to_array(m.graph.initializer[0]).copy()
+    w[np.random.default_rng(1).random(w.shape) < 0.8] = 0  # sparse enough that gap indices pay off
     w[0, :4] = [-0.0, np.nan, np.inf, 0.0]
     w[1, :] = 0
     m.graph.initializer[0].CopyFrom(numpy_helper.from_array(w, m.graph.initializer[0].name))
     data, rep = pack(m, fc_index_bits=2)
     assert rep["layers"][0]["codebook"] is None  # > 256 distinct values: raw float32 values
+    assert rep["layers"][0]["stored"] == "sparse"
     assert rep["layers"][0]["fillers"] > 0
     path = tmp_path / "m.esq"
     path.write_bytes(data)
@@ -124,3 +126,15 @@ def test_unpack_errors(tmp_path):
         unpack(tmp_path / "missing.esq")
     with pytest.raises(InputError):
         pack(mlp(), fc_index_bits=0)
+
+
+def test_dense_layer_is_stored_plainly_not_larger(tmp_path):
+    """A dense layer with > 256 distinct values would grow with gap indices: it is stored as raw float32."""
+    m = mlp((16, 600, 4))
+    data, rep = pack(m)
+    layer = rep["layers"][0]
+    assert layer["stored"] == "dense"
+    assert layer["huffman_bits"] == layer["dense_bits"]
+    path = tmp_path / "d.esq"
+    path.write_bytes(data)
+    assert _weights(unpack(path)) == _weights(m)

@@ -7,6 +7,7 @@ Layout (all integers are unsigned LEB128 varints unless marked; floats little-en
     skeleton  := zlib(ONNX ModelProto, packed initializers with their data removed)
     tensor    := str(name) u8 data_type(=1, float32) rank dim* u8 index_bits u8 mode entries
                  [mode 0: K  K x f32 codebook]  stream(gaps)  [mode 0: stream(values) | mode 1: entries x f32]
+               | ... u8 index_bits u8 mode(=2) size  size x f32     # dense: smaller than mode 1 would be
     stream    := table nbytes byte*             # Huffman-coded, most significant bit first
     table     := min_symbol n_symbols ceil(n_symbols / 2) bytes of 4-bit code lengths (high nibble first, 0 = unused)
     str       := len utf-8 byte*
@@ -15,7 +16,8 @@ A tensor is flattened (C order) into *entries*: every non-zero weight, and a *fi
 zeros is longer than the index can express. Entry ``i`` has a gap ``g_i`` (zeros skipped before it, at most
 ``2**index_bits - 1``) and a value; positions are ``cumsum(g + 1) - 1``. In mode 0 (codebook) the value symbol
 ``s`` is ``codebook[s]``, and symbol ``K`` is the filler zero; in mode 1 (more than 256 distinct values, or a
-codebook that would not save space) values are raw float32 and a filler is 0.0. "Non-zero" means a bit pattern other than +0.0, so unpacking
+codebook that would not save space) values are raw float32 and a filler is 0.0; a tensor for which mode 1 would
+take more room than plain float32 (a dense layer) is stored as mode 2, every element raw, with no gap stream. "Non-zero" means a bit pattern other than +0.0, so unpacking
 reproduces every weight bit for bit (-0.0 and NaN included).
 """
 from __future__ import annotations
@@ -37,6 +39,7 @@ from ._layers import copy_model, find_layers
 MAGIC = b"ESQ1"
 VERSION = 1
 MAX_CODEBOOK = 256
+MODE_DENSE = 2  # every element as raw float32, no gaps: for tensors where sparse storage would be larger
 
 
 # ----------------------------------------------------------------------------- varints
@@ -199,6 +202,17 @@ def _pack_tensor(out: io.BytesIO, name: str, layer: str, arr: np.ndarray, index_
     # a codebook pays off when the shared values plus their indices take less room than raw floats
     k_bits = max(1, math.ceil(math.log2(codebook.size + 1))) if codebook.size else 1
     mode = 0 if codebook.size <= MAX_CODEBOOK and codebook.size * 32 + gaps.size * k_bits < gaps.size * 32 else 1
+    if mode == 1:  # no codebook: a mostly dense tensor is smaller stored plainly than with gap indices
+        gap_stream_probe, _ = _write_stream(gaps, 1 << index_bits)
+        if flat.size * 4 <= len(gap_stream_probe) + gaps.size * 4:
+            out.write(bytes([MODE_DENSE]) + _uv(flat.size))
+            start = out.tell()
+            out.write(flat.astype("<u4").tobytes())
+            return {"weight": name, "layer": layer, "shape": list(arr.shape), "params": int(arr.size),
+                    "nonzero": int(values_bits.size), "entries": int(flat.size), "fillers": 0,
+                    "index_bits": index_bits, "codebook": None, "value_bits": 32, "dense_bits": int(arr.size) * 32,
+                    "sparse_bits": int(arr.size) * 32, "shared_bits": int(arr.size) * 32,
+                    "huffman_bits": (out.tell() - start) * 8, "tables_bytes": 0, "stored": "dense"}
     out.write(bytes([mode]) + _uv(gaps.size))
     start = out.tell()
     if mode == 0:
@@ -223,7 +237,8 @@ def _pack_tensor(out: io.BytesIO, name: str, layer: str, arr: np.ndarray, index_
             "dense_bits": int(arr.size) * 32,
             "sparse_bits": entries * (32 + index_bits),
             "shared_bits": entries * (value_bits + index_bits) + (k * 32 if mode == 0 else 0),
-            "huffman_bits": (out.tell() - start) * 8, "tables_bytes": gap_table + val_table}
+            "huffman_bits": (out.tell() - start) * 8, "tables_bytes": gap_table + val_table,
+            "stored": "codebook" if mode == 0 else "sparse"}
 
 
 def _size_report(rows, file_bytes: int, skeleton_bytes: int, dense_bytes: int) -> dict:
@@ -286,8 +301,13 @@ def _read_tensor(r: _Reader) -> Tuple[str, np.ndarray]:
         raise InputError(f"unsupported data type {dtype}", path=r.path, tensor=name)
     shape = [r.uv() for _ in range(r.uv())]
     index_bits, mode, n = r.u8(), r.u8(), r.uv()
-    if not 1 <= index_bits <= 16 or mode not in (0, 1):
+    if not 1 <= index_bits <= 16 or mode not in (0, 1, MODE_DENSE):
         raise InputError("corrupt tensor header", path=r.path, tensor=name)
+    size = int(np.prod(shape, dtype=np.int64))
+    if mode == MODE_DENSE:
+        if n != size:
+            raise InputError("dense tensor length does not match its shape", path=r.path, tensor=name)
+        return name, np.frombuffer(r.take(4 * n), "<u4").astype(np.uint32).view(np.float32).reshape(shape)
     codebook = None
     if mode == 0:
         k = r.uv()
@@ -300,7 +320,6 @@ def _read_tensor(r: _Reader) -> Tuple[str, np.ndarray]:
         values = np.append(codebook, np.uint32(0))[symbols]
     else:
         values = np.frombuffer(r.take(4 * n), "<u4").astype(np.uint32)
-    size = int(np.prod(shape, dtype=np.int64))
     flat = np.zeros(size, np.uint32)
     pos = np.cumsum(gaps + 1) - 1
     if n and (pos[-1] >= size or gaps.max() >= (1 << index_bits)):
