@@ -13,7 +13,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -116,7 +116,7 @@ def _as_tuple(example_inputs) -> tuple:
 def export_torch(module, example_inputs, path: PathLike, *, input_names: Optional[Sequence[str]] = None,
                  output_names: Optional[Sequence[str]] = None, opset: int = DEFAULT_OPSET, legacy: bool = False,
                  verify: bool = True, rtol: float = 1e-4, atol: float = 1e-5, seed: int = 0,
-                 trials: int = 3) -> Dict[str, Any]:
+                 trials: int = 3, on_start: Optional[Callable[[], None]] = None) -> Dict[str, Any]:
     """Export ``module`` to ONNX at ``path`` and check onnxruntime against torch on random inputs.
 
     Args:
@@ -127,6 +127,7 @@ def export_torch(module, example_inputs, path: PathLike, *, input_names: Optiona
         opset: ai.onnx opset to target.
         legacy: use the TorchScript exporter instead of the torch.export (dynamo) one.
         verify: run the numerical check (``trials`` seeded random inputs, ``|ort - torch| <= atol + rtol*|torch|``).
+        on_start: called once the module has run on the example input, before the export itself (progress).
 
     Returns:
         A report: path, sha256, opset, inputs, outputs, max absolute error per trial.
@@ -153,6 +154,8 @@ def export_torch(module, example_inputs, path: PathLike, *, input_names: Optiona
             text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             raise InputError(f"the model fails on an example input of shape {shapes}: {type(exc).__name__}: {text}",
                              hint="check --input") from exc
+    if on_start is not None:  # the model runs: the (slow) export starts now
+        on_start()
     outs = sample_out if isinstance(sample_out, (list, tuple)) else (sample_out,)
     output_names = list(output_names or (["output"] if len(outs) == 1 else [f"output_{i}" for i in range(len(outs))]))
     path = Path(path)

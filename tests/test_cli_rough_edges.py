@@ -381,6 +381,7 @@ def test_export_bad_example_shape_and_bad_weights_are_user_errors(cli, tmp_path)
     code, out, err = cli("export", f"{src}:make", "--input", "1x1x8x8", "-o", tmp_path / "a.onnx")
     assert code == 3, err
     assert "fails on an example input of shape 1x1x8x8" in err and "internal error" not in err
+    assert len([line for line in err.splitlines() if line.strip()]) == 1  # no "exporting ..." line before it
     weights = tmp_path / "w.pt"
     torch.save({"weight": torch.zeros(3, 4), "bias": torch.zeros(2), "extra": torch.zeros(1)}, weights)
     code, out, err = cli("export", f"{src}:lin", "--input", "1x4", "--weights", weights, "-o", tmp_path / "b.onnx")

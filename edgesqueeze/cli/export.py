@@ -42,9 +42,10 @@ def command(factory, weights, inputs, output, opset, output_names, legacy, no_ve
     names, shapes = parse_example_shapes(inputs)
     example = tuple(torch.randn(*s) for s in shapes)
     in_names = [n or (f"input_{i}" if len(shapes) > 1 else "input") for i, n in enumerate(names)]
-    info(f"exporting {factory} with input(s) {', '.join('x'.join(map(str, s)) for s in shapes)} ...")
+    shape_text = ", ".join("x".join(map(str, s)) for s in shapes)
     report = export_torch(module, example, output, input_names=in_names, output_names=list(output_names) or None,
-                          opset=opset, legacy=legacy, verify=not no_verify)
+                          opset=opset, legacy=legacy, verify=not no_verify,
+                          on_start=lambda: info(f"exporting {factory} with input(s) {shape_text} ..."))
 
     def text(r):
         lines = [f"wrote {r['path']} (opset {r['opset']}, {r['exporter']} exporter, sha256 {r['sha256'][:12]})"]
