@@ -98,7 +98,6 @@ def _session(model: ModelProto, exposed: Sequence[str], threads: Optional[int]):
     """
     import onnxruntime as ort
 
-    from ..errors import UnsupportedError
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
@@ -114,11 +113,9 @@ def _session(model: ModelProto, exposed: Sequence[str], threads: Optional[int]):
         data = model_bytes(model)
     finally:
         del model.graph.output[len(model.graph.output) - len(added):]
-    try:
-        return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated types
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UnsupportedError(f"onnxruntime cannot load the model: {text}") from exc
+    from ..ortutil import make_session
+
+    return make_session(data, session_options=so)  # also copes with IR versions newer than onnxruntime knows
 
 
 def collect_statistics(model: ModelProto, reader: Iterable[Dict[str, np.ndarray]], *,
