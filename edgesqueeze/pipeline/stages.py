@@ -90,13 +90,14 @@ def check_runs(model: onnx.ModelProto, path: str) -> None:
         return  # dynamic shapes: load_model already asked for --input where it mattered
     import onnxruntime as ort
 
-    from ..model import model_bytes
 
     so = ort.SessionOptions()
     so.log_severity_level = 4  # the error is raised with its message: no second copy on stderr
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    from ..ortutil import make_session
+
     try:
-        sess = ort.InferenceSession(model_bytes(model), so, providers=["CPUExecutionProvider"])
+        sess = make_session(model, session_options=so)
     except Exception:  # noqa: BLE001 - what onnxruntime cannot load, the stages report with their own context
         return
     try:
