@@ -61,7 +61,9 @@ def convert_fp16(model: ModelProto, keep_fp32: Iterable[str] = (), keep_io_types
     Raises:
         UnsupportedError: the model holds control flow (If/Loop/Scan), which is not converted.
     """
-    keep = set(keep_fp32)
+    # Q/DQ pairs keep their FP32 scales (QuantizeLinear wants x and its scale in one type): they stay FP32, with
+    # Casts to the FP16 layers around them
+    keep = set(keep_fp32) | {"QuantizeLinear", "DequantizeLinear"}
     types = _elem_types(model)
     out = ModelProto()
     out.CopyFrom(model)
