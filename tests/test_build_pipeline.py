@@ -133,7 +133,7 @@ def test_thor_bundle_relies_on_the_qdq_model(tmp_path):
 
     build(MODEL, "thor", tmp_path / "b", precision="int8", calib=str(CALIB), progress=False)
     m = read_manifest(tmp_path / "b")
-    assert m["tensorrt"]["strongly_typed"] and m["tensorrt"]["model"] == "int8_qdq"
+    assert m["tensorrt"]["strongly_typed"] and m["tensorrt"]["model"] == "int8_qdq_fp16"  # QDQ on an FP16 base
     body = [ln for ln in (tmp_path / "b" / "build_engine.sh").read_text().splitlines() if not ln.startswith("#")]
     assert "PREC_FLAGS=(--stronglyTyped)" in body
     assert not any("--calib" in ln or "--int8" in ln for ln in body)

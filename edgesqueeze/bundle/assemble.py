@@ -1,6 +1,8 @@
 """Put a bundle together from the pipeline's models: files, TensorRT variants, engine script, manifest."""
 from __future__ import annotations
 
+import dataclasses
+
 from pathlib import Path
 from typing import Callable, Dict, Optional, Tuple
 
@@ -87,6 +89,9 @@ def assemble_bundle(out_dir, *, profile, precision: str, models: Dict[str, onnx.
         tensorrt = None
         if profile.has_tensorrt:
             plan = plan_engine(profile.tensorrt, precision, fast_fp16=profile.fast_fp16, workspace_mib=workspace_mib)
+            if plan.model not in models and plan.model == "int8_qdq_fp16":  # no FP16-base QDQ model was made
+                plan = dataclasses.replace(plan, model="int8_qdq", notes=plan.notes + [
+                    "no FP16-base QDQ model in the bundle: layers without Q/DQ run in FP32"])
             plugin_dir = _plugin_sources() if custom else None
             if custom and plugin_dir is None:
                 warn("the model has custom nodes but the plugin sources are not available: the engine script "

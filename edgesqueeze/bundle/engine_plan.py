@@ -99,6 +99,11 @@ def plan_engine(trt_version: str, precision: str, *, fast_fp16: bool = True,
         raise UnsupportedError(f"unknown precision '{precision}' for a TensorRT engine")
     cache_flags = ["--int8"] + fp16 + [f"--calib={CALIB_PLACEHOLDER}"]
     if strongly:
+        if fast_fp16:  # layers without Q/DQ run in the type the model gives them: give them FP16
+            return EnginePlan(model="int8_qdq_fp16", precision_flags=["--stronglyTyped"], uses_calib_cache=False,
+                              notes=["strongly typed: precision comes from the QDQ model alone (TensorRT 11 has no "
+                                     "--int8/--calib); its FP16 base runs the layers without Q/DQ in FP16"],
+                              **common)
         return EnginePlan(model="int8_qdq", precision_flags=["--stronglyTyped"], uses_calib_cache=False,
                           notes=["strongly typed: precision comes from the QDQ model alone "
                                  "(TensorRT 11 has no --int8/--calib)"], **common)

@@ -111,9 +111,10 @@ def format_summary(s: dict) -> str:
 
     rows.append(["input model (fp32)", _size(s["sizes"].get("input")), _ms(lat.get("input")),
                  "-" if ref_top1 is None else f"{100 * ref_top1:.2f}%", "0"])
-    labels = {"fp32": "optimized fp32", "fp16": "fp16", "int8_qdq": "int8 (QDQ)"}
-    prec_of = {"fp32": "fp32", "fp16": "fp16", "int8_qdq": "int8"}
-    for kind in ("fp32", "fp16", "int8_qdq"):
+    labels = {"fp32": "optimized fp32", "fp16": "fp16", "int8_qdq": "int8 (QDQ)",
+              "int8_qdq_fp16": "int8 (QDQ, fp16 base)"}
+    prec_of = {"fp32": "fp32", "fp16": "fp16", "int8_qdq": "int8", "int8_qdq_fp16": "int8"}
+    for kind in ("fp32", "fp16", "int8_qdq", "int8_qdq_fp16"):
         if kind not in s["models"]:
             continue
         mark = " *" if s["models"][kind] == s["models"]["deploy"] else ""

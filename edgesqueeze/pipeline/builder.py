@@ -25,7 +25,7 @@ from .progress import CountingReader, Progress
 from . import stages
 from .stages import (DWSEP_PASS, accuracy_note, accuracy_warnings, fusion_deferred, have, have_quant, inputs_json,
                      local_trt_reason, manifest_accuracy, predicted_ms, resolve_target_precision, run_optimizer,
-                     shapes_json, validate, versions)
+                     shapes_json, strongly_typed_int8, validate, versions)
 
 SPARSITY_CHOICES = ("2:4",)
 CALIB_METHODS = ("entropy", "minmax", "percentile", "mse")
@@ -204,6 +204,10 @@ def build(model_path: PathLike, target: str, out_dir: PathLike, *, precision: st
                 if issubclass(w.category, UserWarning) and "random data" not in str(w.message):  # said above
                     warn(str(w.message))
             models["int8_qdq"] = quantize_qdq(model, amax)
+            if strongly_typed_int8(profile):  # TensorRT >= 10.13: the QDQ model's own types decide, FP16 base
+                from ..quant import convert_fp16
+
+                models["int8_qdq_fp16"] = convert_fp16(models["int8_qdq"], qdq_fp16=True)
             custom = custom_not_quantized(model, amax)
             if custom:
                 warn(f"INT8: {len(custom)} fused custom node(s) ({', '.join(sorted(set(custom.values())))}) stay "

@@ -168,6 +168,18 @@ def finish_models(models: Dict[str, onnx.ModelProto], feeds=None) -> Dict[str, o
 DWSEP_PASS = "fuse_depthwise_separable"
 
 
+def strongly_typed_int8(profile) -> bool:
+    """True when the target's TensorRT builds INT8 strongly typed (10.13+) on a GPU with fast FP16: the bundle
+    then also carries the QDQ model on an FP16 base."""
+    if not (profile.has_tensorrt and profile.fast_fp16):
+        return False
+    from packaging.version import Version
+
+    from ..bundle.engine_plan import STRONGLY_TYPED_FROM
+
+    return Version(profile.tensorrt) >= STRONGLY_TYPED_FROM
+
+
 def fusion_deferred(profile, passes, skip) -> bool:
     """True when the optimizer would fuse depthwise-separable blocks for this target and these options."""
     try:

@@ -18,6 +18,7 @@ from ..model import infer_shapes
 FP32, FP16 = TensorProto.FLOAT, TensorProto.FLOAT16
 FP16_MAX = 65504.0
 # (op, input index) that the ONNX spec types as float32 whatever the data type: they stay fp32.
+QDQ_FP16_OPSET = 19  # first ai.onnx opset whose QuantizeLinear/DequantizeLinear take float16 scales
 FP32_SLOTS = {("Resize", 1), ("Resize", 2), ("Upsample", 1)}
 # ops whose outputs are never float (or that do not compute): left as they are.
 TYPE_FREE = {"Shape", "Size", "NonZero", "ArgMax", "ArgMin"}
@@ -45,7 +46,7 @@ def _to_fp16_tensor(t: TensorProto, clipped: List[str]) -> TensorProto:
 
 
 def convert_fp16(model: ModelProto, keep_fp32: Iterable[str] = (), keep_io_types: bool = True, *,
-                 report: Optional[dict] = None) -> ModelProto:
+                 report: Optional[dict] = None, qdq_fp16: bool = False) -> ModelProto:
     """Return an FP16 copy of ``model`` (the input is not changed).
 
     Args:
@@ -54,6 +55,9 @@ def convert_fp16(model: ModelProto, keep_fp32: Iterable[str] = (), keep_io_types
             (ops that overflow in fp16: large reductions, exponentials).
         keep_io_types: keep fp32 graph inputs and outputs (Casts inside the graph); False makes them fp16.
         report: when a dict is given, it receives ``{"fp16_nodes", "fp32_nodes", "casts", "clipped_weights"}``.
+        qdq_fp16: for a QDQ model: convert the Q/DQ nodes' scales to FP16 too, so that Q/DQ sit directly on FP16
+            tensors (what a strongly typed TensorRT build needs for INT8 layers on an FP16 base). Needs ai.onnx
+            opset 19 (QuantizeLinear on float16); an older model is converted first. By default Q/DQ stay FP32.
 
     Returns:
         The converted model, checked by the ONNX checker, runnable by onnxruntime.
@@ -63,7 +67,12 @@ def convert_fp16(model: ModelProto, keep_fp32: Iterable[str] = (), keep_io_types
     """
     # Q/DQ pairs keep their FP32 scales (QuantizeLinear wants x and its scale in one type): they stay FP32, with
     # Casts to the FP16 layers around them
-    keep = set(keep_fp32) | {"QuantizeLinear", "DequantizeLinear"}
+    keep = set(keep_fp32) | (set() if qdq_fp16 else {"QuantizeLinear", "DequantizeLinear"})
+    if qdq_fp16:
+        from ..model import convert_opset, opset_version
+
+        if 0 < opset_version(model) < QDQ_FP16_OPSET:
+            model = convert_opset(model, QDQ_FP16_OPSET)
     types = _elem_types(model)
     out = ModelProto()
     out.CopyFrom(model)
