@@ -382,8 +382,7 @@ def make_dwsep_model(x_shape: Sequence[int], w_dw: np.ndarray, b_dw: np.ndarray,
         raise InputError(f"inconsistent {OP_TYPE} weights for C={c}: w_dw {list(w_dw.shape)}, b_dw "
                          f"{list(b_dw.shape)}, w_pw {list(w_pw.shape)}, b_pw {list(b_pw.shape)}")
     kh, kw = w_dw.shape[2:]
-    oh = (hgt + pads[0] + pads[2] - dilations[0] * (kh - 1) - 1) // strides[0] + 1
-    ow = (wid + pads[1] + pads[3] - dilations[1] * (kw - 1) - 1) // strides[1] + 1
+    oh, ow = conv_output_hw(hgt, wid, (kh, kw), strides, pads, dilations)
     node = make_dwsep_node(["x", "w_dw", "b_dw", "w_pw", "b_pw"], ["y"], kernel_shape=(kh, kw), strides=strides,
                            pads=pads, dilations=dilations, dw_activation=dw_activation, dw_alpha=dw_alpha,
                            dw_beta=dw_beta, pw_activation=pw_activation, pw_alpha=pw_alpha, pw_beta=pw_beta,
@@ -400,6 +399,15 @@ def make_dwsep_model(x_shape: Sequence[int], w_dw: np.ndarray, b_dw: np.ndarray,
 
 
 # ----------------------------------------------------------------------------- reference
+def conv_output_hw(hgt: int, wid: int, kernel: Sequence[int], strides: Sequence[int], pads: Sequence[int],
+                   dilations: Sequence[int]) -> Tuple[int, int]:
+    """Output height and width of a 2-D convolution (ONNX pads order: top, left, bottom, right)."""
+    kh, kw = kernel
+    oh = (hgt + pads[0] + pads[2] - dilations[0] * (kh - 1) - 1) // strides[0] + 1
+    ow = (wid + pads[1] + pads[3] - dilations[1] * (kw - 1) - 1) // strides[1] + 1
+    return oh, ow
+
+
 def _activate(x: np.ndarray, kind: str, alpha: float, beta: float) -> np.ndarray:
     if kind == "none":
         return x
@@ -432,8 +440,7 @@ def reference_dwsep(x: np.ndarray, w_dw: np.ndarray, b_dw: np.ndarray, w_pw: np.
     n, c, hgt, wid = x.shape
     kh, kw = w_dw.shape[2:]
     xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
-    oh = (hgt + pads[0] + pads[2] - dilations[0] * (kh - 1) - 1) // strides[0] + 1
-    ow = (wid + pads[1] + pads[3] - dilations[1] * (kw - 1) - 1) // strides[1] + 1
+    oh, ow = conv_output_hw(hgt, wid, (kh, kw), strides, pads, dilations)
     dw = np.zeros((n, c, oh, ow))
     for i in range(kh):
         for j in range(kw):

@@ -76,17 +76,21 @@ def build_harness(cache_dir: Optional[Path] = None, compiler: Optional[str] = No
     lib = out_dir / f"esq_host_{_source_hash()}.so"
     if lib.exists():
         return lib
-    out_dir.mkdir(parents=True, exist_ok=True)
     root = plugin_source_dir()
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=str(out_dir))
+    return _compile_cached(lib, [cxx, "-std=c++14", "-O2", "-Wall", "-Wextra", "-shared", "-fPIC",
+                                 f"-I{root / 'include'}", str(root / HARNESS)],
+                           "kernel host harness", root / HARNESS)
+
+
+def _compile_cached(lib: Path, cmd: list, what: str, source: Path) -> Path:
+    """Run the compiler ``cmd`` (without ``-o``) into a temporary file, then rename it to ``lib``."""
+    lib.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=str(lib.parent))
     os.close(fd)
-    cmd = [cxx, "-std=c++14", "-O2", "-Wall", "-Wextra", "-shared", "-fPIC", f"-I{root / 'include'}",
-           str(root / HARNESS), "-o", tmp]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd + ["-o", tmp], capture_output=True, text=True)
     if proc.returncode != 0:
         os.unlink(tmp)
-        raise InputError(f"kernel host harness does not compile: {proc.stderr.strip()[:2000]}",
-                         path=str(root / HARNESS))
+        raise InputError(f"{what} does not compile: {proc.stderr.strip()[:2000]}", path=str(source))
     os.replace(tmp, lib)  # atomic: concurrent test runs never load a half-written library
     return lib
 
@@ -108,19 +112,12 @@ def build_gpu_harness(cache_dir: Optional[Path] = None, arch: Optional[str] = No
     lib = out_dir / f"esq_gpu_{_source_hash()}_sm{arch}.so"
     if lib.exists():
         return lib
-    out_dir.mkdir(parents=True, exist_ok=True)
     root = plugin_source_dir()
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=str(out_dir))
-    os.close(fd)
-    cmd = [nvcc, "-std=c++14", "-O2", "-shared", "-Xcompiler", "-fPIC", f"-gencode=arch=compute_{arch},code=sm_{arch}",
-           f"-I{root / 'include'}", str(root / GPU_HARNESS), str(root / "src" / "dwsep.cu"),
-           str(root / "src" / "sparse.cu"), "-o", tmp]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        os.unlink(tmp)
-        raise InputError(f"GPU harness does not compile: {proc.stderr.strip()[:2000]}", path=str(root / GPU_HARNESS))
-    os.replace(tmp, lib)
-    return lib
+    return _compile_cached(lib, [nvcc, "-std=c++14", "-O2", "-shared", "-Xcompiler", "-fPIC",
+                                 f"-gencode=arch=compute_{arch},code=sm_{arch}", f"-I{root / 'include'}",
+                                 str(root / GPU_HARNESS), str(root / "src" / "dwsep.cu"),
+                                 str(root / "src" / "sparse.cu")],
+                           "GPU harness", root / GPU_HARNESS)
 
 
 @lru_cache(maxsize=None)

@@ -45,6 +45,7 @@ from .dwsep import (
     OVERLOAD_IR_VERSION,
     _activate,
     _activation_nodes,
+    conv_output_hw,
     install_functions,
 )
 from .sparse_formats import (  # noqa: F401 (re-exported)
@@ -291,8 +292,7 @@ def make_sparse_conv_model(x_shape: Sequence[int], weight: np.ndarray, bias: np.
         raise InputError(f"inconsistent {OP_TYPE} weights for C={c}: weight {list(weight.shape)}, bias "
                          f"{list(bias.shape)}")
     m, _, kh, kw = weight.shape
-    oh = (hgt + pads[0] + pads[2] - dilations[0] * (kh - 1) - 1) // strides[0] + 1
-    ow = (wid + pads[1] + pads[3] - dilations[1] * (kw - 1) - 1) // strides[1] + 1
+    oh, ow = conv_output_hw(hgt, wid, (kh, kw), strides, pads, dilations)
     arrays = sparse_conv_inputs(weight, sparse_format, dt)
     names = ["x"] + [f"w_{k}" for k in arrays] + ["b"]
     node = make_sparse_conv_node(names, ["y"], sparse_format=sparse_format, kernel_shape=(kh, kw), strides=strides,
@@ -319,8 +319,7 @@ def reference_sparse_conv(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, *
     n, c, hgt, wid = x.shape
     m, _, kh, kw = w.shape
     xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
-    oh = (hgt + pads[0] + pads[2] - dilations[0] * (kh - 1) - 1) // strides[0] + 1
-    ow = (wid + pads[1] + pads[3] - dilations[1] * (kw - 1) - 1) // strides[1] + 1
+    oh, ow = conv_output_hw(hgt, wid, (kh, kw), strides, pads, dilations)
     y = np.zeros((n, m, oh, ow)) + b[None, :, None, None]
     for i in range(kh):
         for j in range(kw):
