@@ -110,6 +110,15 @@ class DataReader:
     def describe(self) -> str:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def _describe_counted(self, source: str, count: int, unit: str) -> str:
+        """``source: N <unit> in B batches of b[, labelled][ (k left over, not a full batch)]``."""
+        text = f"{source}: {count} {unit} in {len(self)} batches of {self.batch}"
+        if self.labels is not None:
+            text += ", labelled"
+        if getattr(self, "dropped", 0):
+            text += f" ({self.dropped} left over, not a full batch)"
+        return text
+
     def sha256(self) -> str:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -166,12 +175,7 @@ class ArrayReader(DataReader):
         return self._n // self.batch
 
     def describe(self) -> str:
-        text = f"{self.source}: {self._n} samples in {len(self)} batches of {self.batch}"
-        if self.labels is not None:
-            text += ", labelled"
-        if self.dropped:
-            text += f" ({self.dropped} left over, not a full batch)"
-        return text
+        return self._describe_counted(self.source, self._n, "samples")
 
     def sha256(self) -> str:
         return self._hash(self._digest, self._n)

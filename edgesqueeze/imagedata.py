@@ -150,12 +150,7 @@ class ImageFolderReader(DataReader):
         return len(self.files) // self.batch
 
     def describe(self) -> str:
-        text = f"{self.root}: {len(self.files)} images in {len(self)} batches of {self.batch}"
-        if self.labels is not None:
-            text += ", labelled"
-        if self.dropped:
-            text += f" ({self.dropped} left over, not a full batch)"
-        return text
+        return self._describe_counted(str(self.root), len(self.files), "images")
 
     def sha256(self) -> str:
         return self._hash(self._digest, len(self.files))
