@@ -30,7 +30,8 @@ def reference_threshold_bin(hist, levels=128, flatten_zero_bin=True):
         level_sum = np.bincount(level, weights=bins[:i], minlength=levels)
         level_nonzero = np.bincount(level, weights=(p != 0).astype(np.float64), minlength=levels)
         q = np.where(p != 0, level_sum[level] / np.maximum(level_nonzero[level], 1), 0.0)
-        p, q = p / p.sum(), q / q.sum()
+        with np.errstate(invalid="ignore"):  # all of bins[0:i] empty: q is NaN, and NaN never wins below
+            p, q = p / p.sum(), q / q.sum()
         if np.any((p > 0) & (q == 0)):
             kl = math.inf
         else:
@@ -90,8 +91,8 @@ def test_entropy_on_discrete_levels_keeps_the_range():
 def test_entropy_amax_from_streaming_stats_equals_histogram_path():
     x = DISTS["laplacian"].astype(np.float32)
     h = TensorHistogram()
-    h.update(x)  # one batch: range = max|x|, exactly TensorRT's 2048 bins over [0, max]
-    ref_hist, _ = np.histogram(np.abs(x), bins=2048, range=(0.0, float(np.abs(x).max())))
+    h.update(x)  # one batch: 2048 bins over [0, h.range], h.range >= max|x|
+    ref_hist, _ = np.histogram(np.abs(x), bins=2048, range=(0.0, h.range))
     assert np.abs(h.hist - ref_hist).sum() <= 4  # float32 vs float64 rounding at bin edges only
     i = reference_threshold_bin(ref_hist)
     assert abs(entropy_amax(h) - (i + 0.5) * h.width) <= 2 * h.width
@@ -103,6 +104,100 @@ def test_edge_cases_return_amax():
     h.update(np.zeros(100, np.float32))
     assert entropy_amax(h) == 0.0
     assert entropy_threshold_bin(np.ones(64)) == 64  # fewer bins than levels: no clipping
+
+
+def _previous_closed_form(hist, levels=128, flatten_zero_bin=True):
+    """The closed form used before the per-group one: all candidates x all levels at once (O(bins x levels))."""
+    b = np.array(hist, dtype=np.float64)
+    if flatten_zero_bin and b.size > 1 and b[1] > 0:
+        b[0] = b[1]
+    n, total = b.size, b.sum()
+    if n < levels or total <= 0:
+        return n
+    cum = np.concatenate([[0.0], np.cumsum(b)])
+    nz = np.concatenate([[0], np.cumsum(b > 0)])
+    cum_blogb = np.concatenate([[0.0], np.cumsum(np.where(b > 0, b * np.log(np.where(b > 0, b, 1.0)), 0.0))])
+    i = np.arange(levels, n + 1)
+    outliers = total - cum[i]
+    last = b[i - 1] + outliers
+    plogp = cum_blogb[i - 1] + np.where(last > 0, last * np.log(np.where(last > 0, last, 1.0)), 0.0)
+    per = i // levels
+    starts = np.arange(levels)[None, :] * per[:, None]
+    ends = starts + per[:, None]
+    ends[:, -1] = i
+    chunk = cum[ends] - cum[starts]
+    count = (nz[ends] - nz[starts]).astype(np.float64)
+    count[:, -1] += (b[i - 1] == 0) & (outliers > 0)
+    pchunk = chunk.copy()
+    pchunk[:, -1] += outliers
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logq = np.log(chunk) - np.log(np.where(count > 0, count, 1.0))
+        cross = np.where(pchunk > 0, pchunk * logq, 0.0)
+        bad = ((pchunk > 0) & (chunk <= 0)).any(axis=1) | (cum[i] <= 0)
+        kl = (plogp - cross.sum(axis=1)) / total - np.log(total) + np.log(np.where(cum[i] > 0, cum[i], 1.0))
+    kl = np.where(bad | ~np.isfinite(kl), np.inf, kl)
+    if not np.isfinite(kl).any():
+        return n
+    return int(i[np.flatnonzero(kl <= kl.min() + 1e-12)[0]])
+
+
+def _random_histogram(rng, length):
+    """One histogram of a randomly chosen awkward kind."""
+    kind = int(rng.integers(8))
+    if kind == 0:    # sparse: most bins empty
+        h = np.where(rng.random(length) < rng.uniform(0.01, 0.3), rng.integers(1, 1000, length), 0)
+    elif kind == 1:  # all mass in one bin
+        h = np.zeros(length, np.int64)
+        h[rng.integers(length)] = int(rng.integers(1, 10**6))
+    elif kind == 2:  # discrete levels, evenly or unevenly spaced
+        h = np.zeros(length, np.int64)
+        where = rng.choice(length, size=int(rng.integers(2, 40)), replace=False)
+        h[where] = rng.integers(1, 10**5, where.size)
+    elif kind == 3:  # long tail: Pareto magnitudes
+        x = rng.pareto(rng.uniform(0.5, 3.0), 20_000)
+        h, _ = np.histogram(x, bins=length, range=(0.0, float(x.max())))
+    elif kind == 4:  # Gaussian body with a far outlier or two
+        x = np.abs(np.concatenate([rng.normal(size=20_000), rng.uniform(5, 200, int(rng.integers(1, 3)))]))
+        h, _ = np.histogram(x, bins=length, range=(0.0, float(x.max())))
+    elif kind == 5:  # ReLU: spike of zeros, bin 1 sometimes empty
+        x = np.maximum(rng.laplace(size=20_000), 0.0)
+        h, _ = np.histogram(x, bins=length, range=(0.0, float(x.max())))
+        if rng.random() < 0.5:
+            h[1] = 0
+    elif kind == 6:  # few counts, mostly 0/1
+        h = (rng.random(length) < 0.02).astype(np.int64)
+    else:            # float weights, mass only in the first few bins or only in the last
+        h = np.zeros(length)
+        k = int(rng.integers(1, 8))
+        h[:k] = rng.random(k)
+        if rng.random() < 0.5:
+            h = h[::-1].copy()
+    return h
+
+
+def test_entropy_matches_reference_on_random_histograms():
+    rng = np.random.default_rng(2024)
+    for case in range(200):  # the per-candidate loop is slow: mostly short histograms, a few long ones
+        length = int(rng.integers(2048, 3001)) if case % 50 == 0 else int(rng.integers(128, 800))
+        levels = 128 if case % 2 else 16
+        flatten = bool(case % 3)
+        h = _random_histogram(rng, length)
+        got = entropy_threshold_bin(h, levels, flatten)
+        assert got == reference_threshold_bin(h, levels, flatten), (case, length, levels, flatten)
+
+
+def test_entropy_matches_previous_closed_form_on_many_random_histograms():
+    rng = np.random.default_rng(11)
+    for case in range(300):
+        edge_length = int(rng.choice([128, 129, 255, 256, 257, 2048, 2049]))
+        length = edge_length if case % 4 == 0 else int(rng.integers(128, 3001))
+        levels = 128 if case % 2 else 16
+        flatten = bool(case % 3)
+        h = _random_histogram(rng, length)
+        if h.dtype.kind == "f":  # integer counts, as TensorHistogram keeps: the previous form's sums were exact only
+            h = np.rint(h * 1e6)  # for those (with float weights its total could round differently from its cumsum)
+        got = entropy_threshold_bin(h, levels, flatten)
+        assert got == _previous_closed_form(h, levels, flatten), (case, length, levels, flatten)
 
 
 # ------------------------------------------------------------------------------------------ streaming histogram

@@ -11,8 +11,11 @@
 - ``percentile``: amax = the upper edge of the bin where the cumulative |x| histogram reaches p %.
 - ``mse``: amax minimising the expected squared quantization error over the histogram (bin centres).
 
-The entropy search is evaluated in closed form over all candidates at once (prefix sums per level), which
-is exactly the published per-candidate loop (the tests compare the two) at a fraction of its cost.
+The entropy search is evaluated in closed form (prefix sums), which is exactly the published per-candidate
+loop (the tests compare the two) at a fraction of its cost: candidates i with the same i // 128 bins per level
+share levels 0..126, so those levels' terms are computed once per group (16 groups for 2048 bins) and only
+the last level, which ends at i and takes the outliers, is evaluated per candidate: O(bins) work, not
+O(bins x 128).
 """
 from __future__ import annotations
 
@@ -43,39 +46,51 @@ def entropy_threshold_bin(hist: np.ndarray, num_levels: int = NUM_LEVELS, flatte
     Returns:
         i, or ``len(hist)`` when the histogram has fewer than ``num_levels`` bins or holds no data.
     """
-    b = np.array(hist, dtype=np.float64)
+    b = np.array(hist, dtype=np.float64).ravel()
     if flatten_zero_bin and b.size > 1 and b[1] > 0:
         b[0] = b[1]
     n = b.size
-    total = b.sum()
-    if n < num_levels or total <= 0:
+    if n < num_levels or not b.sum() > 0:
         return n
+    L = num_levels
     cum = np.concatenate([[0.0], np.cumsum(b)])                      # cum[k] = sum(b[:k])
     nz = np.concatenate([[0], np.cumsum(b > 0)])                      # non-zero bins in b[:k]
-    blogb = np.where(b > 0, b * np.log(np.where(b > 0, b, 1.0)), 0.0)
+    # The total is cum[n], not b.sum(): with float weights the two may round differently, and the outliers
+    # total - cum[i] must be exactly 0 when nothing lies beyond i. Which sums are zero is decided from the
+    # non-zero bin counts nz, never from rounded sums.
+    total = cum[n]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        blogb = np.where(b > 0, b * np.log(b), 0.0)
     cum_blogb = np.concatenate([[0.0], np.cumsum(blogb)])
 
-    i = np.arange(num_levels, n + 1)                                 # candidates
+    # Levels 0..L-2 of candidate i are [j*per, (j+1)*per) with per = i // L: the same for every candidate of a
+    # group i in [L*per, L*(per+1)), and they hold no outliers (they end at (L-1)*per <= i - per). So their
+    # share of sum_k P_k log Q_k is one number per group; only the last level [(L-1)*per, i) varies with i.
+    pers = np.arange(1, n // L + 1)                                   # one group per bins-per-level value
+    edges = np.arange(L - 1)[None, :] * pers[:, None]                 # level starts; level j ends at start j+1
+    head_chunk = cum[edges + pers[:, None]] - cum[edges]              # (groups, L-1) level sums
+    head_count = (nz[edges + pers[:, None]] - nz[edges]).astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        head_terms = np.where(head_count > 0, head_chunk * (np.log(head_chunk) - np.log(head_count)), 0.0)
+    head_cross = head_terms.sum(axis=1)                               # per group, over levels 0..L-2
+
+    i = np.arange(L, n + 1)                                          # candidates
+    per = i // L
     outliers = total - cum[i]
     last = b[i - 1] + outliers                                       # P[i-1]
-    # sum over k < i of P_k log P_k
-    plogp = cum_blogb[i - 1] + np.where(last > 0, last * np.log(np.where(last > 0, last, 1.0)), 0.0)
-
-    per = i // num_levels
-    j = np.arange(num_levels)
-    starts = j[None, :] * per[:, None]
-    ends = starts + per[:, None]
-    ends[:, -1] = i
-    chunk = cum[ends] - cum[starts]                                  # level sums of bins[0:i]
-    count = (nz[ends] - nz[starts]).astype(np.float64)               # non-zero bins of P per level
-    count[:, -1] += (b[i - 1] == 0) & (outliers > 0)                 # P[i-1] is non-zero through the outliers
-    pchunk = chunk.copy()
-    pchunk[:, -1] += outliers                                        # P's mass per level
     with np.errstate(divide="ignore", invalid="ignore"):
-        logq = np.log(chunk) - np.log(np.where(count > 0, count, 1.0))
-        cross = np.where(pchunk > 0, pchunk * logq, 0.0)             # sum_k P_k log Q_k (unnormalised)
-        bad = ((pchunk > 0) & (chunk <= 0)).any(axis=1) | (cum[i] <= 0)
-        kl = (plogp - cross.sum(axis=1)) / total - np.log(total) + np.log(np.where(cum[i] > 0, cum[i], 1.0))
+        # sum over k < i of P_k log P_k
+        plogp = cum_blogb[i - 1] + np.where(last > 0, last * np.log(last), 0.0)
+        s = (L - 1) * per                                            # start of the last level
+        chunk = cum[i] - cum[s]                                      # last level's sum of bins[0:i]
+        q_nonzero = nz[i] > nz[s]                                    # the last level's bins of bins[0:i] hold data
+        has_outliers = nz[n] > nz[i]
+        count = (nz[i] - nz[s]) + ((b[i - 1] == 0) & has_outliers)  # P[i-1] is non-zero through the outliers
+        pchunk = chunk + outliers                                    # P's mass in the last level
+        cross = head_cross[per - 1] + np.where(
+            q_nonzero, pchunk * (np.log(chunk) - np.log(np.maximum(count, 1).astype(np.float64))), 0.0)
+        bad = (has_outliers & ~q_nonzero) | (nz[i] == 0)             # Q zero where P is not
+        kl = (plogp - cross) / total - np.log(total) + np.log(np.where(nz[i] > 0, cum[i], 1.0))
     kl = np.where(bad | ~np.isfinite(kl), np.inf, kl)
     if not np.isfinite(kl).any():
         return n
