@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Union
+from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import onnx
@@ -135,6 +135,11 @@ def _looks_like_text(data: bytes) -> bool:
 
 
 def _parse(path: Path) -> ModelProto:
+    return _parse_bytes(path)[0]
+
+
+def _parse_bytes(path: Path) -> Tuple[ModelProto, bytes]:
+    """Parse ``path``; return the model and the file's bytes (reused by the checker and shape inference)."""
     if not path.exists():
         raise InputError("no such file", path=str(path))
     if path.is_dir():
@@ -158,7 +163,7 @@ def _parse(path: Path) -> ModelProto:
         what = "text" if _looks_like_text(data) else "data"
         raise InputError(f"not an ONNX model: the file parses as {what} with no IR version or graph",
                          path=str(path))
-    return model
+    return model, data
 
 
 def _external_tensors(model: ModelProto):
@@ -198,24 +203,47 @@ def _error_node(model: ModelProto, text: str) -> Optional[str]:
     return None
 
 
-def _check(model: ModelProto, path: Path) -> None:
+def _check_model(model: Union[ModelProto, bytes]) -> None:
+    """``onnx.checker.check_model(model, full_check=True)``; bytes skip a re-serialisation (proto fallback)."""
+    if isinstance(model, bytes):
+        try:
+            onnx.checker.check_model(model, full_check=True)
+            return
+        except (TypeError, AttributeError):  # an onnx whose checker takes no bytes: parse and check the proto
+            model = onnx.load_from_string(model)
+    onnx.checker.check_model(model, full_check=True)
+
+
+def _check(model: ModelProto, path: Path, data: Optional[bytes] = None) -> Optional[ModelProto]:
+    """Run the full checker on ``model``; ``data`` are its serialised bytes when they are known to match.
+
+    Returns the shape-inferred model when the retry below had to compute it from ``data`` (so the
+    caller can reuse it), else None.
+    """
     if not model.graph.output:
         raise InputError("the graph has no outputs", path=str(path))
+    inferred = None
     try:
-        if model.ByteSize() > _TWO_GB:
+        size = len(data) if data is not None else model.ByteSize()
+        if size > _TWO_GB:
             onnx.checker.check_model(str(path), full_check=True)
         else:
             try:
-                onnx.checker.check_model(model, full_check=True)
+                _check_model(data if data is not None else model)
             except onnx.checker.ValidationError as exc:
                 # outputs declared without a shape are valid ONNX; newer checkers want one: infer it, check again
                 if "Field 'shape' of 'type' is required" not in str(exc):
                     raise
-                onnx.checker.check_model(infer_shapes(model), full_check=True)
+                if data is not None:
+                    inferred = _infer_shapes_bytes(data, model)
+                    _check_model(inferred)
+                else:
+                    _check_model(infer_shapes(model))
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(f"the ONNX checker rejects the model: {text}", path=str(path),
                          node=_error_node(model, str(exc))) from exc
+    return inferred
 
 
 def _apply_shapes(model: ModelProto, shapes: ShapeSpec, path: Path, require_static: bool) -> bool:
@@ -268,6 +296,17 @@ def infer_shapes(model: ModelProto) -> ModelProto:
         return model
 
 
+def _infer_shapes_bytes(data: bytes, model: ModelProto) -> ModelProto:
+    """:func:`infer_shapes` of ``model`` computed from its serialised bytes ``data`` (no re-serialisation).
+
+    Falls back to ``model`` unchanged when inference fails, like :func:`infer_shapes`.
+    """
+    try:
+        return onnx.shape_inference.infer_shapes(data, check_type=False, strict_mode=False, data_prop=True)
+    except Exception:  # noqa: BLE001 - inference is best effort here; the checker already ran
+        return model
+
+
 def load_model(path: PathLike, input_shapes: Optional[ShapeSpec] = None, *, opset: Optional[int] = None,
                check: bool = True, require_static: bool = True) -> ModelProto:
     """Load and validate an ONNX model.
@@ -289,15 +328,24 @@ def load_model(path: PathLike, input_shapes: Optional[ShapeSpec] = None, *, opse
         UnsupportedError: the opset conversion failed.
     """
     path = Path(path)
-    model = _parse(path)
-    _resolve_external_data(model, path)
+    model, data = _parse_bytes(path)
+    if next(_external_tensors(model), None) is not None:
+        _resolve_external_data(model, path)
+        data = None  # the file's bytes no longer describe the model
+    inferred = None
     if check:
-        _check(model, path)
+        inferred = _check(model, path, data)
     elif not model.graph.output:
         raise InputError("the graph has no outputs", path=str(path))
     if opset is not None and 0 < opset_version(model) < opset:
         model = convert_opset(model, opset, path=str(path))
+        data = inferred = None
+    before = [vi.SerializeToString(deterministic=True) for vi in model.graph.input] if input_shapes else None
     changed = _apply_shapes(model, input_shapes or {}, path, require_static)
+    if before is not None and before != [vi.SerializeToString(deterministic=True) for vi in model.graph.input]:
+        data = inferred = None  # given shapes rewrote the inputs
+    if data is not None:  # the model is still exactly the file: infer from its bytes, no re-serialisation
+        return inferred if inferred is not None else _infer_shapes_bytes(data, model)
     if changed:
         del model.graph.value_info[:]
         for out in model.graph.output:
@@ -327,6 +375,35 @@ def convert_opset(model: ModelProto, opset: int, path: Optional[str] = None) -> 
 
 
 # ----------------------------------------------------------------------------- saving
+def _tensor_payload(model: ModelProto) -> int:
+    """A cheap lower bound of the model's serialised size: the bytes of its tensors' data."""
+    from onnx.external_data_helper import _get_all_tensors  # noqa: PLC2701 - stable helper across onnx 1.x
+
+    total = 0
+    for t in _get_all_tensors(model):
+        total += len(t.raw_data) + 4 * (len(t.float_data) + len(t.int32_data)) + 8 * (
+            len(t.int64_data) + len(t.double_data) + len(t.uint64_data))
+    return total
+
+
+def _serialise_if_small(model: ModelProto) -> Optional[bytes]:
+    """Return ``model_bytes(model)`` when the model fits in one protobuf (<= 2 GB), else None.
+
+    Serialises once instead of ``ByteSize()`` + serialise (upb computes ``ByteSize`` by encoding).
+    The decision is the same as ``model.ByteSize() <= 2 GB``: the tensor payload is a lower bound of
+    the size, and the serialised length is the size.
+    """
+    if _tensor_payload(model) > _TWO_GB:
+        return None
+    try:
+        data = model_bytes(model)
+    except Exception:  # noqa: BLE001 - protobuf refuses to encode > 2 GB (the error type varies by backend)
+        if model.ByteSize() > _TWO_GB:
+            return None
+        raise
+    return data if len(data) <= _TWO_GB else None
+
+
 def model_bytes(model: ModelProto) -> bytes:
     """Serialise ``model`` deterministically."""
     return model.SerializeToString(deterministic=True)
@@ -356,8 +433,8 @@ def save_model(model: ModelProto, path: PathLike, *, inputs: Sequence[Optional[P
     path = Path(path)
     refuse_overwrite(path, *[p for p in inputs if p])
     try:
-        if model.ByteSize() <= _TWO_GB:
-            data = model_bytes(model)
+        data = _serialise_if_small(model)
+        if data is not None:
             with atomic_path(path) as tmp:
                 with open(tmp, "wb") as fh:
                     fh.write(data)

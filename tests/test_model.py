@@ -14,11 +14,11 @@ from edgesqueeze.model import (graph_inputs, load_model, model_hash, opset_versi
 from edgesqueeze.ortutil import run_model
 
 
-def _tiny(dynamic=False, path=None):
+def _tiny(dynamic=False, path=None, channels=2):
     dim0 = "N" if dynamic else 1
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [dim0, 3, 4, 4])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
-    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((2, 3, 3, 3)).astype(np.float32), "w")
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((channels, 3, 3, 3)).astype(np.float32), "w")
     node = helper.make_node("Conv", ["x", "w"], ["y"], name="conv0", pads=[1, 1, 1, 1])
     g = helper.make_graph([node], "tiny", [x], [y], [w])
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
@@ -172,3 +172,116 @@ def test_large_truncated_model_is_not_called_text(tmp_path):
     p.write_bytes(src.read_bytes()[:100000])
     with pytest.raises(InputError, match="truncated or corrupt"):
         load_model(p)
+
+
+# ----------------------------------------------------------------------------- fast paths (file bytes reused)
+def _proto_path_load(path):
+    """What load_model returned before it reused the file's bytes: check + infer from the parsed proto."""
+    from edgesqueeze.model import _check, infer_shapes
+
+    m = onnx.load(str(path))
+    _check(m, Path(path))  # no data: the proto path
+    return infer_shapes(m)
+
+
+def _light_and_digits(light_models_dir):
+    digits = Path(__file__).resolve().parents[1] / "examples" / "digits" / "digits_cnn.onnx"
+    return sorted(light_models_dir.glob("*.onnx")) + [digits]
+
+
+def test_bytes_path_gives_the_proto_path_model(light_models_dir, tmp_path):
+    from edgesqueeze.model import model_bytes
+
+    p = tmp_path / "tiny.onnx"  # output without a shape: exercises the checker's infer-and-retry
+    _tiny(path=p)
+    for f in _light_and_digits(light_models_dir) + [p]:
+        assert model_bytes(load_model(f)) == model_bytes(_proto_path_load(f)), f.name
+
+
+def test_same_shape_given_keeps_bytes_path_and_result(tmp_path):
+    from edgesqueeze.model import model_bytes
+
+    p = tmp_path / "m.onnx"
+    _tiny(path=p)
+    assert model_bytes(load_model(p, parse_input_shapes("x:1x3x4x4"))) == model_bytes(load_model(p))
+
+
+def test_checker_without_bytes_support_falls_back(tmp_path, monkeypatch):
+    from edgesqueeze.model import model_bytes
+
+    p = tmp_path / "m.onnx"
+    _tiny(path=p)
+    want = model_bytes(load_model(p))
+    real = onnx.checker.check_model
+    seen = []
+
+    def old_checker(model, full_check=False, **kw):
+        seen.append(type(model))
+        if isinstance(model, bytes):
+            raise AttributeError("'bytes' object has no attribute 'SerializeToString'")
+        return real(model, full_check=full_check, **kw)
+
+    monkeypatch.setattr(onnx.checker, "check_model", old_checker)
+    assert model_bytes(load_model(p)) == want
+    assert bytes in seen and onnx.ModelProto in seen
+
+
+def test_checker_error_is_the_same_on_both_paths(tmp_path):
+    from edgesqueeze.model import _check
+
+    m = _tiny()
+    m.graph.node[0].input[1] = "undefined_weight"
+    p = tmp_path / "bad.onnx"
+    onnx.save(m, str(p))
+    with pytest.raises(InputError) as fast:
+        load_model(p)
+    with pytest.raises(InputError) as slow:
+        _check(onnx.load(str(p)), p)
+    assert fast.value.one_line() == slow.value.one_line()
+    assert "the ONNX checker rejects the model" in fast.value.one_line() and fast.value.exit_code == 3
+
+
+def test_failed_inference_returns_the_model_unchanged(tmp_path, monkeypatch):
+    from edgesqueeze.model import model_bytes
+
+    p = _tiny_static_output(tmp_path)
+
+    def broken(*a, **kw):
+        raise RuntimeError("inference failed")
+
+    monkeypatch.setattr(onnx.shape_inference, "infer_shapes", broken)
+    assert model_bytes(load_model(p)) == model_bytes(onnx.load(str(p)))
+
+
+def _tiny_static_output(tmp_path, channels=2):
+    m = _tiny(channels=channels)
+    m.graph.output[0].CopyFrom(helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, channels, 4, 4]))
+    p = tmp_path / "static.onnx"
+    onnx.save(m, str(p))
+    return p
+
+
+def test_save_bytes_are_the_serialised_model_and_2gb_switch_holds(tmp_path, monkeypatch):
+    import edgesqueeze.model as em
+
+    m = load_model(_tiny_static_output(tmp_path, channels=16))  # weights > 1 KB: onnx moves them out
+    out = save_model(m, tmp_path / "a.onnx")
+    assert out.read_bytes() == m.SerializeToString(deterministic=True)
+    assert not (tmp_path / "a.onnx.data").exists()
+    size = m.ByteSize()
+    # the limit between the weights' bytes and the full size: serialised, then found too big -> external data
+    monkeypatch.setattr(em, "_TWO_GB", size - 1)
+    assert em._tensor_payload(m) <= size - 1
+    save_model(onnx.ModelProto.FromString(out.read_bytes()), tmp_path / "b.onnx")  # a copy: onnx.save moves
+    assert (tmp_path / "b.onnx.data").exists()  # the weights out of the model it writes with external data
+    # the limit below the weights' bytes: external data without serialising first
+    monkeypatch.setattr(em, "_TWO_GB", 10)
+    save_model(onnx.ModelProto.FromString(out.read_bytes()), tmp_path / "c.onnx")
+    assert (tmp_path / "c.onnx.data").exists()
+    monkeypatch.setattr(em, "_TWO_GB", size)  # exactly at the limit: one file, like ByteSize() <= limit
+    save_model(m, tmp_path / "d.onnx")
+    assert not (tmp_path / "d.onnx.data").exists() and (tmp_path / "d.onnx").read_bytes() == out.read_bytes()
+    for name in ("b.onnx", "c.onnx"):
+        back = onnx.load(str(tmp_path / name))
+        assert np.array_equal(numpy_helper.to_array(back.graph.initializer[0]),
+                              numpy_helper.to_array(m.graph.initializer[0]))
