@@ -117,8 +117,8 @@ def _session(model: ModelProto, exposed: Sequence[str], threads: Optional[int], 
         so.intra_op_num_threads = int(threads)
     if stack:
         work = _stackable_copy(model)
-        work.graph.output.extend(onnx.ValueInfoProto(name=n) for n in dict.fromkeys(exposed)
-                                 if n not in {o.name for o in work.graph.output})
+        have = {o.name for o in work.graph.output}
+        work.graph.output.extend(onnx.ValueInfoProto(name=n) for n in dict.fromkeys(exposed) if n not in have)
         data = model_bytes(work)
         del work
     else:

@@ -1,11 +1,13 @@
 """Streaming per-tensor statistics: min, max and a histogram of |x| whose range grows by merging bins.
 
 Memory per tensor is fixed (``bins`` counters), whatever the number of calibration samples: the raw
-activations are never kept. The range is a power of two: the smallest one that covers the first non-zero
-batch, doubled (every two adjacent bins merged into one) as often as a later batch needs. Merging is exact: a
-new bin covers exactly the old bins it replaces, so no count moves to a wrong value range. Because the
-final range is the smallest power of two >= max |x| whatever the order and grouping of the data, the
-histogram does not depend on how the samples were batched (the data fills between half and all of the bins).
+activations are never kept. Counts go to ``bins * FINE`` fine bins over a power-of-two range: the smallest
+power of two that covers the first non-zero batch, doubled (adjacent fine bins merged) as often as a later
+batch needs. Merging is exact: a merged bin covers exactly the bins it replaces, so no count moves to a wrong
+value range. Because the final fine range is the smallest power of two >= max |x| whatever the order and
+grouping of the data, the histogram does not depend on how the samples were batched. The ``bins``-bin
+histogram the calibrators read merges whole groups of fine bins: 5 to 8 of them per bin, so its range is
+between max |x| and 1.25 x max |x| (TensorRT's published calibrator uses [0, max |x|]).
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import math
 import numpy as np
 
 DEFAULT_BINS = 2048
+FINE = 8  # fine bins per reported bin: the reported range is at most 25 % above max |x|
 
 
 def _count_abs_numpy(x: np.ndarray, hist: np.ndarray, scale: float) -> None:
@@ -57,26 +60,32 @@ def _power_of_two_at_least(top: float) -> float:
 class TensorHistogram:
     """Streaming statistics of one tensor.
 
+    Counts are kept in ``bins * FINE`` fine bins over a power-of-two range; :attr:`hist` merges them into
+    ``bins`` bins over the smallest range (a whole number of fine bins per bin) that still covers max |x|.
+
     Attributes:
         bins: number of histogram bins (2048 for TensorRT's entropy calibration).
         hist: int64 counts of |x| over ``[0, range)`` (the last bin also holds x == range), or None when
             histograms are off.
-        range: upper edge of the histogram (0 until a non-zero value arrives).
+        range: upper edge of :attr:`hist` (0 until a non-zero value arrives): between max |x| and 1.25 x
+            max |x| (5 to 8 fine bins per bin).
+        fine, fine_range: the fine counts and their power-of-two range.
         min, max: the smallest and largest finite value seen. count: finite values seen.
         nonfinite: NaN/Inf values seen (they are reported, and excluded from every statistic).
     """
 
-    __slots__ = ("bins", "hist", "range", "min", "max", "count", "nonfinite", "batches")
+    __slots__ = ("bins", "fine", "fine_range", "min", "max", "count", "nonfinite", "batches", "_view")
 
     def __init__(self, bins: int = DEFAULT_BINS, histogram: bool = True):
         self.bins = int(bins)
-        self.hist = np.zeros(self.bins, np.int64) if histogram else None
-        self.range = 0.0
+        self.fine = np.zeros(self.bins * FINE, np.int64) if histogram else None
+        self.fine_range = 0.0
         self.min = math.inf
         self.max = -math.inf
         self.count = 0
         self.nonfinite = 0
         self.batches = 0
+        self._view = None
 
     # ---------------------------------------------------------------------------------------- update
     def update(self, x: np.ndarray) -> None:
@@ -87,10 +96,12 @@ class TensorHistogram:
         if x.dtype != np.float32 and x.dtype != np.float64:
             x = x.astype(np.float32)
         self.batches += 1
-        if self.range > 0.0 and self.hist is not None and _histc is not None and x.dtype == np.float32:
+        self._view = None
+        fine = self.fine
+        if self.fine_range > 0.0 and fine is not None and _histc is not None and x.dtype == np.float32:
             # one C pass: min/max, NaN/Inf and the counts, kept when nothing lies beyond the range
-            lo, hi, bad, counted = _histc.update_abs(np.ascontiguousarray(x), self.hist, self.bins / self.range,
-                                                     self.range)
+            lo, hi, bad, counted = _histc.update_abs(np.ascontiguousarray(x), fine, fine.size / self.fine_range,
+                                                     self.fine_range)
             if counted:
                 self.nonfinite += bad
                 if bad < x.size:
@@ -109,33 +120,53 @@ class TensorHistogram:
         self.min = min(self.min, lo)
         self.max = max(self.max, hi)
         self.count += int(x.size)
-        if self.hist is None:
+        if fine is None:
             return
         top = max(-lo, hi)
-        if top > self.range:
+        if top > self.fine_range:
             self._grow(top)
-        if self.range == 0.0:  # everything so far is exactly zero
-            self.hist[0] += x.size
+        if self.fine_range == 0.0:  # everything so far is exactly zero
+            self.fine[0] += x.size
             return
-        count_abs(x, self.hist, self.bins / self.range)
+        count_abs(x, self.fine, self.fine.size / self.fine_range)
 
     def _grow(self, top: float) -> None:
         new_range = _power_of_two_at_least(top)
-        if self.range == 0.0:
+        if self.fine_range == 0.0:
             # only zeros so far (all in bin 0, which stays bin 0 under any range)
-            self.range = new_range
+            self.fine_range = new_range
             return
-        factor = int(math.ceil(new_range / self.range))  # a power of two unless the range overflowed
-        while self.range * factor < top:  # guard against float rounding
+        factor = int(math.ceil(new_range / self.fine_range))  # a power of two unless the range overflowed
+        while self.fine_range * factor < top:  # guard against float rounding
             factor += 1
-        if factor >= self.bins:  # a jump beyond bins x the range (an outlier): every old count lands in bin 0
-            merged = np.array([self.hist.sum()], np.int64)
+        n = self.fine.size
+        if factor >= n:  # a jump beyond n x the range (an outlier): every old count lands in bin 0
+            merged = np.array([self.fine.sum()], np.int64)
         else:
-            pad = (-self.bins) % factor
-            merged = np.concatenate([self.hist, np.zeros(pad, np.int64)]).reshape(-1, factor).sum(axis=1)
-        self.hist = np.zeros(self.bins, np.int64)
-        self.hist[:merged.size] = merged
-        self.range *= factor
+            pad = (-n) % factor
+            merged = np.concatenate([self.fine, np.zeros(pad, np.int64)]).reshape(-1, factor).sum(axis=1)
+        self.fine = np.zeros(n, np.int64)
+        self.fine[:merged.size] = merged
+        self.fine_range *= factor
+
+    def _merged(self):
+        if self._view is None:
+            fine = self.fine
+            used = np.flatnonzero(fine)
+            per = max(1, -(-(int(used[-1]) + 1 if used.size else 1) // self.bins))  # fine bins per bin
+            hist = fine[:per * self.bins].reshape(self.bins, per).sum(axis=1)
+            self._view = (hist, self.fine_range * per * self.bins / fine.size)
+        return self._view
+
+    @property
+    def hist(self):
+        """``bins`` counts of |x| (merged from the fine counts), or None when histograms are off."""
+        return None if self.fine is None else self._merged()[0]
+
+    @property
+    def range(self) -> float:
+        """Upper edge of :attr:`hist` (0.0 until a non-zero value arrives, or without histograms)."""
+        return 0.0 if self.fine is None or self.fine_range == 0.0 else self._merged()[1]
 
     # ---------------------------------------------------------------------------------------- answers
     @property
