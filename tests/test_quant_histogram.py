@@ -117,3 +117,23 @@ def test_one_pass_c_update_equals_the_numpy_update(monkeypatch):
         (slow.range, slow.min, slow.max, slow.count, slow.nonfinite, slow.batches)
     assert fast.nonfinite == 7000 // 97 + 1 + 3 + 10
     np.testing.assert_array_equal(fast.hist, slow.hist)
+
+
+@needs_c
+def test_calibration_gives_the_same_ranges_with_and_without_the_c_kernel(monkeypatch):
+    from pathlib import Path
+
+    from edgesqueeze.data import open_data
+    from edgesqueeze.model import load_model
+    from edgesqueeze.quant import calibrate
+
+    digits = Path(__file__).resolve().parents[1] / "examples" / "digits"
+    model = load_model(digits / "digits_cnn.onnx")
+
+    def ranges():
+        return {m: calibrate(model, open_data(str(digits / "calib.npz"), model), method=m)
+                for m in ("entropy", "percentile", "mse", "minmax")}
+
+    fast = ranges()
+    monkeypatch.setattr(hmod, "_histc", None)
+    assert ranges() == fast
