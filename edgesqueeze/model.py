@@ -441,9 +441,18 @@ def save_model(model: ModelProto, path: PathLike, *, inputs: Sequence[Optional[P
                     fh.flush()
                     os.fsync(fh.fileno())
         else:  # protobuf cannot hold > 2 GB: weights go to <name>.data next to the model
+            from onnx.external_data_helper import _get_all_tensors, load_external_data_for_model  # noqa: PLC2701
+
+            located = [t.HasField("data_location") for t in _get_all_tensors(model)]
             with atomic_path(path) as tmp:
                 onnx.save_model(model, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
                                 location=path.name + ".data")
+            # onnx.save_model moved the weights out of ``model`` itself: read them back, so that the caller's
+            # model is as it was (a copy before saving would hold > 2 GB twice)
+            load_external_data_for_model(model, str(path.parent))
+            for t, had in zip(_get_all_tensors(model), located):
+                if not had:
+                    t.ClearField("data_location")
     except OSError as exc:
         raise InputError(f"cannot write the model: {exc.strerror}", path=str(path)) from exc
     return path

@@ -272,8 +272,10 @@ def test_save_bytes_are_the_serialised_model_and_2gb_switch_holds(tmp_path, monk
     # the limit between the weights' bytes and the full size: serialised, then found too big -> external data
     monkeypatch.setattr(em, "_TWO_GB", size - 1)
     assert em._tensor_payload(m) <= size - 1
-    save_model(onnx.ModelProto.FromString(out.read_bytes()), tmp_path / "b.onnx")  # a copy: onnx.save moves
+    kept = onnx.ModelProto.FromString(out.read_bytes())
+    save_model(kept, tmp_path / "b.onnx")
     assert (tmp_path / "b.onnx.data").exists()  # the weights out of the model it writes with external data
+    assert kept.SerializeToString(deterministic=True) == out.read_bytes()  # and the caller's model keeps its own
     # the limit below the weights' bytes: external data without serialising first
     monkeypatch.setattr(em, "_TWO_GB", 10)
     save_model(onnx.ModelProto.FromString(out.read_bytes()), tmp_path / "c.onnx")
