@@ -197,3 +197,25 @@ def test_calibration_batch_follows_the_memory_budget(monkeypatch):
     _, reader, _ = reader_of(4)
     with pytest.raises(InputError, match="calibration batch"):
         collect_statistics(model, reader, calib_batch=0)
+
+
+@pytest.mark.parametrize("name", ["light_squeezenet.onnx", "light_shufflenet.onnx", "light_bvlc_alexnet.onnx"])
+def test_zoo_models_stack_and_agree_with_single_runs(name, light_models_dir, monkeypatch):
+    """Real Model-Zoo graphs (Reshape/Flatten heads, channel shuffles): stacked runs pass the check and give the
+    ranges of one-sample runs."""
+    from edgesqueeze.model import load_model
+    from edgesqueeze.quant import collect
+
+    model = load_model(light_models_dir / name, opset=13)
+    reader = open_data("random", model, limit=4)
+    checks = []
+    real = collect._first_stacked_run
+    monkeypatch.setattr(collect, "_first_stacked_run", lambda *a: checks.append(real(*a)) or checks[-1])
+    with pytest.warns(UserWarning, match="random"):
+        stacked = calibrate(model, reader, method="entropy", calib_batch=2)
+    with pytest.warns(UserWarning, match="random"):
+        single = calibrate(model, reader, method="entropy", calib_batch=1)
+    assert checks and all(c is not None for c in checks)
+    assert stacked.keys() == single.keys()
+    for k in single:
+        assert stacked[k] == pytest.approx(single[k], rel=1e-3), k
