@@ -219,3 +219,13 @@ def test_zoo_models_stack_and_agree_with_single_runs(name, light_models_dir, mon
     assert stacked.keys() == single.keys()
     for k in single:
         assert stacked[k] == pytest.approx(single[k], rel=1e-3), k
+
+
+def test_feeds_of_different_shapes_are_never_stacked_together():
+    from edgesqueeze.quant.collect import _batches
+
+    feeds = [{"x": np.zeros((1, 3), np.float32)}] * 3 + [{"x": np.zeros((1, 4), np.float32)}] * 2 + \
+        [{"x": np.zeros((2, 4), np.float32)}, {"x": np.zeros((1, 4), np.float64)}]
+    groups = [[(f["x"].shape, f["x"].dtype.name) for f in c] for c in _batches(feeds, 2)]
+    assert groups == [[((1, 3), "float32")] * 2, [((1, 3), "float32")], [((1, 4), "float32")] * 2,
+                      [((2, 4), "float32")], [((1, 4), "float64")]]

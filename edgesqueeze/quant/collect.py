@@ -255,9 +255,17 @@ def calibration_batch(model: ModelProto, names: Sequence[str], batch: int, memor
 
 
 def _batches(reader: Iterable[Dict[str, np.ndarray]], stack: int) -> Iterator[List[Dict[str, np.ndarray]]]:
+    """Up to ``stack`` consecutive feeds at a time; a feed whose shapes beyond the first dimension (or dtypes)
+    differ from the previous ones starts a new group, so every group can be concatenated."""
     chunk: List[Dict[str, np.ndarray]] = []
+    key = None
     for feed in reader:
+        this = tuple((k, np.shape(v)[1:], np.asarray(v).dtype.str) for k, v in sorted(feed.items()))
+        if chunk and this != key:
+            yield chunk
+            chunk = []
         chunk.append(feed)
+        key = this
         if len(chunk) == stack:
             yield chunk
             chunk = []
