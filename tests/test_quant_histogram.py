@@ -90,7 +90,8 @@ def test_histogram_does_not_depend_on_batching_or_order(kind):
         for size in sizes:
             parts.update(x[order[start:start + size]])
             start += size
-        assert parts.fine_range == whole.fine_range and parts.range == whole.range and (parts.min, parts.max, parts.count) == (whole.min, whole.max, whole.count)
+        assert (parts.fine_range, parts.range) == (whole.fine_range, whole.range)
+        assert (parts.min, parts.max, parts.count) == (whole.min, whole.max, whole.count)
         np.testing.assert_array_equal(parts.hist, whole.hist)
 
 

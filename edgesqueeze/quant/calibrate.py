@@ -109,8 +109,8 @@ def calibrate(model: ModelProto, reader, method: str = "entropy", percentile: fl
                       f"{nonfinite[first]} values); they were left out of the ranges", stacklevel=2)
     if cache_file is not None:
         write_json_atomic(cache_file, {"format": CACHE_FORMAT, "method": method, "percentile": percentile,
-                                       "data": reader.describe(), "amax": [[k, v] for k, v in amax.items()], "stats": summary,
-                                       "nonfinite": nonfinite})
+                                       "data": reader.describe(), "amax": [[k, v] for k, v in amax.items()],
+                                       "stats": summary, "nonfinite": nonfinite})
     if details is not None:
         details.update({"cached": False, "key": key, "stats": summary, "nonfinite": nonfinite,
                         "cache_file": str(cache_file) if cache_file else None})

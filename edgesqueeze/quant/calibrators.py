@@ -3,9 +3,10 @@
 - ``minmax``: amax = max |x| seen.
 - ``entropy``: TensorRT's EntropyCalibration2 as NVIDIA published it (Migacz, GTC 2017; TENSORRT.md): over the
   2048-bin histogram of |x| (bin 0, the spike of exact zeros after a ReLU, takes bin 1's count as in NVIDIA's
-  published calibrator, when bin 1 is not empty), for every candidate i in 128..bins, P = bins[0:i] with all counts at or beyond i
-  added to bin i-1; Q = bins[0:i] merged into 128 levels (i // 128 bins per level, the last level takes the
-  remainder) and expanded back, each level's count spread evenly over the bins that are non-zero in P; the
+  published calibrator, when bin 1 is not empty), for every candidate i in 128..bins, P = bins[0:i] with all
+  counts at or beyond i added to bin i-1; Q = bins[0:i] merged into 128 levels (i // 128 bins per level, the
+  last level takes the remainder) and expanded back, each level's count spread evenly over the bins that are
+  non-zero in P; the
   candidate with the smallest KL(P||Q) wins (the first one on ties) and amax = (i + 0.5) x bin width.
   A candidate whose Q is zero where P is not has infinite divergence. Empty bins of P add nothing.
 - ``percentile``: amax = the upper edge of the bin where the cumulative |x| histogram reaches p %.
