@@ -106,3 +106,17 @@ class _Main:
 
         code = self._main(list(args or []))
         sys.exit(code)
+
+
+@pytest.fixture(scope="session")
+def harness_dir(tmp_path_factory):
+    """The g++ build of the kernels' host harness (compiled once per session; skips without a C++ compiler)."""
+    from edgesqueeze.errors import UnsupportedError
+    from edgesqueeze.plugins import emulate
+
+    path = tmp_path_factory.mktemp("esq_kernels")
+    try:
+        emulate.build_harness(path)
+    except UnsupportedError as exc:  # no C++ compiler on this machine
+        pytest.skip(str(exc))
+    return path

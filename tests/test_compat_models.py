@@ -61,11 +61,9 @@ def test_tx2_build_bundle_models_load_on_jetpack46(tmp_path):
         np.testing.assert_allclose(got, ref, rtol=2e-2 if "fp16" in p.name else 1e-4, atol=1e-3, err_msg=p.name)
 
 
-def test_build_fails_clearly_when_the_target_cannot_hold_the_model(tmp_path):
+def _layernorm_model(tmp_path):
+    """One LayerNormalization node (opset 17: no older opset has it) saved as ln.onnx."""
     from onnx import TensorProto, helper, numpy_helper
-
-    from edgesqueeze.errors import UnsupportedError
-    from edgesqueeze.pipeline import build
 
     g = helper.make_graph([helper.make_node("LayerNormalization", ["x", "s", "b"], ["y"], name="ln")], "g",
                           [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8])],
@@ -76,6 +74,14 @@ def test_build_fails_clearly_when_the_target_cannot_hold_the_model(tmp_path):
     m.ir_version = 8
     path = tmp_path / "ln.onnx"
     onnx.save(m, path)
+    return path
+
+
+def test_build_fails_clearly_when_the_target_cannot_hold_the_model(tmp_path):
+    from edgesqueeze.errors import UnsupportedError
+    from edgesqueeze.pipeline import build
+
+    path = _layernorm_model(tmp_path)
     with pytest.raises(UnsupportedError) as err:
         build(path, "tx2", tmp_path / "out", progress=False, optimize=False)
     assert "tx2" in str(err.value) and "LayerNormalization node 'ln'" in str(err.value) and err.value.exit_code == 4
@@ -123,17 +129,7 @@ def test_convert_cli(tmp_path):
 
 
 def test_convert_exit_codes(cli, tmp_path):
-    from onnx import TensorProto, helper, numpy_helper
-
-    g = helper.make_graph([helper.make_node("LayerNormalization", ["x", "s", "b"], ["y"], name="ln")], "g",
-                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8])],
-                          [numpy_helper.from_array(np.ones(8, np.float32), "s"),
-                           numpy_helper.from_array(np.zeros(8, np.float32), "b")])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 8
-    path = tmp_path / "ln.onnx"
-    onnx.save(m, path)
+    path = _layernorm_model(tmp_path)
     code, out, err = cli("convert", str(path), "-o", str(tmp_path / "ln13.onnx"), "--target", "tx2")
     assert code == 4 and "LayerNormalization node 'ln'" in err and "first appears in opset 17" in err
     assert not (tmp_path / "ln13.onnx").exists()

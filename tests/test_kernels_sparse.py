@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgesqueeze.errors import UnsupportedError
 from edgesqueeze.ortutil import run_model
 from edgesqueeze.plugins import emulate
 from edgesqueeze.plugins.dwsep import ACTIVATIONS
@@ -21,16 +20,6 @@ CASES = [
 ]
 PARAMS = {"none": (0.0, 0.0), "relu": (0.0, 0.0), "clip": (-0.5, 0.5), "leaky_relu": (0.2, 0.0),
           "sigmoid": (0.0, 0.0), "hard_sigmoid": (0.2, 0.5), "hard_swish": (0.0, 0.0)}
-
-
-@pytest.fixture(scope="session")
-def harness_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("esq_kernels")
-    try:
-        emulate.build_harness(path)  # g++ -std=c++14, once per session
-    except UnsupportedError as exc:  # no C++ compiler on this machine
-        pytest.skip(str(exc))
-    return path
 
 
 def _sparse_weight(m, c, k, fmt, rng):

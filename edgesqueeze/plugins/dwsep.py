@@ -389,11 +389,17 @@ def make_dwsep_model(x_shape: Sequence[int], w_dw: np.ndarray, b_dw: np.ndarray,
                            name="dwsep", channels=c, dtype=dt)
     inits = [onnx.numpy_helper.from_array(a, name) for a, name in
              ((w_dw, "w_dw"), (b_dw, "b_dw"), (w_pw, "w_pw"), (b_pw, "b_pw"))]
-    graph = helper.make_graph([node], "dwsep", [helper.make_tensor_value_info("x", elem, [n, c, hgt, wid])],
-                              [helper.make_tensor_value_info("y", elem, [n, m, oh, ow])], inits)
+    return one_node_model(node, inits, dwsep_function(node, opset), elem, [n, c, hgt, wid], [n, m, oh, ow], opset)
+
+
+def one_node_model(node: NodeProto, inits: Sequence[TensorProto], function: FunctionProto, elem: int,
+                   x_shape: Sequence[int], y_shape: Sequence[int], opset: int) -> ModelProto:
+    """A model of one edgesqueeze-domain ``node`` (input ``"x"``, output ``"y"``) with its local function."""
+    graph = helper.make_graph([node], node.name, [helper.make_tensor_value_info("x", elem, list(x_shape))],
+                              [helper.make_tensor_value_info("y", elem, list(y_shape))], list(inits))
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset),
                                                     helper.make_opsetid(DOMAIN, DOMAIN_VERSION)],
-                              functions=[dwsep_function(node, opset)], producer_name="edgesqueeze")
+                              functions=[function], producer_name="edgesqueeze")
     model.ir_version = OVERLOAD_IR_VERSION
     return model
 

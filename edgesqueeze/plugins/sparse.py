@@ -41,12 +41,11 @@ from ..errors import InputError, UnsupportedError
 from .dwsep import (
     ACTIVATIONS,
     DOMAIN,
-    DOMAIN_VERSION,
-    OVERLOAD_IR_VERSION,
     _activate,
     _activation_nodes,
     conv_output_hw,
     install_functions,
+    one_node_model,
 )
 from .sparse_formats import (  # noqa: F401 (re-exported)
     choose_format,
@@ -300,13 +299,8 @@ def make_sparse_conv_model(x_shape: Sequence[int], weight: np.ndarray, bias: np.
                                  name="sparse_conv", dtype=dt)
     inits = [onnx.numpy_helper.from_array(a, f"w_{k}") for k, a in arrays.items()]
     inits.append(onnx.numpy_helper.from_array(bias, "b"))
-    graph = helper.make_graph([node], "sparse_conv", [helper.make_tensor_value_info("x", elem, [n, c, hgt, wid])],
-                              [helper.make_tensor_value_info("y", elem, [n, m, oh, ow])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset),
-                                                    helper.make_opsetid(DOMAIN, DOMAIN_VERSION)],
-                              functions=[sparse_conv_function(node, opset)], producer_name="edgesqueeze")
-    model.ir_version = OVERLOAD_IR_VERSION
-    return model
+    return one_node_model(node, inits, sparse_conv_function(node, opset), elem, [n, c, hgt, wid], [n, m, oh, ow],
+                          opset)
 
 
 def reference_sparse_conv(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, *, strides: Sequence[int] = (1, 1),
