@@ -38,19 +38,20 @@ _FUNCTION_ATTRS = ("kernel_shape", "strides", "pads", "dilations", "dw_activatio
                    "dw_beta", "pw_alpha", "pw_beta", "plugin_namespace", "plugin_version")
 
 
-def _dtype_tag(dtype) -> str:
+def _dtype_tag(dtype, op_type: str = OP_TYPE) -> str:
+    """``f32``/``f16`` for a numpy dtype or TensorProto element type; other types are unsupported by ``op_type``."""
     if isinstance(dtype, int):  # a TensorProto element type
         for tag, elem in _DTYPES.items():
             if elem == dtype:
                 return tag
-        raise UnsupportedError(f"{OP_TYPE} supports float32 and float16, not "
+        raise UnsupportedError(f"{op_type} supports float32 and float16, not "
                                f"{TensorProto.DataType.Name(dtype)}")
     dt = np.dtype(dtype)
     if dt == np.float32:
         return "f32"
     if dt == np.float16:
         return "f16"
-    raise UnsupportedError(f"{OP_TYPE} supports float32 and float16, not {dt}")
+    raise UnsupportedError(f"{op_type} supports float32 and float16, not {dt}")
 
 
 def overload_key(dw_activation: str, pw_activation: str, channels: int, dtype=np.float32) -> str:

@@ -43,6 +43,7 @@ from .dwsep import (
     DOMAIN,
     _activate,
     _activation_nodes,
+    _dtype_tag as _float_tag,
     conv_output_hw,
     install_functions,
     one_node_model,
@@ -73,12 +74,7 @@ _FUNCTION_ATTRS = ("sparse_format", "kernel_shape", "strides", "pads", "dilation
 
 # ----------------------------------------------------------------------------- node + function
 def _dtype_tag(dtype) -> str:
-    dt = np.dtype(dtype)
-    if dt == np.float32:
-        return "f32"
-    if dt == np.float16:
-        return "f16"
-    raise UnsupportedError(f"{OP_TYPE} supports float32 and float16, not {dt}")
+    return _float_tag(dtype, OP_TYPE)
 
 
 def overload_key(sparse_format: str, activation: str, dtype=np.float32) -> str:
