@@ -2,14 +2,25 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import errno
 import hashlib
 import json
 import os
+import re
+import shutil
+import sys
 import tempfile
 from pathlib import Path
-from typing import Iterator, Union
+from typing import Iterator, List, Optional, Union
 
 from .errors import InputError
+
+if os.name == "posix":
+    import fcntl
+else:  # pragma: no cover - Windows: no advisory locks; outputs are still written atomically
+    fcntl = None
 
 PathLike = Union[str, os.PathLike]
 
@@ -75,8 +86,9 @@ def atomic_path(target: PathLike, suffix: str = "") -> Iterator[Path]:
             raise InputError(f"cannot create the output directory: {exc.strerror}", path=str(parent)) from exc
     if target.is_dir():
         raise InputError("is a directory; give a file name for the output", path=str(target))
+    clean_stale(parent, target.name, ".tmp")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix + ".tmp", dir=str(parent))
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(target.name), suffix=suffix + ".tmp", dir=str(parent))
     except OSError as exc:  # read-only or not a directory: a user error, found before any work is lost
         raise InputError(f"cannot write here: {exc.strerror}", path=str(target)) from exc
     os.close(fd)
@@ -91,6 +103,124 @@ def atomic_path(target: PathLike, suffix: str = "") -> Iterator[Path]:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def temp_prefix(name: str) -> str:
+    """The prefix of a temporary sibling of ``name``: hidden, with this process's id (see :func:`clean_stale`)."""
+    return f".{name}.{os.getpid()}."
+
+
+def pid_alive(pid: int) -> bool:
+    """True when a process ``pid`` exists (this one included)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it exists, owned by someone else
+        return True
+    return True
+
+
+def clean_stale(parent: PathLike, name: str, suffix: str) -> List[Path]:
+    """Remove temporary siblings of ``name`` in ``parent`` left by killed runs; return what was removed.
+
+    A temporary sibling is ``.{name}.{pid}.*{suffix}`` (see :func:`temp_prefix`); it is stale when no process
+    ``pid`` runs any more. Files and folders of live processes are left alone.
+    """
+    pattern = re.compile(r"^\." + re.escape(name) + r"\.(\d+)\..*" + re.escape(suffix) + r"$")
+    removed = []
+    with contextlib.suppress(OSError):
+        for entry in sorted(os.listdir(parent)):
+            m = pattern.match(entry)
+            if not m or pid_alive(int(m.group(1))):
+                continue
+            path = Path(parent) / entry
+            with contextlib.suppress(OSError):
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+                removed.append(path)
+    return removed
+
+
+class OutputLock:
+    """An exclusive, non-blocking lock on the output ``target`` (a hidden ``.{name}.lock`` next to it).
+
+    Two runs writing the same output cannot both hold it: the second gets :class:`InputError` at once. The lock
+    file is removed on release; a run killed while holding it leaves a file that the next run simply locks again
+    (the kernel drops the lock with the process).
+    """
+
+    def __init__(self, target: PathLike):
+        target = Path(target)
+        self.path = (target.parent if str(target.parent) else Path(".")) / f".{target.name}.lock"
+        self.target = target
+        self._fd: Optional[int] = None
+
+    def acquire(self) -> "OutputLock":
+        """Take the lock; raises :class:`InputError` when another run holds it or it cannot be created."""
+        while self._fd is None and fcntl is not None:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise InputError(f"cannot write here: {exc.strerror}", path=str(self.target)) from exc
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                raise InputError("another edgesqueeze run is writing this output now", path=str(self.target),
+                                 hint="wait for it to finish, or choose another -o") from None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:  # else the holder before us removed the file between our open and flock: try again
+                self._fd = fd
+            else:
+                os.close(fd)
+        return self
+
+    def release(self) -> None:
+        """Drop the lock and remove its file (safe to call twice)."""
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> "OutputLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+_RENAME_EXCHANGE = 2
+
+
+def exchange_paths(a: PathLike, b: PathLike) -> bool:
+    """Swap the two existing paths ``a`` and ``b`` in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``).
+
+    Returns False, changing nothing, where the system or the file system cannot do it; raises ``OSError``
+    for other failures.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_fdcwd = -100
+    rc = renameat2(at_fdcwd, os.fsencode(str(a)), at_fdcwd, os.fsencode(str(b)), _RENAME_EXCHANGE)
+    if rc == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), str(a))
 
 
 def _umask() -> int:

@@ -1,21 +1,35 @@
 """Assemble a bundle folder: models, calibration cache, plugin sources, scripts, manifest.
 
-The folder is built in a staging directory next to the destination and renamed
-into place, so an interrupted build never leaves half a bundle behind.
+The folder is built in a staging directory next to the destination and moved into
+place at the end, so an interrupted build never leaves half a bundle behind:
+
+- a lock next to the bundle (``.NAME.lock``) makes one build at a time write it; a second
+  build into the same folder fails at once, and the "already a bundle" check is repeated
+  under the lock at commit;
+- an old bundle is replaced by swapping the two folders in one step (Linux
+  ``renameat2(RENAME_EXCHANGE)``), so the final name never goes missing. Where the system
+  cannot swap, the old folder is renamed to ``.NAME.PID.old`` and the new one into place;
+  a run killed between those two renames leaves the old bundle there, and the next run
+  puts it back before it starts;
+- staging folders and temporary files of killed runs (named with their process id) are
+  removed by the next run that writes the same bundle.
 """
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Callable, Dict, Optional
 
 import onnx
 
 from ..errors import InputError
-from ..fileio import PathLike, check_writable, sha256_bytes
+from ..fileio import (OutputLock, PathLike, pid_alive, check_writable, clean_stale, exchange_paths, sha256_bytes,
+                      temp_prefix)
 from ..model import model_bytes
 from .manifest import MANIFEST, SCHEMA, hash_files, manifest_bytes
 
@@ -53,14 +67,26 @@ class BundleWriter:
 
     def __init__(self, out_dir: PathLike, *, force: bool = False):
         self.out_dir = Path(out_dir)
+        self.force = force
         check_out_dir(self.out_dir, force=force)
         parent = self.out_dir.resolve().parent
         try:
             parent.mkdir(parents=True, exist_ok=True)
-            self.staging = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.", suffix=".staging",
-                                                 dir=str(parent)))
         except OSError as exc:
             raise InputError(f"cannot write the bundle here: {exc.strerror}", path=str(self.out_dir)) from exc
+        self.out_dir = parent / self.out_dir.name
+        self._lock = OutputLock(self.out_dir).acquire()
+        try:
+            _recover(self.out_dir)
+            check_out_dir(self.out_dir, force=force)
+            self.staging = Path(tempfile.mkdtemp(prefix=temp_prefix(self.out_dir.name), suffix=".staging",
+                                                 dir=str(parent)))
+        except OSError as exc:
+            self._lock.release()
+            raise InputError(f"cannot write the bundle here: {exc.strerror}", path=str(self.out_dir)) from exc
+        except BaseException:
+            self._lock.release()
+            raise
 
     # ------------------------------------------------------------------ adding files
     def path(self, rel: str) -> Path:
@@ -113,19 +139,16 @@ class BundleWriter:
         (self.staging / MANIFEST).write_bytes(manifest_bytes(manifest))
         os.chmod(self.staging / MANIFEST, 0o644)
         os.chmod(self.staging, 0o755)
-        old = None
-        if self.out_dir.exists():
-            old = self.out_dir.with_name(f".{self.out_dir.name}.old.{os.getpid()}")
-            os.replace(self.out_dir, old)
-        os.replace(self.staging, self.out_dir)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        check_out_dir(self.out_dir, force=self.force)  # again: something may have appeared since we started
+        _move_into_place(self.staging, self.out_dir)
+        self._lock.release()
         return manifest
 
     def abort(self) -> None:
-        """Remove the staging folder (after an error)."""
+        """Remove the staging folder (after an error) and drop the lock."""
         with contextlib.suppress(OSError):
             shutil.rmtree(self.staging)
+        self._lock.release()
 
     def __enter__(self) -> "BundleWriter":
         return self
@@ -133,6 +156,38 @@ class BundleWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None or self.staging.exists():
             self.abort()
+
+
+def _old_name(out_dir: Path) -> Path:
+    return out_dir.with_name(f"{temp_prefix(out_dir.name)}old")
+
+
+def _move_into_place(staging: Path, out_dir: Path) -> None:
+    """Put ``staging`` at ``out_dir``; an existing ``out_dir`` is swapped out in one step where possible."""
+    if out_dir.exists() and exchange_paths(staging, out_dir):
+        shutil.rmtree(staging, ignore_errors=True)  # now holds the old bundle
+        return
+    old = None
+    if out_dir.exists():
+        old = _old_name(out_dir)
+        os.replace(out_dir, old)
+    os.replace(staging, out_dir)  # a kill just before this leaves `old`, which _recover puts back
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _recover(out_dir: Path) -> None:
+    """Under the lock: put back a bundle a killed run left as ``.NAME.PID.old``; remove other leftovers."""
+    pattern = re.compile(r"^\." + re.escape(out_dir.name) + r"\.(\d+)\.old$")
+    for entry in sorted(out_dir.parent.iterdir()):
+        m = pattern.match(entry.name)
+        if m and not pid_alive(int(m.group(1))) and entry.is_dir() and not out_dir.exists():
+            os.replace(entry, out_dir)
+            warnings.warn(f"{out_dir}: put back the bundle that an interrupted run had moved aside ({entry.name})")
+    removed = [p.name for suffix in (".staging", "old", ".tmp")
+               for p in clean_stale(out_dir.parent, out_dir.name, suffix)]
+    if removed:
+        warnings.warn(f"{out_dir}: removed {len(removed)} leftover(s) of interrupted runs: {', '.join(removed)}")
 
 
 def short_key(*parts: Optional[bytes]) -> str:
