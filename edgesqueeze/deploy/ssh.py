@@ -43,8 +43,11 @@ class DeviceAddress:
 def parse_device(spec: str) -> DeviceAddress:
     """Parse ``user@host[:port]``, ``host``, ``user@[::1]:2222`` into a :class:`DeviceAddress`.
 
+    The user and host are checked so that neither can reach ssh as an option (no leading ``-``, no
+    whitespace, control or shell characters); ssh is also given ``--`` before the destination.
+
     Raises:
-        InputError: an empty host or a port that is not a number in 1..65535.
+        InputError: an empty or unsafe host or user, or a port that is not a number in 1..65535.
     """
     text = (spec or "").strip()
     if text.startswith("ssh://"):
@@ -65,9 +68,17 @@ def parse_device(spec: str) -> DeviceAddress:
         if not port_text.isdigit() or not 0 < int(port_text) < 65536:
             raise InputError(f"bad port '{port_text}' in device '{spec}' (expected user@host[:port])")
         port = int(port_text)
-    if not host or any(c.isspace() for c in host):
-        raise InputError(f"bad device '{spec}' (expected user@host[:port])")
+    if not host or not _SAFE_HOST.fullmatch(host):
+        raise InputError(f"bad device {spec!r}: the host may hold letters, digits and . _ - : % only, "
+                         "and may not start with '-' (expected user@host[:port])")
+    if user is not None and not _SAFE_USER.fullmatch(user):
+        raise InputError(f"bad device {spec!r}: the user may hold letters, digits and . _ - only, "
+                         "and may not start with '-' (expected user@host[:port])")
     return DeviceAddress(host=host, user=user, port=port)
+
+
+_SAFE_HOST = re.compile(r"[A-Za-z0-9_.%:][A-Za-z0-9_.%:-]*")  # names, IPv4, IPv6 (with a %zone), config aliases
+_SAFE_USER = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.-]*")
 
 
 # ssh's own messages -> what the user should hear (first match wins)
@@ -165,7 +176,7 @@ class SshTransport:
                      "-o", "ControlPersist=60"]
         for opt in self.ssh_options:
             args += ["-o", opt]
-        return args + [self.address.destination]
+        return args + ["--", self.address.destination]
 
     # ------------------------------------------------------------------ running
     def run(self, command: str, *, timeout: float, input: Optional[bytes] = None,  # noqa: A002 - subprocess's name
@@ -325,7 +336,7 @@ class SshTransport:
             if self.address.port:
                 args += ["-p", str(self.address.port)]
             try:
-                subprocess.run(args + [self.address.destination], capture_output=True, timeout=10)
+                subprocess.run(args + ["--", self.address.destination], capture_output=True, timeout=10)
             except (OSError, subprocess.TimeoutExpired):
                 pass
         shutil.rmtree(sock_dir, ignore_errors=True)
