@@ -3,14 +3,20 @@ codes (Deep Compression, Han et al. 2016), with the rest of the ONNX model along
 
 Layout (all integers are unsigned LEB128 varints unless marked; floats little-endian IEEE-754 binary32)::
 
-    file      := "ESQ1" version(=1) skel_len skeleton n_tensors tensor*
+    file      := "ESQ1" version(=2) skel_len skeleton crc32 n_tensors tensor*
     skeleton  := zlib(ONNX ModelProto, packed initializers with their data removed)
-    tensor    := str(name) u8 data_type(=1, float32) rank dim* u8 index_bits u8 mode entries
+    tensor    := record_len crc32 record    # crc32 (u32 little-endian, zlib's) of the bytes it follows/precedes
+    record    := str(name) u8 data_type(=1, float32) rank dim* u8 index_bits u8 mode entries
                  [mode 0: K  K x f32 codebook]  stream(gaps)  [mode 0: stream(values) | mode 1: entries x f32]
                | ... u8 index_bits u8 mode(=2) size  size x f32     # dense: smaller than mode 1 would be
     stream    := table nbytes byte*             # Huffman-coded, most significant bit first
     table     := min_symbol n_symbols ceil(n_symbols / 2) bytes of 4-bit code lengths (high nibble first, 0 = unused)
     str       := len utf-8 byte*
+
+Version 1 files (no checksums, a tensor is its bare record) are still read. Reading is bounded: every count
+and shape is checked against the bytes that remain and against the skeleton before anything is allocated,
+the skeleton inflates to at most :data:`MAX_SKELETON_BYTES`, the weights to at most ``max_bytes`` (default
+:data:`MAX_WEIGHT_BYTES`), and a flipped bit is an error naming the tensor (or the skeleton) it hit.
 
 A tensor is flattened (C order) into *entries*: every non-zero weight, and a *filler zero* whenever a run of
 zeros is longer than the index can express. Entry ``i`` has a gap ``g_i`` (zeros skipped before it, at most
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import io
 import math
+import struct
 import zlib
 from pathlib import Path
 from typing import Dict, Optional, Tuple, Union
@@ -37,7 +44,10 @@ from . import huffman
 from ._layers import copy_model, find_layers
 
 MAGIC = b"ESQ1"
-VERSION = 1
+VERSION = 2
+READS = (1, 2)
+MAX_SKELETON_BYTES = 256 << 20    # the ONNX skeleton holds no packed weights: far above real models
+MAX_WEIGHT_BYTES = 16 << 30       # default cap on the unpacked weights (``unpack(..., max_bytes=...)`` raises it)
 MAX_CODEBOOK = 256
 MODE_DENSE = 2  # every element as raw float32, no gaps: for tensors where sparse storage would be larger
 
@@ -57,8 +67,11 @@ class _Reader:
     def __init__(self, data: bytes, path: Optional[str]):
         self.buf, self.pos, self.path = data, 0, path
 
+    def remaining(self) -> int:
+        return len(self.buf) - self.pos
+
     def take(self, n: int) -> bytes:
-        if self.pos + n > len(self.buf):
+        if n < 0 or self.pos + n > len(self.buf):
             raise InputError("truncated .esq file", path=self.path)
         chunk = self.buf[self.pos:self.pos + n]
         self.pos += n
@@ -101,14 +114,20 @@ def _write_stream(symbols: np.ndarray, alphabet: int) -> Tuple[bytes, int]:
     return table + _uv(len(data)) + data, len(table)
 
 
-def _read_stream(r: _Reader, count: int) -> np.ndarray:
+def _read_stream(r: _Reader, count: int, alphabet: int, tensor: str) -> np.ndarray:
     lo, n = r.uv(), r.uv()
+    if lo + n > alphabet:
+        raise InputError(f"corrupt .esq stream: a code table of {lo + n} symbols for an alphabet of {alphabet}",
+                         path=r.path, tensor=tensor)
     packed = np.frombuffer(r.take((n + 1) // 2), np.uint8)
     nib = np.empty(packed.size * 2, np.uint8)
     nib[0::2], nib[1::2] = packed >> 4, packed & 0x0F
     lengths = np.zeros(lo + n, np.uint8)
     lengths[lo:] = nib[:n]
     data = r.take(r.uv())
+    if count > 8 * len(data):  # every symbol takes at least one bit
+        raise InputError(f"corrupt .esq stream: {count} symbols declared in {len(data)} bytes", path=r.path,
+                         tensor=tensor)
     try:
         return huffman.decode(data, count, lengths)
     except InputError as exc:
@@ -177,14 +196,16 @@ def pack(model: ModelProto, *, conv_index_bits: int = 8, fc_index_bits: int = 5,
     for name in chosen:  # graph order
         t = inits[name]
         arr = onnx.numpy_helper.to_array(t).astype(np.float32, copy=False)
-        rows.append(_pack_tensor(body, name, chosen[name][0], arr, chosen[name][1]))
+        record = io.BytesIO()
+        rows.append(_pack_tensor(record, name, chosen[name][0], arr, chosen[name][1]))
+        body.write(_uv(record.tell()) + _crc(record.getvalue()) + record.getvalue())
         t.ClearField("raw_data")
         t.ClearField("float_data")
         if t.data_location == onnx.TensorProto.EXTERNAL:
             t.ClearField("data_location")
             t.ClearField("external_data")
     skeleton = zlib.compress(skel.SerializeToString(deterministic=True), 9)
-    head = MAGIC + _uv(VERSION) + _uv(len(skeleton)) + skeleton + _uv(len(rows))
+    head = MAGIC + _uv(VERSION) + _uv(len(skeleton)) + skeleton + _crc(skeleton) + _uv(len(rows))
     data = head + body.getvalue()
     dense = dense_onnx_bytes if dense_onnx_bytes is not None else model.ByteSize()
     report = _size_report(rows, len(data), len(skeleton), dense)
@@ -252,18 +273,56 @@ def _size_report(rows, file_bytes: int, skeleton_bytes: int, dense_bytes: int) -
 
 
 # ----------------------------------------------------------------------------- unpack
-def unpack(source: Union[bytes, str, Path]) -> ModelProto:
+def _crc(data: bytes) -> bytes:
+    return struct.pack("<I", zlib.crc32(data) & 0xFFFFFFFF)
+
+
+def _inflate(data: bytes, limit: int, path: Optional[str], chunk: int = 16 << 20) -> bytes:
+    """zlib-decompress ``data`` in chunks, refusing more than ``limit`` bytes of output."""
+    inflater, parts, total = zlib.decompressobj(), [], 0
+    while data:
+        part = inflater.decompress(data, chunk)
+        total += len(part)
+        if total > limit:
+            raise InputError(f"the .esq skeleton inflates to more than {limit >> 20} MiB", path=path)
+        parts.append(part)
+        data = inflater.unconsumed_tail
+    return b"".join(parts) + inflater.flush()
+
+
+def _read_skeleton(r: _Reader, version: int) -> ModelProto:
+    compressed = r.take(r.uv())
+    if version >= 2 and r.take(4) != _crc(compressed):
+        raise InputError("corrupt .esq skeleton: checksum mismatch", path=r.path)
+    try:
+        model = ModelProto()
+        model.ParseFromString(_inflate(compressed, MAX_SKELETON_BYTES, r.path))
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - protobuf raises DecodeError, zlib its own
+        raise InputError(f"corrupt .esq skeleton: {exc}", path=r.path) from exc
+    return model
+
+
+def unpack(source: Union[bytes, str, Path], *, max_bytes: int = MAX_WEIGHT_BYTES) -> ModelProto:
     """Rebuild the ONNX model from ``.esq`` bytes or a ``.esq`` file path.
+
+    Args:
+        source: the file's bytes, or its path.
+        max_bytes: refuse a file whose weights unpack to more than this many bytes.
 
     Returns:
         The model with every packed weight restored bit for bit (as ``raw_data``).
 
     Raises:
-        InputError: the file is missing, not an ``.esq`` file, of a newer version, truncated or corrupt.
+        InputError: the file is missing, not an ``.esq`` file, of a newer version, truncated, corrupt (a
+            checksum names the tensor), or declares more than ``max_bytes`` of weights.
     """
     path = None
     if not isinstance(source, (bytes, bytearray)):
         path = str(source)
+        if Path(source).exists() and not Path(source).is_file():
+            raise InputError("not a regular file (a folder, FIFO or device cannot be an .esq file)", path=path)
         try:
             source = Path(source).read_bytes()
         except OSError as exc:
@@ -272,38 +331,65 @@ def unpack(source: Union[bytes, str, Path]) -> ModelProto:
     if r.take(4) != MAGIC:
         raise InputError("not an .esq file (bad magic)", path=path)
     version = r.uv()
-    if version != VERSION:
-        raise InputError(f".esq version {version} is not supported (this edgesqueeze reads {VERSION})", path=path)
-    try:
-        skel_bytes = zlib.decompress(r.take(r.uv()))
-        model = ModelProto()
-        model.ParseFromString(skel_bytes)
-    except (zlib.error, Exception) as exc:  # noqa: BLE001 - protobuf raises DecodeError, zlib its own
-        if isinstance(exc, InputError):
-            raise
-        raise InputError(f"corrupt .esq skeleton: {exc}", path=path) from exc
+    if version not in READS:
+        raise InputError(f".esq version {version} is not supported (this edgesqueeze reads {READS[-1]})", path=path)
+    model = _read_skeleton(r, version)
     inits = {t.name: t for t in model.graph.initializer}
+    budget = [max_bytes]
     for _ in range(r.uv()):
-        name, arr = _read_tensor(r)
-        t = inits.get(name)
-        if t is None or list(t.dims) != list(arr.shape):
-            raise InputError("packed tensor does not match the skeleton", path=path, tensor=name)
-        t.raw_data = arr.astype("<f4").tobytes()
+        rec = r
+        if version >= 2:
+            size = r.uv()
+            crc = r.take(4)
+            body = r.take(size)
+            if _crc(body) != crc:
+                raise InputError("corrupt .esq tensor: checksum mismatch", path=path, tensor=_peek_name(body))
+            rec = _Reader(body, path)
+        name, arr = _read_tensor(rec, inits, budget)
+        if rec is not r and rec.remaining():
+            raise InputError("trailing bytes in a tensor record", path=path, tensor=name)
+        inits[name].raw_data = arr.astype("<f4").tobytes()
     if r.pos != len(r.buf):
         raise InputError("trailing bytes after the last tensor", path=path)
     return model
 
 
-def _read_tensor(r: _Reader) -> Tuple[str, np.ndarray]:
+def _peek_name(body: bytes) -> Optional[str]:
+    try:
+        return _Reader(body, None).str()
+    except (InputError, UnicodeDecodeError):
+        return None
+
+
+def _read_header(r: _Reader, inits: dict, budget: list) -> Tuple[str, list, int, int, int]:
+    """Name, shape, index bits, mode and entry count of a tensor, checked against the skeleton and the budget."""
     name = r.str()
     dtype = r.u8()
     if dtype != onnx.TensorProto.FLOAT:
         raise InputError(f"unsupported data type {dtype}", path=r.path, tensor=name)
-    shape = [r.uv() for _ in range(r.uv())]
+    rank = r.uv()
+    if rank > r.remaining():
+        raise InputError("corrupt tensor header (rank)", path=r.path, tensor=name)
+    shape = [r.uv() for _ in range(rank)]
+    t = inits.get(name)
+    if t is None or list(t.dims) != shape:
+        raise InputError("packed tensor does not match the skeleton", path=r.path, tensor=name)
+    size = math.prod(shape)
+    if 4 * size > budget[0]:
+        raise InputError(f"the weights unpack to more than the limit of {budget[0]} bytes left "
+                         "(unpack(..., max_bytes=N) raises it)", path=r.path, tensor=name)
+    budget[0] -= 4 * size
     index_bits, mode, n = r.u8(), r.u8(), r.uv()
     if not 1 <= index_bits <= 16 or mode not in (0, 1, MODE_DENSE):
         raise InputError("corrupt tensor header", path=r.path, tensor=name)
-    size = int(np.prod(shape, dtype=np.int64))
+    if n > max(size, 1) * 2 + 8 * r.remaining():
+        raise InputError(f"corrupt tensor header: {n} entries for {size} elements", path=r.path, tensor=name)
+    return name, shape, index_bits, mode, n
+
+
+def _read_tensor(r: _Reader, inits: dict, budget: list) -> Tuple[str, np.ndarray]:
+    name, shape, index_bits, mode, n = _read_header(r, inits, budget)
+    size = math.prod(shape)
     if mode == MODE_DENSE:
         if n != size:
             raise InputError("dense tensor length does not match its shape", path=r.path, tensor=name)
@@ -312,17 +398,17 @@ def _read_tensor(r: _Reader) -> Tuple[str, np.ndarray]:
     if mode == 0:
         k = r.uv()
         codebook = np.frombuffer(r.take(4 * k), "<u4").astype(np.uint32)
-    gaps = _read_stream(r, n)
+    gaps = _read_stream(r, n, 1 << index_bits, name)
     if mode == 0:
-        symbols = _read_stream(r, n)
+        symbols = _read_stream(r, n, codebook.size + 1, name)
         if n and symbols.max() > codebook.size:
             raise InputError("value symbol outside the codebook", path=r.path, tensor=name)
         values = np.append(codebook, np.uint32(0))[symbols]
     else:
         values = np.frombuffer(r.take(4 * n), "<u4").astype(np.uint32)
-    flat = np.zeros(size, np.uint32)
     pos = np.cumsum(gaps + 1) - 1
     if n and (pos[-1] >= size or gaps.max() >= (1 << index_bits)):
         raise InputError("entries run past the end of the tensor", path=r.path, tensor=name)
+    flat = np.zeros(size, np.uint32)
     flat[pos] = values
     return name, flat.view(np.float32).reshape(shape)
