@@ -9,7 +9,9 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import shutil
 import tarfile
+import zlib
 from pathlib import Path
 from typing import List
 
@@ -70,35 +72,60 @@ def write_archive(bundle_dir: PathLike, archive_path: PathLike) -> Path:
     return archive_path
 
 
-def extract_archive(archive_path: PathLike, dest: PathLike) -> Path:
+MAX_ARCHIVE_BYTES = 16 << 30   # what a bundle archive may unpack to (models of several GB fit)
+MAX_ARCHIVE_MEMBERS = 10000     # a bundle has a few dozen files
+
+
+def _safe_members(tar: tarfile.TarFile, archive_path: Path, dest: Path, limit: int) -> list:
+    """The archive's entries, refused when unsafe, too many, or larger than ``limit`` or the free disk space."""
+    members, total = [], 0
+    for m in tar:
+        members.append(m)
+        p = Path(m.name)
+        if p.is_absolute() or ".." in p.parts or not (m.isfile() or m.isdir()):
+            raise InputError(f"unsafe archive entry '{m.name}'", path=str(archive_path))
+        total += m.size if m.isfile() else 0
+        if len(members) > MAX_ARCHIVE_MEMBERS or total > limit:
+            raise InputError(f"the archive unpacks to more than {MAX_ARCHIVE_MEMBERS} entries or {limit >> 20} MiB: "
+                             "not a bundle archive", path=str(archive_path))
+    where = dest
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    free = shutil.disk_usage(where).free
+    if total > free:
+        raise InputError(f"the archive unpacks to {total >> 20} MiB, more than the {free >> 20} MiB free in {dest}",
+                         path=str(archive_path))
+    return members
+
+
+def extract_archive(archive_path: PathLike, dest: PathLike, *, limit: int = MAX_ARCHIVE_BYTES) -> Path:
     """Extract a bundle archive into ``dest`` and return the bundle folder inside it.
 
-    Refuses entries with absolute paths, ``..``, links or device files (a bundle has none).
+    Refuses entries with absolute paths, ``..``, links or device files (a bundle has none), and archives that
+    declare more than ``limit`` bytes or :data:`MAX_ARCHIVE_MEMBERS` entries; members are copied in streams,
+    so memory does not grow with their size.
 
     Raises:
-        InputError: not a readable tar.gz, an unsafe entry, or no manifest.json inside.
+        InputError: not a readable tar.gz, an unsafe entry, too large, or no manifest.json inside.
     """
     archive_path, dest = Path(archive_path), Path(dest)
     try:
         with tarfile.open(archive_path, mode="r:*") as tar:
-            members = tar.getmembers()
-            for m in members:
-                p = Path(m.name)
-                if p.is_absolute() or ".." in p.parts or not (m.isfile() or m.isdir()):
-                    raise InputError(f"unsafe archive entry '{m.name}'", path=str(archive_path))
-            for m in members:
+            for m in _safe_members(tar, archive_path, dest, limit):
                 target = dest / m.name
                 if m.isdir():
                     target.mkdir(parents=True, exist_ok=True)
                     continue
                 target.parent.mkdir(parents=True, exist_ok=True)
                 src = tar.extractfile(m)
-                target.write_bytes(src.read() if src else b"")
+                with open(target, "wb") as out:
+                    if src is not None:
+                        shutil.copyfileobj(src, out, 1 << 20)
                 target.chmod(0o755 if m.mode & 0o111 else 0o644)
     except tarfile.ReadError as exc:
         raise InputError("cannot read the bundle archive: neither a bundle folder nor a .tar.gz archive "
                          "(truncated, or another kind of file)", path=str(archive_path)) from exc
-    except (tarfile.TarError, OSError, EOFError) as exc:
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
         raise InputError(f"cannot read the bundle archive: {exc}", path=str(archive_path)) from exc
     manifests = sorted(dest.glob(f"*/{MANIFEST}")) or sorted(dest.glob(MANIFEST))
     if not manifests:
