@@ -42,14 +42,15 @@ def hash_files(root: PathLike, relpaths: Optional[Iterable[str]] = None) -> Dict
 
 
 def list_files(root: PathLike) -> List[str]:
-    """Sorted relative paths of the regular files under ``root``, minus the manifest and device outputs."""
+    """Sorted relative paths of the regular files under ``root``, minus the manifest, its signature and device
+    outputs."""
     root = Path(root)
     out = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         for name in filenames:
             rel = (Path(dirpath) / name).relative_to(root).as_posix()
-            if rel == MANIFEST or _is_device_output(rel) or name.startswith(".") and name.endswith(".tmp"):
+            if rel in (MANIFEST, MANIFEST + ".sig") or _is_device_output(rel) or name.startswith(".") and name.endswith(".tmp"):
                 continue
             out.append(rel)
     return sorted(out)
@@ -117,14 +118,18 @@ def check_bundle(bundle: PathLike) -> dict:
             problems.append({"path": rel, "problem": "unsafe path in the manifest"})
             continue
         f = root / rel
-        if not f.is_file():
+        if _leaves(root, rel):
+            problems.append({"path": rel, "problem": "a link, or a path through one (a bundle has no links)"})
+        elif not f.is_file():
             problems.append({"path": rel, "problem": "missing"})
         elif f.stat().st_size != want.get("size"):
             problems.append({"path": rel, "problem": f"size {f.stat().st_size} != {want.get('size')} (changed)"})
         elif sha256_file(f) != want.get("sha256"):
             problems.append({"path": rel, "problem": "sha256 differs (changed)"})
     for kind, rel in sorted(manifest["models"].items()):
-        if rel and rel not in manifest["files"]:
+        if rel and not (isinstance(rel, str) and _safe_relpath(rel)):
+            problems.append({"path": str(rel), "problem": f"model '{kind}' points outside the bundle"})
+        elif rel and rel not in manifest["files"]:
             problems.append({"path": rel, "problem": f"model '{kind}' is not listed in 'files'"})
     extra = [rel for rel in list_files(root) if rel not in manifest["files"]]
     return {"manifest": manifest, "ok": not problems, "problems": problems, "extra": extra,
@@ -155,6 +160,16 @@ def verify_bundle(bundle: PathLike) -> dict:
                                 path=str(Path(bundle) / first["path"]),
                                 hint="rebuild the bundle or copy it again")
     return report["manifest"]
+
+
+def _leaves(root: Path, rel: str) -> bool:
+    """True when ``root/rel`` is a link or passes through one (a bundle is written with none)."""
+    p = root
+    for part in Path(rel).parts:
+        p = p / part
+        if p.is_symlink():
+            return True
+    return False
 
 
 def _safe_relpath(rel: str) -> bool:
