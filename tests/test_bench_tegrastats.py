@@ -23,7 +23,8 @@ def test_tx2_jetpack4_cur_avg_rails_and_everything_else():
     assert s["gpu"] == {"load_pct": 0.0, "mhz": 140.0, "gpc_mhz": None}
     assert s["engines"]["APE"] == {"on": True, "mhz": 150.0}
     assert s["mts"] == {"fg_pct": 0.0, "bg_pct": 0.0}
-    assert s["temps"]["BCPU"] == 30.0 and s["temps"]["thermal"] == 29.0 and len(s["temps"]) == 8
+    assert s["temps"]["BCPU"] == 30.0 and s["temps"]["thermal"] == 29.0 and len(s["temps"]) == 7
+    assert s["temps_disabled"] == ["PMIC"]  # PMIC@100C is a fixed placeholder on these boards
     assert s["rails"]["VDD_IN"] == {"cur_mw": 1383.0, "avg_mw": 1383.0, "values": [1383.0, 1383.0]}
     assert s["rails"]["VDD_WIFI"]["avg_mw"] == 335.0
     assert s["total_mw"] == 1383.0 and s["total_source"] == "VDD_IN"
@@ -134,3 +135,45 @@ def test_power_cli_from_log(cli, tmp_path):
     empty.write_text("nothing here\n")
     code, _, err = cli("power", "--from-log", empty)
     assert code == 3 and "no tegrastats line" in err
+
+
+def test_agx_xavier_jetpack4_and_5_cpu_rail_is_counted():
+    """AGX Xavier names its CPU rail `CPU`: `CPU 311/311` (JetPack 4) and `CPU 468mW/450mW` (JetPack 5)."""
+    idle, loaded = (parse_line(x) for x in line("agx_xavier_jp4.log").splitlines())
+    assert set(idle["rails"]) == {"GPU", "CPU", "SOC", "CV", "VDDRQ", "SYS5V"}
+    assert idle["rails"]["CPU"]["cur_mw"] == 311.0 and len(idle["cpu"]) == 8
+    assert idle["total_mw"] == 0 + 311 + 932 + 0 + 621 + 1482
+    assert loaded["total_mw"] == 18401 + 2301 + 4602 + 0 + 2914 + 4632
+    jp5 = parse_line(line("agx_xavier_jp5.log"))
+    assert jp5["rails"]["CPU"] == {"cur_mw": 468.0, "avg_mw": 450.0, "values": [468.0, 450.0]}
+    assert jp5["total_mw"] == 120 + 468 + 937 + 0 + 312 + 1458 and jp5["unknown"] == []
+
+
+def test_pmic_placeholder_is_not_a_temperature():
+    s = parse_line(line("agx_xavier_jp4.log").splitlines()[0])
+    assert "PMIC" not in s["temps"] and "PMIC" in s["temps_disabled"]
+    summary = summarize_samples([s])
+    assert "PMIC" not in summary["temps_c"]
+
+
+def test_orin_jetpack7_cur_and_max_temperatures_with_units():
+    s = parse_line(line("agx_orin_jp7.log"))
+    assert s["temps"] == {"cpu": 52.968, "soc2": 48.406, "soc0": 49.531, "gpu": 47.625}
+    assert s["temps_max"]["cpu"] == 52.968
+    assert s["gpu"] == {"load_pct": 12.0, "mhz": 1300.0, "gpc_mhz": [1300.0, 1300.0]}
+    assert s["ram"]["lfb_block_mb"] == 2 and s["unknown"] == []
+    assert s["total_mw"] == 5139 + 3268 + 5500 and s["total_source"].startswith("sum of module rails")
+
+
+def test_thor_gpc_clocks_without_load_and_lfb_in_kb():
+    s = parse_line(line("thor_jp7.log"))
+    assert s["ram"] == {"used_mb": 4722, "total_mb": 7844, "lfb_blocks": 1, "lfb_block_mb": 0.5}
+    assert s["gpu"] == {"load_pct": None, "mhz": 1000.0, "gpc_mhz": [1000.0, 1000.0, 1000.0]}
+    assert s["unknown"] == []
+    assert summarize_samples([s])["gpu_pct"] is None
+
+
+def test_tx2_loaded_line_with_lfb_in_kb():
+    s = parse_line(line("tx2_jp4_lfb_kb.log"))
+    assert s["ram"]["lfb_block_mb"] == 0.5 and s["total_mw"] == 14025.0
+    assert s["temps"]["BCPU"] == -45.0 and s["unknown"] == []

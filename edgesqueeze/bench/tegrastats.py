@@ -2,8 +2,9 @@
 
 Formats (JETSON.md): optional ``MM-DD-YYYY HH:MM:SS`` timestamp; ``RAM``/``SWAP``/``IRAM``;
 ``CPU [load%@MHz,off,...]`` or the TK1-era ``cpu [25%,7%]@2218``; ``EMC_FREQ x%[@MHz]`` or ``EMC x%@MHz``;
-``GR3D_FREQ x%[@MHz|@[MHz,MHz]]`` and ``GR3D2_FREQ``; engines (``APE 150``, ``NVDLA0_FREQ @1600``,
-``NVENC off``, ``NVDEC 40%@115``); temperatures ``name@41.4C`` or ``name@cur/maxC`` (``-256C`` = disabled);
+``GR3D_FREQ x%[@MHz|@[MHz,MHz]]`` (Thor: ``GR3D_FREQ @[MHz,...]``, no load) and ``GR3D2_FREQ``; engines
+(``APE 150``, ``NVDLA0_FREQ @1600``, ``NVENC off``, ``NVDEC 40%@115``); temperatures ``name@41.4C``, ``name@cur/maxC`` or ``name@curC/maxC`` (L4T
+R39; ``-256C`` = disabled, ``PMIC@100C`` a placeholder); ``(lfb 1x512kB)`` as well as ``(lfb 1675x4MB)``;
 power rails ``NAME cur/avg`` (mW, JetPack 4), ``NAME curmW/avgmW`` (JetPack 5/6), three values on the
 newest releases, negative values, ``NC`` rails (not connected, skipped).
 
@@ -24,15 +25,15 @@ _NUM = r"-?\d+(?:\.\d+)?"
 _END = r"(?=\s|$)"
 _FIELDS = [
     ("timestamp", re.compile(r"(\d{2}-\d{2}-\d{4} \d{2}:\d{2}:\d{2})" + _END)),
-    ("ram", re.compile(r"RAM (\d+)/(\d+)MB(?: \(lfb (\d+)x(\d+)MB\))?" + _END)),
+    ("ram", re.compile(r"RAM (\d+)/(\d+)MB(?: \(lfb (\d+)x(\d+)([kM])B\))?" + _END)),
     ("swap", re.compile(r"SWAP (\d+)/(\d+)MB(?: \(cached (\d+)MB\))?" + _END)),
     ("iram", re.compile(r"IRAM (\d+)/(\d+)kB ?(?:\(lfb (\d+)kB\))?" + _END)),
     ("cpu", re.compile(r"CPU \[([^\]]*)\]" + _END)),
     ("cpu_old", re.compile(r"cpu \[([^\]]*)\]@(\d+)" + _END)),
     ("emc", re.compile(r"(?:EMC_FREQ|EMC) (" + _NUM + r")%(?:@(\d+))?" + _END)),
-    ("gr3d", re.compile(r"(GR3D2?_FREQ|GR3D) (" + _NUM + r")%(?:@(?:\[([\d,]+)\]|(\d+)))?" + _END)),
+    ("gr3d", re.compile(r"(GR3D2?_FREQ|GR3D) (?:(" + _NUM + r")%)?(?:@(?:\[([\d,]+)\]|(\d+)))?" + _END)),
     ("mts", re.compile(r"MTS fg (\d+)% bg (\d+)%" + _END)),
-    ("temp", re.compile(r"([A-Za-z][\w.]*)@(" + _NUM + r")(?:/(" + _NUM + r"))?C" + _END)),
+    ("temp", re.compile(r"([A-Za-z][\w.]*)@(" + _NUM + r")(?:C?/(" + _NUM + r"))?C" + _END)),
     ("rail", re.compile(r"([A-Z][A-Z0-9_]*) (" + _NUM + r")(?:mW)?/(" + _NUM + r")(?:mW)?(?:/(" + _NUM
                         + r")(?:mW)?)?" + _END)),
     ("engine", re.compile(r"([A-Z][A-Z0-9_]*) (off|(" + _NUM + r")%@(\d+)|@(\d+)|(" + _NUM + r")%|(\d+))" + _END)),
@@ -106,8 +107,9 @@ def _take(s: dict, kind: str, m: "re.Match") -> bool:
     if kind == "timestamp":
         s["timestamp"] = g[0]
     elif kind == "ram":
+        block_mb = (int(g[3]) / (1024 if g[4] == "k" else 1)) if g[3] else None
         s["ram"] = {"used_mb": int(g[0]), "total_mb": int(g[1]),
-                    "lfb_blocks": int(g[2]) if g[2] else None, "lfb_block_mb": int(g[3]) if g[3] else None}
+                    "lfb_blocks": int(g[2]) if g[2] else None, "lfb_block_mb": block_mb}
     elif kind == "swap":
         s["swap"] = {"used_mb": int(g[0]), "total_mb": int(g[1]), "cached_mb": int(g[2]) if g[2] else None}
     elif kind == "iram":
@@ -120,22 +122,25 @@ def _take(s: dict, kind: str, m: "re.Match") -> bool:
     elif kind == "emc":
         s["emc"] = {"load_pct": float(g[0]), "mhz": float(g[1]) if g[1] else None}
     elif kind == "gr3d":
+        if g[1] is None and g[2] is None and g[3] is None:
+            return False
         gpcs = [float(x) for x in g[2].split(",") if x] if g[2] else None
         mhz = float(g[3]) if g[3] else (max(gpcs) if gpcs else None)
-        s["gpu2" if g[0].startswith("GR3D2") else "gpu"] = {"load_pct": float(g[1]), "mhz": mhz, "gpc_mhz": gpcs}
+        load = float(g[1]) if g[1] is not None else None  # Thor prints only the clocks: GR3D_FREQ @[1000,1000]
+        s["gpu2" if g[0].startswith("GR3D2") else "gpu"] = {"load_pct": load, "mhz": mhz, "gpc_mhz": gpcs}
     elif kind == "mts":
         s["mts"] = {"fg_pct": float(g[0]), "bg_pct": float(g[1])}
     elif kind == "temp":
         cur = float(g[1])
-        if cur <= -256:
+        if cur <= -256 or (g[0] == "PMIC" and cur == 100):  # PMIC@100C: a fixed placeholder, not a sensor
             s["temps_disabled"].append(g[0])
         else:
             s["temps"][g[0]] = cur
             if g[2] is not None:
                 s.setdefault("temps_max", {})[g[0]] = float(g[2])
     elif kind == "rail":
-        if g[0] in ("RAM", "SWAP", "IRAM", "CPU", "EMC", "EMC_FREQ"):
-            return False  # a truncated RAM/SWAP field, not a rail
+        if g[0] in ("RAM", "SWAP", "IRAM", "EMC", "EMC_FREQ"):
+            return False  # a truncated RAM/SWAP field, not a rail (AGX Xavier's "CPU 618/618" is one)
         if g[0] == "NC":
             s["nc_rails"] += 1
         else:
@@ -230,7 +235,7 @@ def summarize_samples(samples: List[dict], profile=None) -> dict:
         "total_mw": _stat(total), "total_source": sources[0] if len(sources) == 1 else sources or None,
         "emc_pct": _stat([e["load_pct"] for e in emc]),
         "emc_mhz": _stat([e["mhz"] for e in emc if e["mhz"] is not None]),
-        "gpu_pct": _stat([s["gpu"]["load_pct"] for s in samples if s["gpu"]]),
+        "gpu_pct": _stat([s["gpu"]["load_pct"] for s in samples if s["gpu"] and s["gpu"]["load_pct"] is not None]),
         "gpu_mhz": _stat([s["gpu"]["mhz"] for s in samples if s["gpu"] and s["gpu"]["mhz"] is not None]),
         "ram_used_mb": _stat([s["ram"]["used_mb"] for s in samples if s["ram"]]),
         "ram_total_mb": next((s["ram"]["total_mb"] for s in samples if s["ram"]), None),
