@@ -3,10 +3,11 @@ from __future__ import annotations
 
 from typing import Tuple
 
-from onnx import ModelProto, TensorProto, helper
+from onnx import ModelProto, TensorProto, helper, inliner
 
 from ..errors import UnsupportedError
 from ..model import iter_graphs as _graphs
+from ..plugins.ops import custom_ops, inline_custom_ops
 from .common import _check, _copy, onnx_version_of
 
 #: the lowest IR version each element type needs
@@ -67,16 +68,12 @@ def limit_ir_version(model: ModelProto, ir: int) -> Tuple[ModelProto, dict]:
 
 def _inline_for_ir(model: ModelProto, max_ir: int, report: dict) -> ModelProto:
     """Inline what the target's IR cannot hold: overloaded custom functions (< 10), any local function (< 8)."""
-    from ..bundle.variants import custom_ops, inlined_variant
-
     overloads = any(f.overload for f in model.functions)
     if model.functions and (max_ir < 8 or (overloads and max_ir < 10)):
         if custom_ops(model):
-            model = inlined_variant(model)
+            model = inline_custom_ops(model)
             report["inlined"] = "custom nodes replaced by their function bodies (standard ops)"
         if model.functions:
-            from onnx import inliner
-
             model = inliner.inline_local_functions(model)
             report["inlined"] = "local functions inlined"
     return model
