@@ -7,12 +7,8 @@ from onnx import ModelProto, TensorProto, helper, inliner
 
 from ..errors import UnsupportedError
 from ..model import iter_graphs as _graphs
-from ..plugins.ops import custom_ops, inline_custom_ops
+from ..plugins.ops import TYPE_IR, custom_ops, inline_custom_ops
 from .common import _check, _copy, onnx_version_of
-
-#: the lowest IR version each element type needs
-_TYPE_IR = {name: ir for name, ir in (("FLOAT8E4M3FN", 9), ("FLOAT8E4M3FNUZ", 9), ("FLOAT8E5M2", 9),
-                                      ("FLOAT8E5M2FNUZ", 9), ("UINT4", 10), ("INT4", 10), ("FLOAT4E2M1", 11))}
 
 
 def required_ir_version(model: ModelProto) -> Tuple[int, str]:
@@ -36,9 +32,9 @@ def required_ir_version(model: ModelProto) -> Tuple[int, str]:
     elems = {i.data_type for g in _graphs(model.graph) for i in g.initializer}
     elems |= {vi.type.tensor_type.elem_type for g in _graphs(model.graph)
               for vi in list(g.input) + list(g.output) + list(g.value_info)}
-    for name, ir in _TYPE_IR.items():
-        if hasattr(TensorProto, name) and getattr(TensorProto, name) in elems:
-            bump(ir, f"{name} tensors")
+    for elem, ir in TYPE_IR.items():
+        if elem in elems:
+            bump(ir, f"{TensorProto.DataType.Name(elem)} tensors")
     return need, why
 
 

@@ -45,6 +45,10 @@ DOMAIN = "edgesqueeze"
 DOMAIN_VERSION = 1
 #: the IR version that carries function overloads
 OVERLOAD_IR_VERSION = 10
+#: the lowest IR version each newer element type needs (TensorProto data type -> IR version)
+TYPE_IR = {getattr(TensorProto, name): ir for name, ir in (
+    ("FLOAT8E4M3FN", 9), ("FLOAT8E4M3FNUZ", 9), ("FLOAT8E5M2", 9), ("FLOAT8E5M2FNUZ", 9), ("UINT4", 10),
+    ("INT4", 10), ("FLOAT4E2M1", 11)) if hasattr(TensorProto, name)}
 #: the fused activations every op supports, in the order of the kernels' ``esq::Activation``
 ACTIVATIONS = ("none", "relu", "clip", "leaky_relu", "sigmoid", "hard_sigmoid", "hard_swish")
 
@@ -147,38 +151,25 @@ def install_functions(model: ModelProto, op_type: str, wanted: Dict[str, Functio
     return model
 
 
-def plain_ir_version(model: ModelProto) -> int:
-    """The lowest IR version the model needs once no function overloads remain (8 unless newer types appear)."""
-    need = 8
-    new_types = {getattr(TensorProto, n): ir for n, ir in (("FLOAT8E4M3FN", 9), ("FLOAT8E4M3FNUZ", 9),
-                                                           ("FLOAT8E5M2", 9), ("FLOAT8E5M2FNUZ", 9),
-                                                           ("UINT4", 10), ("INT4", 10)) if hasattr(TensorProto, n)}
-    for elem in elem_types(model).values():
-        need = max(need, new_types.get(elem, 8))
-    return min(max(need, 8), model.ir_version) if model.ir_version >= 8 else model.ir_version
-
-
 def _plain_ir(model: ModelProto) -> None:
-    if not any(f.overload for f in model.functions):
-        model.ir_version = plain_ir_version(model)
+    """Lower the IR version once no function overloads remain: 8, or what the model's element types need."""
+    if any(f.overload for f in model.functions) or model.ir_version < 8:
+        return
+    need = max([8] + [TYPE_IR.get(elem, 8) for elem in elem_types(model).values()])
+    model.ir_version = min(need, model.ir_version)
 
 
-def attach_all_functions(model: ModelProto) -> ModelProto:
-    """Rebuild, in place, the local functions of every registered op present in ``model``. Returns ``model``.
+def refresh_functions(model: ModelProto) -> ModelProto:
+    """Return a copy whose custom nodes' local functions are rebuilt for their current element types.
 
     Raises:
         InputError: a custom node's weights have no known element type (from the op).
     """
-    for op in _present(model):
-        op.attach_functions(model)
-    return model
-
-
-def refresh_functions(model: ModelProto) -> ModelProto:
-    """Return a copy whose custom nodes' local functions are rebuilt for their current element types."""
     out = ModelProto()
     out.CopyFrom(model)
-    return attach_all_functions(out)
+    for op in _present(out):
+        op.attach_functions(out)
+    return out
 
 
 def convert_fp16_functions(model: ModelProto) -> None:
