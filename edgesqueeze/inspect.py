@@ -16,6 +16,8 @@ import onnx
 from .devices import DeviceProfile, get_profile
 from .errors import InputError
 from .model import tensor_shape
+from .plugins.ops import numel as _numel
+from .plugins.ops import op_of
 
 BYTES = {"fp32": 4, "fp16": 2, "int8": 1}
 # ops that only move or relabel data: no arithmetic, and TensorRT usually makes them free
@@ -26,7 +28,7 @@ FUSABLE = {"Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "
            "Add", "Mul", "Sub", "Div", "PRelu", "Elu", "Selu", "Softplus"}
 # explicit-quantization nodes: TensorRT folds them into the neighbouring layers' INT8 kernels
 QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
-MAC_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "DepthwiseSeparableConv", "SparseConv"}
+MAC_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}  # and every registered custom op (plugins/ops.py)
 
 
 def _attr(node: onnx.NodeProto, name: str, default=None):
@@ -36,10 +38,9 @@ def _attr(node: onnx.NodeProto, name: str, default=None):
     return default
 
 
-def _numel(shape) -> int:
-    if not shape or any(not isinstance(d, int) for d in shape):
-        return 0
-    return int(np.prod(shape, dtype=np.int64))
+def _is_mac(node: onnx.NodeProto) -> bool:
+    """A convolution / GEMM style node (its epilogue fuses the following pointwise ops)."""
+    return node.op_type in MAC_OPS or op_of(node) is not None
 
 
 class _Shapes:
@@ -89,9 +90,12 @@ def _constant_tensors(model: onnx.ModelProto) -> Set[str]:
 
 
 def _macs(node, shapes: _Shapes, const: Set[str]) -> int:
+    custom = op_of(node)
+    if custom is not None:
+        return custom.macs(node, lambda name: shapes.shape.get(name) or [])
     op = node.op_type
     out = shapes.shape.get(node.output[0]) if node.output else None
-    if op in ("Conv", "SparseConv") and len(node.input) > 1:
+    if op == "Conv" and len(node.input) > 1:
         w = shapes.shape.get(node.input[1]) or []
         if len(w) >= 3:
             return _numel(out) * int(np.prod(w[1:]))
@@ -109,12 +113,6 @@ def _macs(node, shapes: _Shapes, const: Set[str]) -> int:
         a = shapes.shape.get(node.input[0]) or []
         if a and isinstance(a[-1], int):
             return _numel(out) * int(a[-1])
-    if op == "DepthwiseSeparableConv":
-        wdw = shapes.shape.get(node.input[1]) or []
-        wpw = shapes.shape.get(node.input[3]) or []
-        if len(wdw) == 4 and len(wpw) == 4 and out:
-            mid = out[:1] + [wdw[0]] + out[2:]
-            return _numel(mid) * wdw[2] * wdw[3] + _numel(out) * wpw[1]
     return 0
 
 
@@ -164,7 +162,7 @@ def inspect_model(model: onnx.ModelProto, target: Optional[str] = None, precisio
         for i in n.input:
             consumers.setdefault(i, []).append(n)
     graph_outputs = {o.name for o in model.graph.output}
-    producer_op = {o: n.op_type for n in model.graph.node for o in n.output}
+    producer = {o: n for n in model.graph.node for o in n.output}
 
     layers = []
     for idx, node in enumerate(model.graph.node):
@@ -174,8 +172,8 @@ def inspect_model(model: onnx.ModelProto, target: Optional[str] = None, precisio
         a_in = [i for i in node.input if i and i not in const]
         params = sum(shapes.numel(i) for i in w_in if not shapes.is_index(i)) if node.op_type not in SHAPE_OPS else 0
         macs = _macs(node, shapes, const)
-        flops = 2 * macs + (0 if node.op_type in MAC_OPS else _other_flops(node, shapes))
-        if node.op_type in MAC_OPS:
+        flops = 2 * macs + (0 if _is_mac(node) else _other_flops(node, shapes))
+        if _is_mac(node):
             flops += shapes.numel(node.output[0])  # bias/activation epilogue
         weight_bytes = params * elem if node.op_type not in SHAPE_OPS else 0
         act_in = sum(shapes.numel(i) for i in a_in) * elem
@@ -183,7 +181,8 @@ def inspect_model(model: onnx.ModelProto, target: Optional[str] = None, precisio
         if node.op_type in SHAPE_OPS:
             act_in = act_out = 0
         # a pointwise op right after a Conv/Gemm whose output has no other reader is fused by TensorRT
-        fused = ((node.op_type in FUSABLE and a_in and producer_op.get(a_in[0]) in MAC_OPS | FUSABLE
+        fed_by = producer.get(a_in[0]) if a_in else None
+        fused = ((node.op_type in FUSABLE and fed_by is not None and (_is_mac(fed_by) or fed_by.op_type in FUSABLE)
                   and len(consumers.get(a_in[0], [])) == 1 and a_in[0] not in graph_outputs)
                  or node.op_type in QDQ_OPS)
         total_bytes = weight_bytes + act_in + act_out
@@ -284,11 +283,11 @@ def dwsep_blocks(model, shapes: _Shapes, const: Set[str], elem: int,
         blocks.append(b)
 
     for node in model.graph.node:
-        if node.op_type == "DepthwiseSeparableConv" and len(node.input) >= 4:
-            wdw = shapes.shape.get(node.input[1]) or []
-            out = shapes.shape.get(node.output[0]) or []
-            mid = (out[:1] + [wdw[0]] + out[2:]) if len(wdw) == 4 and len(out) == 4 else []
-            add(node.name, node.input[1], node.input[3], node.input[0], mid, node.output[0], True, [node.name])
+        custom = op_of(node)
+        block = custom.fused_block(node, lambda name: shapes.shape.get(name) or []) if custom else None
+        if block is not None:
+            add(node.name, block["dw_weight"], block["pw_weight"], block["x"], block["mid"], block["y"], True,
+                [node.name])
         elif _is_depthwise(node, shapes):
             chain = [node]
             cur = node.output[0]

@@ -11,7 +11,7 @@ from edgesqueeze.ortutil import run_model
 
 @pytest.fixture
 def sparse_model(tmp_path):
-    from edgesqueeze.plugins.sparse import make_sparse_conv_model
+    from custom_ops import make_sparse_conv_model
 
     rng = np.random.default_rng(0)
     w = rng.standard_normal((8, 8, 3, 3)).astype(np.float32)

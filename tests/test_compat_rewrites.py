@@ -251,7 +251,7 @@ def test_limit_ir_version_rules():
 
 
 def test_dwsep_functions_lowered_or_inlined():
-    from edgesqueeze.plugins.dwsep import make_dwsep_model
+    from custom_ops import make_dwsep_model
 
     r = np.random.default_rng(0)
     m = make_dwsep_model((1, 8, 6, 6), r.standard_normal((8, 1, 3, 3)).astype(np.float32),

@@ -7,7 +7,9 @@ import pytest
 
 from edgesqueeze.ortutil import run_model
 from edgesqueeze.plugins import emulate
-from edgesqueeze.plugins.dwsep import ACTIVATIONS, make_dwsep_model
+from custom_ops import make_dwsep_model
+
+from edgesqueeze.plugins.ops import ACTIVATIONS
 
 # (name, N, C, H, W, M, K, strides, pads, dilations): odd sizes, C not a multiple of 4/8 and crossing the 32-channel
 # chunk, M crossing the 32-channel output tile, pixel counts not a multiple of the 32-pixel tile.

@@ -7,8 +7,10 @@ import pytest
 
 from edgesqueeze.ortutil import run_model
 from edgesqueeze.plugins import emulate
-from edgesqueeze.plugins.dwsep import ACTIVATIONS
-from edgesqueeze.plugins.sparse import make_sparse_conv_model, sparse_conv_inputs
+from custom_ops import make_sparse_conv_model
+
+from edgesqueeze.plugins.ops import ACTIVATIONS
+from edgesqueeze.plugins.sparse import sparse_conv_inputs
 
 # (name, N, C, H, W, M, K, strides, pads, dilations)
 CASES = [

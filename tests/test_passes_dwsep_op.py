@@ -7,9 +7,12 @@ import pytest
 
 from edgesqueeze.errors import InputError
 from edgesqueeze.ortutil import run_model
-from edgesqueeze.plugins.dwsep import (ACTIVATIONS, DOMAIN, OP_TYPE, attach_functions, dwsep_function,
-                                       has_custom_nodes, inline_functions, make_dwsep_model, make_dwsep_node,
-                                       reference_dwsep, strip_functions)
+from custom_ops import make_dwsep_model, reference_dwsep
+
+from edgesqueeze.plugins.dwsep import OP_TYPE, attach_functions, dwsep_function, has_custom_nodes, make_dwsep_node
+from edgesqueeze.plugins.ops import ACTIVATIONS, DOMAIN
+from edgesqueeze.plugins.ops import inline_custom_ops as inline_functions
+from edgesqueeze.plugins.ops import strip_functions
 
 PARAMS = {"none": (0.0, 0.0), "relu": (0.0, 0.0), "clip": (0.0, 6.0), "leaky_relu": (0.1, 0.0),
           "sigmoid": (0.0, 0.0), "hard_sigmoid": (0.2, 0.5), "hard_swish": (0.0, 0.0)}

@@ -12,12 +12,14 @@ import os
 import numpy as np
 import onnx
 import pytest
+from custom_ops import make_dwsep_model, make_sparse_conv_model
 from onnx import helper
 
 from edgesqueeze.ortutil import run_model
 from edgesqueeze.plugins import emulate
-from edgesqueeze.plugins.dwsep import DOMAIN, dwsep_function, make_dwsep_model, make_dwsep_node
-from edgesqueeze.plugins.sparse import make_sparse_conv_model, make_sparse_conv_node, sparse_conv_function
+from edgesqueeze.plugins.dwsep import dwsep_function, make_dwsep_node
+from edgesqueeze.plugins.ops import DOMAIN
+from edgesqueeze.plugins.sparse import make_sparse_conv_node, sparse_conv_function
 from edgesqueeze.plugins.sparse_formats import sparse_conv_inputs
 
 

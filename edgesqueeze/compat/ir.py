@@ -3,15 +3,12 @@ from __future__ import annotations
 
 from typing import Tuple
 
-from onnx import ModelProto, TensorProto, helper
+from onnx import ModelProto, TensorProto, helper, inliner
 
 from ..errors import UnsupportedError
 from ..model import iter_graphs as _graphs
+from ..plugins.ops import TYPE_IR, custom_ops, inline_custom_ops
 from .common import _check, _copy, onnx_version_of
-
-#: the lowest IR version each element type needs
-_TYPE_IR = {name: ir for name, ir in (("FLOAT8E4M3FN", 9), ("FLOAT8E4M3FNUZ", 9), ("FLOAT8E5M2", 9),
-                                      ("FLOAT8E5M2FNUZ", 9), ("UINT4", 10), ("INT4", 10), ("FLOAT4E2M1", 11))}
 
 
 def required_ir_version(model: ModelProto) -> Tuple[int, str]:
@@ -35,9 +32,9 @@ def required_ir_version(model: ModelProto) -> Tuple[int, str]:
     elems = {i.data_type for g in _graphs(model.graph) for i in g.initializer}
     elems |= {vi.type.tensor_type.elem_type for g in _graphs(model.graph)
               for vi in list(g.input) + list(g.output) + list(g.value_info)}
-    for name, ir in _TYPE_IR.items():
-        if hasattr(TensorProto, name) and getattr(TensorProto, name) in elems:
-            bump(ir, f"{name} tensors")
+    for elem, ir in TYPE_IR.items():
+        if elem in elems:
+            bump(ir, f"{TensorProto.DataType.Name(elem)} tensors")
     return need, why
 
 
@@ -67,16 +64,12 @@ def limit_ir_version(model: ModelProto, ir: int) -> Tuple[ModelProto, dict]:
 
 def _inline_for_ir(model: ModelProto, max_ir: int, report: dict) -> ModelProto:
     """Inline what the target's IR cannot hold: overloaded custom functions (< 10), any local function (< 8)."""
-    from ..bundle.variants import custom_ops, inlined_variant
-
     overloads = any(f.overload for f in model.functions)
     if model.functions and (max_ir < 8 or (overloads and max_ir < 10)):
         if custom_ops(model):
-            model = inlined_variant(model)
+            model = inline_custom_ops(model)
             report["inlined"] = "custom nodes replaced by their function bodies (standard ops)"
         if model.functions:
-            from onnx import inliner
-
             model = inliner.inline_local_functions(model)
             report["inlined"] = "local functions inlined"
     return model

@@ -13,7 +13,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 from onnx import helper
 
-from ..plugins.dwsep import DOMAIN, OP_TYPE, make_dwsep_node
+from ..plugins.dwsep import OP_TYPE, make_dwsep_node
+from ..plugins.ops import DOMAIN
 from ._graph import attr_list, const, const_info, new_const, sole_consumer, take_over_outputs
 from .fold_batchnorm import bn_scale_shift
 from .registry import register

@@ -25,13 +25,10 @@ from onnx import AttributeProto, FunctionProto, ModelProto, NodeProto, TensorPro
 
 from ..errors import InputError, UnsupportedError
 from ..model import iter_nodes
+from .emulate import emulate_dwsep
+from .ops import ACTIVATIONS, DOMAIN, CustomOp, elem_types, install_functions, numel, register_op
 
-DOMAIN = "edgesqueeze"
 OP_TYPE = "DepthwiseSeparableConv"
-DOMAIN_VERSION = 1
-ACTIVATIONS = ("none", "relu", "clip", "leaky_relu", "sigmoid", "hard_sigmoid", "hard_swish")
-#: the IR version that carries function overloads
-OVERLOAD_IR_VERSION = 10
 
 _DTYPES = {"f32": TensorProto.FLOAT, "f16": TensorProto.FLOAT16}
 _FUNCTION_ATTRS = ("kernel_shape", "strides", "pads", "dilations", "dw_activation", "pw_activation", "dw_alpha",
@@ -241,22 +238,9 @@ def _custom_nodes(graph: onnx.GraphProto) -> Iterable[NodeProto]:
     return (n for n in iter_nodes(graph) if n.op_type == OP_TYPE and n.domain == DOMAIN)
 
 
-def _domain_nodes(graph: onnx.GraphProto) -> Iterable[NodeProto]:
-    """Every node of the edgesqueeze domain (any op), in any subgraph."""
-    return (n for n in iter_nodes(graph) if n.domain == DOMAIN)
-
-
 def has_custom_nodes(model: ModelProto) -> bool:
     """True when the model contains ``edgesqueeze`` custom nodes (in any subgraph)."""
     return any(True for _ in _custom_nodes(model.graph))
-
-
-def _elem_types(model: ModelProto) -> Dict[str, int]:
-    types = {t.name: t.data_type for t in model.graph.initializer}
-    for vi in list(model.graph.input) + list(model.graph.value_info) + list(model.graph.output):
-        if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
-            types.setdefault(vi.name, vi.type.tensor_type.elem_type)
-    return types
 
 
 def attach_functions(model: ModelProto) -> ModelProto:
@@ -272,7 +256,7 @@ def attach_functions(model: ModelProto) -> ModelProto:
     inits = {t.name: t for t in model.graph.initializer}
     shapes = {vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim] for vi in model.graph.value_info
               if vi.type.tensor_type.HasField("shape")}
-    types = _elem_types(model)
+    types = elem_types(model)
     wanted: Dict[str, FunctionProto] = {}
     for node in _custom_nodes(model.graph):
         w_dw = node.input[1]
@@ -287,173 +271,43 @@ def attach_functions(model: ModelProto) -> ModelProto:
     return install_functions(model, OP_TYPE, wanted)
 
 
-def install_functions(model: ModelProto, op_type: str, wanted: Dict[str, FunctionProto]) -> ModelProto:
-    """Replace ``model``'s local functions for the custom op ``op_type`` by ``wanted`` (overload -> function).
-
-    Functions of other ops are kept; the ``edgesqueeze`` opset import and the IR version that overloads need
-    (10) are added when any function is installed. Modifies and returns ``model``.
-    """
-    kept = [f for f in model.functions if not (f.domain == DOMAIN and f.name == op_type)]  # other ops' stay
-    del model.functions[:]
-    model.functions.extend(kept + [wanted[k] for k in sorted(wanted)])
-    if wanted:
-        if not any(op.domain == DOMAIN for op in model.opset_import):
-            model.opset_import.append(helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
-        model.ir_version = max(model.ir_version, OVERLOAD_IR_VERSION)
-    return model
 
 
-def _plain_ir_version(model: ModelProto) -> int:
-    """The lowest IR version the model needs once no function overloads remain (8 unless newer types appear)."""
-    need = 8
-    new_types = {getattr(TensorProto, n): ir for n, ir in (("FLOAT8E4M3FN", 9), ("FLOAT8E4M3FNUZ", 9),
-                                                           ("FLOAT8E5M2", 9), ("FLOAT8E5M2FNUZ", 9),
-                                                           ("UINT4", 10), ("INT4", 10)) if hasattr(TensorProto, n)}
-    for elem in _elem_types(model).values():
-        need = max(need, new_types.get(elem, 8))
-    return min(max(need, 8), model.ir_version) if model.ir_version >= 8 else model.ir_version
+def _dwsep_shapes(node: NodeProto, shape_of) -> Tuple[list, list, list]:
+    """(W_dw, W_pw, Y) shapes of a node, each ``[]`` when unknown."""
+    return shape_of(node.input[1]), shape_of(node.input[3]), shape_of(node.output[0]) if node.output else []
 
 
-def inline_functions(model: ModelProto) -> ModelProto:
-    """Return a copy whose custom nodes are replaced by their function bodies (standard ops only).
+@register_op
+class DepthwiseSeparableConv(CustomOp):
+    """The registry entry of ``edgesqueeze::DepthwiseSeparableConv``."""
 
-    This is the variant for TensorRT without the edgesqueeze plugin library. Other domains' functions stay.
-    """
-    from onnx import inliner
+    op_type = OP_TYPE
 
-    out = ModelProto()
-    out.CopyFrom(model)
-    if not has_custom_nodes(out):
-        return out
-    attach_functions(out)
-    out = inliner.inline_selected_functions(out, [(DOMAIN, OP_TYPE)], exclude=False)
-    if not any(True for _ in _domain_nodes(out.graph)):  # other edgesqueeze ops may remain
-        keep = [op for op in out.opset_import if op.domain != DOMAIN]
-        del out.opset_import[:]
-        out.opset_import.extend(keep)
-    if not any(f.overload for f in out.functions):
-        out.ir_version = _plain_ir_version(out)
-    return out
+    def attach_functions(self, model: ModelProto) -> ModelProto:
+        """See :func:`attach_functions`."""
+        return attach_functions(model)
 
+    def macs(self, node: NodeProto, shape_of) -> int:
+        """Depthwise taps over the intermediate tensor plus the pointwise products over the output."""
+        if len(node.input) < 4:
+            return 0
+        wdw, wpw, out = _dwsep_shapes(node, shape_of)
+        if len(wdw) == 4 and len(wpw) == 4 and out:
+            mid = out[:1] + [wdw[0]] + out[2:]
+            return numel(mid) * wdw[2] * wdw[3] + numel(out) * wpw[1]
+        return 0
 
-def strip_functions(model: ModelProto) -> ModelProto:
-    """Return a copy that keeps the custom nodes but drops the edgesqueeze local functions and overload keys.
+    def fused_block(self, node: NodeProto, shape_of) -> Optional[dict]:
+        """The depthwise output stays on chip: ``mid`` is its shape."""
+        if len(node.input) < 4:
+            return None
+        wdw, _, out = _dwsep_shapes(node, shape_of)
+        mid = (out[:1] + [wdw[0]] + out[2:]) if len(wdw) == 4 and len(out) == 4 else []
+        return {"dw_weight": node.input[1], "pw_weight": node.input[3], "x": node.input[0], "mid": mid,
+                "y": node.output[0]}
 
-    This is the variant for TensorRT with the edgesqueeze plugin library loaded: the parser can only map the
-    node to the plugin. onnxruntime cannot run it.
-    """
-    out = ModelProto()
-    out.CopyFrom(model)
-    for node in _domain_nodes(out.graph):
-        node.overload = ""
-    kept = [f for f in out.functions if f.domain != DOMAIN]
-    del out.functions[:]
-    out.functions.extend(kept)
-    if not any(f.overload for f in out.functions):
-        out.ir_version = _plain_ir_version(out)
-    return out
-
-
-def make_dwsep_model(x_shape: Sequence[int], w_dw: np.ndarray, b_dw: np.ndarray, w_pw: np.ndarray,
-                     b_pw: np.ndarray, *, strides: Sequence[int] = (1, 1), pads: Sequence[int] = (0, 0, 0, 0),
-                     dilations: Sequence[int] = (1, 1), dw_activation: str = "none", dw_alpha: float = 0.0,
-                     dw_beta: float = 0.0, pw_activation: str = "none", pw_alpha: float = 0.0,
-                     pw_beta: float = 0.0, dtype=np.float32, opset: int = 17) -> ModelProto:
-    """Build a one-node model (input ``"x"``, output ``"y"``, weights as initializers) that runs on onnxruntime.
-
-    Args:
-        x_shape: ``[N, C, H, W]``.
-        w_dw, b_dw, w_pw, b_pw: weights ``[C,1,kh,kw]``, ``[C]``, ``[M,C,1,1]``, ``[M]`` (cast to ``dtype``).
-        strides, pads, dilations, activations and their parameters: as :func:`make_dwsep_node`.
-        dtype: float32 or float16 (input, weights and output).
-        opset: the ai.onnx opset of the model and of the function body.
-
-    Returns:
-        A checked ModelProto with the ``DepthwiseSeparableConv`` node and its local function.
-
-    Raises:
-        InputError: inconsistent weight shapes.
-    """
-    dt = np.dtype(dtype)
-    elem = _DTYPES[_dtype_tag(dt)]
-    n, c, hgt, wid = (int(v) for v in x_shape)
-    w_dw, b_dw, w_pw, b_pw = (np.asarray(a, dtype=dt) for a in (w_dw, b_dw, w_pw, b_pw))
-    m = w_pw.shape[0]
-    if w_dw.shape[:2] != (c, 1) or b_dw.shape != (c,) or w_pw.shape != (m, c, 1, 1) or b_pw.shape != (m,):
-        raise InputError(f"inconsistent {OP_TYPE} weights for C={c}: w_dw {list(w_dw.shape)}, b_dw "
-                         f"{list(b_dw.shape)}, w_pw {list(w_pw.shape)}, b_pw {list(b_pw.shape)}")
-    kh, kw = w_dw.shape[2:]
-    oh, ow = conv_output_hw(hgt, wid, (kh, kw), strides, pads, dilations)
-    node = make_dwsep_node(["x", "w_dw", "b_dw", "w_pw", "b_pw"], ["y"], kernel_shape=(kh, kw), strides=strides,
-                           pads=pads, dilations=dilations, dw_activation=dw_activation, dw_alpha=dw_alpha,
-                           dw_beta=dw_beta, pw_activation=pw_activation, pw_alpha=pw_alpha, pw_beta=pw_beta,
-                           name="dwsep", channels=c, dtype=dt)
-    inits = [onnx.numpy_helper.from_array(a, name) for a, name in
-             ((w_dw, "w_dw"), (b_dw, "b_dw"), (w_pw, "w_pw"), (b_pw, "b_pw"))]
-    return one_node_model(node, inits, dwsep_function(node, opset), elem, [n, c, hgt, wid], [n, m, oh, ow], opset)
-
-
-def one_node_model(node: NodeProto, inits: Sequence[TensorProto], function: FunctionProto, elem: int,
-                   x_shape: Sequence[int], y_shape: Sequence[int], opset: int) -> ModelProto:
-    """A model of one edgesqueeze-domain ``node`` (input ``"x"``, output ``"y"``) with its local function."""
-    graph = helper.make_graph([node], node.name, [helper.make_tensor_value_info("x", elem, list(x_shape))],
-                              [helper.make_tensor_value_info("y", elem, list(y_shape))], list(inits))
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset),
-                                                    helper.make_opsetid(DOMAIN, DOMAIN_VERSION)],
-                              functions=[function], producer_name="edgesqueeze")
-    model.ir_version = OVERLOAD_IR_VERSION
-    return model
-
-
-# ----------------------------------------------------------------------------- reference
-def conv_output_hw(hgt: int, wid: int, kernel: Sequence[int], strides: Sequence[int], pads: Sequence[int],
-                   dilations: Sequence[int]) -> Tuple[int, int]:
-    """Output height and width of a 2-D convolution (ONNX pads order: top, left, bottom, right)."""
-    kh, kw = kernel
-    oh = (hgt + pads[0] + pads[2] - dilations[0] * (kh - 1) - 1) // strides[0] + 1
-    ow = (wid + pads[1] + pads[3] - dilations[1] * (kw - 1) - 1) // strides[1] + 1
-    return oh, ow
-
-
-def _activate(x: np.ndarray, kind: str, alpha: float, beta: float) -> np.ndarray:
-    if kind == "none":
-        return x
-    if kind == "relu":
-        return np.maximum(x, 0)
-    if kind == "clip":
-        return np.clip(x, alpha, beta)
-    if kind == "leaky_relu":
-        return np.where(x >= 0, x, x * alpha)
-    if kind == "sigmoid":
-        return 1.0 / (1.0 + np.exp(-x))
-    if kind == "hard_sigmoid":
-        return np.clip(alpha * x + beta, 0.0, 1.0)
-    if kind == "hard_swish":
-        return x * np.clip(x / 6.0 + 0.5, 0.0, 1.0)
-    raise InputError(f"unknown activation '{kind}'; expected one of: {', '.join(ACTIVATIONS)}")
-
-
-def reference_dwsep(x: np.ndarray, w_dw: np.ndarray, b_dw: np.ndarray, w_pw: np.ndarray, b_pw: np.ndarray, *,
-                    strides: Sequence[int] = (1, 1), pads: Sequence[int] = (0, 0, 0, 0),
-                    dilations: Sequence[int] = (1, 1), dw_activation: str = "none", dw_alpha: float = 0.0,
-                    dw_beta: float = 0.0, pw_activation: str = "none", pw_alpha: float = 0.0,
-                    pw_beta: float = 0.0, kernel_shape: Optional[Sequence[int]] = None, **_unused) -> np.ndarray:
-    """Plain-numpy ``DepthwiseSeparableConv``, computed in float64 and returned in ``x``'s dtype.
-
-    ``kernel_shape`` is taken from ``w_dw`` (accepted for symmetry with the node's attributes).
-    """
-    out_dtype = np.asarray(x).dtype
-    x, w_dw, b_dw, w_pw, b_pw = (np.asarray(a, dtype=np.float64) for a in (x, w_dw, b_dw, w_pw, b_pw))
-    n, c, hgt, wid = x.shape
-    kh, kw = w_dw.shape[2:]
-    xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
-    oh, ow = conv_output_hw(hgt, wid, (kh, kw), strides, pads, dilations)
-    dw = np.zeros((n, c, oh, ow))
-    for i in range(kh):
-        for j in range(kw):
-            r0, c0 = i * dilations[0], j * dilations[1]
-            patch = xp[:, :, r0:r0 + strides[0] * (oh - 1) + 1:strides[0], c0:c0 + strides[1] * (ow - 1) + 1:strides[1]]
-            dw += patch * w_dw[None, :, 0, i, j, None, None]
-    dw = _activate(dw + b_dw[None, :, None, None], dw_activation, dw_alpha, dw_beta)
-    pw = np.einsum("nchw,mc->nmhw", dw, w_pw[:, :, 0, 0]) + b_pw[None, :, None, None]
-    return _activate(pw, pw_activation, pw_alpha, pw_beta).astype(out_dtype)
+    def emulate(self, node: NodeProto, inputs, device: str = "cpu", cache_dir=None) -> np.ndarray:
+        """Run the dwsep kernel (:func:`edgesqueeze.plugins.emulate.emulate_dwsep`) with the node's attributes."""
+        attrs = {k: _text(v) if isinstance(v, bytes) else v for k, v in _attrs(node).items()}
+        return emulate_dwsep(*inputs, device=device, cache_dir=cache_dir, **attrs)

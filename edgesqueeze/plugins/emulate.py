@@ -22,7 +22,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..errors import DeviceError, InputError, UnsupportedError
-from .dwsep import ACTIVATIONS
+from .ops import ACTIVATIONS
 from .sources import plugin_source_dir
 
 HARNESS = "tests/host_harness.cpp"

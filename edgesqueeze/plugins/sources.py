@@ -25,12 +25,6 @@ def plugin_source_dir() -> Path:
     return Path(__file__).resolve().parent / "kernels"
 
 
-def kernel_source_files() -> List[Path]:
-    """Absolute paths of the CUDA kernel translation units."""
-    root = plugin_source_dir()
-    return [root / s for s in KERNEL_SOURCES]
-
-
 def source_files() -> List[Path]:
     """Every file of the plugin source tree (sorted relative order), for copying into a bundle."""
     root = plugin_source_dir()

@@ -24,7 +24,7 @@ Attributes: ``sparse_format``, ``kernel_shape``, ``strides``, ``pads`` (ONNX ord
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import onnx
@@ -38,16 +38,11 @@ from onnx import (
 )
 
 from ..errors import InputError, UnsupportedError
-from .dwsep import (
-    ACTIVATIONS,
-    DOMAIN,
-    _activate,
-    _activation_nodes,
-    _dtype_tag as _float_tag,
-    conv_output_hw,
-    install_functions,
-    one_node_model,
-)
+from ..model import infer_shapes, iter_nodes
+from .dwsep import _activation_nodes
+from .dwsep import _dtype_tag as _float_tag
+from .emulate import emulate_sparse_conv
+from .ops import ACTIVATIONS, DOMAIN, CustomOp, install_functions, register_op
 from .sparse_formats import (  # noqa: F401 (re-exported)
     choose_format,
     compress_2_4,
@@ -59,10 +54,9 @@ from .sparse_formats import (  # noqa: F401 (re-exported)
     sparse_conv_inputs,
 )
 
-__all__ = ["OP_TYPE", "FORMATS", "overload_key", "make_sparse_conv_node", "sparse_conv_function",
-           "make_sparse_conv_model", "reference_sparse_conv", "is_2_4_sparse", "compress_2_4",
-           "decompress_2_4", "compress_csr", "decompress_csr", "compressed_bytes", "choose_format",
-           "sparse_conv_inputs", "attach_sparse_functions", "has_sparse_nodes"]
+__all__ = ["OP_TYPE", "FORMATS", "overload_key", "make_sparse_conv_node", "sparse_conv_function", "is_2_4_sparse",
+           "compress_2_4", "decompress_2_4", "compress_csr", "decompress_csr", "compressed_bytes", "choose_format",
+           "sparse_conv_inputs", "attach_sparse_functions", "densify"]
 
 OP_TYPE = "SparseConv"
 #: sparse_format attribute value → tag used in the function overload key
@@ -265,69 +259,8 @@ def sparse_conv_function(node: NodeProto, opset: int = 17) -> FunctionProto:
     return _function_for(node.overload, opset)
 
 
-def make_sparse_conv_model(x_shape: Sequence[int], weight: np.ndarray, bias: np.ndarray, *, sparse_format: str,
-                           strides: Sequence[int] = (1, 1), pads: Sequence[int] = (0, 0, 0, 0),
-                           dilations: Sequence[int] = (1, 1), activation: str = "none", alpha: float = 0.0,
-                           beta: float = 0.0, dtype=np.float32, opset: int = 17) -> ModelProto:
-    """A one-node ``SparseConv`` model (input ``"x"``, output ``"y"``, compressed weights as initializers).
-
-    Args:
-        x_shape: ``[N, C, H, W]``.
-        weight: the dense (already sparse) weight ``[M, C, kh, kw]``; bias ``[M]``.
-        sparse_format: "2:4" or "csr". Other arguments as :func:`make_sparse_conv_node`.
-
-    Raises:
-        InputError: inconsistent shapes, or a weight that is not 2:4 sparse for "2:4".
-    """
-    dt = np.dtype(dtype)
-    elem = _DTYPES[_dtype_tag(dt)]
-    n, c, hgt, wid = (int(v) for v in x_shape)
-    weight, bias = np.asarray(weight, dtype=dt), np.asarray(bias, dtype=dt)
-    if weight.ndim != 4 or weight.shape[1] != c or bias.shape != (weight.shape[0],):
-        raise InputError(f"inconsistent {OP_TYPE} weights for C={c}: weight {list(weight.shape)}, bias "
-                         f"{list(bias.shape)}")
-    m, _, kh, kw = weight.shape
-    oh, ow = conv_output_hw(hgt, wid, (kh, kw), strides, pads, dilations)
-    arrays = sparse_conv_inputs(weight, sparse_format, dt)
-    names = ["x"] + [f"w_{k}" for k in arrays] + ["b"]
-    node = make_sparse_conv_node(names, ["y"], sparse_format=sparse_format, kernel_shape=(kh, kw), strides=strides,
-                                 pads=pads, dilations=dilations, activation=activation, alpha=alpha, beta=beta,
-                                 name="sparse_conv", dtype=dt)
-    inits = [onnx.numpy_helper.from_array(a, f"w_{k}") for k, a in arrays.items()]
-    inits.append(onnx.numpy_helper.from_array(bias, "b"))
-    return one_node_model(node, inits, sparse_conv_function(node, opset), elem, [n, c, hgt, wid], [n, m, oh, ow],
-                          opset)
-
-
-def reference_sparse_conv(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, *, strides: Sequence[int] = (1, 1),
-                          pads: Sequence[int] = (0, 0, 0, 0), dilations: Sequence[int] = (1, 1),
-                          activation: str = "none", alpha: float = 0.0, beta: float = 0.0,
-                          **_unused) -> np.ndarray:
-    """Plain-numpy dense convolution + activation in float64, returned in ``x``'s dtype (the op's meaning)."""
-    out_dtype = np.asarray(x).dtype
-    x, w, b = (np.asarray(a, dtype=np.float64) for a in (x, weight, bias))
-    n, c, hgt, wid = x.shape
-    m, _, kh, kw = w.shape
-    xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
-    oh, ow = conv_output_hw(hgt, wid, (kh, kw), strides, pads, dilations)
-    y = np.zeros((n, m, oh, ow)) + b[None, :, None, None]
-    for i in range(kh):
-        for j in range(kw):
-            r0, c0 = i * dilations[0], j * dilations[1]
-            patch = xp[:, :, r0:r0 + strides[0] * (oh - 1) + 1:strides[0], c0:c0 + strides[1] * (ow - 1) + 1:strides[1]]
-            y += np.einsum("nchw,mc->nmhw", patch, w[:, :, i, j])
-    return _activate(y, activation, alpha, beta).astype(out_dtype)
-
-
 def _sparse_nodes(graph):
-    from ..model import iter_nodes
-
     return (n for n in iter_nodes(graph) if n.op_type == OP_TYPE and n.domain == DOMAIN)
-
-
-def has_sparse_nodes(model: ModelProto) -> bool:
-    """True when the model contains ``SparseConv`` nodes (in any subgraph)."""
-    return any(True for _ in _sparse_nodes(model.graph))
 
 
 def attach_sparse_functions(model: ModelProto) -> ModelProto:
@@ -360,3 +293,138 @@ def attach_sparse_functions(model: ModelProto) -> ModelProto:
         if node.overload not in wanted:
             wanted[node.overload] = _function_for(node.overload, opset)
     return install_functions(model, OP_TYPE, wanted)
+
+
+# ----------------------------------------------------------------------------- dense fallback
+def _dense_activation(kind: str, alpha: float, beta: float, src: str, dst: str, elem: int, opset: int,
+                      prefix: str) -> Tuple[list, list]:
+    """(nodes, initializers) computing ``kind`` from ``src`` into ``dst`` with literal parameters."""
+    n = helper.make_node
+    if kind == "none":
+        return [n("Identity", [src], [dst])], []
+    if kind in ("relu", "sigmoid"):
+        return [n({"relu": "Relu", "sigmoid": "Sigmoid"}[kind], [src], [dst])], []
+    if kind == "leaky_relu":
+        return [n("LeakyRelu", [src], [dst], alpha=alpha)], []
+    if kind == "hard_sigmoid":
+        return [n("HardSigmoid", [src], [dst], alpha=alpha, beta=beta)], []
+    if kind == "hard_swish":
+        if opset >= 14:
+            return [n("HardSwish", [src], [dst])], []
+        return [n("HardSigmoid", [src], [f"{prefix}_hsig"], alpha=1.0 / 6.0, beta=0.5),
+                n("Mul", [src, f"{prefix}_hsig"], [dst])], []
+    if kind == "clip":
+        np_dtype = onnx.helper.tensor_dtype_to_np_dtype(elem)
+        inits = [onnx.numpy_helper.from_array(np.array(v, dtype=np_dtype), f"{prefix}_{t}")
+                 for v, t in ((alpha, "min"), (beta, "max"))]
+        return [n("Clip", [src, f"{prefix}_min", f"{prefix}_max"], [dst])], inits
+    raise InputError(f"unknown activation '{kind}'; expected one of: {', '.join(ACTIVATIONS)}")
+
+
+def densify(model: ModelProto) -> ModelProto:
+    """Return a copy whose ``SparseConv`` nodes are plain ``Conv`` (+ activation) nodes with dense weights.
+
+    The variant for a TensorRT without the edgesqueeze plugin: TensorRT's own sparse kernels can still use the
+    2:4 pattern (``--sparsity=enable`` on Ampere). The compressed weights must be initializers.
+
+    Raises:
+        InputError: a SparseConv node whose compressed weights are not initializers.
+    """
+    out = ModelProto()
+    out.CopyFrom(model)
+    opset = next((int(o.version) for o in out.opset_import if o.domain in ("", "ai.onnx")), 0)
+    inits = {t.name: t for t in out.graph.initializer}
+    used_elsewhere = {i for node in out.graph.node if not (node.op_type == OP_TYPE and node.domain == DOMAIN)
+                      for i in node.input} | {o.name for o in out.graph.output}
+    new_nodes, new_inits, drop = [], [], set()
+    for idx, node in enumerate(out.graph.node):
+        if node.op_type != OP_TYPE or node.domain != DOMAIN:
+            new_nodes.append(node)
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        text = {k: v.decode() if isinstance(v, bytes) else v for k, v in attrs.items()}
+        fmt = text.get("sparse_format")
+        weights = list(node.input[1:-1])
+        if any(w not in inits for w in weights):
+            raise InputError("SparseConv weights must be initializers to densify", node=node.name)
+        arrays = [onnx.numpy_helper.to_array(inits[w]) for w in weights]
+        name = node.name or f"sparse_conv_{idx}"
+        x_name = node.input[0]
+        kh, kw = (int(v) for v in attrs["kernel_shape"])
+        # C from the reduction size: 2:4 values are [M, R/2]; CSR needs the input's channel count
+        if fmt == "2:4":
+            m, r = arrays[0].shape[0], arrays[0].shape[1] * 2
+        else:
+            m, r = len(arrays[2]) - 1, None
+        if r is None:
+            shapes = {vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim]
+                      for vi in list(out.graph.input) + list(out.graph.value_info)}
+            c = (shapes.get(x_name) or [0, 0])[1]
+            if not c:
+                raise InputError("cannot densify a csr SparseConv without the input's channel count "
+                                 "(run shape inference first)", node=name, tensor=x_name)
+        else:
+            c = r // (kh * kw)
+        shape = (m, c, kh, kw)
+        dense = decompress_2_4(arrays[0], arrays[1], shape) if fmt == "2:4" else \
+            decompress_csr(arrays[0], arrays[1], arrays[2], shape)
+        w_name = f"{name}_dense_weight"
+        new_inits.append(onnx.numpy_helper.from_array(dense, w_name))
+        drop.update(w for w in weights if w not in used_elsewhere)
+        act = text.get("activation", "none")
+        conv_out = node.output[0] if act == "none" else f"{name}_conv"
+        new_nodes.append(helper.make_node("Conv", [x_name, w_name, node.input[-1]], [conv_out], name=name,
+                                          kernel_shape=[kh, kw], strides=list(attrs.get("strides", [1, 1])),
+                                          pads=list(attrs.get("pads", [0, 0, 0, 0])),
+                                          dilations=list(attrs.get("dilations", [1, 1]))))
+        if act != "none":
+            act_nodes, act_inits = _dense_activation(act, float(attrs.get("alpha", 0.0)), float(attrs.get("beta", 0.0)),
+                                                     conv_out, node.output[0], inits[weights[0]].data_type, opset,
+                                                     name)
+            new_nodes += act_nodes
+            new_inits += act_inits
+    keep_inits = [t for t in out.graph.initializer if t.name not in drop] + new_inits
+    del out.graph.node[:]
+    out.graph.node.extend(new_nodes)
+    del out.graph.initializer[:]
+    out.graph.initializer.extend(keep_inits)
+    kept = [f for f in out.functions if not (f.domain == DOMAIN and f.name == OP_TYPE)]
+    del out.functions[:]
+    out.functions.extend(kept)
+    if not any(n.domain == DOMAIN for n in out.graph.node) and not any(f.domain == DOMAIN for f in out.functions):
+        keep = [o for o in out.opset_import if o.domain != DOMAIN]
+        del out.opset_import[:]
+        out.opset_import.extend(keep)
+    return out
+
+
+_EMULATE_ATTRS = ("sparse_format", "kernel_shape", "strides", "pads", "dilations", "activation", "alpha", "beta")
+
+
+@register_op
+class SparseConv(CustomOp):
+    """The registry entry of ``edgesqueeze::SparseConv``."""
+
+    op_type = OP_TYPE
+
+    def attach_functions(self, model: ModelProto) -> ModelProto:
+        """See :func:`attach_sparse_functions`."""
+        return attach_sparse_functions(model)
+
+    def prepare_inline(self, model: ModelProto) -> ModelProto:
+        """Without the plugin a SparseConv becomes a plain dense Conv (:func:`densify`), not the decompressing
+        function: TensorRT 8.2 cannot run the CSR decompression (ScatterElements with reduction), and with
+        ``--sparsity=enable`` TensorRT uses its own 2:4 kernels on it. Weights computed in-graph keep the
+        function body, the only exact spelling."""
+        try:
+            return densify(infer_shapes(model))
+        except InputError:
+            return model
+
+    def emulate(self, node: NodeProto, inputs, device: str = "cpu", cache_dir=None) -> np.ndarray:
+        """Run the 2:4 or CSR kernel (:func:`edgesqueeze.plugins.emulate.emulate_sparse_conv`)."""
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute if a.name in _EMULATE_ATTRS}
+        attrs = {k: v.decode() if isinstance(v, bytes) else v for k, v in attrs.items()}
+        names = ("values", "metadata") if attrs["sparse_format"] == "2:4" else ("values", "col", "row_ptr")
+        return emulate_sparse_conv(inputs[0], dict(zip(names, inputs[1:-1])), inputs[-1], device=device,
+                                   cache_dir=cache_dir, **attrs)

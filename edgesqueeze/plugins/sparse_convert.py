@@ -1,8 +1,8 @@
-"""Conversions between ``Conv`` and ``SparseConv``.
+"""Conversion of ``Conv`` to ``SparseConv``.
 
 :func:`convert_sparse_convs` replaces pruned ``Conv`` layers by ``SparseConv`` nodes that carry compressed
-weights; :func:`densify` turns ``SparseConv`` nodes back into plain ``Conv`` nodes (the variant for a TensorRT
-without the edgesqueeze plugin).
+weights (:func:`edgesqueeze.plugins.sparse.densify` turns them back into plain ``Conv`` nodes, the variant for a
+TensorRT without the edgesqueeze plugin).
 
 A layer is converted when its weight is 2:4 sparse along the input channels (``"2:4"``) or at most
 ``csr_max_density`` non-zero (``"csr"``), and the compressed form is smaller than the dense one. A following
@@ -19,11 +19,9 @@ import numpy as np
 import onnx
 from onnx import ModelProto, helper, numpy_helper
 
-from ..errors import InputError
-from .dwsep import ACTIVATIONS, DOMAIN, DOMAIN_VERSION, OVERLOAD_IR_VERSION
+from .ops import DOMAIN, DOMAIN_VERSION, OVERLOAD_IR_VERSION
 from .sparse import OP_TYPE, make_sparse_conv_node, sparse_conv_function
-from .sparse_formats import (choose_format, compressed_bytes, decompress_2_4, decompress_csr,
-                             sparse_conv_inputs)
+from .sparse_formats import choose_format, compressed_bytes, sparse_conv_inputs
 
 _ACT_OPS = {"Relu": "relu", "Clip": "clip", "LeakyRelu": "leaky_relu", "Sigmoid": "sigmoid",
             "HardSigmoid": "hard_sigmoid", "HardSwish": "hard_swish"}
@@ -175,106 +173,3 @@ def convert_sparse_convs(model: ModelProto, *, formats: Sequence[str] = ("2:4", 
         out.opset_import.append(helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
     out.ir_version = max(out.ir_version, OVERLOAD_IR_VERSION)
     return out, report
-
-
-# ----------------------------------------------------------------------------- dense fallback
-def _dense_activation(kind: str, alpha: float, beta: float, src: str, dst: str, elem: int, opset: int,
-                      prefix: str) -> Tuple[list, list]:
-    """(nodes, initializers) computing ``kind`` from ``src`` into ``dst`` with literal parameters."""
-    n = helper.make_node
-    if kind == "none":
-        return [n("Identity", [src], [dst])], []
-    if kind in ("relu", "sigmoid"):
-        return [n({"relu": "Relu", "sigmoid": "Sigmoid"}[kind], [src], [dst])], []
-    if kind == "leaky_relu":
-        return [n("LeakyRelu", [src], [dst], alpha=alpha)], []
-    if kind == "hard_sigmoid":
-        return [n("HardSigmoid", [src], [dst], alpha=alpha, beta=beta)], []
-    if kind == "hard_swish":
-        if opset >= 14:
-            return [n("HardSwish", [src], [dst])], []
-        return [n("HardSigmoid", [src], [f"{prefix}_hsig"], alpha=1.0 / 6.0, beta=0.5),
-                n("Mul", [src, f"{prefix}_hsig"], [dst])], []
-    if kind == "clip":
-        np_dtype = onnx.helper.tensor_dtype_to_np_dtype(elem)
-        inits = [onnx.numpy_helper.from_array(np.array(v, dtype=np_dtype), f"{prefix}_{t}")
-                 for v, t in ((alpha, "min"), (beta, "max"))]
-        return [n("Clip", [src, f"{prefix}_min", f"{prefix}_max"], [dst])], inits
-    raise InputError(f"unknown activation '{kind}'; expected one of: {', '.join(ACTIVATIONS)}")
-
-
-def densify(model: ModelProto) -> ModelProto:
-    """Return a copy whose ``SparseConv`` nodes are plain ``Conv`` (+ activation) nodes with dense weights.
-
-    The variant for a TensorRT without the edgesqueeze plugin: TensorRT's own sparse kernels can still use the
-    2:4 pattern (``--sparsity=enable`` on Ampere). The compressed weights must be initializers.
-
-    Raises:
-        InputError: a SparseConv node whose compressed weights are not initializers.
-    """
-    out = ModelProto()
-    out.CopyFrom(model)
-    opset = next((int(o.version) for o in out.opset_import if o.domain in ("", "ai.onnx")), 0)
-    inits = {t.name: t for t in out.graph.initializer}
-    used_elsewhere = {i for node in out.graph.node if not (node.op_type == OP_TYPE and node.domain == DOMAIN)
-                      for i in node.input} | {o.name for o in out.graph.output}
-    new_nodes, new_inits, drop = [], [], set()
-    for idx, node in enumerate(out.graph.node):
-        if node.op_type != OP_TYPE or node.domain != DOMAIN:
-            new_nodes.append(node)
-            continue
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        text = {k: v.decode() if isinstance(v, bytes) else v for k, v in attrs.items()}
-        fmt = text.get("sparse_format")
-        weights = list(node.input[1:-1])
-        if any(w not in inits for w in weights):
-            raise InputError("SparseConv weights must be initializers to densify", node=node.name)
-        arrays = [onnx.numpy_helper.to_array(inits[w]) for w in weights]
-        name = node.name or f"sparse_conv_{idx}"
-        x_name = node.input[0]
-        kh, kw = (int(v) for v in attrs["kernel_shape"])
-        # C from the reduction size: 2:4 values are [M, R/2]; CSR needs the input's channel count
-        if fmt == "2:4":
-            m, r = arrays[0].shape[0], arrays[0].shape[1] * 2
-        else:
-            m, r = len(arrays[2]) - 1, None
-        if r is None:
-            shapes = {vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim]
-                      for vi in list(out.graph.input) + list(out.graph.value_info)}
-            c = (shapes.get(x_name) or [0, 0])[1]
-            if not c:
-                raise InputError("cannot densify a csr SparseConv without the input's channel count "
-                                 "(run shape inference first)", node=name, tensor=x_name)
-        else:
-            c = r // (kh * kw)
-        shape = (m, c, kh, kw)
-        dense = decompress_2_4(arrays[0], arrays[1], shape) if fmt == "2:4" else \
-            decompress_csr(arrays[0], arrays[1], arrays[2], shape)
-        w_name = f"{name}_dense_weight"
-        new_inits.append(onnx.numpy_helper.from_array(dense, w_name))
-        drop.update(w for w in weights if w not in used_elsewhere)
-        act = text.get("activation", "none")
-        conv_out = node.output[0] if act == "none" else f"{name}_conv"
-        new_nodes.append(helper.make_node("Conv", [x_name, w_name, node.input[-1]], [conv_out], name=name,
-                                          kernel_shape=[kh, kw], strides=list(attrs.get("strides", [1, 1])),
-                                          pads=list(attrs.get("pads", [0, 0, 0, 0])),
-                                          dilations=list(attrs.get("dilations", [1, 1]))))
-        if act != "none":
-            act_nodes, act_inits = _dense_activation(act, float(attrs.get("alpha", 0.0)), float(attrs.get("beta", 0.0)),
-                                                     conv_out, node.output[0], inits[weights[0]].data_type, opset,
-                                                     name)
-            new_nodes += act_nodes
-            new_inits += act_inits
-    keep_inits = [t for t in out.graph.initializer if t.name not in drop] + new_inits
-    del out.graph.node[:]
-    out.graph.node.extend(new_nodes)
-    del out.graph.initializer[:]
-    out.graph.initializer.extend(keep_inits)
-    kept = [f for f in out.functions if not (f.domain == DOMAIN and f.name == OP_TYPE)]
-    del out.functions[:]
-    out.functions.extend(kept)
-    if not any(n.domain == DOMAIN for n in out.graph.node) and not any(f.domain == DOMAIN for f in out.functions):
-        keep = [o for o in out.opset_import if o.domain != DOMAIN]
-        del out.opset_import[:]
-        out.opset_import.extend(keep)
-    return out

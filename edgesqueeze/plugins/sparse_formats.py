@@ -15,13 +15,12 @@ import numpy as np
 from ..errors import InputError
 
 FORMATS = ("2:4", "csr")
-OP_TYPE = "SparseConv"
 
 
 def _as_matrix(weight: np.ndarray) -> np.ndarray:
     """``W[M,C,kh,kw]`` → ``A[M, kh*kw*C]`` with the input channel fastest."""
     if weight.ndim != 4:
-        raise InputError(f"{OP_TYPE} weight must be [M,C,kh,kw], got shape {list(weight.shape)}")
+        raise InputError(f"SparseConv weight must be [M,C,kh,kw], got shape {list(weight.shape)}")
     return np.ascontiguousarray(weight.transpose(0, 2, 3, 1)).reshape(weight.shape[0], -1)
 
 

@@ -14,6 +14,7 @@ from onnx import ModelProto, TensorProto, helper, numpy_helper
 
 from ..errors import UnsupportedError
 from ..model import infer_shapes
+from ..plugins.ops import convert_fp16_functions
 
 FP32, FP16 = TensorProto.FLOAT, TensorProto.FLOAT16
 FP16_MAX = 65504.0
@@ -173,7 +174,7 @@ def convert_fp16(model: ModelProto, keep_fp32: Iterable[str] = (), keep_io_types
     del g.node[:]
     g.node.extend(nodes)
     del g.value_info[:]
-    _refresh_custom_functions(out)
+    convert_fp16_functions(out)  # FP32 function bodies under FP16 weights fail the checker and onnxruntime
     out = infer_shapes(out)
     onnx.checker.check_model(out)
     if report is not None:
@@ -181,17 +182,3 @@ def convert_fp16(model: ModelProto, keep_fp32: Iterable[str] = (), keep_io_types
                        "casts": len(casts) + sum(1 for n in nodes if n.name.endswith("_output_Cast")),
                        "clipped_weights": sorted(set(clipped))})
     return out
-
-
-def _refresh_custom_functions(model: ModelProto) -> None:
-    """Rebuild the local functions of edgesqueeze custom nodes for their new (FP16) element types, in place:
-    an FP32 function body (Clip bounds, constants) under FP16 weights fails the checker and onnxruntime."""
-    ops = {n.op_type for n in model.graph.node if n.domain == "edgesqueeze"}
-    if "DepthwiseSeparableConv" in ops:
-        from ..plugins.dwsep import attach_functions
-
-        attach_functions(model)
-    if "SparseConv" in ops:
-        from ..plugins.sparse import attach_sparse_functions
-
-        attach_sparse_functions(model)

@@ -21,11 +21,11 @@ from onnx import ModelProto, helper, numpy_helper
 
 from ..errors import InputError
 from ..model import convert_opset, opset_version
+from ..plugins.ops import DOMAIN as CUSTOM_DOMAIN  # custom ops: plugins without INT8 kernels
 
 # op -> (activation input indices, weight input index, weight channel axis or None: decided per node)
 WEIGHTED_OPS = {"Conv": ((0,), 1), "ConvTranspose": ((0,), 1), "Gemm": ((0, 1), 1), "MatMul": ((0, 1), 1)}
 MIN_OPSET = 13  # per-channel QuantizeLinear (axis) needs opset 13
-CUSTOM_DOMAIN = "edgesqueeze"  # DepthwiseSeparableConv, SparseConv: plugins without INT8 kernels
 
 
 @dataclass
