@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import click
 
+from ..precision import PRECISION_CHOICES
+from ..quant.methods import METHODS
 from .common import emit, info, input_shape_option, json_option, output_option, quiet, table, target_option, warn
 
 
@@ -17,12 +19,12 @@ def _split(values):
 @click.argument("model", type=click.Path())
 @output_option(help="Output model (.onnx): the QDQ model for int8, the FP16 model for fp16.")
 @click.option("-p", "--precision", default="auto", show_default=True,
-              type=click.Choice(["auto", "int8", "fp16", "fp32"], case_sensitive=False),
+              type=click.Choice(PRECISION_CHOICES, case_sensitive=False),
               help="auto: what the --target runs fast (INT8 on Xavier/Orin, FP16 on TX1/Nano/TX2, FP32 on TK1).")
 @target_option
 @click.option("-c", "--calib", metavar="DATA", help="Calibration data: .npz/.npy, an image folder, or 'random'.")
 @click.option("-m", "--method", default="entropy", show_default=True,
-              type=click.Choice(["entropy", "minmax", "percentile", "mse"], case_sensitive=False),
+              type=click.Choice(METHODS, case_sensitive=False),
               help="Calibrator: entropy = TensorRT EntropyCalibration2.")
 @click.option("--percentile", default=99.99, show_default=True, type=float, help="Percentile of the percentile method.")
 @click.option("--keep", multiple=True, metavar="NODE[,NODE]",
