@@ -8,7 +8,8 @@ from ..quant.methods import METHODS
 from .common import emit, info, input_shape_option, json_option, output_option, quiet, table, target_option, warn
 
 
-def _split(values):
+def split_names(values):
+    """Names given as repeated and/or comma-separated options (``--keep a,b --keep c``), in order."""
     out = []
     for v in values or ():
         out.extend(p.strip() for p in str(v).split(",") if p.strip())
@@ -72,7 +73,7 @@ def command(model, output, precision, target, calib, method, percentile, keep, v
 
     summary = quantize_model(
         model, output, precision=precision, target=target, calib=calib, method=method,
-        percentile=percentile, keep=_split(keep), val=val, sensitivity=sensitivity, auto_keep_drop=auto_keep_drop,
+        percentile=percentile, keep=split_names(keep), val=val, sensitivity=sensitivity, auto_keep_drop=auto_keep_drop,
         from_cache=from_cache, calib_cache=calib_cache, trt_version=trt_version, limit=limit,
         batch_size=batch_size, cache_dir=cache_dir, no_cache=no_cache, memory_budget=memory_budget,
         int8_weights=int8_weights, input_shapes=input_shapes, progress=not quiet() and not as_json,
