@@ -43,7 +43,8 @@ from .quantize import split_names
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Bundle folder to create.")
 @json_option
 def command(model, target, precision, calib, calib_method, percentile, keep, sensitivity, auto_keep_drop, calib_limit,
-            sparsity, val, val_limit, max_accuracy_drop, input_shapes, passes, skip_passes, no_optimize, dla, workspace_mib, local_engine, archive, force, output, as_json):
+            sparsity, val, val_limit, max_accuracy_drop, input_shapes, passes, skip_passes, no_optimize, dla,
+            workspace_mib, local_engine, archive, force, output, as_json):
     """Build a deployable bundle of MODEL for a target: load, optimize, compress, quantize, validate, package.
 
     The bundle holds the optimized FP32 model, the FP16 or QDQ INT8 model, the TensorRT calibration cache,

@@ -63,13 +63,11 @@ def check_runs(model: onnx.ModelProto, path: str) -> None:
     Raises:
         UnsupportedError: onnxruntime cannot load or run the model (the message is onnxruntime's first line).
     """
-
     try:
         feeds = random_feeds(model, seed=0)[0]
     except InputError:
         return  # dynamic shapes: load_model already asked for --input where it mattered
     import onnxruntime as ort
-
 
     so = ort.SessionOptions()
     so.log_severity_level = 4  # the error is raised with its message: no second copy on stderr
@@ -91,7 +89,6 @@ def check_runs(model: onnx.ModelProto, path: str) -> None:
 
 def first_real_feed(specs) -> Optional[Dict[str, "object"]]:
     """The first feed dict of the first real (not random) data set among ``specs`` ((spec, model) pairs), or None."""
-
     for spec, model in specs:
         if spec is None or str(spec) == "random":
             continue
@@ -111,8 +108,6 @@ def finish_models(models: Dict[str, onnx.ModelProto], feeds=None) -> Dict[str, o
         VerificationError: a model does not load or run on onnxruntime, or gives non-finite outputs (names it).
     """
     import numpy as np
-
-
 
     what = "the first data sample"
     if feeds is None:
@@ -149,7 +144,6 @@ def strongly_typed_int8(profile) -> bool:
         return False
     from packaging.version import Version
 
-
     return Version(profile.tensorrt) >= STRONGLY_TYPED_FROM
 
 
@@ -176,7 +170,6 @@ def cache_text(amax: Dict[str, float], trt_version: str) -> str:
     """The calibration cache for ``trt_version`` as text (header EntropyCalibration2: what trtexec --calib reads)."""
     import tempfile
 
-
     with tempfile.TemporaryDirectory(prefix="edgesqueeze-cache-") as tmp:
         path = Path(tmp) / "calibration.cache"
         write_calibration_cache(path, amax, trt_version=trt_version, algorithm="EntropyCalibration2")
@@ -185,7 +178,6 @@ def cache_text(amax: Dict[str, float], trt_version: str) -> str:
 
 def validate(original, models, reader, bar) -> dict:
     """Accuracy of every model against the input model's outputs (and labels when the data has them)."""
-
     ref_sess = make_session(original)
     results = {}
     ref_cache: List[dict] = []
@@ -248,7 +240,6 @@ def local_engine(model, precision, profile, cache_text) -> dict:
     """Build and run a TensorRT engine for this machine's GPU to validate the graph (not the device's engine)."""
     import numpy as np
 
-
     feeds = random_feeds(model, seed=0)[0]
 
     trt_model, path = model, "plain"
@@ -283,7 +274,6 @@ def make_compatible(models: Dict[str, onnx.ModelProto], profile) -> Tuple[Dict[s
     Raises:
         UnsupportedError: a node has no exact spelling at the target's opset/IR (names node, op and target).
     """
-
     limits = {"max_opset": profile.onnx_max_opset, "max_ir": profile.onnx_max_ir}
     if limits["max_opset"] is None and limits["max_ir"] is None:
         return models, {"status": "skipped", "reason": f"{profile.name} has no ONNX opset/IR limit", **limits,
