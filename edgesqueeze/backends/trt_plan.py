@@ -22,7 +22,7 @@ from packaging.version import Version
 
 from ..errors import InputError, UnsupportedError
 
-PRECISIONS = ("auto", "fp32", "fp16", "int8")
+from ..precision import PRECISION_CHOICES as PRECISIONS
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,8 @@ from typing import List, Optional
 import numpy as np
 import onnx
 
+from ..precision import PRECISIONS
+
 BYTES_PER_ELEMENT = {"fp32": 4, "fp16": 2, "int8": 1}
 
 
@@ -78,7 +80,7 @@ def roofline(profile, precision: str, flops: Optional[float], bytes_moved: float
         ``{"peak_gflops", "peak_gbs", "ridge_flop_per_byte", "intensity_flop_per_byte", "achieved_gflops",
         "attainable_gflops", "fraction_of_attainable", "bound"}`` (FLOP-based entries None when FLOPs are unknown).
     """
-    peak = profile.peak_flops(precision if precision in ("fp32", "fp16", "int8") else "fp32")
+    peak = profile.peak_flops(precision if precision in PRECISIONS else "fp32")
     bw = profile.peak_bandwidth
     out = {"peak_gflops": peak / 1e9, "peak_gbs": bw / 1e9, "ridge_flop_per_byte": peak / bw,
            "precision": precision, "intensity_flop_per_byte": None, "achieved_gflops": None,

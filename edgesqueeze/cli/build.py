@@ -3,24 +3,26 @@ from __future__ import annotations
 
 import click
 
+from ..precision import PRECISION_CHOICES
+from ..quant.methods import METHODS
 from .common import emit, info, input_shape_option, json_option, quiet, table, target_option, warn
-
-
-def _split(values):
-    out = []
-    for v in values or ():
-        out += [x.strip() for x in str(v).split(",") if x.strip()]
-    return out
+from .quantize import split_names
 
 
 @click.command("build")
 @click.argument("model", type=click.Path())
 @target_option
-@click.option("-p", "--precision", type=click.Choice(["auto", "fp32", "fp16", "int8"]), default="auto",
+@click.option("-p", "--precision", type=click.Choice(PRECISION_CHOICES), default="auto",
               show_default=True, help="auto = the best the target runs (INT8 needs --calib).")
 @click.option("--calib", metavar="DATA", help="Calibration data for INT8: .npz/.npy, an image folder, or 'random'.")
-@click.option("--calib-method", type=click.Choice(["entropy", "minmax", "percentile", "mse"]), default="entropy",
-              show_default=True, help="Calibrator.")
+@click.option("--calib-method", "-m", "--method", "calib_method", type=click.Choice(METHODS), default="entropy",
+              show_default=True, help="Calibrator (entropy = TensorRT EntropyCalibration2); --method as in quantize.")
+@click.option("--percentile", default=99.99, show_default=True, type=float, help="Percentile of the percentile method.")
+@click.option("--keep", multiple=True, metavar="NODE[,NODE]",
+              help="Layers (node names) kept in higher precision (FP16/FP32). Repeat or comma-separate.")
+@click.option("--sensitivity", is_flag=True, help="Rank layers by the output error when only that layer is INT8.")
+@click.option("--auto-keep", "auto_keep_drop", type=float, metavar="POINTS",
+              help="Keep the most sensitive layers out of INT8 until the accuracy drop is at most POINTS.")
 @click.option("--calib-limit", type=click.IntRange(min=1), help="Use at most N calibration batches.")
 @click.option("--sparsity", type=click.Choice(["2:4"]), help="Prune weights to 2:4 structured sparsity.")
 @click.option("--val", metavar="DATA", help="Validation data: report accuracy against the FP32 model.")
@@ -40,9 +42,9 @@ def _split(values):
 @click.option("--force", is_flag=True, help="Replace an existing bundle in OUTPUT.")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Bundle folder to create.")
 @json_option
-def command(model, target, precision, calib, calib_method, calib_limit, sparsity, val, val_limit, max_accuracy_drop,
-            input_shapes,
-            passes, skip_passes, no_optimize, dla, workspace_mib, local_engine, archive, force, output, as_json):
+def command(model, target, precision, calib, calib_method, percentile, keep, sensitivity, auto_keep_drop, calib_limit,
+            sparsity, val, val_limit, max_accuracy_drop, input_shapes, passes, skip_passes, no_optimize, dla,
+            workspace_mib, local_engine, archive, force, output, as_json):
     """Build a deployable bundle of MODEL for a target: load, optimize, compress, quantize, validate, package.
 
     The bundle holds the optimized FP32 model, the FP16 or QDQ INT8 model, the TensorRT calibration cache,
@@ -55,6 +57,7 @@ def command(model, target, precision, calib, calib_method, calib_limit, sparsity
           --calib examples/digits/calib.npz --val examples/digits/val.npz -o bundle/
       edgesqueeze build net.onnx -t tx2 -o bundle-tx2/                  # auto: FP16 on a TX2
       edgesqueeze build net.onnx -t agx-orin --sparsity 2:4 --dla -o bundle/ --archive
+      edgesqueeze build net.onnx -t orin-nano -p int8 --calib calib.npz --method minmax --keep head -o bundle/
       edgesqueeze bench bundle/                                         # then run it (CPU default)
     """
     from ..errors import InputError
@@ -63,12 +66,12 @@ def command(model, target, precision, calib, calib_method, calib_limit, sparsity
     if not target:
         raise InputError("--target is required", hint="see 'edgesqueeze devices' for the names")
     summary = build(model, target, output, precision=precision, calib=calib, sparsity=sparsity, val=val,
-                    input_shapes=list(input_shapes) or None, archive=archive, passes=_split(passes) or None,
-                    skip_passes=_split(skip_passes), optimize=not no_optimize, calib_method=calib_method,
+                    input_shapes=list(input_shapes) or None, archive=archive, passes=split_names(passes) or None,
+                    skip_passes=split_names(skip_passes), optimize=not no_optimize, calib_method=calib_method,
                     calib_limit=calib_limit, val_limit=val_limit, dla=dla, workspace_mib=workspace_mib,
                     local_engine=local_engine, force=force, progress=not quiet() and not as_json,
-                    max_accuracy_drop=max_accuracy_drop,
-                    log=_log)
+                    max_accuracy_drop=max_accuracy_drop, percentile=percentile, keep=split_names(keep),
+                    sensitivity=sensitivity, auto_keep_drop=auto_keep_drop, log=_log)
     emit(summary, as_json, format_summary)
 
 
@@ -131,6 +134,9 @@ def format_summary(s: dict) -> str:
     skipped = [f"{k}: {v.get('reason')}" for k, v in stages.items() if v.get("status") == "skipped"]
     if skipped:
         lines += ["skipped: " + "; ".join(skipped)]
+    kept = (stages.get("quantize") or {}).get("keep")
+    if kept:
+        lines += [f"kept out of INT8: {', '.join(kept)}"]
     compat = stages.get("compat") or {}
     if compat.get("status") == "done":
         lines += [f"ONNX compat: {compat['note']}"]

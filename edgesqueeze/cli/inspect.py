@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import click
 
+from ..precision import PRECISIONS
+
 from .common import emit, input_shape_option, json_option, target_option
 
 
 @click.command("inspect")
 @click.argument("model", type=click.Path())
 @target_option
-@click.option("-p", "--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None,
+@click.option("-p", "--precision", type=click.Choice(PRECISIONS), default=None,
               help="Bytes per value and the target peak used for the roofline (default: the model's own: int8 for a "
                    "QDQ model, fp16 for an FP16 model, else fp32).")
 @click.option("--sparse", is_flag=True, help="Use the target's 2:4 sparse INT8 peak.")

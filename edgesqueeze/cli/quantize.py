@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import click
 
+from ..precision import PRECISION_CHOICES
+from ..quant.methods import METHODS
 from .common import emit, info, input_shape_option, json_option, output_option, quiet, table, target_option, warn
 
 
-def _split(values):
+def split_names(values):
+    """Names given as repeated and/or comma-separated options (``--keep a,b --keep c``), in order."""
     out = []
     for v in values or ():
         out.extend(p.strip() for p in str(v).split(",") if p.strip())
@@ -17,12 +20,12 @@ def _split(values):
 @click.argument("model", type=click.Path())
 @output_option(help="Output model (.onnx): the QDQ model for int8, the FP16 model for fp16.")
 @click.option("-p", "--precision", default="auto", show_default=True,
-              type=click.Choice(["auto", "int8", "fp16", "fp32"], case_sensitive=False),
+              type=click.Choice(PRECISION_CHOICES, case_sensitive=False),
               help="auto: what the --target runs fast (INT8 on Xavier/Orin, FP16 on TX1/Nano/TX2, FP32 on TK1).")
 @target_option
 @click.option("-c", "--calib", metavar="DATA", help="Calibration data: .npz/.npy, an image folder, or 'random'.")
 @click.option("-m", "--method", default="entropy", show_default=True,
-              type=click.Choice(["entropy", "minmax", "percentile", "mse"], case_sensitive=False),
+              type=click.Choice(METHODS, case_sensitive=False),
               help="Calibrator: entropy = TensorRT EntropyCalibration2.")
 @click.option("--percentile", default=99.99, show_default=True, type=float, help="Percentile of the percentile method.")
 @click.option("--keep", multiple=True, metavar="NODE[,NODE]",
@@ -70,7 +73,7 @@ def command(model, output, precision, target, calib, method, percentile, keep, v
 
     summary = quantize_model(
         model, output, precision=precision, target=target, calib=calib, method=method,
-        percentile=percentile, keep=_split(keep), val=val, sensitivity=sensitivity, auto_keep_drop=auto_keep_drop,
+        percentile=percentile, keep=split_names(keep), val=val, sensitivity=sensitivity, auto_keep_drop=auto_keep_drop,
         from_cache=from_cache, calib_cache=calib_cache, trt_version=trt_version, limit=limit,
         batch_size=batch_size, cache_dir=cache_dir, no_cache=no_cache, memory_budget=memory_budget,
         int8_weights=int8_weights, input_shapes=input_shapes, progress=not quiet() and not as_json,

@@ -15,8 +15,7 @@ from importlib import resources
 from typing import Dict, List, Optional
 
 from ..errors import InputError, UnsupportedError
-
-PRECISIONS = ("fp32", "fp16", "int8")
+from ..precision import PRECISIONS
 
 
 @dataclass(frozen=True)

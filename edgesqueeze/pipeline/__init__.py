@@ -1,4 +1,4 @@
-"""The ``build`` pipeline: load → optimize → compress → quantize → validate → (local engine) → bundle.
+"""The ``build`` pipeline: load → optimize → compress → quantize → compat → validate → (local engine) → bundle.
 
 >>> from edgesqueeze.pipeline import build
 >>> summary = build("examples/digits/digits_cnn.onnx", "orin-nano", "bundle/", precision="int8",
@@ -6,7 +6,10 @@
 """
 from __future__ import annotations
 
-from .builder import CALIB_METHODS, SPARSITY_CHOICES, build
-from .progress import STAGES
+from .builder import CALIB_METHODS, SPARSITY_CHOICES, build, render_summary, run_stages
+from .options import BuildOptions, make_options
+from .stages import STAGES
+from .state import BuildState, StageRecord
 
-__all__ = ["CALIB_METHODS", "SPARSITY_CHOICES", "STAGES", "build"]
+__all__ = ["BuildOptions", "BuildState", "CALIB_METHODS", "SPARSITY_CHOICES", "STAGES", "StageRecord", "build",
+           "make_options", "render_summary", "run_stages"]

@@ -5,20 +5,19 @@ import sys
 import time
 from typing import Callable
 
-STAGES = ("load", "optimize", "compress", "quantize", "compat", "validate", "engine", "bundle")
-
-
 class Progress:
     """One tqdm bar per stage on a terminal; one log line per stage otherwise."""
 
-    def __init__(self, enabled: bool, log: Callable[[str], None]):
+    def __init__(self, enabled: bool, log: Callable[[str], None], stages: int):
         self.enabled = enabled and sys.stderr.isatty()
         self.log = log
         self.index = 0
+        self.stages = stages
 
     def stage(self, name: str, total: int = 1) -> "Bar":
+        """The bar of the next stage, ``[i/n] name``; ``total`` steps (one unless the stage says more)."""
         self.index += 1
-        return Bar(self, f"[{self.index}/{len(STAGES)}] {name}", total)
+        return Bar(self, f"[{self.index}/{self.stages}] {name}", total)
 
 
 class Bar:
@@ -35,6 +34,12 @@ class Bar:
             self.bar = tqdm(total=self.total, desc=self.desc, file=sys.stderr, leave=True, dynamic_ncols=True,
                             bar_format="{desc:<22} {bar:30} {n_fmt}/{total_fmt} {elapsed}{postfix}")
         return self
+
+    def set_total(self, total: int) -> None:
+        """The stage knows its amount of work (batches) once it has opened its data."""
+        self.total = max(1, total)
+        if self.bar is not None:
+            self.bar.reset(total=self.total)
 
     def update(self, n: int = 1) -> None:
         if self.bar is not None:

@@ -1,367 +1,197 @@
-"""The build pipeline's stages that are more than a call: optimizer, calibration cache, validation, local
-TensorRT engine, predicted latency, and the small JSON helpers for the manifest."""
+"""The build pipeline as named stages: each ``stage(state, options) -> StageRecord``, run in :data:`STAGES` order.
+
+A stage reads the frozen :class:`~edgesqueeze.pipeline.options.BuildOptions`, reads and extends the
+:class:`~edgesqueeze.pipeline.state.BuildState` (the models so far), and returns a record the summary is rendered
+from. A stage that cannot or need not run returns a ``skipped`` record with its reason.
+"""
 from __future__ import annotations
 
-import importlib.util
-import re
-import shutil
-from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
-
-import onnx
-
-from .. import __version__
-from ..errors import InputError, UnsupportedError
-from ..model import input_specs
-
-
-def have(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        return False
-
-
-def have_quant() -> bool:
-    try:
-        from ..quant import calibrate, convert_fp16, quantize_qdq, write_calibration_cache  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def resolve_target_precision(profile, requested: str) -> str:
-    """``auto`` → the target's best precision; an explicit one must be supported (UnsupportedError otherwise)."""
-    requested = (requested or "auto").lower()
-    try:
-        from ..quant import resolve_precision
-    except ImportError:
-        resolve_precision = None
-    if resolve_precision is not None:
-        return resolve_precision(profile, requested)
-    if requested == "auto":
-        return profile.best_precision()
-    if requested not in ("fp32", "fp16", "int8"):
-        raise InputError(f"unknown precision '{requested}'; choose auto, fp32, fp16 or int8")
-    if not profile.supports(requested):
-        raise UnsupportedError(f"--precision {requested} is not possible on {profile.name}: "
-                               f"{profile.why_not(requested)}")
-    return requested
-
-
-def predicted_ms(model: onnx.ModelProto, profile, precision: str, sparse: bool = False) -> Optional[float]:
-    try:
-        from ..inspect import inspect_model
-    except ImportError:
-        return None
-    totals = inspect_model(model, target=profile, precision=precision, sparse=sparse)["totals"]
-    return totals.get("predicted_ms", totals.get("roofline_ms"))
-
-
-def versions() -> Dict[str, str]:
-    import numpy
-    import onnxruntime
-
-    return {"edgesqueeze": __version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
-            "numpy": numpy.__version__}
-
-
-def local_trt_reason() -> Optional[str]:
-    """Why no local TensorRT engine can be built here (None when one can)."""
-    if not have("tensorrt"):
-        return "TensorRT is not installed here (pip install 'edgesqueeze[trt]' on a machine with an NVIDIA GPU)"
-    if shutil.which("nvidia-smi") is None:
-        return "no NVIDIA GPU here (nvidia-smi not found)"
-    return None
-
-
-def check_runs(model: onnx.ModelProto, path: str) -> None:
-    """Run the loaded model once on onnxruntime (seeded random inputs) so that a model that cannot run at its
-    input shapes fails here, as a user error naming the file, not deep inside a later stage.
-
-    Raises:
-        UnsupportedError: onnxruntime cannot load or run the model (the message is onnxruntime's first line).
-    """
-    from ..model import random_feeds
-
-    try:
-        feeds = random_feeds(model, seed=0)[0]
-    except InputError:
-        return  # dynamic shapes: load_model already asked for --input where it mattered
-    import onnxruntime as ort
-
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 4  # the error is raised with its message: no second copy on stderr
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    from ..ortutil import make_session
-
-    try:
-        sess = make_session(model, session_options=so)
-    except Exception:  # noqa: BLE001 - what onnxruntime cannot load, the stages report with their own context
-        return
-    try:
-        sess.run(None, feeds)
-    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own Fail/RuntimeException types
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        text = text.split("Status Message:")[-1].strip()
-        text = re.sub(r"^/\S+:\d+ .*?\)\s+", "", text)  # onnxruntime's source location and function
-        raise UnsupportedError(f"onnxruntime cannot run the model at its input shapes: {text}", path=path,
-                               hint="check the --input shapes (a hard-coded Reshape fixes the batch size)") from exc
-
-
-def first_real_feed(specs) -> Optional[Dict[str, "object"]]:
-    """The first feed dict of the first real (not random) data set among ``specs`` ((spec, model) pairs), or None."""
-    from ..data import open_data
-
-    for spec, model in specs:
-        if spec is None or str(spec) == "random":
-            continue
-        try:
-            return next(iter(open_data(spec, model, limit=1)))
-        except Exception:  # noqa: BLE001 - the data was checked at load time; fall back to random inputs
-            continue
-    return None
-
-
-def finish_models(models: Dict[str, onnx.ModelProto], feeds=None) -> Dict[str, onnx.ModelProto]:
-    """Make every bundle model self-consistent and prove it runs: rebuild the custom nodes' local functions for
-    the model's element type (an FP16 model needs FP16 function bodies), then run each once on onnxruntime,
-    on ``feeds`` (a real input, when the user gave data) or on seeded random inputs.
-
-    Raises:
-        VerificationError: a model does not load or run on onnxruntime, or gives non-finite outputs (names it).
-    """
-    import numpy as np
-
-    from ..errors import VerificationError
-    from ..model import random_feeds
-    from ..ortutil import make_session
-
-    from ..bundle.variants import custom_ops, refresh_functions
-
-    what = "the first data sample"
-    if feeds is None:
-        feeds = random_feeds(models["fp32"], seed=0)[0]
-        what = "random inputs (seed 0)"
-    out = {}
-    for kind, m in models.items():
-        if custom_ops(m):
-            m = refresh_functions(m)
-        try:
-            session = make_session(m)
-            result = session.run(None, feeds)
-        except Exception as exc:  # noqa: BLE001 - UnsupportedError from make_session or onnxruntime's own types
-            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise VerificationError(f"the {kind} model does not run on onnxruntime: {text}",
-                                    hint="a bug in the stage that made it: rerun with --debug and report it") from exc
-        bad = [o.name for o, r in zip(session.get_outputs(), result)
-               if np.issubdtype(np.asarray(r).dtype, np.floating) and not np.all(np.isfinite(r))]
-        if bad:
-            raise VerificationError(f"the {kind} model gives NaN/Inf on {what}", tensor=bad[0],
-                                    hint="a Log, Sqrt or division of arbitrary inputs? give real data with --calib "
-                                         "or --val, or build from a model that is finite for any input")
-        out[kind] = m
-    return out
-
-
-DWSEP_PASS = "fuse_depthwise_separable"
-
-
-def strongly_typed_int8(profile) -> bool:
-    """True when the target's TensorRT builds INT8 strongly typed (10.13+) on a GPU with fast FP16: the bundle
-    then also carries the QDQ model on an FP16 base."""
-    if not (profile.has_tensorrt and profile.fast_fp16):
-        return False
-    from packaging.version import Version
-
-    from ..bundle.engine_plan import STRONGLY_TYPED_FROM
-
-    return Version(profile.tensorrt) >= STRONGLY_TYPED_FROM
-
-
-def fusion_deferred(profile, passes, skip) -> bool:
-    """True when the optimizer would fuse depthwise-separable blocks for this target and these options."""
-    try:
-        from ..passes import resolve_passes
-    except ImportError:
-        return False
-    return DWSEP_PASS in resolve_passes(list(passes) if passes else None, tuple(skip), profile.name)
-
-
-def run_optimizer(model, profile, passes, skip, enabled) -> dict:
-    if not enabled:
-        return {"status": "skipped", "reason": "--no-optimize", "model": model, "note": "off"}
-    try:
-        from ..passes import optimize as run_passes
-    except ImportError as exc:
-        return {"status": "skipped", "reason": f"the optimizer is not available ({exc})", "model": model,
-                "note": "optimizer missing"}
-    out, report = run_passes(model, passes=list(passes) if passes else None, skip=tuple(skip),
-                             target=profile.name, verify=True)
-    fusions = {k: (v.get("count") if isinstance(v, dict) else v) for k, v in sorted(report.get("fusions", {}).items())}
-    names = [p["name"] if isinstance(p, dict) else str(p) for p in report.get("passes", [])]
-    return {"status": "done", "model": out, "passes": names, "fusions": fusions,
-            "nodes_before": report.get("nodes_before"), "nodes_after": report.get("nodes_after"),
-            "verification": report.get("verification"),
-            "note": f"{report.get('nodes_before')} -> {report.get('nodes_after')} nodes"}
-
-
-def cache_text(amax: Dict[str, float], trt_version: str) -> str:
-    """The calibration cache for ``trt_version`` as text (header EntropyCalibration2: what trtexec --calib reads)."""
-    import tempfile
-
-    from ..quant import write_calibration_cache
-
-    with tempfile.TemporaryDirectory(prefix="edgesqueeze-cache-") as tmp:
-        path = Path(tmp) / "calibration.cache"
-        write_calibration_cache(path, amax, trt_version=trt_version, algorithm="EntropyCalibration2")
-        return path.read_text(encoding="utf-8")
-
-
-def validate(original, models, reader, bar) -> dict:
-    """Accuracy of every model against the input model's outputs (and labels when the data has them)."""
-    from ..compare import compare_runs
-    from ..ortutil import make_session, run_model
-
-    ref_sess = make_session(original)
-    results = {}
-    ref_cache: List[dict] = []
-    feeds = list(reader)
-    labels = getattr(reader, "labels", None)
-    for f in feeds:
-        ref_cache.append(run_model(original, f, session=ref_sess))
-        bar.update(1)
-    for kind, m in models.items():
-        sess = make_session(m)
-        it = iter(ref_cache)
-        r = compare_runs(lambda f: next(it), lambda f, s=sess, mm=m: run_model(mm, f, session=s), feeds, labels,
-                         progress=bar.update if kind != "fp32" else None)
-        results[kind] = r
-    any_r = next(iter(results.values()))
-    acc = any_r.get("accuracy")
-    return {"samples": any_r["samples"], "labelled": bool(acc and acc.get("n")),
-            "reference_top1": acc["a"] if acc else None,
-            "models": {k: {"top1": (r["accuracy"] or {}).get("b"), "outputs": r["outputs"]}
-                       for k, r in results.items()}}
-
-
-def accuracy_note(acc: dict, deploy_kind: str) -> str:
-    d = acc["models"].get(deploy_kind, {})
-    if d.get("top1") is not None and acc.get("reference_top1") is not None:
-        return f"top-1 {100 * acc['reference_top1']:.2f}% -> {100 * d['top1']:.2f}% ({deploy_kind})"
-    errs = [o.get("max_rel") for o in d.get("outputs", {}).values() if o.get("max_rel") is not None]
-    return f"max relative error {max(errs):.3g} ({deploy_kind})" if errs else "done"
-
-
-def accuracy_warnings(acc: dict, deploy_kind: str, max_drop: float = 0.02) -> List[str]:
-    """Warnings when the deploy model lost more accuracy than ``max_drop`` (top-1, or top-1 agreement)."""
-    d = acc["models"].get(deploy_kind, {})
-    ref = acc.get("reference_top1")
-    if d.get("top1") is not None and ref is not None:
-        if ref - d["top1"] > max_drop:
-            return [f"the {deploy_kind} model loses {100 * (ref - d['top1']):.2f} top-1 points "
-                    f"({100 * ref:.2f}% -> {100 * d['top1']:.2f}%): try --calib-method minmax or percentile, "
-                    f"more calibration data, or --precision fp16"]
-        return []
-    out = []
-    for name, o in d.get("outputs", {}).items():
-        if o.get("top1_agreement") is not None and o["top1_agreement"] < 1 - max_drop:
-            out.append(f"the {deploy_kind} model agrees with the input model on only "
-                       f"{100 * o['top1_agreement']:.2f}% of top-1 predictions ({name})")
-    return out
-
-
-def manifest_accuracy(acc: Optional[dict]) -> Optional[dict]:
-    if not acc:
-        return None
-    out = {"samples": acc["samples"], "reference_top1": acc["reference_top1"]}
-    for kind, m in acc["models"].items():
-        agree = [o.get("top1_agreement") for o in m["outputs"].values() if o.get("top1_agreement") is not None]
-        out[kind] = {"top1": m["top1"], "top1_agreement": agree[0] if agree else None}
-    return out
-
-
-def local_engine(model, precision, profile, cache_text) -> dict:
-    """Build and run a TensorRT engine for this machine's GPU to validate the graph (not the device's engine)."""
-    import numpy as np
-
-    from ..backends import get_runner
-    from ..model import random_feeds
-    from ..ortutil import compare_outputs, run_model
-
-    feeds = random_feeds(model, seed=0)[0]
-    from ..bundle.variants import custom_ops, inlined_variant
-
-    trt_model, path = model, "plain"
-    if custom_ops(model):  # no plugin library is built here: hand TensorRT the standard-op variant
-        trt_model, path = inlined_variant(model), "inlined"
-    runner = get_runner("trt", trt_model, precision=precision, cache_dir=False)
-    with runner:
-        out = runner.infer(feeds)
-    ref = run_model(model, feeds)
-    err = compare_outputs(ref, {k: np.asarray(v) for k, v in out.items()})
-    worst = max((s.get("max_rel", 0.0) for s in err.values()), default=0.0)
-    return {"status": "done", "max_rel_vs_ort": worst, "model_variant": path,
-            "note": f"local TensorRT engine built ({path} model); max rel err vs onnxruntime {worst:.3g}"}
-
-
-def inputs_json(model) -> dict:
-    return {name: {"shape": list(spec["shape"]), "dtype": spec["dtype"].name}
-            for name, spec in sorted(input_specs(model).items())}
-
-
-def shapes_json(shapes) -> Optional[dict]:
-    if not shapes:
-        return None
-    return {("" if k is None else k): list(v) for k, v in sorted(shapes.items(), key=lambda kv: str(kv[0]))}
-
-
-def make_compatible(models: Dict[str, onnx.ModelProto], profile) -> Tuple[Dict[str, onnx.ModelProto], dict]:
-    """Lower every bundle model to the target's ONNX limits (opset, IR), each proven equal on onnxruntime.
-
-    Returns ``(models, stage info)``; the info has per-model reports and a one-line ``note``.
-
-    Raises:
-        UnsupportedError: a node has no exact spelling at the target's opset/IR (names node, op and target).
-    """
-    from ..compat import make_target_compatible, onnx_version_of
-
-    limits = {"max_opset": profile.onnx_max_opset, "max_ir": profile.onnx_max_ir}
-    if limits["max_opset"] is None and limits["max_ir"] is None:
-        return models, {"status": "skipped", "reason": f"{profile.name} has no ONNX opset/IR limit", **limits,
-                        "note": "no ONNX limit"}
-    out, reports = {}, {}
-    for kind, m in models.items():
-        out[kind], rep = make_target_compatible(m, profile)
-        reports[kind] = {"opset": [onnx_version_of(m), onnx_version_of(out[kind])],
-                         "ir_version": [m.ir_version, out[kind].ir_version], "changed": rep["changed"],
-                         "rewrites": (rep.get("opset") or {}).get("rewrites", {}), "inlined": rep.get("inlined"),
-                         "verification": rep.get("verification")}
-    changed = [k for k, r in reports.items() if r["changed"]]
-    first = next(iter(reports.values()))
-    errs = ", ".join(f"{k} {(reports[k]['verification'] or {}).get('max_rel', 0.0):.2g}" for k in changed)
-    if changed:
-        note = (f"opset {first['opset'][0]} -> {first['opset'][1]}, IR {first['ir_version'][0]} -> "
-                f"{first['ir_version'][1]} for {profile.name} (max rel err vs before: {errs})")
+from ..bundle import write_archive
+from ..bundle.assemble import assemble_bundle
+from ..compress import sparsify_2_4
+from ..data import open_data
+from ..fileio import sha256_file
+from ..model import load_model
+from ..precision import Precision
+from ..quant import convert_fp16
+from ..quant.qdq import custom_not_quantized
+from ..quant.run import calibrate_amax, quantize_int8
+from .options import BuildOptions
+from .progress import CountingReader
+from .state import DONE, SKIPPED, BuildState, StageRecord
+from .support import (DWSEP_PASS, accuracy_note, accuracy_warnings, cache_text, check_runs, compat_function,
+                      finish_models, first_real_feed, inputs_json, local_engine, make_compatible, manifest_accuracy,
+                      manifest_compat, predicted_ms, run_optimizer, shapes_json, strongly_typed_int8, versions)
+from .support import validate as compare_models
+
+
+def load(state: BuildState, options: BuildOptions) -> StageRecord:
+    """Load and check the input model, run it once, and open the data files so a bad one fails now."""
+    path = options.model_path
+    model = load_model(path, options.input_shapes)
+    check_runs(model, str(path))
+    calib = options.calib if options.precision is Precision.INT8 else None
+    for spec, limit in ((calib, options.calib_limit), (options.val, options.val_limit)):
+        if spec is not None and str(spec) != "random":
+            open_data(spec, model, limit=limit)  # a bad data file fails now, not after the optimizer ran
+    state.source = {"name": path.name, "sha256": sha256_file(path), "size": path.stat().st_size}
+    state.original = state.model = model
+    nodes = len(model.graph.node)
+    # the fallback note is said once the input is known good: a bad input is a one-line error
+    return StageRecord("load", DONE, f"{path.name}: {nodes} nodes", payload={"nodes": nodes},
+                       warnings=(options.fallback_note,) if options.fallback_note else ())
+
+
+def optimize(state: BuildState, options: BuildOptions) -> StageRecord:
+    """Run the optimizer's passes (the target's list by default), verified on onnxruntime."""
+    info = run_optimizer(state.model, options.profile, options.passes, options.early_skip, options.optimize)
+    state.model = info.pop("model")
+    return StageRecord.from_info("optimize", info, info.get("note", ""))
+
+
+def compress(state: BuildState, options: BuildOptions) -> StageRecord:
+    """2:4 structured sparsity when asked; then the depthwise-separable fusion the optimize stage deferred."""
+    profile, payload = options.profile, {}
+    status, reason, note = SKIPPED, "no compression asked (--sparsity 2:4)", "nothing asked"
+    if options.sparsity == "2:4":
+        state.model, report = sparsify_2_4(state.model)
+        changed = report.get("changed", report.get("layers", []))
+        state.sparse_applied = bool(changed)
+        payload = {"method": "2:4", "changed": len(changed), "skipped": len(report.get("skipped", []))}
+        if not profile.sparse_2_4:
+            state.warn(f"{profile.name} has no 2:4 sparse tensor cores: the pruned weights bring no speed-up there")
+        status, reason, note = DONE, None, f"2:4 sparsity on {len(changed)} layer(s)"
+    if options.late_fusion:
+        fused = run_optimizer(state.model, profile, [DWSEP_PASS, "cleanup"], (), True)
+        state.model = fused.pop("model")
+        payload["late_fusion"] = fused.get("fusions", {})
+        note += f"; then depthwise-separable fusion ({fused.get('note', '')})"
+    return StageRecord("compress", status, note, reason, payload=payload)
+
+
+def quantize(state: BuildState, options: BuildOptions) -> StageRecord:
+    """INT8 (calibration, QDQ model, TensorRT cache) or FP16, as resolved; then prove every model runs."""
+    model = state.model
+    state.models = {"fp32": model}
+    if options.precision is Precision.INT8:
+        record = _quantize_int8(state, options)
+    elif options.precision is Precision.FP16:
+        state.models["fp16"] = convert_fp16(model)
+        record = StageRecord("quantize", DONE, "FP16 model (FP32 inputs/outputs)", payload={"precision": "fp16"})
     else:
-        note = f"already within {profile.name}'s limits (opset <= {limits['max_opset']}, IR <= {limits['max_ir']})"
-    return out, {"status": "done" if changed else "skipped", **limits, "models": reports, "note": note,
-                 **({} if changed else {"reason": "already within the target's ONNX limits"})}
+        record = StageRecord("quantize", SKIPPED, "FP32: nothing to do", f"precision {options.precision}")
+    state.models = finish_models(state.models, first_real_feed([(options.calib, model), (options.val, model)]))
+    return record
 
 
-def compat_function(profile) -> Optional[Callable[[onnx.ModelProto], onnx.ModelProto]]:
-    """``model -> model`` lowered to the target's ONNX limits (None for a target without limits)."""
-    if profile.onnx_max_opset is None and profile.onnx_max_ir is None:
-        return None
-    from ..compat import make_target_compatible
+def _quantize_int8(state: BuildState, options: BuildOptions) -> StageRecord:
+    """Calibrate and quantize with the same :class:`~edgesqueeze.quant.run.QuantOptions` as ``quantize``."""
+    model, profile, quant = state.model, options.profile, options.quant
+    reader = open_data(options.calib, model, limit=options.calib_limit)
+    if reader.is_random:
+        state.warn("calibrating INT8 on random data: the scales, and so the accuracy, mean nothing")
+    state.bar.set_total(len(reader))
+    amax, caught = calibrate_amax(model, CountingReader(reader, state.bar), quant)
+    for w in caught:  # routed to the build's warnings, not Python's stderr
+        if issubclass(w.category, UserWarning) and "random data" not in str(w.message):  # said above
+            state.warn(str(w.message))
+    result = quantize_int8(model, amax, quant, _ranking_data(state, options) if quant.ranks_layers else None,
+                           info=state.log)
+    state.models["int8_qdq"] = result.model
+    if strongly_typed_int8(profile):  # TensorRT >= 10.13: the QDQ model's own types decide, FP16 base
+        state.models["int8_qdq_fp16"] = convert_fp16(result.model, qdq_fp16=True)
+    custom = custom_not_quantized(model, amax)
+    if custom:
+        state.warn(f"INT8: {len(custom)} fused custom node(s) ({', '.join(sorted(set(custom.values())))}) stay "
+                   "FP16/FP32: their TensorRT plugins have no INT8 kernels"
+                   + ("; build with --skip fuse_depthwise_separable to keep those layers INT8"
+                      if "DepthwiseSeparableConv" in custom.values() else ""))
+    if profile.has_tensorrt:
+        state.cache_text = cache_text(result.cache_amax, profile.tensorrt)
+    method = quant.method.value
+    state.calib_info = {"data": "random" if reader.is_random else options.calib_name, "sha256": reader.sha256(),
+                        "batches": len(reader), "method": method, "tensors": len(amax),
+                        **({"percentile": quant.percentile} if method == "percentile" else {}),
+                        **({"keep": result.keep} if result.keep else {})}
+    extra = {"sensitivity": result.ranking} if result.ranking is not None else {}
+    if result.auto_keep is not None:
+        extra["auto_keep"] = result.auto_keep
+    return StageRecord("quantize", DONE, f"{method} calibration on {len(reader)} batches, {len(amax)} tensors",
+                       payload={"precision": "int8", **state.calib_info, "custom_not_quantized": len(custom),
+                                **extra})
 
-    return lambda m: make_target_compatible(m, profile)[0]
+
+def _ranking_data(state: BuildState, options: BuildOptions):
+    """The data ``--sensitivity``/``--auto-keep`` rank layers on: the validation data, else the calibration data."""
+    if options.val is not None:
+        return open_data(options.val, state.model, limit=options.val_limit)
+    state.warn("no --val given: ranking layers on the calibration data")
+    return open_data(options.calib, state.model, limit=options.calib_limit)
 
 
-def manifest_compat(info: dict) -> dict:
-    """The manifest's ``onnx_compat`` section: the limits and each model's opset/IR before and after."""
-    return {"max_opset": info.get("max_opset"), "max_ir": info.get("max_ir"),
-            "models": {k: {"opset": r["opset"], "ir_version": r["ir_version"], "rewrites": r["rewrites"],
-                           "inlined": r["inlined"]}
-                       for k, r in sorted(info.get("models", {}).items())}}
+def compat(state: BuildState, options: BuildOptions) -> StageRecord:
+    """Lower every model to what the target's TensorRT parser and onnxruntime load (opset, IR)."""
+    state.variant_sources = dict(state.models)  # the TensorRT variants are derived from these, then lowered
+    state.models, info = make_compatible(state.models, options.profile)
+    return StageRecord.from_info("compat", info, info["note"])
+
+
+def validate(state: BuildState, options: BuildOptions) -> StageRecord:
+    """Predict the latency of each model on the target; with ``--val``, measure its accuracy against the input."""
+    profile, precision = options.profile, options.precision.value
+    latency = {"input": predicted_ms(state.original, profile, "fp32"),
+               "fp32": predicted_ms(state.model, profile, "fp32", sparse=False),
+               precision: predicted_ms(state.model, profile, precision,
+                                       sparse=state.sparse_applied and profile.sparse_2_4)}
+    if options.val is None:
+        return StageRecord("validate", SKIPPED, "no --val data", "no validation data (--val)",
+                           summary={"latency_ms": latency, "accuracy": None})
+    reader = open_data(options.val, state.model, limit=options.val_limit)
+    state.bar.set_total(len(reader) * max(1, len(state.models) - 1) + len(reader))
+    state.accuracy = compare_models(state.original, state.models, reader, state.bar)
+    if reader.is_random:
+        warnings = ["validation data is random: the accuracy figures mean nothing"]
+    else:
+        warnings = accuracy_warnings(state.accuracy, options.deploy_kind, max_drop=options.max_accuracy_drop)
+    return StageRecord("validate", DONE, accuracy_note(state.accuracy, options.deploy_kind),
+                       payload={"samples": state.accuracy["samples"]},
+                       summary={"latency_ms": latency, "accuracy": state.accuracy}, warnings=warnings)
+
+
+def engine(state: BuildState, options: BuildOptions) -> StageRecord:
+    """Build a TensorRT engine for this machine's GPU to validate the graph (when TensorRT and a GPU are here)."""
+    profile = options.profile
+    if options.trt_reason is None and profile.has_tensorrt:
+        info = local_engine(state.models[options.deploy_kind], options.precision.value, profile, state.cache_text)
+    else:
+        info = {"status": SKIPPED, "reason": options.trt_reason or f"{profile.name} has no TensorRT"}
+    return StageRecord.from_info("engine", info, info.get("note", info.get("reason", "")))
+
+
+def bundle(state: BuildState, options: BuildOptions) -> StageRecord:
+    """Write the bundle (models, cache, engine script, manifest) and, when asked, its archive."""
+    profile = options.profile
+    manifest_options = {
+        "precision": options.requested, "calibration": state.calib_info,
+        "sparsity": options.sparsity if state.sparse_applied else None,
+        "passes": state.records["optimize"].payload.get("passes"), "skip_passes": sorted(options.skip_passes),
+        "dla": options.dla, "workspace_mib": int(options.workspace_mib),
+        "input_shapes": shapes_json(options.input_shapes), "validation": manifest_accuracy(state.accuracy)}
+    manifest, script = assemble_bundle(
+        options.out_dir, profile=profile, precision=options.precision.value, models=state.models,
+        deploy=options.deploy_kind, source=state.source, options=manifest_options, versions=versions(),
+        inputs=inputs_json(state.model), cache_text=state.cache_text,
+        sparsity=state.sparse_applied and profile.sparse_2_4, dla=options.dla, workspace_mib=options.workspace_mib,
+        force=options.force, warn=state.warn, variant_sources=state.variant_sources,
+        compat=compat_function(profile), compat_report=manifest_compat(state.records["compat"].to_dict()))
+    archive = write_archive(options.out_dir, options.archive_path) if options.archive else None
+    files = manifest["files"]
+    sizes = {"input": state.source["size"],
+             **{k: files[rel]["size"] for k, rel in manifest["models"].items() if k != "deploy"}}
+    return StageRecord("bundle", DONE, f"{len(files)} files", payload={"files": len(files)},
+                       summary={"archive": str(archive) if archive else None,
+                                "deploy_model": manifest["models"]["deploy"], "engine_script": script,
+                                "sizes": sizes, "models": dict(manifest["models"]), "files": len(files)})
+
+
+STAGES = [load, optimize, compress, quantize, compat, validate, engine, bundle]

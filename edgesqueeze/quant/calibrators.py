@@ -28,7 +28,7 @@ from ..errors import InputError
 from .histogram import TensorHistogram
 
 NUM_LEVELS = 128  # int8 magnitudes 0..127 (+ sign)
-METHODS = ("entropy", "minmax", "percentile", "mse")
+from .methods import METHODS
 _TIE = 1e-12  # KL values closer than this count as equal (the first candidate wins)
 
 

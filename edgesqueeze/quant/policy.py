@@ -5,7 +5,7 @@ from typing import Optional, Union
 
 from ..errors import InputError
 
-CHOICES = ("auto", "fp32", "fp16", "int8")
+from ..precision import PRECISION_CHOICES as CHOICES
 
 
 def resolve_precision(target_profile: Union[None, str, object], requested: str = "auto") -> str:
