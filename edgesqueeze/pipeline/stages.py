@@ -10,7 +10,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import onnx
 
-from .. import __version__
+from .._lazy import versions  # noqa: F401 - the pipeline's manifest versions
 from ..errors import InputError, UnsupportedError
 from ..model import input_specs
 
@@ -56,14 +56,6 @@ def predicted_ms(model: onnx.ModelProto, profile, precision: str, sparse: bool =
         return None
     totals = inspect_model(model, target=profile, precision=precision, sparse=sparse)["totals"]
     return totals.get("predicted_ms", totals.get("roofline_ms"))
-
-
-def versions() -> Dict[str, str]:
-    import numpy
-    import onnxruntime
-
-    return {"edgesqueeze": __version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
-            "numpy": numpy.__version__}
 
 
 def local_trt_reason() -> Optional[str]:
