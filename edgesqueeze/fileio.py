@@ -275,3 +275,14 @@ def sha256_file(path: PathLike, chunk: int = 1 << 20) -> str:
                 break
             h.update(block)
     return h.hexdigest()
+
+
+def cache_dir(kind: str = "") -> Path:
+    """The folder of edgesqueeze's caches of one ``kind`` (``calib``, ``engines``, ``timing``, ``kernels``).
+
+    ``$EDGESQUEEZE_CACHE/<kind>``, else ``$XDG_CACHE_HOME/edgesqueeze/<kind>``, else
+    ``~/.cache/edgesqueeze/<kind>``; ``kind=""`` gives the root. Nothing is created.
+    """
+    root = os.environ.get("EDGESQUEEZE_CACHE")
+    base = Path(root) if root else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgesqueeze"
+    return base / kind if kind else base

@@ -50,7 +50,6 @@ def make_session(model: ModelLike, *, threads: Optional[int] = None, optimize: b
     try:
         return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated types
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         m = _IR_RE.search(str(exc))
         if m:  # a newer onnx wrote an IR version this onnxruntime does not know: the graph itself is fine
             proto = model if isinstance(model, onnx.ModelProto) else (
@@ -58,10 +57,30 @@ def make_session(model: ModelLike, *, threads: Optional[int] = None, optimize: b
             if proto.ir_version > int(m.group(1)):
                 return make_session(with_ir_version(proto, int(m.group(1))), threads=threads, optimize=optimize,
                                     session_options=session_options)
-        raise UnsupportedError(f"onnxruntime cannot load the model: {text}") from exc
+        raise ort_error(exc, "onnxruntime cannot load the model") from exc
 
 
 _IR_RE = re.compile(r"max supported IR version: (\d+)")
+_NODE_RE = re.compile(r"node\. Name:'([^']*)'")
+
+
+def ort_error_text(exc: BaseException) -> str:
+    """onnxruntime's error message: its first line without the error-code prefix, source paths and C++ signatures."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = re.sub(r"/onnxruntime_src/\S+ [\w:~]+\([^)]*\)\s*", "", text)
+    return re.sub(r"\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
+
+
+def ort_error(exc: BaseException, what: str, **where) -> UnsupportedError:
+    """The error to raise for an onnxruntime exception (onnxruntime raises Fail, InvalidGraph, RuntimeException...).
+
+    Returns ``UnsupportedError("<what>: <onnxruntime's message>")`` naming the node onnxruntime names;
+    ``where`` (path, tensor, hint, node) is passed on. Use as ``raise ort_error(exc, "...") from exc``.
+    """
+    m = _NODE_RE.search(str(exc))
+    if m and "node" not in where:
+        where["node"] = m.group(1)
+    return UnsupportedError(f"{what}: {ort_error_text(exc)}", **where)
 
 
 def with_ir_version(model: onnx.ModelProto, ir_version: int) -> onnx.ModelProto:
@@ -92,9 +111,7 @@ def run_model(model: ModelLike, feeds: Mapping[str, np.ndarray], *, session=None
     try:
         values = sess.run(names, dict(feeds))
     except Exception as exc:  # noqa: BLE001 - onnxruntime run-time failures (bad shapes, kernel errors)
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        m = re.search(r"node\. Name:'([^']*)'", text)
-        raise UnsupportedError(f"onnxruntime failed to run the model: {text}", node=m.group(1) if m else None) from exc
+        raise ort_error(exc, "onnxruntime failed to run the model") from exc
     return dict(zip(names, values))
 
 

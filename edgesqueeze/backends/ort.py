@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -14,6 +13,7 @@ import onnx
 
 from ..errors import InputError, UnsupportedError
 from ..model import input_specs, infer_shapes, load_model, model_hash
+from ..ortutil import ort_error
 from .base import InputMetadata, Runner
 
 OPT_LEVELS = ("disable", "basic", "extended", "all")
@@ -126,8 +126,7 @@ class OrtRunner(Runner):
         try:
             values = self._session.run(self._output_names, feeds)
         except Exception as exc:  # noqa: BLE001
-            raise UnsupportedError(f"onnxruntime failed to run the model: {ort_error_text(exc)}",
-                                   path=self.path) from exc
+            raise ort_error(exc, "onnxruntime failed to run the model", path=self.path) from exc
         return dict(zip(self._output_names, values))
 
     def _deactivate(self) -> None:
@@ -249,13 +248,6 @@ def _verify_batched(single: "OrtRunner", batched: "OrtRunner", batch: int) -> No
         assert_close(ref, got, rtol=1e-4, what=f"batch {batch} vs per-sample outputs")
     except VerificationError as exc:
         raise UnsupportedError(f"the model cannot run at batch {batch}: {exc.message}", path=single.path) from exc
-
-
-def ort_error_text(exc: Exception) -> str:
-    """onnxruntime's error message without its source paths and C++ signatures."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    text = re.sub(r"/onnxruntime_src/\S+ [\w:~]+\([^)]*\)\s*", "", text)
-    return re.sub(r"\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
 
 
 def _has_fp16(model: onnx.ModelProto) -> bool:

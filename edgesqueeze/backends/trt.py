@@ -19,18 +19,13 @@ import onnx
 
 from .._lazy import require
 from ..errors import DeviceError, InputError, UnsupportedError
-from ..fileio import sha256_bytes, sha256_file, write_bytes_atomic
+from ..fileio import cache_dir as default_cache_dir, sha256_bytes, sha256_file, write_bytes_atomic
 from ..model import input_specs, load_model, model_bytes
 from .base import InputMetadata, Runner
 from .calib_cache import cache_bytes_for, make_cache_calibrator
 from .trt_plan import BuildPlan, engine_cache_key, parse_shape_profiles, plan_build
 
 WORKSPACE_MIB = 1024
-
-
-def default_cache_dir() -> Path:
-    """Engine and timing caches: ``$EDGESQUEEZE_CACHE`` or ``~/.cache/edgesqueeze``."""
-    return Path(os.environ.get("EDGESQUEEZE_CACHE", Path.home() / ".cache" / "edgesqueeze"))
 
 
 def _has_qdq(model: onnx.ModelProto) -> bool:
@@ -48,7 +43,8 @@ class TrtRunner(Runner):
         sparse: set ``SPARSE_WEIGHTS``. dla_core: DLA core (GPU fallback on).
         shape_profiles: ``{input: (min, opt, max)}`` for dynamic inputs.
         plugins: plugin libraries (``.so``) to load before parsing; a library that fails to load is an error.
-        cache_dir: engine + timing cache directory (None: :func:`default_cache_dir`; False: no cache).
+        cache_dir: engine + timing cache directory, holding ``engines/`` and ``timing/`` (None:
+            :func:`~edgesqueeze.fileio.cache_dir`; False: no cache).
         workspace_mib: builder workspace limit. device: CUDA device ordinal.
     """
 

@@ -8,8 +8,14 @@ TensorRT (TENSORRT.md lists the differences):
 * network creation: the ``EXPLICIT_BATCH`` flag before 10.0 (it is the only mode from 10.0);
 * I/O: the binding API (``get_binding_*``, ``execute_async_v2``) before 8.5, the named-tensor API
   (``get_tensor_*``, ``set_tensor_address``, ``execute_async_v3``) from 8.5;
-* precision: builder flags FP16/INT8 (+ an implicit calibrator fed from our cache) up to 10.x; from 11
-  the flags and calibrators are gone and precision comes only from the model (strongly typed, Q/DQ).
+* precision: builder flags FP16/INT8 (+ an implicit calibrator fed from our cache) before 10.13; from
+  :data:`STRONGLY_TYPED_FROM` (10.13, JetPack 7, where weak typing is deprecated) the network is strongly
+  typed and precision comes from the model (Q/DQ nodes, FP16 tensors), as ``build_engine.sh`` builds it;
+  from 11 the flags and calibrators are gone. 10.13 - 10.x still calibrate a model without Q/DQ from a
+  cache (weakly typed, with a note).
+
+The version thresholds below are the only ones: the bundle's trtexec flag table
+(:mod:`edgesqueeze.bundle.engine_plan`) uses them too.
 """
 from __future__ import annotations
 
@@ -23,6 +29,17 @@ from packaging.version import Version
 from ..errors import InputError, UnsupportedError
 
 from ..precision import PRECISION_CHOICES as PRECISIONS
+
+MEMPOOL_FROM = Version("8.4")          # memory pools (trtexec --memPoolSize) replace the workspace size
+TENSORS_API_FROM = Version("8.5")      # named-tensor I/O API
+TRT10 = Version("10.0")                # implicit batch gone; --skipInference, --staticPlugins/--dynamicPlugins
+STRONGLY_TYPED_FROM = Version("10.13")  # JetPack 7: weak typing deprecated, so builds are strongly typed
+WEAK_TYPING_REMOVED = Version("11.0")  # no --fp16/--int8/--calib, no IInt8Calibrator
+
+
+def strongly_typed(trt_version: str) -> bool:
+    """True when an engine for ``trt_version`` is built strongly typed (precision from the model alone)."""
+    return Version(trt_version) >= STRONGLY_TYPED_FROM
 
 
 @dataclass(frozen=True)
@@ -96,33 +113,7 @@ def plan_build(trt_version: str, precision: str = "auto", *, profile=None, has_q
     if precision == "fp16" and fast_fp16 is False:
         notes.append("the local GPU reports no fast FP16; FP16 kernels may be no faster than FP32")
 
-    flags: List[str] = []
-    calibrator = None
-    strongly_typed = False
-    if v.major >= 11:
-        # TensorRT 11 removed --fp16/--int8 and IInt8Calibrator: the model's own types decide.
-        strongly_typed = True
-        if precision == "int8" and not has_qdq:
-            raise UnsupportedError(f"TensorRT {trt_version} has no implicit INT8 calibration; give it the Q/DQ "
-                                   "model (models/model.int8_qdq.onnx in a bundle, or 'edgesqueeze quantize')")
-        if precision == "fp16":
-            notes.append("TensorRT 11 is strongly typed: FP16 comes from an FP16 model, not a builder flag")
-    else:
-        if precision in ("fp16", "int8"):
-            if fast_fp16 is not False:
-                flags.append("FP16")
-        if precision == "int8":
-            flags.append("INT8")
-            if has_qdq:
-                notes.append("INT8 from the model's Q/DQ nodes (explicit quantization)")
-            elif has_calibration:
-                calibrator = "cache"
-                if v.major >= 10:
-                    notes.append("implicit INT8 calibration is deprecated in TensorRT 10; the Q/DQ model is the "
-                                 "future-proof path")
-            else:
-                raise UnsupportedError("INT8 needs a calibration cache (calib=...) or a Q/DQ model",
-                                       hint="edgesqueeze build --precision int8 --calib data.npz writes both")
+    flags, calibrator, strong = _precision_flags(v, precision, has_qdq, has_calibration, fast_fp16, notes)
     if sparse:
         flags.append("SPARSE_WEIGHTS")
     if dla_core is not None:
@@ -131,11 +122,45 @@ def plan_build(trt_version: str, precision: str = "auto", *, profile=None, has_q
             notes.append("DLA runs only FP16/INT8: FP32 layers fall back to the GPU")
     return BuildPlan(
         trt_version=str(v), precision=precision, flags=tuple(flags), calibrator=calibrator,
-        explicit_quantization=has_qdq, strongly_typed=strongly_typed,
-        explicit_batch_flag=v < Version("10.0"),
-        workspace_api="max_workspace_size" if v < Version("8.4") else "memory_pool_limit",
-        io_api="bindings" if v < Version("8.5") else "tensors",
+        explicit_quantization=has_qdq, strongly_typed=strong,
+        explicit_batch_flag=v < TRT10,
+        workspace_api="max_workspace_size" if v < MEMPOOL_FROM else "memory_pool_limit",
+        io_api="bindings" if v < TENSORS_API_FROM else "tensors",
         dla_core=dla_core, notes=tuple(notes))
+
+
+def _precision_flags(v: Version, precision: str, has_qdq: bool, has_calibration: bool,
+                     fast_fp16: Optional[bool], notes: List[str]) -> Tuple[List[str], Optional[str], bool]:
+    """Builder flags, calibrator and strong typing for ``precision`` on TensorRT ``v`` (notes appended)."""
+    implicit_int8 = precision == "int8" and not has_qdq
+    if v >= WEAK_TYPING_REMOVED and implicit_int8:
+        raise UnsupportedError(f"TensorRT {v} has no implicit INT8 calibration; give it the Q/DQ "
+                               "model (models/model.int8_qdq.onnx in a bundle, or 'edgesqueeze quantize')")
+    if strongly_typed(str(v)) and not implicit_int8:
+        # the model's own types decide (TensorRT 11 removed --fp16/--int8 and IInt8Calibrator)
+        if precision == "fp16":
+            notes.append(f"TensorRT {v} is strongly typed: FP16 comes from an FP16 model, not a builder flag")
+        return [], None, True
+    flags: List[str] = []
+    calibrator = None
+    if precision in ("fp16", "int8") and fast_fp16 is not False:
+        flags.append("FP16")
+    if precision == "int8":
+        flags.append("INT8")
+        if has_qdq:
+            notes.append("INT8 from the model's Q/DQ nodes (explicit quantization)")
+        elif has_calibration:
+            calibrator = "cache"
+            if v >= STRONGLY_TYPED_FROM:
+                notes.append(f"TensorRT {v} deprecates weak typing: this engine is calibrated from the cache, "
+                             "weakly typed; the bundle builds the Q/DQ model strongly typed")
+            elif v >= TRT10:
+                notes.append("implicit INT8 calibration is deprecated in TensorRT 10; the Q/DQ model is the "
+                             "future-proof path")
+        else:
+            raise UnsupportedError("INT8 needs a calibration cache (calib=...) or a Q/DQ model",
+                                   hint="edgesqueeze build --precision int8 --calib data.npz writes both")
+    return flags, calibrator, False
 
 
 def engine_cache_key(*, trt_version: str, gpu_name: str, compute_capability: Sequence[int], precision: str,

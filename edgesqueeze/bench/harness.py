@@ -13,6 +13,7 @@ import socket
 import time
 from typing import Callable, Dict, List, Optional, Sequence
 
+from .._lazy import versions
 from ..errors import EdgeSqueezeError, InputError
 from .bandwidth import analytic, emc_bandwidth, model_costs
 from .feeds import batch_feeds, collect_feeds
@@ -27,28 +28,6 @@ _EVERY = 32
 
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
-
-
-def versions() -> Dict[str, Optional[str]]:
-    """Versions of everything that changes a measurement."""
-    import numpy
-    import onnx
-
-    from .. import __version__
-
-    out = {"edgesqueeze": __version__, "python": platform.python_version(), "numpy": numpy.__version__,
-           "onnx": onnx.__version__}
-    try:
-        import onnxruntime
-
-        out["onnxruntime"] = onnxruntime.__version__
-    except ImportError:
-        out["onnxruntime"] = None
-    import sys
-
-    if "tensorrt" in sys.modules:
-        out["tensorrt"] = getattr(sys.modules["tensorrt"], "__version__", None)
-    return out
 
 
 def _timed_loop(runner, feeds, iterations: Optional[int], duration: Optional[float], progress: Optional[Progress],
@@ -314,7 +293,7 @@ def _assemble(runner, runs, probe, samples, idle, origin, prof, warnings, base_f
         data_description = describe() if callable(describe) else f"{len(base_feeds)} feed dict(s) given in memory"
     return {
         "schema": SCHEMA, "model": info,
-        "device": _device(prof), "backend": backend, "versions": versions(), "options": options,
+        "device": _device(prof), "backend": backend, "versions": versions(runtime=True), "options": options,
         "data": data_description, "runs": runs, "power": power,
         "bandwidth": {"costs_per_inference": costs, "peak_gbs": prof.peak_bandwidth / 1e9 if prof else None,
                       "sources": sorted({k for r in runs for k in r["bandwidth"]})},

@@ -9,14 +9,14 @@ from typing import Callable, Dict, Optional, Tuple
 import onnx
 
 from ..model import model_bytes
-from .engine_plan import CALIB_PLACEHOLDER, plan_engine
+from .engine_plan import CALIB_PLACEHOLDER, TRTEXEC_FLAGS, plan_engine
 from .engine_script import ScriptSpec, render_build_engine_sh
+from .manifest import CACHE_NAME
 from .variants import custom_ops, inlined_variant, stripped_variant
 from .writer import BundleWriter, model_relpaths, short_key
 
 RUNNER_NAME = "run_on_device.py"
 SCRIPT_NAME = "build_engine.sh"
-CACHE_NAME = "calib/calibration.cache"
 
 
 def _custom_nodes(models: Dict[str, onnx.ModelProto]) -> bool:
@@ -130,7 +130,8 @@ def assemble_bundle(out_dir, *, profile, precision: str, models: Dict[str, onnx.
                         "alt_flags": fill(plan.alt_flags), "script": SCRIPT_NAME, "calibration_cache": spec.calib_cache,
                         "engine_models": engine_models, "plugin_sources": "plugins" if plugin_dir else None,
                         "sparsity": sparsity, "dla": dla, "workspace_mib": int(workspace_mib),
-                        "version_tag": profile.trt_version_tag()}
+                        "version_tag": profile.trt_version_tag(), "workspace_flag": plan.workspace_flag,
+                        "trtexec_flags": [dict(row) for row in TRTEXEC_FLAGS]}
             model_used = (sources[(plan.model, "plain")][0] if not spec.custom_nodes else
                           {v: sources[(plan.model, v)][0] for v in ("plugin", "inlined")})
             script_info = {"path": SCRIPT_NAME, "model": model_used, "flags": fill(plan.precision_flags),

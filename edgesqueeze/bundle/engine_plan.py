@@ -23,16 +23,45 @@ deprecated, so the bundle goes straight to the strongly typed path there.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 from packaging.version import Version
 
+from ..backends.trt_plan import MEMPOOL_FROM, STRONGLY_TYPED_FROM, TRT10, strongly_typed
 from ..errors import UnsupportedError
 
-MEMPOOL_FROM = Version("8.4")        # --memPoolSize replaced --workspace
-TRT10 = Version("10.0")              # --skipInference, --staticPlugins/--dynamicPlugins, QDQ preferred
-STRONGLY_TYPED_FROM = Version("10.13")  # JetPack 7: weak typing deprecated; removed in 11
 DEFAULT_WORKSPACE_MIB = 1024
+CALIB_PLACEHOLDER = "{calib}"
+WORKSPACE_PLACEHOLDER = "{mib}"
+STATIC_OR_DYNAMIC = "static-or-dynamic"  # 10.x: --staticPlugins or --dynamicPlugins, from the library's symbols
+
+
+def _flag_row(since: Version) -> Dict[str, Optional[str]]:
+    strong = strongly_typed(str(since))  # from 10.13 the weak-typing flags are not used (gone in 11)
+    return {
+        "since": str(since),
+        "workspace": (f"--memPoolSize=workspace:{WORKSPACE_PLACEHOLDER}" if since >= MEMPOOL_FROM
+                      else f"--workspace={WORKSPACE_PLACEHOLDER}"),
+        "build_only": "--skipInference" if since >= TRT10 else "--buildOnly",
+        "plugins": STATIC_OR_DYNAMIC if since >= TRT10 else "--plugins",
+        "strongly_typed": "--stronglyTyped" if strong else None,
+        "fp16": None if strong else "--fp16",
+        "int8": None if strong else "--int8",
+        "calib": None if strong else f"--calib={CALIB_PLACEHOLDER}",
+    }
+
+
+# The trtexec flag table: one row per TensorRT version range (a row holds from ``since`` to the next row).
+# build_engine.sh is generated from the row of the target's version; the manifest carries the whole table
+# (``tensorrt.trtexec_flags``) so the on-device runner picks the row of the device's own trtexec.
+TRTEXEC_FLAGS: List[Dict[str, Optional[str]]] = [
+    _flag_row(v) for v in (Version("0"), MEMPOOL_FROM, TRT10, STRONGLY_TYPED_FROM)]
+
+
+def trtexec_flags(trt_version: str) -> Dict[str, Optional[str]]:
+    """The row of :data:`TRTEXEC_FLAGS` for ``trt_version`` (placeholders ``{mib}``, ``{calib}`` unfilled)."""
+    v = Version(trt_version)
+    return [row for row in TRTEXEC_FLAGS if Version(row["since"]) <= v][-1]
 
 
 @dataclass(frozen=True)
@@ -52,7 +81,7 @@ class EnginePlan:
     strongly_typed: bool
     workspace_flag: str
     build_only_flag: str
-    plugin_flag: str  # "--plugins" (8.x) or "static-or-dynamic" (10.x: decided from the library's symbols)
+    plugin_flag: str  # "--plugins" (8.x) or STATIC_OR_DYNAMIC (10.x: decided from the library's symbols)
     alt_model: Optional[str] = None
     alt_flags: List[str] = field(default_factory=list)
     notes: List[str] = field(default_factory=list)
@@ -65,9 +94,6 @@ class EnginePlan:
                 "alt_flags": list(self.alt_flags), "notes": list(self.notes)}
 
 
-CALIB_PLACEHOLDER = "{calib}"
-
-
 def plan_engine(trt_version: str, precision: str, *, fast_fp16: bool = True,
                 workspace_mib: int = DEFAULT_WORKSPACE_MIB) -> EnginePlan:
     """Decide the source model and flags for ``precision`` on TensorRT ``trt_version``.
@@ -78,37 +104,38 @@ def plan_engine(trt_version: str, precision: str, *, fast_fp16: bool = True,
         UnsupportedError: the precision is not one of fp32, fp16, int8.
     """
     v = Version(trt_version)
-    strongly = v >= STRONGLY_TYPED_FROM
-    workspace = (f"--memPoolSize=workspace:{int(workspace_mib)}" if v >= MEMPOOL_FROM
-                 else f"--workspace={int(workspace_mib)}")
-    build_only = "--skipInference" if v >= TRT10 else "--buildOnly"
-    plugin = "static-or-dynamic" if v >= TRT10 else "--plugins"
-    fp16 = ["--fp16"] if fast_fp16 else []
+    row = trtexec_flags(trt_version)
+    strongly = row["strongly_typed"] is not None
     common = dict(trt_version=trt_version, precision=precision, strongly_typed=strongly,
-                  workspace_flag=workspace, build_only_flag=build_only, plugin_flag=plugin)
-    if precision == "fp32":
-        return EnginePlan(model="fp32", precision_flags=["--stronglyTyped"] if strongly else [],
-                          uses_calib_cache=False, **common)
-    if precision == "fp16":
-        if strongly:
-            return EnginePlan(model="fp16", precision_flags=["--stronglyTyped"], uses_calib_cache=False,
+                  workspace_flag=row["workspace"].replace(WORKSPACE_PLACEHOLDER, str(int(workspace_mib))),
+                  build_only_flag=row["build_only"], plugin_flag=row["plugins"])
+    if strongly:
+        typed = [row["strongly_typed"]]
+        if precision == "fp32":
+            return EnginePlan(model="fp32", precision_flags=typed, uses_calib_cache=False, **common)
+        if precision == "fp16":
+            return EnginePlan(model="fp16", precision_flags=typed, uses_calib_cache=False,
                               notes=["strongly typed: the FP16 model's types decide each layer's precision"],
                               **common)
-        return EnginePlan(model="fp32", precision_flags=["--fp16"], uses_calib_cache=False, **common)
+    if precision == "fp32":
+        return EnginePlan(model="fp32", precision_flags=[], uses_calib_cache=False, **common)
+    if precision == "fp16":
+        return EnginePlan(model="fp32", precision_flags=[row["fp16"]], uses_calib_cache=False, **common)
     if precision != "int8":
         raise UnsupportedError(f"unknown precision '{precision}' for a TensorRT engine")
-    cache_flags = ["--int8"] + fp16 + [f"--calib={CALIB_PLACEHOLDER}"]
     if strongly:
         if fast_fp16:  # layers without Q/DQ run in the type the model gives them: give them FP16
-            return EnginePlan(model="int8_qdq_fp16", precision_flags=["--stronglyTyped"], uses_calib_cache=False,
+            return EnginePlan(model="int8_qdq_fp16", precision_flags=typed, uses_calib_cache=False,
                               notes=["strongly typed: precision comes from the QDQ model alone (TensorRT 11 has no "
                                      "--int8/--calib); its FP16 base runs the layers without Q/DQ in FP16"],
                               **common)
-        return EnginePlan(model="int8_qdq", precision_flags=["--stronglyTyped"], uses_calib_cache=False,
+        return EnginePlan(model="int8_qdq", precision_flags=typed, uses_calib_cache=False,
                           notes=["strongly typed: precision comes from the QDQ model alone "
                                  "(TensorRT 11 has no --int8/--calib)"], **common)
+    fp16 = [row["fp16"]] if fast_fp16 else []
+    cache_flags = [row["int8"]] + fp16 + [row["calib"]]
     if v >= TRT10:
-        return EnginePlan(model="int8_qdq", precision_flags=["--int8"] + fp16, uses_calib_cache=False,
+        return EnginePlan(model="int8_qdq", precision_flags=[row["int8"]] + fp16, uses_calib_cache=False,
                           alt_model="fp32", alt_flags=cache_flags,
                           notes=["explicit quantization from the QDQ model; ESQ_INT8_SOURCE=cache uses the FP32 "
                                  "model and the calibration cache instead"], **common)

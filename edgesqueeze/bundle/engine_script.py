@@ -13,7 +13,8 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from .engine_plan import CALIB_PLACEHOLDER, EnginePlan
+from .engine_plan import CALIB_PLACEHOLDER, WORKSPACE_PLACEHOLDER, EnginePlan, trtexec_flags
+from .manifest import CACHE_NAME
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ def _flags(flags: List[str], calib: Optional[str]) -> str:
     out = []
     for f in flags:
         if CALIB_PLACEHOLDER in f:
-            f = f.replace(CALIB_PLACEHOLDER, calib or "calib/calibration.cache")
+            f = f.replace(CALIB_PLACEHOLDER, calib or CACHE_NAME)
         out.append(_q(f))
     return " ".join(out)
 
@@ -160,8 +161,7 @@ def render_build_engine_sh(spec: ScriptSpec) -> str:
         extra_flags += ['"--useDLACore=$DLA_CORE"', "--allowGPUFallback"]
         dla_suffix = ".dla$DLA_CORE"
     add(f'ENGINE="$ENGINE_DIR/model.trt$TRT_TAG.{p.precision}{dla_suffix}.$KEY.engine"')
-    workspace = ('"--memPoolSize=workspace:${WORKSPACE_MIB}"' if p.workspace_flag.startswith("--memPoolSize")
-                 else '"--workspace=${WORKSPACE_MIB}"')
+    workspace = '"%s"' % trtexec_flags(p.trt_version)["workspace"].replace(WORKSPACE_PLACEHOLDER, "${WORKSPACE_MIB}")
     add('CMD=("$TRTEXEC" "--onnx=$MODEL" "--saveEngine=$ENGINE" "--timingCacheFile=$ENGINE_DIR/timing.trt$TRT_TAG.cache"')
     add(f"     {workspace}")
     add('     ${PREC_FLAGS[@]+"${PREC_FLAGS[@]}"}' + "".join(f" {f}" for f in extra_flags))

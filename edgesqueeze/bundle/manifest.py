@@ -24,6 +24,7 @@ from ..fileio import PathLike, sha256_file
 
 SCHEMA = "edgesqueeze.bundle/1"
 MANIFEST = "manifest.json"
+CACHE_NAME = "calib/calibration.cache"  # the TensorRT calibration cache (also in ``tensorrt.calibration_cache``)
 REQUIRED_KEYS = ("schema", "target", "precision", "options", "versions", "models", "inputs", "files")
 # written on the device after deployment (engines, timing caches, the plugin build): never hashed
 DEVICE_OUTPUT_DIRS = ("engines", "plugins/build", "results")

@@ -281,25 +281,77 @@ def trtexec_version(trtexec):
     m = re.search(r"TensorRT v(\d+)", out)
     if not m:
         return None, None
-    tag = int(m.group(1))
-    major = tag // 10000 if tag >= 100000 else tag // 1000
-    return m.group(1), major
+    return m.group(1), version_tuple(m.group(1))[0]
+
+
+def version_tuple(tag):
+    """NV_TENSORRT_VERSION digits -> (major, minor, patch): 8201 -> (8, 2, 1), 100300 -> (10, 3, 0)."""
+    n = int(tag)
+    if n >= 100000:
+        return n // 10000, n // 100 % 100, n % 100
+    return n // 1000, n // 100 % 10, n % 100
 
 
 def version_from_tag(tag):
     """NV_TENSORRT_VERSION digits -> dotted version: 8201 -> 8.2.1, 100300 -> 10.3.0 (None stays None)."""
     if not tag:
         return None
-    n = int(tag)
-    if n >= 100000:
-        return "%d.%d.%d" % (n // 10000, n // 100 % 100, n % 100)
-    return "%d.%d.%d" % (n // 1000, n // 100 % 10, n % 100)
+    return "%d.%d.%d" % version_tuple(tag)
 
 
-def plugin_flag(lib, major):
+# A copy of edgesqueeze.backends.calib_cache (this script imports nothing of ours); a test pins the two.
+CALIB_HEADER_PATTERN = r"^TRT-(\d+)-([A-Za-z0-9]+)$"
+CALIB_ALGORITHM = "EntropyCalibration2"  # trtexec's --calib reads a cache with an EntropyCalibrator2
+
+
+def retag_text(text, tag, algorithm=CALIB_ALGORITHM):
+    """The cache text with its header replaced by TRT-<tag>-<algorithm>; text without a header is unchanged."""
+    lines = text.split("\n")
+    first = next((i for i, ln in enumerate(lines) if ln.strip()), None)
+    if first is None or not re.match(CALIB_HEADER_PATTERN, lines[first].strip()):
+        return text
+    lines[first] = "TRT-%s-%s" % (tag, algorithm) + ("\r" if lines[first].endswith("\r") else "")
+    return "\n".join(lines)
+
+
+def calib_for_trtexec(calib, tag, warnings):
+    """The cache path trtexec should read: a re-tagged temporary copy when its header names another TensorRT.
+
+    trtexec ignores a cache written for another version and calibrates with random data instead; the scales
+    do not depend on the version. Returns (path, temporary file to delete or None).
+    """
+    if not calib or not tag:
+        return calib, None
+    with open(calib) as fh:
+        text = fh.read()
+    new = retag_text(text, tag)
+    if new == text:
+        return calib, None
+    fd, tmp = tempfile.mkstemp(prefix="esq-calib-", suffix=".cache")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(new)
+    warnings.append("the calibration cache was written for another TensorRT; its header is re-labelled for "
+                    "trtexec v%s" % tag)
+    return tmp, tmp
+
+
+def flag_row(manifest, version):
+    """The manifest's trtexec flag row for the device's TensorRT ``version`` ((major, minor) or a major).
+
+    The bundle writes the table (edgesqueeze.bundle.engine_plan.TRTEXEC_FLAGS); None for an old manifest.
+    """
+    table = (manifest.get("tensorrt") or {}).get("trtexec_flags")
+    if not table:
+        return None
+    have = tuple(version) if isinstance(version, (tuple, list)) else ((version, 0) if version else (99, 0))
+    rows = [r for r in table if tuple(int(x) for x in r["since"].split(".")[:2]) <= have[:2]]
+    return rows[-1] if rows else table[0]
+
+
+def plugin_flag(lib, major, row=None):
     """trtexec's flag to load a plugin library: --plugins (8.x); 10.x: --dynamicPlugins for a library that
     exports getCreators, --staticPlugins for one that registers itself when loaded (TENSORRT.md)."""
-    if major and major < 10:
+    if (row["plugins"] == "--plugins") if row else (major and major < 10):
         return "--plugins=" + lib
     try:
         import ctypes
@@ -309,38 +361,64 @@ def plugin_flag(lib, major):
     return ("--dynamicPlugins=" if dynamic else "--staticPlugins=") + lib
 
 
-def trtexec_build_flags(manifest, calib, major, plugin_lib):
-    """Precision, workspace and plugin flags for this TensorRT major version (see TENSORRT.md).
-
-    ``calib`` is the calibration cache's path (None when there is none); TensorRT 11 takes precision from
-    the model only (Q/DQ nodes), so it gets no precision flags.
-    """
-    precision = manifest.get("precision", "fp32")
+def _legacy_flags(precision, qdq, calib, major):
+    """Old manifests (no tensorrt.trtexec_flags): the rules this runner used before the bundle's table."""
     flags = ["--workspace=1024"] if major and major < 10 else ["--memPoolSize=workspace:1024"]
     if major is None or major < 11:
         if precision in ("fp16", "int8"):
             flags.append("--fp16")
         if precision == "int8":
             flags.append("--int8")
-            if calib and "qdq" not in manifest.get("models", {}).get("deploy", ""):
+            if calib and not qdq:
                 flags.append("--calib=" + calib)
+    return flags
+
+
+def trtexec_build_flags(manifest, calib, version, plugin_lib):
+    """Precision, workspace and plugin flags for the device's TensorRT ``version`` (see TENSORRT.md).
+
+    ``version`` is (major, minor) or a major alone (then minor 0). The flags come from the manifest's
+    trtexec flag table (the one build_engine.sh is generated from); an old manifest without the table
+    gets the legacy rules. ``calib`` is the calibration cache's path (None when there is none).
+    """
+    precision = manifest.get("precision", "fp32")
+    qdq = "qdq" in manifest.get("models", {}).get("deploy", "")
+    major = version[0] if isinstance(version, (tuple, list)) else version
+    row = flag_row(manifest, version)
+    if row is None:
+        flags = _legacy_flags(precision, qdq, calib, major)
+    else:
+        mib = (manifest.get("tensorrt") or {}).get("workspace_mib") or 1024
+        flags = [row["workspace"].replace("{mib}", str(int(mib)))]
+        if row.get("strongly_typed"):
+            flags.append(row["strongly_typed"])
+        elif precision in ("fp16", "int8"):
+            flags.append(row["fp16"])
+            if precision == "int8":
+                flags.append(row["int8"])
+                if calib and not qdq:
+                    flags.append(row["calib"].replace("{calib}", calib))
     if plugin_lib:
-        flags.append(plugin_flag(plugin_lib, major))
+        flags.append(plugin_flag(plugin_lib, major, row))
     return flags
 
 
 def run_trtexec(trtexec, model_path, bundle, manifest, args, results):
     tag, major = trtexec_version(trtexec)
     version = version_from_tag(tag)
+    tuple_version = version_tuple(tag)[:2] if tag else major
     results["backend"].update({"name": "trtexec", "version": version, "version_tag": tag, "path": trtexec})
     results["versions"]["tensorrt"] = version
     fd, times_path = tempfile.mkstemp(prefix="esq-times-", suffix=".json")
     os.close(fd)
-    calib = os.path.join(bundle, "calib", "calibration.cache")
+    calib = os.path.join(bundle, (manifest.get("tensorrt") or {}).get("calibration_cache") or
+                         "calib/calibration.cache")
+    calib, calib_tmp = (None, None) if args.engine or not os.path.isfile(calib) else \
+        calib_for_trtexec(calib, tag, results["warnings"])
     source = ["--loadEngine=" + args.engine] if args.engine else ["--onnx=" + model_path] + \
-        trtexec_build_flags(manifest, calib if os.path.isfile(calib) else None, major, None)
+        trtexec_build_flags(manifest, calib, tuple_version, None)
     if args.plugin_lib:
-        source.append(plugin_flag(args.plugin_lib, major))
+        source.append(plugin_flag(args.plugin_lib, major, flag_row(manifest, tuple_version)))
     cmd = [trtexec] + source + ["--warmUp=%d" % args.warmup_ms, "--iterations=%d" % args.iterations,
                                 "--duration=%d" % (args.duration or 0), "--exportTimes=" + times_path]
     results["backend"]["command"] = cmd
@@ -362,6 +440,8 @@ def run_trtexec(trtexec, model_path, bundle, manifest, args, results):
         times = []
     finally:
         os.unlink(times_path)
+        if calib_tmp:
+            os.unlink(calib_tmp)
     if proc.returncode != 0 and not STOP.is_set():
         raise RunnerError("trtexec failed (exit %s): %s" % (proc.returncode, " | ".join(tail[-5:])), 6)
     rows = [t for t in times if isinstance(t, dict) and "latencyMs" in t]

@@ -6,6 +6,7 @@ from. A stage that cannot or need not run returns a ``skipped`` record with its 
 """
 from __future__ import annotations
 
+from .._lazy import versions
 from ..bundle import write_archive
 from ..bundle.assemble import assemble_bundle
 from ..compress import sparsify_2_4
@@ -21,7 +22,7 @@ from .progress import CountingReader
 from .state import DONE, SKIPPED, BuildState, StageRecord
 from .support import (DWSEP_PASS, accuracy_note, accuracy_warnings, cache_text, check_runs, compat_function,
                       finish_models, first_real_feed, inputs_json, local_engine, make_compatible, manifest_accuracy,
-                      manifest_compat, predicted_ms, run_optimizer, shapes_json, strongly_typed_int8, versions)
+                      manifest_compat, predicted_ms, run_optimizer, shapes_json, strongly_typed_int8)
 from .support import validate as compare_models
 
 

@@ -10,9 +10,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import onnx
 
-from .. import __version__
 from ..backends import get_runner
-from ..bundle.engine_plan import STRONGLY_TYPED_FROM
+from ..backends.trt_plan import strongly_typed
 from ..bundle.variants import custom_ops, inlined_variant, refresh_functions
 from ..compare import compare_runs
 from ..compat import make_target_compatible, onnx_version_of
@@ -37,14 +36,6 @@ def predicted_ms(model: onnx.ModelProto, profile, precision: str, sparse: bool =
     """The roofline-predicted latency of ``model`` on ``profile`` at ``precision``, in ms."""
     totals = inspect_model(model, target=profile, precision=precision, sparse=sparse)["totals"]
     return totals.get("predicted_ms", totals.get("roofline_ms"))
-
-
-def versions() -> Dict[str, str]:
-    import numpy
-    import onnxruntime
-
-    return {"edgesqueeze": __version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
-            "numpy": numpy.__version__}
 
 
 def local_trt_reason() -> Optional[str]:
@@ -140,11 +131,7 @@ DWSEP_PASS = "fuse_depthwise_separable"
 def strongly_typed_int8(profile) -> bool:
     """True when the target's TensorRT builds INT8 strongly typed (10.13+) on a GPU with fast FP16: the bundle
     then also carries the QDQ model on an FP16 base."""
-    if not (profile.has_tensorrt and profile.fast_fp16):
-        return False
-    from packaging.version import Version
-
-    return Version(profile.tensorrt) >= STRONGLY_TYPED_FROM
+    return bool(profile.has_tensorrt and profile.fast_fp16) and strongly_typed(profile.tensorrt)
 
 
 def fusion_deferred(profile, passes, skip) -> bool:

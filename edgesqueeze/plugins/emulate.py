@@ -22,6 +22,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..errors import DeviceError, InputError, UnsupportedError
+from ..fileio import cache_dir
 from .ops import ACTIVATIONS
 from .sources import plugin_source_dir
 
@@ -60,8 +61,7 @@ def _source_hash() -> str:
 
 def default_cache_dir() -> Path:
     """``$EDGESQUEEZE_CACHE/kernels`` or ``~/.cache/edgesqueeze/kernels``."""
-    base = os.environ.get("EDGESQUEEZE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "edgesqueeze")
-    return Path(base) / "kernels"
+    return cache_dir("kernels")
 
 
 def build_harness(cache_dir: Optional[Path] = None, compiler: Optional[str] = None) -> Path:

@@ -16,11 +16,10 @@ from collections import Counter
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-import onnx
 from onnx import ModelProto, helper, numpy_helper
 
 from .ops import DOMAIN, DOMAIN_VERSION, OVERLOAD_IR_VERSION
-from .sparse import OP_TYPE, make_sparse_conv_node, sparse_conv_function
+from .sparse import make_sparse_conv_node, sparse_conv_function
 from .sparse_formats import choose_format, compressed_bytes, sparse_conv_inputs
 
 _ACT_OPS = {"Relu": "relu", "Clip": "clip", "LeakyRelu": "leaky_relu", "Sigmoid": "sigmoid",

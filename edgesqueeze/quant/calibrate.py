@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import warnings
 from pathlib import Path
 from typing import Dict, Optional, Sequence
@@ -15,7 +14,7 @@ from typing import Dict, Optional, Sequence
 from onnx import ModelProto
 
 from ..errors import InputError
-from ..fileio import PathLike, write_json_atomic
+from ..fileio import PathLike, cache_dir, write_json_atomic
 from ..model import model_hash
 from .calibrators import amax_function, needs_histogram
 from .collect import collect_statistics
@@ -25,11 +24,8 @@ CACHE_FORMAT = "edgesqueeze.calib/1"
 
 
 def default_cache_dir() -> Path:
-    """``$EDGESQUEEZE_CACHE/calib`` or ``$XDG_CACHE_HOME/edgesqueeze/calib`` (``~/.cache`` by default)."""
-    root = os.environ.get("EDGESQUEEZE_CACHE")
-    if root:
-        return Path(root) / "calib"
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edgesqueeze" / "calib"
+    """The calibration result cache: :func:`edgesqueeze.fileio.cache_dir` ``("calib")``."""
+    return cache_dir("calib")
 
 
 def cache_key(model: ModelProto, reader, method: str, percentile: float, bins: int,
