@@ -27,8 +27,11 @@ from .quantize import split_names
 @click.option("--sparsity", type=click.Choice(["2:4"]), help="Prune weights to 2:4 structured sparsity.")
 @click.option("--val", metavar="DATA", help="Validation data: report accuracy against the FP32 model.")
 @click.option("--val-limit", type=click.IntRange(min=1), help="Use at most N validation batches.")
-@click.option("--max-accuracy-drop", type=click.FloatRange(0, 1), default=0.02, show_default=True,
-              help="Warn when the deploy model's top-1 drops more than this fraction below the input model's.")
+@click.option("--max-drop", "max_drop", type=click.FloatRange(0, 100), default=1.0, show_default=True,
+              metavar="POINTS", help="With --val: warn (naming the stage) when a stage loses more top-1 points.")
+@click.option("--max-accuracy-drop", "max_accuracy_drop", type=click.FloatRange(0, 1), hidden=True,
+              help="The same limit as a fraction (older spelling).")
+@click.option("--strict", is_flag=True, help="With --val: a loss over --max-drop is an error (exit 7), no bundle.")
 @input_shape_option
 @click.option("--passes", multiple=True, metavar="P1,P2", help="Optimizer passes to run (default: the target's).")
 @click.option("--skip", "skip_passes", multiple=True, metavar="P1,P2", help="Optimizer passes to skip.")
@@ -43,7 +46,7 @@ from .quantize import split_names
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Bundle folder to create.")
 @json_option
 def command(model, target, precision, calib, calib_method, percentile, keep, sensitivity, auto_keep_drop, calib_limit,
-            sparsity, val, val_limit, max_accuracy_drop, input_shapes, passes, skip_passes, no_optimize, dla,
+            sparsity, val, val_limit, max_drop, max_accuracy_drop, strict, input_shapes, passes, skip_passes, no_optimize, dla,
             workspace_mib, local_engine, archive, force, output, as_json):
     """Build a deployable bundle of MODEL for a target: load, optimize, compress, quantize, validate, package.
 
@@ -58,6 +61,7 @@ def command(model, target, precision, calib, calib_method, percentile, keep, sen
       edgesqueeze build net.onnx -t tx2 -o bundle-tx2/                  # auto: FP16 on a TX2
       edgesqueeze build net.onnx -t agx-orin --sparsity 2:4 --dla -o bundle/ --archive
       edgesqueeze build net.onnx -t orin-nano -p int8 --calib calib.npz --method minmax --keep head -o bundle/
+      edgesqueeze build net.onnx -t orin-nano -p int8 --calib c.npz --val v.npz --strict -o bundle/  # exit 7 on a loss
       edgesqueeze bench bundle/                                         # then run it (CPU default)
     """
     from ..errors import InputError
@@ -70,7 +74,8 @@ def command(model, target, precision, calib, calib_method, percentile, keep, sen
                     skip_passes=split_names(skip_passes), optimize=not no_optimize, calib_method=calib_method,
                     calib_limit=calib_limit, val_limit=val_limit, dla=dla, workspace_mib=workspace_mib,
                     local_engine=local_engine, force=force, progress=not quiet() and not as_json,
-                    max_accuracy_drop=max_accuracy_drop, percentile=percentile, keep=split_names(keep),
+                    max_accuracy_drop=max_accuracy_drop if max_accuracy_drop is not None else max_drop / 100,
+                    strict=strict, percentile=percentile, keep=split_names(keep),
                     sensitivity=sensitivity, auto_keep_drop=auto_keep_drop, log=_log)
     emit(summary, as_json, format_summary)
 

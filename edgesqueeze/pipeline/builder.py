@@ -34,7 +34,7 @@ def build(model_path: PathLike, target: str, out_dir: PathLike, *, precision: st
           skip_passes: Sequence[str] = (), optimize: bool = True, calib_method: str = "entropy",
           calib_limit: Optional[int] = None, val_limit: Optional[int] = None, dla: bool = False,
           workspace_mib: int = 1024, local_engine: str = "auto", force: bool = False, progress: bool = True,
-          max_accuracy_drop: float = 0.02, log: Optional[Callable[[str], None]] = None,
+          max_accuracy_drop: float = 0.01, strict: bool = False, log: Optional[Callable[[str], None]] = None,
           percentile: float = 99.99, keep: Sequence[str] = (), sensitivity: bool = False,
           auto_keep_drop: Optional[float] = None) -> dict:
     """Build a deployable bundle of ``model_path`` for ``target``.
@@ -80,7 +80,8 @@ def build(model_path: PathLike, target: str, out_dir: PathLike, *, precision: st
                            sparsity=sparsity, input_shapes=input_shapes, local_engine=local_engine, dla=dla,
                            archive=archive, force=force, passes=passes, skip_passes=skip_passes, val=val,
                            calib_limit=calib_limit, val_limit=val_limit, optimize=optimize,
-                           workspace_mib=workspace_mib, max_accuracy_drop=max_accuracy_drop)
+                           workspace_mib=workspace_mib, max_accuracy_drop=max_accuracy_drop,
+                           strict=strict)
     log = log or (lambda msg: None)
     state = BuildState(Progress(progress, log, len(STAGES)), log)
     run_stages(state, options)

@@ -50,7 +50,8 @@ class BuildOptions:
     trt_reason: Optional[str] = None  # why no local TensorRT engine is built (None: one is)
     archive: bool = False
     force: bool = False
-    max_accuracy_drop: float = 0.02
+    max_accuracy_drop: float = 0.01
+    strict: bool = False  # a validation that loses more than max_accuracy_drop is an error (exit 7), no bundle
 
     @property
     def deploy_kind(self) -> str:

@@ -11,6 +11,7 @@ from ..bundle import write_archive
 from ..bundle.assemble import assemble_bundle
 from ..compress import sparsify_2_4
 from ..data import open_data
+from ..errors import VerificationError
 from ..fileio import sha256_file
 from ..model import load_model
 from ..precision import Precision
@@ -153,7 +154,12 @@ def validate(state: BuildState, options: BuildOptions) -> StageRecord:
     if reader.is_random:
         warnings = ["validation data is random: the accuracy figures mean nothing"]
     else:
-        warnings = accuracy_warnings(state.accuracy, options.deploy_kind, max_drop=options.max_accuracy_drop)
+        cause = f"{options.sparsity} sparsity (compress)" if state.sparse_applied else "the optimizer"
+        warnings = accuracy_warnings(state.accuracy, options.deploy_kind, max_drop=options.max_accuracy_drop,
+                                     fp32_cause=cause)
+        if warnings and options.strict:
+            raise VerificationError(f"{warnings[0]} (--strict: no bundle written)", path=str(options.model_path),
+                                    hint=f"the limit is --max-drop {100 * options.max_accuracy_drop:g} points")
     return StageRecord("validate", DONE, accuracy_note(state.accuracy, options.deploy_kind),
                        payload={"samples": state.accuracy["samples"]},
                        summary={"latency_ms": latency, "accuracy": state.accuracy}, warnings=warnings)

@@ -195,21 +195,43 @@ def accuracy_note(acc: dict, deploy_kind: str) -> str:
     return f"max relative error {max(errs):.3g} ({deploy_kind})" if errs else "done"
 
 
-def accuracy_warnings(acc: dict, deploy_kind: str, max_drop: float = 0.02) -> List[str]:
-    """Warnings when the deploy model lost more accuracy than ``max_drop`` (top-1, or top-1 agreement)."""
-    d = acc["models"].get(deploy_kind, {})
+_ADVICE = {"int8_qdq": "try --method minmax or percentile, more calibration data, --keep for the sensitive "
+                        "layers (--sensitivity ranks them), or --precision fp16",
+           "fp16": "keep the layers that overflow in FP32 with --keep, or use --precision fp32"}
+
+
+def _step_loss(before: Optional[float], after: Optional[float], max_drop: float) -> Optional[str]:
+    if before is None or after is None or before - after <= max_drop:
+        return None
+    return f"{100 * (before - after):.2f} top-1 points ({100 * before:.2f}% -> {100 * after:.2f}%)"
+
+
+def accuracy_warnings(acc: dict, deploy_kind: str, max_drop: float = 0.01,
+                      fp32_cause: str = "the optimizer") -> List[str]:
+    """Warnings when a stage lost more accuracy than ``max_drop`` (a fraction of top-1, or of top-1 agreement).
+
+    The loss is put where it happened: input -> optimized FP32 model (``fp32_cause``: the optimizer, or a
+    compression such as 2:4 sparsity) and optimized FP32 -> the deploy model (quantization, with advice for
+    its precision).
+    """
+    models = acc["models"]
+    fp32, deploy = models.get("fp32", {}), models.get(deploy_kind, {})
     ref = acc.get("reference_top1")
-    if d.get("top1") is not None and ref is not None:
-        if ref - d["top1"] > max_drop:
-            return [f"the {deploy_kind} model loses {100 * (ref - d['top1']):.2f} top-1 points "
-                    f"({100 * ref:.2f}% -> {100 * d['top1']:.2f}%): try --calib-method minmax or percentile, "
-                    f"more calibration data, or --precision fp16"]
-        return []
+    if ref is not None and deploy.get("top1") is not None:
+        out = []
+        lost = _step_loss(ref, fp32.get("top1"), max_drop)
+        if lost:
+            out.append(f"the optimized fp32 model loses {lost}: {fp32_cause} lost it")
+        lost = _step_loss(fp32.get("top1", ref), deploy["top1"], max_drop) if deploy_kind != "fp32" else None
+        if lost:
+            out.append(f"quantizing to {deploy_kind} loses {lost} over the fp32 model: {_ADVICE[deploy_kind]}")
+        return out
     out = []
-    for name, o in d.get("outputs", {}).items():
-        if o.get("top1_agreement") is not None and o["top1_agreement"] < 1 - max_drop:
-            out.append(f"the {deploy_kind} model agrees with the input model on only "
-                       f"{100 * o['top1_agreement']:.2f}% of top-1 predictions ({name})")
+    for kind in dict.fromkeys(["fp32", deploy_kind]):
+        for name, o in models.get(kind, {}).get("outputs", {}).items():
+            if o.get("top1_agreement") is not None and o["top1_agreement"] < 1 - max_drop:
+                out.append(f"the {kind} model agrees with the input model on only "
+                           f"{100 * o['top1_agreement']:.2f}% of top-1 predictions ({name})")
     return out
 
 
