@@ -10,10 +10,20 @@ import datetime as _dt
 import os
 import platform
 import socket
+import sys
 import time
 from typing import Callable, Dict, List, Optional, Sequence
 
+import numpy
+import onnx
+import onnxruntime
+
+from .. import __version__
+from ..backends.base import Runner
+from ..devices import cpu_profile, get_profile
 from ..errors import EdgeSqueezeError, InputError
+from ..fileio import sha256_file
+from ..model import model_hash
 from .bandwidth import analytic, emc_bandwidth, model_costs
 from .feeds import batch_feeds, collect_feeds
 from .power import idle_summary, power_trace, window_summary
@@ -31,21 +41,8 @@ def _now() -> str:
 
 def versions() -> Dict[str, Optional[str]]:
     """Versions of everything that changes a measurement."""
-    import numpy
-    import onnx
-
-    from .. import __version__
-
     out = {"edgesqueeze": __version__, "python": platform.python_version(), "numpy": numpy.__version__,
-           "onnx": onnx.__version__}
-    try:
-        import onnxruntime
-
-        out["onnxruntime"] = onnxruntime.__version__
-    except ImportError:
-        out["onnxruntime"] = None
-    import sys
-
+           "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
     if "tensorrt" in sys.modules:
         out["tensorrt"] = getattr(sys.modules["tensorrt"], "__version__", None)
     return out
@@ -56,7 +53,7 @@ def _timed_loop(runner, feeds, iterations: Optional[int], duration: Optional[flo
     """Run the loop; return (latency ns, device-time dicts, wall s, t_start, t_end, interrupted by Ctrl-C)."""
     infer = runner.infer
     dev_times = runner.device_times
-    measure_dev = type(runner).device_times is not _base_device_times()
+    measure_dev = type(runner).device_times is not Runner.device_times
     perf = time.perf_counter_ns
     nf = len(feeds)
     samples: List[int] = []
@@ -95,12 +92,6 @@ def _timed_loop(runner, feeds, iterations: Optional[int], duration: Optional[flo
         interrupted = True
     t_end = time.perf_counter()
     return samples, dev, t_end - t_start, t_start, t_end, interrupted
-
-
-def _base_device_times():
-    from ..backends.base import Runner
-
-    return Runner.device_times
 
 
 def _warmup(runner, feeds, warmup: int, warmup_s: Optional[float]) -> int:
@@ -209,8 +200,6 @@ def run_benchmark(runner, reader_or_feeds, *, warmup: int = 10, iterations: int 
 
 
 def _resolve_profile(runner, profile):
-    from ..devices import cpu_profile, get_profile
-
     if profile is not None:
         return get_profile(profile)
     return cpu_profile() if runner.name in ("ort", "noop") else None
@@ -325,13 +314,9 @@ def _assemble(runner, runs, probe, samples, idle, origin, prof, warnings, base_f
 def _model_info(runner) -> dict:
     path = getattr(runner, "path", None)
     if path:
-        from ..fileio import sha256_file
-
         return {"name": os.path.splitext(os.path.basename(path))[0], "path": str(path), "sha256": sha256_file(path)}
     model = getattr(runner, "model", None)
     if model is not None:
-        from ..model import model_hash
-
         return {"name": model.graph.name or "model", "path": None, "sha256": model_hash(model)}
     return {"name": runner.name, "path": None, "sha256": "none"}
 

@@ -6,6 +6,7 @@ from typing import Dict, List, Optional, Sequence
 
 from ..errors import InputError, MissingDependencyError
 from ..fileio import write_text_atomic
+from . import plots as P
 from .schema import validate_result
 
 
@@ -156,8 +157,6 @@ def write_report(results: Sequence[dict], out_dir, *, plots: bool = True) -> Dic
     note = ""
     if plots:
         try:
-            from . import plots as P
-
             written["latency"] = str(P.latency_plot(results, out / "latency.png"))
             rel["latency histogram and CDF"] = "latency.png"
             for i, r in enumerate(results, start=1):
