@@ -108,6 +108,20 @@ def _timing(values: Sequence[float]) -> dict:
     return {"samples": vals, "stats": summarize(vals)}
 
 
+def _check_counts(warmup, iterations, duration, batch_sizes) -> List[int]:
+    """Raise InputError for a count the harness cannot run; return the batch sizes as ints."""
+    if duration is None and (iterations is None or int(iterations) < 1):
+        raise InputError(f"iterations must be at least 1, got {iterations}")
+    if duration is not None and duration <= 0:
+        raise InputError(f"duration must be positive, got {duration}")
+    if warmup < 0:
+        raise InputError(f"warmup must be >= 0, got {warmup}")
+    sizes = [int(b) for b in batch_sizes]
+    if not sizes or any(b < 1 for b in sizes):
+        raise InputError(f"batch sizes must be positive integers, got {sizes}")
+    return sizes
+
+
 def run_benchmark(runner, reader_or_feeds, *, warmup: int = 10, iterations: int = 100,
                   duration: Optional[float] = None, warmup_s: Optional[float] = None,
                   batch_sizes: Sequence[int] = (1,), power="auto", profile=None,
@@ -137,15 +151,7 @@ def run_benchmark(runner, reader_or_feeds, *, warmup: int = 10, iterations: int 
     Raises:
         InputError: bad counts, no batch size could run, or the feeds do not fit the model.
     """
-    if duration is None and (iterations is None or int(iterations) < 1):
-        raise InputError(f"iterations must be at least 1, got {iterations}")
-    if duration is not None and duration <= 0:
-        raise InputError(f"duration must be positive, got {duration}")
-    if warmup < 0:
-        raise InputError(f"warmup must be >= 0, got {warmup}")
-    batch_sizes = [int(b) for b in batch_sizes]
-    if not batch_sizes or any(b < 1 for b in batch_sizes):
-        raise InputError(f"batch sizes must be positive integers, got {batch_sizes}")
+    batch_sizes = _check_counts(warmup, iterations, duration, batch_sizes)
     started = _now()
     origin = time.perf_counter()
     prof = _resolve_profile(runner, profile)
