@@ -122,6 +122,13 @@ def _check_counts(warmup, iterations, duration, batch_sizes) -> List[int]:
     return sizes
 
 
+def _probe(power, sysfs_root: str, interval_ms: float) -> PowerProbe:
+    probe = power if isinstance(power, PowerProbe) else select_probe(power, sysfs_root=sysfs_root,
+                                                                     interval_ms=interval_ms)
+    probe.interval_ms = interval_ms
+    return probe
+
+
 def run_benchmark(runner, reader_or_feeds, *, warmup: int = 10, iterations: int = 100,
                   duration: Optional[float] = None, warmup_s: Optional[float] = None,
                   batch_sizes: Sequence[int] = (1,), power="auto", profile=None,
@@ -156,9 +163,7 @@ def run_benchmark(runner, reader_or_feeds, *, warmup: int = 10, iterations: int 
     origin = time.perf_counter()
     prof = _resolve_profile(runner, profile)
     base_feeds = collect_feeds(reader_or_feeds)
-    probe = power if isinstance(power, PowerProbe) else select_probe(power, sysfs_root=sysfs_root,
-                                                                     interval_ms=power_interval_ms)
-    probe.interval_ms = power_interval_ms
+    probe = _probe(power, sysfs_root, power_interval_ms)
     owned = not runner.is_active
     sampler = PowerSampler(probe, power_interval_ms).start()
     warnings: List[str] = []
