@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-from onnx import ModelProto
+from onnx import ModelProto, numpy_helper
 
 from ..errors import InputError
 from ..model import infer_shapes, tensor_shape
@@ -356,8 +356,6 @@ def get_pad(node, pads_name, inits) -> Optional[List[int]]:
     if p is not None:
         return list(p)
     if pads_name and pads_name in inits:
-        from onnx import numpy_helper
-
         return [int(v) for v in numpy_helper.to_array(inits[pads_name])]
     return None
 
@@ -386,8 +384,6 @@ def _produce(node, label, weight, axis, bias, bias_axis, walk: "_Walk", kind):
 
 
 def _array(t):
-    from onnx import numpy_helper
-
     return numpy_helper.to_array(t)
 
 
