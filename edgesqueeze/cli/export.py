@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import click
 
+from ..fileio import check_writable, refuse_overwrite
 from .common import emit, info, json_option
 
 
@@ -29,7 +30,6 @@ def command(factory, weights, inputs, output, opset, output_names, legacy, no_ve
     """
     from .._lazy import require
     from ..export import export_torch, load_factory, load_weights, parse_example_shapes
-    from ..fileio import check_writable, refuse_overwrite
 
     source = factory.rpartition(":")[0]
     refuse_overwrite(output, source if source.endswith(".py") else None, weights)  # never the user's own files

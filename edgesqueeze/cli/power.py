@@ -1,8 +1,11 @@
 """``edgesqueeze power``: analyse a recorded tegrastats log."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
+from ..errors import InputError
 from .common import emit, json_option, table, target_option, warn
 
 
@@ -21,11 +24,8 @@ def power_from_log(path, target=None, strict: bool = False, samples: bool = Fals
     Raises:
         InputError: unreadable file, no valid line, or (strict) a malformed line.
     """
-    from pathlib import Path
-
     from ..bench.tegrastats import parse_log, summarize_samples
     from ..devices import get_profile
-    from ..errors import InputError
 
     p = Path(path)
     try:
