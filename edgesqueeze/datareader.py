@@ -45,11 +45,6 @@ class DataReader:
     def __len__(self) -> int:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    @property
-    def num_samples(self) -> int:
-        """Number of samples yielded in all (feed dicts x batch)."""
-        return len(self) * self.batch
-
     def describe(self) -> str:  # pragma: no cover - abstract
         raise NotImplementedError
 

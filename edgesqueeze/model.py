@@ -135,10 +135,6 @@ def _looks_like_text(data: bytes) -> bool:
     return printable / max(1, len(head)) > 0.95
 
 
-def _parse(path: Path) -> ModelProto:
-    return _parse_bytes(path)[0]
-
-
 def _parse_bytes(path: Path) -> Tuple[ModelProto, bytes]:
     """Parse ``path``; return the model and the file's bytes (reused by the checker and shape inference)."""
     if not path.exists():
