@@ -9,7 +9,8 @@ PACKAGE = ROOT / "edgesqueeze"
 # Bottom to top (DESIGN.md, "Imports run one way"). A module may import its own layer and the layers below.
 # Keys are dotted prefixes below ``edgesqueeze``; the longest matching prefix decides a module's layer.
 LAYERS = [
-    ("", "errors", "fileio", "_lazy"),  # "" is the root package (__version__, the exceptions)
+    ("", "errors", "fileio", "_lazy", "precision"),  # "" is the root package (__version__, the exceptions);
+    # precision: the Precision enum (on another branch now), which devices and every stage name
     ("devices",),
     ("model",),
     ("data", "datareader", "imagedata", "ortutil", "export"),
@@ -146,6 +147,14 @@ def test_imports_run_one_way():
     assert not upward, "imports against the layer order (DESIGN.md):\n" + "\n".join(upward)
     stale = KNOWN_VIOLATIONS - seen
     assert not stale, f"KNOWN_VIOLATIONS lists imports that are gone; remove them: {sorted(stale)}"
+
+
+def test_device_side_code_is_self_contained():
+    """What runs on the device (Python 3.6, no edgesqueeze installed) imports nothing of ours."""
+    graph = _graph()
+    for module in ("edgesqueeze.deploy.device_runner", "edgesqueeze.deploy.device_probe"):
+        path, imports = graph[module]
+        assert not imports, f"{_rel(path)} imports our modules: {imports}"
 
 
 def _cycles(edges):

@@ -6,7 +6,7 @@ from pathlib import Path
 import click
 
 from ..errors import InputError
-from .common import emit, json_option, table, target_option, warn
+from .common import emit, info, json_option, table, target_option, warn
 
 
 def power_from_log(path, target=None, strict: bool = False, samples: bool = False) -> dict:
@@ -105,7 +105,6 @@ def command(log, target, strict, samples, plot, interval, as_json):
     r = power_from_log(log, target=target, strict=strict, samples=samples or bool(plot))
     if plot:
         from ..bench.plots import log_plot
-        from .common import info
 
         log_plot(r["samples"], plot, interval_ms=interval, title=f"{log} ({r['summary']['samples']} samples)")
         info(f"wrote {plot}")
