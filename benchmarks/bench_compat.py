@@ -2,10 +2,11 @@
 
 Run from the repository root: python benchmarks/bench_compat.py
 """
-import time, os, onnx
+import time, os, sys, onnx
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))  # random weights
 from edgesqueeze.model import load_model, convert_opset
 from edgesqueeze.compat import downgrade_opset, make_target_compatible
-from edgesqueeze.passes import materialize_random_weights
+from random_weights import materialize_random_weights
 d = os.path.join(os.path.dirname(onnx.__file__), "backend/test/data/light")
 rows = []
 def run(name, m, fn):

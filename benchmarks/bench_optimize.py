@@ -6,7 +6,7 @@ onnxruntime CPU median latency of the output (>= 50 timed runs after warm-up), m
 onnxruntime's graph optimizations off (what the graph itself costs) and at ORT_ENABLE_ALL (what a user gets).
 
 Models: ResNet-50 and Inception-v1 (the onnx package's light Model-Zoo models with seeded random weights) and
-MobileNetV2 (built with onnx helpers in edgesqueeze.passes.zoo, Conv -> BN -> ReLU6 as a framework export has it).
+MobileNetV2 (built with onnx helpers in tests/netzoo.py, Conv -> BN -> ReLU6 as a framework export has it).
 
     python benchmarks/bench_optimize.py                      # prints a Markdown table
     python benchmarks/bench_optimize.py --runs 100 --json out.json
@@ -27,8 +27,11 @@ import onnx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edgesqueeze.model import load_model, model_bytes, random_feeds  # noqa: E402
-from edgesqueeze.passes import DEFAULT_OPSET, materialize_random_weights, optimize  # noqa: E402
-from edgesqueeze.passes.zoo import mobilenet_v2  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the test models and random weights
+
+from edgesqueeze.passes import DEFAULT_OPSET, optimize  # noqa: E402
+from netzoo import mobilenet_v2  # noqa: E402
+from random_weights import materialize_random_weights  # noqa: E402
 
 
 def _light(name):

@@ -12,6 +12,7 @@ each side's top-1 accuracy.
 from __future__ import annotations
 
 import contextlib
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,11 @@ from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, 
 import numpy as np
 import onnx
 
+from .backends import get_runner
+from .bundle import extract_archive, verify_bundle
+from .data import open_data
 from .errors import InputError
+from .model import input_specs, load_model
 
 BACKEND_PREFIXES = ("ort", "trt")
 
@@ -42,8 +47,6 @@ def parse_side(spec: Union[str, Path, onnx.ModelProto], backend: Optional[str] =
     Raises:
         InputError: the path does not exist, is not a model or a bundle, or names an unknown backend.
     """
-    from .model import load_model
-
     if isinstance(spec, onnx.ModelProto):
         return Side(label="model", backend=backend or "ort", model=spec)
     text = str(spec)
@@ -69,14 +72,9 @@ def bundle_deploy_model(bundle: Path, stack: Optional[contextlib.ExitStack] = No
     Raises:
         InputError / VerificationError: not a bundle, or its files do not match the manifest.
     """
-    from .bundle import verify_bundle
-    from .bundle.archive import extract_archive
-
     if bundle.is_file():
         tmp = tempfile.mkdtemp(prefix="edgesqueeze-bundle-")
         if stack is not None:
-            import shutil
-
             stack.callback(shutil.rmtree, tmp, True)
         bundle = extract_archive(bundle, tmp)
     manifest = verify_bundle(bundle)
@@ -198,8 +196,6 @@ def compare_runs(run_a: Callable[[Mapping[str, np.ndarray]], Dict[str, np.ndarra
 
 @contextlib.contextmanager
 def _runner(side: Side, threads: Optional[int] = None) -> Iterator[Callable]:
-    from .backends import get_runner
-
     runner = get_runner(side.backend, side.model, **({"threads": threads} if side.backend == "ort" else {}))
     with runner:
         meta = runner.input_metadata()
@@ -227,8 +223,6 @@ def compare(a, b, data: Optional[str] = None, *, backend_a: Optional[str] = None
         InputError: a side or the data cannot be read, or the two sides have incompatible outputs.
         MissingDependencyError: a ``trt`` side without TensorRT installed.
     """
-    from .data import open_data
-
     with contextlib.ExitStack() as stack:
         side_a = parse_side(a, backend_a, stack)
         side_b = parse_side(b, backend_b, stack)
@@ -243,33 +237,7 @@ def compare(a, b, data: Optional[str] = None, *, backend_a: Optional[str] = None
 
 def _check_same_inputs(side_a: Side, side_b: Side) -> None:
     """Both sides get A's feeds: B must take inputs of the same names (else the error would blame the data)."""
-    from .model import input_specs
-
     names_a, names_b = sorted(input_specs(side_a.model)), sorted(input_specs(side_b.model))
     if names_a != names_b:
         raise InputError(f"B takes inputs {', '.join(names_b)} but A takes {', '.join(names_a)}: compare models of "
                          f"the same network", path=side_b.label)
-
-
-def format_comparison(result: dict) -> str:
-    """Human-readable table of a :func:`compare` result."""
-    from .cli.common import table
-
-    rows = []
-    for name, s in result["outputs"].items():
-        if "shape_mismatch" in s:
-            rows.append([name, "shape mismatch", str(s["shape_mismatch"]), "", "", ""])
-            continue
-        agree = "-" if s["top1_agreement"] is None else f"{100 * s['top1_agreement']:.2f}%"
-        rows.append([name, f"{s['max_abs']:.3g}", f"{s['mean_abs']:.3g}", f"{s['max_rel']:.3g}",
-                     f"{s['mean_rel']:.3g}", agree])
-    lines = [f"A (reference): {result['a']}", f"B:             {result['b']}",
-             f"data: {result['data']} ({result['samples']} samples)", "",
-             table(rows, ["output", "max abs", "mean abs", "max rel", "mean rel", "top-1 agree"], "lrrrrr")]
-    acc = result.get("accuracy")
-    if acc and acc.get("n"):
-        lines += ["", f"top-1 accuracy on {acc['n']} labelled samples ({acc['output']}): "
-                      f"A {100 * acc['a']:.2f}%  B {100 * acc['b']:.2f}%  (B - A {100 * (acc['b'] - acc['a']):+.2f} points)"]
-    if result.get("random_data"):
-        lines += ["", "note: random inputs; pass --data val.npz to compare on real data"]
-    return "\n".join(lines)

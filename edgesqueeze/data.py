@@ -19,8 +19,6 @@ Data whose shape or dtype does not fit the model, or that holds NaN/Inf, is an :
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Dict, Iterator, Optional
 
@@ -28,6 +26,9 @@ import numpy as np
 from onnx import ModelProto
 
 from .errors import InputError
+from .datareader import DataReader, cast_dtype
+from .fileio import sha256_file
+from .imagedata import image_folder_reader
 from .model import format_shape, input_specs
 
 LABEL_KEYS = ("label", "labels", "y", "target", "targets")
@@ -56,19 +57,6 @@ def _model_inputs(model: ModelProto, batch_size: int) -> Dict[str, dict]:
     return out
 
 
-def _cast(arr: np.ndarray, want: np.dtype, name: str, path: str) -> np.ndarray:
-    if arr.dtype == want:
-        return arr
-    same_kind = (np.issubdtype(arr.dtype, np.floating) and np.issubdtype(want, np.floating)) or \
-        (np.issubdtype(arr.dtype, np.integer) and np.issubdtype(want, np.integer)) or \
-        (arr.dtype == np.bool_ and want == np.bool_)
-    if not same_kind:
-        hint = "convert it, e.g. x.astype(np.float32) / 255" if np.issubdtype(want, np.floating) else None
-        raise InputError(f"data dtype {arr.dtype} does not fit the model's input dtype {want}", path=path,
-                         tensor=name, hint=hint)
-    return arr.astype(want)
-
-
 def _check_finite(arr: np.ndarray, name: str, path: str) -> None:
     """Raise InputError naming the first sample that holds NaN or Inf."""
     if not np.issubdtype(arr.dtype, np.floating):
@@ -85,53 +73,7 @@ def _check_finite(arr: np.ndarray, name: str, path: str) -> None:
                              f"{sample.size}); calibration and evaluation need finite data", path=path, tensor=name)
 
 
-# ------------------------------------------------------------------------------------------ the protocol
-class DataReader:
-    """Base class: an iterable of feed dicts with labels, length, description and hash."""
-
-    is_random = False
-
-    def __init__(self, inputs: Dict[str, dict]):
-        self.inputs = inputs
-        self.batch = next(iter(inputs.values()))["batch"]
-        self.labels: Optional[np.ndarray] = None
-
-    def __iter__(self) -> Iterator[Dict[str, np.ndarray]]:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def __len__(self) -> int:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    @property
-    def num_samples(self) -> int:
-        """Number of samples yielded in all (feed dicts x batch)."""
-        return len(self) * self.batch
-
-    def describe(self) -> str:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def _describe_counted(self, source: str, count: int, unit: str) -> str:
-        """``source: N <unit> in B batches of b[, labelled][ (k left over, not a full batch)]``."""
-        text = f"{source}: {count} {unit} in {len(self)} batches of {self.batch}"
-        if self.labels is not None:
-            text += ", labelled"
-        if getattr(self, "dropped", 0):
-            text += f" ({self.dropped} left over, not a full batch)"
-        return text
-
-    def sha256(self) -> str:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def _hash(self, *parts) -> str:
-        h = hashlib.sha256()
-        h.update(json.dumps({"cls": type(self).__name__, "batch": self.batch,
-                             "inputs": {k: [v["shape"], str(v["dtype"])] for k, v in sorted(self.inputs.items())}},
-                            sort_keys=True).encode())
-        for p in parts:
-            h.update(p if isinstance(p, bytes) else str(p).encode())
-        return h.hexdigest()
-
-
+# ------------------------------------------------------------------------------------------ readers
 class ArrayReader(DataReader):
     """Feeds from in-memory or memory-mapped arrays ``{input name: [N, ...]}`` plus optional labels."""
 
@@ -241,8 +183,6 @@ def _fit_array(arr: np.ndarray, spec: dict, name: str, path: str) -> np.ndarray:
 
 
 def _array_reader(path: Path, inputs: Dict[str, dict], limit: Optional[int]) -> ArrayReader:
-    from .fileio import sha256_file
-
     labels = None
     if path.suffix == ".npz":
         try:
@@ -270,7 +210,7 @@ def _array_reader(path: Path, inputs: Dict[str, dict], limit: Optional[int]) -> 
         n = arr.shape[0] if limit is None else min(arr.shape[0], int(limit))
         _check_finite(arr[:n], name, str(path))
         if arr.dtype != inputs[name]["dtype"]:
-            arr = _cast(np.asarray(arr), inputs[name]["dtype"], name, str(path))
+            arr = cast_dtype(np.asarray(arr), inputs[name]["dtype"], name, str(path))
         fitted[name] = arr
     return ArrayReader(inputs, fitted, labels, source=str(path), limit=limit, digest=sha256_file(path))
 
@@ -310,8 +250,6 @@ def open_data(spec: Optional[str], model: ModelProto, *, batch_size: int = 1, li
     if not path.exists():
         raise InputError("no such file or folder", path=str(path))
     if path.is_dir():
-        from .imagedata import image_folder_reader
-
         return image_folder_reader(path, query, inputs, limit)
     if path.suffix.lower() not in (".npz", ".npy"):
         raise InputError(f"unknown data format '{path.suffix}'", path=str(path),

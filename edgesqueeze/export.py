@@ -21,6 +21,7 @@ from ._lazy import require
 from .errors import InputError, UnsupportedError, VerificationError
 from .fileio import PathLike, atomic_path
 from .model import load_model, model_hash, parse_shape
+from .ortutil import make_session
 
 DEFAULT_OPSET = 18
 
@@ -113,6 +114,46 @@ def _as_tuple(example_inputs) -> tuple:
     return (example_inputs,)
 
 
+def _verify_export(torch, module, model, args, input_names, output_names, trials: int, seed: int, rtol: float,
+                   atol: float, path: Path) -> List[float]:
+    """Run ``trials`` seeded random inputs through onnxruntime and torch; return the worst error per trial.
+
+    Raises:
+        VerificationError: a shape differs, or an error exceeds ``atol + rtol * |torch|``.
+    """
+    sess = make_session(model)
+    rng = np.random.default_rng(seed)
+    errors: List[float] = []
+    for trial in range(trials):
+        feeds = {}
+        tensors = []
+        for name, ex in zip(input_names, args):
+            if ex.dtype.is_floating_point:
+                arr = rng.standard_normal(tuple(ex.shape)).astype(np.float32)
+            else:
+                arr = rng.integers(0, 10, size=tuple(ex.shape)).astype(str(ex.dtype).replace("torch.", ""))
+            feeds[name] = arr
+            tensors.append(torch.from_numpy(arr))
+        with torch.no_grad():
+            ref = module(*tensors)
+        ref = ref if isinstance(ref, (list, tuple)) else (ref,)
+        got = sess.run(output_names, feeds)
+        worst = 0.0
+        for oname, r, g in zip(output_names, ref, got):
+            r = r.detach().numpy()
+            if r.shape != g.shape:
+                raise VerificationError(f"onnxruntime output shape {g.shape} != torch {r.shape}", tensor=oname)
+            err = np.abs(r.astype(np.float64) - g)
+            bound = atol + rtol * np.abs(r)
+            if np.any(err > bound):
+                raise VerificationError(f"onnxruntime disagrees with torch on random input {trial}: "
+                                        f"max abs error {float(err.max()):.3g}", tensor=oname,
+                                        path=str(path), hint="the export is wrong; nothing was written")
+            worst = max(worst, float(err.max()) if err.size else 0.0)
+        errors.append(worst)
+    return errors
+
+
 def export_torch(module, example_inputs, path: PathLike, *, input_names: Optional[Sequence[str]] = None,
                  output_names: Optional[Sequence[str]] = None, opset: int = DEFAULT_OPSET, legacy: bool = False,
                  verify: bool = True, rtol: float = 1e-4, atol: float = 1e-5, seed: int = 0,
@@ -140,8 +181,6 @@ def export_torch(module, example_inputs, path: PathLike, *, input_names: Optiona
     torch = require("torch", "exporting PyTorch models")
     if not legacy:
         require("onnxscript", "torch's default ONNX exporter")
-    from .ortutil import make_session
-
     module.eval()
     args = _as_tuple(example_inputs)
     n_in = len(args)
@@ -176,36 +215,8 @@ def export_torch(module, example_inputs, path: PathLike, *, input_names: Optiona
             logging.disable(logging.NOTSET)
         model = load_model(tmp)
         if verify:
-            sess = make_session(model)
-            rng = np.random.default_rng(seed)
-            errors: List[float] = []
-            for trial in range(trials):
-                feeds = {}
-                tensors = []
-                for name, ex in zip(input_names, args):
-                    if ex.dtype.is_floating_point:
-                        arr = rng.standard_normal(tuple(ex.shape)).astype(np.float32)
-                    else:
-                        arr = rng.integers(0, 10, size=tuple(ex.shape)).astype(str(ex.dtype).replace("torch.", ""))
-                    feeds[name] = arr
-                    tensors.append(torch.from_numpy(arr))
-                with torch.no_grad():
-                    ref = module(*tensors)
-                ref = ref if isinstance(ref, (list, tuple)) else (ref,)
-                got = sess.run(output_names, feeds)
-                worst = 0.0
-                for oname, r, g in zip(output_names, ref, got):
-                    r = r.detach().numpy()
-                    if r.shape != g.shape:
-                        raise VerificationError(f"onnxruntime output shape {g.shape} != torch {r.shape}", tensor=oname)
-                    err = np.abs(r.astype(np.float64) - g)
-                    bound = atol + rtol * np.abs(r)
-                    if np.any(err > bound):
-                        raise VerificationError(f"onnxruntime disagrees with torch on random input {trial}: "
-                                                f"max abs error {float(err.max()):.3g}", tensor=oname,
-                                                path=str(path), hint="the export is wrong; nothing was written")
-                    worst = max(worst, float(err.max()) if err.size else 0.0)
-                errors.append(worst)
+            errors = _verify_export(torch, module, model, args, input_names, output_names, trials, seed, rtol, atol,
+                                    path)
             report["verification"] = {"trials": trials, "max_abs_error": errors, "rtol": rtol, "atol": atol}
     report["sha256"] = model_hash(path)
     return report

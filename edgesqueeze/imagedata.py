@@ -16,7 +16,7 @@ from urllib.parse import parse_qsl
 
 import numpy as np
 
-from .data import DataReader, _cast
+from .datareader import DataReader, cast_dtype
 from .errors import InputError, MissingDependencyError
 from .model import format_shape
 
@@ -144,7 +144,7 @@ class ImageFolderReader(DataReader):
     def __iter__(self) -> Iterator[Dict[str, np.ndarray]]:
         for start in range(0, len(self.files), self.batch):
             batch = np.stack([self.load(f) for f in self.files[start:start + self.batch]])
-            yield {self.name: _cast(np.ascontiguousarray(batch), self.dtype, self.name, str(self.root))}
+            yield {self.name: cast_dtype(np.ascontiguousarray(batch), self.dtype, self.name, str(self.root))}
 
     def __len__(self) -> int:
         return len(self.files) // self.batch

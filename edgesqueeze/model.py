@@ -14,7 +14,8 @@ from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, 
 
 import numpy as np
 import onnx
-from onnx import ModelProto
+from onnx import ModelProto, version_converter
+from onnx.external_data_helper import _get_all_tensors, load_external_data_for_model  # noqa: PLC2701 - stable
 
 from .errors import InputError, UnsupportedError
 from .fileio import PathLike, atomic_path, refuse_overwrite, sha256_bytes
@@ -134,10 +135,6 @@ def _looks_like_text(data: bytes) -> bool:
     return printable / max(1, len(head)) > 0.95
 
 
-def _parse(path: Path) -> ModelProto:
-    return _parse_bytes(path)[0]
-
-
 def _parse_bytes(path: Path) -> Tuple[ModelProto, bytes]:
     """Parse ``path``; return the model and the file's bytes (reused by the checker and shape inference)."""
     if not path.exists():
@@ -167,16 +164,12 @@ def _parse_bytes(path: Path) -> Tuple[ModelProto, bytes]:
 
 
 def _external_tensors(model: ModelProto):
-    from onnx.external_data_helper import _get_all_tensors  # noqa: PLC2701 - stable helper across onnx 1.x
-
     for t in _get_all_tensors(model):
         if t.data_location == onnx.TensorProto.EXTERNAL:
             yield t
 
 
 def _resolve_external_data(model: ModelProto, path: Path) -> None:
-    from onnx.external_data_helper import load_external_data_for_model
-
     base = path.parent
     needed = False
     for t in _external_tensors(model):
@@ -362,8 +355,6 @@ def convert_opset(model: ModelProto, opset: int, path: Optional[str] = None) -> 
     Raises:
         UnsupportedError: the converter cannot convert one of the model's ops.
     """
-    from onnx import version_converter
-
     try:
         converted = version_converter.convert_version(model, opset)
         onnx.checker.check_model(converted)
@@ -377,8 +368,6 @@ def convert_opset(model: ModelProto, opset: int, path: Optional[str] = None) -> 
 # ----------------------------------------------------------------------------- saving
 def _tensor_payload(model: ModelProto) -> int:
     """A cheap lower bound of the model's serialised size: the bytes of its tensors' data."""
-    from onnx.external_data_helper import _get_all_tensors  # noqa: PLC2701 - stable helper across onnx 1.x
-
     total = 0
     for t in _get_all_tensors(model):
         total += len(t.raw_data) + 4 * (len(t.float_data) + len(t.int32_data)) + 8 * (
@@ -441,8 +430,6 @@ def save_model(model: ModelProto, path: PathLike, *, inputs: Sequence[Optional[P
                     fh.flush()
                     os.fsync(fh.fileno())
         else:  # protobuf cannot hold > 2 GB: weights go to <name>.data next to the model
-            from onnx.external_data_helper import _get_all_tensors, load_external_data_for_model  # noqa: PLC2701
-
             located = [t.HasField("data_location") for t in _get_all_tensors(model)]
             with atomic_path(path) as tmp:
                 onnx.save_model(model, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,

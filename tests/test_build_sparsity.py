@@ -5,7 +5,7 @@ import onnx
 import pytest
 
 from edgesqueeze.compress.sparse24 import is_2_4
-from edgesqueeze.passes.zoo import mobilenet_v2
+from netzoo import mobilenet_v2
 
 
 @pytest.fixture(scope="module")

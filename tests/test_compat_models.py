@@ -91,7 +91,7 @@ def test_build_fails_clearly_when_the_target_cannot_hold_the_model(tmp_path):
 @pytest.mark.parametrize("name", ["squeezenet", "inception_v1", "shufflenet"])
 def test_light_models_round_trip(light_models_dir, name):
     from edgesqueeze.model import convert_opset
-    from edgesqueeze.passes import materialize_random_weights
+    from random_weights import materialize_random_weights
 
     m9 = materialize_random_weights(load_model(light_models_dir / f"light_{name}.onnx"))
     m13 = convert_opset(m9, 13)

@@ -9,7 +9,7 @@ from edgesqueeze.errors import InputError, VerificationError
 from edgesqueeze.model import model_bytes
 from edgesqueeze.passes import PASSES, optimize, register
 from edgesqueeze.passes._graph import const, new_const
-from edgesqueeze.passes.zoo import NetBuilder, mobilenet_v2
+from netzoo import NetBuilder, mobilenet_v2
 
 
 def _net(seed=0):

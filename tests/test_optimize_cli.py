@@ -9,7 +9,7 @@ import pytest
 
 from edgesqueeze.cli.optimize import run_optimize
 from edgesqueeze.fileio import sha256_file
-from edgesqueeze.passes.zoo import mobilenet_v2
+from netzoo import mobilenet_v2
 
 
 @pytest.fixture
@@ -91,7 +91,7 @@ def test_python_twin_matches_cli(mobilenet, tmp_path):
 def test_cli_fp16_model_gets_fp16_tolerance(cli, tmp_path):
     import numpy as np
 
-    from edgesqueeze.passes.zoo import NetBuilder
+    from netzoo import NetBuilder
 
     b = NetBuilder(seed=2, dtype=np.float16)
     x = b.input("x", [1, 8, 8, 8])

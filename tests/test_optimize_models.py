@@ -11,7 +11,8 @@ import pytest
 
 from edgesqueeze.model import load_model, random_feeds
 from edgesqueeze.ortutil import expose_outputs, run_model
-from edgesqueeze.passes import DEFAULT_OPSET, materialize_random_weights, optimize
+from edgesqueeze.passes import DEFAULT_OPSET, optimize
+from random_weights import materialize_random_weights
 
 FAST = ["squeezenet", "resnet50", "inception_v1", "shufflenet"]
 # DenseNet-121 / Inception-v2 (~1000 nodes) and the big-FC models (60-140 M weights): slow on 2 shared cores

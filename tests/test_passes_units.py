@@ -12,7 +12,7 @@ from edgesqueeze.errors import InputError
 from edgesqueeze.model import random_feeds
 from edgesqueeze.ortutil import run_model
 from edgesqueeze.passes import PASSES, default_pass_names, optimize
-from edgesqueeze.passes.zoo import NetBuilder
+from netzoo import NetBuilder
 
 
 def ops(model):

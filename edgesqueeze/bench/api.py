@@ -5,7 +5,11 @@ import json
 from pathlib import Path
 from typing import Optional, Sequence, Tuple
 
+from ..backends import get_runner
+from ..data import open_data
 from ..errors import InputError
+from ..fileio import sha256_file
+from ..model import load_model
 from .harness import run_benchmark
 
 
@@ -81,9 +85,6 @@ def bench(path, *, backend: str = "ort", iterations: int = 100, duration: Option
     Raises:
         InputError, UnsupportedError, MissingDependencyError: as the parts raise them.
     """
-    from ..backends import get_runner
-    from ..model import load_model
-
     model_path, bundle = resolve_model(path, backend)
     model = load_model(model_path, input_shapes)
     if backend == "trt":
@@ -105,8 +106,6 @@ def bench(path, *, backend: str = "ort", iterations: int = 100, duration: Option
         announce()
     model_info = None
     if bundle:
-        from ..fileio import sha256_file
-
         variant = model_path.stem[len("model."):] if model_path.stem.startswith("model.") else model_path.stem
         model_info = {"name": f"{bundle['source']}:{variant}", "path": str(model_path),
                       "sha256": sha256_file(model_path)}
@@ -125,15 +124,5 @@ def bench(path, *, backend: str = "ort", iterations: int = 100, duration: Option
 
 
 def _data(spec, model):
-    try:
-        from ..data import open_data
-    except ImportError:
-        open_data = None
-    if open_data is not None:
-        reader = open_data(spec, model, limit=64 if spec else 8)
-        return reader, reader.describe()
-    if spec:
-        raise InputError("reading benchmark data needs edgesqueeze.data (not installed in this checkout)")
-    from ..model import random_feeds
-
-    return random_feeds(model, seed=0, batches=8), "random (seed 0)"
+    reader = open_data(spec, model, limit=64 if spec else 8)
+    return reader, reader.describe()

@@ -12,6 +12,8 @@ from typing import List, Optional
 import numpy as np
 import onnx
 
+from ..inspect import inspect_model
+from ..model import infer_shapes
 from ..precision import PRECISIONS
 
 BYTES_PER_ELEMENT = {"fp32": 4, "fp16": 2, "int8": 1}
@@ -27,30 +29,22 @@ def model_costs(model: onnx.ModelProto, profile=None, precision: str = "fp32") -
         ``{"flops": float | None, "macs", "weight_bytes", "activation_bytes", "bytes", "source"}`` where
         ``activation_bytes`` is the part that scales with the batch.
     """
-    note = ""
     try:
-        from ..inspect import inspect_model
-    except ImportError:
-        inspect_model = None
-    if inspect_model is not None:
-        try:
-            prec = precision if precision in BYTES_PER_ELEMENT else "fp32"
-            tot = inspect_model(model, target=None, precision=prec)["totals"]
-            wb = float(tot.get("weight_bytes") or 0)
-            moved = float(tot.get("min_bytes") or tot.get("bytes") or 0)
-            return {"flops": float(tot["flops"]) if tot.get("flops") else None, "macs": tot.get("macs"),
-                    "weight_bytes": wb, "activation_bytes": max(0.0, moved - wb), "bytes": moved,
-                    "source": f"edgesqueeze.inspect ({prec})"}
-        except Exception as exc:  # noqa: BLE001 - fall back to the plain count, and say so
-            note = f"edgesqueeze.inspect failed ({type(exc).__name__}: {exc}); "
+        prec = precision if precision in BYTES_PER_ELEMENT else "fp32"
+        tot = inspect_model(model, target=None, precision=prec)["totals"]
+        wb = float(tot.get("weight_bytes") or 0)
+        moved = float(tot.get("min_bytes") or tot.get("bytes") or 0)
+        return {"flops": float(tot["flops"]) if tot.get("flops") else None, "macs": tot.get("macs"),
+                "weight_bytes": wb, "activation_bytes": max(0.0, moved - wb), "bytes": moved,
+                "source": f"edgesqueeze.inspect ({prec})"}
+    except Exception as exc:  # noqa: BLE001 - fall back to the plain count, and say so
+        note = f"edgesqueeze.inspect failed ({type(exc).__name__}: {exc}); "
     wb, ab = _count_bytes(model)
     return {"flops": None, "macs": None, "weight_bytes": wb, "activation_bytes": ab, "bytes": wb + ab,
             "source": note + "graph byte count (FLOPs unknown without edgesqueeze.inspect)"}
 
 
 def _count_bytes(model: onnx.ModelProto):
-    from ..model import infer_shapes
-
     m = infer_shapes(model)
     weights = sum(_nbytes(t.dims, t.data_type) for t in m.graph.initializer)
     inits = {t.name for t in m.graph.initializer}

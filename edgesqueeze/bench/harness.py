@@ -11,10 +11,14 @@ import os
 import platform
 import socket
 import time
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 from .._lazy import versions
+from ..backends.base import Runner
+from ..devices import cpu_profile, get_profile
 from ..errors import EdgeSqueezeError, InputError
+from ..fileio import sha256_file
+from ..model import model_hash
 from .bandwidth import analytic, emc_bandwidth, model_costs
 from .feeds import batch_feeds, collect_feeds
 from .power import idle_summary, power_trace, window_summary
@@ -35,7 +39,7 @@ def _timed_loop(runner, feeds, iterations: Optional[int], duration: Optional[flo
     """Run the loop; return (latency ns, device-time dicts, wall s, t_start, t_end, interrupted by Ctrl-C)."""
     infer = runner.infer
     dev_times = runner.device_times
-    measure_dev = type(runner).device_times is not _base_device_times()
+    measure_dev = type(runner).device_times is not Runner.device_times
     perf = time.perf_counter_ns
     nf = len(feeds)
     samples: List[int] = []
@@ -76,12 +80,6 @@ def _timed_loop(runner, feeds, iterations: Optional[int], duration: Optional[flo
     return samples, dev, t_end - t_start, t_start, t_end, interrupted
 
 
-def _base_device_times():
-    from ..backends.base import Runner
-
-    return Runner.device_times
-
-
 def _warmup(runner, feeds, warmup: int, warmup_s: Optional[float]) -> int:
     n = 0
     end = time.perf_counter() + warmup_s if warmup_s else None
@@ -94,6 +92,27 @@ def _warmup(runner, feeds, warmup: int, warmup_s: Optional[float]) -> int:
 def _timing(values: Sequence[float]) -> dict:
     vals = [round(float(v), 6) for v in values]
     return {"samples": vals, "stats": summarize(vals)}
+
+
+def _check_counts(warmup, iterations, duration, batch_sizes) -> List[int]:
+    """Raise InputError for a count the harness cannot run; return the batch sizes as ints."""
+    if duration is None and (iterations is None or int(iterations) < 1):
+        raise InputError(f"iterations must be at least 1, got {iterations}")
+    if duration is not None and duration <= 0:
+        raise InputError(f"duration must be positive, got {duration}")
+    if warmup < 0:
+        raise InputError(f"warmup must be >= 0, got {warmup}")
+    sizes = [int(b) for b in batch_sizes]
+    if not sizes or any(b < 1 for b in sizes):
+        raise InputError(f"batch sizes must be positive integers, got {sizes}")
+    return sizes
+
+
+def _probe(power, sysfs_root: str, interval_ms: float) -> PowerProbe:
+    probe = power if isinstance(power, PowerProbe) else select_probe(power, sysfs_root=sysfs_root,
+                                                                     interval_ms=interval_ms)
+    probe.interval_ms = interval_ms
+    return probe
 
 
 def run_benchmark(runner, reader_or_feeds, *, warmup: int = 10, iterations: int = 100,
@@ -125,22 +144,12 @@ def run_benchmark(runner, reader_or_feeds, *, warmup: int = 10, iterations: int 
     Raises:
         InputError: bad counts, no batch size could run, or the feeds do not fit the model.
     """
-    if duration is None and (iterations is None or int(iterations) < 1):
-        raise InputError(f"iterations must be at least 1, got {iterations}")
-    if duration is not None and duration <= 0:
-        raise InputError(f"duration must be positive, got {duration}")
-    if warmup < 0:
-        raise InputError(f"warmup must be >= 0, got {warmup}")
-    batch_sizes = [int(b) for b in batch_sizes]
-    if not batch_sizes or any(b < 1 for b in batch_sizes):
-        raise InputError(f"batch sizes must be positive integers, got {batch_sizes}")
+    batch_sizes = _check_counts(warmup, iterations, duration, batch_sizes)
     started = _now()
     origin = time.perf_counter()
     prof = _resolve_profile(runner, profile)
     base_feeds = collect_feeds(reader_or_feeds)
-    probe = power if isinstance(power, PowerProbe) else select_probe(power, sysfs_root=sysfs_root,
-                                                                     interval_ms=power_interval_ms)
-    probe.interval_ms = power_interval_ms
+    probe = _probe(power, sysfs_root, power_interval_ms)
     owned = not runner.is_active
     sampler = PowerSampler(probe, power_interval_ms).start()
     warnings: List[str] = []
@@ -188,8 +197,6 @@ def run_benchmark(runner, reader_or_feeds, *, warmup: int = 10, iterations: int 
 
 
 def _resolve_profile(runner, profile):
-    from ..devices import cpu_profile, get_profile
-
     if profile is not None:
         return get_profile(profile)
     return cpu_profile() if runner.name in ("ort", "noop") else None
@@ -304,13 +311,9 @@ def _assemble(runner, runs, probe, samples, idle, origin, prof, warnings, base_f
 def _model_info(runner) -> dict:
     path = getattr(runner, "path", None)
     if path:
-        from ..fileio import sha256_file
-
         return {"name": os.path.splitext(os.path.basename(path))[0], "path": str(path), "sha256": sha256_file(path)}
     model = getattr(runner, "model", None)
     if model is not None:
-        from ..model import model_hash
-
         return {"name": model.graph.name or "model", "path": None, "sha256": model_hash(model)}
     return {"name": runner.name, "path": None, "sha256": "none"}
 

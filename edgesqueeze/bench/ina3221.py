@@ -14,7 +14,7 @@ import os
 import re
 from typing import Dict, List, Tuple
 
-from .probes import PowerProbe
+from .probe_base import PowerProbe
 from .tegrastats import INPUT_RAILS
 
 Channel = Tuple[str, str, str]  # (rail name, kind "power"|"vi", path or "vpath|ipath")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from .probes import PowerProbe
+from .probe_base import PowerProbe
 
 
 class NvmlProbe(PowerProbe):

@@ -7,7 +7,7 @@ import threading
 import time
 from typing import Callable, List, Optional, Sequence
 
-from .probes import PowerProbe
+from .probe_base import PowerProbe
 from .tegrastats import TegrastatsParseError, parse_line
 
 

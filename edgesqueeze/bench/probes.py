@@ -10,54 +10,16 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable, List, Optional
+from typing import List, Optional
 
 from ..errors import InputError
+from .ina3221 import Ina3221Probe
+from .nvml import NvmlProbe
+from .probe_base import NullProbe, PowerProbe
+from .probe_tegrastats import TegrastatsProbe
+from .rapl import RaplProbe
 
 PROBES = ("auto", "tegrastats", "ina3221", "nvml", "rapl", "none")
-
-
-class PowerProbe:
-    """Base class. ``available`` and ``reason`` say whether power is measurable and why not."""
-
-    name = "none"
-    streaming = False  # True: the probe pushes samples itself (start/stop) instead of being polled
-
-    def __init__(self) -> None:
-        self.available = False
-        self.reason = ""
-        self.rails: List[str] = []
-        self.total_source: Optional[str] = None
-        self.interval_ms = 100.0
-
-    def read(self) -> dict:
-        """Read one sample now."""
-        raise NotImplementedError
-
-    def start(self, sink: Callable[[dict], None]) -> None:
-        """Streaming probes: start delivering samples to ``sink``."""
-        raise NotImplementedError
-
-    def stop(self) -> None:
-        """Streaming probes: stop; polled probes: release resources."""
-
-    def describe(self) -> dict:
-        """JSON-ready description for results."""
-        return {"probe": self.name, "available": self.available, "reason": self.reason, "rails": list(self.rails),
-                "total_source": self.total_source, "interval_ms": self.interval_ms}
-
-
-class NullProbe(PowerProbe):
-    """No power measurement; ``reason`` says why (e.g. what the other probes found)."""
-
-    name = "none"
-
-    def __init__(self, reason: str = "power measurement was not requested (--power none)") -> None:
-        super().__init__()
-        self.reason = reason
-
-    def read(self) -> dict:
-        return {"total_mw": None, "rails": {}, "energy_mj": None}
 
 
 class PowerSampler:
@@ -145,11 +107,6 @@ def select_probe(kind: str = "auto", *, sysfs_root: str = "/sys", interval_ms: f
         raise InputError(f"unknown power probe '{kind}'; choose one of {', '.join(PROBES)}")
     if kind == "none":
         return NullProbe()
-    from .ina3221 import Ina3221Probe
-    from .nvml import NvmlProbe
-    from .probe_tegrastats import TegrastatsProbe
-    from .rapl import RaplProbe
-
     makers = {"tegrastats": lambda: TegrastatsProbe(interval_ms=interval_ms),
               "ina3221": lambda: Ina3221Probe(sysfs_root),
               "nvml": NvmlProbe, "rapl": lambda: RaplProbe(sysfs_root)}
@@ -165,3 +122,6 @@ def select_probe(kind: str = "auto", *, sysfs_root: str = "/sys", interval_ms: f
             return probe
         reasons.append(f"{name}: {probe.reason}")
     return NullProbe("not measurable here (" + "; ".join(reasons) + ")")
+
+
+__all__ = ["PROBES", "NullProbe", "PowerProbe", "PowerSampler", "select_probe"]

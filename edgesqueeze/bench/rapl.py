@@ -11,7 +11,7 @@ import glob
 import os
 from typing import Dict, List, Optional
 
-from .probes import PowerProbe
+from .probe_base import PowerProbe
 
 
 def _read_int(path: str) -> int:

@@ -6,6 +6,7 @@ from typing import Dict, List, Optional, Sequence
 
 from ..errors import InputError, MissingDependencyError
 from ..fileio import write_text_atomic
+from . import plots as P
 from .schema import validate_result
 
 
@@ -44,8 +45,9 @@ def summary_rows(results: Sequence[dict]) -> List[dict]:
     return rows
 
 
-def _markdown(results: Sequence[dict], plots: Dict[str, Optional[str]], plot_note: str) -> str:
-    out = ["# edgesqueeze benchmark report", ""]
+def _run_headers(results: Sequence[dict]) -> List[str]:
+    """One paragraph per run: model, device, backend, data, versions, power probe and idle baseline."""
+    out = []
     for i, r in enumerate(results, start=1):
         b, d, v = r["backend"], r["device"], r.get("versions") or {}
         where = f"`{r['model']['path']}`, " if r["model"].get("path") else ""
@@ -62,6 +64,32 @@ def _markdown(results: Sequence[dict], plots: Dict[str, Optional[str]], plot_not
         if (p.get("idle") or {}).get("mean_mw") is not None:
             out.append(f"  idle baseline: {p['idle']['mean_mw'] / 1000:.3f} W over {p['idle']['duration_s']:.1f} s")
         out.append("")
+    return out
+
+
+def _slowest_layers(results: Sequence[dict]) -> List[str]:
+    """The per-layer tables (onnxruntime profiles, trtexec --exportProfile), 15 slowest layers each."""
+    out: List[str] = []
+    layer_sets = [(i, f"batch {run['batch']}", run["layers"]) for i, r in enumerate(results, start=1)
+                  for run in r["runs"] if run.get("layers")]
+    layer_sets += [(i, "trtexec --exportProfile", r["layers"]) for i, r in enumerate(results, start=1)
+                   if r.get("layers")]
+    if layer_sets:
+        out += ["## Slowest layers", ""]
+        for i, what, layers in layer_sets:
+            out += [f"Run {i}, {what}:", "", "| layer | op | median ms | mean ms | share |",
+                    "| --- | --- | --- | --- | --- |"]
+            for lay in layers[:15]:
+                mean_ms = lay.get("average_ms", lay.get("mean_us", 0) / 1000.0)
+                med = lay.get("median_ms", lay["median_us"] / 1000.0 if "median_us" in lay else None)
+                out.append(f"| {lay['name']} | {lay.get('op', '')} | {_f(med, '{:.4f}')} | {mean_ms:.4f} | "
+                           f"{lay['percent']:.1f}% |")
+            out.append("")
+    return out
+
+
+def _markdown(results: Sequence[dict], plots: Dict[str, Optional[str]], plot_note: str) -> str:
+    out = ["# edgesqueeze benchmark report", ""] + _run_headers(results)
     rows = summary_rows(results)
     out += ["## Latency", "",
             "| run | model | backend | precision | device | batch | n | mean ms | median ms | p90 ms | p99 ms | std ms | "
@@ -99,21 +127,7 @@ def _markdown(results: Sequence[dict], plots: Dict[str, Optional[str]], plot_not
                 out.append(f"| {i}: {x['model']} {x['backend']}/{x['precision']} @{x['device']} | {x['batch']} | "
                            f"{ref['median_ms'] / x['median_ms']:.2f}x | {_f(ratio, '{:.2f}x')} |")
         out.append("")
-    layer_sets = [(i, f"batch {run['batch']}", run["layers"]) for i, r in enumerate(results, start=1)
-                  for run in r["runs"] if run.get("layers")]
-    layer_sets += [(i, "trtexec --exportProfile", r["layers"]) for i, r in enumerate(results, start=1)
-                   if r.get("layers")]
-    if layer_sets:
-        out += ["## Slowest layers", ""]
-        for i, what, layers in layer_sets:
-            out += [f"Run {i}, {what}:", "", "| layer | op | median ms | mean ms | share |",
-                    "| --- | --- | --- | --- | --- |"]
-            for lay in layers[:15]:
-                mean_ms = lay.get("average_ms", lay.get("mean_us", 0) / 1000.0)
-                med = lay.get("median_ms", lay["median_us"] / 1000.0 if "median_us" in lay else None)
-                out.append(f"| {lay['name']} | {lay.get('op', '')} | {_f(med, '{:.4f}')} | {mean_ms:.4f} | "
-                           f"{lay['percent']:.1f}% |")
-            out.append("")
+    out += _slowest_layers(results)
     warns = [(i, w) for i, r in enumerate(results, start=1) for w in r.get("warnings") or []]
     if warns:
         out += ["## Warnings", ""] + [f"- run {i}: {w}" for i, w in warns] + [""]
@@ -156,8 +170,6 @@ def write_report(results: Sequence[dict], out_dir, *, plots: bool = True) -> Dic
     note = ""
     if plots:
         try:
-            from . import plots as P
-
             written["latency"] = str(P.latency_plot(results, out / "latency.png"))
             rel["latency histogram and CDF"] = "latency.png"
             for i, r in enumerate(results, start=1):

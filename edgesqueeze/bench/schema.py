@@ -19,6 +19,8 @@ from typing import Any, List, Union
 
 from ..errors import InputError
 from .stats import summarize, throughput
+from .tegrastats import parse_log, summarize_samples
+from .trtexec import import_trtexec, looks_like_export_times
 
 SCHEMA = "edgesqueeze.bench/1"
 SUPPORTED = (SCHEMA,)
@@ -93,8 +95,6 @@ def validate_result(result: Any, path: str = "") -> dict:
     out.setdefault("partial", False)
     power = out.get("power")
     if isinstance(power, dict) and power.get("raw") and not power.get("summary"):
-        from .tegrastats import parse_log, summarize_samples
-
         parsed = parse_log(power["raw"])
         power["summary"] = summarize_samples(parsed["samples"])
         power["skipped_lines"] = parsed["skipped"]
@@ -117,8 +117,6 @@ def load_result(path: Union[str, Path]) -> dict:
     except ValueError as exc:
         raise InputError(f"not JSON: {exc}", path=str(p)) from exc
     if isinstance(data, list):
-        from .trtexec import looks_like_export_times, import_trtexec
-
         if looks_like_export_times(data):
             return validate_result(import_trtexec(p), str(p))
     return validate_result(data, str(p))

@@ -9,6 +9,7 @@ from typing import Callable, Dict, Optional, Tuple
 import onnx
 
 from ..model import model_bytes
+from ..plugins.sources import cmake_command, plugin_source_dir
 from .engine_plan import CALIB_PLACEHOLDER, TRTEXEC_FLAGS, plan_engine
 from .engine_script import ScriptSpec, render_build_engine_sh
 from .manifest import CACHE_NAME
@@ -24,19 +25,11 @@ def _custom_nodes(models: Dict[str, onnx.ModelProto]) -> bool:
 
 
 def _plugin_sources() -> Optional[Path]:
-    try:
-        from ..plugins.sources import plugin_source_dir
-    except ImportError:
-        return None
     d = plugin_source_dir()
     return d if d.is_dir() and any(d.iterdir()) else None
 
 
 def _cmake_args(sm: Optional[int]):
-    try:
-        from ..plugins.sources import cmake_command
-    except ImportError:
-        return ()
     return cmake_command(str(sm), None, source_dir="plugins", build_dir="plugins/build")[1:]
 
 

@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
+from ..errors import InputError
+from ..fileio import check_writable, refuse_overwrite, write_json_atomic
 from .common import emit, info, input_shape_option, json_option, quiet, table, target_option, warn
 
 
@@ -152,14 +155,51 @@ def command(path, backend, iterations, duration, warmup, batch, power, power_int
       edgesqueeze bench bundle/ --device nvidia@jetson.local --identity ~/.ssh/jetson -o tx2.json
       edgesqueeze bench bundle/ --devices fleet.toml --report fleet-report/
     """
-    from pathlib import Path
-
-    from ..errors import InputError, UnsupportedError
-    from ..fileio import check_writable, refuse_overwrite, write_json_atomic
-    from ..model import parse_input_shapes
-
     batches = _batches(batch)
     warmup, warmup_s = _warmup(warmup)
+    backend = _check_options(path, backend, device, fleet, profile_layers, output, data, report_dir)
+    bar = _Bar(enabled=not quiet() and sys.stderr.isatty())
+    remote_report = False
+    if device or fleet:
+        if batches != [1] or data or threads or profile_layers:
+            warn("--batch, --data, --threads and --profile-layers apply to local runs; the on-device runner runs "
+                 "the bundle's model as built")
+        if warmup_s:
+            warn("--warmup in seconds applies to local runs; the device runner warms up 10 iterations")
+            warmup = 10
+        opts = dict(iterations=iterations, warmup=warmup, duration=duration, power=power, backend=backend or "auto")
+        if known_hosts:
+            opts["known_hosts"] = known_hosts
+        if device:
+            results, remote_report = _bench_device(path, device, report_dir, opts, identity, remote_python)
+            if results is None:
+                return 130
+        else:
+            from ..deploy import fleet_bench
+
+            info(f"benchmarking {path} on the devices of {fleet} ...")
+            results = fleet_bench(path, fleet, **opts)
+    else:
+        from ..bench.api import bench
+        from ..model import parse_input_shapes
+
+        line = (f"benchmarking {path} with {backend} (batch {','.join(map(str, batches))}, "
+                f"{f'{duration:g} s' if duration else f'{iterations} iterations'} each, power: {power}) ...")
+        try:  # the line comes once the model and data load: a bad input stays a one-line error
+            results = [bench(path, backend=backend, iterations=iterations, duration=duration, warmup=warmup,
+                             warmup_s=warmup_s, announce=lambda: info(line),
+                             batch_sizes=batches, power=power, target=target, data=data, threads=threads,
+                             input_shapes=parse_input_shapes(input_shapes), progress=bar,
+                             power_interval_ms=power_interval,
+                             **({"profile_layers": profile_layers, "optimization": ort_opt}
+                                if backend == "ort" else {}))]
+        finally:
+            bar.close()
+    return _finish(results, output, report_dir if not (device and remote_report) else None, as_json)
+
+
+def _check_options(path, backend, device, fleet, profile_layers, output, data, report_dir):
+    """Check the options before anything runs; return the backend (``ort`` by default for a local run)."""
     if not (device or fleet):
         backend = backend or "ort"
         if backend not in ("ort", "trt"):
@@ -180,58 +220,32 @@ def command(path, backend, iterations, duration, warmup, batch, power, power_int
             raise InputError("the report folder is a file; give a folder (created when absent)",
                              path=str(report_dir))
         check_writable(Path(report_dir) / "report.md")
-    bar = _Bar(enabled=not quiet() and sys.stderr.isatty())
-    remote_report = False
-    if device or fleet:
-        try:
-            from ..deploy import fleet_bench, remote_bench
-        except ImportError as exc:
-            raise UnsupportedError(f"remote benchmarks need edgesqueeze.deploy, which cannot be imported: {exc}") \
-                from exc
-        if batches != [1] or data or threads or profile_layers:
-            warn("--batch, --data, --threads and --profile-layers apply to local runs; the on-device runner runs "
-                 "the bundle's model as built")
-        if warmup_s:
-            warn("--warmup in seconds applies to local runs; the device runner warms up 10 iterations")
-            warmup = 10
-        opts = dict(iterations=iterations, warmup=warmup, duration=duration, power=power, backend=backend or "auto")
-        if known_hosts:
-            opts["known_hosts"] = known_hosts
-        if device:
-            if identity:
-                opts["identity"] = identity
-            if remote_python:
-                opts["python"] = remote_python
-            info(f"benchmarking {path} on {device} ...")
-            from ..deploy.remote import BenchInterrupted
+    return backend
 
-            try:  # with an out dir, remote_bench writes results.json + report there, partial ones too
-                results = [remote_bench(path, device, out_dir=report_dir, **opts)]
-            except BenchInterrupted as exc:
-                if not exc.results:
-                    warn("interrupted before the device returned any result")
-                    return 130
-                results = [_label_partial(exc.results, getattr(exc, "where", None))]
-            else:
-                remote_report = bool(report_dir)  # written by remote_bench; after Ctrl-C the CLI writes it
-        else:
-            info(f"benchmarking {path} on the devices of {fleet} ...")
-            results = fleet_bench(path, fleet, **opts)
-    else:
-        from ..bench.api import bench
 
-        line = (f"benchmarking {path} with {backend} (batch {','.join(map(str, batches))}, "
-                f"{f'{duration:g} s' if duration else f'{iterations} iterations'} each, power: {power}) ...")
-        try:  # the line comes once the model and data load: a bad input stays a one-line error
-            results = [bench(path, backend=backend, iterations=iterations, duration=duration, warmup=warmup,
-                             warmup_s=warmup_s, announce=lambda: info(line),
-                             batch_sizes=batches, power=power, target=target, data=data, threads=threads,
-                             input_shapes=parse_input_shapes(input_shapes), progress=bar,
-                             power_interval_ms=power_interval,
-                             **({"profile_layers": profile_layers, "optimization": ort_opt}
-                                if backend == "ort" else {}))]
-        finally:
-            bar.close()
+def _bench_device(path, device, report_dir, opts, identity, remote_python):
+    """Benchmark on one device: ``(results, report written there)``; ``(None, False)`` when Ctrl-C came first."""
+    from ..deploy import remote_bench
+    from ..deploy.remote import BenchInterrupted
+
+    if identity:
+        opts["identity"] = identity
+    if remote_python:
+        opts["python"] = remote_python
+    info(f"benchmarking {path} on {device} ...")
+    try:  # with an out dir, remote_bench writes results.json + report there, partial ones too
+        return [remote_bench(path, device, out_dir=report_dir, **opts)], bool(report_dir)
+    except BenchInterrupted as exc:
+        if not exc.results:
+            warn("interrupted before the device returned any result")
+            return None, False
+        return [_label_partial(exc.results, getattr(exc, "where", None))], False  # the CLI writes the report
+
+
+def _finish(results, output, report_dir, as_json) -> int:
+    """Write the results JSON and the report, print the summary, and return the exit code."""
+    from ..bench.report import write_report
+
     good = [r for r in results if r.get("runs")]
     for r in results:
         if not r.get("runs"):
@@ -244,9 +258,7 @@ def command(path, backend, iterations, duration, warmup, batch, power, power_int
         else:
             write_json_atomic(output, results)
         info(f"wrote {output}")
-    if report_dir and good and not (device and remote_report):
-        from ..bench.report import write_report
-
+    if report_dir and good:
         written = write_report(good, report_dir)
         info(f"wrote {written['report']}" + (f" and {len(written) - 1} plot(s)" if len(written) > 1 else ""))
     if any(r.get("partial") for r in results):

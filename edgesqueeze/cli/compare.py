@@ -1,9 +1,13 @@
 """``edgesqueeze compare``: two models, bundles or backends on the same data."""
 from __future__ import annotations
 
+import math
+import sys
+
 import click
 
-from .common import emit, json_option, quiet
+from ..errors import VerificationError
+from .common import emit, json_option, quiet, table
 
 
 @click.command("compare")
@@ -28,14 +32,11 @@ def command(a, b, data, backend_a, backend_b, limit, threads, max_rel, min_agree
       edgesqueeze compare bundle/models/model.fp32.onnx bundle/models/model.int8_qdq.onnx -d val.npz --json
       edgesqueeze compare ort:model.onnx trt:model.onnx -d val.npz --max-rel 1e-2
     """
-    from ..compare import compare, format_comparison
-    from ..errors import VerificationError
+    from ..compare import compare
 
     bar = None
     progress = None
     if not quiet() and not as_json:
-        import sys
-
         from tqdm import tqdm
 
         if sys.stderr.isatty():
@@ -59,8 +60,6 @@ def command(a, b, data, backend_a, backend_b, limit, threads, max_rel, min_agree
 
 def _finite_or_null(obj):
     """JSON has no inf/NaN: a relative error against an all-zero reference (inf in the table) becomes null."""
-    import math
-
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, dict):
@@ -68,3 +67,25 @@ def _finite_or_null(obj):
     if isinstance(obj, (list, tuple)):
         return [_finite_or_null(v) for v in obj]
     return obj
+
+
+def format_comparison(result: dict) -> str:
+    """Human-readable table of a :func:`edgesqueeze.compare.compare` result."""
+    rows = []
+    for name, s in result["outputs"].items():
+        if "shape_mismatch" in s:
+            rows.append([name, "shape mismatch", str(s["shape_mismatch"]), "", "", ""])
+            continue
+        agree = "-" if s["top1_agreement"] is None else f"{100 * s['top1_agreement']:.2f}%"
+        rows.append([name, f"{s['max_abs']:.3g}", f"{s['mean_abs']:.3g}", f"{s['max_rel']:.3g}",
+                     f"{s['mean_rel']:.3g}", agree])
+    lines = [f"A (reference): {result['a']}", f"B:             {result['b']}",
+             f"data: {result['data']} ({result['samples']} samples)", "",
+             table(rows, ["output", "max abs", "mean abs", "max rel", "mean rel", "top-1 agree"], "lrrrrr")]
+    acc = result.get("accuracy")
+    if acc and acc.get("n"):
+        lines += ["", f"top-1 accuracy on {acc['n']} labelled samples ({acc['output']}): "
+                      f"A {100 * acc['a']:.2f}%  B {100 * acc['b']:.2f}%  (B - A {100 * (acc['b'] - acc['a']):+.2f} points)"]
+    if result.get("random_data"):
+        lines += ["", "note: random inputs; pass --data val.npz to compare on real data"]
+    return "\n".join(lines)

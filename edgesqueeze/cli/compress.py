@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import click
 
+from ..fileio import check_writable, refuse_overwrite
 from .common import emit, info, input_shape_option, json_option, output_option, table
 
 
@@ -59,7 +60,6 @@ def command(model, sparsity, prune, prune_scope, prune_std, channels, channel_mu
       edgesqueeze compress net.onnx --low-rank 0.9 --low-rank-spatial --json -o net.lr.onnx
     """
     from ..compress.api import compress
-    from ..fileio import check_writable, refuse_overwrite
     from ..model import load_model, parse_input_shapes, save_model
 
     refuse_overwrite(output, model, val if val and val != "random" else None)

@@ -5,6 +5,7 @@ import sys
 
 import click
 
+from ..errors import InputError
 from .common import emit, info, json_option, quiet, table, warn
 
 
@@ -115,7 +116,6 @@ def command(bundle, device, fleet, identity, port, remote_dir, force, python, be
       edgesqueeze deploy bundle/ --devices fleet.toml -o results/fleet
     """
     from ..deploy import BenchInterrupted, deploy, fleet_bench, remote_bench
-    from ..errors import InputError
 
     if bool(device) == bool(fleet):
         raise InputError("give exactly one of --device USER@HOST[:PORT] or --devices FLEET.TOML")

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import click
 
+from .._lazy import require
+from ..fileio import check_writable, refuse_overwrite
 from .common import emit, info, json_option
 
 
@@ -27,9 +29,7 @@ def command(factory, weights, inputs, output, opset, output_names, legacy, no_ve
     Example:
       edgesqueeze export examples/digits_model.py:make_model --weights digits.pt --input 1x1x8x8 -o digits.onnx
     """
-    from .._lazy import require
     from ..export import export_torch, load_factory, load_weights, parse_example_shapes
-    from ..fileio import check_writable, refuse_overwrite
 
     source = factory.rpartition(":")[0]
     refuse_overwrite(output, source if source.endswith(".py") else None, weights)  # never the user's own files

@@ -1,11 +1,12 @@
 """``edgesqueeze inspect``: per-layer FLOPs, parameters, bytes and a roofline estimate."""
 from __future__ import annotations
 
+from typing import Optional
+
 import click
 
 from ..precision import PRECISIONS
-
-from .common import emit, input_shape_option, json_option, target_option
+from .common import emit, input_shape_option, json_option, table, target_option
 
 
 @click.command("inspect")
@@ -31,7 +32,7 @@ def command(model, target, precision, sparse, top, input_shapes, as_json):
       edgesqueeze inspect net.onnx --target tx2 --precision fp16 --top 10
       edgesqueeze inspect net.onnx --target orin-nano --precision int8 --json
     """
-    from ..inspect import format_report, inspect_model
+    from ..inspect import inspect_model
     from ..model import load_model, parse_input_shapes
 
     m = load_model(model, parse_input_shapes(input_shapes))
@@ -48,3 +49,61 @@ def model_precision(model) -> str:
         return "int8"
     floats = [t.data_type for t in model.graph.initializer if t.data_type in (TensorProto.FLOAT, TensorProto.FLOAT16)]
     return "fp16" if floats and floats.count(TensorProto.FLOAT16) * 2 > len(floats) else "fp32"
+
+
+def format_report(result: dict, top: Optional[int] = None) -> str:
+    """Render :func:`edgesqueeze.inspect.inspect_model`'s result as the text table the CLI prints."""
+    has_t = result["target"] is not None
+    layers = result["layers"]
+    shown = sorted(layers, key=lambda l: -l.get("time_ms", l["flops"]))[:top] if top else layers
+    rows = []
+    for l in shown:
+        row = [l["name"][:40], l["op"], "x".join(map(str, l["output_shape"])), _si(l["params"]), _si(l["macs"]),
+               _bytes(l["weight_bytes"]), _bytes(l["act_in_bytes"]), _bytes(l["act_out_bytes"]), f"{l['intensity']:.1f}"]
+        if has_t:
+            row += [f"{l['time_ms'] * 1e3:.1f}", l["bound"] + ("*" if l["fused"] else "")]
+        rows.append(row)
+    headers = ["layer", "op", "output", "params", "MACs", "weights", "act in", "act out", "FLOP/B"]
+    if has_t:
+        headers += ["roof us", "bound"]
+    t = result["totals"]
+    lines = [table(rows, headers, "llr" + "r" * (len(headers) - 3))]
+    lines.append("")
+    lines.append(f"total: {t['layers']} layers, {_si(t['params'])} params, {_si(t['macs'])} MACs, "
+                 f"{_si(t['flops'])} FLOPs, weights {_bytes(t['weight_bytes'])}, "
+                 f"activations {_bytes(t['activation_bytes'])}, intensity {t['intensity']:.1f} FLOP/B "
+                 f"({result['precision']})")
+    if has_t:
+        lines.append(f"roofline on {result['target']} ({result['precision']}): {t['roofline_ms']:.3f} ms layer by layer, "
+                     f"{t['roofline_fused_ms']:.3f} ms with pointwise ops fused (* above); "
+                     f"{t['compute_bound_layers']} compute-bound, {t['memory_bound_layers']} memory-bound layers; "
+                     f"ridge point {t['ridge_intensity']:.1f} FLOP/B")
+        lines.append(f"predicted latency: {t['predicted_ms']:.3f} ms = fused roofline + {t['kernels']} layers x "
+                     f"{t['kernel_launch_us']:g} us launch overhead (a typical figure; a lower bound, not a measurement)")
+    if result["dwsep_blocks"]:
+        rows = []
+        for b in result["dwsep_blocks"]:
+            r = [b["name"][:40], "fused" if b["fused_node"] else "unfused", _bytes(b["unfused_bytes"]),
+                 _bytes(b["fused_bytes"]), _bytes(b["bytes_saved"])]
+            if has_t:
+                r += [f"{b['unfused_ms'] * 1e3:.1f}", f"{b['fused_ms'] * 1e3:.1f}"]
+            rows.append(r)
+        hd = ["depthwise-separable block", "now", "DRAM unfused", "DRAM fused", "saved"]
+        if has_t:
+            hd += ["unfused us", "fused us"]
+        lines += ["", table(rows, hd, "ll" + "r" * (len(hd) - 2))]
+    return "\n".join(lines)
+
+
+def _si(n: float) -> str:
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{unit}"
+    return str(int(n))
+
+
+def _bytes(n: float) -> str:
+    for unit, div in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{unit}"
+    return f"{int(n)}B"

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import click
 
+from ..errors import InputError
+from ..fileio import check_writable, refuse_overwrite, write_json_atomic
 from .common import emit, info, input_shape_option, json_option, output_option, table, target_option
 
 
@@ -35,7 +37,6 @@ def run_optimize(model_path, output, *, target=None, passes=None, skip=(), repor
     Raises:
         InputError, UnsupportedError, VerificationError: see :func:`edgesqueeze.passes.optimize`.
     """
-    from ..fileio import check_writable, refuse_overwrite, write_json_atomic
     from ..model import load_model, model_hash, opset_version, save_model
     from ..passes import DEFAULT_OPSET, optimize, resolve_passes
 
@@ -135,7 +136,6 @@ def command(model, output, target, passes, skip, report_path, no_verify, rtol, s
       edgesqueeze optimize net.onnx -o net.opt.onnx --passes fold_constants,fold_batchnorm --no-verify
       edgesqueeze optimize --list
     """
-    from ..errors import InputError
     from ..model import parse_input_shapes
     from ..passes import PASSES, default_pass_names
 

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import click
 
+from ..errors import InputError
+from ..fileio import refuse_overwrite, write_bytes_atomic
 from .common import emit, info, json_option, output_option, table
 
 
@@ -31,8 +33,6 @@ def command(model, conv_index_bits, fc_index_bits, dense, output, as_json):
       edgesqueeze unpack net.esq -o net.restored.onnx
     """
     from ..compress.esq import pack
-    from ..errors import InputError
-    from ..fileio import refuse_overwrite, write_bytes_atomic
     from ..model import load_model
 
     m = load_model(model, check=True, require_static=False)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import click
 
+from ..errors import MissingDependencyError, UnsupportedError, VerificationError
 from .common import emit, info, json_option, table
 
 
@@ -40,7 +41,6 @@ def check(arch, trt_include, as_json):
       edgesqueeze plugins check
       edgesqueeze plugins check --arch 53,87 --json
     """
-    from ..errors import VerificationError
     from ..plugins.check import check_kernels
 
     report = check_kernels(arch, trt_include=trt_include)
@@ -73,7 +73,6 @@ def check(arch, trt_include, as_json):
     emit(report, as_json, text)
     missing = sorted({r["arch"] for r in report["results"] if not r["ok"] and r["compiler"] is None})
     if missing:
-        from ..errors import MissingDependencyError, UnsupportedError
         from ..plugins.check import INSTALL_HINT
 
         if report["toolchains"]["nvrtc"] is None:

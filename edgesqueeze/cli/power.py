@@ -1,9 +1,12 @@
 """``edgesqueeze power``: analyse a recorded tegrastats log."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
-from .common import emit, json_option, table, target_option, warn
+from ..errors import InputError
+from .common import emit, info, json_option, table, target_option, warn
 
 
 def power_from_log(path, target=None, strict: bool = False, samples: bool = False) -> dict:
@@ -21,11 +24,8 @@ def power_from_log(path, target=None, strict: bool = False, samples: bool = Fals
     Raises:
         InputError: unreadable file, no valid line, or (strict) a malformed line.
     """
-    from pathlib import Path
-
     from ..bench.tegrastats import parse_log, summarize_samples
     from ..devices import get_profile
-    from ..errors import InputError
 
     p = Path(path)
     try:
@@ -105,7 +105,6 @@ def command(log, target, strict, samples, plot, interval, as_json):
     r = power_from_log(log, target=target, strict=strict, samples=samples or bool(plot))
     if plot:
         from ..bench.plots import log_plot
-        from .common import info
 
         log_plot(r["samples"], plot, interval_ms=interval, title=f"{log} ({r['summary']['samples']} samples)")
         info(f"wrote {plot}")

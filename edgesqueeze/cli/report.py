@@ -1,8 +1,12 @@
 """``edgesqueeze report``: compare benchmark results side by side (Markdown + PNG plots)."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import click
 
+from ..errors import InputError
 from .common import emit, info, json_option, table
 
 
@@ -26,13 +30,9 @@ def command(results, out_dir, no_plots, trtexec_profile, as_json):
       edgesqueeze report tx2.json orin-nano.json -o compare/ --json
       edgesqueeze report times.json --trtexec-profile profile.json -o trtexec-report/
     """
-    import json
-    from pathlib import Path
-
     from ..bench.report import summary_rows, write_report
     from ..bench.schema import load_result, validate_result
     from ..bench.trtexec import import_trtexec, looks_like_export_times
-    from ..errors import InputError
 
     loaded = []
     for path in results:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import click
 
+from ..errors import InputError
 from .common import emit, info, json_option, output_option
 
 
@@ -23,7 +24,6 @@ def command(esq, output, as_json):
     import onnx
 
     from ..compress.esq import unpack
-    from ..errors import InputError
     from ..model import model_hash, save_model
 
     model = unpack(esq)

@@ -1,8 +1,13 @@
 """``edgesqueeze verify``: check a bundle's manifest schema and the sha256 of every file."""
 from __future__ import annotations
 
+import shutil
+import tempfile
+from pathlib import Path
+
 import click
 
+from ..errors import VerificationError
 from .common import emit, json_option, warn
 
 
@@ -20,12 +25,7 @@ def command(bundle, as_json):
       edgesqueeze verify bundle/
       edgesqueeze verify bundle.tar.gz --json
     """
-    import shutil
-    import tempfile
-    from pathlib import Path
-
     from ..bundle import check_bundle, extract_archive
-    from ..errors import VerificationError
 
     path = Path(bundle)
     if path.name == "manifest.json" and path.is_file():

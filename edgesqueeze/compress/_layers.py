@@ -9,6 +9,7 @@ import onnx
 from onnx import ModelProto, numpy_helper
 
 from ..errors import InputError
+from ..model import infer_shapes
 
 WEIGHT_OPS = ("Conv", "Gemm", "MatMul")
 
@@ -156,6 +157,4 @@ def use_counts(model: ModelProto) -> Dict[str, int]:
 def reinfer(model: ModelProto) -> ModelProto:
     """Drop stale intermediate shapes and run shape inference again (after weights changed shape)."""
     del model.graph.value_info[:]
-    from ..model import infer_shapes
-
     return infer_shapes(model)

@@ -4,11 +4,12 @@ from __future__ import annotations
 from typing import Iterable, Mapping, Optional, Tuple
 
 import numpy as np
-from onnx import ModelProto
+from onnx import ModelProto, numpy_helper
 
 from ..errors import InputError, UnsupportedError
 from ..model import random_feeds
 from ..ortutil import compare_outputs, make_session, run_model
+from ._layers import WEIGHT_OPS, find_layers
 from ._macs import count_macs
 from .channels import prune_channels
 from .lowrank import low_rank
@@ -90,8 +91,6 @@ def compress(model: ModelProto, *, sparsity: Optional[str] = None, prune: Option
 def _require_stored_weights(model: ModelProto) -> None:
     """Compression rewrites weight initializers: a model whose weights are all computed at run time (e.g. by
     ConstantOfShape) would come out unchanged, so say so instead of writing a copy."""
-    from ._layers import WEIGHT_OPS, find_layers
-
     if find_layers(model):
         return
     computed = [n.name or n.op_type for n in model.graph.node if n.op_type in WEIGHT_OPS]
@@ -106,8 +105,6 @@ def _params(model: ModelProto) -> int:
 
 
 def _nonzero(model: ModelProto) -> int:
-    from onnx import numpy_helper
-
     return int(sum(np.count_nonzero(numpy_helper.to_array(t)) for t in model.graph.initializer))
 
 

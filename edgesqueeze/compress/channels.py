@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-from onnx import ModelProto
+from onnx import ModelProto, numpy_helper
 
 from ..errors import InputError
 from ..model import infer_shapes, tensor_shape
@@ -49,64 +49,15 @@ def prune_channels(model: ModelProto, ratio: float = 0.3, *, multiple_of: int = 
     if not 0.0 <= ratio < 1.0:
         raise InputError(f"channel pruning ratio must be in [0, 1), got {ratio}")
     out = infer_shapes(copy_model(model))
-    shapes = {vi.name: tensor_shape(vi) for vi in list(out.graph.value_info) + list(out.graph.input)
-              + list(out.graph.output)}
-    inits = initializers(out)
-    for name, t in inits.items():
-        shapes[name] = list(t.dims)
-    uses = use_counts(out)
-    groups = Groups()
-    layouts: Dict[str, Layout] = {}
-    edits: List[tuple] = []   # (kind, initializer or node, axis, tensor whose layout gives the indices)
-
-    def freeze(layout: Optional[Layout], reason: str) -> None:
-        if layout is not None:
-            for g, _ in layout.segments:
-                groups.freeze(g, reason)
-
-    def own_init(name: str) -> bool:
-        return name in inits and uses.get(name, 0) == 1
-
-    for node in out.graph.node:
-        op = node.op_type
-        ins = [layouts.get(i) if i else None for i in node.input]
-        label = node.name or node.output[0]
-        if node.domain not in ("", "ai.onnx"):
-            for lay in ins:
-                freeze(lay, f"used by custom op {op} '{label}'")
-            continue
-        handled = _visit(node, op, ins, label, shapes, inits, groups, layouts, edits, freeze, own_init, exclude)
-        if not handled:
-            for lay in ins:
-                freeze(lay, f"used by {op} '{label}'")
-    for o in out.graph.output:
-        freeze(layouts.get(o.name), f"graph output '{o.name}'")
-
-    keep: Dict[int, np.ndarray] = {}
-    group_rows = []
-    for g in range(len(groups.parent)):
-        if groups.find(g) != g:
-            continue
-        n = groups.size[g]
-        reason = groups.frozen.get(g)
-        if reason is None and g not in groups.scores:
-            reason = "no producer"
-        if reason is None:
-            k = max(min_channels, int(round(n * (1.0 - ratio))))
-            if multiple_of > 1:
-                k = int(np.ceil(k / multiple_of) * multiple_of)
-            k = min(k, n)
-            order = np.argsort(-groups.scores[g], kind="stable")
-            keep[g] = np.sort(order[:k])
-        if groups.producers.get(g):
-            group_rows.append({"producers": groups.producers[g], "channels": n,
-                               "kept": int(len(keep[g])) if g in keep else n, "frozen": reason})
+    walk = _Walk(out, exclude)
+    walk.run()
+    keep, group_rows = _choose_channels(walk.groups, ratio, multiple_of, min_channels)
 
     def indices(tensor: str) -> np.ndarray:
-        lay = layouts[tensor]
+        lay = walk.layouts[tensor]
         parts, off = [], 0
         for g, n in lay.segments:
-            r = groups.find(g)
+            r = walk.groups.find(g)
             parts.append(off + (keep[r] if r in keep else np.arange(n)))
             off += n
         idx = np.concatenate(parts)
@@ -115,9 +66,9 @@ def prune_channels(model: ModelProto, ratio: float = 0.3, *, multiple_of: int = 
         return idx
 
     params_before = sum(int(np.prod(t.dims)) for t in out.graph.initializer)
-    for kind, target, axis, tensor in edits:
+    for kind, target, axis, tensor in walk.edits:
         idx = indices(tensor)
-        if len(idx) == layouts[tensor].channels * layouts[tensor].rep and kind != "slice":
+        if len(idx) == walk.layouts[tensor].channels * walk.layouts[tensor].rep and kind != "slice":
             continue            # nothing pruned here: leave the node as it is
         if kind == "group":     # depthwise conv: group count follows the channels
             set_attr(target, "group", int(len(idx)))
@@ -138,58 +89,146 @@ def prune_channels(model: ModelProto, ratio: float = 0.3, *, multiple_of: int = 
     return out, report
 
 
-def _visit(node, op, ins, label, shapes, inits, groups, layouts, edits, freeze, own_init, exclude) -> bool:
+class _Walk:
+    """The channel layouts of one model: which tensors carry which channel groups, and the edits pruning needs."""
+
+    def __init__(self, model: ModelProto, exclude: Sequence[str]) -> None:
+        self.model = model
+        self.exclude = exclude
+        self.shapes = {vi.name: tensor_shape(vi) for vi in list(model.graph.value_info) + list(model.graph.input)
+                       + list(model.graph.output)}
+        self.inits = initializers(model)
+        for name, t in self.inits.items():
+            self.shapes[name] = list(t.dims)
+        self.uses = use_counts(model)
+        self.groups = Groups()
+        self.layouts: Dict[str, Layout] = {}
+        self.edits: List[tuple] = []  # (kind, initializer or node, axis, tensor whose layout gives the indices)
+
+    def freeze(self, layout: Optional[Layout], reason: str) -> None:
+        """Keep every channel of the groups in ``layout`` (``reason`` goes to the report)."""
+        if layout is not None:
+            for g, _ in layout.segments:
+                self.groups.freeze(g, reason)
+
+    def own_init(self, name: str) -> bool:
+        """True for an initializer only one node uses (so it can be sliced)."""
+        return name in self.inits and self.uses.get(name, 0) == 1
+
+    def run(self) -> None:
+        """Visit every node in order; a use the pass does not handle freezes the groups reaching it."""
+        for node in self.model.graph.node:
+            op = node.op_type
+            ins = [self.layouts.get(i) if i else None for i in node.input]
+            label = node.name or node.output[0]
+            if node.domain not in ("", "ai.onnx"):
+                for lay in ins:
+                    self.freeze(lay, f"used by custom op {op} '{label}'")
+                continue
+            if not _visit(node, op, ins, label, self):
+                for lay in ins:
+                    self.freeze(lay, f"used by {op} '{label}'")
+        for o in self.model.graph.output:
+            self.freeze(self.layouts.get(o.name), f"graph output '{o.name}'")
+
+
+def _choose_channels(groups: Groups, ratio: float, multiple_of: int, min_channels: int):
+    """Per free group the channels to keep (largest summed L1 first); the report's rows for every group."""
+    keep: Dict[int, np.ndarray] = {}
+    group_rows = []
+    for g in range(len(groups.parent)):
+        if groups.find(g) != g:
+            continue
+        n = groups.size[g]
+        reason = groups.frozen.get(g)
+        if reason is None and g not in groups.scores:
+            reason = "no producer"
+        if reason is None:
+            k = max(min_channels, int(round(n * (1.0 - ratio))))
+            if multiple_of > 1:
+                k = int(np.ceil(k / multiple_of) * multiple_of)
+            k = min(k, n)
+            order = np.argsort(-groups.scores[g], kind="stable")
+            keep[g] = np.sort(order[:k])
+        if groups.producers.get(g):
+            group_rows.append({"producers": groups.producers[g], "channels": n,
+                               "kept": int(len(keep[g])) if g in keep else n, "frozen": reason})
+    return keep, group_rows
+
+
+def _visit(node, op, ins, label, walk: "_Walk") -> bool:
     """Record what ``node`` does to channel layouts; return False when it is a use the pass does not handle."""
     x = ins[0] if ins else None
     out0 = node.output[0] if node.output else None
-    rank = len(shapes.get(out0) or []) if out0 else 0
+    rank = len(walk.shapes.get(out0) or []) if out0 else 0
+    for handler in _HANDLERS:  # the first that recognises the node decides
+        done = handler(node, op, ins, x, out0, rank, label, walk)
+        if done is not None:
+            return done
+    return False
 
-    if op == "Conv" and len(node.input) > 1 and node.input[1] in inits:
-        w = inits[node.input[1]].dims
+
+def _visit_conv(node, op, ins, x, out0, rank, label, walk) -> Optional[bool]:
+    """A Conv with constant weights produces a channel group (depthwise: passes channels through)."""
+    if op == "Conv" and len(node.input) > 1 and node.input[1] in walk.inits:
+        w = walk.inits[node.input[1]].dims
         group = attr(node, "group", 1)
         bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
         if group > 1:
-            if x is not None and group == w[0] == x.channels and w[1] == 1 and own_init(node.input[1]) \
-                    and (bias is None or own_init(bias)) and x.rep == 1:
-                edits.append(("slice", node.input[1], 0, node.input[0]))  # depthwise: channels pass through
+            if x is not None and group == w[0] == x.channels and w[1] == 1 and walk.own_init(node.input[1]) \
+                    and (bias is None or walk.own_init(bias)) and x.rep == 1:
+                walk.edits.append(("slice", node.input[1], 0, node.input[0]))  # depthwise: channels pass through
                 if bias:
-                    edits.append(("slice", bias, 0, node.input[0]))
-                edits.append(("group", node, None, node.input[0]))
-                layouts[out0] = x
+                    walk.edits.append(("slice", bias, 0, node.input[0]))
+                walk.edits.append(("group", node, None, node.input[0]))
+                walk.layouts[out0] = x
                 return True
             return False
         if x is not None:
-            if x.rep != 1 or not own_init(node.input[1]):
+            if x.rep != 1 or not walk.own_init(node.input[1]):
                 return False
-            edits.append(("slice", node.input[1], 1, node.input[0]))
-        _produce(node, label, node.input[1], 0, bias, 0, groups, layouts, edits, inits, own_init, exclude,
-                 "conv")
+            walk.edits.append(("slice", node.input[1], 1, node.input[0]))
+        _produce(node, label, node.input[1], 0, bias, 0, walk, "conv")
         return True
+    return None
 
-    if op == "Gemm" and len(node.input) > 1 and node.input[1] in inits and not attr(node, "transA", 0):
+
+def _visit_gemm(node, op, ins, x, out0, rank, label, walk) -> Optional[bool]:
+    """A Gemm with constant B produces a channel group."""
+    if op == "Gemm" and len(node.input) > 1 and node.input[1] in walk.inits and not attr(node, "transA", 0):
         trans_b = attr(node, "transB", 0)
         if x is not None:
-            if not own_init(node.input[1]):
+            if not walk.own_init(node.input[1]):
                 return False
-            edits.append(("slice", node.input[1], 1 if trans_b else 0, node.input[0]))
+            walk.edits.append(("slice", node.input[1], 1 if trans_b else 0, node.input[0]))
         bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
-        _produce(node, label, node.input[1], 0 if trans_b else 1, bias, -1, groups, layouts, edits, inits,
-                 own_init, exclude, "gemm")
+        _produce(node, label, node.input[1], 0 if trans_b else 1, bias, -1, walk, "gemm")
         return True
+    return None
 
-    if op == "MatMul" and len(node.input) > 1 and node.input[1] in inits and len(inits[node.input[1]].dims) == 2 \
-            and rank == 2:
+
+def _visit_matmul(node, op, ins, x, out0, rank, label, walk) -> Optional[bool]:
+    """A 2-D MatMul with a constant right side produces a channel group."""
+    if op == "MatMul" and len(node.input) > 1 and node.input[1] in walk.inits \
+            and len(walk.inits[node.input[1]].dims) == 2 and rank == 2:
         if x is not None:
-            if not own_init(node.input[1]):
+            if not walk.own_init(node.input[1]):
                 return False
-            edits.append(("slice", node.input[1], 0, node.input[0]))
-        _produce(node, label, node.input[1], 1, None, -1, groups, layouts, edits, inits, own_init, exclude,
-                 "matmul")
+            walk.edits.append(("slice", node.input[1], 0, node.input[0]))
+        _produce(node, label, node.input[1], 1, None, -1, walk, "matmul")
         return True
+    return None
 
+
+def _visit_untracked(node, op, ins, x, out0, rank, label, walk) -> Optional[bool]:
+    """A node that no channel-tracked tensor reaches."""
     if x is None and all(lay is None for lay in ins):
         return True  # nothing channel-tracked flows through this node
+    return None
 
+
+def _visit_unary(node, op, ins, x, out0, rank, label, walk) -> Optional[bool]:
+    """Pointwise and pooling ops keep their input's layout."""
     if op in UNARY and all(lay is None for lay in ins[1:]):
         if op in ("MaxPool",) and len(node.output) > 1 and node.output[1]:
             return False
@@ -197,86 +236,113 @@ def _visit(node, op, ins, label, shapes, inits, groups, layouts, edits, freeze, 
             return False  # explicit output sizes name the channel count
         if x.rep != 1 and op not in ("Relu", "Identity", "Dropout", "Sigmoid", "Tanh", "LeakyRelu", "Clip"):
             return False
-        layouts[out0] = x
+        walk.layouts[out0] = x
         return True
+    return None
 
+
+def _visit_normalization(node, op, ins, x, out0, rank, label, walk) -> Optional[bool]:
+    """BatchNormalization / InstanceNormalization: their per-channel parameters follow the channels."""
     if op in ("BatchNormalization", "InstanceNormalization") and x is not None and x.rep == 1:
         params = [i for i in node.input[1:] if i]
-        if not all(own_init(p) for p in params):
+        if not all(walk.own_init(p) for p in params):
             return False
         for p in params:
-            edits.append(("slice", p, 0, node.input[0]))
-        layouts[out0] = x
+            walk.edits.append(("slice", p, 0, node.input[0]))
+        walk.layouts[out0] = x
         return True
+    return None
 
+
+def _visit_prelu(node, op, ins, x, out0, rank, label, walk) -> Optional[bool]:
+    """PRelu with a constant slope keeps its input's layout."""
     if op == "PRelu" and x is not None and x.rep == 1 and ins[1] is None:
-        return _broadcast_const(node, node.input[1], x, node.input[0], shapes, inits, edits, own_init) \
-            and _set(layouts, out0, x)
+        return _broadcast_const(node, node.input[1], x, node.input[0], walk) \
+            and _set(walk.layouts, out0, x)
+    return None
 
+
+def _visit_pad(node, op, ins, x, out0, rank, label, walk) -> Optional[bool]:
+    """Pad that does not pad the channel axis keeps its input's layout."""
     if op == "Pad" and x is not None and x.rep == 1:
         pads = node.input[1] if len(node.input) > 1 else None
-        pads_v = get_pad(node, pads, inits)
+        pads_v = get_pad(node, pads, walk.inits)
         if pads_v is None or len(pads_v) < 4:
             return False
         r = len(pads_v) // 2
         if pads_v[1] != 0 or pads_v[r + 1] != 0:
             return False
-        layouts[out0] = x
+        walk.layouts[out0] = x
         return True
+    return None
 
+
+def _visit_elementwise(node, op, ins, x, out0, rank, label, walk) -> Optional[bool]:
+    """Elementwise ops unite the groups of their tracked inputs; constants must broadcast over channels."""
     if op in ELEMENTWISE:
         tracked = [(i, lay) for i, lay in enumerate(ins) if lay is not None]
         base = tracked[0][1]
         if base.rep != 1:
             return False
         for _, lay in tracked[1:]:
-            if not unite(base, lay, groups):
+            if not unite(base, lay, walk.groups):
                 return False
         for i, name in enumerate(node.input):
             if ins[i] is not None or not name:
                 continue
-            if name in inits:
-                if not _broadcast_const(node, name, base, node.input[tracked[0][0]], shapes, inits, edits,
-                                        own_init):
+            if name in walk.inits:
+                if not _broadcast_const(node, name, base, node.input[tracked[0][0]], walk):
                     return False
             else:
-                shp = shapes.get(name)
+                shp = walk.shapes.get(name)
                 if shp is None:
                     return False
                 pos = len(shp) - (rank - 1)
                 if 0 <= pos < len(shp) and shp[pos] != 1:
                     return False
-        layouts[out0] = base
+        walk.layouts[out0] = base
         return True
+    return None
 
+
+def _visit_concat(node, op, ins, x, out0, rank, label, walk) -> Optional[bool]:
+    """Concat along channels: the output layout is the inputs' segments in order."""
     if op == "Concat" and rank > 1 and attr(node, "axis", 0) in (1, 1 - rank):
         if any(lay is not None and lay.rep != 1 for lay in ins):
             return False
         segs = []
         for name, lay in zip(node.input, ins):
             if lay is None:
-                shp = shapes.get(name)
+                shp = walk.shapes.get(name)
                 if not shp or len(shp) < 2 or not isinstance(shp[1], int):
                     return False
-                lay = Layout([(groups.new(shp[1], frozen="concatenated with an untracked tensor"), shp[1])])
+                lay = Layout([(walk.groups.new(shp[1], frozen="concatenated with an untracked tensor"), shp[1])])
             segs += lay.segments
-        layouts[out0] = Layout(segs)
+        walk.layouts[out0] = Layout(segs)
         return True
+    return None
 
+
+def _visit_flatten(node, op, ins, x, out0, rank, label, walk) -> Optional[bool]:
+    """Flatten / flatten-like Reshape to 2-D: features are channels times the spatial size."""
     if op in ("Flatten", "Reshape") and x is not None:
-        in_shape, out_shape = shapes.get(node.input[0]), shapes.get(out0)
+        in_shape, out_shape = walk.shapes.get(node.input[0]), walk.shapes.get(out0)
         if not in_shape or not out_shape or len(out_shape) != 2 or len(in_shape) < 2 \
                 or any(not isinstance(d, int) for d in in_shape):
             return False
         if op == "Flatten" and attr(node, "axis", 1) != 1:
             return False
         if op == "Reshape":
-            if not own_init(node.input[1]) or out_shape[0] != in_shape[0]:
+            if not walk.own_init(node.input[1]) or out_shape[0] != in_shape[0]:
                 return False
-            edits.append(("reshape", node.input[1], int(in_shape[0]), node.input[0]))
-        layouts[out0] = Layout(x.segments, x.rep * int(np.prod(in_shape[2:], dtype=np.int64)))
+            walk.edits.append(("reshape", node.input[1], int(in_shape[0]), node.input[0]))
+        walk.layouts[out0] = Layout(x.segments, x.rep * int(np.prod(in_shape[2:], dtype=np.int64)))
         return True
-    return False
+    return None
+
+
+_HANDLERS = (_visit_conv, _visit_gemm, _visit_matmul, _visit_untracked, _visit_unary, _visit_normalization,
+             _visit_prelu, _visit_pad, _visit_elementwise, _visit_concat, _visit_flatten)
 
 
 def _set(layouts, name, layout) -> bool:
@@ -290,51 +356,47 @@ def get_pad(node, pads_name, inits) -> Optional[List[int]]:
     if p is not None:
         return list(p)
     if pads_name and pads_name in inits:
-        from onnx import numpy_helper
-
         return [int(v) for v in numpy_helper.to_array(inits[pads_name])]
     return None
 
 
-def _produce(node, label, weight, axis, bias, bias_axis, groups, layouts, edits, inits, own_init, exclude, kind):
+def _produce(node, label, weight, axis, bias, bias_axis, walk: "_Walk", kind):
     """Start a new channel group for a producer's output (frozen when its weights cannot be sliced)."""
-    w = np.abs(np.asarray(_array(inits[weight]), dtype=np.float64))
+    w = np.abs(np.asarray(_array(walk.inits[weight]), dtype=np.float64))
     n = w.shape[axis]
     score = np.moveaxis(w, axis, 0).reshape(n, -1).sum(axis=1)
     frozen = None
-    if not own_init(weight):
+    if not walk.own_init(weight):
         frozen = f"weight '{weight}' is shared"
-    elif bias is not None and not own_init(bias):
+    elif bias is not None and not walk.own_init(bias):
         frozen = f"bias '{bias}' is not a private initializer"
-    elif bias is not None and inits[bias].dims and inits[bias].dims[-1] not in (1, n):
+    elif bias is not None and walk.inits[bias].dims and walk.inits[bias].dims[-1] not in (1, n):
         frozen = f"bias '{bias}' does not broadcast per channel"
-    elif label in exclude:
+    elif label in walk.exclude:
         frozen = "excluded"
-    g = groups.new(n, producer=label, score=score, frozen=frozen)
+    g = walk.groups.new(n, producer=label, score=score, frozen=frozen)
     out0 = node.output[0]
-    layouts[out0] = Layout([(g, n)])
+    walk.layouts[out0] = Layout([(g, n)])
     if frozen is None:
-        edits.append(("slice", weight, axis, out0))
-        if bias is not None and inits[bias].dims and inits[bias].dims[-1] == n:
-            edits.append(("slice", bias, bias_axis if bias_axis >= 0 else len(inits[bias].dims) - 1, out0))
+        walk.edits.append(("slice", weight, axis, out0))
+        if bias is not None and walk.inits[bias].dims and walk.inits[bias].dims[-1] == n:
+            walk.edits.append(("slice", bias, bias_axis if bias_axis >= 0 else len(walk.inits[bias].dims) - 1, out0))
 
 
 def _array(t):
-    from onnx import numpy_helper
-
     return numpy_helper.to_array(t)
 
 
-def _broadcast_const(node, name, layout, tensor, shapes, inits, edits, own_init) -> bool:
+def _broadcast_const(node, name, layout, tensor, walk: "_Walk") -> bool:
     """Slice a constant that broadcasts against a channel tensor; True when that is possible (or not needed)."""
-    shp = list(inits[name].dims)
-    rank = len(shapes.get(tensor) or [])
+    shp = list(walk.inits[name].dims)
+    rank = len(walk.shapes.get(tensor) or [])
     if rank < 2:
         return False
     pos = len(shp) - (rank - 1)  # the constant's dim aligned with axis 1 of the tensor
     if pos < 0 or pos >= len(shp) or shp[pos] == 1:
         return True
-    if shp[pos] != layout.channels or not own_init(name):
+    if shp[pos] != layout.channels or not walk.own_init(name):
         return False
-    edits.append(("slice", name, pos, tensor))
+    walk.edits.append(("slice", name, pos, tensor))
     return True

@@ -16,6 +16,7 @@ import numpy as np
 from .._lazy import require
 from ..errors import InputError
 from .class_loss import class_dependent_loss, class_metrics
+from .sharing import kmeans_1d
 
 
 def _torch():
@@ -244,7 +245,6 @@ def finetune_shared(module, train_data, *, conv_bits: int = 8, fc_bits: int = 5,
         ``{weight name: {"bits", "codebook" (size), "nonzero"}}``; the module is modified in place.
     """
     torch = _torch()
-    from .sharing import kmeans_1d
 
     shared = {}
     for name, p in prunable(module):

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
+from ..bundle import extract_archive
 from ..errors import DeviceError, InputError
 from . import device_runner
 from .probe import check_target, describe, run_probe
@@ -90,8 +91,6 @@ def open_bundle(path) -> Iterator[Path]:
     """Yield the bundle folder for ``path``: the folder itself, or a ``.tar.gz`` bundle extracted to a temp folder."""
     p = Path(path)
     if p.is_file() and p.name.endswith((".tar.gz", ".tgz")):
-        from ..bundle import extract_archive
-
         with tempfile.TemporaryDirectory(prefix="esq-bundle-") as tmp:
             yield Path(extract_archive(p, tmp))
     else:

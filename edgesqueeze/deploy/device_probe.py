@@ -3,6 +3,7 @@
 Sent over SSH and run as ``python3 - [DIR]`` (standard library only, Python 3.6+). It reports raw facts;
 the host interprets them (edgesqueeze.deploy.probe). DIR is the folder whose free disk space matters.
 """
+import importlib.util
 import json
 import os
 import platform
@@ -43,7 +44,6 @@ def which(name, extra=()):
 def module_version(name, dist=None):
     """The installed version of a Python module, without importing it where Python 3.8+ allows."""
     try:
-        import importlib.util
         if importlib.util.find_spec(name) is None:
             return None
     except (ImportError, ValueError):

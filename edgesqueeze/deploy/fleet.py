@@ -21,6 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from .._lazy import require
+from ..devices import profile_names
 from ..errors import EdgeSqueezeError, InputError
 from ..fileio import write_json_atomic, write_text_atomic
 from .ssh import DeviceAddress, parse_device
@@ -33,8 +35,6 @@ def _load_toml(path: Path) -> dict:
     try:
         import tomllib  # Python 3.11+
     except ImportError:  # pragma: no cover - older Pythons
-        from .._lazy import require
-
         tomllib = require("tomli", "reading fleet.toml on Python < 3.11")
     try:
         with open(path, "rb") as fh:
@@ -59,8 +59,6 @@ def read_fleet(path) -> List[dict]:
         devices = [dict(v, name=v.get("name", k)) for k, v in devices.items()]
     if not devices or not isinstance(devices, list):
         raise InputError("no devices: add [[device]] tables with name and host", path=str(path))
-    from ..devices import profile_names
-
     known = set(profile_names())
     seen = set()
     out = []

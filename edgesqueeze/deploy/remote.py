@@ -8,10 +8,13 @@ import time
 from pathlib import Path
 from typing import Callable, List, Optional
 
+from ..bench.report import write_report
+from ..bench.schema import validate_result
 from ..errors import DeviceError, EdgeSqueezeError, VerificationError
 from ..fileio import write_json_atomic, write_text_atomic
 from .core import (DEFAULT_ENGINE_CACHE, _shell_path, default_remote_dir, deploy, open_bundle, open_transport,
                    remote_path)
+from .device_runner import stats
 
 RESULTS_DIR = ".edgesqueeze/results"
 _REPORT_LOCK = threading.Lock()  # matplotlib is not thread-safe: fleet threads render one at a time
@@ -188,16 +191,12 @@ def _annotate(results: dict, tr, report: Optional[dict], label: Optional[str]) -
 
 
 def normalise(results: dict) -> dict:
-    """Validate fetched results with the bench schema (helper E's validator, when installed).
+    """Validate fetched results with the bench schema.
 
     The validator fills in missing statistics and parses raw tegrastats lines into a power summary. Results
     that do not validate (e.g. a run stopped before its first sample) are returned as they are, with a
     warning saying why.
     """
-    try:
-        from ..bench.schema import validate_result
-    except ImportError:
-        return results
     try:
         return validate_result(results)
     except EdgeSqueezeError as exc:
@@ -220,30 +219,16 @@ def _save(results: dict, out_dir, plots: bool = True) -> None:
 def render_report(results: List[dict], out_dir, plots: bool = True) -> Path:
     """Write the report for ``results`` into ``out_dir``; return the Markdown file's path.
 
-    Uses helper E's :func:`edgesqueeze.bench.report.write_report` when it is installed; otherwise writes a
-    plain Markdown comparison (``report.md``) from the raw samples.
+    Uses :func:`edgesqueeze.bench.report.write_report`.
     """
     out = Path(out_dir)
-    try:
-        from ..bench.report import write_report
-    except ImportError:
-        write_report = None
-    if write_report is not None:
-        with _REPORT_LOCK:
-            written = write_report(results, out, plots=plots)
-        if isinstance(written, (str, Path)):
-            return Path(written)
-        if isinstance(written, dict) and (written.get("report") or written.get("markdown")):
-            return Path(written.get("report") or written["markdown"])
-        return out / "report.md"
-    write_text_atomic(out / "report.md", markdown_summary(results))
-    return out / "report.md"
+    with _REPORT_LOCK:
+        written = write_report(results, out, plots=plots)
+    return Path(written["report"])
 
 
 def markdown_summary(results: List[dict]) -> str:
     """A small Markdown table of one row per run (device, backend, precision, latency stats, throughput)."""
-    from .device_runner import stats
-
     lines = ["# edgesqueeze benchmark", "",
              "| device | address | backend | precision | batch | n | median ms | p90 ms | p99 ms | mean ms | "
              "throughput /s | status |",

@@ -15,6 +15,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
+from ..bundle import verify_bundle
 from ..errors import DeviceError, InputError, VerificationError
 from ..fileio import sha256_file
 
@@ -59,14 +60,7 @@ def read_local_bundle(bundle_dir) -> tuple:
     if not mpath.is_file():
         raise InputError("not a bundle folder (no manifest.json)", path=str(root),
                          hint="make one with 'edgesqueeze build model.onnx --target T -o bundle/'")
-    try:
-        from ..bundle import verify_bundle  # helper F's checker, when installed
-    except ImportError:
-        verify_bundle = None
-    if verify_bundle is not None:
-        manifest = verify_bundle(root)
-    else:
-        manifest = _verify_here(root, mpath)
+    manifest = verify_bundle(root)
     files = []
     for rel, entry in sorted(manifest.get("files", {}).items()):
         _check_rel(rel, mpath)
@@ -77,22 +71,6 @@ def read_local_bundle(bundle_dir) -> tuple:
         files.append(BundleFile(RUNNER_FALLBACK, src, hashlib.sha256(data).hexdigest(), len(data)))
     files.append(BundleFile("manifest.json", mpath, sha256_file(mpath), mpath.stat().st_size))
     return manifest, files
-
-
-def _verify_here(root: Path, mpath: Path) -> dict:
-    try:
-        manifest = json.loads(mpath.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise InputError(f"unreadable manifest: {exc}", path=str(mpath)) from exc
-    if not str(manifest.get("schema", "")).startswith("edgesqueeze.bundle/"):
-        raise InputError("not an edgesqueeze bundle manifest (schema)", path=str(mpath))
-    for rel, entry in sorted(manifest.get("files", {}).items()):
-        path = root / rel
-        if not path.is_file():
-            raise VerificationError("a bundle file is missing", path=str(path))
-        if sha256_file(path) != entry.get("sha256"):
-            raise VerificationError("a bundle file does not match its sha256 in manifest.json", path=str(path))
-    return manifest
 
 
 def _check_rel(rel: str, mpath: Path) -> None:

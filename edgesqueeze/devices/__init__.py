@@ -14,6 +14,8 @@ from functools import lru_cache
 from importlib import resources
 from typing import Dict, List, Optional
 
+from packaging.version import Version
+
 from ..errors import InputError, UnsupportedError
 from ..precision import PRECISIONS
 
@@ -177,8 +179,6 @@ def trt_version_tag(version: str) -> str:
     TensorRT 8.x uses major*1000 + minor*100 + patch (8.2.3 -> 8203); 10.x and later use
     major*10000 + minor*100 + patch (10.3.0 -> 100300).
     """
-    from packaging.version import Version
-
     v = Version(version)
     major, minor, patch = (list(v.release) + [0, 0, 0])[:3]
     if major >= 10:

@@ -15,8 +15,7 @@ from . import fuse_horizontal as _fuse_horizontal  # noqa: F401
 from . import fuse_conv_activation as _fuse_conv_activation  # noqa: F401
 from . import cleanup as _cleanup  # noqa: F401
 from .optimizer import DEFAULT_OPSET, default_pass_names, histogram, optimize, resolve_passes
-from .random_weights import materialize_random_weights
 from .registry import PASSES, Pass, PassContext, get_pass, register
 
 __all__ = ["PASSES", "Pass", "PassContext", "DEFAULT_OPSET", "default_pass_names", "get_pass", "histogram",
-           "materialize_random_weights", "optimize", "register", "resolve_passes"]
+           "optimize", "register", "resolve_passes"]

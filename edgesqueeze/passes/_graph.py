@@ -5,6 +5,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 import onnx_graphsurgeon as gs
+from onnx import helper
 
 ACTIVATION_OPS = ("Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu", "Selu",
                   "Softplus", "PRelu")
@@ -128,8 +129,6 @@ def attr_list(node: gs.Node, name: str, default: Sequence[int]) -> List[int]:
 
 def ir_version_for(model) -> int:
     """The model's IR version, raised to what its opsets need and to 4 (initializers no longer graph inputs)."""
-    from onnx import helper
-
     try:
         need = helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True)
     except Exception:  # noqa: BLE001 - an opset newer than this onnx knows

@@ -6,6 +6,11 @@ that feeds ``Reshape`` and friends. onnx-graphsurgeon evaluates the constant sub
 """
 from __future__ import annotations
 
+import numpy as np
+import onnx_graphsurgeon as gs
+import onnxruntime
+from onnx_graphsurgeon.logger import G_LOGGER
+
 from .registry import register
 
 
@@ -13,9 +18,6 @@ from .registry import register
           description="evaluate constant subgraphs (ConstantOfShape weights, Constant nodes, shape arithmetic)")
 def fold_constants(graph, ctx):
     """Fold constant subgraphs and static shape computations into initializers."""
-    import onnx_graphsurgeon as gs
-    from onnx_graphsurgeon.logger import G_LOGGER
-
     before = {id(n): n for n in graph.nodes}
     level = G_LOGGER.severity
     G_LOGGER.severity = G_LOGGER.ERROR  # its warnings go to stdout; the report says what was folded
@@ -49,12 +51,7 @@ def fold_constants(graph, ctx):
 
 def _quiet_onnxruntime() -> None:
     """onnx-graphsurgeon evaluates on an optimizing onnxruntime session, which logs warnings we do not need."""
-    try:
-        import onnxruntime
-
-        onnxruntime.set_default_logger_severity(3)
-    except ImportError:  # onnx-graphsurgeon then folds what it can without onnxruntime
-        pass
+    onnxruntime.set_default_logger_severity(3)
 
 
 def _fold_shapes(graph):
@@ -62,9 +59,6 @@ def _fold_shapes(graph):
 
     Done here rather than by onnx-graphsurgeon's shape folding, which ignores ``Shape``'s ``start``/``end``.
     """
-    import numpy as np
-    import onnx_graphsurgeon as gs
-
     folded = []
     for node in list(graph.nodes):
         if node.op not in ("Shape", "Size") or len(node.inputs) != 1 or len(node.outputs) != 1:
@@ -98,8 +92,6 @@ def _fold_shapes(graph):
 
 def _has_constant_nodes(graph) -> bool:
     """True when some node (here or in a subgraph) has only constant inputs."""
-    import onnx_graphsurgeon as gs
-
     for node in graph.nodes:
         if all(isinstance(t, gs.Constant) or not t.name for t in node.inputs):
             return True

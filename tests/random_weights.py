@@ -11,7 +11,12 @@ import zlib
 
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 from onnx import ModelProto, numpy_helper
+from onnx_graphsurgeon.logger import G_LOGGER
+
+from edgesqueeze.passes._graph import ir_version_for
+from edgesqueeze.passes.optimizer import _prepare, _restore
 
 
 def _roles(model: ModelProto):
@@ -56,11 +61,6 @@ def materialize_random_weights(model: ModelProto, seed: int = 0) -> ModelProto:
     Returns:
         A new ModelProto; ``model`` is not modified.
     """
-    from ._graph import ir_version_for
-    from .optimizer import _prepare, _restore
-    import onnx_graphsurgeon as gs
-    from onnx_graphsurgeon.logger import G_LOGGER
-
     prepared, saved = _prepare(model)
     level = G_LOGGER.severity
     G_LOGGER.severity = G_LOGGER.ERROR  # its warnings go to stdout
