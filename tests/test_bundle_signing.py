@@ -94,3 +94,54 @@ def test_links_and_models_outside_the_bundle_are_problems(tmp_path, bundle):
     manifest["models"]["deploy"] = "../outside.onnx"
     (bundle / "manifest.json").write_text(json.dumps(manifest))
     assert any("outside the bundle" in p["problem"] for p in check_bundle(bundle)["problems"])
+
+
+DIGITS = __import__("pathlib").Path(__file__).resolve().parents[1] / "examples" / "digits"
+
+
+def test_build_sign_verify_and_deploy_require_signature(tmp_path, capsys):
+    """The CLI round trip: build --sign, verify --allowed-signers, a tampered script refused by verify and deploy."""
+    from edgesqueeze.cli import main
+
+    key = _key(tmp_path, "me")
+    allowed = _allowed(tmp_path, ("me@example.com", key))
+    out = tmp_path / "b"
+    assert main(["-q", "build", str(DIGITS / "digits_cnn.onnx"), "-t", "orin-nano", "-p", "fp16", "--sign", str(key),
+                 "--archive", "-o", str(out)]) == 0
+    assert (out / SIGNATURE).is_file()
+    assert main(["verify", str(out), "--allowed-signers", str(allowed)]) == 0
+    assert "signed by me@example.com" in capsys.readouterr().out
+    assert main(["verify", str(tmp_path / "b.tar.gz"), "--allowed-signers", str(allowed)]) == 0  # archive carries it
+    script = out / "build_engine.sh"
+    script.write_text(script.read_text() + "\necho owned\n")
+    assert main(["verify", str(out), "--allowed-signers", str(allowed)]) == 7
+    # deploy checks before it connects anywhere: the address is never reached
+    assert main(["deploy", str(out), "--device", "nvidia@127.0.0.1:1", "--require-signature", str(allowed),
+                 "--connect-timeout", "1"]) == 7
+    assert main(["sign", str(out), "--key", str(key)]) == 7  # a changed bundle is never signed
+
+
+def test_bench_checks_a_bundle_like_verify(tmp_path, capsys):
+    from edgesqueeze.cli import main
+
+    out = tmp_path / "b"
+    assert main(["-q", "build", str(DIGITS / "digits_cnn.onnx"), "-t", "cpu", "-o", str(out), "--archive"]) == 0
+    model = out / "models" / "model.fp32.onnx"
+    model.write_bytes(model.read_bytes()[:-10] + b"0123456789")
+    assert main(["bench", str(out), "-n", "5"]) == 7
+    assert main(["bench", str(tmp_path / "b.tar.gz"), "-n", "5"]) == 3
+    assert "bundle archive" in capsys.readouterr().err
+
+
+def test_deploy_trust_policy(tmp_path, bundle):
+    from edgesqueeze.deploy.core import bundle_trust
+
+    key = _key(tmp_path, "me")
+    allowed = _allowed(tmp_path, ("me@example.com", key))
+    unsigned = bundle_trust(bundle, None)
+    assert not unsigned["signed"] and "not signed" in unsigned["warning"]
+    with pytest.raises(VerificationError, match="not signed"):
+        bundle_trust(bundle, allowed)
+    sign_bundle(bundle, key)
+    assert bundle_trust(bundle, allowed) == {"signed": True, "verified_by": "me@example.com", "warning": None}
+    assert "not checked" in bundle_trust(bundle, None)["warning"]

@@ -40,11 +40,13 @@ def _tarinfo(name: str, *, size: int = 0, directory: bool = False, executable: b
 def archive_bytes(bundle_dir: PathLike, root_name: str | None = None) -> bytes:
     """Return the deterministic ``.tar.gz`` bytes of ``bundle_dir`` (files under ``root_name/``).
 
-    Device outputs (``engines/`` and the like) are left out, exactly as the manifest leaves them out.
+    Device outputs (``engines/`` and the like) are left out, exactly as the manifest leaves them out; the
+    manifest's signature (``manifest.json.sig``) goes in when there is one.
     """
     bundle_dir = Path(bundle_dir)
     root_name = root_name or bundle_dir.resolve().name
-    files = sorted(list_files(bundle_dir) + [MANIFEST])
+    signature = [MANIFEST + ".sig"] if (bundle_dir / (MANIFEST + ".sig")).is_file() else []
+    files = sorted(list_files(bundle_dir) + [MANIFEST] + signature)
     dirs = sorted({str(Path(root_name, *Path(f).parts[:i])) for f in files for i in range(len(Path(f).parts))})
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:

@@ -30,6 +30,7 @@ COMMANDS = {
     "eval": "evaluate",
     "build": "build",
     "verify": "verify",
+    "sign": "sign",
     "compare": "compare",
     "bench": "bench",
     "power": "power",

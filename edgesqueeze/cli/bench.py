@@ -212,6 +212,8 @@ def _check_options(path, backend, device, fleet, profile_layers, output, data, r
                          "'edgesqueeze report times.json --trtexec-profile profile.json')")
     if not Path(path).exists():  # before the progress line: a bad input is a one-line error
         raise InputError("no such file or folder", path=str(path))
+    if not (device or fleet):
+        _check_local_bundle(Path(path))
     if output:  # where results go is checked before the benchmark, not after it
         refuse_overwrite(output, path, data if data and data != "random" else None)
         check_writable(output)
@@ -221,6 +223,18 @@ def _check_options(path, backend, device, fleet, profile_layers, output, data, r
                              path=str(report_dir))
         check_writable(Path(report_dir) / "report.md")
     return backend
+
+
+def _check_local_bundle(path: Path) -> None:
+    """A bundle is checked like ``verify`` does before anything in it runs; an archive is named as one."""
+    if path.is_dir():
+        from ..bundle import verify_bundle
+
+        verify_bundle(path)
+    elif path.name.endswith((".tar.gz", ".tgz")):
+        raise InputError("this is a bundle archive: bench runs a bundle folder or an .onnx model here",
+                         path=str(path), hint=f"extract it first (tar xzf {path.name}), or bench it on a device "
+                                              "with --device (deploy unpacks archives)")
 
 
 def _bench_device(path, device, report_dir, opts, identity, remote_python):

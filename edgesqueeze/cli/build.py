@@ -42,12 +42,14 @@ from .quantize import split_names
 @click.option("--local-engine", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
               help="Also build a TensorRT engine for this machine's GPU to validate the graph.")
 @click.option("--archive", is_flag=True, help="Also write OUTPUT.tar.gz (byte-identical across runs).")
+@click.option("--sign", "sign_key", type=click.Path(dir_okay=False), metavar="KEY",
+              help="Sign the bundle's manifest with this SSH key (see 'edgesqueeze sign').")
 @click.option("--force", is_flag=True, help="Replace an existing bundle in OUTPUT.")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Bundle folder to create.")
 @json_option
 def command(model, target, precision, calib, calib_method, percentile, keep, sensitivity, auto_keep_drop, calib_limit,
             sparsity, val, val_limit, max_drop, max_accuracy_drop, strict, input_shapes, passes, skip_passes, no_optimize, dla,
-            workspace_mib, local_engine, archive, force, output, as_json):
+            workspace_mib, local_engine, archive, sign_key, force, output, as_json):
     """Build a deployable bundle of MODEL for a target: load, optimize, compress, quantize, validate, package.
 
     The bundle holds the optimized FP32 model, the FP16 or QDQ INT8 model, the TensorRT calibration cache,
@@ -75,7 +77,7 @@ def command(model, target, precision, calib, calib_method, percentile, keep, sen
                     calib_limit=calib_limit, val_limit=val_limit, dla=dla, workspace_mib=workspace_mib,
                     local_engine=local_engine, force=force, progress=not quiet() and not as_json,
                     max_accuracy_drop=max_accuracy_drop if max_accuracy_drop is not None else max_drop / 100,
-                    strict=strict, percentile=percentile, keep=split_names(keep),
+                    strict=strict, sign_key=sign_key, percentile=percentile, keep=split_names(keep),
                     sensitivity=sensitivity, auto_keep_drop=auto_keep_drop, log=_log)
     emit(summary, as_json, format_summary)
 
@@ -149,6 +151,8 @@ def format_summary(s: dict) -> str:
         es = s["engine_script"]
         flags = " ".join(es["flags"]) or "(fp32)"
         lines += [f"engine script: build_engine.sh for TensorRT {es['trt_version']}: {es['workspace_flag']} {flags}"]
+    if s.get("signature"):
+        lines += [f"signed: {s['signature']}"]
     if s.get("archive"):
         lines += [f"archive: {s['archive']}"]
     total = sum(v.get("seconds", 0.0) for v in stages.values())

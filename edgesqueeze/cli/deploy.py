@@ -94,10 +94,12 @@ def bench_text(results: list) -> str:
 @click.option("--host-key-check", type=click.Choice(["accept-new", "yes", "no"]), default="accept-new",
               show_default=True, help="ssh StrictHostKeyChecking.")
 @click.option("--known-hosts", type=click.Path(dir_okay=False), help="known_hosts file to use instead of ~/.ssh's.")
+@click.option("--require-signature", "allowed_signers", type=click.Path(dir_okay=False), metavar="ALLOWED_SIGNERS",
+              help="Refuse a bundle that is not signed by a key in this OpenSSH allowed-signers file.")
 @json_option
 def command(bundle, device, fleet, identity, port, remote_dir, force, python, bench, output, iterations, warmup,
             duration, backend, power, no_engine, no_plots, timeout, run_timeout, connect_timeout, host_key_check,
-            known_hosts, as_json):
+            known_hosts, allowed_signers, as_json):
     """Deploy BUNDLE (a folder, or its .tar.gz from build --archive) to a Jetson over SSH.
 
     Uses the system's OpenSSH client, so ~/.ssh/config aliases, agents and jump hosts work.
@@ -114,6 +116,11 @@ def command(bundle, device, fleet, identity, port, remote_dir, force, python, be
       edgesqueeze deploy bundle/ --device nvidia@tx2.local -i ~/.ssh/jetson
       edgesqueeze deploy bundle/ --device nvidia@10.0.0.7:2222 --bench -n 200 -o results/tx2
       edgesqueeze deploy bundle/ --devices fleet.toml -o results/fleet
+      edgesqueeze deploy bundle/ --device nvidia@orin.local --require-signature ~/.ssh/allowed_signers
+
+    A bundle is code: build_engine.sh, a CMake project and the runner run on the device. Sign bundles with
+    'edgesqueeze sign' (or build --sign) and deploy with --require-signature; an unsigned bundle is deployed
+    with a warning.
     """
     from ..deploy import BenchInterrupted, deploy, fleet_bench, remote_bench
 
@@ -123,7 +130,8 @@ def command(bundle, device, fleet, identity, port, remote_dir, force, python, be
            "known_hosts": known_hosts}
     bench_opts = {"iterations": iterations, "warmup": warmup, "duration": duration, "backend": backend,
                   "power": power, "run_timeout": run_timeout, "force": force, "timeout": timeout,
-                  "python": python, "plots": not no_plots, "build_engine": not no_engine}
+                  "python": python, "plots": not no_plots, "build_engine": not no_engine,
+                  "allowed_signers": allowed_signers}
     try:
         if fleet:
             ssh.pop("port")
@@ -142,7 +150,8 @@ def command(bundle, device, fleet, identity, port, remote_dir, force, python, be
             bar, update = _progress(total)
             try:
                 report = deploy(bundle, device, identity=identity, remote_dir=remote_dir, force=force,
-                                timeout=timeout, python=python, build_engine=not no_engine, progress=update, **ssh)
+                                timeout=timeout, python=python, build_engine=not no_engine, progress=update,
+                                allowed_signers=allowed_signers, **ssh)
             finally:
                 if bar is not None:
                     bar.close()

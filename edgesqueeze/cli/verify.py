@@ -13,8 +13,10 @@ from .common import emit, json_option, warn
 
 @click.command("verify")
 @click.argument("bundle", type=click.Path())
+@click.option("--allowed-signers", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Also check the manifest's signature against this OpenSSH allowed-signers file.")
 @json_option
-def command(bundle, as_json):
+def command(bundle, allowed_signers, as_json):
     """Verify BUNDLE (a folder or .tar.gz): manifest schema, then the size and sha256 of every file.
 
     A changed or missing file is an error naming it (exit code 7). Files the device writes later
@@ -24,8 +26,9 @@ def command(bundle, as_json):
     Examples:
       edgesqueeze verify bundle/
       edgesqueeze verify bundle.tar.gz --json
+      edgesqueeze verify bundle/ --allowed-signers ~/.ssh/allowed_signers   # and who signed it (exit 7 if no one)
     """
-    from ..bundle import check_bundle, extract_archive
+    from ..bundle import check_bundle, extract_archive, verify_signature
 
     path = Path(bundle)
     if path.name == "manifest.json" and path.is_file():
@@ -36,13 +39,15 @@ def command(bundle, as_json):
             tmp = tempfile.mkdtemp(prefix="edgesqueeze-verify-")
             path = extract_archive(path, tmp)
         report = check_bundle(path)
+        if allowed_signers and report["ok"]:
+            report["signed_by"] = verify_signature(path, allowed_signers)
     finally:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
     m = report["manifest"]
     out = {"bundle": str(bundle), "ok": report["ok"], "checked": report["checked"], "problems": report["problems"],
            "extra": report["extra"], "target": m["target"].get("name"), "precision": m["precision"],
-           "deploy": m["models"].get("deploy"), "versions": m.get("versions")}
+           "deploy": m["models"].get("deploy"), "versions": m.get("versions"), "signed_by": report.get("signed_by")}
     if report["extra"] and not as_json:
         warn(f"{len(report['extra'])} file(s) not in the manifest: {', '.join(report['extra'][:5])}"
              + (" ..." if len(report["extra"]) > 5 else ""))
@@ -56,7 +61,8 @@ def command(bundle, as_json):
                                 path=str(Path(bundle) / first["path"]))
 
     def text(o):
+        signed = f"; signed by {o['signed_by']}" if o["signed_by"] else ""
         return (f"{o['bundle']}: OK: {o['checked']} files match the manifest "
-                f"(target {o['target']}, precision {o['precision']}, deploy model {o['deploy']})")
+                f"(target {o['target']}, precision {o['precision']}, deploy model {o['deploy']}){signed}")
 
     emit(out, as_json, text)

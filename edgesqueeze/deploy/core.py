@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
-from ..bundle import extract_archive
+from ..bundle import extract_archive, is_signed, verify_signature
 from ..errors import DeviceError, InputError
 from . import device_runner
 from .probe import check_target, describe, run_probe
@@ -48,7 +48,8 @@ def deploy(bundle_dir, device: str, identity: Optional[str] = None, remote_dir: 
            force: bool = False, timeout: float = 600, *, python: str = "python3", build_engine: bool = True,
            engine_cache: str = DEFAULT_ENGINE_CACHE, build_timeout: float = 3600,
            build_env: Optional[dict] = None, progress: Optional[Callable[[int], None]] = None,
-           transport: Optional[SshTransport] = None, **transport_opts) -> dict:
+           transport: Optional[SshTransport] = None, allowed_signers: Optional[str] = None,
+           **transport_opts) -> dict:
     """Put a bundle on a device and make it ready to run.
 
     Steps: check the bundle here; probe the device (architecture, L4T/JetPack, TensorRT, CUDA, trtexec, nvcc,
@@ -70,6 +71,9 @@ def deploy(bundle_dir, device: str, identity: Optional[str] = None, remote_dir: 
         build_env: extra environment for build_engine.sh, e.g. {"ESQ_PLUGIN": "off", "WORKSPACE_MIB": "2048"}.
         progress: called with bytes after each uploaded chunk.
         transport: reuse an open :class:`SshTransport` (then identity and transport options are ignored).
+        allowed_signers: an OpenSSH allowed-signers file: the bundle must carry a signature by one of its keys
+            (``edgesqueeze sign``) before anything travels. Without it an unsigned bundle is deployed with a
+            warning (its scripts and plugin sources run on the device).
         **transport_opts: port, connect_timeout, host_key_check, known_hosts, multiplex, ssh_options.
 
     Returns:
@@ -77,13 +81,38 @@ def deploy(bundle_dir, device: str, identity: Optional[str] = None, remote_dir: 
         unchanged / bytes), engine, runner path, seconds.
 
     Raises:
-        InputError: not a bundle; VerificationError: a file differs here or on the device;
+        InputError: not a bundle; VerificationError: a file differs here or on the device, or the signature
+        that ``allowed_signers`` asks for is missing or wrong;
         DeviceError: unreachable device, failed authentication, a mismatch without ``force``, a timeout or a
         failed build.
     """
     with open_bundle(bundle_dir) as folder:
-        return _deploy(folder, device, identity, remote_dir, force, timeout, python, build_engine, engine_cache,
-                       build_timeout, build_env, progress, transport, transport_opts)
+        trust = bundle_trust(folder, allowed_signers)
+        report = _deploy(folder, device, identity, remote_dir, force, timeout, python, build_engine, engine_cache,
+                         build_timeout, build_env, progress, transport, transport_opts)
+        report["signature"] = trust
+        if trust["warning"]:
+            report["warnings"].insert(0, trust["warning"])
+        return report
+
+
+def bundle_trust(folder, allowed_signers: Optional[str]) -> dict:
+    """Check the bundle's signature when ``allowed_signers`` is given; say what is known of who made it.
+
+    Returns:
+        ``{"signed": bool, "verified_by": principal or None, "warning": text or None}``.
+
+    Raises:
+        VerificationError: ``allowed_signers`` given and the bundle is unsigned, or signed by another key.
+    """
+    if allowed_signers:
+        return {"signed": True, "verified_by": verify_signature(folder, allowed_signers), "warning": None}
+    if is_signed(folder):
+        return {"signed": True, "verified_by": None,
+                "warning": "the bundle is signed but the signature was not checked (--require-signature FILE)"}
+    return {"signed": False, "verified_by": None,
+            "warning": "the bundle is not signed: its build_engine.sh and plugin sources will run on the device "
+                       "as they are (sign it with 'edgesqueeze sign', deploy with --require-signature)"}
 
 
 @contextlib.contextmanager

@@ -37,7 +37,8 @@ def remote_bench(bundle_dir, device: str, *, iterations: int = 100, warmup: int 
                  identity: Optional[str] = None, remote_dir: Optional[str] = None, force: bool = False,
                  timeout: float = 600, python: str = "python3", runner_args=(), build_engine: bool = True,
                  engine_cache: str = DEFAULT_ENGINE_CACHE, build_env: Optional[dict] = None, plots: bool = True,
-                 progress: Optional[Callable[[int], None]] = None, **transport_opts) -> dict:
+                 progress: Optional[Callable[[int], None]] = None, allowed_signers: Optional[str] = None,
+                 **transport_opts) -> dict:
     """Benchmark a bundle on a device over SSH and return the results (``edgesqueeze.bench/1``).
 
     Deploys first (only changed files travel; see :func:`deploy`), runs ``run_on_device.py`` there with a
@@ -55,6 +56,7 @@ def remote_bench(bundle_dir, device: str, *, iterations: int = 100, warmup: int 
         label: a name for this device in reports (fleet runs use the fleet name).
         cancel: an event; setting it stops the remote run like Ctrl-C does.
         runner_args: extra command-line arguments for the runner.
+        allowed_signers: require the bundle's signature by one of these keys (see :func:`deploy`).
 
     Returns:
         The results dict, with ``device.address``, ``device.label`` and ``deploy`` (the deploy report) added.
@@ -67,12 +69,14 @@ def remote_bench(bundle_dir, device: str, *, iterations: int = 100, warmup: int 
     with open_bundle(bundle_dir) as folder:
         return _remote_bench(folder, device, iterations, warmup, duration, backend, power, out_dir, run_timeout,
                              deploy_first, label, cancel, identity, remote_dir, force, timeout, python, runner_args,
-                             build_engine, engine_cache, build_env, plots, progress, transport_opts)
+                             build_engine, engine_cache, build_env, plots, progress,
+                             dict(transport_opts, allowed_signers=allowed_signers))
 
 
 def _remote_bench(bundle_dir, device, iterations, warmup, duration, backend, power, out_dir, run_timeout,
                   deploy_first, label, cancel, identity, remote_dir, force, timeout, python, runner_args,
                   build_engine, engine_cache, build_env, plots, progress, transport_opts) -> dict:
+    allowed_signers = transport_opts.pop("allowed_signers", None)
     rdir = remote_path(remote_dir, default_remote_dir(bundle_dir))
     tr = open_transport(device, identity=identity, **transport_opts)
     try:
@@ -80,7 +84,7 @@ def _remote_bench(bundle_dir, device, iterations, warmup, duration, backend, pow
         if deploy_first:
             report = deploy(bundle_dir, device, remote_dir=rdir, force=force, timeout=timeout, python=python,
                             progress=progress, transport=tr, build_engine=build_engine, engine_cache=engine_cache,
-                            build_env=build_env)
+                            build_env=build_env, allowed_signers=allowed_signers)
         runner = report["runner"] if report else _find_runner(tr, rdir)
         run_id = time.strftime("%Y%m%dT%H%M%S") + f"-{int(time.time() * 1000) % 1000:03d}"
         out = f"{RESULTS_DIR}/{run_id}.json"

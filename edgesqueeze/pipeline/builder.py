@@ -34,7 +34,7 @@ def build(model_path: PathLike, target: str, out_dir: PathLike, *, precision: st
           skip_passes: Sequence[str] = (), optimize: bool = True, calib_method: str = "entropy",
           calib_limit: Optional[int] = None, val_limit: Optional[int] = None, dla: bool = False,
           workspace_mib: int = 1024, local_engine: str = "auto", force: bool = False, progress: bool = True,
-          max_accuracy_drop: float = 0.01, strict: bool = False, log: Optional[Callable[[str], None]] = None,
+          max_accuracy_drop: float = 0.01, strict: bool = False, sign_key: Optional[str] = None, log: Optional[Callable[[str], None]] = None,
           percentile: float = 99.99, keep: Sequence[str] = (), sensitivity: bool = False,
           auto_keep_drop: Optional[float] = None) -> dict:
     """Build a deployable bundle of ``model_path`` for ``target``.
@@ -60,6 +60,8 @@ def build(model_path: PathLike, target: str, out_dir: PathLike, *, precision: st
         progress: show progress bars (on a terminal).
         max_accuracy_drop: warn when the deploy model's top-1 falls more than this (a fraction) below the input
             model's, or (without labels) when its top-1 agreement with it falls below ``1 - max_accuracy_drop``.
+        strict: a loss over ``max_accuracy_drop`` is a :class:`VerificationError` and no bundle is written.
+        sign_key: an SSH private key: sign the finished bundle's manifest (``manifest.json.sig``).
         log: called with one line per stage and per warning (default: silent).
         percentile, keep, sensitivity, auto_keep_drop: INT8 options, as ``quantize`` takes them: the percentile
             method's percentile, nodes left in higher precision, rank layers by sensitivity, keep the most
@@ -81,7 +83,7 @@ def build(model_path: PathLike, target: str, out_dir: PathLike, *, precision: st
                            archive=archive, force=force, passes=passes, skip_passes=skip_passes, val=val,
                            calib_limit=calib_limit, val_limit=val_limit, optimize=optimize,
                            workspace_mib=workspace_mib, max_accuracy_drop=max_accuracy_drop,
-                           strict=strict)
+                           strict=strict, sign_key=sign_key)
     log = log or (lambda msg: None)
     state = BuildState(Progress(progress, log, len(STAGES)), log)
     run_stages(state, options)

@@ -52,6 +52,7 @@ class BuildOptions:
     force: bool = False
     max_accuracy_drop: float = 0.01
     strict: bool = False  # a validation that loses more than max_accuracy_drop is an error (exit 7), no bundle
+    sign_key: Optional[str] = None  # an SSH key: sign the bundle's manifest (``edgesqueeze sign``)
 
     @property
     def deploy_kind(self) -> str:
@@ -109,6 +110,8 @@ def make_options(model_path: PathLike, target: str, out_dir: PathLike, *, precis
                            sparsity=sparsity, input_shapes=input_shapes, dla=dla, trt_reason=trt_reason,
                            archive=archive, force=force, passes=tuple(passes) if passes else None,
                            skip_passes=tuple(skip_passes), **rest)
+    if options.sign_key is not None and not Path(options.sign_key).expanduser().is_file():
+        raise InputError("no such SSH key file for --sign", path=str(options.sign_key))
     refuse_overwrite(options.out_dir, options.model_path)
     check_out_dir(options.out_dir, force=force)  # before any work; checked again when the bundle is written
     if archive and options.archive_path.exists() and not force:

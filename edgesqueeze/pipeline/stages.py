@@ -7,7 +7,7 @@ from. A stage that cannot or need not run returns a ``skipped`` record with its 
 from __future__ import annotations
 
 from .._lazy import versions
-from ..bundle import write_archive
+from ..bundle import sign_bundle, write_archive
 from ..bundle.assemble import assemble_bundle
 from ..compress import sparsify_2_4
 from ..data import open_data
@@ -191,12 +191,14 @@ def bundle(state: BuildState, options: BuildOptions) -> StageRecord:
         sparsity=state.sparse_applied and profile.sparse_2_4, dla=options.dla, workspace_mib=options.workspace_mib,
         force=options.force, warn=state.warn, variant_sources=state.variant_sources,
         compat=compat_function(profile), compat_report=manifest_compat(state.records["compat"].to_dict()))
+    signature = sign_bundle(options.out_dir, options.sign_key) if options.sign_key else None
     archive = write_archive(options.out_dir, options.archive_path) if options.archive else None
     files = manifest["files"]
     sizes = {"input": state.source["size"],
              **{k: files[rel]["size"] for k, rel in manifest["models"].items() if k != "deploy"}}
     return StageRecord("bundle", DONE, f"{len(files)} files", payload={"files": len(files)},
                        summary={"archive": str(archive) if archive else None,
+                                "signature": str(signature) if signature else None,
                                 "deploy_model": manifest["models"]["deploy"], "engine_script": script,
                                 "sizes": sizes, "models": dict(manifest["models"]), "files": len(files)})
 
