@@ -137,15 +137,37 @@ def test_bench_and_report_verbs_on_the_example_model(cli, tmp_path):
 def test_bench_bundle_folder_reads_the_manifest(cli, tmp_path):
     if not DIGITS.exists():
         pytest.skip("examples/digits/digits_cnn.onnx not built yet")
+    from edgesqueeze.bundle import BundleWriter
+
     bundle = tmp_path / "bundle"
-    (bundle / "models").mkdir(parents=True)
-    (bundle / "models" / "model.fp32.onnx").write_bytes(DIGITS.read_bytes())
-    (bundle / "manifest.json").write_text(json.dumps({"schema": "edgesqueeze.bundle/1", "target": {"name": "tx2"},
-                                                      "models": {"fp32": "models/model.fp32.onnx"}}))
+    with BundleWriter(bundle) as w:  # bench checks a bundle like verify does: it needs a real manifest
+        w.add_bytes("models/model.fp32.onnx", DIGITS.read_bytes())
+        w.commit({"target": {"name": "tx2"}, "precision": "fp32", "options": {}, "versions": {}, "inputs": {},
+                  "models": {"fp32": "models/model.fp32.onnx"}})
     code, stdout, err = cli("-q", "bench", bundle, "-n", "10", "--json")
     assert code == 0, err
     r = json.loads(stdout)
     assert r["options"]["bundle_target"] == "tx2" and r["device"]["profile"] == "cpu"
     (bundle / "manifest.json").write_text("{}")
     code, _, err = cli("bench", bundle)
-    assert code == 3 and "names no model" in err
+    assert code == 7 and "schema" in err  # checked like verify does before anything runs
+
+
+def test_results_leave_out_host_user_and_paths_unless_asked(tmp_path):
+    """#15: results identify the device by its board and release, not by host, user or absolute path."""
+    import json
+    import socket
+
+    from edgesqueeze.cli import main
+
+    model = Path(__file__).resolve().parents[1] / "examples" / "digits" / "digits_cnn.onnx"
+    out = tmp_path / "r.json"
+    assert main(["bench", str(model), "-n", "5", "--warmup", "1", "-o", str(out)]) == 0
+    text = out.read_text()
+    r = json.loads(text)
+    assert "hostname" not in r["device"] and str(Path.home()) not in text and str(model.parent) not in text
+    if len(socket.gethostname()) > 2:
+        assert socket.gethostname() not in text
+    out2 = tmp_path / "r2.json"
+    assert main(["bench", str(model), "-n", "5", "--warmup", "1", "-o", str(out2), "--record-host"]) == 0
+    assert json.loads(out2.read_text())["device"]["hostname"] == socket.gethostname()

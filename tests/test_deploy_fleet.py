@@ -56,7 +56,8 @@ def test_two_devices_in_parallel_give_one_merged_report(fleet, tmp_path):
     root, a, b, known = fleet
     bundle = make_bundle(tmp_path / "dense")
     out = tmp_path / "out"
-    results = fleet_bench(bundle, _toml(root, a, b), out_dir=out, iterations=20, warmup=2, known_hosts=str(known))
+    results = fleet_bench(bundle, _toml(root, a, b), out_dir=out, iterations=20, warmup=2, known_hosts=str(known),
+                          record_host=True)
     assert [r["device"]["label"] for r in results] == ["board-a", "board-b"]
     assert {r["device"]["address"] for r in results} == {a.device, b.device}
     for r in results:

@@ -120,3 +120,45 @@ def load_result(path: Union[str, Path]) -> dict:
         if looks_like_export_times(data):
             return validate_result(import_trtexec(p), str(p))
     return validate_result(data, str(p))
+
+
+_PERSONAL_KEYS = ("hostname", "address", "user", "remote_dir")
+
+
+def redact_personal(result: dict) -> dict:
+    """A copy of ``result`` without user names, host names or absolute paths (what ``--record-host`` keeps).
+
+    The device stays identified by its profile, board model and L4T/JetPack release; paths keep their last part.
+    """
+    out = _redact(copy.deepcopy(result), _personal_words())
+    dev = out.get("device") if isinstance(out.get("device"), dict) else None
+    if dev is not None:
+        probe = dev.get("probe") or {}
+        board = probe.get("device_tree_model") or dev.get("profile") or "device"
+        release = ", ".join(f"{k.upper() if k == 'l4t' else 'JetPack'} {probe[k]}" for k in ("jetpack", "l4t")
+                            if probe.get(k))
+        dev["display_name"] = (f"{dev['label']}: " if dev.get("label") else "") + board + (f" ({release})"
+                                                                                          if release else "")
+    return out
+
+
+def _personal_words() -> List[str]:
+    """This machine's name and the home folder (which holds the user name): replaced wherever they appear."""
+    import socket
+
+    words = [socket.gethostname(), str(Path.home())]
+    return sorted({w for w in words if w and len(w) > 2 and w != "/"}, key=len, reverse=True)
+
+
+def _redact(obj: Any, words: List[str]) -> Any:
+    if isinstance(obj, dict):
+        return {k: _redact(v, words) for k, v in obj.items() if k not in _PERSONAL_KEYS}
+    if isinstance(obj, list):
+        return [_redact(v, words) for v in obj]
+    if isinstance(obj, str):
+        if obj.startswith(("/", "~/")) and "\n" not in obj:
+            return Path(obj).name
+        for w in words:
+            obj = obj.replace(w, "~" if w.startswith("/") else "<host>")
+        return obj
+    return obj

@@ -137,10 +137,12 @@ def _label_partial(result: dict, where=None) -> dict:
 @click.option("--known-hosts", type=click.Path(), default=None, metavar="FILE",
               help="known_hosts file to use instead of ~/.ssh's (--device/--devices).")
 @click.option("--python", "remote_python", default=None, metavar="PATH", help="Python 3.6+ on the device.")
+@click.option("--record-host", is_flag=True,
+              help="Keep host and user names, addresses and absolute paths in the results (left out by default).")
 @json_option
 def command(path, backend, iterations, duration, warmup, batch, power, power_interval, target, data, threads,
             ort_opt, profile_layers, input_shapes, output, report_dir, device, fleet, identity, known_hosts,
-            remote_python, as_json):
+            remote_python, record_host, as_json):
     """Benchmark a model or bundle: latency statistics, throughput, power and energy, memory bandwidth.
 
     Every latency sample is kept; the results JSON (schema edgesqueeze.bench/1) carries them with the device,
@@ -170,6 +172,7 @@ def command(path, backend, iterations, duration, warmup, batch, power, power_int
         opts = dict(iterations=iterations, warmup=warmup, duration=duration, power=power, backend=backend or "auto")
         if known_hosts:
             opts["known_hosts"] = known_hosts
+        opts["record_host"] = record_host
         if device:
             results, remote_report = _bench_device(path, device, report_dir, opts, identity, remote_python)
             if results is None:
@@ -195,6 +198,10 @@ def command(path, backend, iterations, duration, warmup, batch, power, power_int
                                 if backend == "ort" else {}))]
         finally:
             bar.close()
+    if not record_host:
+        from ..bench.schema import redact_personal
+
+        results = [redact_personal(r) for r in results]
     return _finish(results, output, report_dir if not (device and remote_report) else None, as_json)
 
 

@@ -94,12 +94,14 @@ def bench_text(results: list) -> str:
 @click.option("--host-key-check", type=click.Choice(["accept-new", "yes", "no"]), default="accept-new",
               show_default=True, help="ssh StrictHostKeyChecking.")
 @click.option("--known-hosts", type=click.Path(dir_okay=False), help="known_hosts file to use instead of ~/.ssh's.")
+@click.option("--record-host", is_flag=True,
+              help="Keep host and user names, addresses and absolute paths in the results (left out by default).")
 @click.option("--require-signature", "allowed_signers", type=click.Path(dir_okay=False), metavar="ALLOWED_SIGNERS",
               help="Refuse a bundle that is not signed by a key in this OpenSSH allowed-signers file.")
 @json_option
 def command(bundle, device, fleet, identity, port, remote_dir, force, python, bench, output, iterations, warmup,
             duration, backend, power, no_engine, no_plots, timeout, run_timeout, connect_timeout, host_key_check,
-            known_hosts, allowed_signers, as_json):
+            known_hosts, record_host, allowed_signers, as_json):
     """Deploy BUNDLE (a folder, or its .tar.gz from build --archive) to a Jetson over SSH.
 
     Uses the system's OpenSSH client, so ~/.ssh/config aliases, agents and jump hosts work.
@@ -131,7 +133,7 @@ def command(bundle, device, fleet, identity, port, remote_dir, force, python, be
     bench_opts = {"iterations": iterations, "warmup": warmup, "duration": duration, "backend": backend,
                   "power": power, "run_timeout": run_timeout, "force": force, "timeout": timeout,
                   "python": python, "plots": not no_plots, "build_engine": not no_engine,
-                  "allowed_signers": allowed_signers}
+                  "allowed_signers": allowed_signers, "record_host": record_host}
     try:
         if fleet:
             ssh.pop("port")

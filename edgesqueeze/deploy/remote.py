@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Callable, List, Optional
 
 from ..bench.report import write_report
-from ..bench.schema import validate_result
+from ..bench.schema import redact_personal, validate_result
 from ..errors import DeviceError, EdgeSqueezeError, VerificationError
 from ..fileio import write_json_atomic, write_text_atomic
 from .core import (DEFAULT_ENGINE_CACHE, _shell_path, default_remote_dir, deploy, open_bundle, open_transport,
@@ -38,7 +38,7 @@ def remote_bench(bundle_dir, device: str, *, iterations: int = 100, warmup: int 
                  timeout: float = 600, python: str = "python3", runner_args=(), build_engine: bool = True,
                  engine_cache: str = DEFAULT_ENGINE_CACHE, build_env: Optional[dict] = None, plots: bool = True,
                  progress: Optional[Callable[[int], None]] = None, allowed_signers: Optional[str] = None,
-                 **transport_opts) -> dict:
+                 record_host: bool = False, **transport_opts) -> dict:
     """Benchmark a bundle on a device over SSH and return the results (``edgesqueeze.bench/1``).
 
     Deploys first (only changed files travel; see :func:`deploy`), runs ``run_on_device.py`` there with a
@@ -57,6 +57,8 @@ def remote_bench(bundle_dir, device: str, *, iterations: int = 100, warmup: int 
         cancel: an event; setting it stops the remote run like Ctrl-C does.
         runner_args: extra command-line arguments for the runner.
         allowed_signers: require the bundle's signature by one of these keys (see :func:`deploy`).
+        record_host: keep the device's address, host and user names and absolute paths in the results (they
+            are left out by default; the device is identified by its board model and L4T/JetPack release).
 
     Returns:
         The results dict, with ``device.address``, ``device.label`` and ``deploy`` (the deploy report) added.
@@ -70,13 +72,14 @@ def remote_bench(bundle_dir, device: str, *, iterations: int = 100, warmup: int 
         return _remote_bench(folder, device, iterations, warmup, duration, backend, power, out_dir, run_timeout,
                              deploy_first, label, cancel, identity, remote_dir, force, timeout, python, runner_args,
                              build_engine, engine_cache, build_env, plots, progress,
-                             dict(transport_opts, allowed_signers=allowed_signers))
+                             dict(transport_opts, allowed_signers=allowed_signers, record_host=record_host))
 
 
 def _remote_bench(bundle_dir, device, iterations, warmup, duration, backend, power, out_dir, run_timeout,
                   deploy_first, label, cancel, identity, remote_dir, force, timeout, python, runner_args,
                   build_engine, engine_cache, build_env, plots, progress, transport_opts) -> dict:
     allowed_signers = transport_opts.pop("allowed_signers", None)
+    record_host = transport_opts.pop("record_host", False)
     rdir = remote_path(remote_dir, default_remote_dir(bundle_dir))
     tr = open_transport(device, identity=identity, **transport_opts)
     try:
@@ -119,8 +122,7 @@ def _remote_bench(bundle_dir, device, iterations, warmup, duration, backend, pow
             if results is not None:
                 results["partial"] = True
                 results.setdefault("warnings", []).append(f"stopped: {stopped}; partial results")
-                _annotate(results, tr, report, label)
-                results = normalise(results)
+                results = _finalise(results, tr, report, label, record_host)
                 _save(results, out_dir, plots)
             if "Ctrl-C" in stopped:
                 raise BenchInterrupted(results, str(out_dir) if out_dir else None)
@@ -131,8 +133,7 @@ def _remote_bench(bundle_dir, device, iterations, warmup, duration, backend, pow
         if results is None:
             raise DeviceError(f"the on-device runner wrote no results on {tr.address} (exit {res.returncode}): "
                               f"{' '.join(res.stderr.strip().splitlines()[-3:])}")
-        _annotate(results, tr, report, label)
-        results = normalise(results)
+        results = _finalise(results, tr, report, label, record_host)
         _save(results, out_dir, plots)
         err = results.get("error")
         if err:
@@ -177,6 +178,13 @@ def _fetch(tr, rdir: str, out: str, wait: float) -> Optional[dict]:
         if time.monotonic() >= deadline:
             return None
         time.sleep(0.5)
+
+
+def _finalise(results: dict, tr, report: Optional[dict], label: Optional[str], record_host: bool) -> dict:
+    """Annotate, validate and (unless ``record_host``) strip user and host names and absolute paths."""
+    _annotate(results, tr, report, label)
+    results = normalise(results)
+    return results if record_host else redact_personal(results)
 
 
 def _annotate(results: dict, tr, report: Optional[dict], label: Optional[str]) -> None:
