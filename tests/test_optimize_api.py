@@ -94,7 +94,7 @@ def test_tolerance_is_enforced():
     worst = report["verification"]["max_rel"]
     assert 0 < worst < 1e-4  # folding changes rounding, so the check measures something
     with pytest.raises(VerificationError):
-        optimize(model, rtol=worst / 10)
+        optimize(model, rtol=worst / 10, noise_factor=0)  # rtol alone: the measured rounding noise is ~worst
 
 
 def test_fp16_model_optimizes_with_fp16_tolerance():

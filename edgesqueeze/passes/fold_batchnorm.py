@@ -51,7 +51,8 @@ def fold_scale_into(node: gs.Node, scale: np.ndarray, shift: np.ndarray, ctx) ->
         return False
     w = const(node.inputs[1])
     dtype, c = w.dtype, scale.size
-    # float32 math for float32/float16 weights: one rounding per weight, as in float64, at a fraction of the cost
+    # float32 math for float32/float16 weights: within 1 ulp of float64-then-cast (measured: a quarter of the
+    # weights differ by 1 ulp), which changes no output of PP-OCRv4 det beyond its rounding noise (issue 13)
     work = np.float32 if dtype in (np.float16, np.float32) else np.float64
     scale_w = scale.astype(work)
     if node.op == "Conv":

@@ -2,7 +2,8 @@
 
 ``optimize(model)`` imports the model into onnx-graphsurgeon once, runs each pass (a function on the graph),
 exports, rebuilds the custom ops' local functions and, unless ``verify=False``, runs the input and the output on
-onnxruntime CPU with seeded random inputs. When they disagree it bisects the pass list (re-running growing
+onnxruntime CPU with seeded random inputs, against a tolerance that includes each output's measured rounding noise
+(:mod:`edgesqueeze.numerics`). When they disagree it bisects the pass list (re-running growing
 prefixes from the input, which is deterministic) and raises a VerificationError naming the first pass whose
 output disagrees.
 """
@@ -17,6 +18,7 @@ from onnx import ModelProto
 
 from ..errors import InputError, UnsupportedError, VerificationError
 from ..model import infer_shapes, opset_version
+from ..numerics import NOISE_FACTOR
 from ._graph import ir_version_for
 from .registry import PASSES, PassContext, get_pass
 
@@ -177,55 +179,47 @@ def _run_passes_quietly(model: ModelProto, names: Sequence[str], ctx: PassContex
 
 
 # ----------------------------------------------------------------------------- verification
-_SHAPE_ONLY = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Transpose")
-
-
-def _logit_tensors(reference: ModelProto) -> List[str]:
-    """Inputs of the Softmax/LogSoftmax nodes that produce graph outputs: a saturated softmax hides errors, so
-    the check also compares the logits (the passes keep the names of tensors that remain)."""
-    outputs = {o.name for o in reference.graph.output}
-    reaches = set(outputs)  # tensors that become a graph output through shape-only ops
-    for n in reversed(reference.graph.node):
-        if n.op_type in _SHAPE_ONLY and n.output and n.output[0] in reaches:
-            reaches.add(n.input[0])
-    return [n.input[0] for n in reference.graph.node
-            if n.op_type in ("Softmax", "LogSoftmax") and n.output[0] in reaches and n.input[0] not in outputs]
-
-
-def _reference_outputs(reference: ModelProto, feeds) -> list:
+def _reference(model: ModelProto, feeds, noise_factor: float) -> dict:
+    """What every candidate is checked against: the original's runs (graph optimizations off), the logits
+    compared besides the outputs, the outputs' units, and each output's measured rounding noise."""
+    from ..numerics import logit_tensors, noise_floor, unit_scales
     from ..ortutil import make_session, run_model
 
-    sess = make_session(reference, extra_outputs=_logit_tensors(reference))
-    return [run_model(reference, f, session=sess) for f in feeds]
+    logits = logit_tensors(model)
+    sess = make_session(model, extra_outputs=logits)
+    runs = [run_model(model, f, session=sess) for f in feeds]
+    return {"runs": runs, "logits": logits, "units": unit_scales(model),
+            "noise": noise_floor(model, feeds, runs, logits) if noise_factor else {}, "noise_factor": noise_factor}
 
 
-def _verify(reference: ModelProto, candidate: ModelProto, feeds, rtol: float, ref_outputs=None):
-    from ..ortutil import assert_close, make_session, run_model
+def _verify(candidate: ModelProto, feeds, rtol: float, ref: dict) -> Dict[str, dict]:
+    """Per-output statistics of ``candidate`` against the reference (see :mod:`edgesqueeze.numerics`).
 
-    ref = ref_outputs if ref_outputs is not None else _reference_outputs(reference, feeds)
+    Raises:
+        VerificationError: an output (or logit tensor) disagrees beyond its tolerance.
+        UnsupportedError: onnxruntime cannot run the candidate.
+    """
+    from ..numerics import judge, output_errors, worst_errors
+    from ..ortutil import make_session, run_model
+
     produced = {o for n in candidate.graph.node for o in n.output}
-    extra = [t for t in _logit_tensors(reference) if t in produced]
+    extra = [t for t in ref["logits"] if t in produced]
     sess = make_session(candidate, extra_outputs=extra)
-    act = [run_model(candidate, f, session=sess) for f in feeds]
-    keep = {o.name for o in reference.graph.output} | set(extra)
-    ref = [{k: v for k, v in r.items() if k in keep} for r in ref]
-    stats = {}
-    for r, a in zip(ref, act):
-        for name, s in assert_close(r, a, rtol=rtol, what="original and optimized outputs").items():
-            prev = stats.get(name)
-            if prev is None or s["max_rel"] > prev["max_rel"]:
-                stats[name] = s
-    return ref, stats
+    keep = (set(ref["runs"][0]) - set(ref["logits"])) | set(extra) if ref["runs"] else set()
+    per_feed = [output_errors({k: v for k, v in r.items() if k in keep}, run_model(candidate, f, session=sess),
+                              ref["units"]) for r, f in zip(ref["runs"], feeds)]
+    return judge(worst_errors(per_feed), ref["noise"], rtol, what="original and optimized",
+                 noise_factor=ref["noise_factor"])
 
 
-def _bisect(model: ModelProto, names: Sequence[str], ctx_args: dict, feeds, rtol: float, ref_outputs) -> str:
+def _bisect(model: ModelProto, names: Sequence[str], ctx_args: dict, feeds, rtol: float, ref: dict) -> str:
     """Return the first pass of ``names`` after which the model no longer matches ``model``."""
     lo, hi = 0, len(names)  # prefix lo is known good, prefix hi known bad
     while hi - lo > 1:
         mid = (lo + hi) // 2
         cand, _ = _run_passes(model, names[:mid], PassContext(**ctx_args))
         try:
-            _verify(model, cand, feeds, rtol, ref_outputs)
+            _verify(cand, feeds, rtol, ref)
             lo = mid
         except (VerificationError, UnsupportedError):
             hi = mid
@@ -234,7 +228,7 @@ def _bisect(model: ModelProto, names: Sequence[str], ctx_args: dict, feeds, rtol
 
 def optimize(model: ModelProto, passes: Optional[Sequence[str]] = None, skip: Sequence[str] = (),
              target: Optional[str] = None, verify: bool = True, rtol: float = 1e-4,
-             seed: int = 0) -> Tuple[ModelProto, dict]:
+             seed: int = 0, noise_factor: float = NOISE_FACTOR) -> Tuple[ModelProto, dict]:
     """Optimize ``model`` with a named list of graph passes and prove the result on onnxruntime.
 
     Args:
@@ -245,8 +239,11 @@ def optimize(model: ModelProto, passes: Optional[Sequence[str]] = None, skip: Se
         skip: pass names to leave out.
         target: device profile name; GPU targets add the depthwise-separable fusion.
         verify: run input and output on onnxruntime CPU with seeded random inputs and require agreement.
-        rtol: relative tolerance of the check (max |a - r| / max |r| per output).
+        rtol: relative tolerance of the check (max |a - r| / max |r| per output); an output whose measured
+            rounding noise is larger may differ by ``noise_factor`` times that noise (:mod:`edgesqueeze.numerics`).
         seed: seed of the random inputs.
+        noise_factor: multiple of each output's measured rounding noise (the original's spread between
+            onnxruntime's unoptimized and optimized runs) that is accepted; 0 = ``rtol`` only.
 
     Returns:
         ``(optimized model, report)``; the report is JSON-ready: ``passes``, ``skipped_passes``, ``fusions``
@@ -274,12 +271,13 @@ def optimize(model: ModelProto, passes: Optional[Sequence[str]] = None, skip: Se
         "nodes_before": len(model.graph.node), "nodes_after": len(out.graph.node),
         "seconds": round(seconds, 4),
     }
-    report["verification"] = _verification(model, out, names, ctx_args, verify, rtol, seed)
+    report["verification"] = _verification(model, out, names, ctx_args, verify, rtol, seed, noise_factor)
     return out, report
 
 
-def _verification(model, out, names, ctx_args, verify, rtol, seed) -> dict:
+def _verification(model, out, names, ctx_args, verify, rtol, seed, noise_factor) -> dict:
     from ..model import random_feeds
+    from ..numerics import NOISE_FACTOR
 
     if not verify:
         return {"status": "skipped", "reason": "verification disabled (--no-verify)"}
@@ -288,15 +286,16 @@ def _verification(model, out, names, ctx_args, verify, rtol, seed) -> dict:
     except InputError as exc:
         return {"status": "skipped", "reason": f"no random inputs: {exc.one_line()}"}
     try:
-        ref_outputs = _reference_outputs(model, feeds)
+        ref = _reference(model, feeds, noise_factor)
     except UnsupportedError as exc:
         return {"status": "skipped", "reason": f"onnxruntime cannot run the input model: {exc.message}"}
     try:
-        _, stats = _verify(model, out, feeds, rtol, ref_outputs)
+        stats = _verify(out, feeds, rtol, ref)
     except (VerificationError, UnsupportedError) as exc:
-        culprit = _bisect(model, names, ctx_args, feeds, rtol, ref_outputs) if names else None
+        culprit = _bisect(model, names, ctx_args, feeds, rtol, ref) if names else None
         raise VerificationError(f"pass '{culprit}' broke equivalence: {exc.message}", tensor=exc.tensor,
                                 hint="skip it with --skip " + str(culprit)) from exc
     worst = max((s["max_rel"] for s in stats.values()), default=0.0)
-    return {"status": "passed", "rtol": rtol, "seed": seed, "max_rel": worst,
-            "outputs": {k: {"max_abs": v["max_abs"], "max_rel": v["max_rel"]} for k, v in sorted(stats.items())}}
+    keys = ("max_abs", "max_rel", "scale", "noise_rel", "tolerance_rel")
+    return {"status": "passed", "rtol": rtol, "noise_factor": noise_factor, "seed": seed, "max_rel": worst,
+            "outputs": {k: {f: v[f] for f in keys} for k, v in sorted(stats.items())}}
