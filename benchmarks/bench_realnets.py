@@ -143,7 +143,7 @@ def bench_net(name, work: Path):
                            "-q", *OPT_EXTRA.get(name, [])], capture_output=True, text=True,
                           env=dict(os.environ, PYTHONPATH=str(REPO)))
     ref = _outputs(src, name, held)
-    rows = [{"net": name, "tool": "edgesqueeze optimize " + " ".join(OPT_EXTRA.get(name, [])), "method": "fp32",
+    rows = [{"net": name, "tool": " ".join(["edgesqueeze optimize", *OPT_EXTRA.get(name, [])]), "method": "fp32",
              "wall_s": time.perf_counter() - start}]
     if proc.returncode != 0:
         rows[0]["error"] = (proc.stderr.strip().splitlines() or ["failed"])[-1][:160]
