@@ -10,10 +10,10 @@ PACKAGE = ROOT / "edgesqueeze"
 # Keys are dotted prefixes below ``edgesqueeze``; the longest matching prefix decides a module's layer.
 LAYERS = [
     ("", "errors", "fileio", "_lazy", "precision"),  # "" is the root package (__version__, the exceptions);
-    # precision: the Precision enum (on another branch now), which devices and every stage name
+    # precision: the Precision enum, which devices and every stage name
     ("devices",),
     ("model",),
-    ("data", "datareader", "imagedata", "ortutil", "export"),
+    ("data", "datareader", "imagedata", "ortutil", "export", "numerics"),  # numerics: rounding vs breakage
     ("plugins",),
     ("compat",),
     ("backends",),

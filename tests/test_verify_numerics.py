@@ -17,7 +17,7 @@ from edgesqueeze.numerics import judge, logit_tensors, output_errors, unit_scale
 from edgesqueeze.passes import PASSES, optimize, register
 from edgesqueeze.passes._graph import const, new_const, producer
 from edgesqueeze.passes.fold_batchnorm import bn_scale_shift, fold_batchnorm
-from edgesqueeze.passes.zoo import NetBuilder
+from netzoo import NetBuilder
 from realnets import realnet
 
 REAL = {"ppocr_det": {"x": [1, 3, 640, 640]}, "ppocr_rec": {"x": [1, 3, 48, 320]},
