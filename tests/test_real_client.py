@@ -93,8 +93,6 @@ def _page(lines):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="optimize: fold_batchnorm broke equivalence on ppocr_det (float rounding "
-                   "mistaken for breakage; being fixed in the optimizer's numeric check)")
 def test_full_pipeline_with_optimized_det_rec_cls(cli, tmp_path, lines):
     page, _ = _page(lines)
     det = _optimize(cli, "ppocr_det", DET_SHAPE, tmp_path / "det.onnx")
