@@ -32,7 +32,7 @@ from .qdq import quantize_qdq
 
 CACHE_FORMAT = "edgesqueeze.calib/2"  # 2: histograms over exactly [0, max |x|]; the auto method
 AUTO_CANDIDATES = ("mse", "entropy", "percentile")  # the first wins ties
-AUTO_PROBE_FEEDS = 8  # calibration feeds the candidates are scored on
+AUTO_PROBE_FEEDS = 4  # calibration feeds the candidates are scored on
 
 
 def _output_sqnr(ref: Sequence[Sequence[np.ndarray]], got: Sequence[Sequence[np.ndarray]]) -> float:
