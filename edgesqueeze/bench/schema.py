@@ -128,7 +128,8 @@ _PERSONAL_KEYS = ("hostname", "address", "user", "remote_dir")
 def redact_personal(result: dict) -> dict:
     """A copy of ``result`` without user names, host names or absolute paths (what ``--record-host`` keeps).
 
-    The device stays identified by its profile, board model and L4T/JetPack release; paths keep their last part.
+    The device stays identified by its profile, board model and L4T/JetPack release; a path under the working
+    folder becomes relative to it, one under the home folder starts with ``~``.
     """
     out = _redact(copy.deepcopy(result), _personal_words())
     dev = out.get("device") if isinstance(out.get("device"), dict) else None
@@ -150,14 +151,27 @@ def _personal_words() -> List[str]:
     return sorted({w for w in words if w and len(w) > 2 and w != "/"}, key=len, reverse=True)
 
 
+def _relative(path: str) -> str:
+    """An absolute path as the user would type it from here: relative to the working folder, or under ``~``."""
+    import os
+
+    for base, shown in ((Path.cwd(), ""), (Path.home(), "~")):
+        try:
+            rel = Path(path).relative_to(base)
+        except ValueError:
+            continue
+        return os.path.join(shown, str(rel)) if shown else str(rel)
+    return path
+
+
 def _redact(obj: Any, words: List[str]) -> Any:
     if isinstance(obj, dict):
         return {k: _redact(v, words) for k, v in obj.items() if k not in _PERSONAL_KEYS}
     if isinstance(obj, list):
         return [_redact(v, words) for v in obj]
     if isinstance(obj, str):
-        if obj.startswith(("/", "~/")) and "\n" not in obj:
-            return Path(obj).name
+        if obj.startswith("/") and "\n" not in obj:
+            obj = _relative(obj)
         for w in words:
             obj = obj.replace(w, "~" if w.startswith("/") else "<host>")
         return obj

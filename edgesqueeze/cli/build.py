@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from ..precision import PRECISION_CHOICES
-from ..quant.methods import METHODS
+from ..quant.methods import DEFAULT_METHOD, METHODS
 from .common import emit, info, input_shape_option, json_option, quiet, table, target_option, warn
 from .quantize import split_names
 
@@ -15,7 +15,7 @@ from .quantize import split_names
 @click.option("-p", "--precision", type=click.Choice(PRECISION_CHOICES), default="auto",
               show_default=True, help="auto = the best the target runs (INT8 needs --calib).")
 @click.option("--calib", metavar="DATA", help="Calibration data for INT8: .npz/.npy, an image folder, or 'random'.")
-@click.option("--calib-method", "-m", "--method", "calib_method", type=click.Choice(METHODS), default="entropy",
+@click.option("--calib-method", "-m", "--method", "calib_method", type=click.Choice(METHODS), default=DEFAULT_METHOD,
               show_default=True, help="Calibrator (entropy = TensorRT EntropyCalibration2); --method as in quantize.")
 @click.option("--percentile", default=99.99, show_default=True, type=float, help="Percentile of the percentile method.")
 @click.option("--keep", multiple=True, metavar="NODE[,NODE]",

@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from ..precision import PRECISION_CHOICES
-from ..quant.methods import METHODS
+from ..quant.methods import DEFAULT_METHOD, METHODS
 from .common import emit, info, input_shape_option, json_option, output_option, quiet, table, target_option, warn
 
 
@@ -24,9 +24,10 @@ def split_names(values):
               help="auto: what the --target runs fast (INT8 on Xavier/Orin, FP16 on TX1/Nano/TX2, FP32 on TK1).")
 @target_option
 @click.option("-c", "--calib", metavar="DATA", help="Calibration data: .npz/.npy, an image folder, or 'random'.")
-@click.option("-m", "--method", default="entropy", show_default=True,
+@click.option("-m", "--method", default=DEFAULT_METHOD, show_default=True,
               type=click.Choice(METHODS, case_sensitive=False),
-              help="Calibrator: entropy = TensorRT EntropyCalibration2.")
+              help="Calibrator: auto = per network the one of mse/entropy/percentile closest to FP32; "
+                   "entropy = TensorRT EntropyCalibration2.")
 @click.option("--percentile", default=99.99, show_default=True, type=float, help="Percentile of the percentile method.")
 @click.option("--keep", multiple=True, metavar="NODE[,NODE]",
               help="Layers (node names) kept in higher precision (FP16/FP32). Repeat or comma-separate.")

@@ -277,7 +277,6 @@ def optimize(model: ModelProto, passes: Optional[Sequence[str]] = None, skip: Se
 
 def _verification(model, out, names, ctx_args, verify, rtol, seed, noise_factor) -> dict:
     from ..model import random_feeds
-    from ..numerics import NOISE_FACTOR
 
     if not verify:
         return {"status": "skipped", "reason": "verification disabled (--no-verify)"}

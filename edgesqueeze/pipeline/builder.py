@@ -18,7 +18,7 @@ from dataclasses import replace
 from typing import Callable, Optional, Sequence
 
 from ..fileio import PathLike
-from ..quant.methods import METHODS as CALIB_METHODS
+from ..quant.methods import DEFAULT_METHOD, METHODS as CALIB_METHODS
 from ..quant.run import QuantOptions
 from .options import SPARSITY_CHOICES, BuildOptions, make_options
 from .progress import Progress
@@ -31,7 +31,7 @@ __all__ = ["CALIB_METHODS", "SPARSITY_CHOICES", "build", "render_summary", "run_
 def build(model_path: PathLike, target: str, out_dir: PathLike, *, precision: str = "auto",
           calib: Optional[str] = None, sparsity: Optional[str] = None, val: Optional[str] = None,
           input_shapes=None, archive: bool = False, passes: Optional[Sequence[str]] = None,
-          skip_passes: Sequence[str] = (), optimize: bool = True, calib_method: str = "entropy",
+          skip_passes: Sequence[str] = (), optimize: bool = True, calib_method: str = DEFAULT_METHOD,
           calib_limit: Optional[int] = None, val_limit: Optional[int] = None, dla: bool = False,
           workspace_mib: int = 1024, local_engine: str = "auto", force: bool = False, progress: bool = True,
           max_accuracy_drop: float = 0.01, strict: bool = False, sign_key: Optional[str] = None, log: Optional[Callable[[str], None]] = None,

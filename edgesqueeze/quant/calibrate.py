@@ -2,6 +2,12 @@
 
 The result cache is a JSON file per (model hash, data hash, method and its options), so re-running
 ``quantize`` or ``build`` with the same model and data skips the model runs.
+
+The default method, ``auto``, follows NVIDIA's advice that no single calibrator wins on every network
+(QUANT-FIELD.md): from the one set of histograms it computes the ranges of ``mse``, ``entropy`` and
+``percentile`` (globally pooled features feeding a quantized layer keep their full range in all three, see
+:func:`~edgesqueeze.quant.calibrators.pooled_features`), quantizes the model with each, and keeps the one whose
+outputs are closest to FP32 (highest SQNR) on the first :data:`AUTO_PROBE_FEEDS` calibration feeds.
 """
 from __future__ import annotations
 
@@ -9,18 +15,78 @@ import hashlib
 import json
 import warnings
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from itertools import islice
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
+import numpy as np
 from onnx import ModelProto
 
 from ..errors import InputError
 from ..fileio import PathLike, cache_dir, write_json_atomic
 from ..model import model_hash
-from .calibrators import amax_function, needs_histogram
+from .calibrators import amax_function, calibrated_amax, needs_histogram
+from .methods import DEFAULT_METHOD
 from .collect import collect_statistics
-from .histogram import DEFAULT_BINS
+from .histogram import DEFAULT_BINS, TensorHistogram
+from .qdq import quantize_qdq
 
-CACHE_FORMAT = "edgesqueeze.calib/1"
+CACHE_FORMAT = "edgesqueeze.calib/2"  # 2: histograms over exactly [0, max |x|]; the auto method
+AUTO_CANDIDATES = ("mse", "entropy", "percentile")  # the first wins ties
+AUTO_PROBE_FEEDS = 4  # calibration feeds the candidates are scored on
+
+
+def _output_sqnr(ref: Sequence[Sequence[np.ndarray]], got: Sequence[Sequence[np.ndarray]]) -> float:
+    """SQNR (dB) of every float output of every feed, together."""
+    se = sr = 0.0
+    for r_feed, g_feed in zip(ref, got):
+        for r, g in zip(r_feed, g_feed):
+            if r.dtype.kind != "f":
+                continue
+            r, g = r.astype(np.float64), g.astype(np.float64)
+            se += float(np.square(g - r).sum())
+            sr += float(np.square(r).sum())
+    return float("inf") if se == 0.0 else 10.0 * np.log10(max(sr, 1e-300) / se)
+
+
+def choose_auto(model: ModelProto, stats: Mapping[str, TensorHistogram], feeds, percentile: float = 99.99,
+                threads: Optional[int] = None) -> Tuple[Dict[str, float], dict]:
+    """The ``auto`` method: the candidate ranges whose QDQ model is closest to FP32 on ``feeds``.
+
+    Args:
+        model: the FP32 model the statistics were collected on.
+        stats: ``{tensor: TensorHistogram}`` with histograms.
+        feeds: feed dicts to score on (the first :data:`AUTO_PROBE_FEEDS` are used).
+        percentile: the percentile candidate's percentile.
+        threads: onnxruntime intra-op threads.
+
+    Returns:
+        ``({tensor: amax}, {"chosen": method, "sqnr_db": {method: dB}})``. When the model has nothing to
+        quantize or no feed, the first candidate is returned unscored.
+    """
+    from ..ortutil import make_session
+
+    candidates = {m: calibrated_amax(model, stats, m, percentile, protect_pooled=True) for m in AUTO_CANDIDATES}
+    probe = list(islice(iter(feeds), AUTO_PROBE_FEEDS))
+    first = AUTO_CANDIDATES[0]
+    if not probe:
+        return candidates[first], {"chosen": first, "sqnr_db": {}}
+    ref_sess = make_session(model, threads=threads, optimize=True)
+    ref = [ref_sess.run(None, f) for f in probe]
+    scores: Dict[str, float] = {}
+    seen: Dict[tuple, str] = {}
+    for method, amax in candidates.items():
+        key = tuple(amax.values())
+        if key in seen:  # the same ranges as an earlier candidate: the same model
+            scores[method] = scores[seen[key]]
+            continue
+        seen[key] = method
+        try:
+            sess = make_session(quantize_qdq(model, amax), threads=threads, optimize=True)
+        except InputError:  # nothing to quantize: every candidate gives the FP32 model
+            return candidates[first], {"chosen": first, "sqnr_db": {}}
+        scores[method] = _output_sqnr(ref, [sess.run(None, f) for f in probe])
+    chosen = max(AUTO_CANDIDATES, key=lambda m: (scores[m], -AUTO_CANDIDATES.index(m)))
+    return candidates[chosen], {"chosen": chosen, "sqnr_db": {m: round(v, 3) for m, v in scores.items()}}
 
 
 def default_cache_dir() -> Path:
@@ -32,7 +98,7 @@ def cache_key(model: ModelProto, reader, method: str, percentile: float, bins: i
               tensors: Optional[Sequence[str]] = None) -> str:
     """sha256 of the model, the data (``reader.sha256()``), the method and the options that change the result."""
     parts = {"format": CACHE_FORMAT, "model": model_hash(model), "data": reader.sha256(), "method": method,
-             "bins": bins, "percentile": percentile if method == "percentile" else None,
+             "bins": bins, "percentile": percentile if method in ("percentile", "auto") else None,
              "tensors": list(tensors) if tensors is not None else None}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
@@ -47,7 +113,7 @@ def _read_cache(path: Path) -> Optional[dict]:
     return data
 
 
-def calibrate(model: ModelProto, reader, method: str = "entropy", percentile: float = 99.99,
+def calibrate(model: ModelProto, reader, method: str = DEFAULT_METHOD, percentile: float = 99.99,
               cache_dir: Optional[PathLike] = None, *, tensors: Optional[Sequence[str]] = None,
               bins: int = DEFAULT_BINS, memory_budget_mb: float = 512.0, threads: Optional[int] = None,
               calib_batch: Optional[int] = None, progress: bool = False,
@@ -57,7 +123,8 @@ def calibrate(model: ModelProto, reader, method: str = "entropy", percentile: fl
     Args:
         model: FP32 model with inferred shapes (from :func:`edgesqueeze.model.load_model`).
         reader: data reader (:func:`edgesqueeze.data.open_data`); random data works but gives meaningless ranges.
-        method: ``entropy`` (TensorRT EntropyCalibration2), ``minmax``, ``percentile`` or ``mse``.
+        method: ``auto`` (the default: the best of mse, entropy and percentile for this network, see the module
+            docstring), ``entropy`` (TensorRT EntropyCalibration2), ``minmax``, ``percentile`` or ``mse``.
         percentile: the percentile method's percentile (0 < p <= 100).
         cache_dir: folder of the calibration result cache (None: no caching).
         tensors: tensors to calibrate (default: every float activation, as a TensorRT cache needs).
@@ -67,7 +134,7 @@ def calibrate(model: ModelProto, reader, method: str = "entropy", percentile: fl
         calib_batch: feeds stacked per onnxruntime run (None: automatic; see :func:`collect_statistics`).
         progress: show a progress bar.
         details: when a dict is given, it receives ``{"stats": {tensor: summary}, "cached": bool, "key": str,
-            "nonfinite": {tensor: count}}``.
+            "nonfinite": {tensor: count}}``, and for ``auto`` ``"auto": {"chosen": method, "sqnr_db": {...}}``.
 
     Returns:
         ``{tensor name: amax}``, floats >= 0.
@@ -78,7 +145,7 @@ def calibrate(model: ModelProto, reader, method: str = "entropy", percentile: fl
     """
     method = method.lower()
     amax_of = amax_function(method, percentile)  # validates method and percentile early
-    if method == "percentile" and not 0.0 < float(percentile) <= 100.0:
+    if method in ("percentile", "auto") and not 0.0 < float(percentile) <= 100.0:
         raise InputError(f"percentile must be in (0, 100], got {percentile}")
     if getattr(reader, "is_random", False):
         warnings.warn("calibrating on random data: the ranges do not describe real inputs", stacklevel=2)
@@ -92,11 +159,17 @@ def calibrate(model: ModelProto, reader, method: str = "entropy", percentile: fl
             if details is not None:
                 details.update({"cached": True, "key": key, "stats": cached.get("stats", {}),
                                 "nonfinite": cached.get("nonfinite", {}), "cache_file": str(cache_file)})
+                if "auto" in cached:
+                    details["auto"] = cached["auto"]
             return {str(k): float(v) for k, v in cached["amax"]}  # pairs keep graph order
     stats = collect_statistics(model, reader, tensors=tensors, histogram=needs_histogram(method), bins=bins,
                                memory_budget_mb=memory_budget_mb, threads=threads, calib_batch=calib_batch,
                                progress=progress)
-    amax = {name: float(amax_of(s)) for name, s in stats.items()}
+    auto = None
+    if method == "auto":
+        amax, auto = choose_auto(model, stats, reader, percentile, threads)
+    else:
+        amax = {name: float(amax_of(s)) for name, s in stats.items()}
     summary = {name: s.summary() for name, s in stats.items()}
     nonfinite = {name: s.nonfinite for name, s in stats.items() if s.nonfinite}
     if nonfinite:
@@ -106,8 +179,9 @@ def calibrate(model: ModelProto, reader, method: str = "entropy", percentile: fl
     if cache_file is not None:
         write_json_atomic(cache_file, {"format": CACHE_FORMAT, "method": method, "percentile": percentile,
                                        "data": reader.describe(), "amax": [[k, v] for k, v in amax.items()],
-                                       "stats": summary, "nonfinite": nonfinite})
+                                       "stats": summary, "nonfinite": nonfinite,
+                                       **({"auto": auto} if auto else {})})
     if details is not None:
         details.update({"cached": False, "key": key, "stats": summary, "nonfinite": nonfinite,
-                        "cache_file": str(cache_file) if cache_file else None})
+                        "cache_file": str(cache_file) if cache_file else None, **({"auto": auto} if auto else {})})
     return amax

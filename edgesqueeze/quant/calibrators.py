@@ -20,15 +20,21 @@ O(bins x 128).
 """
 from __future__ import annotations
 
-from typing import Callable, Dict
+from typing import Callable, Dict, Mapping, Set
 
 import numpy as np
+from onnx import ModelProto
 
 from ..errors import InputError
 from .histogram import TensorHistogram
+from .qdq import WEIGHTED_OPS
 
 NUM_LEVELS = 128  # int8 magnitudes 0..127 (+ sign)
 from .methods import METHODS
+
+# ops that move values without changing them: a range protected on one side is protected on the other
+_SHAPE_OPS = {"Flatten", "Reshape", "Squeeze", "Unsqueeze", "Transpose", "Identity"}
+_POOL_OPS = {"GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"}
 _TIE = 1e-12  # KL values closer than this count as equal (the first candidate wins)
 
 
@@ -150,6 +156,46 @@ def minmax_amax(stats: TensorHistogram) -> float:
     return stats.amax
 
 
+def pooled_features(model: ModelProto) -> Set[str]:
+    """Globally pooled features that reach a quantized layer: tensors the ``auto`` method never clips.
+
+    The output of a global pooling (GlobalAveragePool, GlobalMaxPool, GlobalLpPool) and the tensors it is
+    only reshaped into (Flatten, Reshape, Squeeze, Unsqueeze, Transpose, Identity) on the way to a quantized
+    layer (Conv, ConvTranspose, Gemm, MatMul): a classifier's input, a squeeze-excitation's. Each value there is
+    a whole channel's mean, seen once per sample, so its histogram is thin and a clipped value changes a logit
+    directly: they keep max |x|.
+    """
+    consumers: Dict[str, list] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    keep: Set[str] = set()
+    for n in model.graph.node:
+        if n.op_type not in _POOL_OPS:
+            continue
+        chain, frontier = [], list(n.output[:1])
+        while frontier:
+            t = frontier.pop()
+            chain.append(t)
+            for c in consumers.get(t, []):
+                if c.op_type in _SHAPE_OPS and c.input[0] == t:
+                    frontier.extend(c.output[:1])
+        if any(c.op_type in WEIGHTED_OPS for t in chain for c in consumers.get(t, [])):
+            keep.update(chain)
+    return keep
+
+
+def calibrated_amax(model: ModelProto, stats: Mapping[str, TensorHistogram], method: str,
+                    percentile: float = 99.99, protect_pooled: bool = False) -> Dict[str, float]:
+    """``{tensor: amax}`` of a per-tensor method over collected statistics, in the order of ``stats``.
+
+    With ``protect_pooled`` the tensors of :func:`pooled_features` keep max |x| (the ``auto`` candidates).
+    """
+    fn = amax_function(method, percentile)
+    keep = pooled_features(model) if protect_pooled else set()
+    return {name: float(s.amax if name in keep else fn(s)) for name, s in stats.items()}
+
+
 def amax_function(method: str, percentile: float = 99.99) -> Callable[[TensorHistogram], float]:
     """Return the ``stats -> amax`` function of a calibration method.
 
@@ -158,6 +204,7 @@ def amax_function(method: str, percentile: float = 99.99) -> Callable[[TensorHis
     """
     method = method.lower()
     table: Dict[str, Callable[[TensorHistogram], float]] = {
+        "auto": mse_amax,  # per tensor; calibrate() picks auto's method per network (see calibrate.choose_auto)
         "entropy": entropy_amax,
         "minmax": minmax_amax,
         "percentile": lambda s: percentile_amax(s, percentile),

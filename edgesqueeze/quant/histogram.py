@@ -1,13 +1,18 @@
 """Streaming per-tensor statistics: min, max and a histogram of |x| whose range grows by merging bins.
 
-Memory per tensor is fixed (``bins`` counters), whatever the number of calibration samples: the raw
+Memory per tensor is fixed (``bins * FINE`` counters), whatever the number of calibration samples: the raw
 activations are never kept. Counts go to ``bins * FINE`` fine bins over a power-of-two range: the smallest
 power of two that covers the first non-zero batch, doubled (adjacent fine bins merged) as often as a later
 batch needs. Merging is exact: a merged bin covers exactly the bins it replaces, so no count moves to a wrong
 value range. Because the final fine range is the smallest power of two >= max |x| whatever the order and
-grouping of the data, the histogram does not depend on how the samples were batched. The ``bins``-bin
-histogram the calibrators read merges whole groups of fine bins: 5 to 8 of them per bin, so its range is
-between max |x| and 1.25 x max |x| (TensorRT's published calibrator uses [0, max |x|]).
+grouping of the data, the histogram does not depend on how the samples were batched.
+
+The ``bins``-bin histogram the calibrators read covers exactly ``[0, max |x|]``, as TensorRT's published
+EntropyCalibration2 does: the fine counts are re-binned onto it at the end (each fine bin's count spread
+evenly over its value range, the fine bin holding max |x| ending there), so a calibrated bin boundary is off
+by at most one fine bin (max |x| / 8192, a quarter of a bin). Reading 4 to 8 fine bins as one bin over a
+rounded-up range (up to 1.25 x max |x|) instead put the candidate thresholds of tensors with different
+maxima on one shared grid.
 """
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ import math
 import numpy as np
 
 DEFAULT_BINS = 2048
-FINE = 8  # fine bins per reported bin: the reported range is at most 25 % above max |x|
+FINE = 8  # fine bins per reported bin: max |x| spans 4 to 8 fine bins per reported bin
 
 
 def _count_abs_numpy(x: np.ndarray, hist: np.ndarray, scale: float) -> None:
@@ -57,18 +62,38 @@ def _power_of_two_at_least(top: float) -> float:
     return r if math.isfinite(r) else top
 
 
+def rebin(fine: np.ndarray, fine_range: float, top: float, bins: int):
+    """Re-bin fine counts over ``[0, fine_range)`` onto ``bins`` bins over exactly ``[0, top]``.
+
+    Each fine bin's count is spread evenly over its value range; the last non-empty fine bin (the one holding
+    ``top`` = max |x|) ends at ``top``. Returns ``(float64 counts, top)``; ``(counts, 0.0)`` with everything in
+    bin 0 when ``top`` or ``fine_range`` is 0.
+    """
+    if not (top > 0.0 and fine_range > 0.0):
+        hist = np.zeros(bins)
+        hist[0] = float(fine.sum())
+        return hist, 0.0
+    used = np.flatnonzero(fine)
+    u = int(used[-1]) + 1
+    edges = np.arange(u + 1) * (fine_range / fine.size)                 # fine bin edges up to the last used one
+    edges[u] = max(top, float(np.nextafter(edges[u - 1], np.inf)))      # that one ends at max |x|
+    cdf = np.concatenate([[0.0], np.cumsum(fine[:u], dtype=np.float64)])
+    inner = np.interp(np.arange(1, bins) * (top / bins), edges, cdf)     # counts below each inner bin edge
+    hist = np.diff(np.concatenate([[0.0], inner, [cdf[-1]]]))
+    return np.maximum(hist, 0.0), float(top)
+
+
 class TensorHistogram:
     """Streaming statistics of one tensor.
 
-    Counts are kept in ``bins * FINE`` fine bins over a power-of-two range; :attr:`hist` merges them into
-    ``bins`` bins over the smallest range (a whole number of fine bins per bin) that still covers max |x|.
+    Counts are kept in ``bins * FINE`` fine bins over a power-of-two range; :attr:`hist` re-bins them onto
+    ``bins`` bins over exactly ``[0, max |x|]``.
 
     Attributes:
         bins: number of histogram bins (2048 for TensorRT's entropy calibration).
-        hist: int64 counts of |x| over ``[0, range)`` (the last bin also holds x == range), or None when
+        hist: float64 counts of |x| over ``[0, range]`` (re-binned from the fine counts), or None when
             histograms are off.
-        range: upper edge of :attr:`hist` (0 until a non-zero value arrives): between max |x| and 1.25 x
-            max |x| (5 to 8 fine bins per bin).
+        range: upper edge of :attr:`hist`: max |x| (0 until a non-zero value arrives).
         fine, fine_range: the fine counts and their power-of-two range.
         min, max: the smallest and largest finite value seen. count: finite values seen.
         nonfinite: NaN/Inf values seen (they are reported, and excluded from every statistic).
@@ -151,16 +176,13 @@ class TensorHistogram:
 
     def _merged(self):
         if self._view is None:
-            fine = self.fine
-            used = np.flatnonzero(fine)
-            per = max(1, -(-(int(used[-1]) + 1 if used.size else 1) // self.bins))  # fine bins per bin
-            hist = fine[:per * self.bins].reshape(self.bins, per).sum(axis=1)
-            self._view = (hist, self.fine_range * per * self.bins / fine.size)
+            self._view = rebin(self.fine, self.fine_range, self.amax, self.bins)
         return self._view
 
     @property
     def hist(self):
-        """``bins`` counts of |x| (merged from the fine counts), or None when histograms are off."""
+        """``bins`` counts of |x| over ``[0, max |x|]`` (re-binned from the fine counts), or None without
+        histograms."""
         return None if self.fine is None else self._merged()[0]
 
     @property

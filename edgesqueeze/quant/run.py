@@ -16,7 +16,7 @@ from onnx import ModelProto
 
 from ..errors import InputError
 from ..fileio import PathLike
-from .methods import METHODS, CalibMethod
+from .methods import DEFAULT_METHOD, METHODS, CalibMethod
 from .qdq import QdqPlan
 
 
@@ -41,7 +41,7 @@ class QuantOptions:
     cache). Raises InputError for an unknown method or a percentile outside (0, 100].
     """
 
-    method: CalibMethod = CalibMethod.ENTROPY
+    method: CalibMethod = CalibMethod.AUTO
     percentile: float = 99.99
     keep: Tuple[str, ...] = ()
     sensitivity: bool = False
@@ -143,7 +143,7 @@ def _checked(precision: str) -> str:
 
 
 def quantize_model(model: PathLike, output: PathLike, *, precision: str = "auto", target: Optional[str] = None,
-                   calib: Optional[str] = None, method: str = "entropy", percentile: float = 99.99,
+                   calib: Optional[str] = None, method: str = DEFAULT_METHOD, percentile: float = 99.99,
                    keep: Sequence[str] = (), val: Optional[str] = None, sensitivity: bool = False,
                    auto_keep_drop: Optional[float] = None, from_cache: Optional[PathLike] = None,
                    calib_cache: Optional[PathLike] = None, trt_version: Optional[str] = None,
