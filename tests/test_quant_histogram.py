@@ -141,3 +141,12 @@ def test_calibration_gives_the_same_ranges_with_and_without_the_c_kernel(monkeyp
     fast = ranges()
     monkeypatch.setattr(hmod, "_histc", None)
     assert ranges() == fast
+
+
+def test_numpy_counts_take_a_0d_tensor():
+    """A scalar activation (YOLOv8's graph has them) is counted, not an internal error."""
+    from edgesqueeze.quant.histogram import _count_abs_numpy
+
+    hist = np.zeros(8, np.int64)
+    _count_abs_numpy(np.array(2.5, np.float32), hist, 1.0)
+    assert hist.tolist() == [0, 0, 1, 0, 0, 0, 0, 0]

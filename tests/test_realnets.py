@@ -45,8 +45,6 @@ KNOWN = {
     ("ppocr_cls", "fp16"): _SHAPE_BUG,
     ("ppocr_rec", "orin-nano"): ("INT8 ppocr_rec (entropy): output SQNR 3.2 dB < 15 dB on rendered text lines "
                                  "(default calibrator; being improved)"),
-    ("yolov8n_320", "int8"): ("quantize exits 1: quant/histogram.py _count_abs_numpy np.multiply(..., out=a) with a "
-                              "0-d activation: TypeError: return arrays must be of ArrayType"),
     ("yolov8n_320", "fp16"): ("fp16 yolov8n_320 is an invalid model: Range '/model.22/Range_4' gets a float16 input "
                               "(/model.22/Constant_46_output_0)"),
 }

@@ -28,7 +28,7 @@ def _count_abs_numpy(x: np.ndarray, hist: np.ndarray, scale: float) -> None:
 
     The product is computed in ``x``'s precision (float32 for float32 tensors), as the C kernel does.
     """
-    a = np.abs(x)
+    a = np.abs(np.asarray(x).reshape(-1))  # 1-d: a 0-d tensor's abs is a numpy scalar, not an array
     np.multiply(a, a.dtype.type(scale), out=a)
     np.minimum(a, hist.size - 1, out=a)  # x == range goes to the last bin
     hist += np.bincount(a.astype(np.intp).ravel(), minlength=hist.size)
