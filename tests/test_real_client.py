@@ -72,9 +72,6 @@ def _int8_rec(cli, tmp_path):
     return str(tmp_path / "b" / manifest["models"]["int8_qdq"])
 
 
-@pytest.mark.xfail(strict=True, reason="INT8 PP-OCRv4 rec (entropy, 24 rendered lines) reads 24 held-out lines at "
-                   "character accuracy 0.000 vs 0.916 with the shipped FP32 model (output SQNR 3.2 dB): the default calibrator "
-                   "is being improved")
 def test_int8_rec_character_accuracy_within_two_points(cli, tmp_path, lines):
     images, truths = _bgr(lines), [t for _, t in lines]
     stock = realdata.char_accuracy(_read_lines(_engine(), images), truths)
