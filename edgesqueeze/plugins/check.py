@@ -107,6 +107,8 @@ def kernel_display_name(mangled: str) -> str:
         return f"{name}<float>"
     if rest.startswith("I6__halfE"):
         return f"{name}<half>"
+    if rest.startswith("IaE"):
+        return f"{name}<int8>"
     return name
 
 
