@@ -39,7 +39,8 @@ def test_every_kernel_compiles_for_every_jetson_arch(report):
     for r in report["results"]:
         names = {f["name"] for f in r["functions"]}
         want = ({"dwsep_tiled_kernel<float>", "dwsep_tiled_kernel<half>", "dwsep_reference_kernel<float>",
-                 "dwsep_reference_kernel<half>"} if "dwsep" in r["source"] else
+                 "dwsep_reference_kernel<half>", "dwsep_fast_kernel<float>", "dwsep_fast_kernel<half>",
+                 "dwsep_fast_int8_kernel<int8>", "dwsep_quantize_weights_kernel<int8>"} if "dwsep" in r["source"] else
                 {"sparse24_kernel<float>", "sparse24_kernel<half>", "sparse_csr_kernel<float>",
                  "sparse_csr_kernel<half>"})
         assert names == want, (r["arch"], r["source"])
