@@ -39,7 +39,8 @@ def test_every_kernel_compiles_for_every_jetson_arch(report):
     for r in report["results"]:
         names = {f["name"] for f in r["functions"]}
         want = ({"dwsep_tiled_kernel<float>", "dwsep_tiled_kernel<half>", "dwsep_reference_kernel<float>",
-                 "dwsep_reference_kernel<half>"} if "dwsep" in r["source"] else
+                 "dwsep_reference_kernel<half>", "dwsep_fast_kernel<float>", "dwsep_fast_kernel<half>",
+                 "dwsep_fast_int8_kernel<int8>", "dwsep_quantize_weights_kernel<int8>"} if "dwsep" in r["source"] else
                 {"sparse24_kernel<float>", "sparse24_kernel<half>", "sparse_csr_kernel<float>",
                  "sparse_csr_kernel<half>"})
         assert names == want, (r["arch"], r["source"])
@@ -72,15 +73,36 @@ def test_cli_check_text_and_bad_input(cli, tmp_path):
     assert code == 3 and "NvInfer.h" in err
 
 
-@pytest.mark.skipif(not os.environ.get("EDGESQUEEZE_TRT_INCLUDE"),
-                    reason="set EDGESQUEEZE_TRT_INCLUDE to a TensorRT include folder to compile the plugin sources")
-def test_plugin_sources_compile_against_tensorrt_headers():
-    results = chk.check_plugin_sources(os.environ["EDGESQUEEZE_TRT_INCLUDE"])
+TRT_INCLUDES = [d for d in os.environ.get("EDGESQUEEZE_TRT_INCLUDE", "").split(os.pathsep) if d]
+_NEEDS_HEADERS = pytest.mark.skipif(not TRT_INCLUDES, reason="set EDGESQUEEZE_TRT_INCLUDE to one or more TensorRT "
+                                    "include folders (dir1:dir2) to compile and build the plugins against them")
+
+
+@_NEEDS_HEADERS
+@pytest.mark.parametrize("include", TRT_INCLUDES or [None])
+def test_plugin_sources_compile_against_tensorrt_headers(include):
+    results = chk.check_plugin_sources(include)
     assert all(r["ok"] for r in results), [r["log"] for r in results if not r["ok"]]
     if chk.nvcc_info() is not None:   # creators, attributes as the ONNX parser passes them, serialisation
-        selftest = chk.run_plugin_selftest(os.environ["EDGESQUEEZE_TRT_INCLUDE"])
+        selftest = chk.run_plugin_selftest(include)
         assert selftest["ok"], selftest["log"]
         assert "plugin self-test OK" in selftest["log"]
+
+
+@_NEEDS_HEADERS
+@pytest.mark.parametrize("include", TRT_INCLUDES or [None])
+def test_plugin_library_builds_against_tensorrt_headers(include):
+    """The full CMake build (kernels + libedgesqueeze_plugins.so, --no-undefined) against a stub libnvinfer."""
+    nv = chk.nvcc_info()
+    if not shutil.which("cmake") or nv is None or "87" not in nv["archs"]:
+        pytest.skip("needs cmake and an nvcc that targets sm_87")
+    result = chk.build_library_with_stub(include)
+    assert result["ok"], result["log"]
+    major = int(chk.check_plugin_sources(include)[0]["trt_version"].split(".")[0])
+    if major >= 10:   # loaded with --dynamicPlugins / IPluginRegistry::loadLibrary
+        assert result["exports"] == ["getCreators", "getPluginCreators", "setLoggerFinder"]
+    else:             # TensorRT 8: the creators register themselves when the library is loaded
+        assert "getCreators" not in result["exports"]
 
 
 def test_parse_ptxas_output():

@@ -17,6 +17,7 @@ def command():
       edgesqueeze plugins check --arch 62 --json
       edgesqueeze plugins check --trt-include /usr/include/aarch64-linux-gnu
       edgesqueeze plugins build --arch 62             # on the device: build libedgesqueeze_plugins.so
+      edgesqueeze plugins bench --target orin-nano    # on a GPU: time the fused kernels on MobileNet layers
       edgesqueeze plugins path                        # where the sources are (what a bundle copies)
     """
 
@@ -113,6 +114,53 @@ def build(arch, trt_root, build_dir, kernels_only, as_json):
     result = build_library(arch, trt_root, build_dir, kernels_only=kernels_only)
     emit(result, as_json, lambda r: f"built {r['library'] or r['gpu_harness']} for {', '.join(r['archs'])} "
                                     f"in {r['seconds']} s")
+
+
+@command.command("bench")
+@click.option("--target", default="orin-nano", show_default=True,
+              help="Device profile whose peak bandwidth and FLOP rate the results are related to.")
+@click.option("--dtype", "dtypes", default="fp32,fp16,int8", show_default=True, metavar="LIST",
+              help="Precisions to time: fp32, fp16 (half2), int8 (dp4a).")
+@click.option("--layer", "layers", default=None, metavar="LIST",
+              help="MobileNet layers CxHxW to time (default: all of 32x112x112 ... 960x7x7).")
+@click.option("--iters", default=50, show_default=True, type=click.IntRange(1, 100000), help="Timed launches each.")
+@click.option("--from-result", "from_result", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Print a result recorded earlier with --json instead of running (no GPU needed).")
+@json_option
+def bench(target, dtypes, layers, iters, from_result, as_json):
+    """Time the fused depthwise-separable kernels on this machine's GPU (CUDA events).
+
+    The fast kernel (FP32, FP16, INT8) against the chunked kernel it falls back to and the one-thread-per-output
+    reference kernel, on MobileNetV2 layer shapes (3x3 depthwise, C = M, batch 1). Reports milliseconds, effective
+    GB/s (X, weights and Y moved once) and GFLOP/s, each as a share of the --target profile's peak: run it on the
+    target. Builds a small harness with nvcc first. Exit code 6 when there is no GPU here.
+
+    \b
+    Examples:
+      edgesqueeze plugins bench --target orin-nano
+      edgesqueeze plugins bench --dtype fp16 --layer 384x14x14,960x7x7 --json > bench.json
+      edgesqueeze plugins bench --from-result bench.json
+    """
+    import json as _json
+
+    from ..plugins.bench import run_bench
+
+    if from_result:
+        with open(from_result, encoding="utf-8") as f:
+            result = _json.load(f)
+    else:
+        result = run_bench(target, dtypes=[d.strip() for d in dtypes.split(",") if d.strip()], iters=iters,
+                           layers=[x.strip() for x in layers.split(",")] if layers else None)
+
+    def text(r):
+        rows = [[x["layer"], x["dtype"], x["kernel"], f"{x['ms']:.4f}", f"{x['gbs']:.1f}",
+                 "-" if x["pct_peak_bandwidth"] is None else f"{x['pct_peak_bandwidth']:.1f}",
+                 f"{x['gflops']:.1f}", "-" if x["pct_peak_gflops"] is None else f"{x['pct_peak_gflops']:.1f}"]
+                for x in r["results"]]
+        return (table(rows, ["layer", "dtype", "kernel", "ms", "GB/s", "% peak BW", "GFLOP/s", "% peak FLOP"],
+                      "lllrrrrr") + f"\n{r['arch']} GPU, peaks of {r['target']}, {r['iters']} launches each")
+
+    emit(result, as_json, text)
 
 
 @command.command("path")

@@ -107,6 +107,8 @@ def kernel_display_name(mangled: str) -> str:
         return f"{name}<float>"
     if rest.startswith("I6__halfE"):
         return f"{name}<half>"
+    if rest.startswith("IaE"):
+        return f"{name}<int8>"
     return name
 
 
@@ -357,3 +359,50 @@ def check_kernels(archs: Optional[Iterable] = None, *, jobs: int = 2, trt_includ
             report["plugin_selftest"] = run_plugin_selftest(trt_include)
             report["ok"] = report["plugin_selftest"]["ok"]
     return report
+
+
+# Stand-in for libnvinfer.so: the symbols the plugin library links against, never called at build time.
+_STUB_NVINFER = """
+void* getPluginRegistry(void) { return 0; }
+void* getLogger(void) { return 0; }
+int getInferLibVersion(void) { return 0; }
+"""
+
+
+def build_library_with_stub(trt_include: str, *, arch: str = "87", jobs: int = 2) -> dict:
+    """Configure and build the whole CMake project (kernels and ``libedgesqueeze_plugins.so``, linked with
+    ``--no-undefined``) against the TensorRT headers in ``trt_include`` and a stub ``libnvinfer.so``: what
+    ``edgesqueeze plugins build`` does on a device, minus TensorRT's library. Needs cmake, nvcc and a C compiler.
+
+    Returns:
+        ``{"ok", "trt_include", "log", "exports": [the extern "C" entry points of the library]}``.
+
+    Raises:
+        InputError: no NvInfer.h in ``trt_include``, or cmake / nvcc / cc missing.
+    """
+    inc = Path(trt_include)
+    if not (inc / "NvInfer.h").exists():
+        raise InputError(f"no NvInfer.h in {trt_include}", path=str(trt_include))
+    cc = next((c for c in (os.environ.get("CC"), "gcc", "cc", "clang") if c and shutil.which(c)), None)
+    if not shutil.which("cmake") or nvcc_info() is None or cc is None:
+        raise InputError("the library build needs cmake, nvcc and a C compiler")
+    with tempfile.TemporaryDirectory(prefix="esq-libbuild-") as tmp:
+        prefix = Path(tmp) / "trt"
+        (prefix / "lib").mkdir(parents=True)
+        os.symlink(inc.resolve(), prefix / "include")
+        (prefix / "stub.c").write_text(_STUB_NVINFER)
+        steps = [[cc, "-shared", "-fPIC", str(prefix / "stub.c"), "-o", str(prefix / "lib" / "libnvinfer.so")],
+                 ["cmake", "-S", str(plugin_source_dir()), "-B", str(Path(tmp) / "build"),
+                  f"-DCUDA_ARCHITECTURES={arch}", f"-DTENSORRT_ROOT={prefix}"],
+                 ["cmake", "--build", str(Path(tmp) / "build"), f"-j{jobs}"]]
+        log = []
+        for cmd in steps:
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            log.append(proc.stdout[-3000:] + proc.stderr[-3000:])
+            if proc.returncode != 0:
+                return {"ok": False, "trt_include": str(inc), "log": "\n".join(log), "exports": []}
+        lib = Path(tmp) / "build" / "libedgesqueeze_plugins.so"
+        nm = subprocess.run(["nm", "-D", "--defined-only", str(lib)], capture_output=True, text=True).stdout
+        exports = sorted(n for n in ("getCreators", "getPluginCreators", "setLoggerFinder")
+                         if re.search(rf"\bT {n}$", nm, re.M))
+        return {"ok": lib.exists(), "trt_include": str(inc), "log": "\n".join(log), "exports": exports}

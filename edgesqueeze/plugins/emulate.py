@@ -125,6 +125,8 @@ def _load(path: str, prefix: str) -> ctypes.CDLL:
     lib = ctypes.CDLL(path)
     vp = ctypes.c_void_p
     getattr(lib, f"{prefix}_dwsep").argtypes = [ctypes.POINTER(_DwsepParams), ctypes.c_int, ctypes.c_int] + [vp] * 6
+    getattr(lib, f"{prefix}_dwsep_int8").argtypes = [ctypes.POINTER(_DwsepParams), ctypes.c_float,
+                                                     ctypes.c_float] + [vp] * 6
     getattr(lib, f"{prefix}_sparse24").argtypes = [ctypes.POINTER(_SparseParams), ctypes.c_int] + [vp] * 5
     getattr(lib, f"{prefix}_sparse_csr").argtypes = [ctypes.POINTER(_SparseParams), ctypes.c_int] + [vp] * 6
     if prefix == "esq_host":
@@ -179,7 +181,8 @@ def emulate_dwsep(x, w_dw, b_dw, w_pw, b_pw, *, strides: Sequence[int] = (1, 1),
                   pads: Sequence[int] = (0, 0, 0, 0), dilations: Sequence[int] = (1, 1), dw_activation="none",
                   dw_alpha=0.0, dw_beta=0.0, pw_activation="none", pw_alpha=0.0, pw_beta=0.0, tiled=True,
                   device: str = "cpu", cache_dir: Optional[Path] = None, **_unused) -> np.ndarray:
-    """Run the dwsep kernel (tiled, or the one-thread-per-output reference) on the CPU or GPU.
+    """Run the dwsep kernel (tiled: the fast kernel; "chunked": its fallback; False: the one-thread-per-output
+    reference) on the CPU or GPU.
 
     The element type follows ``x`` (float32 or float16); the other arguments are the node's attributes.
     """
@@ -192,8 +195,29 @@ def emulate_dwsep(x, w_dw, b_dw, w_pw, b_pw, *, strides: Sequence[int] = (1, 1),
     p = _DwsepParams(n, c, h, w, m, oh, ow, kh, kw, strides[0], strides[1], pads[0], pads[1], dilations[0],
                      dilations[1], _act(dw_activation), _act(pw_activation), dw_alpha, dw_beta, pw_alpha, pw_beta)
     y = np.zeros((n, m, oh, ow), dtype=x.dtype)
-    _Entry(device, cache_dir)("dwsep", ctypes.byref(p), dtype, 1 if tiled else 0,
+    _Entry(device, cache_dir)("dwsep", ctypes.byref(p), dtype, 2 if tiled == "chunked" else (1 if tiled else 0),
                               *(_ptr(a) for a in (x, w_dw, b_dw, w_pw, b_pw, y)))
+    return y
+
+
+def emulate_dwsep_int8(x_q, x_scale: float, y_scale: float, w_dw, b_dw, w_pw, b_pw, *,
+                       strides: Sequence[int] = (1, 1), pads: Sequence[int] = (0, 0, 0, 0),
+                       dilations: Sequence[int] = (1, 1), dw_activation="none", dw_alpha=0.0, dw_beta=0.0,
+                       pw_activation="none", pw_alpha=0.0, pw_beta=0.0, device: str = "cpu",
+                       cache_dir: Optional[Path] = None) -> np.ndarray:
+    """Run the INT8 dwsep kernel: ``x_q`` int8 with scale ``x_scale``, float32 weights; returns int8 Y (scale
+    ``y_scale``)."""
+    x_q = np.ascontiguousarray(x_q, dtype=np.int8)
+    (w_dw, b_dw, w_pw, b_pw), _ = _prep((w_dw, b_dw, w_pw, b_pw), np.float32)
+    n, c, h, w = x_q.shape
+    m, (kh, kw) = w_pw.shape[0], w_dw.shape[2:]
+    oh = _out_size(h, kh, strides[0], pads[0], pads[2], dilations[0])
+    ow = _out_size(w, kw, strides[1], pads[1], pads[3], dilations[1])
+    p = _DwsepParams(n, c, h, w, m, oh, ow, kh, kw, strides[0], strides[1], pads[0], pads[1], dilations[0],
+                     dilations[1], _act(dw_activation), _act(pw_activation), dw_alpha, dw_beta, pw_alpha, pw_beta)
+    y = np.zeros((n, m, oh, ow), dtype=np.int8)
+    _Entry(device, cache_dir)("dwsep_int8", ctypes.byref(p), x_scale, y_scale,
+                              *(_ptr(a) for a in (x_q, w_dw, b_dw, w_pw, b_pw, y)))
     return y
 
 

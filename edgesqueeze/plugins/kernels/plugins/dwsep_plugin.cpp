@@ -1,4 +1,5 @@
-// TensorRT plugin for edgesqueeze::DepthwiseSeparableConv: X, W_dw, B_dw, W_pw, B_pw → Y (NCHW, FP32 or FP16).
+// TensorRT plugin for edgesqueeze::DepthwiseSeparableConv: X, W_dw, B_dw, W_pw, B_pw → Y (NCHW linear; FP32, FP16,
+// or INT8 X and Y with FP32 weights and biases).
 #include "dwsep_plugin.h"
 
 #include <new>
@@ -63,8 +64,11 @@ bool DwsepPlugin::supportsFormatCombination(int32_t pos, const nvinfer1::PluginT
     if (nbInputs != 5 || nbOutputs != 1 || pos < 0 || pos >= 6) return false;
     const nvinfer1::PluginTensorDesc& d = inOut[pos];
     if (d.format != nvinfer1::TensorFormat::kLINEAR) return false;
-    if (pos == 0) return is_float_or_half(d.type);
-    return d.type == inOut[0].type;  // weights, biases and output in the input's precision
+    if (pos == 0) return is_float_or_half(d.type) || d.type == nvinfer1::DataType::kINT8;
+    if (inOut[0].type == nvinfer1::DataType::kINT8) {  // INT8 X and Y (no reformat in INT8 engines), FP32 weights
+        return d.type == (pos == 5 ? nvinfer1::DataType::kINT8 : nvinfer1::DataType::kFLOAT);
+    }
+    return d.type == inOut[0].type;  // FP32/FP16: weights, biases and output in the input's precision
 }
 
 void DwsepPlugin::configurePlugin(const nvinfer1::DynamicPluginTensorDesc* in, int32_t nbInputs,
@@ -77,13 +81,16 @@ void DwsepPlugin::configurePlugin(const nvinfer1::DynamicPluginTensorDesc* in, i
     }
 }
 
-size_t DwsepPlugin::getWorkspaceSize(const nvinfer1::PluginTensorDesc*, int32_t, const nvinfer1::PluginTensorDesc*,
-                                     int32_t) const noexcept {
-    return 0;  // the depthwise intermediate lives in shared memory, never in a workspace
+size_t DwsepPlugin::getWorkspaceSize(const nvinfer1::PluginTensorDesc* inputs, int32_t nbInputs,
+                                     const nvinfer1::PluginTensorDesc* outputs, int32_t) const noexcept {
+    // The depthwise intermediate lives in shared memory, never in a workspace; INT8 quantises the pointwise weights.
+    if (nbInputs != 5 || inputs[0].type != nvinfer1::DataType::kINT8) return 0;
+    DwsepParams p = params(inputs, outputs);
+    return (size_t)dwsep_int8_workspace_bytes(p);
 }
 
-int32_t DwsepPlugin::enqueue(const nvinfer1::PluginTensorDesc* inputDesc, const nvinfer1::PluginTensorDesc* outputDesc,
-                             const void* const* inputs, void* const* outputs, void*, cudaStream_t stream) noexcept {
+DwsepParams DwsepPlugin::params(const nvinfer1::PluginTensorDesc* inputDesc,
+                                const nvinfer1::PluginTensorDesc* outputDesc) const {
     const nvinfer1::Dims& x = inputDesc[0].dims;
     const nvinfer1::Dims& y = outputDesc[0].dims;
     DwsepParams p;
@@ -108,12 +115,27 @@ int32_t DwsepPlugin::enqueue(const nvinfer1::PluginTensorDesc* inputDesc, const 
     p.dw_beta = attrs_.dw_beta;
     p.pw_alpha = attrs_.pw_alpha;
     p.pw_beta = attrs_.pw_beta;
+    return p;
+}
+
+int32_t DwsepPlugin::enqueue(const nvinfer1::PluginTensorDesc* inputDesc, const nvinfer1::PluginTensorDesc* outputDesc,
+                             const void* const* inputs, void* const* outputs, void* workspace,
+                             cudaStream_t stream) noexcept {
+    const DwsepParams p = params(inputDesc, outputDesc);
     if (inputDesc[1].dims.d[0] != p.C || inputDesc[3].dims.d[1] != p.C) {
         log_error(kName, "weight shapes do not match the input's channel count");
         return -1;
     }
-    cudaError_t err = launch_dwsep(p, element_type(inputDesc[0].type), inputs[0], inputs[1], inputs[2], inputs[3],
-                                   inputs[4], outputs[0], stream, true);
+    cudaError_t err;
+    if (inputDesc[0].type == nvinfer1::DataType::kINT8) {
+        DwsepQuant q = {inputDesc[0].scale, outputDesc[0].scale};
+        err = launch_dwsep_int8(p, q, inputs[0], static_cast<const float*>(inputs[1]),
+                                static_cast<const float*>(inputs[2]), static_cast<const float*>(inputs[3]),
+                                static_cast<const float*>(inputs[4]), outputs[0], workspace, stream);
+    } else {
+        err = launch_dwsep(p, element_type(inputDesc[0].type), inputs[0], inputs[1], inputs[2], inputs[3], inputs[4],
+                           outputs[0], stream);
+    }
     if (err != cudaSuccess) {
         log_error(kName, std::string("kernel launch failed: ") + cudaGetErrorString(err));
         return -1;

@@ -56,6 +56,7 @@ public:
     const char* getPluginNamespace() const noexcept override;
 
 private:
+    DwsepParams params(const nvinfer1::PluginTensorDesc* inputDesc, const nvinfer1::PluginTensorDesc* outputDesc) const;
     DwsepAttrs attrs_;
     std::string namespace_;
     bool valid_ = true;

@@ -32,7 +32,7 @@ int finish(cudaError_t launch, void* host_out, const DeviceBuffer& out, size_t b
 
 extern "C" {
 
-int esq_gpu_dwsep(const esq::DwsepParams* p, int dtype, int tiled, const void* x, const void* w_dw,
+int esq_gpu_dwsep(const esq::DwsepParams* p, int dtype, int kernel, const void* x, const void* w_dw,
                   const void* b_dw, const void* w_pw, const void* b_pw, void* y) {
     const size_t e = dtype == 0 ? 4 : 2;
     DeviceBuffer dx(x, e * p->N * p->C * p->H * p->W), dwdw(w_dw, e * p->C * p->KH * p->KW), dbdw(b_dw, e * p->C),
@@ -40,7 +40,22 @@ int esq_gpu_dwsep(const esq::DwsepParams* p, int dtype, int tiled, const void* x
     const size_t out_bytes = e * p->N * p->M * p->OH * p->OW;
     DeviceBuffer dy(nullptr, out_bytes);
     cudaError_t err = esq::launch_dwsep(*p, dtype == 0 ? esq::kFloat32 : esq::kFloat16, dx.ptr, dwdw.ptr, dbdw.ptr,
-                                        dwpw.ptr, dbpw.ptr, dy.ptr, 0, tiled != 0);
+                                        dwpw.ptr, dbpw.ptr, dy.ptr, 0,
+                                        static_cast<esq::DwsepKernel>(kernel));
+    return finish(err, y, dy, out_bytes);
+}
+
+int esq_gpu_dwsep_int8(const esq::DwsepParams* p, float x_scale, float y_scale, const void* x, const float* w_dw,
+                       const float* b_dw, const float* w_pw, const float* b_pw, void* y) {
+    DeviceBuffer dx(x, (size_t)p->N * p->C * p->H * p->W), dwdw(w_dw, 4 * p->C * p->KH * p->KW),
+        dbdw(b_dw, 4 * p->C), dwpw(w_pw, 4 * p->M * p->C), dbpw(b_pw, 4 * p->M),
+        ws(nullptr, (size_t)esq::dwsep_int8_workspace_bytes(*p));
+    const size_t out_bytes = (size_t)p->N * p->M * p->OH * p->OW;
+    DeviceBuffer dy(nullptr, out_bytes);
+    esq::DwsepQuant q = {x_scale, y_scale};
+    cudaError_t err = esq::launch_dwsep_int8(*p, q, dx.ptr, static_cast<const float*>(dwdw.ptr),
+                                             static_cast<const float*>(dbdw.ptr), static_cast<const float*>(dwpw.ptr),
+                                             static_cast<const float*>(dbpw.ptr), dy.ptr, ws.ptr, 0);
     return finish(err, y, dy, out_bytes);
 }
 

@@ -33,6 +33,53 @@ void run_dwsep_tiled(const esq::DwsepParams& p, const T* x, const T* w_dw, const
     }
 }
 
+// The fast kernel (dwsep_fast.cuh): one block per 32-pixel tile, every output channel inside it.
+template <typename T>
+void run_dwsep_fast(const esq::DwsepParams& p, const T* x, const T* w_dw, const T* b_dw, const T* w_pw,
+                    const T* b_pw, T* y) {
+    using namespace esq;
+    typedef typename FastSmem<T>::type S;
+    std::vector<S> s_w(kFastTC * kFastTM), s_dw(dwsep_fast_cpad(p) * kFastTP);
+    std::vector<float> acc(kFastThreads * 16);
+    for (long long tile = 0; tile < dwsep_fast_tiles(p); ++tile) {  // blockIdx.x
+        for (int tid = 0; tid < kFastThreads; ++tid) dwsep_fast_depthwise(p, x, w_dw, b_dw, tile, tid, s_dw.data());
+        for (int m0 = 0; m0 < p.M; m0 += kFastTM) {
+            for (size_t i = 0; i < acc.size(); ++i) acc[i] = 0.f;
+            for (int c0 = 0; c0 < p.C; c0 += kFastTC) {
+                for (int tid = 0; tid < kFastThreads; ++tid) dwsep_fast_weights(p, w_pw, m0, c0, tid, s_w.data());
+                for (int tid = 0; tid < kFastThreads; ++tid)
+                    dwsep_fast_accumulate(tid, c0, s_dw.data(), s_w.data(), &acc[tid * 16]);
+            }
+            for (int tid = 0; tid < kFastThreads; ++tid) dwsep_fast_store(p, b_pw, tile, m0, tid, &acc[tid * 16], y);
+        }
+    }
+}
+
+// The INT8 kernel and the weight quantisation it runs first.
+void run_dwsep_int8(const esq::DwsepParams& p, esq::DwsepQuant q, const signed char* x, const float* w_dw,
+                    const float* b_dw, const float* w_pw, const float* b_pw, signed char* y) {
+    using namespace esq;
+    const int cpad = dwsep_fast_cpad(p);
+    std::vector<signed char> wq((size_t)p.M * cpad);
+    std::vector<float> w_scale(p.M), s_sd((cpad / kFastTC) * kFastTP), acc(kFastThreads * 16);
+    std::vector<int> s_wq((kFastTC / 4) * kFastTM), s_dq((cpad / 4) * kFastTP);
+    for (int m = 0; m < p.M; ++m) dwsep_quantize_weight_row(p, w_pw, m, wq.data(), w_scale.data());
+    for (long long tile = 0; tile < dwsep_fast_tiles(p); ++tile) {
+        for (int tid = 0; tid < kFastThreads; ++tid)
+            dwsep_fast_depthwise_int8(p, x, w_dw, b_dw, q.x_scale, tile, tid, s_dq.data(), s_sd.data());
+        for (int m0 = 0; m0 < p.M; m0 += kFastTM) {
+            for (size_t i = 0; i < acc.size(); ++i) acc[i] = 0.f;
+            for (int c0 = 0; c0 < p.C; c0 += kFastTC) {
+                for (int tid = 0; tid < kFastThreads; ++tid) dwsep_fast_weights_int8(p, wq.data(), m0, c0, tid, s_wq.data());
+                for (int tid = 0; tid < kFastThreads; ++tid)
+                    dwsep_fast_accumulate_int8(tid, c0, s_dq.data(), s_sd.data(), s_wq.data(), &acc[tid * 16]);
+            }
+            for (int tid = 0; tid < kFastThreads; ++tid)
+                dwsep_fast_store_int8(p, b_pw, w_scale.data(), q.y_scale, tile, m0, tid, &acc[tid * 16], y);
+        }
+    }
+}
+
 template <typename T>
 void run_dwsep_reference(const esq::DwsepParams& p, const T* x, const T* w_dw, const T* b_dw, const T* w_pw,
                          const T* b_pw, T* y) {
@@ -46,18 +93,27 @@ long long sparse_outputs(const esq::SparseConvParams& p) { return (long long)p.N
 
 extern "C" {
 
-// dtype: 0 = float32, 1 = float16 (arrays of IEEE binary16 bit patterns). tiled: 0 = reference kernel.
-int esq_host_dwsep(const esq::DwsepParams* p, int dtype, int tiled, const void* x, const void* w_dw,
+// dtype: 0 = float32, 1 = float16 (arrays of IEEE binary16 bit patterns).
+// kernel: esq::DwsepKernel numbering: 0 = reference, 1 = fast (the launchers' default), 2 = chunked.
+int esq_host_dwsep(const esq::DwsepParams* p, int dtype, int kernel, const void* x, const void* w_dw,
                    const void* b_dw, const void* w_pw, const void* b_pw, void* y) {
     if (dtype == 0) {
-        auto f = tiled ? run_dwsep_tiled<float> : run_dwsep_reference<float>;
+        auto f = kernel == 1 ? run_dwsep_fast<float> : kernel == 2 ? run_dwsep_tiled<float> : run_dwsep_reference<float>;
         f(*p, (const float*)x, (const float*)w_dw, (const float*)b_dw, (const float*)w_pw, (const float*)b_pw,
           (float*)y);
     } else {
         typedef esq::half_t H;
-        auto f = tiled ? run_dwsep_tiled<H> : run_dwsep_reference<H>;
+        auto f = kernel == 1 ? run_dwsep_fast<H> : kernel == 2 ? run_dwsep_tiled<H> : run_dwsep_reference<H>;
         f(*p, (const H*)x, (const H*)w_dw, (const H*)b_dw, (const H*)w_pw, (const H*)b_pw, (H*)y);
     }
+    return 0;
+}
+
+// INT8 X and Y with per-tensor scales, FP32 weights and biases.
+int esq_host_dwsep_int8(const esq::DwsepParams* p, float x_scale, float y_scale, const void* x, const float* w_dw,
+                        const float* b_dw, const float* w_pw, const float* b_pw, void* y) {
+    esq::DwsepQuant q = {x_scale, y_scale};
+    run_dwsep_int8(*p, q, (const signed char*)x, w_dw, b_dw, w_pw, b_pw, (signed char*)y);
     return 0;
 }
 

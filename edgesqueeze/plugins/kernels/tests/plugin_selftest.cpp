@@ -113,6 +113,20 @@ void test_dwsep() {
     auto f16 = descs(6, DataType::kHALF);
     expect(plugin->supportsFormatCombination(0, f16.data(), 5, 1) &&
                plugin->supportsFormatCombination(5, f16.data(), 5, 1), "dwsep accepts FP16");
+    auto i8 = descs(6, DataType::kFLOAT);
+    i8[0].type = i8[5].type = DataType::kINT8;
+    const int shapes[3][5] = {{0, 1, 8, 4, 4}, {3, 16, 8, 1, 1}, {5, 1, 16, 4, 4}};  // X, W_pw, Y
+    for (const auto& s : shapes) {
+        i8[s[0]].dims.nbDims = 4;
+        for (int k = 0; k < 4; ++k) i8[s[0]].dims.d[k] = s[k + 1];
+    }
+    all = true;
+    for (int pos = 0; pos < 6; ++pos) all = all && plugin->supportsFormatCombination(pos, i8.data(), 5, 1);
+    expect(all, "dwsep accepts INT8 X and Y with FP32 weights");
+    expect(plugin->getWorkspaceSize(i8.data(), 5, i8.data() + 5, 1) > 0 &&
+               plugin->getWorkspaceSize(f32.data(), 5, f32.data() + 5, 1) == 0, "dwsep INT8 workspace only");
+    auto i8w = descs(6, DataType::kINT8);
+    expect(!plugin->supportsFormatCombination(1, i8w.data(), 5, 1), "dwsep rejects INT8 weights");
     auto mixed = descs(6, DataType::kFLOAT);
     mixed[3].type = DataType::kHALF;
     expect(!plugin->supportsFormatCombination(3, mixed.data(), 5, 1), "dwsep rejects mixed precision");

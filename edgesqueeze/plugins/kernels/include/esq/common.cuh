@@ -171,6 +171,98 @@ ESQ_HD float apply_activation(int act, float x, float alpha, float beta) {
 }
 
 ESQ_HD int ceil_div(int a, int b) { return (a + b - 1) / b; }
+ESQ_HD int round_up(int a, int b) { return ceil_div(a, b) * b; }
+
+// ---------------------------------------------------------------------------------------------
+// Vector shared-memory accesses (one LDS.128 / LDS.64 on the GPU) and the low-precision arithmetic of the fast
+// paths, with bit-faithful host versions for the g++ harness.
+// ---------------------------------------------------------------------------------------------
+struct F4 {
+    float v[4];
+};
+struct I4 {
+    int v[4];
+};
+ESQ_HD F4 lds4(const float* p) {  // p 16-byte aligned
+#if defined(__CUDA_ARCH__)
+    float4 t = *reinterpret_cast<const float4*>(p);
+    F4 r = {{t.x, t.y, t.z, t.w}};
+#else
+    F4 r = {{p[0], p[1], p[2], p[3]}};
+#endif
+    return r;
+}
+ESQ_HD I4 lds4(const int* p) {  // p 16-byte aligned
+#if defined(__CUDA_ARCH__)
+    int4 t = *reinterpret_cast<const int4*>(p);
+    I4 r = {{t.x, t.y, t.z, t.w}};
+#else
+    I4 r = {{p[0], p[1], p[2], p[3]}};
+#endif
+    return r;
+}
+
+// Dot product of four signed 8-bit lanes plus an accumulator: __dp4a (IDP4A) on sm_61 and newer.
+ESQ_HD int dot4_i8(int a, int b, int c) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 610
+    return __dp4a(a, b, c);
+#else
+    for (int k = 0; k < 4; ++k) c += (int)(signed char)(a >> (8 * k)) * (int)(signed char)(b >> (8 * k));
+    return c;
+#endif
+}
+ESQ_HD int pack_i8x4(int a, int b, int c, int d) {
+    return (int)(((unsigned int)a & 0xffu) | (((unsigned int)b & 0xffu) << 8) | (((unsigned int)c & 0xffu) << 16) |
+                 (((unsigned int)d & 0xffu) << 24));
+}
+// Round to nearest even and saturate to [lo, hi] (TensorRT's INT8 quantisation).
+ESQ_HD int quantize_rne(float v, int lo, int hi) {
+#if defined(__CUDA_ARCH__)
+    int q = __float2int_rn(v);
+#elif ESQ_DEVICE_COMPILE
+    int q = (int)rintf(v);  // nvcc's host pass (never run: the launchers only run the device code)
+#else
+    int q = (int)std::nearbyint(v);  // default rounding mode: to nearest even
+#endif
+    return q < lo ? lo : (q > hi ? hi : q);
+}
+ESQ_HD float to_float(signed char v) { return (float)v; }
+
+// half2 fused multiply-add (HFMA2 on sm_53+): one rounding to binary16 per lane.
+ESQ_HD half2_t hfma2(half2_t a, half2_t b, half2_t c) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 530
+    return __hfma2(a, b, c);
+#else
+    half2_t r;
+    r.x = from_float<half_t>((float)((double)to_float(a.x) * to_float(b.x) + to_float(c.x)));
+    r.y = from_float<half_t>((float)((double)to_float(a.y) * to_float(b.y) + to_float(c.y)));
+    return r;
+#endif
+}
+ESQ_HD half2_t make_half2_of(float lo, float hi) {
+#if ESQ_DEVICE_COMPILE
+    return __floats2half2_rn(lo, hi);
+#else
+    half2_t r;
+    r.x = from_float<half_t>(lo);
+    r.y = from_float<half_t>(hi);
+    return r;
+#endif
+}
+ESQ_HD float half2_lo(half2_t v) {
+#if ESQ_DEVICE_COMPILE
+    return __low2float(v);
+#else
+    return to_float(v.x);
+#endif
+}
+ESQ_HD float half2_hi(half2_t v) {
+#if ESQ_DEVICE_COMPILE
+    return __high2float(v);
+#else
+    return to_float(v.y);
+#endif
+}
 
 // Output size of a convolution along one axis (ONNX semantics, explicit pads).
 ESQ_HD int conv_out_size(int in, int kernel, int stride, int pad_begin, int pad_end, int dilation) {

@@ -36,12 +36,13 @@ enum {
     kDwsepLoadPerThread = kDwsepTC * kDwsepTP / kDwsepThreads
 };
 
-// One depthwise output D[n,c,oh,ow] (after its bias and activation), in FP32.
-template <typename T>
-ESQ_HD float dwsep_depthwise_value(const DwsepParams& p, const T* x, const T* w_dw, const T* b_dw,
-                                   int n, int c, int oh, int ow) {
-    const T* xc = x + ((long long)n * p.C + c) * p.H * p.W;
-    const T* wc = w_dw + (long long)c * p.KH * p.KW;
+// One depthwise output D[n,c,oh,ow] (after its bias and activation), in FP32. `x_scale` dequantises an INT8 X
+// (1 for FP32/FP16, where the product is exact).
+template <typename TX, typename TW>
+ESQ_HD float dwsep_depthwise_value(const DwsepParams& p, const TX* x, const TW* w_dw, const TW* b_dw,
+                                   int n, int c, int oh, int ow, float x_scale = 1.f) {
+    const TX* xc = x + ((long long)n * p.C + c) * p.H * p.W;
+    const TW* wc = w_dw + (long long)c * p.KH * p.KW;
     float acc = 0.f;
     for (int ky = 0; ky < p.KH; ++ky) {
         int ih = oh * p.SH - p.PT + ky * p.DH;
@@ -52,7 +53,7 @@ ESQ_HD float dwsep_depthwise_value(const DwsepParams& p, const T* x, const T* w_
             acc += to_float(xc[ih * p.W + iw]) * to_float(wc[ky * p.KW + kx]);
         }
     }
-    return apply_activation(p.dw_act, acc + to_float(b_dw[c]), p.dw_alpha, p.dw_beta);
+    return apply_activation(p.dw_act, acc * x_scale + to_float(b_dw[c]), p.dw_alpha, p.dw_beta);
 }
 
 // Reference: one final output Y[n,m,oh,ow], recomputing the depthwise values it needs.
@@ -80,7 +81,7 @@ ESQ_HD void dwsep_reference_thread(const DwsepParams& p, const T* x, const T* w_
     y[index] = from_float<T>(dwsep_output_reference(p, x, w_dw, b_dw, w_pw, b_pw, n, m, oh, ow));
 }
 
-// ---- tiled fused kernel: three stages per block -------------------------------------------------
+// ---- chunked fused kernel (the fallback of dwsep_fast.cuh): three stages per block -------------------------------------------------
 // Block (tile_p, tile_m) covers flattened output pixels q = tile_p*TP .. +TP (q over N*OH*OW) and
 // output channels tile_m*TM .. +TM. For each chunk of TC input channels:
 //   stage 1 (dwsep_tile_load): the block computes the TC x TP depthwise values into s_dw and
@@ -201,5 +202,7 @@ dwsep_tiled_kernel(DwsepParams p, const T* __restrict__ x, const T* __restrict__
 #endif
 
 }  // namespace esq
+
+#include "dwsep_fast.cuh"
 
 #endif  // ESQ_DWSEP_CUH

@@ -1,0 +1,149 @@
+"""Read the kernels' machine code (SASS): multiply-adds per shared-memory load in the main loop, registers, spills,
+theoretical occupancy. Nothing here needs a GPU: nvcc compiles to a cubin, ``cuobjdump -sass`` disassembles it.
+
+``cuobjdump``/``nvdisasm`` come with a CUDA toolkit or from PyPI (``pip install nvidia-cuda-cuobjdump
+nvidia-cuda-nvdisasm``).
+"""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from ..errors import InputError, UnsupportedError
+from .check import kernel_display_name, nvcc_info, parse_ptxas_verbose
+from .sources import KERNEL_SOURCES, plugin_source_dir
+
+# Multiply-add instructions and what one of them does (multiply-accumulates per thread).
+FMA_OPS = {"FFMA": 1, "HFMA2": 2, "IDP.4A": 4, "IDP4A": 4, "DFMA": 1}
+_INSTR = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*(?:\.[A-Z0-9_]+)*)\s*([^;]*);")
+_TARGET = re.compile(r"`?\(?\.L_x_(\d+)\)?|0x([0-9a-f]+)")
+
+# Per-SM limits of sm_87 (Jetson AGX Orin / Orin NX / Orin Nano; CUDA C Programming Guide, compute capability 8.7).
+SM87 = {"regs_per_sm": 65536, "max_warps": 48, "max_blocks": 16, "smem_per_sm": 164 * 1024,
+        "smem_per_block_optin": 163 * 1024, "smem_reserved_per_block": 1024, "reg_granularity": 256}
+
+
+def find_cuobjdump() -> Optional[str]:
+    """``cuobjdump`` on the PATH, next to nvcc, or from the ``nvidia-cuda-cuobjdump`` wheel; None if absent."""
+    path = shutil.which("cuobjdump")
+    if path:
+        return path
+    nv = nvcc_info()
+    if nv and (Path(nv["path"]).resolve().parent / "cuobjdump").exists():
+        return str(Path(nv["path"]).resolve().parent / "cuobjdump")
+    try:
+        import nvidia  # noqa: F401  (namespace package of the CUDA wheels)
+    except ImportError:
+        return None
+    for base in getattr(nvidia, "__path__", []):
+        for cand in sorted(Path(base).glob("*/bin/cuobjdump")):
+            return str(cand)
+    return None
+
+
+def split_functions(sass: str) -> Dict[str, List[tuple]]:
+    """``cuobjdump -sass`` text → ``{mangled name: [(address, opcode, operands), ...]}``."""
+    funcs: Dict[str, List[tuple]] = {}
+    current = None
+    for line in sass.splitlines():
+        m = re.search(r"Function : (\S+)", line)
+        if m:
+            current = funcs.setdefault(m.group(1), [])
+            continue
+        m = _INSTR.search(line)
+        if m and current is not None:
+            current.append((int(m.group(1), 16), m.group(3), m.group(4)))
+    return funcs
+
+
+def _fma_weight(opcode: str) -> int:
+    for op, macs in FMA_OPS.items():
+        if opcode == op or opcode.startswith(op + "."):
+            return macs
+    return 0
+
+
+def main_loop(instrs: List[tuple]) -> dict:
+    """The main loop of a kernel and its counts: among the loops (a backward branch and its target) that read shared
+    memory and hold at least 16 multiply-adds, the one where multiply-adds are densest (per instruction): the
+    inner product loop, not the loops around it that also stage, store and requantise.
+
+    Returns:
+        ``{"start", "end", "fma", "macs", "lds", "fma_per_lds"}``: fma counts FFMA/HFMA2/IDP.4A instructions, macs
+        the multiply-accumulates per thread they do, lds the LDS instructions of every width. ``start`` is None
+        when no loop reads shared memory.
+    """
+    loops = []
+    for addr, op, args in instrs:
+        t = _TARGET.search(args) if op.startswith("BRA") else None
+        target = int(t.group(2), 16) if t and t.group(2) else None
+        if target is None or target > addr:
+            continue
+        body = [o for (ad, o, _a) in instrs if target <= ad <= addr]
+        lds = sum(1 for o in body if o.startswith("LDS"))
+        fma = sum(1 for o in body if _fma_weight(o))
+        if lds and fma >= 16:
+            loops.append({"start": target, "end": addr, "fma": fma, "macs": sum(_fma_weight(o) for o in body),
+                          "lds": lds, "fma_per_lds": round(fma / lds, 2), "_density": fma / len(body)})
+    if not loops:
+        return {"start": None, "end": None, "fma": 0, "macs": 0, "lds": 0, "fma_per_lds": None}
+    best = max(loops, key=lambda lp: lp["_density"])
+    best.pop("_density")
+    return best
+
+
+def occupancy(registers: int, smem_bytes: int, threads: int, limits: dict = SM87) -> dict:
+    """Theoretical occupancy of one kernel: resident blocks and warps per SM, and which resource limits them."""
+    warps = -(-threads // 32)
+    regs_per_warp = -(-max(registers, 1) * 32 // limits["reg_granularity"]) * limits["reg_granularity"]
+    by = {"warps": limits["max_warps"] // warps, "blocks": limits["max_blocks"],
+          "registers": limits["regs_per_sm"] // (regs_per_warp * warps)}
+    if smem_bytes > limits["smem_per_block_optin"]:
+        by["shared memory"] = 0
+    else:
+        by["shared memory"] = limits["smem_per_sm"] // (smem_bytes + limits["smem_reserved_per_block"])
+    blocks = min(by.values())
+    limiter = min(by, key=lambda k: by[k])
+    return {"blocks_per_sm": blocks, "warps_per_sm": blocks * warps,
+            "occupancy": round(blocks * warps / limits["max_warps"], 3), "limited_by": limiter}
+
+
+def sass_report(arch: str = "87", *, nvcc: Optional[str] = None) -> List[dict]:
+    """Compile every kernel source to a cubin for ``sm_<arch>`` and measure each kernel's main loop.
+
+    Returns:
+        ``[{"source", "kernel", "mangled", "registers", "spill_bytes", "static_smem_bytes", "loop": main_loop()}]``.
+
+    Raises:
+        UnsupportedError: no nvcc targeting ``arch`` or no cuobjdump.
+        InputError: a source does not compile.
+    """
+    nv = nvcc_info()
+    if nvcc is None and (nv is None or arch not in nv["archs"]):
+        raise UnsupportedError(f"no nvcc here targets sm_{arch}", hint="install the CUDA toolkit (nvcc 12 or 13)")
+    dump = find_cuobjdump()
+    if dump is None:
+        raise UnsupportedError("no cuobjdump to disassemble the kernels", hint="pip install nvidia-cuda-cuobjdump")
+    root = plugin_source_dir()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="esq-sass-") as tmp:
+        for rel in KERNEL_SOURCES:
+            cubin = Path(tmp) / (Path(rel).stem + ".cubin")
+            proc = subprocess.run([nvcc or nv["path"], "-std=c++14", "-O3", "-cubin", f"-arch=sm_{arch}", "-Xptxas",
+                                   "-v", f"-I{root / 'include'}", str(root / rel), "-o", str(cubin)],
+                                  capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise InputError(f"{rel} does not compile for sm_{arch}: {proc.stderr[-2000:]}", path=str(root / rel))
+            resources = {f["mangled"]: f for f in parse_ptxas_verbose(proc.stderr)}
+            sass = subprocess.run([dump, "-sass", str(cubin)], capture_output=True, text=True, check=True).stdout
+            for mangled, instrs in sorted(split_functions(sass).items(), key=lambda kv: kernel_display_name(kv[0])):
+                res = resources.get(mangled, {})
+                rows.append({"source": rel, "kernel": kernel_display_name(mangled), "mangled": mangled,
+                             "registers": res.get("registers"), "static_smem_bytes": res.get("smem_bytes", 0),
+                             "spill_bytes": res.get("spill_store_bytes", 0) + res.get("spill_load_bytes", 0),
+                             "loop": main_loop(instrs)})
+    return rows
