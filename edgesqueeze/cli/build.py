@@ -3,10 +3,22 @@ from __future__ import annotations
 
 import click
 
+from ..backends.trt_profile import parse_shapes_spec, profile_lines
+from ..errors import InputError
 from ..precision import PRECISION_CHOICES
 from ..quant.methods import METHODS
 from .common import emit, info, input_shape_option, json_option, quiet, table, target_option, warn
 from .quantize import split_names
+
+
+def _shapes_param(ctx, param, value):
+    """A malformed shape list is a usage error (exit 2); whether it fits the model is checked later (exit 3)."""
+    if value:
+        try:
+            parse_shapes_spec(value, "--" + param.name.replace("_", "-"))
+        except InputError as exc:
+            raise click.BadParameter(exc.message) from exc
+    return value
 
 
 @click.command("build")
@@ -30,6 +42,12 @@ from .quantize import split_names
 @click.option("--max-accuracy-drop", type=click.FloatRange(0, 1), default=0.02, show_default=True,
               help="Warn when the deploy model's top-1 drops more than this fraction below the input model's.")
 @input_shape_option
+@click.option("--min-shapes", callback=_shapes_param, metavar="NAME:DIMS[,..]",
+              help="TensorRT optimization profile: smallest shape of each dynamic input (trtexec's --minShapes).")
+@click.option("--opt-shapes", callback=_shapes_param, metavar="NAME:DIMS[,..]",
+              help="Shape the engine is tuned for (alone: min = opt = max). Default: batch from the data, or 1.")
+@click.option("--max-shapes", callback=_shapes_param, metavar="NAME:DIMS[,..]",
+              help="Largest shape of each dynamic input. Default: batch 8, other dims from the data.")
 @click.option("--passes", multiple=True, metavar="P1,P2", help="Optimizer passes to run (default: the target's).")
 @click.option("--skip", "skip_passes", multiple=True, metavar="P1,P2", help="Optimizer passes to skip.")
 @click.option("--no-optimize", is_flag=True, help="Do not run the optimizer.")
@@ -43,8 +61,8 @@ from .quantize import split_names
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Bundle folder to create.")
 @json_option
 def command(model, target, precision, calib, calib_method, percentile, keep, sensitivity, auto_keep_drop, calib_limit,
-            sparsity, val, val_limit, max_accuracy_drop, input_shapes, passes, skip_passes, no_optimize, dla,
-            workspace_mib, local_engine, archive, force, output, as_json):
+            sparsity, val, val_limit, max_accuracy_drop, input_shapes, min_shapes, opt_shapes, max_shapes, passes,
+            skip_passes, no_optimize, dla, workspace_mib, local_engine, archive, force, output, as_json):
     """Build a deployable bundle of MODEL for a target: load, optimize, compress, quantize, validate, package.
 
     The bundle holds the optimized FP32 model, the FP16 or QDQ INT8 model, the TensorRT calibration cache,
@@ -58,9 +76,10 @@ def command(model, target, precision, calib, calib_method, percentile, keep, sen
       edgesqueeze build net.onnx -t tx2 -o bundle-tx2/                  # auto: FP16 on a TX2
       edgesqueeze build net.onnx -t agx-orin --sparsity 2:4 --dla -o bundle/ --archive
       edgesqueeze build net.onnx -t orin-nano -p int8 --calib calib.npz --method minmax --keep head -o bundle/
+      edgesqueeze build yolo.onnx -t orin-nano --min-shapes images:1x3x320x320 --opt-shapes images:1x3x640x640 \
+          --max-shapes images:8x3x1280x1280 -o bundle/              # dynamic input: TensorRT profile
       edgesqueeze bench bundle/                                         # then run it (CPU default)
     """
-    from ..errors import InputError
     from ..pipeline import build
 
     if not target:
@@ -71,7 +90,8 @@ def command(model, target, precision, calib, calib_method, percentile, keep, sen
                     calib_limit=calib_limit, val_limit=val_limit, dla=dla, workspace_mib=workspace_mib,
                     local_engine=local_engine, force=force, progress=not quiet() and not as_json,
                     max_accuracy_drop=max_accuracy_drop, percentile=percentile, keep=split_names(keep),
-                    sensitivity=sensitivity, auto_keep_drop=auto_keep_drop, log=_log)
+                    sensitivity=sensitivity, auto_keep_drop=auto_keep_drop, min_shapes=min_shapes,
+                    opt_shapes=opt_shapes, max_shapes=max_shapes, log=_log)
     emit(summary, as_json, format_summary)
 
 
@@ -144,6 +164,8 @@ def format_summary(s: dict) -> str:
         es = s["engine_script"]
         flags = " ".join(es["flags"]) or "(fp32)"
         lines += [f"engine script: build_engine.sh for TensorRT {es['trt_version']}: {es['workspace_flag']} {flags}"]
+    if s.get("profile"):
+        lines += [f"TensorRT profile {line}" for line in profile_lines(s["profile"])]
     if s.get("archive"):
         lines += [f"archive: {s['archive']}"]
     total = sum(v.get("seconds", 0.0) for v in stages.values())
