@@ -244,4 +244,4 @@ def buffer_bytes(shape: Sequence[int], itemsize: int, capacity: int) -> int:
     need = int(itemsize)
     for d in shape:
         need *= int(d)
-    return capacity if capacity >= need else max(1, need)
+    return capacity if 0 < capacity and need <= capacity else max(1, need)
