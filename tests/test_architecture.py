@@ -41,6 +41,7 @@ IMPORT_GUARDS = {
     ("edgesqueeze/quant/histogram.py", "edgesqueeze.quant._histc"):
         "the optional C histogram kernel, built only where a compiler is present",
     ("edgesqueeze/plugins/check.py", "nvidia"): "the nvidia-* pip CUDA wheels",
+    ("edgesqueeze/plugins/sass.py", "nvidia"): "the nvidia-cuda-cuobjdump / nvdisasm pip wheels",
     ("edgesqueeze/plugins/check.py", "cuda.bindings"): "cuda-python, for NVRTC",
     ("edgesqueeze/plugins/check.py", "cuda"): "cuda-python < 12.6 layout",
 }

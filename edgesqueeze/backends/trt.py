@@ -23,7 +23,10 @@ from ..fileio import cache_dir as default_cache_dir, sha256_bytes, sha256_file, 
 from ..model import input_specs, load_model, model_bytes
 from .base import InputMetadata, Runner
 from .calib_cache import cache_bytes_for, make_cache_calibrator
-from .trt_plan import BuildPlan, engine_cache_key, parse_shape_profiles, plan_build
+from .trt_plan import (BuildPlan, buffer_bytes, context_plan, engine_cache_key, needs_calibration_profile,
+                       parse_shape_profiles, plan_build)
+from .trt_profile import (SELECTORS, calibration_profile, default_profile, dynamic_inputs, dynamic_profile,
+                          profile_lines)
 
 WORKSPACE_MIB = 1024
 
@@ -41,7 +44,8 @@ class TrtRunner(Runner):
         target: device profile name or object; decides ``auto`` and refuses impossible precisions.
         calibration: a TensorRT calibration cache path or ``{tensor: amax}`` for implicit INT8.
         sparse: set ``SPARSE_WEIGHTS``. dla_core: DLA core (GPU fallback on).
-        shape_profiles: ``{input: (min, opt, max)}`` for dynamic inputs.
+        shape_profiles: ``{input: (min, opt, max)}`` or ``{input: {"min", "opt", "max"}}`` for dynamic inputs;
+            one not given gets :func:`~.trt_profile.default_profile` (batch 1..8, opt 1).
         plugins: plugin libraries (``.so``) to load before parsing; a library that fails to load is an error.
         cache_dir: engine + timing cache directory, holding ``engines/`` and ``timing/`` (None:
             :func:`~edgesqueeze.fileio.cache_dir`; False: no cache).
@@ -170,6 +174,9 @@ class TrtRunner(Runner):
         self._stream = cuda.Stream()
         self._events = [cuda.Event() for _ in range(4)]
         self._bind_io()
+        if any(d < 0 for io in self._io.values() if io["input"] for d in io["shape"]):
+            # dynamic inputs: run on optimization profile 0; shapes are set per call in _infer
+            getattr(self._context, self._calls.select_profile)(0, self._stream.handle)
 
     def _load_plugins(self) -> None:
         from ..plugins.build import load_plugin_library
@@ -258,21 +265,20 @@ class TrtRunner(Runner):
         return bytes(serialized)
 
     def _add_profiles(self, builder, network, config) -> None:
-        dynamic = {}
+        """One optimization profile for the dynamic inputs: ``shape_profiles`` where given, else the default
+        (:func:`~.trt_profile.default_profile`); INT8 calibrated from our cache gets the calibration profile."""
+        specs = {}
         for i in range(network.num_inputs):
             t = network.get_input(i)
-            if any(d < 0 for d in t.shape):
-                dynamic[t.name] = tuple(t.shape)
-        if not dynamic:
+            specs[t.name] = {"shape": [d if d >= 0 else None for d in t.shape]}
+        if not dynamic_inputs(specs):
             return
-        missing = [n for n in dynamic if n not in self.shape_profiles]
-        if missing:
-            raise InputError(f"dynamic input {dynamic[missing[0]]} needs an optimization profile",
-                             tensor=missing[0], hint="shape_profiles={name: (min, opt, max)}")
-        profile = builder.create_optimization_profile()
-        for name in dynamic:
-            profile.set_shape(name, *self.shape_profiles[name])
-        config.add_optimization_profile(profile)
+        given = {n: dict(zip(SELECTORS, shapes)) for n, shapes in self.shape_profiles.items() if n in specs}
+        profile = dynamic_profile(specs, default_profile(specs, given=given))
+        self.notes.append("optimization profile: " + "; ".join(profile_lines(profile)))
+        config.add_optimization_profile(_trt_profile(builder, profile))
+        if needs_calibration_profile(self.plan, True):
+            config.set_calibration_profile(_trt_profile(builder, calibration_profile(profile)))
 
     def _timing_cache_path(self) -> Optional[Path]:
         if self.cache_dir is None:
@@ -289,6 +295,7 @@ class TrtRunner(Runner):
         else:
             tensors_api = False
         self._tensors_api = tensors_api
+        self._calls = context_plan(trt.__version__ if tensors_api else "8.2")
         if tensors_api:
             names = [eng.get_tensor_name(i) for i in range(eng.num_io_tensors)]
             for idx, n in enumerate(names):
@@ -306,11 +313,15 @@ class TrtRunner(Runner):
                                             "dtype": io["dtype"]} for n, io in self._io.items() if io["input"]})
 
     def _ensure(self, name: str, shape: tuple) -> dict:
+        """Host buffer of ``shape``; the device buffer grows when a larger shape comes (a sweep reuses it)."""
         io = self._io[name]
         if io["host"] is None or io["host"].shape != shape:
             cuda = self._cuda
             io["host"] = cuda.pagelocked_empty(shape, io["dtype"])
-            io["dev"] = cuda.mem_alloc(max(1, io["host"].nbytes))
+            capacity = io.get("capacity", 0) if io["dev"] is not None else 0
+            size = buffer_bytes(shape, io["dtype"].itemsize, capacity)
+            if size != capacity:
+                io["dev"], io["capacity"] = cuda.mem_alloc(size), size
             if self._tensors_api:
                 self._context.set_tensor_address(name, int(io["dev"]))
         return io
@@ -322,10 +333,8 @@ class TrtRunner(Runner):
         for name, io in self._io.items():
             if io["input"]:
                 arr = np.ascontiguousarray(feeds[name], dtype=io["dtype"])
-                if self._tensors_api:
-                    ctx.set_input_shape(name, arr.shape)
-                else:
-                    ctx.set_binding_shape(io["index"], arr.shape)
+                # set_input_shape(name, ...) from 8.5, set_binding_shape(index, ...) before (context_plan)
+                getattr(ctx, self._calls.set_shape)(name if self._tensors_api else io["index"], arr.shape)
                 np.copyto(self._ensure(name, arr.shape)["host"], arr)
         outputs = [n for n, io in self._io.items() if not io["input"]]
         for name in outputs:
@@ -364,6 +373,14 @@ class TrtRunner(Runner):
                 self._ctx.detach()
             finally:
                 self._ctx = None
+
+
+def _trt_profile(builder, profile):
+    """A TensorRT ``IOptimizationProfile`` holding ``profile`` ({input: {min, opt, max}})."""
+    p = builder.create_optimization_profile()
+    for name, shapes in profile.items():
+        p.set_shape(name, *(tuple(shapes[sel]) for sel in SELECTORS))
+    return p
 
 
 def _attr(obj, name):

@@ -180,13 +180,16 @@ def engine_cache_key(*, trt_version: str, gpu_name: str, compute_capability: Seq
 
 
 def parse_shape_profiles(spec: Optional[dict]) -> dict:
-    """Validate optimization profiles ``{input: (min, opt, max)}`` for dynamic shapes.
+    """Validate optimization profiles for dynamic shapes: ``{input: (min, opt, max)}`` or, as the manifest and
+    ``build`` write them, ``{input: {"min": dims, "opt": dims, "max": dims}}``; returns the tuple form.
 
     Raises:
         InputError: a profile is not three shapes of equal rank with min <= opt <= max.
     """
     out = {}
     for name, shapes in (spec or {}).items():
+        if isinstance(shapes, dict):
+            shapes = [shapes.get(sel) for sel in ("min", "opt", "max")]
         try:
             lo, opt, hi = (tuple(int(d) for d in s) for s in shapes)
         except (TypeError, ValueError) as exc:
@@ -196,3 +199,49 @@ def parse_shape_profiles(spec: Optional[dict]) -> dict:
                              tensor=name)
         out[name] = (lo, opt, hi)
     return out
+
+
+@dataclass(frozen=True)
+class ContextPlan:
+    """How an execution context takes dynamic shapes on a TensorRT version (the calls' names, JSON-ready).
+
+    Binding API (before 8.5): ``context.set_optimization_profile_async(0, stream)`` (the ``active_optimization_
+    profile`` setter is deprecated since 8.0), ``context.set_binding_shape(index, dims)``, the profile from
+    ``engine.get_profile_shape(0, binding)``, ``execute_async_v2(bindings)``. Named-tensor API (8.5+):
+    ``set_optimization_profile_async`` too, ``context.set_input_shape(name, dims)``,
+    ``engine.get_tensor_profile_shape(name, 0)``, ``set_tensor_address`` + ``execute_async_v3``.
+    """
+
+    io_api: str              # "bindings" | "tensors"
+    select_profile: str      # the context method that picks optimization profile 0
+    set_shape: str           # the context method that sets an input's shape for the next call
+    profile_shape: str       # the engine method that returns (min, opt, max) of an input
+    execute: str             # "execute_async_v2" | "execute_async_v3"
+
+    def to_dict(self) -> dict:
+        """Return the plan as a JSON-ready dict."""
+        return asdict(self)
+
+
+def context_plan(trt_version: str) -> ContextPlan:
+    """The execution-context calls for dynamic shapes on TensorRT ``trt_version`` (see :class:`ContextPlan`)."""
+    if Version(trt_version) < TENSORS_API_FROM:
+        return ContextPlan("bindings", "set_optimization_profile_async", "set_binding_shape", "get_profile_shape",
+                           "execute_async_v2")
+    return ContextPlan("tensors", "set_optimization_profile_async", "set_input_shape", "get_tensor_profile_shape",
+                       "execute_async_v3")
+
+
+def needs_calibration_profile(plan: BuildPlan, dynamic: bool) -> bool:
+    """True when the builder needs ``config.set_calibration_profile``: implicit INT8 calibration (our cache) of a
+    network with dynamic inputs (TensorRT 8.x/10.x; a strongly typed build has no calibrator)."""
+    return bool(dynamic and plan.calibrator == "cache")
+
+
+def buffer_bytes(shape: Sequence[int], itemsize: int, capacity: int) -> int:
+    """The device buffer size to hold ``shape``: the current ``capacity`` when it is enough (a sweep over smaller
+    shapes reuses the buffer), else the new size; a device buffer is never 0 bytes."""
+    need = int(itemsize)
+    for d in shape:
+        need *= int(d)
+    return capacity if 0 < capacity and need <= capacity else max(1, need)

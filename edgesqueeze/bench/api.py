@@ -6,10 +6,11 @@ from pathlib import Path
 from typing import Optional, Sequence, Tuple
 
 from ..backends import get_runner
+from ..backends.trt_profile import check_profile, covering_profile
 from ..data import open_data
 from ..errors import InputError
 from ..fileio import sha256_file
-from ..model import load_model
+from ..model import input_specs, load_model
 from .harness import run_benchmark
 
 
@@ -67,7 +68,7 @@ def bench(path, *, backend: str = "ort", iterations: int = 100, duration: Option
           power: str = "auto", target: Optional[str] = None,
           data: Optional[str] = None, threads: Optional[int] = None, input_shapes=None, progress=None,
           power_interval_ms: float = 50.0, idle_s: Optional[float] = None, announce=None,
-          **runner_opts) -> dict:
+          shapes: Optional[Sequence[dict]] = None, **runner_opts) -> dict:
     """Benchmark a model file or a bundle on this machine and return the results dict.
 
     Args:
@@ -79,6 +80,9 @@ def bench(path, *, backend: str = "ort", iterations: int = 100, duration: Option
         data: ``.npz``/``.npy``/image folder (see :func:`edgesqueeze.data.open_data`) or None for random data.
         threads: onnxruntime threads. input_shapes: ``{name: dims}`` for dynamic inputs.
         announce: called with no argument once the model and data are loaded, before timing starts.
+        shapes: input shapes to sweep instead of batch sizes (``[{input: dims}, ...]``, e.g. from
+            :func:`~edgesqueeze.backends.trt_profile.parse_shape_sweep`) for a model with dynamic inputs; the
+            TensorRT engine gets one optimization profile covering them all.
         **runner_opts: more runner options (e.g. ``optimization`` for ort, default ``"all"`` here as a deployment
             runs it; ``dla_core`` for trt).
 
@@ -86,7 +90,9 @@ def bench(path, *, backend: str = "ort", iterations: int = 100, duration: Option
         InputError, UnsupportedError, MissingDependencyError: as the parts raise them.
     """
     model_path, bundle = resolve_model(path, backend)
-    model = load_model(model_path, input_shapes)
+    model = load_model(model_path, input_shapes, require_static=not shapes)
+    if shapes:
+        runner_opts.update(_shape_sweep_options(model, shapes, backend))
     if backend == "trt":
         runner_opts.setdefault("precision", bundle.get("precision") or "auto")
         runner_opts.setdefault("target", target or bundle.get("target"))
@@ -101,7 +107,10 @@ def bench(path, *, backend: str = "ort", iterations: int = 100, duration: Option
             runner_opts.setdefault("optimization", "all")  # as a deployment runs it
         runner = get_runner(backend, model, threads=threads, **runner_opts)
         runner.path = str(model_path)
-    reader, described = _data(data, model)
+    if shapes:  # random inputs at each swept shape; the model's dtypes from one feed at the first shape
+        reader, described = [shape_feed(model, shapes[0])], "random (seed 0) at each --shapes shape"
+    else:
+        reader, described = _data(data, model)
     if announce:
         announce()
     model_info = None
@@ -114,13 +123,33 @@ def bench(path, *, backend: str = "ort", iterations: int = 100, duration: Option
                            duration=duration,
                            batch_sizes=batch_sizes, power=power, profile=prof, progress=progress,
                            power_interval_ms=power_interval_ms, idle_s=idle_s, data_description=described,
-                           model_info=model_info)
+                           model_info=model_info, shapes=shapes)
     if bundle:
         result["options"]["bundle"] = bundle["bundle"]
         result["options"]["bundle_target"] = bundle.get("target")
         result["options"]["bundle_model"] = bundle.get("variant")
     result["options"]["threads"] = threads
     return result
+
+
+def _shape_sweep_options(model, shapes, backend: str) -> dict:
+    """Check the swept shapes against the model's inputs; TensorRT gets the profile that covers them."""
+    specs = input_specs(model)
+    missing = [n for n in specs if n not in shapes[0]]
+    if missing:
+        raise InputError(f"--shapes leaves out input(s) {', '.join(missing)}; give every input: "
+                         + ",".join(f"{n}:DIMS" for n in specs))
+    profile = covering_profile(shapes)
+    check_profile(specs, profile)
+    return {"shape_profiles": profile} if backend == "trt" else {}
+
+
+def shape_feed(model, shape) -> dict:
+    """One feed dict of ``shape`` ({input: dims}) with the model's input dtypes (zeros: it carries the dtypes)."""
+    import numpy as np
+
+    return {n: np.zeros([int(d) for d in shape[n]], dtype=spec["dtype"]) for n, spec in input_specs(model).items()
+            if n in shape}
 
 
 def _data(spec, model):

@@ -11,7 +11,9 @@ import os
 import platform
 import socket
 import time
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence
+
+import numpy as np
 
 from .._lazy import versions
 from ..backends.base import Runner
@@ -115,12 +117,32 @@ def _probe(power, sysfs_root: str, interval_ms: float) -> PowerProbe:
     return probe
 
 
+def _sweep(runs: List[dict], warnings: List[str], points, run_one) -> bool:
+    """Run every batch size or shape set in turn; a point that cannot run is skipped with a warning (unless it is
+    the only one). Returns True when interrupted."""
+    for b in points:
+        try:
+            run = run_one(b)
+        except KeyboardInterrupt:
+            return True
+        except EdgeSqueezeError as exc:
+            if len(points) == 1:
+                raise
+            warnings.append(f"{_point_label(b)} skipped: {exc.one_line()}")
+            continue
+        runs.append(run)
+        if run.pop("_interrupted", False):
+            return True
+    return False
+
+
 def run_benchmark(runner, reader_or_feeds, *, warmup: int = 10, iterations: int = 100,
                   duration: Optional[float] = None, warmup_s: Optional[float] = None,
                   batch_sizes: Sequence[int] = (1,), power="auto", profile=None,
                   power_interval_ms: float = 50.0, idle_s: Optional[float] = None, sysfs_root: str = "/sys",
                   progress: Optional[Progress] = None, model_info: Optional[dict] = None,
-                  data_description: Optional[str] = None) -> dict:
+                  data_description: Optional[str] = None,
+                  shapes: Optional[Sequence[Mapping[str, Sequence[int]]]] = None) -> dict:
     """Benchmark ``runner`` and return a results dict (schema ``edgesqueeze.bench/1``).
 
     Args:
@@ -137,6 +159,9 @@ def run_benchmark(runner, reader_or_feeds, *, warmup: int = 10, iterations: int 
         progress: ``progress(phase, done, total)`` callback.
         model_info: ``{"name", "path", "sha256"}`` (default: from the runner).
         data_description: how the data was made (default: the reader's ``describe()`` or "feeds").
+        shapes: input shapes to sweep instead of ``batch_sizes`` (``[{input: dims}, ...]``, a model with dynamic
+            inputs): one run per shape set, on seeded random inputs of the feeds' dtypes; each run's ``shape``
+            says which (trtexec's syntax) and its ``batch`` is the first input's first dimension.
 
     Returns:
         The results dict; ``partial`` is True when interrupted (Ctrl-C) after at least one sample.
@@ -149,6 +174,7 @@ def run_benchmark(runner, reader_or_feeds, *, warmup: int = 10, iterations: int 
     origin = time.perf_counter()
     prof = _resolve_profile(runner, profile)
     base_feeds = collect_feeds(reader_or_feeds)
+    points = [shape_point(base_feeds, s) for s in shapes] if shapes else batch_sizes
     probe = _probe(power, sysfs_root, power_interval_ms)
     owned = not runner.is_active
     sampler = PowerSampler(probe, power_interval_ms).start()
@@ -161,21 +187,9 @@ def run_benchmark(runner, reader_or_feeds, *, warmup: int = 10, iterations: int 
             t0 = time.perf_counter()
             time.sleep(idle_s if idle_s is not None else max(1.0, 5 * power_interval_ms / 1000.0))
             idle = (t0, time.perf_counter())
-        for b in batch_sizes:
-            try:
-                run = _run_batch(runner, base_feeds, b, warmup, warmup_s, iterations, duration, progress, probe)
-            except KeyboardInterrupt:
-                partial = True
-                break
-            except EdgeSqueezeError as exc:
-                if len(batch_sizes) == 1:
-                    raise
-                warnings.append(f"batch {b} skipped: {exc.one_line()}")
-                continue
-            runs.append(run)
-            if run.pop("_interrupted", False):
-                partial = True
-                break
+        partial = _sweep(runs, warnings, points,
+                         lambda b: _run_batch(runner, base_feeds, b, warmup, warmup_s, iterations, duration,
+                                              progress, probe))
         if probe.available:
             time.sleep(min(0.5, 2 * power_interval_ms / 1000.0))  # bracket the last window's end
     finally:
@@ -189,7 +203,8 @@ def run_benchmark(runner, reader_or_feeds, *, warmup: int = 10, iterations: int 
     result = _assemble(runner, runs, probe, power_samples, idle, origin, prof, warnings, base_feeds,
                        reader_or_feeds, model_info, data_description,
                        dict(warmup=warmup, warmup_s=warmup_s, iterations=iterations, duration_s=duration,
-                            batch_sizes=batch_sizes, power=power if isinstance(power, str) else probe.name,
+                            batch_sizes=batch_sizes, **({"shapes": [p.spec for p in points]} if shapes else {}),
+                            power=power if isinstance(power, str) else probe.name,
                             power_probe=probe.name, power_interval_ms=power_interval_ms,
                             idle_s=None if idle is None else idle[1] - idle[0]))
     result.update(partial=partial, started_at=started, finished_at=_now())
@@ -202,22 +217,69 @@ def _resolve_profile(runner, profile):
     return cpu_profile() if runner.name in ("ort", "noop") else None
 
 
-def _run_batch(runner, base_feeds, batch, warmup, warmup_s, iterations, duration, progress, probe) -> dict:
-    r = runner.for_batch(batch)
+class ShapePoint(NamedTuple):
+    """One point of a ``--shapes`` sweep: the inputs' shapes, random feeds of those shapes, the batch."""
+
+    spec: str  # trtexec's syntax, images:1x3x320x320
+    feeds: List[Dict[str, np.ndarray]]
+    batch: int
+
+
+def shape_point(base_feeds: List[Dict[str, np.ndarray]], shape: Mapping[str, Sequence[int]], count: int = 8,
+                seed: int = 0) -> ShapePoint:
+    """Seeded random feeds of ``shape`` ({input: dims}) with the inputs and dtypes of ``base_feeds``.
+
+    Raises:
+        InputError: ``shape`` names an input the model does not have, or leaves one out.
+    """
+    names = list(base_feeds[0])
+    unknown = [n for n in shape if n not in names]
+    missing = [n for n in names if n not in shape]
+    if unknown or missing:
+        raise InputError(f"--shapes names {', '.join(unknown) or 'no'} unknown input(s) and leaves out "
+                         f"{', '.join(missing) or 'none'}; the model's inputs are: {', '.join(names)}")
+    rng = np.random.default_rng(seed)
+    feeds = []
+    for _ in range(count):
+        feed = {}
+        for n in names:
+            dtype, dims = base_feeds[0][n].dtype, tuple(int(d) for d in shape[n])
+            feed[n] = (rng.standard_normal(dims).astype(dtype) if dtype.kind == "f"
+                       else rng.integers(0, 2 if dtype.kind == "b" else 10, size=dims).astype(dtype))
+        feeds.append(feed)
+    first = tuple(shape[names[0]])
+    spec = ",".join(f"{n}:{'x'.join(str(int(d)) for d in shape[n])}" for n in names)
+    return ShapePoint(spec, feeds, int(first[0]) if first else 1)
+
+
+def _point_label(point) -> str:
+    return f"shape {point.spec}" if isinstance(point, ShapePoint) else f"batch {point}"
+
+
+def _run_label(run: dict) -> str:
+    return f"shape {run['shape']}" if run.get("shape") else f"batch {run['batch']}"
+
+
+def _run_batch(runner, base_feeds, point, warmup, warmup_s, iterations, duration, progress, probe) -> dict:
+    """One run: a batch size (the model re-batched) or a :class:`ShapePoint` (a dynamic model at that shape)."""
+    shaped = isinstance(point, ShapePoint)
+    batch = point.batch if shaped else point
+    r = runner if shaped else runner.for_batch(batch)
     activated = not r.is_active
     if activated:
         r.activate()
     try:
-        feeds = batch_feeds(base_feeds, batch)
+        feeds = point.feeds if shaped else batch_feeds(base_feeds, batch)
         r.infer(feeds[0], True)  # validate once, outside the timed loop
         if progress:
-            progress(f"warm-up b{batch}", 0, None)
+            progress(f"warm-up {point.spec if shaped else f'b{batch}'}", 0, None)
         n_warm = _warmup(r, feeds, warmup, warmup_s)
         gpm = probe.gpm_start() if hasattr(probe, "gpm_start") else None
         ns, dev, wall, t_start, t_end, interrupted = _timed_loop(r, feeds, iterations, duration, progress,
-                                                                 f"batch {batch}")
+                                                                 _point_label(point))
         lat_ms = [v / 1e6 for v in ns]
-        run = {"batch": batch, "iterations": len(ns), "warmup_iterations": n_warm, "inferences": len(ns) * batch,
+        run = {"batch": batch, **({"shape": point.spec} if shaped else {}),
+               "iterations": len(ns), "warmup_iterations": n_warm, "inferences": len(ns) * batch,
                "latency_ms": _timing(lat_ms), "compute_ms": None, "h2d_ms": None, "d2h_ms": None,
                "wall_s": wall, "_window": (t_start, t_end), "_interrupted": interrupted}
         run["throughput_ips"] = throughput(batch, run["latency_ms"]["stats"]["mean"])
@@ -259,8 +321,8 @@ def _assemble(runner, runs, probe, samples, idle, origin, prof, warnings, base_f
         t0, t1 = run.pop("_window")
         run["window_s"] = [t0 - origin, t1 - origin]
         if run.get("layers"):
-            warnings.append(f"batch {run['batch']}: per-layer profiling was on; its own cost is in the latency")
-        w = noisy_warning(run["latency_ms"]["stats"], f"batch {run['batch']}")
+            warnings.append(f"{_run_label(run)}: per-layer profiling was on; its own cost is in the latency")
+        w = noisy_warning(run["latency_ms"]["stats"], _run_label(run))
         if w:
             warnings.append(w)
         bw = {}
@@ -278,7 +340,7 @@ def _assemble(runner, runs, probe, samples, idle, origin, prof, warnings, base_f
             ps["window_s"] = [t0 - origin, t1 - origin]
             run["power"] = ps
             if not ps["reliable"]:
-                warnings.append(f"batch {run['batch']}: {ps['note']}")
+                warnings.append(f"{_run_label(run)}: {ps['note']}")
         else:
             run["power"] = None
     if any(s.get("emc") for s in samples) and not getattr(prof, "memory_bus_bits", None):

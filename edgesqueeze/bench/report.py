@@ -27,7 +27,8 @@ def summary_rows(results: Sequence[dict]) -> List[dict]:
             rows.append({
                 "run": index, "model": r["model"]["name"], "backend": r["backend"]["name"],
                 "precision": r["backend"].get("precision"), "device": r["device"]["profile"],
-                "batch": run["batch"], "n": st.get("n", len(run["latency_ms"]["samples"])),
+                "batch": run["batch"], "shape": run.get("shape"),
+                "n": st.get("n", len(run["latency_ms"]["samples"])),
                 "mean_ms": st["mean"], "median_ms": st["median"], "p90_ms": st["p90"], "p99_ms": st["p99"],
                 "min_ms": st["min"], "max_ms": st["max"], "std_ms": st["std"], "cv": st["cv"],
                 "throughput_ips": run["throughput_ips"],
@@ -95,20 +96,20 @@ def _markdown(results: Sequence[dict], plots: Dict[str, Optional[str]], plot_not
             "| run | model | backend | precision | device | batch | n | mean ms | median ms | p90 ms | p99 ms | std ms | "
             "cv | inf/s |", "|" + " --- |" * 14]
     for x in rows:
-        out.append(f"| {x['run']} | {x['model']} | {x['backend']} | {x['precision']} | {x['device']} | {x['batch']} | {x['n']} | "
+        out.append(f"| {x['run']} | {x['model']} | {x['backend']} | {x['precision']} | {x['device']} | {x['shape'] or x['batch']} | {x['n']} | "
                    f"{_f(x['mean_ms'], '{:.4f}')} | {_f(x['median_ms'], '{:.4f}')} | {_f(x['p90_ms'], '{:.4f}')} | "
                    f"{_f(x['p99_ms'], '{:.4f}')} | {_f(x['std_ms'], '{:.4f}')} | {x['cv']:.1%} | "
                    f"{x['throughput_ips']:.1f} |")
     if any(x["compute_ms"] is not None for x in rows):
         out += ["", "| run | model | batch | GPU compute ms | H2D ms | D2H ms | end-to-end ms |", "|" + " --- |" * 7]
         for x in rows:
-            out.append(f"| {x['run']} | {x['model']} | {x['batch']} | {_f(x['compute_ms'], '{:.4f}')} | "
+            out.append(f"| {x['run']} | {x['model']} | {x['shape'] or x['batch']} | {_f(x['compute_ms'], '{:.4f}')} | "
                        f"{_f(x['h2d_ms'], '{:.4f}')} | {_f(x['d2h_ms'], '{:.4f}')} | {x['mean_ms']:.4f} |")
     out += ["", "## Power, energy and memory bandwidth", "",
             "| run | model | device | batch | avg W | peak W | mJ/inference | mJ/inf above idle | analytic GB/s | "
             "EMC GB/s | GFLOP/s | % of roof | bound |", "|" + " --- |" * 13]
     for x in rows:
-        out.append(f"| {x['run']} | {x['model']} | {x['device']} | {x['batch']} | {_f(x['avg_w'])} | {_f(x['peak_w'])} | "
+        out.append(f"| {x['run']} | {x['model']} | {x['device']} | {x['shape'] or x['batch']} | {_f(x['avg_w'])} | {_f(x['peak_w'])} | "
                    f"{_f(x['mj_per_inf'], '{:.4g}')} | {_f(x['mj_per_inf_above_idle'], '{:.4g}')} | "
                    f"{_f(x['analytic_gbs'], '{:.3g}')} | {_f(x['emc_gbs'], '{:.3g}')} | "
                    f"{_f(x['achieved_gflops'], '{:.3g}')} | {_f(x['roof_fraction'], '{:.1%}')} | {x['bound'] or '-'} |")
@@ -117,14 +118,14 @@ def _markdown(results: Sequence[dict], plots: Dict[str, Optional[str]], plot_not
     if len(results) > 1:
         out += ["## Comparison (against the first run, same batch)", "",
                 "| run | batch | median speed-up | energy/inference ratio |", "| --- | --- | --- | --- |"]
-        first = {x["batch"]: x for x in summary_rows(results[:1])}
+        first = {x["shape"] or x["batch"]: x for x in summary_rows(results[:1])}
         for i, r in enumerate(results[1:], start=2):
             for x in summary_rows([r]):
-                ref = first.get(x["batch"])
+                ref = first.get(x["shape"] or x["batch"])
                 if ref is None:
                     continue
                 ratio = (x["mj_per_inf"] / ref["mj_per_inf"]) if x["mj_per_inf"] and ref["mj_per_inf"] else None
-                out.append(f"| {i}: {x['model']} {x['backend']}/{x['precision']} @{x['device']} | {x['batch']} | "
+                out.append(f"| {i}: {x['model']} {x['backend']}/{x['precision']} @{x['device']} | {x['shape'] or x['batch']} | "
                            f"{ref['median_ms'] / x['median_ms']:.2f}x | {_f(ratio, '{:.2f}x')} |")
         out.append("")
     out += _slowest_layers(results)

@@ -10,7 +10,7 @@ import onnx
 
 from ..model import model_bytes
 from ..plugins.sources import cmake_command, plugin_source_dir
-from .engine_plan import CALIB_PLACEHOLDER, TRTEXEC_FLAGS, plan_engine
+from .engine_plan import CALIB_PLACEHOLDER, TRTEXEC_FLAGS, plan_engine, profile_flags
 from .engine_script import ScriptSpec, render_build_engine_sh
 from .manifest import CACHE_NAME
 from .variants import custom_ops, inlined_variant, stripped_variant
@@ -44,7 +44,8 @@ def assemble_bundle(out_dir, *, profile, precision: str, models: Dict[str, onnx.
                     warn: Callable[[str], None] = lambda m: None,
                     variant_sources: Optional[Dict[str, onnx.ModelProto]] = None,
                     compat: Optional[Callable[[onnx.ModelProto], onnx.ModelProto]] = None,
-                    compat_report: Optional[dict] = None) -> Tuple[dict, Optional[dict]]:
+                    compat_report: Optional[dict] = None,
+                    shape_profile: Optional[Dict[str, dict]] = None) -> Tuple[dict, Optional[dict]]:
     """Write the bundle folder ``out_dir`` and return ``(manifest, engine script description or None)``.
 
     Args:
@@ -62,6 +63,9 @@ def assemble_bundle(out_dir, *, profile, precision: str, models: Dict[str, onnx.
             gets the plugin variant); default ``models``.
         compat: ``model -> model`` applied to each TensorRT variant (the target's ONNX opset/IR limits).
         compat_report: the manifest's ``onnx_compat`` section.
+        shape_profile: the TensorRT optimization profile of the deploy model's dynamic inputs
+            (``{name: {"min", "opt", "max"}}``): ``build_engine.sh`` passes it to trtexec and the manifest records
+            it as ``tensorrt.profile``; empty or None for a static model (nothing changes).
 
     Raises:
         InputError: ``out_dir`` exists and cannot be replaced.
@@ -114,7 +118,8 @@ def assemble_bundle(out_dir, *, profile, precision: str, models: Dict[str, onnx.
                               sources=sources, calib_cache=CACHE_NAME if cache_bytes else None,
                               custom_nodes=custom and plugin_dir is not None, sparsity=sparsity, dla=dla,
                               workspace_mib=workspace_mib, cmake_args=_cmake_args(profile.sm) if plugin_dir else (),
-                              generator=f"edgesqueeze {versions.get('edgesqueeze', '')}".strip())
+                              generator=f"edgesqueeze {versions.get('edgesqueeze', '')}".strip(),
+                              profile=dict(shape_profile or {}))
             w.add_text(SCRIPT_NAME, render_build_engine_sh(spec), executable=True)
             def fill(flags):
                 return [f.replace(CALIB_PLACEHOLDER, CACHE_NAME) for f in flags]
@@ -125,11 +130,14 @@ def assemble_bundle(out_dir, *, profile, precision: str, models: Dict[str, onnx.
                         "sparsity": sparsity, "dla": dla, "workspace_mib": int(workspace_mib),
                         "version_tag": profile.trt_version_tag(), "workspace_flag": plan.workspace_flag,
                         "trtexec_flags": [dict(row) for row in TRTEXEC_FLAGS]}
+            if spec.profile:
+                tensorrt["profile"] = spec.profile
             model_used = (sources[(plan.model, "plain")][0] if not spec.custom_nodes else
                           {v: sources[(plan.model, v)][0] for v in ("plugin", "inlined")})
             script_info = {"path": SCRIPT_NAME, "model": model_used, "flags": fill(plan.precision_flags),
                            "workspace_flag": plan.workspace_flag, "trt_version": plan.trt_version,
-                           "strongly_typed": plan.strongly_typed}
+                           "strongly_typed": plan.strongly_typed,
+                           **({"profile_flags": profile_flags(plan.trt_version, spec.profile)} if spec.profile else {})}
         runner = _device_runner()
         if runner is not None:
             w.add_bytes(RUNNER_NAME, runner.read_bytes(), executable=True)

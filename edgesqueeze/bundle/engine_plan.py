@@ -15,6 +15,11 @@ INT8                    FP32 model + ``--int8       8.x: cache; 10.x: QDQ model 
 FP16                    ``--fp16``                  ``--fp16``                      FP16 model, ``--stronglyTyped``
 build only              ``--buildOnly``             8.x ``--buildOnly``, 10.x       ``--skipInference``
                                                     ``--skipInference``
+dynamic-shape profile   ``--minShapes --optShapes   same                            same
+                        --maxShapes`` (``--shapes``
+                        at inference)
+calibration profile     ``--optShapesCalib``        same (10.x also                 none (no calibration)
+                                                    ``--calibProfile=N``)
 ======================  ==========================  ==============================  ==========================
 
 TensorRT 11 removes ``--fp16``, ``--int8`` and ``--calib``; JetPack 7 ships 10.13+ where they are
@@ -28,6 +33,7 @@ from typing import Dict, List, Optional
 from packaging.version import Version
 
 from ..backends.trt_plan import MEMPOOL_FROM, STRONGLY_TYPED_FROM, TRT10, strongly_typed
+from ..backends.trt_profile import shapes_spec
 from ..errors import UnsupportedError
 
 DEFAULT_WORKSPACE_MIB = 1024
@@ -48,6 +54,10 @@ def _flag_row(since: Version) -> Dict[str, Optional[str]]:
         "fp16": None if strong else "--fp16",
         "int8": None if strong else "--int8",
         "calib": None if strong else f"--calib={CALIB_PLACEHOLDER}",
+        # dynamic inputs: the build profile (every release), inference shapes, and the calibration profile of
+        # implicit INT8 (trtexec 8.x-10.x --optShapesCalib sets min = opt = max; 11 has no calibration)
+        "min_shapes": "--minShapes", "opt_shapes": "--optShapes", "max_shapes": "--maxShapes", "shapes": "--shapes",
+        "calib_shapes": None if strong else "--optShapesCalib",
     }
 
 
@@ -56,6 +66,24 @@ def _flag_row(since: Version) -> Dict[str, Optional[str]]:
 # (``tensorrt.trtexec_flags``) so the on-device runner picks the row of the device's own trtexec.
 TRTEXEC_FLAGS: List[Dict[str, Optional[str]]] = [
     _flag_row(v) for v in (Version("0"), MEMPOOL_FROM, TRT10, STRONGLY_TYPED_FROM)]
+
+
+def profile_flags(trt_version: str, profile: Dict[str, dict]) -> List[str]:
+    """trtexec's optimization-profile flags for ``profile`` (the dynamic inputs, ``{name: {min, opt, max}}``):
+    ``--minShapes/--optShapes/--maxShapes``. Empty when no input is dynamic: a static model's command is unchanged.
+    """
+    if not profile:
+        return []
+    row = trtexec_flags(trt_version)
+    return [f"{row[key]}={shapes_spec(profile, sel)}"
+            for key, sel in (("min_shapes", "min"), ("opt_shapes", "opt"), ("max_shapes", "max"))]
+
+
+def calib_profile_flag(trt_version: str, profile: Dict[str, dict]) -> Optional[str]:
+    """The calibration profile flag that goes with ``--calib`` for dynamic inputs (``--optShapesCalib=`` the opt
+    shapes); None when no input is dynamic or the version does not calibrate (strongly typed)."""
+    flag = trtexec_flags(trt_version)["calib_shapes"]
+    return f"{flag}={shapes_spec(profile, 'opt')}" if profile and flag else None
 
 
 def trtexec_flags(trt_version: str) -> Dict[str, Optional[str]]:

@@ -13,7 +13,9 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from .engine_plan import CALIB_PLACEHOLDER, WORKSPACE_PLACEHOLDER, EnginePlan, trtexec_flags
+from ..backends.trt_profile import profile_lines
+from .engine_plan import (CALIB_PLACEHOLDER, WORKSPACE_PLACEHOLDER, EnginePlan, calib_profile_flag, profile_flags,
+                          trtexec_flags)
 from .manifest import CACHE_NAME
 
 
@@ -22,7 +24,8 @@ class ScriptSpec:
     """Everything the script needs, decided by the pipeline.
 
     ``sources`` maps ``(model kind, variant)`` to ``(relpath, key)``: variant is "plain", or "plugin" /
-    "inlined" when the model has custom nodes; key is a short hash naming the engine.
+    "inlined" when the model has custom nodes; key is a short hash naming the engine. ``profile`` is the
+    optimization profile of the model's dynamic inputs (empty for a static model: no shape flags).
     """
 
     target: str
@@ -39,17 +42,21 @@ class ScriptSpec:
     workspace_mib: int = 1024
     cmake_args: Sequence[str] = field(default_factory=tuple)
     generator: str = "edgesqueeze"
+    profile: Dict[str, dict] = field(default_factory=dict)  # the dynamic inputs' {name: {min, opt, max}}
 
 
 def _q(s: str) -> str:
     return shlex.quote(str(s))
 
 
-def _flags(flags: List[str], calib: Optional[str]) -> str:
+def _flags(flags: List[str], calib: Optional[str], calib_profile: Optional[str] = None) -> str:
     out = []
     for f in flags:
         if CALIB_PLACEHOLDER in f:
             f = f.replace(CALIB_PLACEHOLDER, calib or CACHE_NAME)
+            if calib_profile:  # dynamic inputs: TensorRT calibrates on one shape
+                out.append(_q(f))
+                f = calib_profile
         out.append(_q(f))
     return " ".join(out)
 
@@ -87,6 +94,10 @@ def render_build_engine_sh(spec: ScriptSpec) -> str:
         add(f"#   {e}")
     for n in p.notes:
         add(f"# Note: {n}")
+    if spec.profile:
+        add("# Optimization profile of the dynamic inputs (the engine runs any shape from min to max):")
+        for line in profile_lines(spec.profile):
+            add(f"#   {line}")
     add("set -euo pipefail")
     add('HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"')
     add('cd "$HERE"')
@@ -135,11 +146,12 @@ def render_build_engine_sh(spec: ScriptSpec) -> str:
     add("  esac")
     add("}")
     add(f"KIND={p.model}")
-    add(f"PREC_FLAGS=({_flags(p.precision_flags, spec.calib_cache)})")
+    calib_profile = calib_profile_flag(p.trt_version, spec.profile)
+    add(f"PREC_FLAGS=({_flags(p.precision_flags, spec.calib_cache, calib_profile)})")
     if p.alt_model:
         add('case "${ESQ_INT8_SOURCE:-qdq}" in')
         add("  qdq) ;;")
-        add(f"  cache) KIND={p.alt_model}; PREC_FLAGS=({_flags(p.alt_flags, spec.calib_cache)}) ;;")
+        add(f"  cache) KIND={p.alt_model}; PREC_FLAGS=({_flags(p.alt_flags, spec.calib_cache, calib_profile)}) ;;")
         add('  *) die "ESQ_INT8_SOURCE must be qdq or cache" ;;')
         add("esac")
     add("")
@@ -154,6 +166,7 @@ def render_build_engine_sh(spec: ScriptSpec) -> str:
     add("")
     dla_suffix = ""
     extra_flags = []
+    extra_flags += [_q(f) for f in profile_flags(p.trt_version, spec.profile)]
     if spec.sparsity:
         extra_flags.append("--sparsity=enable")
     if spec.dla:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from ..backends.trt_profile import parse_shape_sweep
 from ..errors import InputError
 from ..fileio import check_writable, refuse_overwrite, write_json_atomic
 from .common import emit, info, input_shape_option, json_option, quiet, table, target_option, warn
@@ -36,6 +37,15 @@ def _batches(text: str):
     if not out or any(b < 1 for b in out):
         raise click.BadParameter(f"expected positive integers like 1,4,8, got '{text}'", param_hint="--batch")
     return out
+
+
+def _shapes(text):
+    if not text:
+        return None
+    try:
+        return parse_shape_sweep(text)
+    except InputError as exc:
+        raise click.BadParameter(exc.message, param_hint="--shapes") from exc
 
 
 class _Bar:
@@ -75,14 +85,14 @@ def summary_text(result: dict) -> str:
     opt = f", graph optimizations: {b['optimization']}" if b.get("optimization") else ""
     head = (f"{result['model']['name']} on {result['device']['profile']} ({b['name']} {b.get('version') or ''} "
             f"{b.get('precision') or ''}{opt}), data: {result.get('data')}")
-    lat = table([[r["batch"], r["n"], f"{r['mean_ms']:.4f}", f"{r['median_ms']:.4f}", f"{r['p90_ms']:.4f}",
+    lat = table([[r["shape"] or r["batch"], r["n"], f"{r['mean_ms']:.4f}", f"{r['median_ms']:.4f}", f"{r['p90_ms']:.4f}",
                   f"{r['p99_ms']:.4f}", f"{r['cv']:.1%}", f"{r['throughput_ips']:.1f}",
                   "-" if r["avg_w"] is None else f"{r['avg_w']:.2f}",
                   "-" if r["mj_per_inf"] is None else f"{r['mj_per_inf']:.3g}",
                   "-" if r["analytic_gbs"] is None else f"{r['analytic_gbs']:.3g}",
                   "-" if r["roof_fraction"] is None else f"{r['roof_fraction']:.0%} {r['bound']}"]
                  for r in rows],
-                ["batch", "n", "mean ms", "median ms", "p90 ms", "p99 ms", "cv", "inf/s", "W", "mJ/inf", "GB/s*",
+                ["shape" if any(r["shape"] for r in rows) else "batch", "n", "mean ms", "median ms", "p90 ms", "p99 ms", "cv", "inf/s", "W", "mJ/inf", "GB/s*",
                  "roofline"])
     p = result.get("power") or {}
     lines = [head, lat, "* analytic: bytes that must move / median latency (a lower bound)",
@@ -115,6 +125,10 @@ def _label_partial(result: dict, where=None) -> dict:
 @click.option("--warmup", default="10", show_default=True, metavar="N|Ss",
               help="Warm-up: N iterations, or seconds with an s suffix (--warmup 2s).")
 @click.option("--batch", "batch", default="1", show_default=True, metavar="1,4,8", help="Batch sizes to sweep.")
+@click.option("--shapes", "shapes", default=None, callback=lambda ctx, param, v: _shapes(v),
+              metavar="NAME:DIMS,NAME:DIMS",
+              help="Input shapes to sweep instead of --batch, for a model with dynamic inputs (one row per shape; "
+                   "a name that comes again starts the next shape). TensorRT gets one profile covering them all.")
 @click.option("--power", type=click.Choice(["auto", "tegrastats", "ina3221", "nvml", "rapl", "none"]),
               default="auto", show_default=True, help="Power probe (auto: the first that works here).")
 @click.option("--power-interval", type=click.FloatRange(min=1), default=50.0, show_default=True, metavar="MS",
@@ -140,7 +154,7 @@ def _label_partial(result: dict, where=None) -> dict:
 @click.option("--record-host", is_flag=True,
               help="Keep host and user names, addresses and absolute paths in the results (left out by default).")
 @json_option
-def command(path, backend, iterations, duration, warmup, batch, power, power_interval, target, data, threads,
+def command(path, backend, iterations, duration, warmup, batch, shapes, power, power_interval, target, data, threads,
             ort_opt, profile_layers, input_shapes, output, report_dir, device, fleet, identity, known_hosts,
             remote_python, record_host, as_json):
     """Benchmark a model or bundle: latency statistics, throughput, power and energy, memory bandwidth.
@@ -154,6 +168,7 @@ def command(path, backend, iterations, duration, warmup, batch, power, power_int
       edgesqueeze bench examples/digits/digits_cnn.onnx
       edgesqueeze bench bundle/ --batch 1,4,8 --iterations 500 -o results.json --report report/
       edgesqueeze bench bundle/ --backend trt --duration 10 --power tegrastats
+      edgesqueeze bench yolo.onnx --shapes images:1x3x320x320,images:1x3x640x640     # dynamic input
       edgesqueeze bench bundle/ --device nvidia@jetson.local --identity ~/.ssh/jetson -o tx2.json
       edgesqueeze bench bundle/ --devices fleet.toml --report fleet-report/
     """
@@ -163,9 +178,9 @@ def command(path, backend, iterations, duration, warmup, batch, power, power_int
     bar = _Bar(enabled=not quiet() and sys.stderr.isatty())
     remote_report = False
     if device or fleet:
-        if batches != [1] or data or threads or profile_layers:
-            warn("--batch, --data, --threads and --profile-layers apply to local runs; the on-device runner runs "
-                 "the bundle's model as built")
+        if batches != [1] or shapes or data or threads or profile_layers:
+            warn("--batch, --shapes, --data, --threads and --profile-layers apply to local runs; the on-device "
+                 "runner runs the bundle's model as built (a dynamic input at its profile's opt shape)")
         if warmup_s:
             warn("--warmup in seconds applies to local runs; the device runner warms up 10 iterations")
             warmup = 10
@@ -186,14 +201,17 @@ def command(path, backend, iterations, duration, warmup, batch, power, power_int
         from ..bench.api import bench
         from ..model import parse_input_shapes
 
-        line = (f"benchmarking {path} with {backend} (batch {','.join(map(str, batches))}, "
+        if shapes and (batches != [1] or input_shapes):
+            raise InputError("--shapes sweeps the input shapes: give it without --batch and --input")
+        sweep = f"{len(shapes)} shape(s)" if shapes else f"batch {','.join(map(str, batches))}"
+        line = (f"benchmarking {path} with {backend} ({sweep}, "
                 f"{f'{duration:g} s' if duration else f'{iterations} iterations'} each, power: {power}) ...")
         try:  # the line comes once the model and data load: a bad input stays a one-line error
             results = [bench(path, backend=backend, iterations=iterations, duration=duration, warmup=warmup,
                              warmup_s=warmup_s, announce=lambda: info(line),
                              batch_sizes=batches, power=power, target=target, data=data, threads=threads,
                              input_shapes=parse_input_shapes(input_shapes), progress=bar,
-                             power_interval_ms=power_interval,
+                             power_interval_ms=power_interval, shapes=shapes,
                              **({"profile_layers": profile_layers, "optimization": ort_opt}
                                 if backend == "ort" else {}))]
         finally:

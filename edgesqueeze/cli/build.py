@@ -3,10 +3,22 @@ from __future__ import annotations
 
 import click
 
+from ..backends.trt_profile import parse_shapes_spec, profile_lines
+from ..errors import InputError
 from ..precision import PRECISION_CHOICES
 from ..quant.methods import DEFAULT_METHOD, METHODS
 from .common import emit, info, input_shape_option, json_option, quiet, table, target_option, warn
 from .quantize import split_names
+
+
+def _shapes_param(ctx, param, value):
+    """A malformed shape list is a usage error (exit 2); whether it fits the model is checked later (exit 3)."""
+    if value:
+        try:
+            parse_shapes_spec(value, "--" + param.name.replace("_", "-"))
+        except InputError as exc:
+            raise click.BadParameter(exc.message) from exc
+    return value
 
 
 @click.command("build")
@@ -33,6 +45,12 @@ from .quantize import split_names
               help="The same limit as a fraction (older spelling).")
 @click.option("--strict", is_flag=True, help="With --val: a loss over --max-drop is an error (exit 7), no bundle.")
 @input_shape_option
+@click.option("--min-shapes", callback=_shapes_param, metavar="NAME:DIMS[,..]",
+              help="TensorRT optimization profile: smallest shape of each dynamic input (trtexec's --minShapes).")
+@click.option("--opt-shapes", callback=_shapes_param, metavar="NAME:DIMS[,..]",
+              help="Shape the engine is tuned for (alone: min = opt = max). Default: batch from the data, or 1.")
+@click.option("--max-shapes", callback=_shapes_param, metavar="NAME:DIMS[,..]",
+              help="Largest shape of each dynamic input. Default: batch 8, other dims from the data.")
 @click.option("--passes", multiple=True, metavar="P1,P2", help="Optimizer passes to run (default: the target's).")
 @click.option("--skip", "skip_passes", multiple=True, metavar="P1,P2", help="Optimizer passes to skip.")
 @click.option("--no-optimize", is_flag=True, help="Do not run the optimizer.")
@@ -48,8 +66,9 @@ from .quantize import split_names
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Bundle folder to create.")
 @json_option
 def command(model, target, precision, calib, calib_method, percentile, keep, sensitivity, auto_keep_drop, calib_limit,
-            sparsity, val, val_limit, max_drop, max_accuracy_drop, strict, input_shapes, passes, skip_passes, no_optimize, dla,
-            workspace_mib, local_engine, archive, sign_key, force, output, as_json):
+            sparsity, val, val_limit, max_drop, max_accuracy_drop, strict, input_shapes, min_shapes, opt_shapes,
+            max_shapes, passes, skip_passes, no_optimize, dla, workspace_mib, local_engine, archive, sign_key, force,
+            output, as_json):
     """Build a deployable bundle of MODEL for a target: load, optimize, compress, quantize, validate, package.
 
     The bundle holds the optimized FP32 model, the FP16 or QDQ INT8 model, the TensorRT calibration cache,
@@ -64,9 +83,10 @@ def command(model, target, precision, calib, calib_method, percentile, keep, sen
       edgesqueeze build net.onnx -t agx-orin --sparsity 2:4 --dla -o bundle/ --archive
       edgesqueeze build net.onnx -t orin-nano -p int8 --calib calib.npz --method minmax --keep head -o bundle/
       edgesqueeze build net.onnx -t orin-nano -p int8 --calib c.npz --val v.npz --strict -o bundle/  # exit 7 on a loss
+      edgesqueeze build yolo.onnx -t orin-nano --min-shapes images:1x3x320x320 --opt-shapes images:1x3x640x640 \
+          --max-shapes images:8x3x1280x1280 -o bundle/              # dynamic input: TensorRT profile
       edgesqueeze bench bundle/                                         # then run it (CPU default)
     """
-    from ..errors import InputError
     from ..pipeline import build
 
     if not target:
@@ -78,7 +98,8 @@ def command(model, target, precision, calib, calib_method, percentile, keep, sen
                     local_engine=local_engine, force=force, progress=not quiet() and not as_json,
                     max_accuracy_drop=max_accuracy_drop if max_accuracy_drop is not None else max_drop / 100,
                     strict=strict, sign_key=sign_key, percentile=percentile, keep=split_names(keep),
-                    sensitivity=sensitivity, auto_keep_drop=auto_keep_drop, log=_log)
+                    sensitivity=sensitivity, auto_keep_drop=auto_keep_drop, min_shapes=min_shapes,
+                    opt_shapes=opt_shapes, max_shapes=max_shapes, log=_log)
     emit(summary, as_json, format_summary)
 
 
@@ -151,6 +172,8 @@ def format_summary(s: dict) -> str:
         es = s["engine_script"]
         flags = " ".join(es["flags"]) or "(fp32)"
         lines += [f"engine script: build_engine.sh for TensorRT {es['trt_version']}: {es['workspace_flag']} {flags}"]
+    if s.get("profile"):
+        lines += [f"TensorRT profile {line}" for line in profile_lines(s["profile"])]
     if s.get("signature"):
         lines += [f"signed: {s['signature']}"]
     if s.get("archive"):

@@ -219,10 +219,54 @@ def choose_backend(requested, warnings, expects_trt):
     raise RunnerError("no backend can run the model here: " + "; ".join(why[b] for b in order), 6)
 
 
+def shape_profile(manifest):
+    """The TensorRT optimization profile of the dynamic inputs ({name: {min, opt, max}}; {} for a static model)."""
+    return (manifest.get("tensorrt") or {}).get("profile") or {}
+
+
 def input_specs(manifest):
+    """[(name, shape, dtype)] to feed: a dynamic input runs at its profile's opt shape (else 1 per dynamic dim)."""
     specs = manifest.get("inputs") or {}
-    return [(name, [int(d) if isinstance(d, int) and d > 0 else 1 for d in spec.get("shape", [])],
-             spec.get("dtype", "float32")) for name, spec in sorted(specs.items())]
+    profile = shape_profile(manifest)
+    out = []
+    for name, spec in sorted(specs.items()):
+        if name in profile:
+            shape = [int(d) for d in profile[name]["opt"]]
+        else:
+            shape = [int(d) if isinstance(d, int) and d > 0 else 1 for d in spec.get("shape", [])]
+        out.append((name, shape, spec.get("dtype", "float32")))
+    return out
+
+
+def shapes_spec(profile, selector):
+    """One selector of a profile in trtexec's syntax: images:1x3x640x640,mask:1x640x640 (copy of
+    edgesqueeze.backends.trt_profile.shapes_spec: this file imports nothing of edgesqueeze)."""
+    return ",".join("%s:%s" % ("'%s'" % n if (":" in n or "," in n) else n,
+                               "x".join(str(int(d)) for d in profile[n][selector])) for n in sorted(profile))
+
+
+def profile_flags(manifest, row, calib, engine_given):
+    """trtexec's shape flags for the bundle's dynamic inputs: the build profile (--minShapes/--optShapes/
+    --maxShapes, unless an engine is loaded), the calibration profile with --calib (--optShapesCalib, where the
+    version calibrates), and the inference shapes (--shapes, the opt shapes). [] for a static model."""
+    profile = shape_profile(manifest)
+    if not profile:
+        return []
+    row = row or {"min_shapes": "--minShapes", "opt_shapes": "--optShapes", "max_shapes": "--maxShapes",
+                  "shapes": "--shapes", "calib_shapes": "--optShapesCalib"}
+    flags = []
+    if not engine_given:
+        flags = ["%s=%s" % (row[k], shapes_spec(profile, sel))
+                 for k, sel in (("min_shapes", "min"), ("opt_shapes", "opt"), ("max_shapes", "max"))]
+        if calib and row.get("calib_shapes"):
+            flags.append("%s=%s" % (row["calib_shapes"], shapes_spec(profile, "opt")))
+    return flags + ["%s=%s" % (row.get("shapes") or "--shapes", shapes_spec(profile, "opt"))]
+
+
+def io_api(version):
+    """The TensorRT Python I/O API for ``version`` ((major, minor)): "bindings" before 8.5, "tensors" from 8.5
+    (copy of edgesqueeze.backends.trt_plan.context_plan's io_api)."""
+    return "tensors" if tuple(version)[:2] >= (8, 5) else "bindings"
 
 
 def timed_loop(fn, warmup, iterations, duration, on_sample=None):
@@ -417,6 +461,8 @@ def run_trtexec(trtexec, model_path, bundle, manifest, args, results):
         calib_for_trtexec(calib, tag, results["warnings"])
     source = ["--loadEngine=" + args.engine] if args.engine else ["--onnx=" + model_path] + \
         trtexec_build_flags(manifest, calib, tuple_version, None)
+    source += profile_flags(manifest, flag_row(manifest, tuple_version), calib is not None and
+                            any(f.startswith("--calib=") for f in source), bool(args.engine))
     if args.plugin_lib:
         source.append(plugin_flag(args.plugin_lib, major, flag_row(manifest, tuple_version)))
     cmd = [trtexec] + source + ["--warmUp=%d" % args.warmup_ms, "--iterations=%d" % args.iterations,
@@ -479,18 +525,20 @@ def run_trt_python(model_path, bundle, manifest, args, results):
                                        "none, so the engine is built in FP16 (use trtexec with the calibration "
                                        "cache for INT8)")
             precision = "fp16"
-        plan = build_plan(trt, logger, model_path, precision)
+        plan = build_plan(trt, logger, model_path, precision, shape_profile(manifest))
     engine = trt.Runtime(logger).deserialize_cuda_engine(plan)
     if engine is None:
         raise RunnerError("TensorRT could not deserialize the engine (built for another TensorRT or GPU?)", 6)
     context = engine.create_execution_context()
     rng = np.random.RandomState(args.seed)
-    v3 = hasattr(engine, "num_io_tensors")
+    v3 = io_api(version_tuple_of(trt.__version__)) == "tensors" and hasattr(engine, "num_io_tensors")
     names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)] if v3 else \
         [engine.get_binding_name(i) for i in range(engine.num_bindings)]
+    set_dynamic_shapes(trt, cuda, engine, context, names, v3, {n: s for n, s, _ in input_specs(manifest)})
     bufs, inputs, outputs = [], [], []
     for i, name in enumerate(names):
-        shape = tuple(engine.get_tensor_shape(name) if v3 else engine.get_binding_shape(i))
+        # the context's shapes: the engine's own for a static model, the set input shapes for a dynamic one
+        shape = tuple(context.get_tensor_shape(name) if v3 else context.get_binding_shape(i))
         dtype = trt.nptype(engine.get_tensor_dtype(name) if v3 else engine.get_binding_dtype(i))
         is_input = (engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT) if v3 else engine.binding_is_input(i)
         host = cuda.pagelocked_empty(shape, dtype)
@@ -537,7 +585,38 @@ def run_trt_python(model_path, bundle, manifest, args, results):
     return len(wall)
 
 
-def build_plan(trt, logger, model_path, precision):
+def version_tuple_of(version):
+    """(major, minor) of a version string such as '8.2.1.8' or '10.3.0'."""
+    parts = [int(p) for p in re.findall(r"\d+", str(version))[:2]]
+    return tuple(parts + [0] * (2 - len(parts)))
+
+
+def set_dynamic_shapes(trt, cuda, engine, context, names, v3, shapes):
+    """Run on optimization profile 0 with each dynamic input at ``shapes[name]``: set_input_shape (8.5+) or
+    set_binding_shape (8.2), as edgesqueeze.backends.trt_plan.context_plan decides."""
+    dynamic = []
+    for i, name in enumerate(names):
+        if v3:
+            is_input = engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
+            dims = engine.get_tensor_shape(name)
+        else:
+            is_input, dims = engine.binding_is_input(i), engine.get_binding_shape(i)
+        if is_input and any(d < 0 for d in dims):
+            dynamic.append((i, name))
+    if not dynamic:
+        return
+    if hasattr(context, "set_optimization_profile_async"):
+        stream = cuda.Stream()
+        context.set_optimization_profile_async(0, stream.handle)
+        stream.synchronize()
+    for i, name in dynamic:
+        if v3:
+            context.set_input_shape(name, tuple(shapes[name]))
+        else:
+            context.set_binding_shape(i, tuple(shapes[name]))
+
+
+def build_plan(trt, logger, model_path, precision, profile=None):
     builder = trt.Builder(logger)
     major = int(trt.__version__.split(".")[0])
     flags = 0 if major >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
@@ -556,6 +635,11 @@ def build_plan(trt, logger, model_path, precision):
         config.set_flag(trt.BuilderFlag.FP16)
     if precision == "int8" and major < 11:
         config.set_flag(trt.BuilderFlag.INT8)  # explicit Q/DQ in the model carries the scales
+    if profile:  # dynamic inputs: one optimization profile, as build_engine.sh passes it to trtexec
+        opt_profile = builder.create_optimization_profile()
+        for name in sorted(profile):
+            opt_profile.set_shape(name, *(tuple(profile[name][sel]) for sel in ("min", "opt", "max")))
+        config.add_optimization_profile(opt_profile)
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise RunnerError("TensorRT failed to build an engine from %s" % model_path, 6)

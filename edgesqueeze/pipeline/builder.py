@@ -34,9 +34,11 @@ def build(model_path: PathLike, target: str, out_dir: PathLike, *, precision: st
           skip_passes: Sequence[str] = (), optimize: bool = True, calib_method: str = DEFAULT_METHOD,
           calib_limit: Optional[int] = None, val_limit: Optional[int] = None, dla: bool = False,
           workspace_mib: int = 1024, local_engine: str = "auto", force: bool = False, progress: bool = True,
-          max_accuracy_drop: float = 0.01, strict: bool = False, sign_key: Optional[str] = None, log: Optional[Callable[[str], None]] = None,
+          max_accuracy_drop: float = 0.01, strict: bool = False, sign_key: Optional[str] = None,
+          log: Optional[Callable[[str], None]] = None,
           percentile: float = 99.99, keep: Sequence[str] = (), sensitivity: bool = False,
-          auto_keep_drop: Optional[float] = None) -> dict:
+          auto_keep_drop: Optional[float] = None, min_shapes: Optional[str] = None,
+          opt_shapes: Optional[str] = None, max_shapes: Optional[str] = None) -> dict:
     """Build a deployable bundle of ``model_path`` for ``target``.
 
     Args:
@@ -66,6 +68,9 @@ def build(model_path: PathLike, target: str, out_dir: PathLike, *, precision: st
         percentile, keep, sensitivity, auto_keep_drop: INT8 options, as ``quantize`` takes them: the percentile
             method's percentile, nodes left in higher precision, rank layers by sensitivity, keep the most
             sensitive layers out of INT8 until the accuracy drop is at most this many points.
+        min_shapes, opt_shapes, max_shapes: the TensorRT optimization profile of dynamic inputs in trtexec's
+            syntax (``"images:1x3x640x640"``, several inputs comma-separated): only ``opt_shapes``, or all three.
+            Without them a dynamic input gets the default profile (batch 1..8, other dims from the data).
 
     Returns:
         The summary: bundle path, target, precision, per-stage status/time, model sizes, predicted latency,
@@ -83,7 +88,8 @@ def build(model_path: PathLike, target: str, out_dir: PathLike, *, precision: st
                            archive=archive, force=force, passes=passes, skip_passes=skip_passes, val=val,
                            calib_limit=calib_limit, val_limit=val_limit, optimize=optimize,
                            workspace_mib=workspace_mib, max_accuracy_drop=max_accuracy_drop,
-                           strict=strict, sign_key=sign_key)
+                           strict=strict, sign_key=sign_key, min_shapes=min_shapes, opt_shapes=opt_shapes,
+                           max_shapes=max_shapes)
     log = log or (lambda msg: None)
     state = BuildState(Progress(progress, log, len(STAGES)), log)
     run_stages(state, options)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Tuple
 
+from ..backends.trt_profile import parse_profile_flags
 from ..bundle.writer import check_out_dir
 from ..devices import DeviceProfile, get_profile
 from ..errors import DeviceError, InputError, MissingDependencyError, UnsupportedError
@@ -53,6 +54,12 @@ class BuildOptions:
     max_accuracy_drop: float = 0.01
     strict: bool = False  # a validation that loses more than max_accuracy_drop is an error (exit 7), no bundle
     sign_key: Optional[str] = None  # an SSH key: sign the bundle's manifest (``edgesqueeze sign``)
+    shape_profile: Optional[dict] = None  # --min/--opt/--max-shapes: {input: {"min", "opt", "max"}}
+
+    @property
+    def calib_used(self) -> bool:
+        """True when the calibration data is read (INT8 with real data)."""
+        return self.precision is Precision.INT8 and self.calib is not None and str(self.calib) != "random"
 
     @property
     def deploy_kind(self) -> str:
@@ -85,11 +92,13 @@ def make_options(model_path: PathLike, target: str, out_dir: PathLike, *, precis
                  calib: Optional[str] = None, quant: QuantOptions, sparsity: Optional[str] = None,
                  input_shapes=None, local_engine: str = "auto", dla: bool = False, archive: bool = False,
                  force: bool = False, passes: Optional[Sequence[str]] = None, skip_passes: Sequence[str] = (),
-                 **rest) -> BuildOptions:
+                 min_shapes: Optional[str] = None, opt_shapes: Optional[str] = None,
+                 max_shapes: Optional[str] = None, **rest) -> BuildOptions:
     """Check ``build``'s arguments (in the order a user meets the errors) and return the frozen options.
 
-    ``quant`` holds the INT8 options (checked when it was made); ``rest`` are the plain fields of
-    :class:`BuildOptions`.
+    ``quant`` holds the INT8 options (checked when it was made); ``min_shapes``/``opt_shapes``/``max_shapes`` are
+    the TensorRT optimization profile in trtexec's syntax (``images:1x3x640x640,...``); ``rest`` are the plain
+    fields of :class:`BuildOptions`.
 
     Raises:
         InputError: an unknown precision, sparsity or option value; INT8 without ``calib``; an output folder or
@@ -103,13 +112,14 @@ def make_options(model_path: PathLike, target: str, out_dir: PathLike, *, precis
     if dla and not profile.dla_cores:
         raise UnsupportedError(f"{profile.name} has no DLA; drop --dla", hint="xavier-nx, agx-xavier, orin-nx and "
                                "agx-orin have DLA cores")
+    shape_profile = parse_profile_flags(min_shapes, opt_shapes, max_shapes) or None
     trt_reason = _engine_reason(local_engine)
     if isinstance(input_shapes, (list, tuple, str)):
         input_shapes = parse_input_shapes(input_shapes)
     options = BuildOptions(Path(model_path), profile, Path(out_dir), requested, resolved, note, quant, calib=calib,
                            sparsity=sparsity, input_shapes=input_shapes, dla=dla, trt_reason=trt_reason,
                            archive=archive, force=force, passes=tuple(passes) if passes else None,
-                           skip_passes=tuple(skip_passes), **rest)
+                           skip_passes=tuple(skip_passes), shape_profile=shape_profile, **rest)
     if options.sign_key is not None and not Path(options.sign_key).expanduser().is_file():
         raise InputError("no such SSH key file for --sign", path=str(options.sign_key))
     refuse_overwrite(options.out_dir, options.model_path)

@@ -19,6 +19,7 @@ from ..quant import convert_fp16
 from ..quant.qdq import custom_not_quantized
 from ..quant.run import calibrate_amax, quantize_int8
 from .options import BuildOptions
+from .profiles import resolve_profile
 from .progress import CountingReader
 from .state import DONE, SKIPPED, BuildState, StageRecord
 from .support import (DWSEP_PASS, accuracy_note, accuracy_warnings, cache_text, check_runs, compat_function,
@@ -38,9 +39,11 @@ def load(state: BuildState, options: BuildOptions) -> StageRecord:
             open_data(spec, model, limit=limit)  # a bad data file fails now, not after the optimizer ran
     state.source = {"name": path.name, "sha256": sha256_file(path), "size": path.stat().st_size}
     state.original = state.model = model
+    state.profile = resolve_profile(model, options)
     nodes = len(model.graph.node)
     # the fallback note is said once the input is known good: a bad input is a one-line error
     return StageRecord("load", DONE, f"{path.name}: {nodes} nodes", payload={"nodes": nodes},
+                       summary={"profile": state.profile},
                        warnings=(options.fallback_note,) if options.fallback_note else ())
 
 
@@ -190,7 +193,8 @@ def bundle(state: BuildState, options: BuildOptions) -> StageRecord:
         inputs=inputs_json(state.model), cache_text=state.cache_text,
         sparsity=state.sparse_applied and profile.sparse_2_4, dla=options.dla, workspace_mib=options.workspace_mib,
         force=options.force, warn=state.warn, variant_sources=state.variant_sources,
-        compat=compat_function(profile), compat_report=manifest_compat(state.records["compat"].to_dict()))
+        compat=compat_function(profile), compat_report=manifest_compat(state.records["compat"].to_dict()),
+        shape_profile=state.profile)
     signature = sign_bundle(options.out_dir, options.sign_key) if options.sign_key else None
     archive = write_archive(options.out_dir, options.archive_path) if options.archive else None
     files = manifest["files"]

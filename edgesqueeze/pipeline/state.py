@@ -65,6 +65,7 @@ class BuildState:
     cache_text: Optional[str] = None  # the TensorRT calibration cache
     calib_info: Optional[dict] = None  # the manifest's calibration section
     accuracy: Optional[dict] = None
+    profile: Optional[dict] = None  # the TensorRT optimization profile of the dynamic inputs (None: all static)
     bundle: Optional[dict] = None  # manifest, engine script and archive path, once written
 
     def warn(self, message: str) -> None:
