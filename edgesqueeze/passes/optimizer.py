@@ -234,7 +234,7 @@ def _bisect(model: ModelProto, names: Sequence[str], ctx_args: dict, feeds, rtol
 
 def optimize(model: ModelProto, passes: Optional[Sequence[str]] = None, skip: Sequence[str] = (),
              target: Optional[str] = None, verify: bool = True, rtol: float = 1e-4,
-             seed: int = 0) -> Tuple[ModelProto, dict]:
+             seed: int = 0, feeds=None) -> Tuple[ModelProto, dict]:
     """Optimize ``model`` with a named list of graph passes and prove the result on onnxruntime.
 
     Args:
@@ -247,6 +247,8 @@ def optimize(model: ModelProto, passes: Optional[Sequence[str]] = None, skip: Se
         verify: run input and output on onnxruntime CPU with seeded random inputs and require agreement.
         rtol: relative tolerance of the check (max |a - r| / max |r| per output).
         seed: seed of the random inputs.
+        feeds: the verification's feed dicts (default: ``random_feeds(model, seed)``; a dynamic-shape
+            model's caller gives feeds at the concrete shapes it chose).
 
     Returns:
         ``(optimized model, report)``; the report is JSON-ready: ``passes``, ``skipped_passes``, ``fusions``
@@ -274,17 +276,17 @@ def optimize(model: ModelProto, passes: Optional[Sequence[str]] = None, skip: Se
         "nodes_before": len(model.graph.node), "nodes_after": len(out.graph.node),
         "seconds": round(seconds, 4),
     }
-    report["verification"] = _verification(model, out, names, ctx_args, verify, rtol, seed)
+    report["verification"] = _verification(model, out, names, ctx_args, verify, rtol, seed, feeds)
     return out, report
 
 
-def _verification(model, out, names, ctx_args, verify, rtol, seed) -> dict:
+def _verification(model, out, names, ctx_args, verify, rtol, seed, feeds=None) -> dict:
     from ..model import random_feeds
 
     if not verify:
         return {"status": "skipped", "reason": "verification disabled (--no-verify)"}
     try:
-        feeds = random_feeds(model, seed=seed)
+        feeds = feeds if feeds is not None else random_feeds(model, seed=seed)
     except InputError as exc:
         return {"status": "skipped", "reason": f"no random inputs: {exc.one_line()}"}
     try:
