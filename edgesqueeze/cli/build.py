@@ -5,7 +5,7 @@ import click
 
 from ..precision import PRECISION_CHOICES
 from ..quant.methods import METHODS
-from .common import emit, info, input_shape_option, json_option, quiet, table, target_option, warn
+from .common import emit, info, input_shape_option, json_option, quiet, static_option, table, target_option, warn
 from .quantize import split_names
 
 
@@ -30,6 +30,7 @@ from .quantize import split_names
 @click.option("--max-accuracy-drop", type=click.FloatRange(0, 1), default=0.02, show_default=True,
               help="Warn when the deploy model's top-1 drops more than this fraction below the input model's.")
 @input_shape_option
+@static_option
 @click.option("--passes", multiple=True, metavar="P1,P2", help="Optimizer passes to run (default: the target's).")
 @click.option("--skip", "skip_passes", multiple=True, metavar="P1,P2", help="Optimizer passes to skip.")
 @click.option("--no-optimize", is_flag=True, help="Do not run the optimizer.")
@@ -43,13 +44,16 @@ from .quantize import split_names
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Bundle folder to create.")
 @json_option
 def command(model, target, precision, calib, calib_method, percentile, keep, sensitivity, auto_keep_drop, calib_limit,
-            sparsity, val, val_limit, max_accuracy_drop, input_shapes, passes, skip_passes, no_optimize, dla,
+            sparsity, val, val_limit, max_accuracy_drop, input_shapes, static, passes, skip_passes, no_optimize, dla,
             workspace_mib, local_engine, archive, force, output, as_json):
     """Build a deployable bundle of MODEL for a target: load, optimize, compress, quantize, validate, package.
 
     The bundle holds the optimized FP32 model, the FP16 or QDQ INT8 model, the TensorRT calibration cache,
     build_engine.sh (trtexec flags for the target's TensorRT version), the plugin sources when the model
     has custom nodes, run_on_device.py and a manifest with the sha256 of every file.
+
+    The bundle's models keep the input's symbolic dims (batch, height, width); checks run at the shapes of
+    --input, else of the data, else batch 1 and the model's metadata (Ultralytics imgsz). --static pins them.
 
     \b
     Examples:
@@ -66,7 +70,7 @@ def command(model, target, precision, calib, calib_method, percentile, keep, sen
     if not target:
         raise InputError("--target is required", hint="see 'edgesqueeze devices' for the names")
     summary = build(model, target, output, precision=precision, calib=calib, sparsity=sparsity, val=val,
-                    input_shapes=list(input_shapes) or None, archive=archive, passes=split_names(passes) or None,
+                    input_shapes=list(input_shapes) or None, static=static, archive=archive, passes=split_names(passes) or None,
                     skip_passes=split_names(skip_passes), optimize=not no_optimize, calib_method=calib_method,
                     calib_limit=calib_limit, val_limit=val_limit, dla=dla, workspace_mib=workspace_mib,
                     local_engine=local_engine, force=force, progress=not quiet() and not as_json,
