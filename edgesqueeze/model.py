@@ -482,6 +482,49 @@ def convert_opset(model: ModelProto, opset: int, path: Optional[str] = None) -> 
     return converted
 
 
+# ----------------------------------------------------------------------------- what a model carries
+_MODEL_FIELDS = ("producer_name", "producer_version", "domain", "model_version", "doc_string")
+
+
+def _copy_dims(src: onnx.ValueInfoProto, dst: onnx.ValueInfoProto) -> None:
+    """Give ``dst`` the dims of ``src`` (same tensor, same rank) where a symbolic dim was lost or renamed."""
+    have, want = dst.type.tensor_type, src.type.tensor_type
+    if not want.HasField("shape"):
+        return
+    if have.HasField("shape") and len(have.shape.dim) != len(want.shape.dim):
+        return
+    for i, d in enumerate(want.shape.dim):
+        if i >= len(have.shape.dim):
+            have.shape.dim.add().CopyFrom(d)
+        elif not (d.HasField("dim_value") and d.dim_value > 0):
+            have.shape.dim[i].CopyFrom(d)  # symbolic, '?', -1 or unnamed: as the source spells it
+
+
+def copy_model_attributes(src: ModelProto, dst: ModelProto) -> ModelProto:
+    """Carry over to ``dst`` (a model built from ``src``) what ``src`` carries besides its nodes and weights.
+
+    Copies producer name/version, domain, model_version and doc strings (model and graph), merges
+    ``metadata_props`` (``dst``'s own keys win: a stage may record what it did), and gives the graph inputs and
+    outputs that keep their names the doc strings and symbolic dims of ``src``. Returns ``dst``.
+    Every stage that builds a new ModelProto (graph surgery, FP16, QDQ, compat) calls this once.
+    """
+    for name in _MODEL_FIELDS:
+        setattr(dst, name, getattr(src, name))
+    if src.graph.doc_string:
+        dst.graph.doc_string = src.graph.doc_string
+    own = {p.key for p in dst.metadata_props}
+    for prop in src.metadata_props:
+        if prop.key not in own:
+            dst.metadata_props.add(key=prop.key, value=prop.value)
+    for old, new in ((src.graph.input, dst.graph.input), (src.graph.output, dst.graph.output)):
+        by_name = {v.name: v for v in old}
+        for vi in new:
+            if vi.name in by_name:
+                vi.doc_string = vi.doc_string or by_name[vi.name].doc_string
+                _copy_dims(by_name[vi.name], vi)
+    return dst
+
+
 # ----------------------------------------------------------------------------- saving
 def _tensor_payload(model: ModelProto) -> int:
     """A cheap lower bound of the model's serialised size: the bytes of its tensors' data."""

@@ -16,7 +16,7 @@ import onnx
 from onnx import ModelProto
 
 from ..errors import InputError, UnsupportedError, VerificationError
-from ..model import infer_shapes, opset_version
+from ..model import copy_model_attributes, infer_shapes, opset_version
 from ._graph import ir_version_for
 from .registry import PASSES, PassContext, get_pass
 
@@ -168,10 +168,7 @@ def _run_passes_quietly(model: ModelProto, names: Sequence[str], ctx: PassContex
     del out.opset_import[:]
     out.opset_import.extend(model.opset_import)
     out.ir_version = ir_version_for(model)
-    for field in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
-        setattr(out, field, getattr(model, field))
-    del out.metadata_props[:]
-    out.metadata_props.extend(model.metadata_props)
+    copy_model_attributes(model, out)
     _restore(out, saved)
     return infer_shapes_fast(out), timings
 
