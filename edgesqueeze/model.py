@@ -345,8 +345,8 @@ def _resolve_input(vi: onnx.ValueInfoProto, imgsz: Optional[List[int]], path: Op
         else:
             raise InputError(f"dynamic dimension {label} (axis {i}) of input shape {format_shape(dims)} has no "
                              f"value for the checks and the model records none", path=path, tensor=vi.name,
-                             hint=f"give a concrete shape for checks with --input {_suggest(vi.name, dims)} "
-                                  f"(the model keeps its dynamic dims; --static pins them)")
+                             hint=f"give a concrete shape for checks with --input {_suggest(vi.name, dims)}; the model "
+                                  f"keeps its dynamic dims")
     return out, why
 
 
@@ -387,7 +387,7 @@ def concrete_input_shapes(model: ModelProto, given: Optional[ShapeSpec] = None, 
 
 def note_check_shapes(text: str) -> None:
     """Log (``edgesqueeze.shapes``, shown by the CLI once) the concrete shapes checks of a dynamic model use."""
-    _log.info("dynamic input dims kept; checks run at " + text)
+    _log.info("dynamic input dims: checks run at " + text)
 
 
 def infer_shapes(model: ModelProto) -> ModelProto:
