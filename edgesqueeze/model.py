@@ -413,7 +413,7 @@ def _infer_shapes_bytes(data: bytes, model: ModelProto) -> ModelProto:
 
 
 def load_model(path: PathLike, input_shapes: Optional[ShapeSpec] = None, *, opset: Optional[int] = None,
-               check: bool = True, pin: bool = False) -> ModelProto:
+               check: bool = True, pin: bool = False, require_static: bool = False) -> ModelProto:
     """Load and validate an ONNX model; its dynamic dimensions are kept unless ``pin``.
 
     Args:
@@ -425,6 +425,7 @@ def load_model(path: PathLike, input_shapes: Optional[ShapeSpec] = None, *, opse
         check: run the full ONNX checker.
         pin: ``--static``: write concrete shapes (``input_shapes``, else the rules of
             :func:`concrete_input_shapes`) into the model's inputs, so that the model becomes static.
+        require_static: refuse a model whose inputs still have a dynamic dimension (after ``pin``).
 
     Returns:
         The validated model with inferred shapes (``value_info`` filled in).
@@ -432,7 +433,7 @@ def load_model(path: PathLike, input_shapes: Optional[ShapeSpec] = None, *, opse
     Raises:
         InputError: missing, unreadable, truncated or non-ONNX file; missing external data; a graph without
             outputs; a checker failure; ``input_shapes`` that do not fit the model; with ``pin``, a dynamic
-            dimension that has no value.
+            dimension that has no value; with ``require_static``, a dynamic input.
         UnsupportedError: the opset conversion failed.
     """
     path = Path(path)
@@ -452,6 +453,9 @@ def load_model(path: PathLike, input_shapes: Optional[ShapeSpec] = None, *, opse
     changed = pin and _pin_shapes(model, concrete_input_shapes(model, shapes, path=path))
     if changed:
         data = inferred = None  # pinned shapes rewrote the inputs
+    for name, dims in dynamic_inputs(model).items() if require_static else ():
+        raise InputError(f"input shape {format_shape(dims)} is dynamic; this needs a static model", path=str(path),
+                         tensor=name, hint=f"pin it with --input {_suggest(name, dims)} --static")
     if data is not None:  # the model is still exactly the file: infer from its bytes, no re-serialisation
         return inferred if inferred is not None else _infer_shapes_bytes(data, model)
     if changed:
