@@ -84,8 +84,8 @@ def quantize(state: BuildState, options: BuildOptions) -> StageRecord:
         record = StageRecord("quantize", DONE, "FP16 model (FP32 inputs/outputs)", payload={"precision": "fp16"})
     else:
         record = StageRecord("quantize", SKIPPED, "FP32: nothing to do", f"precision {options.precision}")
-    state.models = finish_models(state.models, first_real_feed([(options.calib, model), (options.val, model)])
-                                 or state.check_feeds)
+    state.models = finish_models(state.models, first_real_feed([(options.calib, model), (options.val, model)]),
+                                 random=state.check_feeds)
     return record
 
 
