@@ -29,7 +29,7 @@ from .errors import InputError
 from .datareader import DataReader, cast_dtype
 from .fileio import sha256_file
 from .imagedata import image_folder_reader
-from .model import format_shape, input_specs
+from .model import concrete_input_shapes, format_shape, input_specs, note_check_shapes
 
 LABEL_KEYS = ("label", "labels", "y", "target", "targets")
 _CHECK_CHUNK = 1 << 22  # elements scanned at a time for NaN/Inf in memory-mapped arrays
@@ -37,7 +37,10 @@ _CHECK_CHUNK = 1 << 22  # elements scanned at a time for NaN/Inf in memory-mappe
 
 # ------------------------------------------------------------------------------------------ model inputs
 def _model_inputs(model: ModelProto, batch_size: int) -> Dict[str, dict]:
-    """Input specs with the batch dimension resolved: ``{name: {"shape": [...], "dtype", "batch"}}``."""
+    """Input specs with the batch dimension resolved: ``{name: {"shape": [...], "dtype", "batch"}}``.
+
+    Other dynamic dims stay symbolic (a name or None): the data's arrays give them, or :func:`_concrete`.
+    """
     specs = input_specs(model)
     if not specs:
         raise InputError("the model has no inputs to feed")
@@ -47,9 +50,6 @@ def _model_inputs(model: ModelProto, batch_size: int) -> Dict[str, dict]:
         if not shape:
             raise InputError("input has no shape information", tensor=name)
         batch = shape[0] if isinstance(shape[0], int) else int(batch_size)
-        if any(not isinstance(d, int) for d in shape[1:]):
-            raise InputError(f"dynamic dimension in input shape {format_shape(shape)}", tensor=name,
-                             hint=f"fix it when loading the model: --input {name}:1x...")
         out[name] = {"shape": [batch] + shape[1:], "dtype": spec["dtype"], "batch": batch}
     batches = {s["batch"] for s in out.values()}
     if len(batches) != 1:
@@ -172,14 +172,34 @@ def _pick_arrays(path: Path, store: Dict[str, np.ndarray], inputs: Dict[str, dic
                      path=str(path), hint="save one array per model input under the input's name")
 
 
+def _fits(dims, want) -> bool:
+    """Array dims fit the model's dims: same rank, equal where the model's dim is fixed."""
+    return len(dims) == len(want) and all(not isinstance(w, int) or d == w for d, w in zip(dims, want))
+
+
 def _fit_array(arr: np.ndarray, spec: dict, name: str, path: str) -> np.ndarray:
     want = spec["shape"]
-    if arr.ndim == len(want) - 1 and list(arr.shape) == want[1:]:
+    if arr.ndim == len(want) - 1 and _fits(arr.shape, want[1:]):
         arr = arr[None]  # one sample without its batch axis
-    if arr.ndim != len(want) or list(arr.shape[1:]) != want[1:]:
+    if not _fits(arr.shape[1:], want[1:]):
         raise InputError(f"data shape {format_shape(arr.shape)} does not fit the model's input shape "
                          f"{format_shape(want)}; expected Nx{format_shape(want[1:])}", path=path, tensor=name)
+    if any(not isinstance(w, int) for w in want[1:]):  # a dynamic dim: the data give it
+        spec["shape"] = [spec["batch"]] + list(arr.shape[1:])
+        note_check_shapes(f"{name}:{format_shape(spec['shape'])} (the shape of the data in {path})")
     return arr
+
+
+def _concrete(inputs: Dict[str, dict], model: ModelProto, shapes) -> Dict[str, dict]:
+    """``inputs`` with every dynamic dim given a value (``--input``, else the rules of the model's metadata)."""
+    if all(isinstance(d, int) for spec in inputs.values() for d in spec["shape"]):
+        return inputs
+    concrete = concrete_input_shapes(model, shapes)
+    out = {}
+    for name, spec in inputs.items():
+        dims = [d if isinstance(d, int) else c for d, c in zip(spec["shape"], concrete[name])]
+        out[name] = dict(spec, shape=[spec["batch"]] + dims[1:])
+    return out
 
 
 def _array_reader(path: Path, inputs: Dict[str, dict], limit: Optional[int]) -> ArrayReader:
@@ -217,7 +237,7 @@ def _array_reader(path: Path, inputs: Dict[str, dict], limit: Optional[int]) -> 
 
 # ------------------------------------------------------------------------------------------ entry point
 def open_data(spec: Optional[str], model: ModelProto, *, batch_size: int = 1, limit: Optional[int] = None,
-              seed: int = 0) -> DataReader:
+              seed: int = 0, shapes=None) -> DataReader:
     """Open calibration/evaluation data for ``model``.
 
     Args:
@@ -227,6 +247,8 @@ def open_data(spec: Optional[str], model: ModelProto, *, batch_size: int = 1, li
         batch_size: samples per feed dict when the model's batch dimension is dynamic (a fixed batch wins).
         limit: use at most this many samples (random data: this many batches; default 8).
         seed: seed of random data.
+        shapes: ``--input`` shapes (:func:`edgesqueeze.model.parse_input_shapes`): the dynamic dims of random
+            data and image folders (arrays give their own; else :func:`edgesqueeze.model.concrete_input_shapes`).
 
     Returns:
         A :class:`DataReader`: iterable (repeatedly) of feed dicts, with ``labels``, ``len()``, ``describe()``,
@@ -241,7 +263,7 @@ def open_data(spec: Optional[str], model: ModelProto, *, batch_size: int = 1, li
         raise InputError(f"batch size must be positive, got {batch_size}")
     inputs = _model_inputs(model, batch_size)
     if spec is None or str(spec) == "random":
-        return RandomReader(inputs, count=8 if limit is None else int(limit), seed=seed)
+        return RandomReader(_concrete(inputs, model, shapes), count=8 if limit is None else int(limit), seed=seed)
     text = str(spec)
     query = ""
     if "?" in text and not Path(text).exists():
@@ -250,7 +272,7 @@ def open_data(spec: Optional[str], model: ModelProto, *, batch_size: int = 1, li
     if not path.exists():
         raise InputError("no such file or folder", path=str(path))
     if path.is_dir():
-        return image_folder_reader(path, query, inputs, limit)
+        return image_folder_reader(path, query, _concrete(inputs, model, shapes), limit)
     if path.suffix.lower() not in (".npz", ".npy"):
         raise InputError(f"unknown data format '{path.suffix}'", path=str(path),
                          hint="give an .npz/.npy file, an image folder, or 'random'")

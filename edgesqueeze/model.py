@@ -2,11 +2,13 @@
 
 ``load_model`` is the single entry point every stage uses: it parses the file,
 resolves external data, runs the full ONNX checker and shape inference, fixes
-dynamic input dimensions from user-given shapes and, on request, converts old
-opsets. ``save_model`` writes atomically and never overwrites the input.
+checks ``--input`` shapes (pinning them only with ``--static``) and, on request,
+converts old opsets. Dynamic dimensions are kept; :func:`concrete_input_shapes` is the one rule
+for the concrete shapes that checks need. ``save_model`` writes atomically and never overwrites the input.
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 from pathlib import Path
@@ -239,43 +241,146 @@ def _check(model: ModelProto, path: Path, data: Optional[bytes] = None) -> Optio
     return inferred
 
 
-def _apply_shapes(model: ModelProto, shapes: ShapeSpec, path: Path, require_static: bool) -> bool:
+def _named_shapes(model: ModelProto, shapes: Optional[ShapeSpec], path: Optional[Path] = None) -> Dict[str, List[int]]:
+    """``--input`` shapes keyed by input name, checked against the model (names, rank, fixed dims)."""
     inputs = graph_inputs(model)
     names = [i.name for i in inputs]
-    shapes = dict(shapes)
+    shapes = dict(shapes or {})
+    where = str(path) if path is not None else None
     if None in shapes:
         if len(inputs) != 1:
             raise InputError(f"a bare --input shape needs a model with one input; this one has {len(inputs)}: "
-                             f"{', '.join(names)}", path=str(path), hint="use --input name:1x3x224x224")
+                             f"{', '.join(names)}", path=where, hint="use --input name:1x3x224x224")
         shapes[names[0]] = shapes.pop(None)
     unknown = [n for n in shapes if n not in names]
     if unknown:
-        raise InputError(f"no graph input named '{unknown[0]}'; the inputs are: {', '.join(names)}", path=str(path))
-    changed = False
+        raise InputError(f"no graph input named '{unknown[0]}'; the inputs are: {', '.join(names)}", path=where)
     for vi in inputs:
-        dims = tensor_shape(vi)
+        dims, given = tensor_shape(vi), shapes.get(vi.name)
+        if given is None:
+            continue
+        if dims and len(dims) != len(given):
+            raise InputError(f"shape {format_shape(given)} has rank {len(given)}, the model's input has rank "
+                             f"{len(dims)} ({format_shape(dims)})", path=where, tensor=vi.name)
+        for have, want in zip(dims, given):
+            if isinstance(have, int) and have != want:
+                raise InputError(f"shape {format_shape(given)} conflicts with the model's fixed shape "
+                                 f"{format_shape(dims)}", path=where, tensor=vi.name)
+    return {k: [int(d) for d in v] for k, v in shapes.items()}
+
+
+def _pin_shapes(model: ModelProto, shapes: Dict[str, List[int]]) -> bool:
+    """Write ``shapes`` into the model's inputs (``--static``); True when an input changed."""
+    changed = False
+    for vi in graph_inputs(model):
         given = shapes.get(vi.name)
-        if given is not None:
-            if dims and len(dims) != len(given):
-                raise InputError(f"shape {format_shape(given)} has rank {len(given)}, the model's input has rank "
-                                 f"{len(dims)} ({format_shape(dims)})", path=str(path), tensor=vi.name)
-            for have, want in zip(dims, given):
-                if isinstance(have, int) and have != want:
-                    raise InputError(f"shape {format_shape(given)} conflicts with the model's fixed shape "
-                                     f"{format_shape(dims)}", path=str(path), tensor=vi.name)
-            shape_proto = vi.type.tensor_type.shape
-            del shape_proto.dim[:]
-            for d in given:
-                shape_proto.dim.add().dim_value = int(d)
-            changed = changed or dims != list(given)
-        elif require_static:
-            dyn = [d for d in dims if not isinstance(d, int)]
-            if dyn or not vi.type.tensor_type.HasField("shape"):
-                label = dyn[0] if dyn and dyn[0] else "?"
-                example = "x".join(str(d) if isinstance(d, int) else "1" for d in dims) or "1x3x224x224"
-                raise InputError(f"dynamic dimension '{label}' in shape {format_shape(dims)} has no value",
-                                 path=str(path), tensor=vi.name, hint=f"give it with --input {vi.name}:{example}")
+        if given is None:
+            continue
+        changed = changed or tensor_shape(vi) != list(given)
+        shape_proto = vi.type.tensor_type.shape
+        del shape_proto.dim[:]
+        for d in given:
+            shape_proto.dim.add().dim_value = int(d)
     return changed
+
+
+# ----------------------------------------------------------------------------- dynamic dimensions
+# A model keeps its symbolic dimensions through every stage; where a check needs numbers (verification feeds,
+# random data, the roofline) they come, per input, from --input, else the data given, else these rules:
+# the leading (batch-like) dimension is 1; the spatial dims of an image input come from the metadata an
+# exporter records (Ultralytics: imgsz); anything else is an InputError that suggests a realistic shape.
+_log = logging.getLogger("edgesqueeze.shapes")
+_SUGGESTED_DIM = {4: 640, 3: 128}  # an image's side (rank 4), a sequence length (rank 3); other ranks: 16
+
+
+def dynamic_inputs(model: ModelProto) -> Dict[str, List[Union[int, str, None]]]:
+    """``{name: dims}`` of the model's inputs that have a symbolic or unknown dimension (or no shape)."""
+    out = {}
+    for vi in graph_inputs(model):
+        dims = tensor_shape(vi)
+        if not vi.type.tensor_type.HasField("shape") or any(not isinstance(d, int) for d in dims):
+            out[vi.name] = dims
+    return out
+
+
+def metadata_image_size(model: ModelProto) -> Optional[List[int]]:
+    """``[height, width]`` an exporter recorded in ``metadata_props`` (Ultralytics ``imgsz``), or None."""
+    props = {p.key: p.value for p in model.metadata_props}
+    found = [int(v) for v in re.findall(r"\d+", props.get("imgsz", ""))]
+    if len(found) == 1:
+        return found * 2
+    return found if len(found) == 2 and all(found) else None
+
+
+def _suggest(name: str, dims: Sequence[Union[int, str, None]]) -> str:
+    side = _SUGGESTED_DIM.get(len(dims), 16)
+    shape = [d if isinstance(d, int) else 1 if i == 0 else side for i, d in enumerate(dims)] or [1, 3, 640, 640]
+    return f"{name}:{format_shape(shape)}"
+
+
+def _resolve_input(vi: onnx.ValueInfoProto, imgsz: Optional[List[int]], path: Optional[str]) -> Tuple[List[int], List[str]]:
+    """Concrete dims of one dynamic input by the rules above, and the reasons; InputError when one has none."""
+    dims = tensor_shape(vi)
+    if not dims:
+        raise InputError("the input has no shape, so a concrete shape for checks is unknown", path=path,
+                         tensor=vi.name, hint=f"give one, e.g. --input {_suggest(vi.name, [])}")
+    out, why = [], []
+    for i, d in enumerate(dims):
+        label = f"'{d}'" if d else f"{i}"
+        if isinstance(d, int):
+            out.append(d)
+        elif i == 0:
+            out.append(1)
+            why.append(f"{d or 'axis 0'}=1 by default")
+        elif imgsz is not None and len(dims) == 4 and i >= 2:
+            out.append(imgsz[i - 2])
+            why.append(f"{d or f'axis {i}'}={imgsz[i - 2]} from the model's imgsz metadata")
+        else:
+            raise InputError(f"dynamic dimension {label} (axis {i}) of input shape {format_shape(dims)} has no "
+                             f"value for the checks and the model records none", path=path, tensor=vi.name,
+                             hint=f"give a concrete shape for checks with --input {_suggest(vi.name, dims)}; the model "
+                                  f"keeps its dynamic dims")
+    return out, why
+
+
+def concrete_input_shapes(model: ModelProto, given: Optional[ShapeSpec] = None, *,
+                          path: Optional[PathLike] = None, skip: Sequence[str] = ()) -> Dict[str, List[int]]:
+    """Concrete shapes for checks: ``{name: dims}`` for every input of ``model``.
+
+    Static inputs keep their shape; ``given`` (``--input``, as :func:`parse_input_shapes` returns) wins for the
+    inputs it names; other dynamic dims follow the rules above. Inputs in ``skip`` (shaped by data) are left
+    out. Logs one line on the ``edgesqueeze.shapes`` logger saying which shapes were chosen and why.
+
+    Raises:
+        InputError: a given shape does not fit the model, or a dynamic dim has no value (names the tensor and
+            the dimension and suggests ``--input``).
+    """
+    where = str(path) if path is not None else None
+    named = _named_shapes(model, given, Path(path) if path is not None else None)
+    imgsz = metadata_image_size(model)
+    shapes, notes, dynamic_names = {}, [], set(dynamic_inputs(model))
+    for vi in graph_inputs(model):
+        if vi.name in skip:
+            continue
+        dims = tensor_shape(vi)
+        dynamic = vi.name in dynamic_names
+        if vi.name in named:
+            shapes[vi.name] = named[vi.name]
+            if dynamic:
+                notes.append(f"{vi.name}:{format_shape(named[vi.name])} (from --input)")
+        elif not dynamic:
+            shapes[vi.name] = list(dims)
+        else:
+            shapes[vi.name], why = _resolve_input(vi, imgsz, where)
+            notes.append(f"{vi.name}:{format_shape(shapes[vi.name])} ({', '.join(why)})")
+    if notes:
+        note_check_shapes("; ".join(notes))
+    return shapes
+
+
+def note_check_shapes(text: str) -> None:
+    """Log (``edgesqueeze.shapes``, shown by the CLI once) the concrete shapes checks of a dynamic model use."""
+    _log.info("dynamic input dims: checks run at " + text)
 
 
 def infer_shapes(model: ModelProto) -> ModelProto:
@@ -301,23 +406,27 @@ def _infer_shapes_bytes(data: bytes, model: ModelProto) -> ModelProto:
 
 
 def load_model(path: PathLike, input_shapes: Optional[ShapeSpec] = None, *, opset: Optional[int] = None,
-               check: bool = True, require_static: bool = True) -> ModelProto:
-    """Load and validate an ONNX model.
+               check: bool = True, pin: bool = False, require_static: bool = False) -> ModelProto:
+    """Load and validate an ONNX model; its dynamic dimensions are kept unless ``pin``.
 
     Args:
         path: the ``.onnx`` file. External-data files are resolved relative to it.
-        input_shapes: shapes for dynamic inputs, ``{name: [dims]}`` (key ``None`` for a model with one input),
-            as returned by :func:`parse_input_shapes`.
+        input_shapes: ``--input`` shapes, ``{name: [dims]}`` (key ``None`` for a model with one input), as
+            returned by :func:`parse_input_shapes`: checked against the model here; they only give the
+            concrete shapes of checks (:func:`concrete_input_shapes`) unless ``pin``.
         opset: when given and the model's ai.onnx opset is lower, convert it with onnx's version converter.
         check: run the full ONNX checker.
-        require_static: fail when an input still has a dynamic dimension after ``input_shapes`` are applied.
+        pin: ``--static``: write concrete shapes (``input_shapes``, else the rules of
+            :func:`concrete_input_shapes`) into the model's inputs, so that the model becomes static.
+        require_static: refuse a model whose inputs still have a dynamic dimension (after ``pin``).
 
     Returns:
         The validated model with inferred shapes (``value_info`` filled in).
 
     Raises:
         InputError: missing, unreadable, truncated or non-ONNX file; missing external data; a graph without
-            outputs; a checker failure; a dynamic input dimension without a given shape.
+            outputs; a checker failure; ``input_shapes`` that do not fit the model; with ``pin``, a dynamic
+            dimension that has no value; with ``require_static``, a dynamic input.
         UnsupportedError: the opset conversion failed.
     """
     path = Path(path)
@@ -333,10 +442,13 @@ def load_model(path: PathLike, input_shapes: Optional[ShapeSpec] = None, *, opse
     if opset is not None and 0 < opset_version(model) < opset:
         model = convert_opset(model, opset, path=str(path))
         data = inferred = None
-    before = [vi.SerializeToString(deterministic=True) for vi in model.graph.input] if input_shapes else None
-    changed = _apply_shapes(model, input_shapes or {}, path, require_static)
-    if before is not None and before != [vi.SerializeToString(deterministic=True) for vi in model.graph.input]:
-        data = inferred = None  # given shapes rewrote the inputs
+    shapes = _named_shapes(model, input_shapes, path)
+    changed = pin and _pin_shapes(model, concrete_input_shapes(model, shapes, path=path))
+    if changed:
+        data = inferred = None  # pinned shapes rewrote the inputs
+    for name, dims in dynamic_inputs(model).items() if require_static else ():
+        raise InputError(f"input shape {format_shape(dims)} is dynamic; this needs a static model", path=str(path),
+                         tensor=name, hint=f"pin it with --input {_suggest(name, dims)} --static")
     if data is not None:  # the model is still exactly the file: infer from its bytes, no re-serialisation
         return inferred if inferred is not None else _infer_shapes_bytes(data, model)
     if changed:
@@ -363,6 +475,49 @@ def convert_opset(model: ModelProto, opset: int, path: Optional[str] = None) -> 
         raise UnsupportedError(f"cannot convert the model from opset {opset_version(model)} to {opset}: {text}",
                                path=path) from exc
     return converted
+
+
+# ----------------------------------------------------------------------------- what a model carries
+_MODEL_FIELDS = ("producer_name", "producer_version", "domain", "model_version", "doc_string")
+
+
+def _copy_dims(src: onnx.ValueInfoProto, dst: onnx.ValueInfoProto) -> None:
+    """Give ``dst`` the dims of ``src`` (same tensor, same rank) where a symbolic dim was lost or renamed."""
+    have, want = dst.type.tensor_type, src.type.tensor_type
+    if not want.HasField("shape"):
+        return
+    if have.HasField("shape") and len(have.shape.dim) != len(want.shape.dim):
+        return
+    for i, d in enumerate(want.shape.dim):
+        if i >= len(have.shape.dim):
+            have.shape.dim.add().CopyFrom(d)
+        elif not (d.HasField("dim_value") and d.dim_value > 0):
+            have.shape.dim[i].CopyFrom(d)  # symbolic, '?', -1 or unnamed: as the source spells it
+
+
+def copy_model_attributes(src: ModelProto, dst: ModelProto) -> ModelProto:
+    """Carry over to ``dst`` (a model built from ``src``) what ``src`` carries besides its nodes and weights.
+
+    Copies producer name/version, domain, model_version and doc strings (model and graph), merges
+    ``metadata_props`` (``dst``'s own keys win: a stage may record what it did), and gives the graph inputs and
+    outputs that keep their names the doc strings and symbolic dims of ``src``. Returns ``dst``.
+    Every stage that builds a new ModelProto (graph surgery, FP16, QDQ, compat) calls this once.
+    """
+    for name in _MODEL_FIELDS:
+        setattr(dst, name, getattr(src, name))
+    if src.graph.doc_string:
+        dst.graph.doc_string = src.graph.doc_string
+    own = {p.key for p in dst.metadata_props}
+    for prop in src.metadata_props:
+        if prop.key not in own:
+            dst.metadata_props.add(key=prop.key, value=prop.value)
+    for old, new in ((src.graph.input, dst.graph.input), (src.graph.output, dst.graph.output)):
+        by_name = {v.name: v for v in old}
+        for vi in new:
+            if vi.name in by_name:
+                vi.doc_string = vi.doc_string or by_name[vi.name].doc_string
+                _copy_dims(by_name[vi.name], vi)
+    return dst
 
 
 # ----------------------------------------------------------------------------- saving
@@ -447,24 +602,23 @@ def save_model(model: ModelProto, path: PathLike, *, inputs: Sequence[Optional[P
 
 # ----------------------------------------------------------------------------- data
 def random_feeds(model: ModelProto, seed: int = 0, *, low: float = -1.0, high: float = 1.0,
-                 batches: int = 1) -> List[Dict[str, np.ndarray]]:
-    """Return ``batches`` seeded random feed dicts for the model's inputs (static shapes required).
+                 batches: int = 1, shapes: Optional[ShapeSpec] = None) -> List[Dict[str, np.ndarray]]:
+    """Return ``batches`` seeded random feed dicts for the model's inputs.
 
+    Dynamic dims take ``shapes`` (``--input``), else the rules of :func:`concrete_input_shapes`.
     Floating inputs are uniform in ``[low, high)``, integer inputs in ``[0, 10)``, booleans random.
 
     Raises:
-        InputError: an input has a dynamic dimension.
+        InputError: a dynamic dimension has no value (see :func:`concrete_input_shapes`).
     """
     rng = np.random.default_rng(seed)
     feeds = []
     specs = input_specs(model)
+    concrete = concrete_input_shapes(model, shapes)
     for _ in range(batches):
         feed = {}
         for name, spec in specs.items():
-            shape = spec["shape"]
-            if any(not isinstance(d, int) for d in shape):
-                raise InputError(f"dynamic dimension in {format_shape(shape)}", tensor=name,
-                                 hint=f"give it with --input {name}:1x...")
+            shape = concrete[name]
             dt = spec["dtype"]
             if np.issubdtype(dt, np.floating):
                 feed[name] = rng.uniform(low, high, size=shape).astype(dt)

@@ -55,8 +55,8 @@ def bad_models(tmp_path):
     from onnx import TensorProto, helper
 
     good = tmp_path / "good.onnx"
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, "h", "w"])  # h, w: nothing gives them
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3, "h", "w"])
     m = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y]),
                           opset_imports=[helper.make_opsetid("", 13)])
     good.write_bytes(m.SerializeToString())
@@ -68,7 +68,7 @@ def bad_models(tmp_path):
 
 
 @pytest.mark.parametrize("case,needle", [("truncated", "truncated or corrupt"), ("text", "not an ONNX model"),
-                                         ("dynamic", "dynamic dimension 'batch'")])
+                                         ("dynamic", "dynamic dimension 'h' (axis 2)")])
 def test_bad_models_give_one_line_and_exit_3(bad_models, tmp_path, case, needle):
     path = bad_models[case]
     before = _sha(path)
@@ -86,7 +86,7 @@ def test_debug_shows_traceback(bad_models):
 
 
 def test_dynamic_model_works_with_input_shape(bad_models):
-    r = _run("inspect", bad_models["dynamic"], "--input", "x:2x4", "--json")
+    r = _run("inspect", bad_models["dynamic"], "--input", "x:2x3x8x8", "--json")
     assert r.returncode == 0, r.stderr
 
 
@@ -96,7 +96,7 @@ def test_usage_error_exit_2():
 
 
 def test_unknown_target_exit_3(bad_models):
-    r = _run("inspect", bad_models["dynamic"], "--input", "x:2x4", "--target", "tx9")
+    r = _run("inspect", bad_models["dynamic"], "--input", "x:2x3x8x8", "--target", "tx9")
     assert r.returncode == 3 and "unknown target" in r.stderr
 
 

@@ -71,17 +71,18 @@ def test_empty_file(tmp_path):
         load_model(p)
 
 
-def test_dynamic_dimension_needs_shape(tmp_path):
+def test_dynamic_dimension_is_kept_and_pinned_on_request(tmp_path):
     p = tmp_path / "dyn.onnx"
     _tiny(dynamic=True, path=p)
-    with pytest.raises(InputError, match="dynamic dimension 'N'") as e:
-        load_model(p)
-    assert e.value.tensor == "x" and "--input x:1x3x4x4" in e.value.one_line()
-    m = load_model(p, parse_input_shapes(["x:2x3x4x4"]))
+    kept = load_model(p, parse_input_shapes(["x:2x3x4x4"]))  # --input alone: shapes for checks, model unchanged
+    assert kept.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "N"
+    assert random_feeds(kept)[0]["x"].shape == (1, 3, 4, 4)  # batch-like leading dim: 1
+    assert random_feeds(kept, shapes=parse_input_shapes(["x:2x3x4x4"]))[0]["x"].shape == (2, 3, 4, 4)
+    m = load_model(p, parse_input_shapes(["x:2x3x4x4"]), pin=True)
     assert [d.dim_value for d in m.graph.input[0].type.tensor_type.shape.dim] == [2, 3, 4, 4]
     out = m.graph.output[0].type.tensor_type.shape.dim
     assert [d.dim_value for d in out] == [2, 2, 4, 4]
-    m2 = load_model(p, parse_input_shapes("5x3x4x4"))
+    m2 = load_model(p, parse_input_shapes("5x3x4x4"), pin=True)
     assert m2.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 5
 
 

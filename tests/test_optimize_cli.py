@@ -118,7 +118,7 @@ def test_cli_on_the_digits_example(cli, tmp_path):
     assert report["nodes_after"] < report["nodes_before"]
 
 
-def test_cli_dynamic_input_needs_a_shape(cli, tmp_path):
+def test_cli_dynamic_input_kept_and_checked_at_batch_1(cli, tmp_path):
     from onnx import TensorProto, helper
 
     graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
@@ -128,7 +128,14 @@ def test_cli_dynamic_input_needs_a_shape(cli, tmp_path):
     model.ir_version = 8
     path = tmp_path / "dyn.onnx"
     onnx.save(model, str(path))
-    code, _, stderr = cli("optimize", path, "-o", tmp_path / "o.onnx")
-    assert code == 3 and "--input x:1x3x8x8" in stderr
-    code, stdout, _ = cli("optimize", path, "-o", tmp_path / "o.onnx", "--input", "x:2x3x8x8", "--json")
+    code, stdout, stderr = cli("optimize", path, "-o", tmp_path / "o.onnx", "--json")
+    assert code == 0 and json.loads(stdout)["verification"]["status"] == "passed", stderr
+    assert "checks run at x:1x3x8x8 (N=1 by default)" in stderr
+    assert onnx.load(str(tmp_path / "o.onnx")).graph.input[0].type.tensor_type.shape.dim[0].dim_param == "N"
+    code, stdout, _ = cli("optimize", path, "-o", tmp_path / "o2.onnx", "--input", "x:2x3x8x8", "--json")
     assert code == 0 and json.loads(stdout)["verification"]["status"] == "passed"
+    # spatial dims nothing gives: one line, exit 3, a realistic suggestion
+    model.graph.input[0].type.tensor_type.shape.dim[2].dim_param = "H"
+    onnx.save(model, str(path))
+    code, _, stderr = cli("optimize", path, "-o", tmp_path / "o3.onnx")
+    assert code == 3 and "--input x:1x3x640x8" in stderr

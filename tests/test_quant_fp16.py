@@ -106,3 +106,26 @@ def test_layers_that_overflow_fp16_are_found_on_data(tmp_path):
     assert len(warnings) == 1 and kept["fp16"]["fp32_nodes"] == 2
     out = run_model(onnx.load(tmp_path / "k.onnx"), {"x": np.ones((1, 4), np.float32)})["y"]
     np.testing.assert_allclose(out, 1.0, rtol=1e-2)
+
+
+def test_range_stays_fp32_in_an_fp16_model():
+    """ONNX Range has no float16: a dynamic-shape detector's grid (YOLOv8's anchors) keeps it fp32 with Casts."""
+    import numpy as np
+    from onnx import TensorProto, helper
+
+    from edgesqueeze.ortutil import run_model
+    from edgesqueeze.quant import convert_fp16
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["m"])
+    nodes = [helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Cast", ["s"], ["sf"], to=TensorProto.FLOAT),
+             helper.make_node("ReduceSum", ["sf"], ["lim"], keepdims=0),
+             helper.make_node("Constant", [], ["zero"], value=helper.make_tensor("z", TensorProto.FLOAT, [], [0.5])),
+             helper.make_node("Constant", [], ["one"], value=helper.make_tensor("o", TensorProto.FLOAT, [], [1.0])),
+             helper.make_node("Range", ["zero", "lim", "one"], ["r"]), helper.make_node("Mul", ["r", "one"], ["y"])]
+    m = helper.make_model(helper.make_graph(nodes, "g", [x], [y]), opset_imports=[helper.make_opsetid("", 17)])
+    out = convert_fp16(m)
+    rng = next(n for n in out.graph.node if n.op_type == "Range")
+    assert rng.op_type == "Range"
+    got = run_model(out, {"x": np.zeros(5, np.float32)})["y"]
+    np.testing.assert_allclose(got, np.arange(0.5, 5.0, 1.0))

@@ -30,23 +30,13 @@ FP16_FLOOR = {"ppocr_rec": 30.0}
 FP16_DEFAULT_FLOOR = 40.0
 OPT_FLOOR = 80.0     # FP32 rewrites: float rounding only
 
-_SHAPE_BUG = ("load_model with --input leaves value_info of unknown rank without 'shape' on the Paddle graph's "
-              "Reshape outputs (reshape2_0.tmp_0, ...); onnx.checker then rejects the model: quantize int8 exits 4 "
-              "('cannot convert the model from opset N to 13: Field 'shape' of 'type' is required but missing'), "
-              "fp16 exits 1 (ValidationError)")
+_REC_INT8 = ("INT8 ppocr_rec (default auto calibration, every Conv/MatMul in INT8): output SQNR 12.5-13.2 dB on the "
+             "CTC logits < 15 dB; the task metric holds: RapidOCR reads held-out lines at character accuracy 0.920 "
+             "vs 0.916 with the shipped FP32 model (test_real_client)")
 KNOWN = {
-    ("ppocr_det", "orin-nano"): "INT8 ppocr_det (build, entropy): output SQNR 12.8 dB < 15 dB on photos with text",
-    ("ppocr_det", "int8"): ("quantize refuses ppocr_det (exit 3): node 'p2o.Conv.0' weight 'conv2d_0.w_0' is "
-                            "computed at run time; optimize first, which fails (fold_batchnorm)"),
     ("ppocr_det", "fp16"): "fp16 ppocr_det: output SQNR -1.9 dB vs FP32 on real photos with text (broken FP16)",
-    ("ppocr_rec", "int8"): _SHAPE_BUG,
-    ("ppocr_rec", "fp16"): _SHAPE_BUG,
-    ("ppocr_cls", "int8"): _SHAPE_BUG,
-    ("ppocr_cls", "fp16"): _SHAPE_BUG,
-    ("ppocr_rec", "orin-nano"): ("INT8 ppocr_rec (entropy): output SQNR 3.2 dB < 15 dB on rendered text lines "
-                                 "(default calibrator; being improved)"),
-    ("yolov8n_320", "fp16"): ("fp16 yolov8n_320 is an invalid model: Range '/model.22/Range_4' gets a float16 input "
-                              "(/model.22/Constant_46_output_0)"),
+    ("ppocr_rec", "int8"): _REC_INT8,
+    ("ppocr_rec", "orin-nano"): _REC_INT8,
 }
 
 

@@ -81,6 +81,9 @@ def cli(ctx: click.Context, debug: bool, quiet: bool) -> None:
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug or bool(os.environ.get("EDGESQUEEZE_DEBUG"))
     ctx.obj["quiet"] = quiet
+    from .common import show_shape_notes
+
+    show_shape_notes()
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -7,7 +7,7 @@ from ..backends.trt_profile import parse_shapes_spec, profile_lines
 from ..errors import InputError
 from ..precision import PRECISION_CHOICES
 from ..quant.methods import DEFAULT_METHOD, METHODS
-from .common import emit, info, input_shape_option, json_option, quiet, table, target_option, warn
+from .common import emit, info, input_shape_option, json_option, quiet, static_option, table, target_option, warn
 from .quantize import split_names
 
 
@@ -45,6 +45,7 @@ def _shapes_param(ctx, param, value):
               help="The same limit as a fraction (older spelling).")
 @click.option("--strict", is_flag=True, help="With --val: a loss over --max-drop is an error (exit 7), no bundle.")
 @input_shape_option
+@static_option
 @click.option("--min-shapes", callback=_shapes_param, metavar="NAME:DIMS[,..]",
               help="TensorRT optimization profile: smallest shape of each dynamic input (trtexec's --minShapes).")
 @click.option("--opt-shapes", callback=_shapes_param, metavar="NAME:DIMS[,..]",
@@ -66,14 +67,17 @@ def _shapes_param(ctx, param, value):
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Bundle folder to create.")
 @json_option
 def command(model, target, precision, calib, calib_method, percentile, keep, sensitivity, auto_keep_drop, calib_limit,
-            sparsity, val, val_limit, max_drop, max_accuracy_drop, strict, input_shapes, min_shapes, opt_shapes,
-            max_shapes, passes, skip_passes, no_optimize, dla, workspace_mib, local_engine, archive, sign_key, force,
-            output, as_json):
+            sparsity, val, val_limit, max_drop, max_accuracy_drop, strict, input_shapes, static, min_shapes,
+            opt_shapes, max_shapes, passes, skip_passes, no_optimize, dla, workspace_mib, local_engine, archive,
+            sign_key, force, output, as_json):
     """Build a deployable bundle of MODEL for a target: load, optimize, compress, quantize, validate, package.
 
     The bundle holds the optimized FP32 model, the FP16 or QDQ INT8 model, the TensorRT calibration cache,
     build_engine.sh (trtexec flags for the target's TensorRT version), the plugin sources when the model
     has custom nodes, run_on_device.py and a manifest with the sha256 of every file.
+
+    The bundle's models keep the input's symbolic dims (batch, height, width); checks run at the shapes of
+    --input, else of the data, else batch 1 and the model's metadata (Ultralytics imgsz). --static pins them.
 
     \b
     Examples:
@@ -92,7 +96,8 @@ def command(model, target, precision, calib, calib_method, percentile, keep, sen
     if not target:
         raise InputError("--target is required", hint="see 'edgesqueeze devices' for the names")
     summary = build(model, target, output, precision=precision, calib=calib, sparsity=sparsity, val=val,
-                    input_shapes=list(input_shapes) or None, archive=archive, passes=split_names(passes) or None,
+                    input_shapes=list(input_shapes) or None, static=static, archive=archive,
+                    passes=split_names(passes) or None,
                     skip_passes=split_names(skip_passes), optimize=not no_optimize, calib_method=calib_method,
                     calib_limit=calib_limit, val_limit=val_limit, dla=dla, workspace_mib=workspace_mib,
                     local_engine=local_engine, force=force, progress=not quiet() and not as_json,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from typing import Any, Callable, Optional
 
@@ -21,9 +22,39 @@ def json_option(func: Callable) -> Callable:
     return click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")(func)
 target_option = click.option("-t", "--target", default=None, metavar="TARGET",
                              help="Device profile (see 'edgesqueeze devices'), e.g. tx2, xavier-nx, orin-nano, cpu.")
-input_shape_option = click.option("-i", "--input", "input_shapes", multiple=True, metavar="[NAME:]SHAPE",
-                                  help="Shape for a dynamic input, e.g. --input images:1x3x224x224 "
-                                       "(repeat for several inputs; a bare 1x3x224x224 for a one-input model).")
+input_shape_option = click.option(
+    "-i", "--input", "input_shapes", multiple=True, metavar="[NAME:]SHAPE",
+    help="Concrete shape of a dynamic input for the checks (verification, random data, roofline), e.g. "
+         "--input images:1x3x640x640 (repeat for several inputs; a bare shape for a one-input model). The "
+         "model keeps its dynamic dims unless --static. Without it: batch 1, sizes from the data or the "
+         "model's metadata (Ultralytics imgsz).")
+static_option = click.option(
+    "--static", "--pin-shapes", "static", is_flag=True,
+    help="Pin the inputs to static shapes (--input, else the concrete shapes of the checks) in the written "
+         "model; by default symbolic dims are kept.")
+
+
+class _ShapeNotes(logging.Handler):
+    """Prints each line the shape rules log (edgesqueeze.shapes) once, on stderr, unless --quiet."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.seen = set()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if text not in self.seen:
+            self.seen.add(text)
+            info(f"edgesqueeze: {text}")
+
+
+def show_shape_notes() -> None:
+    """Route the notes of :func:`edgesqueeze.model.concrete_input_shapes` to stderr (once per process)."""
+    log = logging.getLogger("edgesqueeze.shapes")
+    if not any(isinstance(h, _ShapeNotes) for h in log.handlers):
+        log.addHandler(_ShapeNotes())
+        log.setLevel(logging.INFO)
+        log.propagate = False
 
 
 def output_option(required: bool = True, help: str = "Output file.") -> Callable:  # noqa: A002 - click's name

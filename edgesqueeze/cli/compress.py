@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from ..fileio import check_writable, refuse_overwrite
-from .common import emit, info, input_shape_option, json_option, output_option, table
+from .common import emit, info, input_shape_option, json_option, output_option, static_option, table
 
 
 def _bits(text):
@@ -43,14 +43,17 @@ def _bits(text):
 @click.option("--val", default=None, metavar="DATA",
               help="Labelled validation data (.npz with the input arrays and 'label') for top-1 before/after.")
 @input_shape_option
+@static_option
 @output_option(help="Compressed .onnx to write.")
 @json_option
 def command(model, sparsity, prune, prune_scope, prune_std, channels, channel_multiple, low_rank_energy,
-            rank_ratio, low_rank_spatial, share, share_bias, val, input_shapes, output, as_json):
+            rank_ratio, low_rank_spatial, share, share_bias, val, input_shapes, static, output,
+            as_json):
     """Compress MODEL's weights; the result runs on onnxruntime like the original.
 
     Techniques combine and run in a fixed order: channels, low-rank, prune, 2:4, share.
     Without --val the report still shows how far the outputs moved on seeded random inputs.
+    Symbolic input dims are kept (--input gives the shapes of that check; --static pins them).
 
     \b
     Examples:
@@ -64,7 +67,8 @@ def command(model, sparsity, prune, prune_scope, prune_std, channels, channel_mu
 
     refuse_overwrite(output, model, val if val and val != "random" else None)
     check_writable(output)
-    m = load_model(model, parse_input_shapes(input_shapes) or None)
+    shapes = parse_input_shapes(input_shapes)
+    m = load_model(model, shapes, pin=static)
     reader = None
     if val is not None:
         from ..data import open_data
@@ -73,7 +77,7 @@ def command(model, sparsity, prune, prune_scope, prune_std, channels, channel_mu
     out, report = compress(m, sparsity=sparsity, prune=prune, prune_scope=prune_scope, prune_std=prune_std,
                            channels=channels, channel_multiple=channel_multiple, low_rank_energy=low_rank_energy,
                            rank_ratio=rank_ratio, low_rank_spatial=low_rank_spatial, share=_bits(share),
-                           share_bias=share_bias, val=reader)
+                           share_bias=share_bias, val=reader, shapes=shapes)
     save_model(out, output, inputs=(model, val))
     info(f"wrote {output}")
     report["output"] = str(output)

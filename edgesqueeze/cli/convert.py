@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from .common import emit, input_shape_option, json_option, target_option
+from .common import emit, input_shape_option, json_option, static_option, target_option
 
 
 @click.command("convert")
@@ -13,14 +13,16 @@ from .common import emit, input_shape_option, json_option, target_option
 @target_option
 @click.option("--ir", type=click.IntRange(min=3), help="Highest IR version to keep (overrides the target's).")
 @input_shape_option
+@static_option
 @json_option
-def command(model, output, opset, target, ir, input_shapes, as_json):
+def command(model, output, opset, target, ir, input_shapes, static, as_json):
     """Lower MODEL's ai.onnx opset and IR version where that is exact, proven equal on onnxruntime.
 
     New exporters write opset 18+ / IR 10; JetPack 4.6 (TensorRT 8.2, onnxruntime 1.10) loads opset <= 13 and
     IR <= 8, and onnx's version converter cannot go down. --target uses the target's limits
     (edgesqueeze devices TARGET shows onnx_max_opset and onnx_max_ir); a node with no exact spelling at the
-    lower opset (e.g. LayerNormalization below 17) fails with exit code 4 and names the node.
+    lower opset (e.g. LayerNormalization below 17) fails with exit code 4 and names the node. Symbolic input
+    dims are kept; --input gives the verification's shapes, --static pins them.
 
     \b
     Examples:
@@ -31,7 +33,7 @@ def command(model, output, opset, target, ir, input_shapes, as_json):
     from ..compat import convert_file
 
     report = convert_file(model, output, opset=opset, target=target, ir=ir,
-                          input_shapes=list(input_shapes) or None)
+                          input_shapes=list(input_shapes) or None, static=static)
     emit(report, as_json, format_report)
 
 

@@ -26,6 +26,8 @@ def command(model, target, precision, sparse, top, input_shapes, as_json):
     precision and memory time at its peak bandwidth, and is marked compute- or memory-bound; depthwise-separable
     blocks show their DRAM traffic unfused vs fused.
 
+    A model with dynamic dims is inspected at batch 1 and the sizes of --input or its metadata (Ultralytics imgsz).
+
     \b
     Examples:
       edgesqueeze inspect net.onnx
@@ -35,7 +37,8 @@ def command(model, target, precision, sparse, top, input_shapes, as_json):
     from ..inspect import inspect_model
     from ..model import load_model, parse_input_shapes
 
-    m = load_model(model, parse_input_shapes(input_shapes))
+    # the table needs numbers: a dynamic model is inspected at its checks' concrete shapes (the file is unchanged)
+    m = load_model(model, parse_input_shapes(input_shapes), pin=True)
     result = inspect_model(m, target=target, precision=precision or model_precision(m), sparse=sparse)
     result["model"] = str(model)
     emit(result, as_json, lambda r: format_report(r, top=top))

@@ -5,7 +5,7 @@ import click
 
 from ..errors import InputError
 from ..fileio import check_writable, refuse_overwrite, write_json_atomic
-from .common import emit, info, input_shape_option, json_option, output_option, table, target_option
+from .common import emit, info, input_shape_option, json_option, output_option, static_option, table, target_option
 
 
 def _split_names(values):
@@ -16,7 +16,7 @@ def _split_names(values):
 
 
 def run_optimize(model_path, output, *, target=None, passes=None, skip=(), report_path=None, verify=True,
-                 input_shapes=None, opset=None, rtol=None, seed=0, announce=None) -> dict:
+                 input_shapes=None, static=False, opset=None, rtol=None, seed=0, announce=None) -> dict:
     """Optimize the model file ``model_path`` into ``output`` (the Python twin of ``edgesqueeze optimize``).
 
     Args:
@@ -27,7 +27,8 @@ def run_optimize(model_path, output, *, target=None, passes=None, skip=(), repor
         report_path: where to write the JSON report (optional).
         verify: prove the result on onnxruntime (relative error <= ``rtol``; None: 1e-4, or 1e-2 when the
             model computes in float16).
-        input_shapes: ``{name: [dims]}`` for dynamic inputs.
+        input_shapes: ``{name: [dims]}``: concrete shapes of dynamic inputs for the verification.
+        static: pin the inputs to those shapes in the output (else symbolic dims are kept).
         opset: convert models with an older ai.onnx opset to this one first (default 13).
         announce: called with no argument once the model has loaded (the CLI's progress line).
 
@@ -37,18 +38,19 @@ def run_optimize(model_path, output, *, target=None, passes=None, skip=(), repor
     Raises:
         InputError, UnsupportedError, VerificationError: see :func:`edgesqueeze.passes.optimize`.
     """
-    from ..model import load_model, model_hash, opset_version, save_model
+    from ..model import load_model, model_hash, opset_version, random_feeds, save_model
     from ..passes import DEFAULT_OPSET, optimize, resolve_passes
 
     refuse_overwrite(output, model_path)
     check_writable(output)
     names = resolve_passes(passes, skip, target)  # fail on a bad pass name before loading anything
-    model = load_model(model_path, input_shapes, opset=opset or DEFAULT_OPSET)
+    model = load_model(model_path, input_shapes, opset=opset or DEFAULT_OPSET, pin=static)
+    feeds = random_feeds(model, seed=seed, shapes=input_shapes) if verify else None
     if announce:
         announce()
     if rtol is None:
         rtol = 1e-2 if _computes_in_fp16(model) else 1e-4
-    out, report = optimize(model, passes=names, target=target, verify=verify, rtol=rtol, seed=seed)
+    out, report = optimize(model, passes=names, target=target, verify=verify, rtol=rtol, seed=seed, feeds=feeds)
     save_model(out, output, inputs=(model_path,))
     report.update({"input": str(model_path), "output": str(output), "sha256": model_hash(out),
                    "opset": opset_version(out)})
@@ -115,18 +117,22 @@ def format_report(report: dict, show_nodes: int = 6) -> str:
               help="Relative tolerance of the check (default 1e-4; 1e-2 for float16 models).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random verification inputs.")
 @input_shape_option
+@static_option
 @click.option("--opset", type=int, default=None, metavar="N",
               help="Convert a model with an older ai.onnx opset to N first (default 13).")
 @click.option("--list", "list_passes", is_flag=True, help="List the passes and exit.")
 @json_option
-def command(model, output, target, passes, skip, report_path, no_verify, rtol, seed, input_shapes, opset,
-            list_passes, as_json):
+def command(model, output, target, passes, skip, report_path, no_verify, rtol, seed, input_shapes, static,
+            opset, list_passes, as_json):
     """Fuse layers at the ONNX level and prove the result computes the same function.
 
     Runs a list of named graph passes (constant folding, no-op removal, BatchNorm and constant folding into
     convolutions, horizontal fusion of sibling layers, and for GPU targets depthwise-separable blocks into one
     DepthwiseSeparableConv plugin node), prints what was fused and the op histogram before/after, and verifies
     on onnxruntime CPU with seeded random inputs (exit 7 naming the pass that broke equivalence).
+
+    Symbolic input dims (batch, height, width) are kept in the output; the check runs at batch 1 and at sizes
+    from --input or the model's metadata (Ultralytics imgsz). --static pins the output to those shapes.
 
     \b
     Examples:
@@ -153,7 +159,8 @@ def command(model, output, target, passes, skip, report_path, no_verify, rtol, s
         raise InputError("missing -o/--output", hint="edgesqueeze optimize net.onnx -o net.opt.onnx")
     report = run_optimize(model, output, target=target, passes=_split_names(passes) or None,
                           skip=_split_names(skip), report_path=report_path, verify=not no_verify,
-                          input_shapes=parse_input_shapes(input_shapes), opset=opset, rtol=rtol, seed=seed,
+                          input_shapes=parse_input_shapes(input_shapes), static=static, opset=opset, rtol=rtol,
+                          seed=seed,
                           announce=None if no_verify else lambda: info("optimizing and verifying on onnxruntime "
                                                                        "CPU ..."))
     emit(report, as_json, format_report)

@@ -5,7 +5,8 @@ import click
 
 from ..precision import PRECISION_CHOICES
 from ..quant.methods import DEFAULT_METHOD, METHODS
-from .common import emit, info, input_shape_option, json_option, output_option, quiet, table, target_option, warn
+from .common import (emit, info, input_shape_option, json_option, output_option, quiet, static_option, table,
+                     target_option, warn)
 
 
 def split_names(values):
@@ -43,7 +44,7 @@ def split_names(values):
 @click.option("--trt-version", metavar="VERSION",
               help="TensorRT version for the cache header (default: the target's, else 8.2.1).")
 @click.option("--limit", type=int, help="Use at most this many calibration (and validation) samples.")
-@click.option("--batch-size", default=1, show_default=True, type=int, help="Samples per batch; the model loads with static shapes, so its batch (fixed by the model or --input NAME:Nx...) wins, with a warning when they differ.")
+@click.option("--batch-size", default=1, show_default=True, type=int, help="Samples per batch for a model with a dynamic batch (a batch fixed by the model, or pinned by --input NAME:Nx... --static, wins, with a warning when they differ).")
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Calibration result cache folder "
               "(default: ~/.cache/edgesqueeze/calib).")
 @click.option("--no-cache", is_flag=True, help="Do not read or write the calibration result cache.")
@@ -51,11 +52,15 @@ def split_names(values):
               help="Activation memory exposed per batch while calibrating (more passes when exceeded).")
 @click.option("--int8-weights", is_flag=True, help="Store weights as INT8 + DequantizeLinear (TensorRT >= 8.6).")
 @input_shape_option
+@static_option
 @json_option
 def command(model, output, precision, target, calib, method, percentile, keep, val, sensitivity, auto_keep_drop,
             from_cache, calib_cache, trt_version, limit, batch_size, cache_dir, no_cache, memory_budget,
-            int8_weights, input_shapes, as_json):
+            int8_weights, input_shapes, static, as_json):
     """Quantize MODEL to INT8 or FP16.
+
+    Symbolic input dims (batch, height, width) are kept in the written model: calibration runs at the shapes
+    of the --calib data; --static pins the model to the --input shapes.
 
     INT8 writes an explicit QDQ model (what TensorRT 10/11 and onnxruntime run) and a TensorRT calibration
     cache (what TensorRT 8.x on JetPack 4.6/5.1 reads with trtexec --int8 --calib=FILE).
@@ -77,7 +82,7 @@ def command(model, output, precision, target, calib, method, percentile, keep, v
         percentile=percentile, keep=split_names(keep), val=val, sensitivity=sensitivity, auto_keep_drop=auto_keep_drop,
         from_cache=from_cache, calib_cache=calib_cache, trt_version=trt_version, limit=limit,
         batch_size=batch_size, cache_dir=cache_dir, no_cache=no_cache, memory_budget=memory_budget,
-        int8_weights=int8_weights, input_shapes=input_shapes, progress=not quiet() and not as_json,
+        int8_weights=int8_weights, input_shapes=input_shapes, static=static, progress=not quiet() and not as_json,
         info=info, warn=warn)
     emit(summary, as_json, _text)
 

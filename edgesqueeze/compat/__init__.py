@@ -150,7 +150,7 @@ def downgrade_opset(model: ModelProto, opset: int, *, verify: bool = True, rtol:
 
 
 def lower_to_limits(model: ModelProto, max_opset: Optional[int], max_ir: Optional[int], *, verify: bool = True,
-                    rtol: float = 1e-5, seed: int = 0) -> Tuple[ModelProto, dict]:
+                    rtol: float = 1e-5, seed: int = 0, shapes=None) -> Tuple[ModelProto, dict]:
     """Return ``model`` within ai.onnx ``max_opset`` and IR ``max_ir`` (None = no limit) and a report.
 
     Local functions the IR cannot hold are inlined first (custom nodes become standard ops), then the opset is
@@ -175,7 +175,7 @@ def lower_to_limits(model: ModelProto, max_opset: Optional[int], max_ir: Optiona
     report["ir"] = {"from": src.ir_version, "to": model.ir_version}
     report["changed"] = model is not src
     if report["changed"] and verify:
-        report["verification"] = _verify(src, model, rtol, seed)
+        report["verification"] = _verify(src, model, rtol, seed, shapes)
     elif not report["changed"]:
         model = _copy(model)
     return model, report
@@ -212,10 +212,11 @@ def make_target_compatible(model: ModelProto, profile, *, verify: bool = True, r
 
 
 def convert_file(model_path, output, *, opset: Optional[int] = None, target: Optional[str] = None,
-                 ir: Optional[int] = None, input_shapes=None) -> dict:
+                 ir: Optional[int] = None, input_shapes=None, static: bool = False) -> dict:
     """``edgesqueeze convert``: write ``model_path`` lowered to ``opset``/``ir`` (or ``target``'s limits).
 
-    Explicit ``opset``/``ir`` win over the target's limits. The input file is never modified.
+    Explicit ``opset``/``ir`` win over the target's limits. The input file is never modified. Symbolic input
+    dims are kept (``input_shapes`` give the verification's shapes) unless ``static`` pins them.
 
     Returns:
         The report (input, output, target, opset/IR before and after, rewrites, verification).
@@ -224,7 +225,7 @@ def convert_file(model_path, output, *, opset: Optional[int] = None, target: Opt
         InputError: no ``opset`` or ``target`` given, bad file. UnsupportedError: no exact spelling.
     """
     from ..errors import InputError
-    from ..model import load_model, save_model
+    from ..model import load_model, parse_input_shapes, save_model
 
     if opset is None and target is None and ir is None:
         raise InputError("nothing to convert to: give --opset N, --target T or --ir N",
@@ -237,9 +238,10 @@ def convert_file(model_path, output, *, opset: Optional[int] = None, target: Opt
         name = profile.name
         max_opset = opset if opset is not None else profile.onnx_max_opset
         max_ir = ir if ir is not None else profile.onnx_max_ir
-    model = load_model(model_path, input_shapes, require_static=False)
+    shapes = parse_input_shapes(input_shapes)
+    model = load_model(model_path, shapes, pin=static)
     try:
-        out, report = lower_to_limits(model, max_opset, max_ir)
+        out, report = lower_to_limits(model, max_opset, max_ir, shapes=shapes)
     except UnsupportedError as exc:
         exc.path = str(model_path)
         if name:

@@ -45,7 +45,7 @@ def _check(model: ModelProto, what: str) -> None:
                                 hint="a bug in edgesqueeze.compat: report it with the model") from exc
 
 
-def _verify(before: ModelProto, after: ModelProto, rtol: float, seed: int) -> dict:
+def _verify(before: ModelProto, after: ModelProto, rtol: float, seed: int, shapes=None) -> dict:
     if _plugin_only(before) or _plugin_only(after):
         return {"checked": False, "reason": "plugin-only nodes: onnxruntime cannot run the model (the same "
                                             "rewrites are proven on the variant it can run)"}
@@ -56,7 +56,7 @@ def _verify(before: ModelProto, after: ModelProto, rtol: float, seed: int) -> di
     if half:  # onnxruntime runs some FP16 ops in FP32 (inserted Casts) at one opset and natively at another
         rtol = max(rtol, FP16_RTOL)
     try:
-        feeds = random_feeds(before, seed=seed)[0]
+        feeds = random_feeds(before, seed=seed, shapes=shapes)[0]
     except Exception as exc:  # noqa: BLE001 - dynamic shapes without --input: checker only
         return {"checked": False, "reason": f"no random inputs for this model ({exc})"}
     try:

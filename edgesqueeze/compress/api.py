@@ -25,7 +25,8 @@ def compress(model: ModelProto, *, sparsity: Optional[str] = None, prune: Option
              channel_multiple: int = 1, low_rank_energy: Optional[float] = None, rank_ratio: Optional[float] = None,
              low_rank_spatial: bool = False, share: Optional[Tuple[int, int]] = None,
              share_bias: Optional[int] = None,
-             val: Optional[Iterable[Mapping[str, np.ndarray]]] = None, seed: int = 0) -> Tuple[ModelProto, dict]:
+             val: Optional[Iterable[Mapping[str, np.ndarray]]] = None, seed: int = 0,
+             shapes=None) -> Tuple[ModelProto, dict]:
     """Compress ``model`` with the requested techniques, in the order channels -> low-rank -> prune -> 2:4 ->
     sharing (structure first, then zeros, then the values that remain).
 
@@ -40,6 +41,7 @@ def compress(model: ModelProto, *, sparsity: Optional[str] = None, prune: Option
         share: ``(conv_bits, fc_bits)`` for k-means weight sharing; ``share_bias`` bits to share biases too.
         val: a data reader with ``labels`` (``edgesqueeze.data.open_data``) to measure top-1 before and after.
         seed: seed of the random inputs used to measure the output change.
+        shapes: ``--input`` shapes for a model with dynamic dims (see ``edgesqueeze.model.random_feeds``).
 
     Returns:
         ``(model, report)``: the report holds each step's report, the output change on seeded random inputs,
@@ -77,7 +79,7 @@ def compress(model: ModelProto, *, sparsity: Optional[str] = None, prune: Option
               "macs_before": count_macs(model), "macs_after": count_macs(out)}
     report["output_change"] = None
     try:
-        feeds = random_feeds(model, seed=seed)[0]
+        feeds = random_feeds(model, seed=seed, shapes=shapes)[0]
         before = run_model(model, feeds)
     except (InputError, UnsupportedError) as exc:  # dynamic shapes, or ops onnxruntime lacks: no random check
         report["output_check_skipped"] = exc.one_line()

@@ -17,7 +17,7 @@ import onnx
 from onnx import ModelProto
 
 from ..errors import InputError, UnsupportedError, VerificationError
-from ..model import infer_shapes, opset_version
+from ..model import copy_model_attributes, infer_shapes, opset_version
 from ..numerics import NOISE_FACTOR
 from ._graph import ir_version_for
 from .registry import PASSES, PassContext, get_pass
@@ -170,10 +170,7 @@ def _run_passes_quietly(model: ModelProto, names: Sequence[str], ctx: PassContex
     del out.opset_import[:]
     out.opset_import.extend(model.opset_import)
     out.ir_version = ir_version_for(model)
-    for field in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
-        setattr(out, field, getattr(model, field))
-    del out.metadata_props[:]
-    out.metadata_props.extend(model.metadata_props)
+    copy_model_attributes(model, out)
     _restore(out, saved)
     return infer_shapes_fast(out), timings
 
@@ -228,7 +225,7 @@ def _bisect(model: ModelProto, names: Sequence[str], ctx_args: dict, feeds, rtol
 
 def optimize(model: ModelProto, passes: Optional[Sequence[str]] = None, skip: Sequence[str] = (),
              target: Optional[str] = None, verify: bool = True, rtol: float = 1e-4,
-             seed: int = 0, noise_factor: float = NOISE_FACTOR) -> Tuple[ModelProto, dict]:
+             seed: int = 0, noise_factor: float = NOISE_FACTOR, feeds=None) -> Tuple[ModelProto, dict]:
     """Optimize ``model`` with a named list of graph passes and prove the result on onnxruntime.
 
     Args:
@@ -244,6 +241,8 @@ def optimize(model: ModelProto, passes: Optional[Sequence[str]] = None, skip: Se
         seed: seed of the random inputs.
         noise_factor: multiple of each output's measured rounding noise (the original's spread between
             onnxruntime's unoptimized and optimized runs) that is accepted; 0 = ``rtol`` only.
+        feeds: the verification's feed dicts (default: ``random_feeds(model, seed)``; a dynamic-shape
+            model's caller gives feeds at the concrete shapes it chose).
 
     Returns:
         ``(optimized model, report)``; the report is JSON-ready: ``passes``, ``skipped_passes``, ``fusions``
@@ -271,17 +270,17 @@ def optimize(model: ModelProto, passes: Optional[Sequence[str]] = None, skip: Se
         "nodes_before": len(model.graph.node), "nodes_after": len(out.graph.node),
         "seconds": round(seconds, 4),
     }
-    report["verification"] = _verification(model, out, names, ctx_args, verify, rtol, seed, noise_factor)
+    report["verification"] = _verification(model, out, names, ctx_args, verify, rtol, seed, noise_factor, feeds)
     return out, report
 
 
-def _verification(model, out, names, ctx_args, verify, rtol, seed, noise_factor) -> dict:
+def _verification(model, out, names, ctx_args, verify, rtol, seed, noise_factor, feeds=None) -> dict:
     from ..model import random_feeds
 
     if not verify:
         return {"status": "skipped", "reason": "verification disabled (--no-verify)"}
     try:
-        feeds = random_feeds(model, seed=seed)
+        feeds = feeds if feeds is not None else random_feeds(model, seed=seed)
     except InputError as exc:
         return {"status": "skipped", "reason": f"no random inputs: {exc.one_line()}"}
     try:

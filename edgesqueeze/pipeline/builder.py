@@ -30,7 +30,7 @@ __all__ = ["CALIB_METHODS", "SPARSITY_CHOICES", "build", "render_summary", "run_
 
 def build(model_path: PathLike, target: str, out_dir: PathLike, *, precision: str = "auto",
           calib: Optional[str] = None, sparsity: Optional[str] = None, val: Optional[str] = None,
-          input_shapes=None, archive: bool = False, passes: Optional[Sequence[str]] = None,
+          input_shapes=None, static: bool = False, archive: bool = False, passes: Optional[Sequence[str]] = None,
           skip_passes: Sequence[str] = (), optimize: bool = True, calib_method: str = DEFAULT_METHOD,
           calib_limit: Optional[int] = None, val_limit: Optional[int] = None, dla: bool = False,
           workspace_mib: int = 1024, local_engine: str = "auto", force: bool = False, progress: bool = True,
@@ -49,7 +49,9 @@ def build(model_path: PathLike, target: str, out_dir: PathLike, *, precision: st
         calib: calibration data for INT8 (``.npz``/``.npy``/image folder, or ``"random"`` for a smoke test).
         sparsity: ``"2:4"`` to prune weights to 2:4 structured sparsity.
         val: validation data: adds accuracy vs FP32 (and top-1 with labels) to the summary.
-        input_shapes: shapes for dynamic inputs (``{name: dims}`` or ``["name:1x3x224x224"]``).
+        input_shapes: concrete shapes of dynamic inputs for the checks (``{name: dims}`` or
+            ``["name:1x3x224x224"]``); the bundle's models keep their symbolic dims unless ``static``.
+        static: pin the bundle models' inputs to static shapes (``input_shapes``, else the checks' shapes).
         archive: also write ``<out_dir>.tar.gz`` (byte-identical across runs).
         passes, skip_passes, optimize: the optimizer's pass list (None = the target's default), passes to skip,
             or no optimization at all.
@@ -89,7 +91,7 @@ def build(model_path: PathLike, target: str, out_dir: PathLike, *, precision: st
                            calib_limit=calib_limit, val_limit=val_limit, optimize=optimize,
                            workspace_mib=workspace_mib, max_accuracy_drop=max_accuracy_drop,
                            strict=strict, sign_key=sign_key, min_shapes=min_shapes, opt_shapes=opt_shapes,
-                           max_shapes=max_shapes)
+                           max_shapes=max_shapes, static=static)
     log = log or (lambda msg: None)
     state = BuildState(Progress(progress, log, len(STAGES)), log)
     run_stages(state, options)

@@ -42,7 +42,8 @@ class BuildOptions:
     val: Optional[str] = None
     val_limit: Optional[int] = None
     sparsity: Optional[str] = None
-    input_shapes: Optional[dict] = None
+    input_shapes: Optional[dict] = None  # concrete shapes for checks (--input)
+    static: bool = False  # pin the models' inputs to static shapes (--static)
     passes: Optional[Tuple[str, ...]] = None
     skip_passes: Tuple[str, ...] = ()
     optimize: bool = True

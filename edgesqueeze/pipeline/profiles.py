@@ -7,7 +7,8 @@ from typing import Optional
 import onnx
 
 from ..backends.trt_profile import check_profile, default_profile, dynamic_profile
-from ..model import input_specs
+from ..errors import InputError
+from ..model import concrete_input_shapes, input_specs
 from .options import BuildOptions
 from .support import first_real_feed
 
@@ -18,7 +19,7 @@ def resolve_profile(model: onnx.ModelProto, options: BuildOptions) -> Optional[d
 
     Raises:
         InputError: the user's profile does not fit the model (name, rank, fixed dims), or a dynamic non-batch
-            dimension has neither a given shape nor data to take it from.
+            dimension has neither a given shape, nor data, nor ``--input``, nor model metadata to take it from.
     """
     specs = input_specs(model)
     given = check_profile(specs, options.shape_profile)
@@ -27,4 +28,9 @@ def resolve_profile(model: onnx.ModelProto, options: BuildOptions) -> Optional[d
     data = [(options.calib, model)] if options.calib_used else []
     feed = first_real_feed(data + [(options.val, model)])
     shapes = {name: list(arr.shape) for name, arr in (feed or {}).items()}
+    if not given and len(shapes) < len(specs):  # no data: --input, then the model's own metadata (imgsz)
+        try:
+            shapes = {**concrete_input_shapes(model, options.input_shapes, skip=list(shapes)), **shapes}
+        except InputError:
+            pass  # default_profile names the dimension that has no value and what to give
     return dynamic_profile(specs, default_profile(specs, shapes, given=given)) or None

@@ -22,7 +22,8 @@ from .options import BuildOptions
 from .profiles import resolve_profile
 from .progress import CountingReader
 from .state import DONE, SKIPPED, BuildState, StageRecord
-from .support import (DWSEP_PASS, accuracy_note, accuracy_warnings, cache_text, check_runs, compat_function,
+from .support import (DWSEP_PASS, accuracy_note, accuracy_warnings, cache_text, check_feeds, check_runs,
+                      compat_function,
                       finish_models, first_real_feed, inputs_json, local_engine, make_compatible, manifest_accuracy,
                       manifest_compat, predicted_ms, run_optimizer, shapes_json, strongly_typed_int8)
 from .support import validate as compare_models
@@ -31,12 +32,13 @@ from .support import validate as compare_models
 def load(state: BuildState, options: BuildOptions) -> StageRecord:
     """Load and check the input model, run it once, and open the data files so a bad one fails now."""
     path = options.model_path
-    model = load_model(path, options.input_shapes)
-    check_runs(model, str(path))
+    model = load_model(path, options.input_shapes, pin=options.static)
     calib = options.calib if options.precision is Precision.INT8 else None
     for spec, limit in ((calib, options.calib_limit), (options.val, options.val_limit)):
         if spec is not None and str(spec) != "random":
             open_data(spec, model, limit=limit)  # a bad data file fails now, not after the optimizer ran
+    state.check_feeds = check_feeds(model, options.input_shapes, [(calib, model), (options.val, model)])
+    check_runs(model, str(path), state.check_feeds)
     state.source = {"name": path.name, "sha256": sha256_file(path), "size": path.stat().st_size}
     state.original = state.model = model
     state.profile = resolve_profile(model, options)
@@ -49,7 +51,8 @@ def load(state: BuildState, options: BuildOptions) -> StageRecord:
 
 def optimize(state: BuildState, options: BuildOptions) -> StageRecord:
     """Run the optimizer's passes (the target's list by default), verified on onnxruntime."""
-    info = run_optimizer(state.model, options.profile, options.passes, options.early_skip, options.optimize)
+    info = run_optimizer(state.model, options.profile, options.passes, options.early_skip, options.optimize,
+                         state.check_feeds)
     state.model = info.pop("model")
     return StageRecord.from_info("optimize", info, info.get("note", ""))
 
@@ -67,7 +70,7 @@ def compress(state: BuildState, options: BuildOptions) -> StageRecord:
             state.warn(f"{profile.name} has no 2:4 sparse tensor cores: the pruned weights bring no speed-up there")
         status, reason, note = DONE, None, f"2:4 sparsity on {len(changed)} layer(s)"
     if options.late_fusion:
-        fused = run_optimizer(state.model, profile, [DWSEP_PASS, "cleanup"], (), True)
+        fused = run_optimizer(state.model, profile, [DWSEP_PASS, "cleanup"], (), True, state.check_feeds)
         state.model = fused.pop("model")
         payload["late_fusion"] = fused.get("fusions", {})
         note += f"; then depthwise-separable fusion ({fused.get('note', '')})"
@@ -85,14 +88,15 @@ def quantize(state: BuildState, options: BuildOptions) -> StageRecord:
         record = StageRecord("quantize", DONE, "FP16 model (FP32 inputs/outputs)", payload={"precision": "fp16"})
     else:
         record = StageRecord("quantize", SKIPPED, "FP32: nothing to do", f"precision {options.precision}")
-    state.models = finish_models(state.models, first_real_feed([(options.calib, model), (options.val, model)]))
+    state.models = finish_models(state.models, first_real_feed([(options.calib, model), (options.val, model)]),
+                                 random=state.check_feeds)
     return record
 
 
 def _quantize_int8(state: BuildState, options: BuildOptions) -> StageRecord:
     """Calibrate and quantize with the same :class:`~edgesqueeze.quant.run.QuantOptions` as ``quantize``."""
     model, profile, quant = state.model, options.profile, options.quant
-    reader = open_data(options.calib, model, limit=options.calib_limit)
+    reader = open_data(options.calib, model, limit=options.calib_limit, shapes=options.input_shapes)
     if reader.is_random:
         state.warn("calibrating INT8 on random data: the scales, and so the accuracy, mean nothing")
     state.bar.set_total(len(reader))
@@ -129,9 +133,10 @@ def _quantize_int8(state: BuildState, options: BuildOptions) -> StageRecord:
 def _ranking_data(state: BuildState, options: BuildOptions):
     """The data ``--sensitivity``/``--auto-keep`` rank layers on: the validation data, else the calibration data."""
     if options.val is not None:
-        return open_data(options.val, state.model, limit=options.val_limit)
+        return open_data(options.val, state.model, limit=options.val_limit, shapes=options.input_shapes)
     state.warn("no --val given: ranking layers on the calibration data")
-    return open_data(options.calib, state.model, limit=options.calib_limit)
+    return open_data(options.calib, state.model, limit=options.calib_limit,
+                     shapes=options.input_shapes)
 
 
 def compat(state: BuildState, options: BuildOptions) -> StageRecord:
@@ -151,7 +156,7 @@ def validate(state: BuildState, options: BuildOptions) -> StageRecord:
     if options.val is None:
         return StageRecord("validate", SKIPPED, "no --val data", "no validation data (--val)",
                            summary={"latency_ms": latency, "accuracy": None})
-    reader = open_data(options.val, state.model, limit=options.val_limit)
+    reader = open_data(options.val, state.model, limit=options.val_limit, shapes=options.input_shapes)
     state.bar.set_total(len(reader) * max(1, len(state.models) - 1) + len(reader))
     state.accuracy = compare_models(state.original, state.models, reader, state.bar)
     if reader.is_random:
@@ -172,7 +177,8 @@ def engine(state: BuildState, options: BuildOptions) -> StageRecord:
     """Build a TensorRT engine for this machine's GPU to validate the graph (when TensorRT and a GPU are here)."""
     profile = options.profile
     if options.trt_reason is None and profile.has_tensorrt:
-        info = local_engine(state.models[options.deploy_kind], options.precision.value, profile, state.cache_text)
+        info = local_engine(state.models[options.deploy_kind], options.precision.value, profile, state.cache_text,
+                            state.check_feeds)
     else:
         info = {"status": SKIPPED, "reason": options.trt_reason or f"{profile.name} has no TensorRT"}
     return StageRecord.from_info("engine", info, info.get("note", info.get("reason", "")))

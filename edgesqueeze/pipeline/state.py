@@ -63,6 +63,7 @@ class BuildState:
     variant_sources: Dict[str, onnx.ModelProto] = field(default_factory=dict)  # before the compat lowering
     sparse_applied: bool = False
     cache_text: Optional[str] = None  # the TensorRT calibration cache
+    check_feeds: Optional[dict] = None  # the feed dict checks run on (concrete shapes of a dynamic model)
     calib_info: Optional[dict] = None  # the manifest's calibration section
     accuracy: Optional[dict] = None
     profile: Optional[dict] = None  # the TensorRT optimization profile of the dynamic inputs (None: all static)

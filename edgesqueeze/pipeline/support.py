@@ -47,17 +47,29 @@ def local_trt_reason() -> Optional[str]:
     return None
 
 
-def check_runs(model: onnx.ModelProto, path: str) -> None:
-    """Run the loaded model once on onnxruntime (seeded random inputs) so that a model that cannot run at its
-    input shapes fails here, as a user error naming the file, not deep inside a later stage.
+def check_feeds(model: onnx.ModelProto, shapes, data_specs) -> Dict[str, "object"]:
+    """The feed dict the build's checks run on: seeded random inputs at the concrete shapes of the inputs
+    (``--input``, else batch 1 and the model's metadata), else the first sample of the data given.
+
+    Raises:
+        InputError: a dynamic dim has no value and no data was given (names the tensor, suggests --input).
+    """
+    try:
+        return random_feeds(model, seed=0, shapes=shapes)[0]
+    except InputError:
+        feed = first_real_feed(data_specs)
+        if feed is None:
+            raise
+        return feed
+
+
+def check_runs(model: onnx.ModelProto, path: str, feeds: Dict[str, "object"]) -> None:
+    """Run the loaded model once on onnxruntime (on ``feeds``, see :func:`check_feeds`) so that a model that
+    cannot run at its input shapes fails here, as a user error naming the file, not deep inside a later stage.
 
     Raises:
         UnsupportedError: onnxruntime cannot load or run the model (the message is onnxruntime's first line).
     """
-    try:
-        feeds = random_feeds(model, seed=0)[0]
-    except InputError:
-        return  # dynamic shapes: load_model already asked for --input where it mattered
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -90,10 +102,11 @@ def first_real_feed(specs) -> Optional[Dict[str, "object"]]:
     return None
 
 
-def finish_models(models: Dict[str, onnx.ModelProto], feeds=None) -> Dict[str, onnx.ModelProto]:
+def finish_models(models: Dict[str, onnx.ModelProto], feeds=None, random=None) -> Dict[str, onnx.ModelProto]:
     """Make every bundle model self-consistent and prove it runs: rebuild the custom nodes' local functions for
     the model's element type (an FP16 model needs FP16 function bodies), then run each once on onnxruntime,
-    on ``feeds`` (a real input, when the user gave data) or on seeded random inputs.
+    on ``feeds`` (a real input, when the user gave data) or on seeded random inputs (``random``, the build's check
+    feeds, when given).
 
     Raises:
         VerificationError: a model does not load or run on onnxruntime, or gives non-finite outputs (names it).
@@ -102,7 +115,7 @@ def finish_models(models: Dict[str, onnx.ModelProto], feeds=None) -> Dict[str, o
 
     what = "the first data sample"
     if feeds is None:
-        feeds = random_feeds(models["fp32"], seed=0)[0]
+        feeds = random if random is not None else random_feeds(models["fp32"], seed=0)[0]
         what = "random inputs (seed 0)"
     out = {}
     for kind, m in models.items():
@@ -139,12 +152,13 @@ def fusion_deferred(profile, passes, skip) -> bool:
     return DWSEP_PASS in resolve_passes(list(passes) if passes else None, tuple(skip), profile.name)
 
 
-def run_optimizer(model, profile, passes, skip, enabled) -> dict:
-    """Run the optimizer (verified on onnxruntime); returns the stage's info with the new ``model`` in it."""
+def run_optimizer(model, profile, passes, skip, enabled, feeds=None) -> dict:
+    """Run the optimizer (verified on onnxruntime, on ``feeds`` when given); returns the stage's info with the
+    new ``model`` in it."""
     if not enabled:
         return {"status": "skipped", "reason": "--no-optimize", "model": model, "note": "off"}
     out, report = run_passes(model, passes=list(passes) if passes else None, skip=tuple(skip),
-                             target=profile.name, verify=True)
+                             target=profile.name, verify=True, feeds=None if feeds is None else [feeds])
     fusions = {k: (v.get("count") if isinstance(v, dict) else v) for k, v in sorted(report.get("fusions", {}).items())}
     names = [p["name"] if isinstance(p, dict) else str(p) for p in report.get("passes", [])]
     return {"status": "done", "model": out, "passes": names, "fusions": fusions,
@@ -245,11 +259,11 @@ def manifest_accuracy(acc: Optional[dict]) -> Optional[dict]:
     return out
 
 
-def local_engine(model, precision, profile, cache_text) -> dict:
-    """Build and run a TensorRT engine for this machine's GPU to validate the graph (not the device's engine)."""
+def local_engine(model, precision, profile, cache_text, feeds) -> dict:
+    """Build and run a TensorRT engine for this machine's GPU on ``feeds`` to validate the graph (not the
+    device's engine)."""
     import numpy as np
 
-    feeds = random_feeds(model, seed=0)[0]
 
     trt_model, path = model, "plain"
     if custom_ops(model):  # no plugin library is built here: hand TensorRT the standard-op variant

@@ -29,10 +29,15 @@ def _value_types(model: ModelProto) -> Dict[str, onnx.ValueInfoProto]:
 
 
 def _constant_tensors(model: ModelProto) -> set:
-    """Initializers, Constant outputs and everything computed only from them (foldable, not activations)."""
+    """Initializers, Constant outputs and everything computed only from them (foldable, not activations).
+
+    Shape and Size outputs count as constants: with dynamic input dims the shape arithmetic runs in the graph
+    (anchor grids, reshape targets), and quantizing it would corrupt the shapes, not approximate a value.
+    """
     const = {t.name for t in model.graph.initializer}
     for node in model.graph.node:
-        if node.op_type == "Constant" or (node.input and all((not i) or i in const for i in node.input)):
+        if node.op_type in ("Constant", "Shape", "Size") or (
+                node.input and all((not i) or i in const for i in node.input)):
             const.update(o for o in node.output if o)
     return const
 

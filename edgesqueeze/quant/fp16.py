@@ -23,6 +23,8 @@ QDQ_FP16_OPSET = 19  # first ai.onnx opset whose QuantizeLinear/DequantizeLinear
 FP32_SLOTS = {("Resize", 1), ("Resize", 2), ("Upsample", 1)}
 # ops whose outputs are never float (or that do not compute): left as they are.
 TYPE_FREE = {"Shape", "Size", "NonZero", "ArgMax", "ArgMin"}
+# ops the ONNX spec defines without float16 (Range: float, double, int16/32/64): they stay fp32, with Casts around
+FP32_ONLY = {"Range", "NonMaxSuppression"}
 
 
 def _elem_types(model: ModelProto) -> Dict[str, int]:
@@ -68,7 +70,7 @@ def convert_fp16(model: ModelProto, keep_fp32: Iterable[str] = (), keep_io_types
     """
     # Q/DQ pairs keep their FP32 scales (QuantizeLinear wants x and its scale in one type): they stay FP32, with
     # Casts to the FP16 layers around them
-    keep = set(keep_fp32) | (set() if qdq_fp16 else {"QuantizeLinear", "DequantizeLinear"})
+    keep = set(keep_fp32) | FP32_ONLY | (set() if qdq_fp16 else {"QuantizeLinear", "DequantizeLinear"})
     if qdq_fp16:
         from ..model import convert_opset, opset_version
 

@@ -46,6 +46,34 @@ class QdqPlan:
                 "custom_not_quantized": dict(self.custom)}
 
 
+
+def constants_as_initializers(model: ModelProto) -> ModelProto:
+    """A copy of ``model`` whose top-level ``Constant`` nodes holding a tensor are initializers of the same name.
+
+    Exporters such as paddle2onnx store every weight as a Constant node; the planner quantizes stored weights,
+    and an initializer is the same value in the form it reads. Graph outputs produced by a Constant stay nodes.
+    """
+    out = ModelProto()
+    out.CopyFrom(model)
+    g = out.graph
+    outputs = {o.name for o in g.output}
+    keep, moved = [], []
+    for node in g.node:
+        attr = node.attribute[0] if node.op_type == "Constant" and len(node.attribute) == 1 else None
+        if attr is not None and attr.name == "value" and node.domain in ("", "ai.onnx") \
+                and node.output[0] not in outputs:
+            t = onnx.TensorProto()
+            t.CopyFrom(attr.t)
+            t.name = node.output[0]
+            moved.append(t)
+        else:
+            keep.append(node)
+    if moved:
+        del g.node[:]
+        g.node.extend(keep)
+        g.initializer.extend(moved)
+    return out
+
 def node_label(node: onnx.NodeProto, index: int) -> str:
     """A node's name, or ``<op>_<index>`` for unnamed nodes (the name --keep and reports use)."""
     return node.name or f"{node.op_type}_{index}"

@@ -17,7 +17,7 @@ from onnx import ModelProto
 from ..errors import InputError
 from ..fileio import PathLike
 from .methods import DEFAULT_METHOD, METHODS, CalibMethod
-from .qdq import QdqPlan
+from .qdq import QdqPlan, constants_as_initializers
 
 
 def _noop(_msg: str) -> None:
@@ -149,14 +149,15 @@ def quantize_model(model: PathLike, output: PathLike, *, precision: str = "auto"
                    calib_cache: Optional[PathLike] = None, trt_version: Optional[str] = None,
                    limit: Optional[int] = None, batch_size: int = 1, cache_dir: Optional[PathLike] = None,
                    no_cache: bool = False, memory_budget: float = 512.0, int8_weights: bool = False,
-                   input_shapes: Sequence[str] = (), progress: bool = False,
+                   input_shapes: Sequence[str] = (), static: bool = False, progress: bool = False,
                    info: Callable[[str], None] = _noop, warn: Callable[[str], None] = _noop) -> dict:
     """Quantize the model file ``model`` and write the results; returns a JSON-ready summary.
 
     INT8 writes ``output`` (explicit QDQ model) and a TensorRT calibration cache (``calib_cache``, default
     ``output`` with suffix ``.cache``); FP16 writes the FP16 model; FP32 writes the model unchanged.
     Arguments mirror the command-line options (see ``edgesqueeze quantize --help``); the INT8 ones become a
-    :class:`QuantOptions`, the same object ``build`` uses.
+    :class:`QuantOptions`, the same object ``build`` uses. The written models keep the input's symbolic dims
+    (``input_shapes`` give the shapes of random data only) unless ``static`` pins them.
 
     Raises:
         InputError: bad files, data or options (e.g. INT8 without --calib or --from-cache, --sensitivity
@@ -172,7 +173,8 @@ def quantize_model(model: PathLike, output: PathLike, *, precision: str = "auto"
                            None if no_cache else (cache_dir or default_cache_dir()), memory_budget)
     model_path, output = Path(model), Path(output)
     _check_outputs(model_path, output, calib_cache, [p for p in (calib, val, from_cache) if p and str(p) != "random"])
-    fp32 = load_model(model_path, parse_input_shapes(list(input_shapes)))
+    shapes = parse_input_shapes(list(input_shapes))
+    fp32 = constants_as_initializers(load_model(model_path, shapes, pin=static))  # paddle2onnx's Constant weights
     _check_batch_size(fp32, batch_size, warn)
     profile = get_profile(target) if target else None
     chosen, reason = _choose_precision(profile, precision, bool(calib or from_cache), warn)
@@ -180,7 +182,7 @@ def quantize_model(model: PathLike, output: PathLike, *, precision: str = "auto"
                      "target": target, "outputs": {}}
     if precision.lower() == "auto" and reason:
         summary["precision_reason"] = reason
-    val_reader = open_data(val, fp32, batch_size=batch_size, limit=limit) if val else None
+    val_reader = open_data(val, fp32, batch_size=batch_size, limit=limit, shapes=shapes) if val else None
     if val_reader is not None and val_reader.is_random:
         warn("validation on random data: accuracy numbers mean nothing")
     if chosen != "int8" and options.ranks_layers:
@@ -189,7 +191,7 @@ def quantize_model(model: PathLike, output: PathLike, *, precision: str = "auto"
         save_model(fp32, output, inputs=(model_path,))
         summary["outputs"]["model"] = str(output)
         return summary
-    opened = lambda spec: open_data(spec, fp32, batch_size=batch_size, limit=limit)  # noqa: E731
+    opened = lambda spec: open_data(spec, fp32, batch_size=batch_size, limit=limit, shapes=shapes)  # noqa: E731
     if chosen == "fp16":
         out_model = _fp16(fp32, options.keep, opened(calib or val) if (calib or val) else None, summary, warn)
         variants = {"fp16": out_model}
@@ -355,17 +357,17 @@ def _accuracy(fp32, variants: dict, reader, progress: bool) -> dict:
 
 
 def _check_batch_size(model, batch_size: int, warn: Callable[[str], None]) -> None:
-    """Say so when --batch-size cannot apply: the model is loaded with static shapes, so its batch is fixed."""
+    """Say so when --batch-size cannot apply: the model's batch is fixed (by the model or --static)."""
     from ..model import input_specs
 
     if batch_size == 1:
         return
-    batches = {spec["shape"][0] for spec in input_specs(model).values() if spec["shape"]}
+    batches = {spec["shape"][0] for spec in input_specs(model).values()
+               if spec["shape"] and isinstance(spec["shape"][0], int)}
     if batches and batch_size not in batches:
         fixed = ", ".join(str(b) for b in sorted(batches))
         warn(f"--batch-size {batch_size} has no effect: the model's batch is fixed at {fixed} (by the model or "
-             f"--input); batches of {fixed} are used. Give --input NAME:{batch_size}x... to calibrate in batches of "
-             f"{batch_size} (the written model then has that batch too)")
+             f"--static); batches of {fixed} are used")
 
 
 def evaluate_model(model: PathLike, data: str, *, reference: Optional[PathLike] = None,
@@ -395,7 +397,7 @@ def evaluate_model(model: PathLike, data: str, *, reference: Optional[PathLike] 
         if not outs <= ref_outs:
             raise InputError(f"the reference lacks the model's output '{sorted(outs - ref_outs)[0]}'",
                              path=str(reference))
-    reader = open_data(data, m, batch_size=batch_size, limit=limit)
+    reader = open_data(data, m, batch_size=batch_size, limit=limit, shapes=shapes)
     result = evaluate(m, reader, reference=ref, output=output, progress=progress)
     result["model"] = str(model)
     result["reference"] = str(reference) if reference else None
