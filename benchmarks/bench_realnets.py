@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -31,15 +32,22 @@ import realdata  # noqa: E402
 import realnets  # noqa: E402
 from bench_calibration import _cpu_s, _vm_hwm_mb  # noqa: E402
 
-OURS = ("entropy", "minmax", "percentile", "mse")
+OURS = ("auto", "entropy", "minmax", "percentile", "mse")  # auto: the default
 ORT = ("MinMax", "Entropy", "Percentile", "Distribution")
-# optimize flags per network: ppocr_det needs fold_batchnorm skipped until the optimizer's check is fixed
-OPT_EXTRA = {"ppocr_det": ["--skip", "fold_batchnorm"]}
+MODELOPT = ("entropy", "max")  # NVIDIA Model Optimizer's ONNX PTQ calibrators (the TensorRT-oriented peer)
+OPT_EXTRA: dict = {}  # optimize flags per network (none needed since the numeric check measures its noise floor)
 
 
 # ------------------------------------------------------------------------------------------ one run per process
 def _child(kind, method, model_path, data_path, input_name, out_path):
     start, cpu0 = time.perf_counter(), _cpu_s()
+    if kind == "modelopt":  # its own venv (nvidia-modelopt pins onnx): python in $MODELOPT_PYTHON
+        subprocess.run([os.environ["MODELOPT_PYTHON"], "-m", "modelopt.onnx.quantization", "--onnx_path", model_path,
+                        "--quantize_mode", "int8", "--calibration_data", data_path, "--calibration_method", method,
+                        "--calibration_eps", "cpu", "--output_path", out_path], check=True, capture_output=True)
+        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
+        print(json.dumps({"wall_s": time.perf_counter() - start, "cpu_s": _cpu_s() - cpu0, "peak_rss_mb": peak}))
+        return
     if kind == "edgesqueeze":
         from edgesqueeze.data import open_data
         from edgesqueeze.model import load_model, save_model
@@ -131,7 +139,7 @@ def _quality(name, ref, path, held):
     return {"sqnr_db": min(realdata.sqnr_db(r, g) for r, g in zip(ref, got)), "task": task_metric(name, ref, got)}
 
 
-def bench_net(name, work: Path):
+def bench_net(name, work: Path, tools=("edgesqueeze", "onnxruntime")):
     """Rows for network ``name``: optimize, ours per calibrator + FP16, onnxruntime per CalibrationMethod."""
     net, src = realnets.NETS[name], realnets.fetch(name)
     calib, held = realdata.split(name)
@@ -149,7 +157,8 @@ def bench_net(name, work: Path):
         rows[0]["error"] = (proc.stderr.strip().splitlines() or ["failed"])[-1][:160]
         return rows
     rows[0].update(_quality(name, ref, opt, held))
-    runs = [("edgesqueeze", m) for m in OURS + ("fp16",)] + [("onnxruntime", m) for m in ORT]
+    methods = {"edgesqueeze": OURS + ("fp16",), "onnxruntime": ORT, "modelopt": MODELOPT}
+    runs = [(kind, m) for kind in tools for m in methods[kind]]
     for kind, method in runs:
         out = work / f"{name}.{kind}.{method}.onnx"
         row = {"net": name, "tool": kind, "method": method,
@@ -184,11 +193,19 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("nets", nargs="*", default=list(realnets.DEFAULT))
     ap.add_argument("--json", help="also write the rows here")
+    ap.add_argument("--modelopt", metavar="PYTHON", help="a Python with nvidia-modelopt: adds Model Optimizer's "
+                    "ONNX PTQ (entropy, max) as a peer")
+    ap.add_argument("--tools", default="edgesqueeze,onnxruntime", help="comma-separated: edgesqueeze,onnxruntime,"
+                    "modelopt (modelopt needs --modelopt)")
     args = ap.parse_args()
+    tools = [t for t in args.tools.split(",") if t]
+    if args.modelopt:
+        os.environ["MODELOPT_PYTHON"] = args.modelopt
+        tools += [] if "modelopt" in tools else ["modelopt"]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.nets:
-            rows += bench_net(name, Path(tmp))
+            rows += bench_net(name, Path(tmp), tools)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     print(markdown(rows))
