@@ -19,6 +19,7 @@ from onnx import ModelProto
 from ..errors import InputError, UnsupportedError, VerificationError
 from ..model import copy_model_attributes, infer_shapes, opset_version
 from ..numerics import NOISE_FACTOR
+from ..plugins.ops import DOMAIN, OPS, attach_present_functions, op_of
 from ._graph import ir_version_for
 from .registry import PASSES, PassContext, get_pass
 
@@ -118,24 +119,21 @@ def _prepare(model: ModelProto) -> Tuple[ModelProto, dict]:
 
 
 def _restore(out: ModelProto, saved: dict) -> None:
-    """Put back the overload keys of surviving nodes and the functions still called; rebuild the
-    DepthwiseSeparableConv functions from the weights."""
-    from ..plugins.dwsep import DOMAIN, OP_TYPE, attach_functions, has_custom_nodes
-
+    """Put back the overload keys of surviving nodes and the functions still called; the custom ops (the
+    :mod:`edgesqueeze.plugins.ops` registry) rebuild their own functions from the weights."""
     for node in out.graph.node:
         key = node.output[0] if node.output else None  # surviving nodes keep their output names
-        if key in saved["overloads"] and not (node.domain == DOMAIN and node.op_type == OP_TYPE):
+        if key in saved["overloads"] and op_of(node) is None:
             node.overload = saved["overloads"][key]
     called = {(n.domain, n.op_type, n.overload) for n in out.graph.node}
     for fn in saved["functions"]:
-        if (fn.domain, fn.name) == (DOMAIN, OP_TYPE):
+        if fn.domain == DOMAIN and fn.name in OPS:
             continue  # rebuilt below
         if (fn.domain, fn.name, fn.overload) in called or any(
                 f.node and any((n.domain, n.op_type) == (fn.domain, fn.name) for n in f.node)
                 for f in saved["functions"]):
             out.functions.append(fn)
-    if has_custom_nodes(out):
-        attach_functions(out)
+    attach_present_functions(out)
 
 
 def _run_passes(model: ModelProto, names: Sequence[str], ctx: PassContext) -> Tuple[ModelProto, List[dict]]:

@@ -159,6 +159,16 @@ def _plain_ir(model: ModelProto) -> None:
     model.ir_version = min(need, model.ir_version)
 
 
+def attach_present_functions(model: ModelProto) -> None:
+    """Let every registered op present in ``model`` (re)build its nodes' local functions, in place.
+
+    Raises:
+        InputError: a custom node's weights have no known element type (from the op).
+    """
+    for op in _present(model):
+        op.attach_functions(model)
+
+
 def refresh_functions(model: ModelProto) -> ModelProto:
     """Return a copy whose custom nodes' local functions are rebuilt for their current element types.
 
@@ -167,8 +177,7 @@ def refresh_functions(model: ModelProto) -> ModelProto:
     """
     out = ModelProto()
     out.CopyFrom(model)
-    for op in _present(out):
-        op.attach_functions(out)
+    attach_present_functions(out)
     return out
 
 
