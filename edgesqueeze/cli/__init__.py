@@ -24,6 +24,7 @@ COMMANDS = {
     "convert": "convert",
     "optimize": "optimize",
     "compress": "compress",
+    "recover": "recover",
     "pack": "pack",
     "unpack": "unpack",
     "quantize": "quantize",

@@ -15,7 +15,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from onnx import ModelProto, numpy_helper
 
-from ..errors import InputError
+from ..errors import InputError, UnsupportedError
 from ..model import infer_shapes, tensor_shape
 from ._layers import attr, copy_model, get_array, initializers, reinfer, set_array, set_attr, use_counts
 from ._channel_groups import Groups, Layout, unite
@@ -43,8 +43,14 @@ def prune_channels(model: ModelProto, ratio: float = 0.3, *, multiple_of: int = 
         ``(model, report)``: the report lists every channel group (its producers, channels before/after, or the
         reason it is frozen) and the parameter and MAC totals before and after.
 
+    Inference-mode BatchNormalizations with private parameters are sliced with their producer; anything that
+    pins every group (shared BN parameters, training-mode BNs, weights computed at run time) is an error, never
+    a silent no-op.
+
     Raises:
         InputError: ``ratio`` outside [0, 1).
+        UnsupportedError: ``ratio > 0`` but every channel group is frozen (the error names why), so pruning
+            would change nothing.
     """
     if not 0.0 <= ratio < 1.0:
         raise InputError(f"channel pruning ratio must be in [0, 1), got {ratio}")
@@ -52,6 +58,12 @@ def prune_channels(model: ModelProto, ratio: float = 0.3, *, multiple_of: int = 
     walk = _Walk(out, exclude)
     walk.run()
     keep, group_rows = _choose_channels(walk.groups, ratio, multiple_of, min_channels)
+    if ratio > 0 and not keep:
+        reasons = sorted({r["frozen"] for r in group_rows if r["frozen"]})
+        raise UnsupportedError("channel pruning would change nothing: every channel group is frozen ("
+                               + "; ".join(reasons[:4]) + (", ..." if len(reasons) > 4 else "") + ")",
+                               hint="fold the graph first (edgesqueeze optimize MODEL -o folded.onnx) or use "
+                                    "--prune / --sparsity 2:4")
 
     def indices(tensor: str) -> np.ndarray:
         lay = walk.layouts[tensor]
