@@ -157,7 +157,8 @@ def _verify_export(torch, module, model, args, input_names, output_names, trials
 def export_torch(module, example_inputs, path: PathLike, *, input_names: Optional[Sequence[str]] = None,
                  output_names: Optional[Sequence[str]] = None, opset: int = DEFAULT_OPSET, legacy: bool = False,
                  verify: bool = True, rtol: float = 1e-4, atol: float = 1e-5, seed: int = 0,
-                 trials: int = 3, on_start: Optional[Callable[[], None]] = None) -> Dict[str, Any]:
+                 trials: int = 3, on_start: Optional[Callable[[], None]] = None,
+                 dynamic_axes: Optional[Dict[str, Dict[int, str]]] = None) -> Dict[str, Any]:
     """Export ``module`` to ONNX at ``path`` and check onnxruntime against torch on random inputs.
 
     Args:
@@ -169,6 +170,8 @@ def export_torch(module, example_inputs, path: PathLike, *, input_names: Optiona
         legacy: use the TorchScript exporter instead of the torch.export (dynamo) one.
         verify: run the numerical check (``trials`` seeded random inputs, ``|ort - torch| <= atol + rtol*|torch|``).
         on_start: called once the module has run on the example input, before the export itself (progress).
+        dynamic_axes: ``{input_name: {axis: dim_name}}`` (:func:`parse_dynamic_axes`): those axes are exported as
+            symbolic dims (torch.onnx.export's ``dynamic_axes``; ``dynamic_shapes`` for the dynamo exporter).
 
     Returns:
         A report: path, sha256, opset, inputs, outputs, max absolute error per trial.
@@ -207,7 +210,8 @@ def export_torch(module, example_inputs, path: PathLike, *, input_names: Optiona
             with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
                 warnings.simplefilter("ignore")
                 torch.onnx.export(module, args, str(tmp), input_names=input_names, output_names=output_names,
-                                  opset_version=opset, dynamo=not legacy, external_data=False)
+                                  opset_version=opset, dynamo=not legacy, external_data=False,
+                                  **_dynamic_kwargs(torch, dynamic_axes, input_names, legacy))
         except Exception as exc:  # noqa: BLE001 - exporter failures come in many types
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UnsupportedError(f"torch cannot export the model: {first}", path=str(path)) from exc
@@ -219,7 +223,59 @@ def export_torch(module, example_inputs, path: PathLike, *, input_names: Optiona
                                     path)
             report["verification"] = {"trials": trials, "max_abs_error": errors, "rtol": rtol, "atol": atol}
     report["sha256"] = model_hash(path)
+    if dynamic_axes:
+        report["dynamic_axes"] = {n: {str(a): d for a, d in axes.items()} for n, axes in dynamic_axes.items()}
     return report
+
+
+_AXIS_WORDS = {"batch": 0, "n": 0, "channels": 1, "c": 1, "height": 2, "h": 2, "width": 3, "w": 3}
+
+
+def parse_dynamic_axes(specs: Sequence[str], input_names: Sequence[str],
+                       ranks: Sequence[int]) -> Dict[str, Dict[int, str]]:
+    """Parse ``--dynamic-axes`` values: ``input:0,2,3`` or ``input:batch,height,width`` (NCHW words).
+
+    An axis given by number gets the name ``<input>_dim<axis>``, by word the word itself (``batch``).
+
+    Raises:
+        InputError: an unknown input name, an unknown word, or an axis outside the input's rank.
+    """
+    out: Dict[str, Dict[int, str]] = {}
+    for spec in specs:
+        name, sep, axes = spec.rpartition(":")
+        if not sep:
+            if len(input_names) != 1:
+                raise InputError(f"--dynamic-axes {spec!r}: name the input (name:axes); inputs are "
+                                 f"{', '.join(input_names)}")
+            name = input_names[0]
+        if name not in input_names:
+            raise InputError(f"--dynamic-axes {spec!r}: no input named {name!r} (inputs: {', '.join(input_names)})")
+        rank = ranks[list(input_names).index(name)]
+        for word in (a.strip() for a in axes.split(",") if a.strip()):
+            axis = int(word) if word.lstrip("-").isdigit() else _AXIS_WORDS.get(word.lower())
+            if axis is None:
+                raise InputError(f"--dynamic-axes {spec!r}: {word!r} is not an axis number or one of "
+                                 f"{', '.join(sorted(_AXIS_WORDS))}")
+            axis = axis + rank if axis < 0 else axis
+            if not 0 <= axis < rank:
+                raise InputError(f"--dynamic-axes {spec!r}: axis {word} is outside the input's rank {rank}")
+            out.setdefault(name, {})[axis] = word if not word.lstrip("-").isdigit() else f"{name}_dim{axis}"
+    return out
+
+
+def _dynamic_kwargs(torch, dynamic_axes, input_names, legacy: bool) -> Dict[str, Any]:
+    """torch.onnx.export's keyword for dynamic dims: ``dynamic_axes`` (TorchScript) or ``dynamic_shapes`` (dynamo)."""
+    if not dynamic_axes:
+        return {}
+    if legacy:
+        return {"dynamic_axes": {n: dict(a) for n, a in dynamic_axes.items()}}
+    dims: Dict[str, Any] = {}
+    shapes = []
+    for name in input_names:
+        axes = dynamic_axes.get(name) or {}
+        shapes.append({a: dims.setdefault(d, torch.export.Dim(d.replace(".", "_"))) for a, d in axes.items()}
+                      or None)
+    return {"dynamic_shapes": tuple(shapes)}
 
 
 def parse_example_shapes(shapes: Sequence[str]) -> Tuple[List[Optional[str]], List[List[int]]]:

@@ -17,7 +17,7 @@ LAYERS = [
     ("plugins",),
     ("compat",),
     ("backends",),
-    ("passes", "quant", "compress", "inspect"),
+    ("passes", "quant", "compress", "inspect", "dla"),
     ("bench",),
     ("bundle",),
     ("compare",),  # a model or a bundle against another: reads bundles

@@ -37,7 +37,7 @@ def test_noop_iterations_stats_and_schema():
     assert len(run["latency_ms"]["samples"]) == 200
     assert set(run["latency_ms"]["stats"]) >= {"min", "mean", "median", "p90", "p95", "p99", "max", "std", "cv"}
     assert r["power"]["probe"] == "none" and not r["power"]["available"] and r["power"]["reason"]
-    assert r["schema"] == "edgesqueeze.bench/1" and r["partial"] is False
+    assert r["schema"] == "edgesqueeze.bench/2" and r["partial"] is False
     validate_result(json.loads(json.dumps(r)))
 
 

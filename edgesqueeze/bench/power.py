@@ -117,3 +117,43 @@ def window_summary(samples: List[dict], t0: float, t1: float, inferences: int,
         out["note"] = (f"only {n_in} power sample(s) {every}fell inside the {dur * 1000:.0f} ms window: energy is "
                        f"interpolated; run longer (--duration) for a reliable figure")
     return out
+
+
+def log_energy(samples: List[dict], times: List[float], *, idle_seconds: Optional[float] = None,
+               idle_mw: Optional[float] = None, inferences: Optional[int] = None) -> Optional[dict]:
+    """Energy over a recorded power log (tegrastats samples with ``total_mw``) on the log's own times.
+
+    Args:
+        samples: parsed samples carrying ``total_mw``.
+        times: seconds since the first sample, one per sample (:func:`edgesqueeze.bench.tegrastats.sample_times`).
+        idle_seconds: the log's first seconds are the idle baseline; energy is counted after them.
+        idle_mw: an idle baseline measured elsewhere (an idle log); wins over ``idle_seconds``' mean.
+        inferences: inferences run in the counted part, for the energy per inference.
+
+    Returns:
+        ``{"duration_s", "energy_j", "avg_mw", "idle_mw", "idle_s", "energy_above_idle_j",
+        "energy_per_inference_mj", "energy_per_inference_above_idle_mj", "inferences"}``; None without power.
+    """
+    pts = [dict(t=t, total_mw=s["total_mw"]) for s, t in zip(samples, times) if s.get("total_mw") is not None]
+    if len(pts) < 2:
+        return None
+    start, end = pts[0]["t"], pts[-1]["t"]
+    idle_s = None
+    if idle_seconds:
+        idle_s = min(idle_seconds, end - start)
+        idle = [p["total_mw"] for p in pts if p["t"] < start + idle_s]
+        if idle_mw is None and idle:  # the mean of the idle samples (a trapezoid would reach into the load)
+            idle_mw = sum(idle) / len(idle)
+        start += idle_s
+    dur = end - start
+    energy_mj = energy_between(pts, start, end) if dur > 0 else 0.0
+    out = {"duration_s": dur, "energy_j": energy_mj / 1000, "avg_mw": energy_mj / dur if dur > 0 else None,
+           "idle_mw": idle_mw, "idle_s": idle_s, "energy_above_idle_j": None, "inferences": inferences,
+           "energy_per_inference_mj": None, "energy_per_inference_above_idle_mj": None}
+    if idle_mw is not None:
+        out["energy_above_idle_j"] = (energy_mj - idle_mw * dur) / 1000
+    if inferences:
+        out["energy_per_inference_mj"] = energy_mj / inferences
+        if idle_mw is not None:
+            out["energy_per_inference_above_idle_mj"] = (energy_mj - idle_mw * dur) / inferences
+    return out

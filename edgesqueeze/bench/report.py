@@ -7,6 +7,7 @@ from typing import Dict, List, Optional, Sequence
 from ..errors import InputError, MissingDependencyError
 from ..fileio import write_text_atomic
 from . import plots as P
+from .boardstate import board_state_differences, describe_board_state
 from .schema import validate_result
 
 
@@ -56,6 +57,9 @@ def _run_headers(results: Sequence[dict]) -> List[str]:
                    f"**{d['profile']}** ({d.get('display_name') or d.get('hostname', '')}), backend "
                    f"**{b['name']}** {b.get('version') or ''} {b.get('precision') or ''}; data: {r.get('data', '?')}; "
                    f"{r.get('started_at', '')}" + (" — **partial (interrupted)**" if r.get("partial") else ""))
+        out.append("  " + describe_board_state(d.get("board_state")))
+        if r.get("throttled"):
+            out.append("  **throttled**: " + "; ".join((r.get("throttling") or {}).get("reasons") or ["yes"]))
         if v:
             out.append("  versions: " + ", ".join(f"{k} {val}" for k, val in sorted(v.items()) if val))
         p = r.get("power") or {}
@@ -66,6 +70,13 @@ def _run_headers(results: Sequence[dict]) -> List[str]:
             out.append(f"  idle baseline: {p['idle']['mean_mw'] / 1000:.3f} W over {p['idle']['duration_s']:.1f} s")
         out.append("")
     return out
+
+
+def board_state_warnings(results: Sequence[dict]) -> List[str]:
+    """Warnings when compared runs differ in board state (nvpmodel mode, jetson_clocks, clock limits, fan)."""
+    if len(results) < 2:
+        return []
+    return board_state_differences([(r.get("device") or {}).get("board_state") for r in results])
 
 
 def _slowest_layers(results: Sequence[dict]) -> List[str]:
@@ -91,6 +102,9 @@ def _slowest_layers(results: Sequence[dict]) -> List[str]:
 
 def _markdown(results: Sequence[dict], plots: Dict[str, Optional[str]], plot_note: str) -> str:
     out = ["# edgesqueeze benchmark report", ""] + _run_headers(results)
+    differ = board_state_warnings(results)
+    if differ:
+        out += ["## Board state differs between runs", ""] + [f"- **warning**: {w}" for w in differ] + [""]
     rows = summary_rows(results)
     out += ["## Latency", "",
             "| run | model | backend | precision | device | batch | n | mean ms | median ms | p90 ms | p99 ms | std ms | "

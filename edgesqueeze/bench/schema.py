@@ -1,4 +1,4 @@
-"""The benchmark results format, version ``edgesqueeze.bench/1``, and its validator.
+"""The benchmark results format, version ``edgesqueeze.bench/2`` (``/1`` results still read), and its validator.
 
 Required (small, so that the Python 3.6 on-device runner can write it with the standard library):
 ``schema``, ``model`` {name, path, sha256}, ``device`` {profile, hostname}, ``backend`` {name, version,
@@ -7,7 +7,11 @@ precision}, ``runs`` [{batch, latency_ms: {samples: [ms...], stats?}}]. Everythi
 ``started_at``, ``finished_at``, and per run ``throughput_ips``, ``compute_ms``/``h2d_ms``/``d2h_ms``
 (``{samples, stats}`` or null), ``power``, ``bandwidth``. ``stats`` may be absent: :func:`validate_result`
 recomputes it from the samples. A result carrying raw tegrastats lines (``power.raw``) and no parsed
-power summary gets one.
+power summary gets one, and a throttling verdict (``throttled``, ``throttling``) from those lines.
+
+Version 2 adds ``device.board_state`` (nvpmodel mode, jetson_clocks, clock limits, fan:
+:func:`edgesqueeze.bench.boardstate.interpret_board_state`), lifted from ``device.probe.board_state`` where
+only the probe carries it, and ``throttled``/``throttling``. A version 1 result reads as one without them.
 """
 from __future__ import annotations
 
@@ -18,12 +22,13 @@ from pathlib import Path
 from typing import Any, List, Union
 
 from ..errors import InputError
+from .boardstate import detect_throttling
 from .stats import summarize, throughput
 from .tegrastats import parse_log, summarize_samples
 from .trtexec import import_trtexec, looks_like_export_times
 
-SCHEMA = "edgesqueeze.bench/1"
-SUPPORTED = (SCHEMA,)
+SCHEMA = "edgesqueeze.bench/2"
+SUPPORTED = (SCHEMA, "edgesqueeze.bench/1")
 TIMING_KEYS = ("latency_ms", "compute_ms", "h2d_ms", "d2h_ms")
 
 
@@ -93,12 +98,28 @@ def validate_result(result: Any, path: str = "") -> dict:
             _fail(key, f"expected {kind.__name__}", path)
     out.setdefault("warnings", [])
     out.setdefault("partial", False)
+    _board_state_and_throttling(out)
+    return out
+
+
+def _board_state_and_throttling(out: dict) -> None:
+    """Fill ``device.board_state`` from the probe and judge throttling from raw tegrastats lines."""
+    dev = out["device"]
+    if not dev.get("board_state") and isinstance(dev.get("probe"), dict) and dev["probe"].get("board_state"):
+        dev["board_state"] = dev["probe"]["board_state"]
     power = out.get("power")
-    if isinstance(power, dict) and power.get("raw") and not power.get("summary"):
-        parsed = parse_log(power["raw"])
+    if not (isinstance(power, dict) and power.get("raw")):
+        return
+    parsed = parse_log(power["raw"])
+    if not power.get("summary"):
         power["summary"] = summarize_samples(parsed["samples"])
         power["skipped_lines"] = parsed["skipped"]
-    return out
+    if "throttled" not in out:
+        verdict = detect_throttling(parsed["samples"], dev.get("profile"))
+        out["throttled"] = verdict["throttled"]
+        out["throttling"] = {k: verdict[k] for k in ("reasons", "samples")}
+        for reason in verdict["reasons"]:
+            out["warnings"].append(f"throttled: {reason}")
 
 
 def load_result(path: Union[str, Path]) -> dict:

@@ -14,7 +14,8 @@ field in a future release does not break parsing. A line with no known field at 
 from __future__ import annotations
 
 import re
-from typing import Dict, Iterable, List, Optional, Union
+from datetime import datetime
+from typing import Dict, Iterable, List, Optional, Tuple, Union
 
 from ..errors import InputError
 
@@ -258,3 +259,35 @@ def _collect_temps(samples: List[dict]) -> Dict[str, List[float]]:
         for k, v in s["temps"].items():
             temps.setdefault(k, []).append(v)
     return temps
+
+
+def _epoch(stamp: str) -> float:
+    return datetime.strptime(stamp, "%m-%d-%Y %H:%M:%S").timestamp()
+
+
+def sample_times(samples: List[dict], interval_ms: Optional[float] = None) -> Tuple[List[float], str]:
+    """Seconds since the first sample, for each sample; and how they were found.
+
+    An explicit ``interval_ms`` wins (JetPack 4 prints no timestamp). Otherwise the ``MM-DD-YYYY HH:MM:SS``
+    timestamps (JetPack 5+) are used; they have a one-second resolution, so when several lines share a second
+    the interval is measured between the first lines of the second and of the last second, and the lines are
+    spaced by it. Without either, 1000 ms (tegrastats' default interval) is assumed, and the source says so.
+
+    Returns:
+        ``(times, source)`` with ``source`` one of ``"interval"``, ``"timestamps"``, ``"assumed 1000 ms"``.
+    """
+    n = len(samples)
+    if interval_ms:
+        return [i * interval_ms / 1000.0 for i in range(n)], "interval"
+    stamps = [s.get("timestamp") for s in samples]
+    if n < 2 or not all(stamps):
+        return [float(i) for i in range(n)], "assumed 1000 ms"
+    secs = [_epoch(t) for t in stamps]
+    if len(set(secs)) == n:  # one line a second or slower: the stamps are the times
+        return [t - secs[0] for t in secs], "timestamps"
+    starts = [i for i in range(1, n) if secs[i] != secs[i - 1]]  # first line of each new second
+    if len(starts) >= 2:
+        dt = (secs[starts[-1]] - secs[starts[0]]) / (starts[-1] - starts[0])
+    else:  # under two seconds of log: spread the lines evenly over the seconds it spans
+        dt = max(secs[-1] - secs[0], 1.0) / n
+    return [i * dt for i in range(n)], "timestamps"

@@ -85,6 +85,9 @@ def summary_text(result: dict) -> str:
     opt = f", graph optimizations: {b['optimization']}" if b.get("optimization") else ""
     head = (f"{result['model']['name']} on {result['device']['profile']} ({b['name']} {b.get('version') or ''} "
             f"{b.get('precision') or ''}{opt}), data: {result.get('data')}")
+    if result["device"].get("board_state"):
+        from ..bench.boardstate import describe_board_state
+        head += "\n" + describe_board_state(result["device"]["board_state"])
     lat = table([[r["shape"] or r["batch"], r["n"], f"{r['mean_ms']:.4f}", f"{r['median_ms']:.4f}", f"{r['p90_ms']:.4f}",
                   f"{r['p99_ms']:.4f}", f"{r['cv']:.1%}", f"{r['throughput_ips']:.1f}",
                   "-" if r["avg_w"] is None else f"{r['avg_w']:.2f}",

@@ -17,9 +17,11 @@ from .common import emit, input_shape_option, json_option, table, target_option
                    "QDQ model, fp16 for an FP16 model, else fp32).")
 @click.option("--sparse", is_flag=True, help="Use the target's 2:4 sparse INT8 peak.")
 @click.option("--top", type=int, default=None, help="Show only the N most expensive layers.")
+@click.option("--dla", is_flag=True, help="With --target: predict which layers fall back from DLA to the GPU "
+                                          "(from TensorRT's documented DLA limits; int8/fp16 only).")
 @input_shape_option
 @json_option
-def command(model, target, precision, sparse, top, input_shapes, as_json):
+def command(model, target, precision, sparse, top, dla, input_shapes, as_json):
     """Print a per-layer table (op, output shape, parameters, MACs, weight and activation bytes, FLOP/byte) and totals.
 
     With --target, each layer also gets a roofline time, the larger of compute time at the target's peak for the
@@ -33,9 +35,21 @@ def command(model, target, precision, sparse, top, input_shapes, as_json):
       edgesqueeze inspect net.onnx
       edgesqueeze inspect net.onnx --target tx2 --precision fp16 --top 10
       edgesqueeze inspect net.onnx --target orin-nano --precision int8 --json
+      edgesqueeze inspect net.onnx --target agx-orin --dla
     """
     from ..inspect import inspect_model
     from ..model import load_model, parse_input_shapes
+
+    if dla:
+        from ..dla import dla_report, format_dla_report
+
+        if not target:
+            raise click.UsageError("--dla needs --target (a board with DLA: xavier-nx, agx-xavier, orin-nx, agx-orin)")
+        m = load_model(model)  # unpinned: dynamic dims are what DLA refuses
+        report = dla_report(m, target, precision or _dla_precision(model_precision(m)))
+        report["model"] = str(model)
+        emit(report, as_json, format_dla_report)
+        return
 
     # the table needs numbers: a dynamic model is inspected at its checks' concrete shapes (the file is unchanged)
     m = load_model(model, parse_input_shapes(input_shapes), pin=True)
@@ -52,6 +66,11 @@ def model_precision(model) -> str:
         return "int8"
     floats = [t.data_type for t in model.graph.initializer if t.data_type in (TensorProto.FLOAT, TensorProto.FLOAT16)]
     return "fp16" if floats and floats.count(TensorProto.FLOAT16) * 2 > len(floats) else "fp32"
+
+
+def _dla_precision(precision: str) -> str:
+    """DLA builds run int8 or fp16: an FP32 model is built in fp16 for DLA unless --precision says otherwise."""
+    return precision if precision in ("int8", "fp16") else "fp16"
 
 
 def format_report(result: dict, top: Optional[int] = None) -> str:

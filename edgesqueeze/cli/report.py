@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ..errors import InputError
-from .common import emit, info, json_option, table
+from .common import emit, info, json_option, table, warn
 
 
 @click.command("report")
@@ -30,7 +30,7 @@ def command(results, out_dir, no_plots, trtexec_profile, as_json):
       edgesqueeze report tx2.json orin-nano.json -o compare/ --json
       edgesqueeze report times.json --trtexec-profile profile.json -o trtexec-report/
     """
-    from ..bench.report import summary_rows, write_report
+    from ..bench.report import board_state_warnings, summary_rows, write_report
     from ..bench.schema import load_result, validate_result
     from ..bench.trtexec import import_trtexec, looks_like_export_times
 
@@ -52,7 +52,10 @@ def command(results, out_dir, no_plots, trtexec_profile, as_json):
     written = write_report(loaded, out_dir, plots=not no_plots)
     info(f"wrote {written['report']}" + (f" and {len(written) - 1} plot(s)" if len(written) > 1 else ""))
     rows = summary_rows(loaded)
-    payload = {"written": written, "rows": rows}
+    differ = board_state_warnings(loaded)
+    for w in differ:
+        warn(w)
+    payload = {"written": written, "rows": rows, "board_state_warnings": differ}
 
     def text(_):
         many = len(loaded) > 1  # the run number tells apart results that share a model name

@@ -3,6 +3,7 @@
 Sent over SSH and run as ``python3 - [DIR]`` (standard library only, Python 3.6+). It reports raw facts;
 the host interprets them (edgesqueeze.deploy.probe). DIR is the folder whose free disk space matters.
 """
+import glob
 import importlib.util
 import json
 import os
@@ -123,6 +124,53 @@ def free_bytes(folder):
     except OSError:
         return None
 
+# Board state (nvpmodel mode, clock limits, fan): raw values only; edgesqueeze.bench.boardstate interprets them.
+# GPU devfreq device per board: Orin JP5, Orin JP6, Xavier, TX2, Nano/TX1
+GPU_DEVFREQ = ("17000000.ga10b", "17000000.gpu", "17000000.gv11b", "17000000.gp10b", "57000000.gpu")
+EMC_LIMITS = ("sys/kernel/debug/bpmp/debug/clk/emc/min_rate", "sys/kernel/debug/bpmp/debug/clk/emc/max_rate",
+              "sys/kernel/nvpmodel_emc_cap/emc_iso_cap")
+FAN_PWM = ("sys/devices/pwm-fan/target_pwm", "sys/devices/platform/pwm-fan/hwmon/hwmon*/pwm1",
+           "sys/class/hwmon/hwmon*/pwm1")
+
+
+def _value(root, rel):
+    text = read(os.path.join(root, rel), 256)
+    return text.strip() if text is not None else None
+
+
+def _first_glob(root, patterns):
+    for pattern in patterns:
+        for path in sorted(glob.glob(os.path.join(root, pattern))):
+            text = read(path, 256)
+            if text is not None:
+                return os.path.relpath(path, root), text.strip()
+    return None, None
+
+
+def board_state(root="/", nvpmodel_output=None):
+    """Raw board state: ``nvpmodel -q`` output, /etc/nvpmodel.conf, CPU/GPU/EMC clock limits (sysfs), fan PWM.
+
+    ``root`` is the file-system root (a recorded sysfs tree in tests); ``nvpmodel -q`` runs only on the real root.
+    """
+    if nvpmodel_output is None and root == "/" and shutil.which("nvpmodel"):
+        nvpmodel_output = run(["nvpmodel", "-q"])
+    cpus = {}
+    for folder in sorted(glob.glob(os.path.join(root, "sys/devices/system/cpu/cpu[0-9]*/cpufreq"))):
+        core = os.path.basename(os.path.dirname(folder))
+        cpus[core] = dict((k, _value(folder, "scaling_" + k + "_freq")) for k in ("min", "max", "cur"))
+        cpus[core]["hw_max"] = _value(folder, "cpuinfo_max_freq")
+    gpu = None
+    for name in GPU_DEVFREQ:  # /sys/class/devfreq/<name> links to the GPU's devfreq folder on every L4T
+        folder = os.path.join(root, "sys/class/devfreq", name)
+        if os.path.isdir(folder):
+            gpu = dict((k, _value(folder, k)) for k in ("min_freq", "max_freq", "cur_freq"))
+            gpu["name"] = name
+            break
+    emc = dict((rel.rsplit("/", 1)[1], _value(root, rel)) for rel in EMC_LIMITS)
+    fan_path, fan = _first_glob(root, FAN_PWM)
+    return {"nvpmodel_q": nvpmodel_output, "nvpmodel_conf": read(os.path.join(root, "etc/nvpmodel.conf"), 1 << 17),
+            "cpufreq": cpus, "gpu_devfreq": gpu, "emc": emc, "fan_pwm": fan, "fan_path": fan_path}
+
 
 def main():
     folder = sys.argv[1] if len(sys.argv) > 1 else "."
@@ -167,6 +215,7 @@ def main():
         "free_bytes": free_bytes(folder),
         "cpu_count": os.cpu_count(),
         "home": os.path.expanduser("~"),
+        "board_state": board_state() if (model or os.path.exists("/etc/nv_tegra_release")) else None,
     }
     sys.stdout.write(json.dumps(info, sort_keys=True) + "\n")
 

@@ -11,6 +11,7 @@ import shlex
 from importlib import resources
 from typing import Dict, List, Optional, Tuple
 
+from ..bench.boardstate import interpret_board_state
 from ..errors import DeviceError
 from .device_runner import version_from_tag
 
@@ -104,6 +105,7 @@ def interpret(raw: dict) -> dict:
     if len(info["candidates"]) > 1 and raw.get("device_tree_model"):
         named = [p for p in info["candidates"] if _MODEL_WORDS[p].lower() in raw["device_tree_model"].lower()]
         info["candidates"] = named or info["candidates"]
+    info["board_state"] = interpret_board_state(raw.get("board_state"))
     return info
 
 
@@ -162,5 +164,5 @@ def check_target(info: dict, target: dict) -> Tuple[List[str], List[str]]:
 def describe(info: dict) -> Dict[str, object]:
     """The probe facts a deploy report shows."""
     keys = ("hostname", "arch", "python", "l4t", "jetpack", "soc", "device_tree_model", "tensorrt", "cuda",
-            "trtexec", "nvcc", "cmake", "onnxruntime", "tegrastats", "free_bytes")
+            "trtexec", "nvcc", "cmake", "onnxruntime", "tegrastats", "free_bytes", "board_state")
     return {k: info.get(k) for k in keys}
