@@ -8,6 +8,7 @@ networks on a Jetson are launch-bound, not roofline-bound.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Set
 
 import numpy as np
@@ -157,41 +158,13 @@ def inspect_model(model: onnx.ModelProto, target: Optional[str] = None, precisio
     shapes = _Shapes(model)
     const = _constant_tensors(model)
     elem = BYTES[precision]
-    consumers: Dict[str, List[onnx.NodeProto]] = {}
-    for n in model.graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
-    graph_outputs = {o.name for o in model.graph.output}
-    producer = {o: n for n in model.graph.node for o in n.output}
+    links = _Links.of(model)
 
     layers = []
     for idx, node in enumerate(model.graph.node):
         if node.output and all(o in const for o in node.output if o):
             continue  # constant subgraph (folded away before execution)
-        w_in = [i for i in node.input if i and i in const]
-        a_in = [i for i in node.input if i and i not in const]
-        params = sum(shapes.numel(i) for i in w_in if not shapes.is_index(i)) if node.op_type not in SHAPE_OPS else 0
-        macs = _macs(node, shapes, const)
-        flops = 2 * macs + (0 if _is_mac(node) else _other_flops(node, shapes))
-        if _is_mac(node):
-            flops += shapes.numel(node.output[0])  # bias/activation epilogue
-        weight_bytes = params * elem if node.op_type not in SHAPE_OPS else 0
-        act_in = sum(shapes.numel(i) for i in a_in) * elem
-        act_out = sum(shapes.numel(o) for o in node.output if o) * elem
-        if node.op_type in SHAPE_OPS:
-            act_in = act_out = 0
-        # a pointwise op right after a Conv/Gemm whose output has no other reader is fused by TensorRT
-        fed_by = producer.get(a_in[0]) if a_in else None
-        fused = ((node.op_type in FUSABLE and fed_by is not None and (_is_mac(fed_by) or fed_by.op_type in FUSABLE)
-                  and len(consumers.get(a_in[0], [])) == 1 and a_in[0] not in graph_outputs)
-                 or node.op_type in QDQ_OPS)
-        total_bytes = weight_bytes + act_in + act_out
-        layer = {"index": idx, "name": node.name or f"{node.op_type}_{idx}", "op": node.op_type,
-                 "domain": node.domain or "ai.onnx",
-                 "output_shape": shapes.shape.get(node.output[0], []) if node.output else [],
-                 "params": int(params), "macs": int(macs), "flops": int(flops), "weight_bytes": int(weight_bytes),
-                 "act_in_bytes": int(act_in), "act_out_bytes": int(act_out),
-                 "intensity": round(flops / total_bytes, 3) if total_bytes else 0.0, "fused": bool(fused)}
+        layer, flops, total_bytes = _layer_costs(idx, node, shapes, const, elem, links)
         if profile is not None:
             peak = profile.peak_flops(precision, sparse=sparse)
             compute = flops / peak * 1e3
@@ -200,6 +173,61 @@ def inspect_model(model: onnx.ModelProto, target: Optional[str] = None, precisio
                           "bound": "compute" if compute >= memory else "memory"})
         layers.append(layer)
 
+    totals = _totals(model, layers, shapes, const, elem)
+    result = {"target": profile.name if profile else None, "precision": precision, "sparse": sparse,
+              "layers": layers, "totals": totals, "dwsep_blocks": dwsep_blocks(model, shapes, const, elem, profile)}
+    if profile is not None:
+        _roofline_totals(totals, layers, profile, precision, sparse)
+    return result
+
+
+@dataclass(frozen=True)
+class _Links:
+    """Who reads and who writes each tensor, and the graph's outputs: what decides whether TensorRT fuses a layer."""
+    consumers: Dict[str, List[onnx.NodeProto]]
+    producer: Dict[str, onnx.NodeProto]
+    graph_outputs: Set[str]
+
+    @classmethod
+    def of(cls, model: onnx.ModelProto) -> "_Links":
+        consumers: Dict[str, List[onnx.NodeProto]] = {}
+        for n in model.graph.node:
+            for i in n.input:
+                consumers.setdefault(i, []).append(n)
+        return cls(consumers, {o: n for n in model.graph.node for o in n.output}, {o.name for o in model.graph.output})
+
+
+def _layer_costs(idx: int, node, shapes: _Shapes, const: Set[str], elem: int, links: _Links):
+    """``(layer record without the roofline, FLOPs, bytes moved)`` of one node."""
+    w_in = [i for i in node.input if i and i in const]
+    a_in = [i for i in node.input if i and i not in const]
+    params = sum(shapes.numel(i) for i in w_in if not shapes.is_index(i)) if node.op_type not in SHAPE_OPS else 0
+    macs = _macs(node, shapes, const)
+    flops = 2 * macs + (0 if _is_mac(node) else _other_flops(node, shapes))
+    if _is_mac(node):
+        flops += shapes.numel(node.output[0])  # bias/activation epilogue
+    weight_bytes = params * elem if node.op_type not in SHAPE_OPS else 0
+    act_in = sum(shapes.numel(i) for i in a_in) * elem
+    act_out = sum(shapes.numel(o) for o in node.output if o) * elem
+    if node.op_type in SHAPE_OPS:
+        act_in = act_out = 0
+    # a pointwise op right after a Conv/Gemm whose output has no other reader is fused by TensorRT
+    fed_by = links.producer.get(a_in[0]) if a_in else None
+    fused = ((node.op_type in FUSABLE and fed_by is not None and (_is_mac(fed_by) or fed_by.op_type in FUSABLE)
+              and len(links.consumers.get(a_in[0], [])) == 1 and a_in[0] not in links.graph_outputs)
+             or node.op_type in QDQ_OPS)
+    total_bytes = weight_bytes + act_in + act_out
+    layer = {"index": idx, "name": node.name or f"{node.op_type}_{idx}", "op": node.op_type,
+             "domain": node.domain or "ai.onnx",
+             "output_shape": shapes.shape.get(node.output[0], []) if node.output else [],
+             "params": int(params), "macs": int(macs), "flops": int(flops), "weight_bytes": int(weight_bytes),
+             "act_in_bytes": int(act_in), "act_out_bytes": int(act_out),
+             "intensity": round(flops / total_bytes, 3) if total_bytes else 0.0, "fused": bool(fused)}
+    return layer, flops, total_bytes
+
+
+def _totals(model: onnx.ModelProto, layers: List[dict], shapes: _Shapes, const: Set[str], elem: int) -> dict:
+    """Sums over the layers, the overall intensity and the least bytes an inference must move."""
     totals = {
         "layers": len(layers),
         "params": int(sum(l["params"] for l in layers)),
@@ -214,27 +242,28 @@ def inspect_model(model: onnx.ModelProto, target: Optional[str] = None, precisio
     io_bytes = sum(shapes.numel(i.name) for i in model.graph.input if i.name not in const) * elem
     totals["min_bytes"] = int(totals["weight_bytes"] + 2 * sum(
         l["act_out_bytes"] for l in layers if not l["fused"] and l["op"] not in SHAPE_OPS) + io_bytes)
-    result = {"target": profile.name if profile else None, "precision": precision, "sparse": sparse,
-              "layers": layers, "totals": totals, "dwsep_blocks": dwsep_blocks(model, shapes, const, elem, profile)}
-    if profile is not None:
-        totals["roofline_ms"] = sum(l["time_ms"] for l in layers)
-        fused_ms = 0.0
-        for l in layers:
-            if l["fused"] or l["op"] in SHAPE_OPS:
-                continue
-            fused_ms += l["time_ms"]
-        totals["roofline_fused_ms"] = fused_ms
-        # what a deployed engine costs beyond the roofline: one launch per executed (unfused) layer
-        kernels = sum(1 for l in layers if not l["fused"] and l["op"] not in SHAPE_OPS)
-        totals["kernels"] = kernels
-        totals["kernel_launch_us"] = profile.kernel_launch_s * 1e6
-        totals["predicted_ms"] = fused_ms + kernels * profile.kernel_launch_s * 1e3
-        totals["compute_bound_layers"] = sum(1 for l in layers if l["bound"] == "compute")
-        totals["memory_bound_layers"] = sum(1 for l in layers if l["bound"] == "memory")
-        totals["peak_flops"] = profile.peak_flops(precision, sparse=sparse)
-        totals["peak_bandwidth"] = profile.peak_bandwidth
-        totals["ridge_intensity"] = totals["peak_flops"] / totals["peak_bandwidth"]
-    return result
+    return totals
+
+
+def _roofline_totals(totals: dict, layers: List[dict], profile: DeviceProfile, precision: str, sparse: bool) -> None:
+    """Add the target's roofline sums to ``totals``: unfused and fused time, kernel launches, the peaks."""
+    totals["roofline_ms"] = sum(l["time_ms"] for l in layers)
+    fused_ms = 0.0
+    for l in layers:
+        if l["fused"] or l["op"] in SHAPE_OPS:
+            continue
+        fused_ms += l["time_ms"]
+    totals["roofline_fused_ms"] = fused_ms
+    # what a deployed engine costs beyond the roofline: one launch per executed (unfused) layer
+    kernels = sum(1 for l in layers if not l["fused"] and l["op"] not in SHAPE_OPS)
+    totals["kernels"] = kernels
+    totals["kernel_launch_us"] = profile.kernel_launch_s * 1e6
+    totals["predicted_ms"] = fused_ms + kernels * profile.kernel_launch_s * 1e3
+    totals["compute_bound_layers"] = sum(1 for l in layers if l["bound"] == "compute")
+    totals["memory_bound_layers"] = sum(1 for l in layers if l["bound"] == "memory")
+    totals["peak_flops"] = profile.peak_flops(precision, sparse=sparse)
+    totals["peak_bandwidth"] = profile.peak_bandwidth
+    totals["ridge_intensity"] = totals["peak_flops"] / totals["peak_bandwidth"]
 
 
 def _is_depthwise(node, shapes: _Shapes) -> bool:

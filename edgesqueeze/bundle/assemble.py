@@ -72,78 +72,18 @@ def assemble_bundle(out_dir, *, profile, precision: str, models: Dict[str, onnx.
     """
     variant_sources = variant_sources or models
     custom = _custom_nodes(variant_sources)
-    lower = compat or (lambda m: m)
     rel = model_relpaths(models)
     with BundleWriter(out_dir, force=force) as w:
-        blobs = {kind: model_bytes(m) for kind, m in models.items()}
-        for kind in sorted(models):
-            w.add_bytes(rel[kind], blobs[kind])
-        cache_bytes = cache_text.encode("utf-8") if cache_text else None
-        if cache_bytes:
-            w.add_bytes(CACHE_NAME, cache_bytes)
-
+        written = _write_models(w, models, rel, cache_text)
         script_info = None
         tensorrt = None
         if profile.has_tensorrt:
-            plan = plan_engine(profile.tensorrt, precision, fast_fp16=profile.fast_fp16, workspace_mib=workspace_mib)
-            if plan.model not in models and plan.model == "int8_qdq_fp16":  # no FP16-base QDQ model was made
-                plan = dataclasses.replace(plan, model="int8_qdq", notes=plan.notes + [
-                    "no FP16-base QDQ model in the bundle: layers without Q/DQ run in FP32"])
-            plugin_dir = _plugin_sources() if custom else None
-            if custom and plugin_dir is None:
-                warn("the model has custom nodes but the plugin sources are not available: the engine script "
-                     "uses the functions-inlined model only")
-            if plugin_dir is not None:
-                w.add_tree("plugins", plugin_dir)
-            sources: Dict[Tuple[str, str], Tuple[str, str]] = {}
-            engine_models: Dict[str, str] = {}
-            for kind in [plan.model] + ([plan.alt_model] if plan.alt_model else []):
-                with_cache = (kind == plan.model and plan.uses_calib_cache) or kind == plan.alt_model
-                extra = cache_bytes if with_cache else None
-                if custom:
-                    variants = {"inlined": lower(inlined_variant(variant_sources[kind]))}
-                    if plugin_dir is not None:
-                        variants["plugin"] = lower(stripped_variant(variant_sources[kind]))
-                    for variant, m in sorted(variants.items()):
-                        path = f"models/model.{kind}.trt_{variant}.onnx"
-                        data = model_bytes(m)
-                        w.add_bytes(path, data)
-                        engine_models[f"{kind}.{variant}"] = path
-                        key = short_key(data, extra)
-                        sources[(kind, variant if plugin_dir is not None else "plain")] = (path, key)
-                else:
-                    sources[(kind, "plain")] = (rel[kind], short_key(blobs[kind], extra))
-            spec = ScriptSpec(target=profile.name, display_name=profile.display_name, sm=profile.sm,
-                              jetpack=profile.jetpack, trt_tag=profile.trt_version_tag(), plan=plan,
-                              sources=sources, calib_cache=CACHE_NAME if cache_bytes else None,
-                              custom_nodes=custom and plugin_dir is not None, sparsity=sparsity, dla=dla,
-                              workspace_mib=workspace_mib, cmake_args=_cmake_args(profile.sm) if plugin_dir else (),
-                              generator=f"edgesqueeze {versions.get('edgesqueeze', '')}".strip(),
-                              profile=dict(shape_profile or {}))
-            w.add_text(SCRIPT_NAME, render_build_engine_sh(spec), executable=True)
-            def fill(flags):
-                return [f.replace(CALIB_PLACEHOLDER, CACHE_NAME) for f in flags]
-
-            tensorrt = {**plan.to_dict(), "precision_flags": fill(plan.precision_flags),
-                        "alt_flags": fill(plan.alt_flags), "script": SCRIPT_NAME, "calibration_cache": spec.calib_cache,
-                        "engine_models": engine_models, "plugin_sources": "plugins" if plugin_dir else None,
-                        "sparsity": sparsity, "dla": dla, "workspace_mib": int(workspace_mib),
-                        "version_tag": profile.trt_version_tag(), "workspace_flag": plan.workspace_flag,
-                        "trtexec_flags": [dict(row) for row in TRTEXEC_FLAGS]}
-            if spec.profile:
-                tensorrt["profile"] = spec.profile
-            model_used = (sources[(plan.model, "plain")][0] if not spec.custom_nodes else
-                          {v: sources[(plan.model, v)][0] for v in ("plugin", "inlined")})
-            script_info = {"path": SCRIPT_NAME, "model": model_used, "flags": fill(plan.precision_flags),
-                           "workspace_flag": plan.workspace_flag, "trt_version": plan.trt_version,
-                           "strongly_typed": plan.strongly_typed,
-                           **({"profile_flags": profile_flags(plan.trt_version, spec.profile)} if spec.profile else {})}
-        runner = _device_runner()
-        if runner is not None:
-            w.add_bytes(RUNNER_NAME, runner.read_bytes(), executable=True)
-        else:
-            warn("the on-device runner (edgesqueeze/deploy/device_runner.py) is not available: "
-                 "the bundle has no run_on_device.py")
+            sources = _TrtSources(written, variant_sources, custom, compat or (lambda m: m))
+            tensorrt, script_info = _add_engine_script(
+                w, sources, profile, precision, warn=warn,
+                generator=f"edgesqueeze {versions.get('edgesqueeze', '')}".strip(), sparsity=sparsity, dla=dla,
+                workspace_mib=workspace_mib, shape_profile=dict(shape_profile or {}))
+        _add_device_runner(w, warn)
         manifest = {
             "target": profile.to_dict(), "precision": precision, "options": options, "versions": versions,
             "models": {**rel, "deploy": rel[deploy]}, "inputs": inputs, "source": source,
@@ -153,3 +93,118 @@ def assemble_bundle(out_dir, *, profile, precision: str, models: Dict[str, onnx.
             manifest["onnx_compat"] = compat_report
         manifest = w.commit(manifest)
     return manifest, script_info
+
+
+@dataclasses.dataclass(frozen=True)
+class _Written:
+    """The models as the bundle holds them: their files, their serialized bytes and the calibration cache's."""
+    models: Dict[str, onnx.ModelProto]
+    rel: Dict[str, str]                  # kind -> path inside the bundle
+    blobs: Dict[str, bytes]              # kind -> the bytes written
+    cache_bytes: Optional[bytes]
+
+
+@dataclasses.dataclass(frozen=True)
+class _TrtSources:
+    """What TensorRT's models come from: the bundle's models, or their variants (inlined / plugin) when the
+    models hold custom nodes, each lowered by ``lower`` (the target's ONNX opset/IR limits)."""
+    written: _Written
+    variant_sources: Dict[str, onnx.ModelProto]
+    custom: bool
+    lower: Callable[[onnx.ModelProto], onnx.ModelProto]
+
+
+def _write_models(w: BundleWriter, models: Dict[str, onnx.ModelProto], rel: Dict[str, str],
+                  cache_text: Optional[str]) -> _Written:
+    """Write every model (sorted by kind) and the calibration cache, if any."""
+    blobs = {kind: model_bytes(m) for kind, m in models.items()}
+    for kind in sorted(models):
+        w.add_bytes(rel[kind], blobs[kind])
+    cache_bytes = cache_text.encode("utf-8") if cache_text else None
+    if cache_bytes:
+        w.add_bytes(CACHE_NAME, cache_bytes)
+    return _Written(models, rel, blobs, cache_bytes)
+
+
+def _add_engine_script(w: BundleWriter, src: _TrtSources, profile, precision: str, *,
+                       warn: Callable[[str], None], generator: str, sparsity: bool, dla: bool, workspace_mib: int,
+                       shape_profile: Dict[str, dict]) -> Tuple[dict, dict]:
+    """Write the TensorRT models, the plugin sources and ``build_engine.sh``; returns the manifest's
+    ``tensorrt`` section and the engine script description."""
+    plan = plan_engine(profile.tensorrt, precision, fast_fp16=profile.fast_fp16, workspace_mib=workspace_mib)
+    if plan.model not in src.written.models and plan.model == "int8_qdq_fp16":  # no FP16-base QDQ model was made
+        plan = dataclasses.replace(plan, model="int8_qdq", notes=plan.notes + [
+            "no FP16-base QDQ model in the bundle: layers without Q/DQ run in FP32"])
+    plugin_dir = _plugin_sources() if src.custom else None
+    if src.custom and plugin_dir is None:
+        warn("the model has custom nodes but the plugin sources are not available: the engine script "
+             "uses the functions-inlined model only")
+    if plugin_dir is not None:
+        w.add_tree("plugins", plugin_dir)
+    sources, engine_models = _write_engine_models(w, src, plan, plugin_dir)
+    spec = ScriptSpec(target=profile.name, display_name=profile.display_name, sm=profile.sm,
+                      jetpack=profile.jetpack, trt_tag=profile.trt_version_tag(), plan=plan,
+                      sources=sources, calib_cache=CACHE_NAME if src.written.cache_bytes else None,
+                      custom_nodes=src.custom and plugin_dir is not None, sparsity=sparsity, dla=dla,
+                      workspace_mib=workspace_mib, cmake_args=_cmake_args(profile.sm) if plugin_dir else (),
+                      generator=generator, profile=shape_profile)
+    w.add_text(SCRIPT_NAME, render_build_engine_sh(spec), executable=True)
+    return _engine_records(spec, profile, engine_models, plugin_dir)
+
+
+def _write_engine_models(w: BundleWriter, src: _TrtSources, plan, plugin_dir: Optional[Path]):
+    """``(sources, engine_models)``: the engine script's ``{(kind, variant): (path, key)}`` for the plan's
+    model (and its alternative), writing the TensorRT variants of a model with custom nodes."""
+    sources: Dict[Tuple[str, str], Tuple[str, str]] = {}
+    engine_models: Dict[str, str] = {}
+    for kind in [plan.model] + ([plan.alt_model] if plan.alt_model else []):
+        with_cache = (kind == plan.model and plan.uses_calib_cache) or kind == plan.alt_model
+        extra = src.written.cache_bytes if with_cache else None
+        if src.custom:
+            variants = {"inlined": src.lower(inlined_variant(src.variant_sources[kind]))}
+            if plugin_dir is not None:
+                variants["plugin"] = src.lower(stripped_variant(src.variant_sources[kind]))
+            for variant, m in sorted(variants.items()):
+                path = f"models/model.{kind}.trt_{variant}.onnx"
+                data = model_bytes(m)
+                w.add_bytes(path, data)
+                engine_models[f"{kind}.{variant}"] = path
+                key = short_key(data, extra)
+                sources[(kind, variant if plugin_dir is not None else "plain")] = (path, key)
+        else:
+            sources[(kind, "plain")] = (src.written.rel[kind], short_key(src.written.blobs[kind], extra))
+    return sources, engine_models
+
+
+def _engine_records(spec: ScriptSpec, profile, engine_models: Dict[str, str],
+                    plugin_dir: Optional[Path]) -> Tuple[dict, dict]:
+    """The manifest's ``tensorrt`` section and the engine script description, for the written ``spec``."""
+    plan, sources = spec.plan, spec.sources
+
+    def fill(flags):
+        return [f.replace(CALIB_PLACEHOLDER, CACHE_NAME) for f in flags]
+
+    tensorrt = {**plan.to_dict(), "precision_flags": fill(plan.precision_flags),
+                "alt_flags": fill(plan.alt_flags), "script": SCRIPT_NAME, "calibration_cache": spec.calib_cache,
+                "engine_models": engine_models, "plugin_sources": "plugins" if plugin_dir else None,
+                "sparsity": spec.sparsity, "dla": spec.dla, "workspace_mib": int(spec.workspace_mib),
+                "version_tag": profile.trt_version_tag(), "workspace_flag": plan.workspace_flag,
+                "trtexec_flags": [dict(row) for row in TRTEXEC_FLAGS]}
+    if spec.profile:
+        tensorrt["profile"] = spec.profile
+    model_used = (sources[(plan.model, "plain")][0] if not spec.custom_nodes else
+                  {v: sources[(plan.model, v)][0] for v in ("plugin", "inlined")})
+    script_info = {"path": SCRIPT_NAME, "model": model_used, "flags": fill(plan.precision_flags),
+                   "workspace_flag": plan.workspace_flag, "trt_version": plan.trt_version,
+                   "strongly_typed": plan.strongly_typed,
+                   **({"profile_flags": profile_flags(plan.trt_version, spec.profile)} if spec.profile else {})}
+    return tensorrt, script_info
+
+
+def _add_device_runner(w: BundleWriter, warn: Callable[[str], None]) -> None:
+    runner = _device_runner()
+    if runner is not None:
+        w.add_bytes(RUNNER_NAME, runner.read_bytes(), executable=True)
+    else:
+        warn("the on-device runner (edgesqueeze/deploy/device_runner.py) is not available: "
+             "the bundle has no run_on_device.py")

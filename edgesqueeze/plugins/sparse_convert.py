@@ -13,10 +13,11 @@ the weights and runs the same Conv.
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-from onnx import ModelProto, helper, numpy_helper
+from onnx import FunctionProto, GraphProto, ModelProto, NodeProto, TensorProto, helper, numpy_helper
 
 from .ops import DOMAIN, DOMAIN_VERSION, OVERLOAD_IR_VERSION
 from .sparse import make_sparse_conv_node, sparse_conv_function
@@ -72,103 +73,140 @@ def convert_sparse_convs(model: ModelProto, *, formats: Sequence[str] = ("2:4", 
     """
     out = ModelProto()
     out.CopyFrom(model)
-    opset = _opset(out)
-    graph = out.graph
-    inits = {t.name: t for t in graph.initializer}
-    consumers = Counter(i for n in graph.node for i in n.input)
-    graph_outputs = {o.name for o in graph.output}
-    by_input: Dict[str, List] = {}
-    for n in graph.node:
-        for i in n.input:
-            by_input.setdefault(i, []).append(n)
-    report = {"converted": [], "skipped": [], "weight_bytes_before": 0, "weight_bytes_after": 0}
-    replace: Dict[int, list] = {}
-    drop_nodes, drop_inits, new_inits, functions, folded = set(), set(), [], {}, set()
-    for idx, node in enumerate(graph.node):
+    plan = _Plan.of(out.graph, _opset(out))
+    for idx, node in enumerate(out.graph.node):
         if node.op_type != "Conv" or node.domain not in ("", "ai.onnx") or len(node.input) < 2:
             continue
         name = node.name or f"conv_{idx}"
+        if node.input[1] not in plan.inits:
+            plan.report["skipped"].append({"node": name, "reason": "weight is not an initializer"})
+            continue
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        w_name = node.input[1]
-        if w_name not in inits:
-            report["skipped"].append({"node": name, "reason": "weight is not an initializer"})
-            continue
-        weight = numpy_helper.to_array(inits[w_name])
-        why = None
-        if weight.ndim != 4:
-            why = "not a 2-D convolution"
-        elif int(attrs.get("group", 1)) != 1:
-            why = "grouped convolution"
-        elif attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
-            why = "auto_pad is not supported; make pads explicit first"
-        elif weight.dtype not in (np.float32, np.float16):
-            why = f"weight type {weight.dtype}"
-        elif weight.size < min_weights:
-            why = f"fewer than {min_weights} weights"
-        fmt = None
-        if why is None:
-            fmt = choose_format(weight, csr_max_density)
-            if fmt is None or fmt not in formats:
-                why = "weight is neither 2:4 sparse nor sparse enough for CSR" if fmt is None else \
-                    f"format {fmt} not allowed"
-            elif fmt == "csr" and opset < 16:
-                why = "CSR needs ai.onnx opset >= 16"
-            elif compressed_bytes(weight, fmt) >= weight.nbytes:
-                why = f"{fmt} would not be smaller"
+        weight = numpy_helper.to_array(plan.inits[node.input[1]])
+        fmt, why = _choose(weight, attrs, plan.opset, formats, csr_max_density, min_weights)
         if why:
-            report["skipped"].append({"node": name, "reason": why})
+            plan.report["skipped"].append({"node": name, "reason": why})
             continue
-        # fold a following activation that only this convolution feeds
-        act, alpha, beta, out_name, act_node = "none", 0.0, 0.0, node.output[0], None
-        nxt = by_input.get(node.output[0], [])
-        if len(nxt) == 1 and consumers[node.output[0]] == 1 and node.output[0] not in graph_outputs:
-            fold = _activation(nxt[0], inits)
-            if fold:
-                (act, alpha, beta), out_name, act_node = fold, nxt[0].output[0], nxt[0]
-        arrays = sparse_conv_inputs(weight, fmt, weight.dtype)
-        names = []
-        for key, arr in arrays.items():
-            names.append(f"{name}_{key}")
-            new_inits.append(numpy_helper.from_array(arr, names[-1]))
-        if len(node.input) > 2 and node.input[2]:
-            bias_name = node.input[2]
-        else:
-            bias_name = f"{name}_bias"
-            new_inits.append(numpy_helper.from_array(np.zeros(weight.shape[0], weight.dtype), bias_name))
-        kh, kw = weight.shape[2:]
-        sparse = make_sparse_conv_node([node.input[0]] + names + [bias_name], [out_name], sparse_format=fmt,
-                                       kernel_shape=(kh, kw), strides=attrs.get("strides", (1, 1)),
-                                       pads=attrs.get("pads", (0, 0, 0, 0)), dilations=attrs.get("dilations", (1, 1)),
-                                       activation=act, alpha=alpha, beta=beta, name=name, dtype=weight.dtype)
-        functions.setdefault(sparse.overload, sparse_conv_function(sparse, opset))
-        replace[idx] = [sparse]
-        if act_node is not None:
-            drop_nodes.add(id(act_node))
-            folded.add(node.output[0])
-        if consumers[w_name] == 1:
-            drop_inits.add(w_name)
-        sparse_b = sum(a.nbytes for a in arrays.values())
-        report["converted"].append({"node": name, "format": fmt, "activation": act,
-                                    "dense_bytes": int(weight.nbytes), "sparse_bytes": int(sparse_b)})
-        report["weight_bytes_before"] += int(weight.nbytes)
-        report["weight_bytes_after"] += int(sparse_b)
-    if not replace:
-        return out, report
+        _convert(plan, idx, node, name, attrs, weight, fmt)
+    if plan.replace:
+        _rewrite(out, plan)
+    return out, plan.report
+
+
+@dataclass
+class _Plan:
+    """The graph's lookups (read) and what the conversion decided (filled conv by conv, applied by _rewrite)."""
+    opset: int
+    inits: Dict[str, TensorProto]
+    consumers: Counter
+    graph_outputs: set
+    by_input: Dict[str, List[NodeProto]]  # holds the node objects whose id() is in drop_nodes
+    report: dict = field(default_factory=lambda: {"converted": [], "skipped": [], "weight_bytes_before": 0,
+                                                  "weight_bytes_after": 0})
+    replace: Dict[int, list] = field(default_factory=dict)   # node index -> its replacement nodes
+    drop_nodes: set = field(default_factory=set)              # id() of folded activation nodes
+    drop_inits: set = field(default_factory=set)
+    new_inits: List[TensorProto] = field(default_factory=list)
+    functions: Dict[str, FunctionProto] = field(default_factory=dict)
+    folded: set = field(default_factory=set)                  # tensors that no longer exist
+
+    @classmethod
+    def of(cls, graph: GraphProto, opset: int) -> "_Plan":
+        by_input: Dict[str, List[NodeProto]] = {}
+        for n in graph.node:
+            for i in n.input:
+                by_input.setdefault(i, []).append(n)
+        return cls(opset, {t.name: t for t in graph.initializer}, Counter(i for n in graph.node for i in n.input),
+                   {o.name for o in graph.output}, by_input)
+
+
+def _choose(weight: np.ndarray, attrs: dict, opset: int, formats: Sequence[str], csr_max_density: float,
+            min_weights: int) -> Tuple[Optional[str], Optional[str]]:
+    """(format, None) for a convertible weight, else (format or None, the reason it stays dense)."""
+    why = None
+    if weight.ndim != 4:
+        why = "not a 2-D convolution"
+    elif int(attrs.get("group", 1)) != 1:
+        why = "grouped convolution"
+    elif attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+        why = "auto_pad is not supported; make pads explicit first"
+    elif weight.dtype not in (np.float32, np.float16):
+        why = f"weight type {weight.dtype}"
+    elif weight.size < min_weights:
+        why = f"fewer than {min_weights} weights"
+    fmt = None
+    if why is None:
+        fmt = choose_format(weight, csr_max_density)
+        if fmt is None or fmt not in formats:
+            why = "weight is neither 2:4 sparse nor sparse enough for CSR" if fmt is None else \
+                f"format {fmt} not allowed"
+        elif fmt == "csr" and opset < 16:
+            why = "CSR needs ai.onnx opset >= 16"
+        elif compressed_bytes(weight, fmt) >= weight.nbytes:
+            why = f"{fmt} would not be smaller"
+    return fmt, why
+
+
+def _following_activation(plan: _Plan, node: NodeProto):
+    """(activation, alpha, beta, output name, activation node or None): a following activation that only this
+    convolution feeds is folded into it."""
+    nxt = plan.by_input.get(node.output[0], [])
+    if len(nxt) == 1 and plan.consumers[node.output[0]] == 1 and node.output[0] not in plan.graph_outputs:
+        fold = _activation(nxt[0], plan.inits)
+        if fold:
+            return (*fold, nxt[0].output[0], nxt[0])
+    return "none", 0.0, 0.0, node.output[0], None
+
+
+def _convert(plan: _Plan, idx: int, node: NodeProto, name: str, attrs: dict, weight: np.ndarray, fmt: str) -> None:
+    """Plan one Conv's SparseConv node, its compressed initializers and its report entry."""
+    act, alpha, beta, out_name, act_node = _following_activation(plan, node)
+    arrays = sparse_conv_inputs(weight, fmt, weight.dtype)
+    names = []
+    for key, arr in arrays.items():
+        names.append(f"{name}_{key}")
+        plan.new_inits.append(numpy_helper.from_array(arr, names[-1]))
+    if len(node.input) > 2 and node.input[2]:
+        bias_name = node.input[2]
+    else:
+        bias_name = f"{name}_bias"
+        plan.new_inits.append(numpy_helper.from_array(np.zeros(weight.shape[0], weight.dtype), bias_name))
+    kh, kw = weight.shape[2:]
+    sparse = make_sparse_conv_node([node.input[0]] + names + [bias_name], [out_name], sparse_format=fmt,
+                                   kernel_shape=(kh, kw), strides=attrs.get("strides", (1, 1)),
+                                   pads=attrs.get("pads", (0, 0, 0, 0)), dilations=attrs.get("dilations", (1, 1)),
+                                   activation=act, alpha=alpha, beta=beta, name=name, dtype=weight.dtype)
+    plan.functions.setdefault(sparse.overload, sparse_conv_function(sparse, plan.opset))
+    plan.replace[idx] = [sparse]
+    if act_node is not None:
+        plan.drop_nodes.add(id(act_node))
+        plan.folded.add(node.output[0])
+    if plan.consumers[node.input[1]] == 1:
+        plan.drop_inits.add(node.input[1])
+    sparse_b = sum(a.nbytes for a in arrays.values())
+    plan.report["converted"].append({"node": name, "format": fmt, "activation": act,
+                                     "dense_bytes": int(weight.nbytes), "sparse_bytes": int(sparse_b)})
+    plan.report["weight_bytes_before"] += int(weight.nbytes)
+    plan.report["weight_bytes_after"] += int(sparse_b)
+
+
+def _rewrite(out: ModelProto, plan: _Plan) -> None:
+    """Apply ``plan`` to ``out`` in place: nodes, initializers, value_info, functions, opsets, IR version."""
+    graph = out.graph
     nodes = []
     for idx, node in enumerate(graph.node):
-        if id(node) in drop_nodes:
+        if id(node) in plan.drop_nodes:
             continue
-        nodes.extend(replace.get(idx, [node]))
+        nodes.extend(plan.replace.get(idx, [node]))
     del graph.node[:]
     graph.node.extend(nodes)
-    kept = [t for t in graph.initializer if t.name not in drop_inits]
+    kept = [t for t in graph.initializer if t.name not in plan.drop_inits]
     del graph.initializer[:]
-    graph.initializer.extend(kept + new_inits)
-    kept_vi = [vi for vi in graph.value_info if vi.name not in folded]   # tensors that no longer exist
+    graph.initializer.extend(kept + plan.new_inits)
+    kept_vi = [vi for vi in graph.value_info if vi.name not in plan.folded]
     del graph.value_info[:]
     graph.value_info.extend(kept_vi)
-    out.functions.extend(functions[k] for k in sorted(functions))
+    out.functions.extend(plan.functions[k] for k in sorted(plan.functions))
     if not any(o.domain == DOMAIN for o in out.opset_import):
         out.opset_import.append(helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
     out.ir_version = max(out.ir_version, OVERLOAD_IR_VERSION)
-    return out, report

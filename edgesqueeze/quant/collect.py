@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Set
 
 import numpy as np
 import onnx
@@ -308,6 +309,39 @@ def collect_statistics(model: ModelProto, reader: Iterable[Dict[str, np.ndarray]
         InputError: a named tensor is not in the model, the data holds no batch, or ``calib_batch`` < 1.
         UnsupportedError: onnxruntime cannot run the model.
     """
+    names = _checked_names(model, tensors, calib_batch)
+    batch = getattr(reader, "batch", 1)
+    stack = int(calib_batch) if calib_batch is not None else calibration_batch(model, names, batch, memory_budget_mb)
+    stack = stack if _can_stack(model) else 1
+    groups = plan_groups(model, names, batch * stack, memory_budget_mb)
+    run = _Run({n: TensorHistogram(bins, histogram) for n in names}, stack, threads,
+               {vi.name for vi in model.graph.input})
+    total = len(reader) * len(groups) if hasattr(reader, "__len__") else None
+    if progress:
+        from tqdm import tqdm
+
+        run.bar = tqdm(total=total, desc="calibrating", unit="batch", leave=False, disable=not sys.stderr.isatty())
+    workers = int(threads) if threads else (os.cpu_count() or 1)
+    run.pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 else None
+    try:
+        for group in groups:
+            if not _collect_group(model, reader, group, run):  # the model cannot take stacked feeds:
+                if run.bar is not None:                       # one feed per run, from the start
+                    run.bar.close()
+                    run.bar = None
+                return collect_statistics(model, reader, tensors=names, histogram=histogram, bins=bins,
+                                          memory_budget_mb=memory_budget_mb, threads=threads, calib_batch=1,
+                                          progress=progress)
+    finally:
+        if run.pool is not None:
+            run.pool.shutdown()
+        if run.bar is not None:
+            run.bar.close()
+    return run.stats
+
+
+def _checked_names(model: ModelProto, tensors: Optional[Sequence[str]], calib_batch: Optional[int]) -> List[str]:
+    """The tensors to observe (default: every activation); raises InputError for an unknown one or a batch < 1."""
     names = list(tensors) if tensors is not None else activation_tensors(model)
     known = set(activation_tensors(model)) | {o for n in model.graph.node for o in n.output}
     known |= {vi.name for vi in model.graph.input}
@@ -316,56 +350,47 @@ def collect_statistics(model: ModelProto, reader: Iterable[Dict[str, np.ndarray]
         raise InputError(f"no tensor named '{missing[0]}' in the model")
     if calib_batch is not None and int(calib_batch) < 1:
         raise InputError(f"the calibration batch must be at least 1, got {calib_batch}")
-    stats = {n: TensorHistogram(bins, histogram) for n in names}
-    batch = getattr(reader, "batch", 1)
-    stack = int(calib_batch) if calib_batch is not None else calibration_batch(model, names, batch, memory_budget_mb)
-    stack = stack if _can_stack(model) else 1
-    groups = plan_groups(model, names, batch * stack, memory_budget_mb)
-    total = len(reader) * len(groups) if hasattr(reader, "__len__") else None
-    bar = None
-    if progress:
-        from tqdm import tqdm
+    return names
 
-        bar = tqdm(total=total, desc="calibrating", unit="batch", leave=False, disable=not sys.stderr.isatty())
-    workers = int(threads) if threads else (os.cpu_count() or 1)
-    pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 else None
-    inputs_only = {vi.name for vi in model.graph.input}
-    try:
-        for group in groups:
-            exposed = [n for n in group if n not in inputs_only]
-            sess = _session(model, exposed, threads, stack > 1) if exposed else None
-            seen = 0
-            checked = stack == 1
-            for feeds in _batches(reader, stack):
-                if sess is not None:
-                    if checked or len(feeds) == 1:
-                        values = sess.run(exposed, _stack(feeds))
-                    else:
-                        checked = True
-                        values = _first_stacked_run(sess, exposed, feeds)
-                        if values is None:  # the model cannot take stacked feeds: one feed per run, from the start
-                            if bar is not None:
-                                bar.close()
-                                bar = None
-                            return collect_statistics(model, reader, tensors=names, histogram=histogram, bins=bins,
-                                                      memory_budget_mb=memory_budget_mb, threads=threads,
-                                                      calib_batch=1, progress=progress)
-                    _update(stats, exposed, values, pool)
-                for name in group:
-                    if name in inputs_only:
-                        for f in feeds:
-                            stats[name].update(f[name])
-                seen += len(feeds)
-                if bar is not None:
-                    bar.update(len(feeds))
-            if seen == 0:
-                raise InputError("the calibration data holds no batch")
-    finally:
-        if pool is not None:
-            pool.shutdown()
-        if bar is not None:
-            bar.close()
-    return stats
+
+@dataclass
+class _Run:
+    """What every group's pass over the data shares: the statistics it fills and how it runs."""
+    stats: Dict[str, TensorHistogram]
+    stack: int              # feeds stacked per onnxruntime run
+    threads: Optional[int]
+    inputs_only: Set[str]   # graph inputs: observed from the feeds, not exposed
+    pool: Optional[ThreadPoolExecutor] = None
+    bar: Any = None         # the tqdm bar, when progress is shown
+
+
+def _collect_group(model: ModelProto, reader: Iterable[Dict[str, np.ndarray]], group: List[str], run: _Run) -> bool:
+    """One pass over the data for the tensors of ``group``; False when the first stacked run shows the model
+    cannot take stacked feeds (the statistics are then partial). Raises InputError when the data is empty."""
+    exposed = [n for n in group if n not in run.inputs_only]
+    sess = _session(model, exposed, run.threads, run.stack > 1) if exposed else None
+    seen = 0
+    checked = run.stack == 1
+    for feeds in _batches(reader, run.stack):
+        if sess is not None:
+            if checked or len(feeds) == 1:
+                values = sess.run(exposed, _stack(feeds))
+            else:
+                checked = True
+                values = _first_stacked_run(sess, exposed, feeds)
+                if values is None:
+                    return False
+            _update(run.stats, exposed, values, run.pool)
+        for name in group:
+            if name in run.inputs_only:
+                for f in feeds:
+                    run.stats[name].update(f[name])
+        seen += len(feeds)
+        if run.bar is not None:
+            run.bar.update(len(feeds))
+    if seen == 0:
+        raise InputError("the calibration data holds no batch")
+    return True
 
 
 def _update(stats: Dict[str, TensorHistogram], names: Sequence[str], values, pool) -> None:

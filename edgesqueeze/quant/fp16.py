@@ -6,6 +6,7 @@ when every consumer computes in fp16 (values beyond the fp16 range are clipped t
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Set, Tuple
 
 import numpy as np
@@ -84,103 +85,127 @@ def convert_fp16(model: ModelProto, keep_fp32: Iterable[str] = (), keep_io_types
         if _has_subgraph(node):
             raise UnsupportedError(f"FP16 conversion does not handle control flow ({node.op_type})",
                                    node=node.name or node.op_type, hint="keep it out or convert it in the framework")
+    conv = _Conversion(types)
+    graph_in = _plan_precisions(conv, g, keep, keep_io_types)
+    _convert_initializers(conv, g)
+    _rewrite_nodes(conv, g)
+    _cast_graph_outputs(conv, g, keep_io_types)
+    if not keep_io_types:
+        for vi in graph_in:
+            if vi.name in conv.home:
+                vi.type.tensor_type.elem_type = conv.home[vi.name]
+    del g.node[:]
+    g.node.extend(conv.nodes)
+    del g.value_info[:]
+    convert_fp16_functions(out)  # FP32 function bodies under FP16 weights fail the checker and onnxruntime
+    out = infer_shapes(out)
+    onnx.checker.check_model(out)
+    if report is not None:
+        report.update({"fp16_nodes": sum(conv.node_fp16), "fp32_nodes": len(conv.node_fp16) - sum(conv.node_fp16),
+                       "casts": len(conv.casts) + sum(1 for n in conv.nodes if n.name.endswith("_output_Cast")),
+                       "clipped_weights": sorted(set(conv.clipped))})
+    return out
 
-    def is_float(name: str) -> bool:
-        return types.get(name) in (FP32, FP16)
 
-    # precision of every node, and home precision of every float tensor it produces
-    node_fp16: List[bool] = []
-    home: Dict[str, int] = {}
+@dataclass
+class _Conversion:
+    """The conversion's state: every tensor's element type before, the precision of every node (graph order),
+    the home precision of every float tensor, and the rewritten nodes with the Casts they need."""
+    types: Dict[str, int]
+    node_fp16: List[bool] = field(default_factory=list)
+    home: Dict[str, int] = field(default_factory=dict)
+    clipped: List[str] = field(default_factory=list)         # tensors whose values were clipped to the fp16 range
+    casts: Dict[Tuple[str, int], str] = field(default_factory=dict)  # (tensor, to) -> the Cast's output
+    nodes: List[onnx.NodeProto] = field(default_factory=list)
+
+    def is_float(self, name: str) -> bool:
+        return self.types.get(name) in (FP32, FP16)
+
+    def cast_of(self, name: str, to: int) -> str:
+        """The tensor ``name`` in precision ``to``: one shared Cast per (tensor, precision), added on first use."""
+        key = (name, to)
+        if key not in self.casts:
+            self.casts[key] = f"{name}_to_{'fp16' if to == FP16 else 'fp32'}"
+            self.nodes.append(helper.make_node("Cast", [name], [self.casts[key]], to=to,
+                                               name=f"{self.casts[key]}_Cast"))
+        return self.casts[key]
+
+
+def _plan_precisions(conv: _Conversion, g: onnx.GraphProto, keep: Set[str], keep_io_types: bool) -> list:
+    """Fill the precision of every node and the home precision of every float tensor it produces; returns the
+    graph inputs that are not initializers."""
     inits = {t.name: t for t in g.initializer}
     graph_in = [vi for vi in g.input if vi.name not in inits]
     for vi in graph_in:
-        if is_float(vi.name):
-            home[vi.name] = FP32 if keep_io_types or types[vi.name] != FP32 else FP16
+        if conv.is_float(vi.name):
+            conv.home[vi.name] = FP32 if keep_io_types or conv.types[vi.name] != FP32 else FP16
     for node in g.node:
         fp16 = not (node.name in keep or node.op_type in keep or any(o in keep for o in node.output)
                     or node.op_type in TYPE_FREE)
-        node_fp16.append(fp16)
+        conv.node_fp16.append(fp16)
         for o in node.output:
-            if o and is_float(o):
-                home[o] = FP16 if fp16 and types[o] == FP32 else types[o]
+            if o and conv.is_float(o):
+                conv.home[o] = FP16 if fp16 and conv.types[o] == FP32 else conv.types[o]
+    return graph_in
 
-    # initializers: fp16 when every float-typed consumer slot wants fp16
+
+def _convert_initializers(conv: _Conversion, g: onnx.GraphProto) -> None:
+    """Initializers become fp16 when every float-typed consumer slot wants fp16."""
     wants: Dict[str, Set[int]] = {}
-    for node, fp16 in zip(g.node, node_fp16):
+    for node, fp16 in zip(g.node, conv.node_fp16):
         for k, name in enumerate(node.input):
-            if name and is_float(name):
+            if name and conv.is_float(name):
                 want = FP16 if fp16 and (node.op_type, k) not in FP32_SLOTS else FP32
                 wants.setdefault(name, set()).add(want)
-    clipped: List[str] = []
     new_inits = []
     for t in g.initializer:
         if t.data_type == FP32 and wants.get(t.name) == {FP16}:
-            new_inits.append(_to_fp16_tensor(t, clipped))
-            home[t.name] = FP16
+            new_inits.append(_to_fp16_tensor(t, conv.clipped))
+            conv.home[t.name] = FP16
         else:
             new_inits.append(t)
             if t.data_type in (FP32, FP16):
-                home[t.name] = t.data_type
+                conv.home[t.name] = t.data_type
     del g.initializer[:]
     g.initializer.extend(new_inits)
 
-    # rewrite nodes: typed attributes, then Casts where a consumer wants the other precision
-    casts: Dict[Tuple[str, int], str] = {}
-    nodes: List[onnx.NodeProto] = []
 
-    def cast_of(name: str, to: int) -> str:
-        key = (name, to)
-        if key not in casts:
-            casts[key] = f"{name}_to_{'fp16' if to == FP16 else 'fp32'}"
-            nodes.append(helper.make_node("Cast", [name], [casts[key]], to=to, name=f"{casts[key]}_Cast"))
-        return casts[key]
-
-    for node, fp16 in zip(list(g.node), node_fp16):
+def _rewrite_nodes(conv: _Conversion, g: onnx.GraphProto) -> None:
+    """Typed attributes of fp16 nodes become fp16, then Casts go where a consumer wants the other precision."""
+    for node, fp16 in zip(list(g.node), conv.node_fp16):
         if fp16:
             for a in node.attribute:
                 if node.op_type == "Cast" and a.name == "to" and a.i == FP32:
                     a.i = FP16
                 elif a.name in ("value", "value_float") and a.type == onnx.AttributeProto.TENSOR \
                         and a.t.data_type == FP32:
-                    a.t.CopyFrom(_to_fp16_tensor(a.t, clipped))
+                    a.t.CopyFrom(_to_fp16_tensor(a.t, conv.clipped))
                 elif a.name == "dtype" and a.type == onnx.AttributeProto.INT and a.i == FP32:
                     a.i = FP16
         for k, name in enumerate(node.input):
-            if not name or name not in home:
+            if not name or name not in conv.home:
                 continue
             want = FP16 if fp16 and (node.op_type, k) not in FP32_SLOTS else FP32
-            if home[name] != want:
-                node.input[k] = cast_of(name, want)
-        nodes.append(node)
+            if conv.home[name] != want:
+                node.input[k] = conv.cast_of(name, want)
+        conv.nodes.append(node)
 
-    # graph outputs
+
+def _cast_graph_outputs(conv: _Conversion, g: onnx.GraphProto, keep_io_types: bool) -> None:
+    """Give each float graph output its type (fp32 with keep_io_types): a producer in the other precision
+    writes an inner tensor and a final Cast writes the output."""
     for vi in g.output:
         name = vi.name
-        if name not in home:
+        if name not in conv.home:
             continue
-        target = types.get(name, FP32) if keep_io_types else home[name]
-        if home[name] != target:
-            inner = f"{name}_{'fp16' if home[name] == FP16 else 'fp32'}"
-            for n in nodes:
+        target = conv.types.get(name, FP32) if keep_io_types else conv.home[name]
+        if conv.home[name] != target:
+            inner = f"{name}_{'fp16' if conv.home[name] == FP16 else 'fp32'}"
+            for n in conv.nodes:
                 n.output[:] = [inner if o == name else o for o in n.output]
                 n.input[:] = [inner if i == name else i for i in n.input]
-            for key, val in list(casts.items()):
+            for key, val in list(conv.casts.items()):
                 if key[0] == name:
-                    casts[(inner, key[1])] = casts.pop(key)
-            nodes.append(helper.make_node("Cast", [inner], [name], to=target, name=f"{name}_output_Cast"))
+                    conv.casts[(inner, key[1])] = conv.casts.pop(key)
+            conv.nodes.append(helper.make_node("Cast", [inner], [name], to=target, name=f"{name}_output_Cast"))
         vi.type.tensor_type.elem_type = target
-    if not keep_io_types:
-        for vi in graph_in:
-            if vi.name in home:
-                vi.type.tensor_type.elem_type = home[vi.name]
-    del g.node[:]
-    g.node.extend(nodes)
-    del g.value_info[:]
-    convert_fp16_functions(out)  # FP32 function bodies under FP16 weights fail the checker and onnxruntime
-    out = infer_shapes(out)
-    onnx.checker.check_model(out)
-    if report is not None:
-        report.update({"fp16_nodes": sum(node_fp16), "fp32_nodes": len(node_fp16) - sum(node_fp16),
-                       "casts": len(casts) + sum(1 for n in nodes if n.name.endswith("_output_Cast")),
-                       "clipped_weights": sorted(set(clipped))})
-    return out
