@@ -13,6 +13,7 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from ..backends.calib_cache import DEFAULT_ALGORITHM, HEADER_PATTERN
 from ..backends.trt_profile import profile_lines
 from .engine_plan import (CALIB_PLACEHOLDER, WORKSPACE_PLACEHOLDER, EnginePlan, calib_profile_flag, profile_flags,
                           trtexec_flags)
@@ -154,6 +155,8 @@ def render_build_engine_sh(spec: ScriptSpec) -> str:
         add(f"  cache) KIND={p.alt_model}; PREC_FLAGS=({_flags(p.alt_flags, spec.calib_cache, calib_profile)}) ;;")
         add('  *) die "ESQ_INT8_SOURCE must be qdq or cache" ;;')
         add("esac")
+    if spec.calib_cache and any(CALIB_PLACEHOLDER in f for f in p.precision_flags + p.alt_flags):
+        _calib_block(add)
     add("")
     add("PLUGIN_FLAGS=()")
     if spec.custom_nodes:
@@ -239,4 +242,41 @@ def _plugin_block(spec: ScriptSpec, add) -> None:
     add("else")
     add("  VARIANT=inlined")
     add('  say "inlined path: no plugin library; custom nodes replaced by their ONNX functions (standard ops)"')
+    add("fi")
+
+
+def _calib_block(add) -> None:
+    """Re-tag the calibration cache for the device's TensorRT (same major), refuse it across majors.
+
+    trtexec skips a cache whose header names another TensorRT version and then calibrates on random data,
+    silently; the scales do not depend on the version, so a copy with the device's header is handed to --calib
+    (what backends.calib_cache.retag_text and the device runner's copy of it do).
+    """
+    header_ere = HEADER_PATTERN.replace(r"\d", "[0-9]")  # awk ERE of the one header pattern
+    add("# INT8 from the calibration cache: its header must name the device's TensorRT, or trtexec ignores it and")
+    add("# calibrates on random data without a word")
+    add("CALIB_I=")
+    add('for i in "${!PREC_FLAGS[@]}"; do case "${PREC_FLAGS[$i]}" in --calib=*) CALIB_I=$i ;; esac; done')
+    add('[ -z "$CALIB_I" ] || [ -f "${PREC_FLAGS[$CALIB_I]#--calib=}" ] || { CALIB_I=; '
+        'say "warning: the calibration cache is missing from the bundle: trtexec calibrates on random data"; }')
+    add('if [ -n "$CALIB_I" ]; then')
+    add('  CALIB="${PREC_FLAGS[$CALIB_I]#--calib=}"')
+    add(f"  CALIB_HEAD=\"$(awk '/[^ \t\r]/ {{ sub(/\\r$/, \"\"); print; exit }}' \"$CALIB\")\"")
+    add(f"  CALIB_TAG=\"$(printf '%s\\n' \"$CALIB_HEAD\" | awk '/{header_ere}/ {{ split($0, f, \"-\"); print f[2] }}')\"")
+    add('  [ -n "$CALIB_TAG" ] || die "$CALIB is not a TensorRT calibration cache (first line: $CALIB_HEAD)"')
+    add(f'  WANT_HEAD="TRT-$TRT_TAG-{DEFAULT_ALGORITHM}"')
+    add('  if [ "$(major_of "$CALIB_TAG")" != "$(major_of "$TRT_TAG")" ]; then')
+    add('    die "the calibration cache $CALIB was written for TensorRT v$CALIB_TAG and this trtexec is v$TRT_TAG: '
+        'across major versions its tensor names may not match; rebuild the bundle with the --target of this device"')
+    add('  elif [ "$CALIB_HEAD" != "$WANT_HEAD" ]; then')
+    add('    RETAGGED="$ENGINE_DIR/calibration.trt$TRT_TAG.cache"')
+    add('    if [ "$DRY_RUN" != 1 ]; then')
+    add('      mkdir -p "$ENGINE_DIR"')
+    add(f"      awk -v head=\"$WANT_HEAD\" 'done != 1 && /[^ \t\r]/ {{ done = 1; cr = sub(/\\r$/, \"\"); "
+        f"if ($0 ~ /{header_ere}/) $0 = head; if (cr) $0 = $0 \"\\r\" }} {{ print }}' \"$CALIB\" >\"$RETAGGED\"")
+    add("    fi")
+    add('    PREC_FLAGS[$CALIB_I]="--calib=$RETAGGED"')
+    add('    say "calibration cache $CALIB was written for $CALIB_HEAD: its scales are re-labelled $WANT_HEAD '
+        'in $RETAGGED (trtexec would ignore it and calibrate on random data)"')
+    add("  fi")
     add("fi")
