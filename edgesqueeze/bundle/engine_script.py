@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..backends.calib_cache import DEFAULT_ALGORITHM, HEADER_PATTERN
-from ..backends.trt_profile import profile_lines
+from ..backends.trt_profile import profile_lines, shapes_spec
 from .engine_plan import (CALIB_PLACEHOLDER, WORKSPACE_PLACEHOLDER, EnginePlan, calib_profile_flag, profile_flags,
                           trtexec_flags)
 from .manifest import CACHE_NAME
@@ -187,12 +187,19 @@ def render_build_engine_sh(spec: ScriptSpec) -> str:
     add('say "command: $(printf \'%q \' "${CMD[@]}")"')
     add('if [ "$DRY_RUN" = 1 ]; then exit 0; fi')
     add('if [ -f "$ENGINE" ] && [ "${ESQ_REBUILD:-0}" != 1 ]; then')
+    if spec.custom_nodes:
+        add('  if [ -f "$ENGINE.choice.json" ]; then')
+        add('    say "engine choice: $(cat "$ENGINE.choice.json")"')
+        add('    ENGINE="$(sed -n \'s/.*"engine": "\\([^"]*\\)".*/\\1/p\' "$ENGINE.choice.json")"')
+        add("  fi")
     add('  say "engine already built: $ENGINE (ESQ_REBUILD=1 rebuilds it)"')
     add("  exit 0")
     add("fi")
     add('mkdir -p "$ENGINE_DIR"')
     add('"${CMD[@]}" >"$ENGINE.log" 2>&1 || { tail -n 30 "$ENGINE.log" >&2; die "trtexec failed (log: $ENGINE.log)"; }')
     add('say "built $ENGINE"')
+    if spec.custom_nodes:
+        _choice_block(spec, add)
     return "\n".join(L) + "\n"
 
 
@@ -279,4 +286,45 @@ def _calib_block(add) -> None:
     add('    say "calibration cache $CALIB was written for $CALIB_HEAD: its scales are re-labelled $WANT_HEAD '
         'in $RETAGGED (trtexec would ignore it and calibrate on random data)"')
     add("  fi")
+    add("fi")
+
+
+def _choice_block(spec: ScriptSpec, add) -> None:
+    """Plugins pay or stand aside: with the plugin engine built, build the native one (custom ops inlined into
+    standard ops), time both with trtexec (median GPU compute time) and keep the faster. ``ESQ_PLUGIN=on`` keeps
+    the plugin engine without the comparison; the choice goes to ``<plugin engine>.choice.json``."""
+    shapes = f' "--shapes={shapes_spec(spec.profile, "opt")}"' if spec.profile else ""
+    add('if [ "$VARIANT" = plugin ] && [ "${ESQ_PLUGIN:-auto}" = auto ]; then')
+    add('  read -r NMODEL NKEY <<<"$(model_for "$KIND:inlined")"')
+    add('  NENGINE="${ENGINE%.$KEY.engine}.$NKEY.engine"')
+    add("  NCMD=()")
+    add('  for a in "${CMD[@]}"; do case "$a" in')
+    add('    --onnx=*) NCMD+=("--onnx=$NMODEL") ;; --saveEngine=*) NCMD+=("--saveEngine=$NENGINE") ;;')
+    add("    --plugins=*|--staticPlugins=*|--dynamicPlugins=*) ;; *) NCMD+=(\"$a\") ;;")
+    add("  esac; done")
+    add('  "${NCMD[@]}" >"$NENGINE.log" 2>&1 || { tail -n 30 "$NENGINE.log" >&2; '
+        'die "trtexec failed on the native model (log: $NENGINE.log)"; }')
+    add('  say "built $NENGINE (native: custom ops inlined)"')
+    add("  gpu_ms() {  # the median (else mean) GPU compute time of trtexec's summary, in ms")
+    add('    "$TRTEXEC" "--loadEngine=$1" "--iterations=${ESQ_TIME_ITERATIONS:-200}"' + shapes
+        + ' "${@:2}" >"$1.timing.log" 2>&1 || true')
+    add("    sed -n 's/.*GPU Compute Time: .*median = \\([0-9.][0-9.eE+-]*\\) ms.*/\\1/p' \"$1.timing.log\" "
+        "| tail -n 1 | grep . \\")
+    add("      || sed -n 's/.*GPU Compute Time: .*mean = \\([0-9.][0-9.eE+-]*\\) ms.*/\\1/p' \"$1.timing.log\" "
+        "| tail -n 1")
+    add("  }")
+    add('  PMS="$(gpu_ms "$ENGINE" ${PLUGIN_FLAGS[@]+"${PLUGIN_FLAGS[@]}"})"')
+    add('  NMS="$(gpu_ms "$NENGINE")"')
+    add('  if [ -z "$PMS" ] || [ -z "$NMS" ]; then')
+    add('    CHOSEN=plugin; say "warning: no GPU compute time in trtexec\'s output: keeping the plugin engine"')
+    add("  else")
+    add("    CHOSEN=\"$(awk -v p=\"$PMS\" -v n=\"$NMS\" 'BEGIN { print (p + 0 <= n + 0) ? \"plugin\" : \"native\" }')\"")
+    add("  fi")
+    add('  PLUGIN_ENGINE="$ENGINE"; [ "$CHOSEN" = plugin ] || ENGINE="$NENGINE"')
+    add('  printf \'{"plugin_ms": %s, "native_ms": %s, "chosen": "%s", "plugin_engine": "%s", '
+        '"native_engine": "%s", "engine": "%s"}\\n\' "${PMS:-null}" "${NMS:-null}" "$CHOSEN" '
+        '"$PLUGIN_ENGINE" "$NENGINE" "$ENGINE" >"$PLUGIN_ENGINE.choice.json"')
+    add('  say "engine choice: $(cat "$PLUGIN_ENGINE.choice.json")"')
+    add('  say "plugin ${PMS:-?} ms vs native ${NMS:-?} ms (median GPU compute): keeping the $CHOSEN engine"')
+    add('  say "engine: $ENGINE"')
     add("fi")
