@@ -96,3 +96,15 @@ def test_plugin_on_skips_the_comparison(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     assert "--loadEngine" not in (b / "calls.txt").read_text() and "keeping" not in r.stdout
     assert _engine_line(r.stdout).endswith("fp32plug0000.engine")
+
+
+def test_deploy_reads_and_shows_the_choice():
+    from edgesqueeze.cli.deploy import engine_choice_text
+    from edgesqueeze.deploy.core import _engine_choice
+
+    text = ('edgesqueeze: built x\nedgesqueeze: engine choice: {"plugin_ms": 1.6, "native_ms": 1.1, "chosen": '
+            '"native", "plugin_engine": "a", "native_engine": "b", "engine": "b"}\nedgesqueeze: engine: b\n')
+    choice = _engine_choice(text)
+    assert choice == {"plugin_ms": 1.6, "native_ms": 1.1, "chosen": "native"}
+    assert engine_choice_text(choice) == "plugin 1.6 ms, native 1.1 ms (median GPU compute): native"
+    assert _engine_choice("edgesqueeze: engine: b\n") is None
