@@ -118,6 +118,7 @@ FAKE_TRTEXEC = """#!/usr/bin/env bash
 # stand-in for trtexec: banner on --help, records the arguments, writes the engine
 if [ "$1" = "--help" ]; then echo "&&&& RUNNING TensorRT.trtexec [TensorRT v${FAKE_TAG}] # trtexec --help"; exit 0; fi
 printf '%s\\n' "$@" > "${FAKE_ARGS}"
+printf '%s\\n' "$@" >> "${FAKE_ARGS}.all"
 for a in "$@"; do case "$a" in --saveEngine=*) echo engine > "${a#--saveEngine=}";; esac; done
 """
 
@@ -224,6 +225,6 @@ def test_script_takes_the_plugin_path_when_the_library_builds(tmp_path):
     r = _run(b, fake, 8201)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "plugin path" in r.stdout
-    args = (b / "args.txt").read_text().split("\n")
+    args = (b / "args.txt.all").read_text().split("\n")  # every call: the plugin engine, then the native one
     assert "--onnx=models/model.fp32.trt_plugin.onnx" in args
     assert any(a.startswith("--plugins=plugins/build/libedgesqueeze_plugins.so") for a in args)

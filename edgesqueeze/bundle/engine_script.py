@@ -13,7 +13,8 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from ..backends.trt_profile import profile_lines
+from ..backends.calib_cache import DEFAULT_ALGORITHM, HEADER_PATTERN
+from ..backends.trt_profile import profile_lines, shapes_spec
 from .engine_plan import (CALIB_PLACEHOLDER, WORKSPACE_PLACEHOLDER, EnginePlan, calib_profile_flag, profile_flags,
                           trtexec_flags)
 from .manifest import CACHE_NAME
@@ -154,6 +155,8 @@ def render_build_engine_sh(spec: ScriptSpec) -> str:
         add(f"  cache) KIND={p.alt_model}; PREC_FLAGS=({_flags(p.alt_flags, spec.calib_cache, calib_profile)}) ;;")
         add('  *) die "ESQ_INT8_SOURCE must be qdq or cache" ;;')
         add("esac")
+    if spec.calib_cache and any(CALIB_PLACEHOLDER in f for f in p.precision_flags + p.alt_flags):
+        _calib_block(add)
     add("")
     add("PLUGIN_FLAGS=()")
     if spec.custom_nodes:
@@ -184,12 +187,19 @@ def render_build_engine_sh(spec: ScriptSpec) -> str:
     add('say "command: $(printf \'%q \' "${CMD[@]}")"')
     add('if [ "$DRY_RUN" = 1 ]; then exit 0; fi')
     add('if [ -f "$ENGINE" ] && [ "${ESQ_REBUILD:-0}" != 1 ]; then')
+    if spec.custom_nodes:
+        add('  if [ -f "$ENGINE.choice.json" ]; then')
+        add('    say "engine choice: $(cat "$ENGINE.choice.json")"')
+        add('    ENGINE="$(sed -n \'s/.*"engine": "\\([^"]*\\)".*/\\1/p\' "$ENGINE.choice.json")"')
+        add("  fi")
     add('  say "engine already built: $ENGINE (ESQ_REBUILD=1 rebuilds it)"')
     add("  exit 0")
     add("fi")
     add('mkdir -p "$ENGINE_DIR"')
     add('"${CMD[@]}" >"$ENGINE.log" 2>&1 || { tail -n 30 "$ENGINE.log" >&2; die "trtexec failed (log: $ENGINE.log)"; }')
     add('say "built $ENGINE"')
+    if spec.custom_nodes:
+        _choice_block(spec, add)
     return "\n".join(L) + "\n"
 
 
@@ -239,4 +249,82 @@ def _plugin_block(spec: ScriptSpec, add) -> None:
     add("else")
     add("  VARIANT=inlined")
     add('  say "inlined path: no plugin library; custom nodes replaced by their ONNX functions (standard ops)"')
+    add("fi")
+
+
+def _calib_block(add) -> None:
+    """Re-tag the calibration cache for the device's TensorRT (same major), refuse it across majors.
+
+    trtexec skips a cache whose header names another TensorRT version and then calibrates on random data,
+    silently; the scales do not depend on the version, so a copy with the device's header is handed to --calib
+    (what backends.calib_cache.retag_text and the device runner's copy of it do).
+    """
+    header_ere = HEADER_PATTERN.replace(r"\d", "[0-9]")  # awk ERE of the one header pattern
+    add("# INT8 from the calibration cache: its header must name the device's TensorRT, or trtexec ignores it and")
+    add("# calibrates on random data without a word")
+    add("CALIB_I=")
+    add('for i in "${!PREC_FLAGS[@]}"; do case "${PREC_FLAGS[$i]}" in --calib=*) CALIB_I=$i ;; esac; done')
+    add('[ -z "$CALIB_I" ] || [ -f "${PREC_FLAGS[$CALIB_I]#--calib=}" ] || { CALIB_I=; '
+        'say "warning: the calibration cache is missing from the bundle: trtexec calibrates on random data"; }')
+    add('if [ -n "$CALIB_I" ]; then')
+    add('  CALIB="${PREC_FLAGS[$CALIB_I]#--calib=}"')
+    add(f"  CALIB_HEAD=\"$(awk '/[^ \t\r]/ {{ sub(/\\r$/, \"\"); print; exit }}' \"$CALIB\")\"")
+    add(f"  CALIB_TAG=\"$(printf '%s\\n' \"$CALIB_HEAD\" | awk '/{header_ere}/ {{ split($0, f, \"-\"); print f[2] }}')\"")
+    add('  [ -n "$CALIB_TAG" ] || die "$CALIB is not a TensorRT calibration cache (first line: $CALIB_HEAD)"')
+    add(f'  WANT_HEAD="TRT-$TRT_TAG-{DEFAULT_ALGORITHM}"')
+    add('  if [ "$(major_of "$CALIB_TAG")" != "$(major_of "$TRT_TAG")" ]; then')
+    add('    die "the calibration cache $CALIB was written for TensorRT v$CALIB_TAG and this trtexec is v$TRT_TAG: '
+        'across major versions its tensor names may not match; rebuild the bundle with the --target of this device"')
+    add('  elif [ "$CALIB_HEAD" != "$WANT_HEAD" ]; then')
+    add('    RETAGGED="$ENGINE_DIR/calibration.trt$TRT_TAG.cache"')
+    add('    if [ "$DRY_RUN" != 1 ]; then')
+    add('      mkdir -p "$ENGINE_DIR"')
+    add(f"      awk -v head=\"$WANT_HEAD\" 'done != 1 && /[^ \t\r]/ {{ done = 1; cr = sub(/\\r$/, \"\"); "
+        f"if ($0 ~ /{header_ere}/) $0 = head; if (cr) $0 = $0 \"\\r\" }} {{ print }}' \"$CALIB\" >\"$RETAGGED\"")
+    add("    fi")
+    add('    PREC_FLAGS[$CALIB_I]="--calib=$RETAGGED"')
+    add('    say "calibration cache $CALIB was written for $CALIB_HEAD: its scales are re-labelled $WANT_HEAD '
+        'in $RETAGGED (trtexec would ignore it and calibrate on random data)"')
+    add("  fi")
+    add("fi")
+
+
+def _choice_block(spec: ScriptSpec, add) -> None:
+    """Plugins pay or stand aside: with the plugin engine built, build the native one (custom ops inlined into
+    standard ops), time both with trtexec (median GPU compute time) and keep the faster. ``ESQ_PLUGIN=on`` keeps
+    the plugin engine without the comparison; the choice goes to ``<plugin engine>.choice.json``."""
+    shapes = f' "--shapes={shapes_spec(spec.profile, "opt")}"' if spec.profile else ""
+    add('if [ "$VARIANT" = plugin ] && [ "${ESQ_PLUGIN:-auto}" = auto ]; then')
+    add('  read -r NMODEL NKEY <<<"$(model_for "$KIND:inlined")"')
+    add('  NENGINE="${ENGINE%.$KEY.engine}.$NKEY.engine"')
+    add("  NCMD=()")
+    add('  for a in "${CMD[@]}"; do case "$a" in')
+    add('    --onnx=*) NCMD+=("--onnx=$NMODEL") ;; --saveEngine=*) NCMD+=("--saveEngine=$NENGINE") ;;')
+    add("    --plugins=*|--staticPlugins=*|--dynamicPlugins=*) ;; *) NCMD+=(\"$a\") ;;")
+    add("  esac; done")
+    add('  "${NCMD[@]}" >"$NENGINE.log" 2>&1 || { tail -n 30 "$NENGINE.log" >&2; '
+        'die "trtexec failed on the native model (log: $NENGINE.log)"; }')
+    add('  say "built $NENGINE (native: custom ops inlined)"')
+    add("  gpu_ms() {  # the median (else mean) GPU compute time of trtexec's summary, in ms")
+    add('    "$TRTEXEC" "--loadEngine=$1" "--iterations=${ESQ_TIME_ITERATIONS:-200}"' + shapes
+        + ' "${@:2}" >"$1.timing.log" 2>&1 || true')
+    add("    sed -n 's/.*GPU Compute Time: .*median = \\([0-9.][0-9.eE+-]*\\) ms.*/\\1/p' \"$1.timing.log\" "
+        "| tail -n 1 | grep . \\")
+    add("      || sed -n 's/.*GPU Compute Time: .*mean = \\([0-9.][0-9.eE+-]*\\) ms.*/\\1/p' \"$1.timing.log\" "
+        "| tail -n 1")
+    add("  }")
+    add('  PMS="$(gpu_ms "$ENGINE" ${PLUGIN_FLAGS[@]+"${PLUGIN_FLAGS[@]}"})"')
+    add('  NMS="$(gpu_ms "$NENGINE")"')
+    add('  if [ -z "$PMS" ] || [ -z "$NMS" ]; then')
+    add('    CHOSEN=plugin; say "warning: no GPU compute time in trtexec\'s output: keeping the plugin engine"')
+    add("  else")
+    add("    CHOSEN=\"$(awk -v p=\"$PMS\" -v n=\"$NMS\" 'BEGIN { print (p + 0 <= n + 0) ? \"plugin\" : \"native\" }')\"")
+    add("  fi")
+    add('  PLUGIN_ENGINE="$ENGINE"; [ "$CHOSEN" = plugin ] || ENGINE="$NENGINE"')
+    add('  printf \'{"plugin_ms": %s, "native_ms": %s, "chosen": "%s", "plugin_engine": "%s", '
+        '"native_engine": "%s", "engine": "%s"}\\n\' "${PMS:-null}" "${NMS:-null}" "$CHOSEN" '
+        '"$PLUGIN_ENGINE" "$NENGINE" "$ENGINE" >"$PLUGIN_ENGINE.choice.json"')
+    add('  say "engine choice: $(cat "$PLUGIN_ENGINE.choice.json")"')
+    add('  say "plugin ${PMS:-?} ms vs native ${NMS:-?} ms (median GPU compute): keeping the $CHOSEN engine"')
+    add('  say "engine: $ENGINE"')
     add("fi")

@@ -23,6 +23,12 @@ def _progress(total: int):
     return bar, bar.update
 
 
+def engine_choice_text(c: dict) -> str:
+    """One line for the device's plugin-versus-native engine timing: ``plugin 0.8 ms, native 1.3 ms: plugin``."""
+    ms = lambda v: "?" if v is None else f"{v:g} ms"  # noqa: E731
+    return f"plugin {ms(c.get('plugin_ms'))}, native {ms(c.get('native_ms'))} (median GPU compute): {c.get('chosen')}"
+
+
 def deploy_text(r: dict) -> str:
     """The human summary of a deploy report."""
     p = r.get("probe") or {}
@@ -42,6 +48,7 @@ def deploy_text(r: dict) -> str:
                   f"{f.get('verified')} verified by sha256 on the device"],
         ["engine", (("cached: " if e.get("cached") else f"built in {e.get('seconds')} s: ") + e["path"])
          if e.get("path") else f"none ({e.get('reason')})"],
+        *([["engine choice", engine_choice_text(e["engine_choice"])]] if e.get("engine_choice") else []),
         ["remote folder", r.get("remote_dir")],
         ["runner", f"{r.get('python')} {r.get('runner')}"],
     ]

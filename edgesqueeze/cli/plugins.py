@@ -13,7 +13,7 @@ def command():
 
     \b
     Examples:
-      edgesqueeze plugins check                       # compile every kernel for sm_53/62/72/87 here
+      edgesqueeze plugins check                       # compile every kernel for sm_53/62/72/87/110 here
       edgesqueeze plugins check --arch 62 --json
       edgesqueeze plugins check --trt-include /usr/include/aarch64-linux-gnu
       edgesqueeze plugins build --arch 62             # on the device: build libedgesqueeze_plugins.so
@@ -24,7 +24,7 @@ def command():
 
 @command.command("check")
 @click.option("--arch", default=None, metavar="LIST",
-              help="Compute capabilities to compile for, e.g. 53,62,72,87 (the default: every Jetson GPU).")
+              help="Compute capabilities to compile for, e.g. 53,62,72,87 (the default: every Jetson GPU, 53,62,72,87,110).")
 @click.option("--trt-include", default=None, metavar="DIR", type=click.Path(),
               help="Also compile the TensorRT plugin sources against the TensorRT headers in DIR (NvInfer.h) and run "
                    "the plugin self-test (creators, attributes, serialisation; no GPU needed).")

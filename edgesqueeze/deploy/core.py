@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import posixpath
 import tempfile
 import re
@@ -218,6 +219,7 @@ def _engine_by_script(tr: SshTransport, info: dict, rdir: str, cache: str, timeo
     notes = [ln[len("edgesqueeze: "):] for ln in res.text.splitlines()
              if ln.startswith("edgesqueeze: ") and ("warning" in ln or " path:" in ln or "did not build" in ln)]
     return {"built": not cached, "cached": cached, "path": path, "how": "build_engine.sh",
+            "engine_choice": _engine_choice(res.text),
             "plugin_lib": _plugin_lib(tr, rdir), "seconds": round(time.monotonic() - t0, 1), "log": notes,
             "reason": "found in the device's engine cache" if cached else "built on the device",
             "warnings": [n for n in notes if "warning" in n or "did not build" in n]}
@@ -228,6 +230,17 @@ def _plugin_lib(tr: SshTransport, rdir: str) -> Optional[str]:
                  timeout=60, check=False, what="plugin library lookup")
     lib = res.text.strip()
     return lib or None
+
+
+def _engine_choice(text: str) -> Optional[dict]:
+    """``{plugin_ms, native_ms, chosen}`` from build_engine.sh's "engine choice:" line (custom nodes: the plugin
+    engine against the native one, timed on the device), or None when the script compared nothing."""
+    found = re.findall(r"^edgesqueeze: engine choice: (\{.*\})\s*$", text, re.MULTILINE)
+    try:
+        choice = json.loads(found[-1]) if found else None
+    except ValueError:
+        return None
+    return {k: choice.get(k) for k in ("plugin_ms", "native_ms", "chosen")} if choice else None
 
 
 def _engine_by_trtexec(tr: SshTransport, manifest: dict, info: dict, rdir: str, cache: str, timeout: float) -> dict:

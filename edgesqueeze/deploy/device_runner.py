@@ -510,7 +510,7 @@ def run_trt_python(model_path, bundle, manifest, args, results):
 
     logger = trt.Logger(trt.Logger.WARNING)
     if args.plugin_lib:
-        ctypes.CDLL(args.plugin_lib, mode=ctypes.RTLD_GLOBAL)
+        load_plugin_library(trt, ctypes, args.plugin_lib)
     trt.init_libnvinfer_plugins(logger, "")
     results["backend"].update({"name": "trt", "version": trt.__version__})
     results["versions"]["tensorrt"] = trt.__version__
@@ -583,6 +583,32 @@ def run_trt_python(model_path, bundle, manifest, args, results):
         run["host_wall_ms"] = series(wall)
         results["runs"].append(run)
     return len(wall)
+
+
+def plugin_load_method(trt_version, exports_creators):
+    """How the TensorRT Python API loads a plugin library: "registry" or "ctypes".
+
+    From 10.0 a library is not expected to register itself when loaded: the plugin registry's
+    load_library(path) loads it and registers what its exported getCreators (or getPluginCreators)
+    returns, as trtexec's --dynamicPlugins does. A library without those exports (8.x style, static
+    REGISTER_TENSORRT_PLUGIN) and every TensorRT 8.x take "ctypes": dlopen with RTLD_GLOBAL registers it.
+    """
+    return "registry" if version_tuple_of(trt_version)[0] >= 10 and exports_creators else "ctypes"
+
+
+def load_plugin_library(trt, ctypes, path):
+    """Load the plugin library ``path`` the way the running TensorRT expects (see plugin_load_method).
+
+    Raises:
+        RunnerError: the registry could not load it.
+    """
+    path = os.path.abspath(path)
+    lib = ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+    exports = hasattr(lib, "getCreators") or hasattr(lib, "getPluginCreators")
+    if plugin_load_method(trt.__version__, exports) == "registry":
+        if trt.get_plugin_registry().load_library(path) is None:
+            raise RunnerError("TensorRT could not load the plugin library %s (load_library)" % path, 6)
+    return lib
 
 
 def version_tuple_of(version):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import platform
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from importlib import resources
 from typing import Dict, List, Optional
@@ -195,10 +195,41 @@ def _from_dict(d: dict) -> DeviceProfile:
     return DeviceProfile(extra=extra, **base)
 
 
+VARIANT_FIELDS = ("memory_gb", "emc_max_mhz", "peak_bandwidth_gbs")  # what a memory variant may change
+
+
+def memory_variant(profile: DeviceProfile, variant: str) -> DeviceProfile:
+    """``profile`` with the memory module ``variant`` of its ``memory_variants`` (e.g. Xavier NX "16gb").
+
+    The default variant is the base profile itself; another one is a profile named ``<base>-<variant>`` whose
+    memory size, EMC clock and peak bandwidth come from the variant (its source is added to ``sources``).
+
+    Raises:
+        InputError: the profile has no such variant.
+    """
+    variants = {v["name"]: v for v in profile.extra.get("memory_variants", [])}
+    if variant not in variants:
+        known = ", ".join(variants) or "none"
+        raise InputError(f"{profile.name} has no memory variant '{variant}' (variants: {known})")
+    v = variants[variant]
+    if v.get("default"):
+        return profile
+    return replace(profile, name=f"{profile.name}-{variant}",
+                   display_name=f"{profile.display_name} {variant.upper().replace('GB', ' GB')}",
+                   sources=list(profile.sources) + [v["source"]], **{k: v[k] for k in VARIANT_FIELDS})
+
+
 @lru_cache(maxsize=1)
 def _load_profiles() -> Dict[str, DeviceProfile]:
     text = resources.files(__package__).joinpath("profiles.json").read_text(encoding="utf-8")
-    return {d["name"]: _from_dict(d) for d in json.loads(text)["profiles"]}
+    out: Dict[str, DeviceProfile] = {}
+    for d in json.loads(text)["profiles"]:
+        base = out[d["name"]] = _from_dict(d)
+        for v in d.get("memory_variants", []):
+            if not v.get("default"):  # a selectable module size: listed right after its base profile
+                variant = memory_variant(base, v["name"])
+                out[variant.name] = variant
+    return out
 
 
 # ---------------------------------------------------------------------------------- this host

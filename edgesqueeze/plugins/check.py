@@ -21,8 +21,11 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Optional
 
 from ..errors import InputError
-from .sources import KERNEL_SOURCES, PLUGIN_SOURCES, parse_archs, plugin_source_dir
+from .sources import JETSON_ARCHS, KERNEL_SOURCES, PLUGIN_SOURCES, parse_archs, plugin_source_dir
 
+# every Jetson GPU: Nano/TX1, TX2, Xavier, Orin and Thor (sm_110; the on-device build's default list stops at 87,
+# since JetPack 4.6's CUDA 10.2 cannot target it)
+CHECK_ARCHS = JETSON_ARCHS + ("110",)
 INSTALL_HINT = 'pip install "cuda-bindings<13" nvidia-cuda-nvrtc-cu12 nvidia-cuda-runtime-cu12 nvidia-cuda-nvcc-cu12'
 
 
@@ -325,7 +328,8 @@ def run_plugin_selftest(trt_include: str, *, compiler: Optional[str] = None) -> 
 
 
 def check_kernels(archs: Optional[Iterable] = None, *, jobs: int = 2, trt_include: Optional[str] = None) -> dict:
-    """Compile every kernel source for every architecture in ``archs`` (default 53, 62, 72, 87).
+    """Compile every kernel source for every architecture in ``archs`` (default :data:`CHECK_ARCHS`: 53, 62, 72,
+    87, 110).
 
     Returns:
         ``{"ok": bool, "archs": [...], "toolchains": {...}, "results": [{"source", "arch", "compiler", "ok",
@@ -339,7 +343,7 @@ def check_kernels(archs: Optional[Iterable] = None, *, jobs: int = 2, trt_includ
     Raises:
         InputError: an invalid architecture or TensorRT include folder.
     """
-    arch_list = parse_archs(archs)
+    arch_list = parse_archs(CHECK_ARCHS if archs is None else archs)
     sources = [plugin_source_dir() / s for s in KERNEL_SOURCES]
     nv, rt = nvcc_info(), nvrtc_info()
     with tempfile.TemporaryDirectory(prefix="esq-check-") as workdir:

@@ -1,0 +1,110 @@
+"""Plugins pay or stand aside: build_engine.sh builds the plugin engine and the native one (custom ops inlined),
+times both with trtexec and keeps the faster, recording both timings and the choice next to the engine.
+
+The stand-in trtexec reports a chosen median GPU compute time per engine, in trtexec's own summary format.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from edgesqueeze.bundle import ScriptSpec, render_build_engine_sh
+from tests.test_bundle_engine_script import _spec
+
+BASH = shutil.which("bash")
+pytestmark = pytest.mark.skipif(BASH is None or shutil.which("cmake") is None or shutil.which("cc") is None,
+                                reason="bash, cmake or a C compiler not found")
+
+FAKE_TRTEXEC = """#!/usr/bin/env bash
+if [ "$1" = "--help" ]; then echo "&&&& RUNNING TensorRT.trtexec [TensorRT v${FAKE_TAG}] # trtexec --help"; exit 0; fi
+printf '%s\\n' "$*" >> "${FAKE_ARGS}"
+for a in "$@"; do case "$a" in
+  --saveEngine=*) echo engine > "${a#--saveEngine=}" ;;
+  --loadEngine=*plug0000.engine) MS=$FAKE_PLUGIN_MS ;;
+  --loadEngine=*inli0000.engine) MS=$FAKE_NATIVE_MS ;;
+esac; done
+if [ -n "${MS:-}" ]; then
+  echo "[05/01/2025-10:00:00] [I] Latency: min = 1.9 ms, max = 3.1 ms, mean = 2.2 ms, median = 2.1 ms"
+  echo "[05/01/2025-10:00:00] [I] GPU Compute Time: min = 0.5 ms, max = 9.5 ms, mean = 5.25 ms, median = $MS ms, percentile(99%) = 9.1 ms"
+fi
+"""
+
+
+def _bundle(tmp_path, target="orin-nano", tag=100300):
+    spec = _spec(target, "fp16", custom=True)
+    spec = ScriptSpec(**{**spec.__dict__, "cmake_args": ("-S", "plugins", "-B", "plugins/build")})
+    b = tmp_path / "bundle"
+    (b / "models").mkdir(parents=True)
+    for rel, _ in spec.sources.values():
+        (b / rel).write_bytes(b"onnx")
+    (b / "plugins").mkdir()
+    (b / "plugins" / "CMakeLists.txt").write_text(
+        "cmake_minimum_required(VERSION 3.10)\nproject(p C)\nadd_library(edgesqueeze_plugins SHARED p.c)\n")
+    (b / "plugins" / "p.c").write_text("int esq_plugin_marker(void) { return 1; }\n")
+    (b / "build_engine.sh").write_text(render_build_engine_sh(spec))
+    fake = tmp_path / "bin" / "trtexec"
+    fake.parent.mkdir()
+    fake.write_text(FAKE_TRTEXEC)
+    os.chmod(fake, 0o755)
+    return b, fake, tag
+
+
+def _run(b, fake, tag, plugin_ms, native_ms, **env):
+    e = dict(os.environ, TRTEXEC=str(fake), FAKE_TAG=str(tag), FAKE_ARGS=str(b / "calls.txt"),
+             FAKE_PLUGIN_MS=str(plugin_ms), FAKE_NATIVE_MS=str(native_ms), **env)
+    return subprocess.run([BASH, str(b / "build_engine.sh")], capture_output=True, text=True, env=e, cwd="/")
+
+
+def _engine_line(stdout):
+    return [ln for ln in stdout.splitlines() if ln.startswith("edgesqueeze: engine: ")][-1].split(": ", 2)[2]
+
+
+@pytest.mark.parametrize("plugin_ms,native_ms,chosen", [(0.8, 1.3, "plugin"), (1.6, 1.1, "native")])
+def test_the_faster_engine_is_kept(tmp_path, plugin_ms, native_ms, chosen):
+    b, fake, tag = _bundle(tmp_path)
+    r = _run(b, fake, tag, plugin_ms, native_ms)
+    assert r.returncode == 0, r.stdout + r.stderr
+    calls = (b / "calls.txt").read_text().splitlines()
+    builds = [c for c in calls if "--saveEngine=" in c]
+    assert len(builds) == 2
+    assert "--onnx=models/model.fp32.trt_plugin.onnx" in builds[0] and "Plugins=" in builds[0]
+    assert "--onnx=models/model.fp32.trt_inlined.onnx" in builds[1] and "Plugins=" not in builds[1]
+    timings = [c for c in calls if "--loadEngine=" in c]
+    assert len(timings) == 2 and all("--iterations=" in c for c in timings)
+    assert "Plugins=" in timings[0] and "Plugins=" not in timings[1]  # the plugin engine needs its library
+    plugin_engine = "engines/model.trt100300.fp16.fp32plug0000.engine"
+    choice = json.loads((b / (plugin_engine + ".choice.json")).read_text())
+    assert choice["plugin_ms"] == plugin_ms and choice["native_ms"] == native_ms and choice["chosen"] == chosen
+    want = plugin_engine if chosen == "plugin" else "engines/model.trt100300.fp16.fp32inli0000.engine"
+    assert choice["engine"] == want and _engine_line(r.stdout) == want
+    assert f"keeping the {chosen} engine" in r.stdout
+    # a second run finds the engines and reports the same choice, without calling trtexec to build
+    (b / "calls.txt").unlink()
+    r = _run(b, fake, tag, plugin_ms, native_ms)
+    assert r.returncode == 0 and "already built" in r.stdout and _engine_line(r.stdout.replace(
+        "engine already built: ", "engine: ").split(" (ESQ_REBUILD")[0]) == want
+    assert not (b / "calls.txt").exists() or "--saveEngine" not in (b / "calls.txt").read_text()
+
+
+def test_plugin_on_skips_the_comparison(tmp_path):
+    b, fake, tag = _bundle(tmp_path)
+    r = _run(b, fake, tag, 5.0, 1.0, ESQ_PLUGIN="on")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "--loadEngine" not in (b / "calls.txt").read_text() and "keeping" not in r.stdout
+    assert _engine_line(r.stdout).endswith("fp32plug0000.engine")
+
+
+def test_deploy_reads_and_shows_the_choice():
+    from edgesqueeze.cli.deploy import engine_choice_text
+    from edgesqueeze.deploy.core import _engine_choice
+
+    text = ('edgesqueeze: built x\nedgesqueeze: engine choice: {"plugin_ms": 1.6, "native_ms": 1.1, "chosen": '
+            '"native", "plugin_engine": "a", "native_engine": "b", "engine": "b"}\nedgesqueeze: engine: b\n')
+    choice = _engine_choice(text)
+    assert choice == {"plugin_ms": 1.6, "native_ms": 1.1, "chosen": "native"}
+    assert engine_choice_text(choice) == "plugin 1.6 ms, native 1.1 ms (median GPU compute): native"
+    assert _engine_choice("edgesqueeze: engine: b\n") is None
