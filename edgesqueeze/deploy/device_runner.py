@@ -500,41 +500,22 @@ def run_trtexec(trtexec, model_path, bundle, manifest, args, results):
     return len(rows)
 
 
-def run_trt_python(model_path, bundle, manifest, args, results):
-    import ctypes
-
-    import numpy as np
-    import pycuda.autoinit  # noqa: F401 - creates the CUDA context
-    import pycuda.driver as cuda
-    import tensorrt as trt
-
-    logger = trt.Logger(trt.Logger.WARNING)
-    if args.plugin_lib:
-        load_plugin_library(trt, ctypes, args.plugin_lib)
-    trt.init_libnvinfer_plugins(logger, "")
-    results["backend"].update({"name": "trt", "version": trt.__version__})
-    results["versions"]["tensorrt"] = trt.__version__
+def _engine_bytes(trt, logger, model_path, manifest, args, results):
+    """The serialized engine: ``--engine``'s file, or one built here from the bundle's model."""
     if args.engine:
         with open(args.engine, "rb") as fh:
-            plan = fh.read()
-    else:
-        precision = manifest.get("precision", "fp32")
-        qdq = "qdq" in os.path.basename(model_path)
-        if precision == "int8" and not qdq:
-            results["warnings"].append("the TensorRT Python path builds INT8 from Q/DQ models only; this model has "
-                                       "none, so the engine is built in FP16 (use trtexec with the calibration "
-                                       "cache for INT8)")
-            precision = "fp16"
-        plan = build_plan(trt, logger, model_path, precision, shape_profile(manifest))
-    engine = trt.Runtime(logger).deserialize_cuda_engine(plan)
-    if engine is None:
-        raise RunnerError("TensorRT could not deserialize the engine (built for another TensorRT or GPU?)", 6)
-    context = engine.create_execution_context()
-    rng = np.random.RandomState(args.seed)
-    v3 = io_api(version_tuple_of(trt.__version__)) == "tensors" and hasattr(engine, "num_io_tensors")
-    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)] if v3 else \
-        [engine.get_binding_name(i) for i in range(engine.num_bindings)]
-    set_dynamic_shapes(trt, cuda, engine, context, names, v3, {n: s for n, s, _ in input_specs(manifest)})
+            return fh.read()
+    precision = manifest.get("precision", "fp32")
+    if precision == "int8" and "qdq" not in os.path.basename(model_path):
+        results["warnings"].append("the TensorRT Python path builds INT8 from Q/DQ models only; this model has "
+                                   "none, so the engine is built in FP16 (use trtexec with the calibration "
+                                   "cache for INT8)")
+        precision = "fp16"
+    return build_plan(trt, logger, model_path, precision, shape_profile(manifest))
+
+
+def _io_buffers(trt, cuda, np, engine, context, names, v3, rng):
+    """Page-locked host and device buffers for every I/O tensor (inputs filled with seeded random data)."""
     bufs, inputs, outputs = [], [], []
     for i, name in enumerate(names):
         # the context's shapes: the engine's own for a static model, the set input shapes for a dynamic one
@@ -549,6 +530,34 @@ def run_trt_python(model_path, bundle, manifest, args, results):
         (inputs if is_input else outputs).append((host, dev))
         if v3:
             context.set_tensor_address(name, int(dev))
+    return bufs, inputs, outputs
+
+
+def run_trt_python(model_path, bundle, manifest, args, results):
+    import ctypes
+
+    import numpy as np
+    import pycuda.autoinit  # noqa: F401 - creates the CUDA context
+    import pycuda.driver as cuda
+    import tensorrt as trt
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    if args.plugin_lib:
+        load_plugin_library(trt, ctypes, args.plugin_lib)
+    trt.init_libnvinfer_plugins(logger, "")
+    results["backend"].update({"name": "trt", "version": trt.__version__})
+    results["versions"]["tensorrt"] = trt.__version__
+    engine = trt.Runtime(logger).deserialize_cuda_engine(_engine_bytes(trt, logger, model_path, manifest, args,
+                                                                       results))
+    if engine is None:
+        raise RunnerError("TensorRT could not deserialize the engine (built for another TensorRT or GPU?)", 6)
+    context = engine.create_execution_context()
+    rng = np.random.RandomState(args.seed)
+    v3 = io_api(version_tuple_of(trt.__version__)) == "tensors" and hasattr(engine, "num_io_tensors")
+    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)] if v3 else \
+        [engine.get_binding_name(i) for i in range(engine.num_bindings)]
+    set_dynamic_shapes(trt, cuda, engine, context, names, v3, {n: s for n, s, _ in input_specs(manifest)})
+    bufs, inputs, outputs = _io_buffers(trt, cuda, np, engine, context, names, v3, rng)
     stream = cuda.Stream()
     ev = [cuda.Event() for _ in range(4)]
     h2d, compute, d2h = [], [], []
@@ -708,6 +717,34 @@ def write_results(path, results):
     os.rename(tmp, path)
 
 
+def new_results(args):
+    """The results dict before anything ran (schema, device facts, options)."""
+    l4t = read_tegra_release()
+    return {"schema": SCHEMA, "model": {}, "backend": {"name": None, "version": None, "precision": None},
+            "device": {"profile": None, "hostname": socket.gethostname(), "arch": platform.machine(),
+                       "l4t": l4t, "jetson": l4t is not None, "label": args.label or None},
+            "versions": {"python": platform.python_version(), "runner": RUNNER_VERSION, "l4t": l4t},
+            "options": {"iterations": args.iterations, "warmup": args.warmup, "duration": args.duration,
+                        "backend": args.backend, "engine": args.engine, "threads": args.threads,
+                        "seed": args.seed},
+            "data": "random", "runs": [], "warnings": [], "partial": False, "started_at": now()}
+
+
+def start_power(args, results):
+    """Start tegrastats (and wait the idle baseline); returns ``(sampler or None, reason when None)``."""
+    ts = shutil.which("tegrastats") or ("/usr/bin/tegrastats" if os.access("/usr/bin/tegrastats", os.X_OK)
+                                        else None)
+    if not ts:
+        reason = "tegrastats not found on the device (not a Jetson?)"
+        if args.power == "tegrastats":
+            results["warnings"].append("--power tegrastats: " + reason)
+        return None, reason
+    sampler = Tegrastats(ts, args.power_interval_ms)
+    sampler.start()
+    STOP.wait(args.idle_s)
+    return sampler, None
+
+
 def main(argv=None):
     args = parse_args(argv)
     bundle = os.path.abspath(args.bundle)
@@ -716,15 +753,7 @@ def main(argv=None):
             fh.write("%d\n" % os.getpid())
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, lambda *_: STOP.set())
-    l4t = read_tegra_release()
-    results = {"schema": SCHEMA, "model": {}, "backend": {"name": None, "version": None, "precision": None},
-               "device": {"profile": None, "hostname": socket.gethostname(), "arch": platform.machine(),
-                          "l4t": l4t, "jetson": l4t is not None, "label": args.label or None},
-               "versions": {"python": platform.python_version(), "runner": RUNNER_VERSION, "l4t": l4t},
-               "options": {"iterations": args.iterations, "warmup": args.warmup, "duration": args.duration,
-                           "backend": args.backend, "engine": args.engine, "threads": args.threads,
-                           "seed": args.seed},
-               "data": "random", "runs": [], "warnings": [], "partial": False, "started_at": now()}
+    results = new_results(args)
     sampler, window, reason, code = None, None, "power sampling disabled (--power none)", 0
     try:
         manifest = load_manifest(bundle)
@@ -748,16 +777,7 @@ def main(argv=None):
             results["warnings"].append("onnxruntime runs the %s model on the CPU: the numbers do not show %s "
                                        "speed on the GPU" % (precision, precision.upper()))
         if args.power != "none":
-            ts = shutil.which("tegrastats") or ("/usr/bin/tegrastats" if os.access("/usr/bin/tegrastats", os.X_OK)
-                                                else None)
-            if ts:
-                sampler = Tegrastats(ts, args.power_interval_ms)
-                sampler.start()
-                STOP.wait(args.idle_s)
-            else:
-                reason = "tegrastats not found on the device (not a Jetson?)"
-                if args.power == "tegrastats":
-                    results["warnings"].append("--power tegrastats: " + reason)
+            sampler, reason = start_power(args, results)
         model_path = os.path.join(bundle, rel)
         start = sampler.rel() if sampler else None
         log("backend %s, %d iterations" % (backend, args.iterations))
