@@ -39,3 +39,38 @@ def test_1_unavailable_tegrastats_probe_stops_cleanly():
         pytest.skip("tegrastats exists here")
     assert PowerSampler(probe).start().stop() == []
     assert probe.describe()["skipped_lines"] == 0
+
+
+# ------------------------------------------------------------------ 3. compress has an accuracy guard
+
+VAL = ROOT / "examples" / "digits" / "val.npz"
+
+
+def test_3_compress_names_the_step_that_lost_the_accuracy(cli, tmp_path):
+    out = tmp_path / "small.onnx"
+    code, stdout, err = cli("compress", DIGITS, "--prune", "0.95", "--share", "8,5", "--val", VAL, "-o", out)
+    assert code == 0, err
+    warning = [ln for ln in err.splitlines() if "warning:" in ln]
+    assert len(warning) == 1 and "compression step 'prune' loses" in warning[0], err
+    assert out.exists()
+
+
+def test_3_compress_strict_exits_7_and_writes_nothing(cli, tmp_path):
+    out = tmp_path / "small.onnx"
+    code, _, err = cli("compress", DIGITS, "--prune", "0.95", "--share", "8,5", "--val", VAL, "--strict",
+                       "-o", out)
+    assert code == 7
+    assert "'prune'" in _one_error_line(err) and "--max-drop 1" in err
+    assert not out.exists()
+    code, _, err = cli("compress", DIGITS, "--share", "8,5", "--val", VAL, "--strict", "--max-drop", "5", "-o", out)
+    assert code == 0 and "warning" not in err and out.exists()
+
+
+def test_3_compress_guard_sums_small_losses():
+    from edgesqueeze.cli.compress import accuracy_warnings
+
+    acc = {"before": 0.90, "after": 0.88}
+    steps = [{"step": "prune", "top1": 0.89}, {"step": "share", "top1": 0.88}]
+    (w,) = accuracy_warnings(acc, steps, 0.015)
+    assert "the compressed model loses 2.00 top-1 points" in w and "prune -> share" in w
+    assert accuracy_warnings({"before": None, "after": None}, [], 0.01) == []

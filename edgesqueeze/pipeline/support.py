@@ -214,7 +214,8 @@ _ADVICE = {"int8_qdq": "try --method minmax or percentile, more calibration data
            "fp16": "keep the layers that overflow in FP32 with --keep, or use --precision fp32"}
 
 
-def _step_loss(before: Optional[float], after: Optional[float], max_drop: float) -> Optional[str]:
+def top1_loss(before: Optional[float], after: Optional[float], max_drop: float) -> Optional[str]:
+    """Describe a top-1 loss larger than ``max_drop`` (fractions) as "N top-1 points (a% -> b%)"; None otherwise."""
     if before is None or after is None or before - after <= max_drop:
         return None
     return f"{100 * (before - after):.2f} top-1 points ({100 * before:.2f}% -> {100 * after:.2f}%)"
@@ -233,10 +234,10 @@ def accuracy_warnings(acc: dict, deploy_kind: str, max_drop: float = 0.01,
     ref = acc.get("reference_top1")
     if ref is not None and deploy.get("top1") is not None:
         out = []
-        lost = _step_loss(ref, fp32.get("top1"), max_drop)
+        lost = top1_loss(ref, fp32.get("top1"), max_drop)
         if lost:
             out.append(f"the optimized fp32 model loses {lost}: {fp32_cause} lost it")
-        lost = _step_loss(fp32.get("top1", ref), deploy["top1"], max_drop) if deploy_kind != "fp32" else None
+        lost = top1_loss(fp32.get("top1", ref), deploy["top1"], max_drop) if deploy_kind != "fp32" else None
         if lost:
             out.append(f"quantizing to {deploy_kind} loses {lost} over the fp32 model: {_ADVICE[deploy_kind]}")
         return out
