@@ -74,3 +74,33 @@ def test_3_compress_guard_sums_small_losses():
     (w,) = accuracy_warnings(acc, steps, 0.015)
     assert "the compressed model loses 2.00 top-1 points" in w and "prune -> share" in w
     assert accuracy_warnings({"before": None, "after": None}, [], 0.01) == []
+
+
+# ------------------------------------------------------------------ 4. no silent family aliases; did-you-mean
+
+
+@pytest.mark.parametrize("family, boards", [("orin", {"orin-nano", "orin-nx", "agx-orin"}),
+                                            ("xavier", {"xavier-nx", "agx-xavier"})])
+def test_4_family_name_is_ambiguous_and_lists_the_boards(cli, family, boards):
+    code, _, err = cli("inspect", DIGITS, "--target", family)
+    assert code == 3
+    line = _one_error_line(err)
+    assert f"ambiguous target '{family}'" in line and all(b in line for b in boards)
+
+
+def test_4_unambiguous_aliases_still_work_and_misspellings_get_a_suggestion():
+    from edgesqueeze.devices import get_profile
+    from edgesqueeze.errors import InputError
+
+    assert get_profile("Jetson_Nano").name == "nano" and get_profile("agxorin").name == "agx-orin"
+    with pytest.raises(InputError, match=r"did you mean orin-nano"):
+        get_profile("oirn-nano")
+    with pytest.raises(InputError, match=r"did you mean orin-nano-super\?"):
+        get_profile("super")
+
+
+def test_4_misspelled_verb_suggests_the_verb(cli):
+    code, _, err = cli("biuld", DIGITS)
+    assert code == 2 and "did you mean build?" in err
+    code, _, err = cli("frobnicate")
+    assert code == 2 and "did you mean" not in err
