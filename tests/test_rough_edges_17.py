@@ -104,3 +104,68 @@ def test_4_misspelled_verb_suggests_the_verb(cli):
     assert code == 2 and "did you mean build?" in err
     code, _, err = cli("frobnicate")
     assert code == 2 and "did you mean" not in err
+
+
+# ------------------------------------------------------------------ 5. errors that name what the file is
+
+
+def _save(tmp_path, name, nodes, inputs, outputs, inits=()):
+    g = helper.make_graph(nodes, "g", inputs, outputs, list(inits))
+    p = tmp_path / name
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), p)
+    return p
+
+
+def test_5_pytorch_checkpoint_is_named_with_the_export_command(cli, tmp_path):
+    import pickle
+    import zipfile
+
+    pt = tmp_path / "net.pt"
+    with zipfile.ZipFile(pt, "w") as z:  # the layout of torch.save since 1.6
+        z.writestr("net/data.pkl", pickle.dumps({"w": 1}))
+    legacy = tmp_path / "old.pth"
+    legacy.write_bytes(pickle.dumps({"w": 1}, protocol=2))
+    for f in (pt, legacy):
+        code, _, err = cli("inspect", f)
+        line = _one_error_line(err)
+        assert code == 3 and "PyTorch checkpoint" in line and "edgesqueeze export" in line, line
+        assert "truncated" not in line
+
+
+def test_5_archives_are_named(cli, tmp_path):
+    import tarfile
+    import zipfile
+
+    tgz = tmp_path / "bundle.tar.gz"
+    with tarfile.open(tgz, "w:gz") as t:
+        t.add(DIGITS, arcname="model.onnx")
+    zp = tmp_path / "model.zip"
+    with zipfile.ZipFile(zp, "w") as z:
+        z.write(DIGITS, "model.onnx")
+    for f, needle in ((tgz, "tar.gz archive"), (zp, "zip archive")):
+        code, _, err = cli("inspect", f)
+        line = _one_error_line(err)
+        assert code == 3 and needle in line and "truncated" not in line, line
+    code, _, err = cli("bench", tgz, "--iterations", "1")
+    assert code == 3 and "bundle archive" in _one_error_line(err)
+
+
+def test_5_zero_sized_dim_is_not_called_dynamic(cli, tmp_path):
+    p = _save(tmp_path, "zero.onnx", [helper.make_node("Relu", ["x"], ["y"])],
+              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 0, 8])],
+              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 0, 8])])
+    code, _, err = cli("inspect", p)
+    line = _one_error_line(err)
+    assert code == 3 and "zero-sized" in line and "1x0x8" in line and "dynamic" not in line
+
+
+def test_5_nan_weights_are_named_not_blamed_on_a_log(cli, tmp_path):
+    w = np.ones((4, 3), np.float32)
+    w[1, 1] = np.nan
+    p = _save(tmp_path, "nan.onnx", [helper.make_node("MatMul", ["x", "w"], ["y"])],
+              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])], [numpy_helper.from_array(w, "w")])
+    code, _, err = cli("build", p, "-t", "tx2", "-o", tmp_path / "b")
+    line = [ln for ln in err.splitlines() if "error:" in ln][0]
+    assert code == 7 and "NaN in initializer 'w'" in line and "Log, Sqrt" not in line, err
+    assert not (tmp_path / "b").exists()

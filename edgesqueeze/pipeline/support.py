@@ -18,7 +18,7 @@ from ..compat import make_target_compatible, onnx_version_of
 from ..data import open_data
 from ..errors import InputError, UnsupportedError, VerificationError
 from ..inspect import inspect_model
-from ..model import input_specs, random_feeds
+from ..model import input_specs, nonfinite_initializers, random_feeds
 from ..ortutil import compare_outputs, make_session, run_model
 from ..passes import optimize as run_passes
 from ..passes import resolve_passes
@@ -131,6 +131,11 @@ def finish_models(models: Dict[str, onnx.ModelProto], feeds=None, random=None) -
         bad = [o.name for o, r in zip(session.get_outputs(), result)
                if np.issubdtype(np.asarray(r).dtype, np.floating) and not np.all(np.isfinite(r))]
         if bad:
+            weights = nonfinite_initializers(m)
+            if weights:
+                raise VerificationError(f"the {kind} model gives NaN/Inf on {what}: {weights[0][1]} in initializer "
+                                        f"'{weights[0][0]}' ({len(weights)} non-finite initializer(s))", tensor=bad[0],
+                                        hint="the weights are broken: re-export from a finite checkpoint")
             raise VerificationError(f"the {kind} model gives NaN/Inf on {what}", tensor=bad[0],
                                     hint="a Log, Sqrt or division of arbitrary inputs? give real data with --calib "
                                          "or --val, or build from a model that is finite for any input")
