@@ -169,3 +169,47 @@ def test_5_nan_weights_are_named_not_blamed_on_a_log(cli, tmp_path):
     line = [ln for ln in err.splitlines() if "error:" in ln][0]
     assert code == 7 and "NaN in initializer 'w'" in line and "Log, Sqrt" not in line, err
     assert not (tmp_path / "b").exists()
+
+
+# ------------------------------------------------------------------ 7. README, .gitignore, exit codes
+
+README = (ROOT / "README.md").read_text()
+
+
+def test_7_quickstart_build_runs_twice(tmp_path):
+    import re
+    import shlex
+    import subprocess
+    import sys
+
+    main = re.findall(r"```bash\n(.*?)```", README, re.S)[0]
+    build = shlex.split(main.split("&&")[1])
+    assert build[:2] == ["edgesqueeze", "build"] and "--force" in build
+    shutil.copytree(ROOT / "examples" / "digits", tmp_path / "examples" / "digits")
+    for _ in range(2):
+        r = subprocess.run([sys.executable, "-m", "edgesqueeze", "-q", *build[1:]], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+    assert "`--force` replaces the `bundle/`" in README
+
+
+def test_7_gitignore_readme_claims():
+    import subprocess
+
+    ignored = subprocess.run(["git", "check-ignore", "bundle/manifest.json", "edgesqueeze/bundle/new.py"],
+                             cwd=ROOT, capture_output=True, text=True).stdout.split()
+    assert ignored == ["bundle/manifest.json"]
+    quick = README.split("## The workflow")[0]
+    assert "Python ≥ 3.10" in quick and "torch" in quick and "openssh-server" in quick
+
+
+def test_7_missing_target_is_a_usage_error(cli, tmp_path):
+    code, _, err = cli("build", DIGITS, "-o", tmp_path / "b")
+    assert code == 2 and "--target" in err
+
+
+def test_7_plugins_check_help_states_the_exit_code_it_uses(cli):
+    from edgesqueeze.cli.plugins import check
+
+    doc = " ".join(check.help.split())
+    assert "4 when no compiler can target an architecture" in doc and "5 when those NVRTC wheels" in doc

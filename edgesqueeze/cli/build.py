@@ -94,7 +94,7 @@ def command(model, target, precision, calib, calib_method, percentile, keep, sen
     from ..pipeline import build
 
     if not target:
-        raise InputError("--target is required", hint="see 'edgesqueeze devices' for the names")
+        raise click.UsageError("Missing option '-t' / '--target' (see 'edgesqueeze devices' for the names).")
     summary = build(model, target, output, precision=precision, calib=calib, sparsity=sparsity, val=val,
                     input_shapes=list(input_shapes) or None, static=static, archive=archive,
                     passes=split_names(passes) or None,
