@@ -213,3 +213,56 @@ def test_7_plugins_check_help_states_the_exit_code_it_uses(cli):
 
     doc = " ".join(check.help.split())
     assert "4 when no compiler can target an architecture" in doc and "5 when those NVRTC wheels" in doc
+
+
+# ------------------------------------------------------------------ 8. a TK1 bundle says what it is
+
+
+def test_8_tk1_bundle_says_it_has_no_tensorrt_and_does_not_run_on_the_board(cli, tmp_path):
+    import json
+
+    code, out, err = cli("build", DIGITS, "-t", "tk1", "-o", tmp_path / "tk")
+    assert code == 0, err
+    assert "pip install" not in out and "build_engine.sh)" not in out
+    assert "tk1 has no TensorRT" in out and "does not run on the Jetson TK1 itself" in out
+    manifest = json.loads((tmp_path / "tk" / "manifest.json").read_text())
+    assert "32-bit ARM" in manifest["options"]["device_runtime"]
+    assert not (tmp_path / "tk" / "build_engine.sh").exists()
+
+
+def test_8_other_targets_carry_no_device_runtime_note():
+    from edgesqueeze.devices import get_profile
+    from edgesqueeze.pipeline.support import device_runtime, engine_skip_reason
+
+    assert device_runtime(get_profile("nano")) is None and device_runtime(get_profile("cpu")) is None
+    assert engine_skip_reason(get_profile("nano"), "no GPU here") == "no GPU here"
+
+
+# ------------------------------------------------------------------ 9. labels, logs, plots
+
+
+def test_9_inspect_labels_a_layer_that_moves_nothing_as_bound_by_neither():
+    from edgesqueeze.inspect import inspect_model
+
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Reshape", ["r", "s"], ["y"])],
+                          "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 2, 2])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 12])],
+                          [numpy_helper.from_array(np.array([1, 12], np.int64), "s")])
+    layers = inspect_model(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), "orin-nano")["layers"]
+    bound = {layer["op"]: layer["bound"] for layer in layers}
+    assert bound["Reshape"] == "-" and bound["Relu"] == "memory"
+
+
+def test_9_power_from_log_of_a_text_file_is_exit_3(cli):
+    code, _, err = cli("power", "--from-log", ROOT / "README.md")
+    assert code == 3 and "tegrastats" in err.splitlines()[-1]
+
+
+def test_9_trtexec_import_without_device_is_labelled_as_an_import():
+    from edgesqueeze.bench.plots import label
+    from edgesqueeze.bench.trtexec import import_trtexec
+
+    times = ROOT / "tests" / "data" / "trtexec" / "times.json"
+    text = label(import_trtexec(times))
+    assert "unknown" not in text and text.endswith("trtexec import")
+    assert label(import_trtexec(times, device="orin-nano", precision="int8")).endswith("trtexec/int8 @orin-nano")

@@ -19,9 +19,19 @@ def _plt():
 def label(result: dict, run: Optional[dict] = None, index: Optional[int] = None) -> str:
     """A short label: ``[i: ]model backend/precision @device [bN]`` (``index``: the run number in a report,
     which tells apart two results with the same model name, e.g. one model's bundles for two targets)."""
-    b = result["backend"]
-    text = f"{result['model']['name']} {b['name']}/{b.get('precision') or '?'} @{result['device']['profile']}"
+    text = f"{result['model']['name']} {setup_label(result)}"
     return (f"{index}: " if index is not None else "") + text + (f" b{run['batch']}" if run is not None else "")
+
+
+def setup_label(result: dict) -> str:
+    """``backend/precision @device``, leaving out what the result does not know: a trtexec import that holds
+    neither precision nor device is "trtexec import", not "trtexec/unknown @unknown"."""
+    b, dev = result["backend"], result["device"].get("profile")
+    known = [v for v in (b.get("precision"), dev) if v and v != "unknown"]
+    if b["name"] == "trtexec" and not known:
+        return "trtexec import"
+    prec = b.get("precision") if b.get("precision") not in (None, "unknown") else "?"
+    return f"{b['name']}/{prec}" + (f" @{dev}" if dev and dev != "unknown" else "")
 
 
 def _save(fig, path: Path) -> Path:

@@ -47,6 +47,26 @@ def local_trt_reason() -> Optional[str]:
     return None
 
 
+def engine_skip_reason(profile, trt_reason: Optional[str]) -> str:
+    """Why the engine stage builds no local engine: the target's own lack of TensorRT comes first (installing
+    TensorRT here would not help a TK1), else ``trt_reason`` (this machine's)."""
+    if not profile.has_tensorrt:
+        cc = f" (compute capability {profile.compute_capability}; TensorRT needs 5.0+)" if profile.compute_capability \
+            else ""
+        return f"{profile.name} has no TensorRT{cc}: no engine, and the bundle has no build_engine.sh"
+    return trt_reason or "no local engine"
+
+
+def device_runtime(profile) -> Optional[str]:
+    """Whether a bundle can run on the target board itself, when that is in doubt (a Jetson without TensorRT and
+    without a supported Python, such as the TK1); None for every other target."""
+    if profile.kind != "jetson" or profile.has_tensorrt or profile.python:
+        return None
+    return (f"this bundle does not run on the {profile.display_name} itself: it has no TensorRT, and "
+            f"run_on_device.py needs Python 3.6+ with onnxruntime, which has no build for its L4T {profile.l4t} "
+            f"(32-bit ARM) userland; use the bundle for analysis and latency prediction, or run the model elsewhere")
+
+
 def check_feeds(model: onnx.ModelProto, shapes, data_specs) -> Dict[str, "object"]:
     """The feed dict the build's checks run on: seeded random inputs at the concrete shapes of the inputs
     (``--input``, else batch 1 and the model's metadata), else the first sample of the data given.
