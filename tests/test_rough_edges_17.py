@@ -266,3 +266,51 @@ def test_9_trtexec_import_without_device_is_labelled_as_an_import():
     text = label(import_trtexec(times))
     assert "unknown" not in text and text.endswith("trtexec import")
     assert label(import_trtexec(times, device="orin-nano", precision="int8")).endswith("trtexec/int8 @orin-nano")
+
+
+def test_9_log_plot_time_axis_uses_the_log_timestamps():
+    from edgesqueeze.bench.plots import log_times
+
+    t, xlabel = log_times([{"timestamp": "12-02-2026 22:00:00"}, {"timestamp": "12-02-2026 22:00:05"}], 1000.0)
+    assert list(t) == [0.0, 5.0] and "timestamp" in xlabel
+    t, xlabel = log_times([{"timestamp": None}, {"timestamp": None}], 500.0)
+    assert list(t) == [0.0, 0.5] and "interval" in xlabel
+
+
+def test_9_many_histograms_are_outlines_and_roofline_dots_have_their_own_colours(tmp_path):
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    from edgesqueeze.bench import plots
+
+    made = []
+    real_subplots = plt.subplots
+
+    def spy(*a, **k):
+        fig, axes = real_subplots(*a, **k)
+        made.append(axes)
+        return fig, axes
+
+    def result(i):
+        rf = {"intensity_flop_per_byte": 2.0 + i, "achieved_gflops": 10.0 + i, "precision": "fp32",
+              "ridge_flop_per_byte": 20.0, "peak_gflops": 500.0, "peak_gbs": 25.0, "fraction_of_attainable": 0.2,
+              "bound": "memory"}
+        run = {"batch": 1, "latency_ms": {"samples": list(np.linspace(1, 2, 50) + i)},
+               "bandwidth": {"analytic": {"roofline": rf}}}
+        return {"model": {"name": f"m{i}"}, "backend": {"name": "ort", "precision": "fp32"},
+                "device": {"profile": "orin-nano"}, "runs": [run]}
+
+    results = [result(i) for i in range(5)]
+    plt.subplots = spy
+    try:
+        plots.latency_plot(results, tmp_path / "lat.png")
+        plots.roofline_plot(results, tmp_path / "roof.png")
+    finally:
+        plt.subplots = real_subplots
+    ax_h = made[0][0]
+    assert all(not p.get_fill() for p in ax_h.patches)
+    ax = made[1]
+    roof_colours = {line.get_color() for line in ax.lines}
+    dot_colours = {tuple(c.get_facecolor()[0]) for c in ax.collections}
+    from matplotlib.colors import to_rgba
+    assert len(dot_colours) == 5 and not {tuple(to_rgba(c)) for c in roof_colours} & dot_colours
