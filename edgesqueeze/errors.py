@@ -18,7 +18,8 @@ code  exception                  meaning
 """
 from __future__ import annotations
 
-from typing import Optional
+import difflib
+from typing import Iterable, Optional
 
 EXIT_OK = 0
 EXIT_INTERNAL = 1
@@ -41,6 +42,15 @@ EXIT_CODES = {
     EXIT_VERIFICATION: "a check failed (numerical mismatch, hash mismatch)",
     EXIT_INTERRUPTED: "interrupted",
 }
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """Return " (did you mean X?)" / " (did you mean X or Y?)" for the choices close to a misspelled ``word``, or ""
+    when none is close: the one spelling of that suggestion for targets, verbs and option values."""
+    close = difflib.get_close_matches(str(word).lower(), list(choices), n=3, cutoff=0.6)
+    if not close:
+        return ""
+    return " (did you mean " + (close[0] if len(close) == 1 else ", ".join(close[:-1]) + " or " + close[-1]) + "?)"
 
 
 class EdgeSqueezeError(Exception):

@@ -147,7 +147,7 @@ def inspect_model(model: onnx.ModelProto, target: Optional[str] = None, precisio
     Returns:
         ``{"layers": [...], "totals": {...}, "dwsep_blocks": [...], "target": ..., "precision": ...}``. Each layer has
         name, op, output_shape, params, macs, flops, weight_bytes, act_in_bytes, act_out_bytes, intensity (FLOP per
-        byte) and, with a target, compute_ms, memory_ms, time_ms, bound ("compute"/"memory") and fused.
+        byte) and, with a target, compute_ms, memory_ms, time_ms, bound ("compute"/"memory", "-" for a layer with no FLOPs and no bytes) and fused.
 
     Raises:
         InputError: unknown precision or target.
@@ -170,7 +170,8 @@ def inspect_model(model: onnx.ModelProto, target: Optional[str] = None, precisio
             compute = flops / peak * 1e3
             memory = total_bytes / profile.peak_bandwidth * 1e3
             layer.update({"compute_ms": compute, "memory_ms": memory, "time_ms": max(compute, memory),
-                          "bound": "compute" if compute >= memory else "memory"})
+                          "bound": "-" if not flops and not total_bytes else "compute" if compute >= memory
+                          else "memory"})  # a Reshape moves and computes nothing: bound by neither
         layers.append(layer)
 
     totals = _totals(model, layers, shapes, const, elem)

@@ -137,6 +137,29 @@ def _looks_like_text(data: bytes) -> bool:
     return printable / max(1, len(head)) > 0.95
 
 
+def _foreign_format(data: bytes, path: Path) -> Optional[InputError]:
+    """The error for a file that is recognisably something else than ONNX (no ONNX file starts with these bytes):
+    a PyTorch checkpoint (a zip holding data.pkl, or a legacy pickle), another zip, a gzip/tar archive."""
+    export = (f"export it to ONNX first: edgesqueeze export net.py:make_model --weights {path.name} "
+              f"--input 1x3x224x224 -o net.onnx")
+    if data[:4] == b"PK\x03\x04":
+        if b"data.pkl" in data[:1 << 16] or path.suffix.lower() in (".pt", ".pth"):
+            return InputError("this is a PyTorch checkpoint (torch.save zip), not an ONNX model", path=str(path),
+                              hint=export)
+        return InputError("this is a zip archive, not an ONNX model", path=str(path),
+                          hint="unzip it and give the .onnx file inside")
+    if data[:1] == b"\x80" and data[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return InputError("this is a Python pickle (a legacy PyTorch checkpoint?), not an ONNX model",
+                          path=str(path), hint=export)
+    if data[:2] == b"\x1f\x8b":
+        return InputError("this is a gzip-compressed file (a .tar.gz archive, e.g. a bundle), not an ONNX model",
+                          path=str(path), hint=f"extract it first (tar xzf {path.name}) and give the .onnx inside")
+    if len(data) > 262 and data[257:262] == b"ustar":
+        return InputError("this is a tar archive, not an ONNX model", path=str(path),
+                          hint=f"extract it first (tar xf {path.name}) and give the .onnx inside")
+    return None
+
+
 def _parse_bytes(path: Path) -> Tuple[ModelProto, bytes]:
     """Parse ``path``; return the model and the file's bytes (reused by the checker and shape inference)."""
     if not path.exists():
@@ -149,6 +172,9 @@ def _parse_bytes(path: Path) -> Tuple[ModelProto, bytes]:
         raise InputError(f"cannot read the file: {exc.strerror}", path=str(path)) from exc
     if not data:
         raise InputError("the file is empty, expected an ONNX model", path=str(path))
+    foreign = _foreign_format(data, path)
+    if foreign is not None:
+        raise foreign
     model = ModelProto()
     try:
         model.ParseFromString(data)
@@ -284,6 +310,24 @@ def _pin_shapes(model: ModelProto, shapes: Dict[str, List[int]]) -> bool:
     return changed
 
 
+def nonfinite_initializers(model: ModelProto) -> List[Tuple[str, str]]:
+    """``(name, "NaN" | "Inf")`` of the floating-point initializers that hold NaN (listed first) or Inf: the usual
+    cause of a model whose outputs are NaN for any input (an Inf alone may be deliberate: attention masks)."""
+    nan, inf = [], []
+    for t in _get_all_tensors(model):
+        if t.data_location == onnx.TensorProto.EXTERNAL or t.data_type not in _FLOAT_TYPES:
+            continue
+        a = onnx.numpy_helper.to_array(t)
+        if np.isnan(a).any():
+            nan.append((t.name, "NaN"))
+        elif np.isinf(a).any():
+            inf.append((t.name, "Inf"))
+    return nan + inf
+
+
+_FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16)
+
+
 # ----------------------------------------------------------------------------- dynamic dimensions
 # A model keeps its symbolic dimensions through every stage; where a check needs numbers (verification feeds,
 # random data, the roofline) they come, per input, from --input, else the data given, else these rules:
@@ -324,6 +368,12 @@ def _resolve_input(vi: onnx.ValueInfoProto, imgsz: Optional[List[int]], path: Op
     if not dims:
         raise InputError("the input has no shape, so a concrete shape for checks is unknown", path=path,
                          tensor=vi.name, hint=f"give one, e.g. --input {_suggest(vi.name, [])}")
+    zero = [i for i, d in enumerate(vi.type.tensor_type.shape.dim) if d.HasField("dim_value") and d.dim_value == 0]
+    if zero:
+        raise InputError(f"axis {zero[0]} of input shape {format_shape(dims).replace('?', '0')} is zero-sized (dim_value "
+                         f"0): such an input holds no data", path=path, tensor=vi.name,
+                         hint=f"re-export the model with real sizes, or give them with --input "
+                              f"{_suggest(vi.name, dims)}")
     out, why = [], []
     for i, d in enumerate(dims):
         label = f"'{d}'" if d else f"{i}"

@@ -82,7 +82,9 @@ def test_inspect_cli_json_on_light_resnet(cli, light_models_dir):
     assert code == 0, err
     r = json.loads(out)
     assert r["target"] == "tx2" and r["totals"]["macs"] / 1e9 == pytest.approx(4.09, rel=0.01)
-    assert {l["bound"] for l in r["layers"]} == {"compute", "memory"}
+    assert {l["bound"] for l in r["layers"]} - {"-"} == {"compute", "memory"}
+    assert all(not l["flops"] and not (l["weight_bytes"] + l["act_in_bytes"] + l["act_out_bytes"])
+               for l in r["layers"] if l["bound"] == "-")  # issue 17: a layer that moves nothing is bound by neither
 
 
 def test_predicted_latency_adds_launch_overhead_per_executed_layer():

@@ -19,9 +19,19 @@ def _plt():
 def label(result: dict, run: Optional[dict] = None, index: Optional[int] = None) -> str:
     """A short label: ``[i: ]model backend/precision @device [bN]`` (``index``: the run number in a report,
     which tells apart two results with the same model name, e.g. one model's bundles for two targets)."""
-    b = result["backend"]
-    text = f"{result['model']['name']} {b['name']}/{b.get('precision') or '?'} @{result['device']['profile']}"
+    text = f"{result['model']['name']} {setup_label(result)}"
     return (f"{index}: " if index is not None else "") + text + (f" b{run['batch']}" if run is not None else "")
+
+
+def setup_label(result: dict) -> str:
+    """``backend/precision @device``, leaving out what the result does not know: a trtexec import that holds
+    neither precision nor device is "trtexec import", not "trtexec/unknown @unknown"."""
+    b, dev = result["backend"], result["device"].get("profile")
+    known = [v for v in (b.get("precision"), dev) if v and v != "unknown"]
+    if b["name"] == "trtexec" and not known:
+        return "trtexec import"
+    prec = b.get("precision") if b.get("precision") not in (None, "unknown") else "?"
+    return f"{b['name']}/{prec}" + (f" @{dev}" if dev and dev != "unknown" else "")
 
 
 def _save(fig, path: Path) -> Path:
@@ -40,8 +50,12 @@ def latency_plot(results: List[dict], path) -> Path:
     lo = max(1e-6, min(float(s.min()) for _, s in runs))
     hi = max(float(s.max()) for _, s in runs)
     bins = np.geomspace(lo, hi * 1.001 if hi > lo else lo * 1.01, 80)  # log bins: the tail stays visible
+    outline = len(runs) > 3  # filled bars of more than three runs hide each other: step outlines stay readable
     for name, s in runs:
-        ax_h.hist(s, bins=bins, alpha=0.55, label=name)
+        if outline:
+            ax_h.hist(s, bins=bins, histtype="step", lw=1.2, label=name)
+        else:
+            ax_h.hist(s, bins=bins, alpha=0.55, label=name)
         xs = np.sort(s)
         ax_c.plot(xs, np.arange(1, xs.size + 1) / xs.size, label=name)
         for q, ls in ((50, ":"), (99, "--")):
@@ -130,8 +144,10 @@ def roofline_plot(results: List[dict], path) -> Optional[Path]:
         ax.plot(x, y, lw=1.5, label=f"{dev} {prec}: {rf['peak_gflops']:.0f} GFLOP/s, {rf['peak_gbs']:.0f} GB/s"
                                     f"{unverified}")
         ax.axvline(rf["ridge_flop_per_byte"], color=ax.lines[-1].get_color(), ls=":", lw=0.8)
-    for name, rf in points:
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for k, (name, rf) in enumerate(points):  # dots take the colours after the roofs', so none shares a roof's
         ax.scatter([rf["intensity_flop_per_byte"]], [rf["achieved_gflops"]], zorder=3,
+                   color=cycle[(len(roofs) + k) % len(cycle)], edgecolors="black",
                    label=f"{name}: {rf['achieved_gflops']:.3g} GFLOP/s ({rf['fraction_of_attainable']:.0%} of roof, "
                          f"{rf['bound']}-bound)")
     ax.set_xscale("log")
@@ -148,10 +164,11 @@ def roofline_plot(results: List[dict], path) -> Optional[Path]:
 
 
 def log_plot(samples: List[dict], path, interval_ms: float = 1000.0, title: str = "") -> Path:
-    """Plot a parsed tegrastats log: total and per-rail power, EMC and GPU load (time = line x interval)."""
+    """Plot a parsed tegrastats log: total and per-rail power, EMC and GPU load (time from the lines' timestamps
+    when every line has one, else line number x interval)."""
     plt = _plt()
     fig, (ax_p, ax_l) = plt.subplots(2, 1, figsize=(10, 6), sharex=True, gridspec_kw={"height_ratios": [3, 2]})
-    t = np.arange(len(samples)) * interval_ms / 1000.0
+    t, xlabel = log_times(samples, interval_ms)
     total = [s.get("total_mw") for s in samples]
     if any(v is not None for v in total):
         src = next((s["total_source"] for s in samples if s.get("total_source")), "total")
@@ -168,7 +185,7 @@ def log_plot(samples: List[dict], path, interval_ms: float = 1000.0, title: str 
     for key, name in (("emc", "EMC load %"), ("gpu", "GPU (GR3D) load %")):
         ax_l.plot(t, [s[key]["load_pct"] if s.get(key) else np.nan for s in samples], lw=1.0, label=name)
     ax_l.set_ylabel("load (%)")
-    ax_l.set_xlabel(f"time (s; line number x {interval_ms:g} ms interval)")
+    ax_l.set_xlabel(xlabel)
     ax_l.set_ylim(0, 100)
     ax_l.grid(True, alpha=0.3)
     ax_l.legend(fontsize=7, loc="best")
@@ -176,3 +193,18 @@ def log_plot(samples: List[dict], path, interval_ms: float = 1000.0, title: str 
     out = _save(fig, Path(path))
     plt.close(fig)
     return out
+
+
+def log_times(samples: List[dict], interval_ms: float):
+    """Seconds since the first sample, and the axis label: from the log's own ``MM-DD-YYYY HH:MM:SS`` stamps when
+    every sample has one (a stalled or restarted tegrastats shows as a gap), else line number x interval."""
+    from datetime import datetime
+
+    try:
+        stamps = [datetime.strptime(s["timestamp"], "%m-%d-%Y %H:%M:%S") for s in samples]
+    except (KeyError, TypeError, ValueError):
+        stamps = []
+    if stamps:
+        return (np.array([(x - stamps[0]).total_seconds() for x in stamps]),
+                "time (s since the log's first timestamp)")
+    return np.arange(len(samples)) * interval_ms / 1000.0, f"time (s; line number x {interval_ms:g} ms interval)"

@@ -26,6 +26,10 @@ class TegrastatsProbe(PowerProbe):
     def __init__(self, interval_ms: float = 100.0, command: Optional[Sequence[str]] = None) -> None:
         super().__init__()
         self.interval_ms = interval_ms
+        self.raw: List[str] = []
+        self.skipped = 0
+        self._proc: Optional[subprocess.Popen] = None
+        self._thread: Optional[threading.Thread] = None
         exe = shutil.which("tegrastats")
         if command is None and exe is None:
             self.reason = "tegrastats not found on PATH (not a Jetson)"
@@ -33,10 +37,6 @@ class TegrastatsProbe(PowerProbe):
         self.command: List[str] = list(command) if command else [exe, "--interval", str(int(interval_ms))]
         self.available = True
         self.reason = f"{' '.join(self.command)}"
-        self.raw: List[str] = []
-        self.skipped = 0
-        self._proc: Optional[subprocess.Popen] = None
-        self._thread: Optional[threading.Thread] = None
 
     def start(self, sink: Callable[[dict], None]) -> None:
         try:
@@ -83,6 +83,6 @@ class TegrastatsProbe(PowerProbe):
 
     def describe(self) -> dict:
         d = super().describe()
-        d["raw"] = list(getattr(self, "raw", []))
-        d["skipped_lines"] = getattr(self, "skipped", 0)
+        d["raw"] = list(self.raw)
+        d["skipped_lines"] = self.skipped
         return d

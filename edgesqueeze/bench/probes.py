@@ -12,7 +12,7 @@ import threading
 import time
 from typing import List, Optional
 
-from ..errors import InputError
+from ..errors import DeviceError, InputError
 from .ina3221 import Ina3221Probe
 from .nvml import NvmlProbe
 from .probe_base import NullProbe, PowerProbe
@@ -96,11 +96,11 @@ class PowerSampler:
 def select_probe(kind: str = "auto", *, sysfs_root: str = "/sys", interval_ms: float = 100.0) -> PowerProbe:
     """Return the probe for ``kind``; ``auto`` tries tegrastats, INA3221 sysfs, NVML, RAPL in that order.
 
-    An explicitly requested probe that cannot work is returned unavailable with its reason (the results
-    say why); ``auto`` with nothing available returns a :class:`NullProbe` listing every reason.
+    ``auto`` with nothing available returns a :class:`NullProbe` listing every reason.
 
     Raises:
         InputError: unknown probe name.
+        DeviceError: an explicitly requested probe cannot work here (the message names it and says why).
     """
     kind = (kind or "auto").lower()
     if kind not in PROBES:
@@ -112,6 +112,9 @@ def select_probe(kind: str = "auto", *, sysfs_root: str = "/sys", interval_ms: f
               "nvml": NvmlProbe, "rapl": lambda: RaplProbe(sysfs_root)}
     if kind != "auto":
         probe = makers[kind]()
+        if not probe.available:
+            raise DeviceError(f"power probe '{kind}' is not available here: {probe.reason}",
+                              hint="use --power auto to measure with whatever this machine has, or --power none")
         probe.interval_ms = interval_ms
         return probe
     reasons = []

@@ -139,7 +139,7 @@ def _markdown(results: Sequence[dict], plots: Dict[str, Optional[str]], plot_not
                 if ref is None:
                     continue
                 ratio = (x["mj_per_inf"] / ref["mj_per_inf"]) if x["mj_per_inf"] and ref["mj_per_inf"] else None
-                out.append(f"| {i}: {x['model']} {x['backend']}/{x['precision']} @{x['device']} | {x['shape'] or x['batch']} | "
+                out.append(f"| {i}: {x['model']} {P.setup_label(r)} | {x['shape'] or x['batch']} | "
                            f"{ref['median_ms'] / x['median_ms']:.2f}x | {_f(ratio, '{:.2f}x')} |")
         out.append("")
     out += _slowest_layers(results)

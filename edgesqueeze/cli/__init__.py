@@ -15,7 +15,7 @@ from typing import List, Optional
 import click
 
 from .. import __version__
-from ..errors import EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, EdgeSqueezeError
+from ..errors import EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, EdgeSqueezeError, did_you_mean
 
 # verb -> module in edgesqueeze.cli (in the order --help lists them); each module defines `command`
 COMMANDS = {
@@ -55,6 +55,11 @@ class LazyGroup(click.Group):
         if mod is None or not _module_exists(mod):
             return None
         return importlib.import_module(f"{__name__}.{mod}").command
+
+    def resolve_command(self, ctx: click.Context, args: List[str]):
+        if args and not args[0].startswith("-") and self.get_command(ctx, args[0]) is None:
+            ctx.fail(f"no such command '{args[0]}'{did_you_mean(args[0], self.list_commands(ctx))}")
+        return super().resolve_command(ctx, args)
 
 
 def _module_exists(mod: str) -> bool:

@@ -94,7 +94,7 @@ def command(model, target, precision, calib, calib_method, percentile, keep, sen
     from ..pipeline import build
 
     if not target:
-        raise InputError("--target is required", hint="see 'edgesqueeze devices' for the names")
+        raise click.UsageError("Missing option '-t' / '--target' (see 'edgesqueeze devices' for the names).")
     summary = build(model, target, output, precision=precision, calib=calib, sparsity=sparsity, val=val,
                     input_shapes=list(input_shapes) or None, static=static, archive=archive,
                     passes=split_names(passes) or None,
@@ -161,8 +161,10 @@ def format_summary(s: dict) -> str:
             f"top-1 (val{', n=' + str(n) if n else ''})", "max rel err vs input"]
     lines = [f"built {s['bundle'].rstrip('/')}/ for {s['target']}: precision {s['precision']}"
              + (f" (asked: {s['requested_precision']})" if s["requested_precision"] != s["precision"] else ""),
-             "", table(rows, head, "lrrrr"), "", "* = deploy model (runs on onnxruntime; the device's TensorRT engine "
-             "comes from build_engine.sh)"]
+             "", table(rows, head, "lrrrr"), "", "* = deploy model (runs on onnxruntime" +
+             ("; the device's TensorRT engine comes from build_engine.sh)" if s.get("engine_script") else ")")]
+    if s.get("device_runtime"):
+        lines += [f"device: {s['device_runtime']}"]
     stages = s.get("stages", {})
     skipped = [f"{k}: {v.get('reason')}" for k, v in stages.items() if v.get("status") == "skipped"]
     if skipped:

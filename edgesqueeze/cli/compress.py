@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import click
 
+from ..errors import VerificationError
 from ..fileio import check_writable, refuse_overwrite
-from .common import emit, info, input_shape_option, json_option, output_option, static_option, table
+from .common import emit, info, input_shape_option, json_option, output_option, static_option, table, warn
 
 
 def _bits(text):
@@ -42,23 +43,29 @@ def _bits(text):
               help="With --share: share each layer's bias too, with this many bits.")
 @click.option("--val", default=None, metavar="DATA",
               help="Labelled validation data (.npz with the input arrays and 'label') for top-1 before/after.")
+@click.option("--max-drop", "max_drop", type=click.FloatRange(0, 100), default=1.0, show_default=True,
+              metavar="POINTS", help="With --val: warn (naming the step) when a compression step loses more top-1 "
+                                     "points.")
+@click.option("--strict", is_flag=True, help="With --val: a loss over --max-drop is an error (exit 7), no output.")
 @input_shape_option
 @static_option
 @output_option(help="Compressed .onnx to write.")
 @json_option
 def command(model, sparsity, prune, prune_scope, prune_std, channels, channel_multiple, low_rank_energy,
-            rank_ratio, low_rank_spatial, share, share_bias, val, input_shapes, static, output,
+            rank_ratio, low_rank_spatial, share, share_bias, val, max_drop, strict, input_shapes, static, output,
             as_json):
     """Compress MODEL's weights; the result runs on onnxruntime like the original.
 
     Techniques combine and run in a fixed order: channels, low-rank, prune, 2:4, share.
     Without --val the report still shows how far the outputs moved on seeded random inputs.
     Symbolic input dims are kept (--input gives the shapes of that check; --static pins them).
+    With --val, a step that loses more than --max-drop top-1 points is named in a warning (--strict: exit 7).
 
     \b
     Examples:
       edgesqueeze compress net.onnx --sparsity 2:4 -o net.sparse.onnx
       edgesqueeze compress net.onnx --prune 0.8 --share 8,5 --val val.npz -o net.small.onnx
+      edgesqueeze compress net.onnx --prune 0.9 --val val.npz --max-drop 2 --strict -o net.small.onnx
       edgesqueeze compress net.onnx --channels 0.3 --channel-multiple 8 -o net.thin.onnx
       edgesqueeze compress net.onnx --low-rank 0.9 --low-rank-spatial --json -o net.lr.onnx
     """
@@ -78,10 +85,37 @@ def command(model, sparsity, prune, prune_scope, prune_std, channels, channel_mu
                            channels=channels, channel_multiple=channel_multiple, low_rank_energy=low_rank_energy,
                            rank_ratio=rank_ratio, low_rank_spatial=low_rank_spatial, share=_bits(share),
                            share_bias=share_bias, val=reader, shapes=shapes)
+    report["warnings"] = accuracy_warnings(report.get("accuracy"), report.get("accuracy_steps"), max_drop / 100)
+    if report["warnings"] and strict:
+        raise VerificationError(f"{report['warnings'][0]} (--strict: {output} not written)", path=str(model),
+                                hint=f"the limit is --max-drop {max_drop:g} points")
+    for w in report["warnings"]:
+        warn(w)
     save_model(out, output, inputs=(model, val))
     info(f"wrote {output}")
     report["output"] = str(output)
     emit(report, as_json, _text)
+
+
+def accuracy_warnings(acc, steps, max_drop: float) -> list:
+    """Warnings naming each compression step that lost more than ``max_drop`` (a fraction) of top-1, and the whole
+    compression when no single step did but together they did. ``acc``/``steps``: the report's ``accuracy`` and
+    ``accuracy_steps``."""
+    from ..pipeline.support import top1_loss
+
+    if not acc or acc.get("before") is None:
+        return []
+    out, prev = [], acc["before"]
+    for s in steps:
+        lost = top1_loss(prev, s["top1"], max_drop)
+        if lost:
+            out.append(f"compression step '{s['step']}' loses {lost}")
+        prev = s["top1"]
+    lost = top1_loss(acc["before"], acc["after"], max_drop)
+    if lost and not out:
+        out.append(f"the compressed model loses {lost} over the input ("
+                   f"steps {' -> '.join(s['step'] for s in steps)})")
+    return out
 
 
 def _text(report) -> str:

@@ -35,7 +35,7 @@ def check(arch, trt_include, as_json):
     sm_75 and newer use nvcc from the PATH; older architectures (Nano sm_53, TX2 sm_62, Xavier sm_72) use CUDA 12
     NVRTC and ptxas from PyPI (pip install "cuda-bindings<13" nvidia-cuda-nvrtc-cu12 nvidia-cuda-runtime-cu12
     nvidia-cuda-nvcc-cu12). Reports registers, spills and shared memory per kernel. Exit code 7 when a compile fails,
-    5 when no compiler here targets an architecture.
+    5 when those NVRTC wheels are not installed, 4 when no compiler can target an architecture (sm_32: TK1).
 
     \b
     Examples:

@@ -9,6 +9,9 @@ from ..errors import InputError
 from .common import emit, info, json_option, table, target_option, warn
 
 
+_TEGRASTATS_FIELDS = ("ram", "rails", "cpu", "emc", "gpu", "total_mw")
+
+
 def _read_log(path, strict: bool = False) -> dict:
     from ..bench.tegrastats import parse_log
 
@@ -21,9 +24,16 @@ def _read_log(path, strict: bool = False) -> dict:
         parsed = parse_log(text, strict=strict)
     except InputError as exc:
         raise InputError(exc.message, path=str(p)) from exc
-    if not parsed["samples"]:
-        raise InputError(f"no tegrastats line in {parsed['lines']} line(s)", path=str(p),
+    # the line parser is lenient (a word such as "IR 10" reads as an engine clock): a line is a tegrastats
+    # sample only when it holds one of tegrastats' own fields, and a log is one only when most lines are
+    real = [x for x in parsed["samples"] if any(x.get(k) for k in _TEGRASTATS_FIELDS)]
+    if not real or len(real) < parsed["lines"] / 2:
+        what = (f"no tegrastats line in {parsed['lines']} line(s)" if not real else
+                f"not a tegrastats log: only {len(real)} of {parsed['lines']} lines are tegrastats lines")
+        raise InputError(what, path=str(p),
                          hint="record one with: tegrastats --interval 100 --logfile tegrastats.log")
+    parsed["skipped"] += len(parsed["samples"]) - len(real)
+    parsed["samples"] = real
     return parsed
 
 

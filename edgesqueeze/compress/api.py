@@ -45,7 +45,8 @@ def compress(model: ModelProto, *, sparsity: Optional[str] = None, prune: Option
 
     Returns:
         ``(model, report)``: the report holds each step's report, the output change on seeded random inputs,
-        and ``accuracy`` {"before", "after", "n"} when ``val`` has labels.
+        and ``accuracy`` {"before", "after"} when ``val`` is given (top-1 is None without labels), with
+        ``accuracy_steps`` [{"step", "top1"}, ...]: the top-1 after each step, so a loss is put where it happened.
 
     Raises:
         InputError: no technique requested, or a bad option value.
@@ -70,9 +71,11 @@ def compress(model: ModelProto, *, sparsity: Optional[str] = None, prune: Option
     if not steps:
         raise InputError("nothing to do: give --sparsity 2:4, --prune, --channels, --low-rank or --share")
     _require_stored_weights(model)
-    out, reports = model, {}
+    out, reports, step_top1 = model, {}, []
     for name, fn in steps:
         out, reports[name] = fn(out)
+        if val is not None and len(steps) > 1:
+            step_top1.append({"step": name, "top1": top1(out, val)})
     report = {"steps": [s for s, _ in steps], "reports": reports,
               "params_before": _params(model), "params_after": _params(out),
               "nonzero_before": _nonzero(model), "nonzero_after": _nonzero(out),
@@ -86,7 +89,10 @@ def compress(model: ModelProto, *, sparsity: Optional[str] = None, prune: Option
     else:  # the input runs, so the compressed model must run too (an error here is a bug, not the user's)
         report["output_change"] = compare_outputs(before, run_model(out, feeds))
     if val is not None:
-        report["accuracy"] = {"before": top1(model, val), "after": top1(out, val)}
+        before = top1(model, val)
+        after = step_top1[-1]["top1"] if step_top1 else top1(out, val)
+        report["accuracy"] = {"before": before, "after": after}
+        report["accuracy_steps"] = step_top1 or [{"step": steps[0][0], "top1": after}]
     return out, report
 
 

@@ -16,7 +16,7 @@ from typing import Dict, List, Optional
 
 from packaging.version import Version
 
-from ..errors import InputError, UnsupportedError
+from ..errors import InputError, UnsupportedError, did_you_mean
 from ..precision import PRECISIONS
 
 
@@ -320,13 +320,26 @@ def get_profile(name: str) -> DeviceProfile:
     if isinstance(name, DeviceProfile):
         return name
     key = str(name).strip().lower().replace("_", "-")
-    aliases = {"jetson-nano": "nano", "xaviernx": "xavier-nx", "agxorin": "agx-orin", "orin": "agx-orin",
-               "xavier": "agx-xavier", "host": "cpu"}
-    key = aliases.get(key, key)
+    key = TARGET_ALIASES.get(key, key)
     if key == "cpu":
         return cpu_profile()
     profiles = _load_profiles()
     if key not in profiles:
-        raise InputError(f"unknown target '{name}'; known targets: {', '.join(profile_names())}",
-                         hint="edgesqueeze devices lists them")
+        raise _unknown_target(name, key, list(profiles))
     return profiles[key]
+
+
+# spellings that name exactly one board; a family name ("orin", "xavier") names several and is refused
+TARGET_ALIASES = {"jetson-nano": "nano", "xaviernx": "xavier-nx", "agxorin": "agx-orin", "host": "cpu"}
+
+
+def _unknown_target(name: str, key: str, names: List[str]) -> InputError:
+    """The error for a target that is no profile: ambiguous (a family name: every board it could be is listed) or
+    unknown (with a did-you-mean for a misspelling)."""
+    family = [n for n in names if key in n.split("-") or key.replace("-", "") == n.replace("-", "")]
+    if len(family) > 1:
+        return InputError(f"ambiguous target '{name}': it could be {', '.join(family)}",
+                          hint="name the board: they differ in memory bandwidth, DLA count and peak throughput")
+    maybe = f" (did you mean {family[0]}?)" if family else did_you_mean(key, names + ["cpu"] + list(TARGET_ALIASES))
+    return InputError(f"unknown target '{name}'{maybe}; "
+                      f"known targets: {', '.join(names + ['cpu'])}", hint="edgesqueeze devices lists them")

@@ -23,7 +23,7 @@ from .profiles import resolve_profile
 from .progress import CountingReader
 from .state import DONE, SKIPPED, BuildState, StageRecord
 from .support import (DWSEP_PASS, accuracy_note, accuracy_warnings, cache_text, check_feeds, check_runs,
-                      compat_function,
+                      compat_function, device_runtime, engine_skip_reason,
                       finish_models, first_real_feed, inputs_json, local_engine, make_compatible, manifest_accuracy,
                       manifest_compat, predicted_ms, run_optimizer, shapes_json, strongly_typed_int8)
 from .support import validate as compare_models
@@ -180,7 +180,7 @@ def engine(state: BuildState, options: BuildOptions) -> StageRecord:
         info = local_engine(state.models[options.deploy_kind], options.precision.value, profile, state.cache_text,
                             state.check_feeds)
     else:
-        info = {"status": SKIPPED, "reason": options.trt_reason or f"{profile.name} has no TensorRT"}
+        info = {"status": SKIPPED, "reason": engine_skip_reason(profile, options.trt_reason)}
     return StageRecord.from_info("engine", info, info.get("note", info.get("reason", "")))
 
 
@@ -193,6 +193,8 @@ def bundle(state: BuildState, options: BuildOptions) -> StageRecord:
         "passes": state.records["optimize"].payload.get("passes"), "skip_passes": sorted(options.skip_passes),
         "dla": options.dla, "workspace_mib": int(options.workspace_mib),
         "input_shapes": shapes_json(options.input_shapes), "validation": manifest_accuracy(state.accuracy)}
+    if device_runtime(profile):
+        manifest_options["device_runtime"] = device_runtime(profile)
     manifest, script = assemble_bundle(
         options.out_dir, profile=profile, precision=options.precision.value, models=state.models,
         deploy=options.deploy_kind, source=state.source, options=manifest_options, versions=versions(),
@@ -210,7 +212,8 @@ def bundle(state: BuildState, options: BuildOptions) -> StageRecord:
                        summary={"archive": str(archive) if archive else None,
                                 "signature": str(signature) if signature else None,
                                 "deploy_model": manifest["models"]["deploy"], "engine_script": script,
-                                "sizes": sizes, "models": dict(manifest["models"]), "files": len(files)})
+                                "sizes": sizes, "models": dict(manifest["models"]), "files": len(files),
+                                "device_runtime": device_runtime(profile)})
 
 
 STAGES = [load, optimize, compress, quantize, compat, validate, engine, bundle]

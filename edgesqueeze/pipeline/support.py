@@ -18,7 +18,7 @@ from ..compat import make_target_compatible, onnx_version_of
 from ..data import open_data
 from ..errors import InputError, UnsupportedError, VerificationError
 from ..inspect import inspect_model
-from ..model import input_specs, random_feeds
+from ..model import input_specs, nonfinite_initializers, random_feeds
 from ..ortutil import compare_outputs, make_session, run_model
 from ..passes import optimize as run_passes
 from ..passes import resolve_passes
@@ -45,6 +45,26 @@ def local_trt_reason() -> Optional[str]:
     if shutil.which("nvidia-smi") is None:
         return "no NVIDIA GPU here (nvidia-smi not found)"
     return None
+
+
+def engine_skip_reason(profile, trt_reason: Optional[str]) -> str:
+    """Why the engine stage builds no local engine: the target's own lack of TensorRT comes first (installing
+    TensorRT here would not help a TK1), else ``trt_reason`` (this machine's)."""
+    if not profile.has_tensorrt:
+        cc = f" (compute capability {profile.compute_capability}; TensorRT needs 5.0+)" if profile.compute_capability \
+            else ""
+        return f"{profile.name} has no TensorRT{cc}: no engine, and the bundle has no build_engine.sh"
+    return trt_reason or "no local engine"
+
+
+def device_runtime(profile) -> Optional[str]:
+    """Whether a bundle can run on the target board itself, when that is in doubt (a Jetson without TensorRT and
+    without a supported Python, such as the TK1); None for every other target."""
+    if profile.kind != "jetson" or profile.has_tensorrt or profile.python:
+        return None
+    return (f"this bundle does not run on the {profile.display_name} itself: it has no TensorRT, and "
+            f"run_on_device.py needs Python 3.6+ with onnxruntime, which has no build for its L4T {profile.l4t} "
+            f"(32-bit ARM) userland; use the bundle for analysis and latency prediction, or run the model elsewhere")
 
 
 def check_feeds(model: onnx.ModelProto, shapes, data_specs) -> Dict[str, "object"]:
@@ -131,6 +151,11 @@ def finish_models(models: Dict[str, onnx.ModelProto], feeds=None, random=None) -
         bad = [o.name for o, r in zip(session.get_outputs(), result)
                if np.issubdtype(np.asarray(r).dtype, np.floating) and not np.all(np.isfinite(r))]
         if bad:
+            weights = nonfinite_initializers(m)
+            if weights:
+                raise VerificationError(f"the {kind} model gives NaN/Inf on {what}: {weights[0][1]} in initializer "
+                                        f"'{weights[0][0]}' ({len(weights)} non-finite initializer(s))", tensor=bad[0],
+                                        hint="the weights are broken: re-export from a finite checkpoint")
             raise VerificationError(f"the {kind} model gives NaN/Inf on {what}", tensor=bad[0],
                                     hint="a Log, Sqrt or division of arbitrary inputs? give real data with --calib "
                                          "or --val, or build from a model that is finite for any input")
@@ -214,7 +239,8 @@ _ADVICE = {"int8_qdq": "try --method minmax or percentile, more calibration data
            "fp16": "keep the layers that overflow in FP32 with --keep, or use --precision fp32"}
 
 
-def _step_loss(before: Optional[float], after: Optional[float], max_drop: float) -> Optional[str]:
+def top1_loss(before: Optional[float], after: Optional[float], max_drop: float) -> Optional[str]:
+    """Describe a top-1 loss larger than ``max_drop`` (fractions) as "N top-1 points (a% -> b%)"; None otherwise."""
     if before is None or after is None or before - after <= max_drop:
         return None
     return f"{100 * (before - after):.2f} top-1 points ({100 * before:.2f}% -> {100 * after:.2f}%)"
@@ -233,10 +259,10 @@ def accuracy_warnings(acc: dict, deploy_kind: str, max_drop: float = 0.01,
     ref = acc.get("reference_top1")
     if ref is not None and deploy.get("top1") is not None:
         out = []
-        lost = _step_loss(ref, fp32.get("top1"), max_drop)
+        lost = top1_loss(ref, fp32.get("top1"), max_drop)
         if lost:
             out.append(f"the optimized fp32 model loses {lost}: {fp32_cause} lost it")
-        lost = _step_loss(fp32.get("top1", ref), deploy["top1"], max_drop) if deploy_kind != "fp32" else None
+        lost = top1_loss(fp32.get("top1", ref), deploy["top1"], max_drop) if deploy_kind != "fp32" else None
         if lost:
             out.append(f"quantizing to {deploy_kind} loses {lost} over the fp32 model: {_ADVICE[deploy_kind]}")
         return out
