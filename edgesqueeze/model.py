@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import stat
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -129,6 +130,36 @@ def iter_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
 
 
 # ----------------------------------------------------------------------------- loading
+def regular_file_size(path: PathLike, what: str = "an .onnx file") -> int:
+    """Return the size of the regular file ``path``, checked with ``stat`` before anything opens it.
+
+    A FIFO would block a reader forever and a device (``/dev/zero``) would be read until memory runs out.
+
+    Raises:
+        InputError: ``path`` is missing, a directory, or not a regular file (FIFO, device, socket).
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise InputError("no such file", path=str(path)) from None
+    except OSError as exc:
+        raise InputError(f"cannot read the file: {exc.strerror}", path=str(path)) from exc
+    if stat.S_ISDIR(st.st_mode):
+        raise InputError(f"is a directory, expected {what}", path=str(path))
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError(f"not a regular file (a FIFO, device or socket), expected {what}", path=str(path))
+    return int(st.st_size)
+
+
+def _check_model_size(path: Path) -> None:
+    """Refuse an input model file that protobuf cannot parse (over 2 GB), before reading it."""
+    size = regular_file_size(path)
+    if size > _TWO_GB:
+        raise InputError(f"the file holds {size} bytes; one ONNX protobuf is limited to 2 GB",
+                         path=str(path), hint="save the weights as external data (onnx.save_model(..., "
+                                              "save_as_external_data=True)) and load that model")
+
+
 def _looks_like_text(data: bytes) -> bool:
     if data[:1] == b"\x08":  # an ONNX ModelProto starts with field 1 (ir_version, varint): not text
         return False
@@ -139,10 +170,7 @@ def _looks_like_text(data: bytes) -> bool:
 
 def _parse_bytes(path: Path) -> Tuple[ModelProto, bytes]:
     """Parse ``path``; return the model and the file's bytes (reused by the checker and shape inference)."""
-    if not path.exists():
-        raise InputError("no such file", path=str(path))
-    if path.is_dir():
-        raise InputError("is a directory, expected an .onnx file", path=str(path))
+    _check_model_size(path)
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -181,6 +209,7 @@ def _resolve_external_data(model: ModelProto, path: Path) -> None:
         if not loc or not full.exists():
             raise InputError(f"external data file '{loc}' is missing", path=str(path), tensor=t.name,
                              hint=f"it must sit next to the model in {base}")
+        regular_file_size(full, "an external-data file")
     if needed:
         try:
             load_external_data_for_model(model, str(base))
