@@ -270,6 +270,16 @@ def _check(model: ModelProto, path: Path, data: Optional[bytes] = None) -> Optio
     return inferred
 
 
+def _check_corrupt(model: ModelProto, path: Path, data: Optional[bytes]) -> Optional[ModelProto]:
+    """:func:`_check`, where the checker's own failures on a corrupt file (bad UTF-8 in a name, a C++ error)
+    become an :class:`InputError` naming the file."""
+    try:
+        return _check(model, path, data)
+    except (UnicodeError, RuntimeError, ValueError, IndexError, OverflowError) as exc:
+        raise InputError(f"the ONNX checker cannot read the model, the file is corrupt: {type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else ''}", path=str(path)) from exc
+
+
 def _named_shapes(model: ModelProto, shapes: Optional[ShapeSpec], path: Optional[Path] = None) -> Dict[str, List[int]]:
     """``--input`` shapes keyed by input name, checked against the model (names, rank, fixed dims)."""
     inputs = graph_inputs(model)
@@ -465,7 +475,7 @@ def load_model(path: PathLike, input_shapes: Optional[ShapeSpec] = None, *, opse
         data = None  # the file's bytes no longer describe the model
     inferred = None
     if check:
-        inferred = _check(model, path, data)
+        inferred = _check_corrupt(model, path, data)
     elif not model.graph.output:
         raise InputError("the graph has no outputs", path=str(path))
     if opset is not None and 0 < opset_version(model) < opset:
