@@ -199,20 +199,25 @@ def _external_tensors(model: ModelProto):
             yield t
 
 
-def _resolve_external_data(model: ModelProto, path: Path) -> None:
-    base = path.parent
+def _check_external_files(model: ModelProto, path: Path) -> bool:
+    """Raise InputError naming the tensor whose external-data file is missing or not a regular file;
+    return whether the model has external data."""
     needed = False
     for t in _external_tensors(model):
         needed = True
         loc = {e.key: e.value for e in t.external_data}.get("location", "")
-        full = (base / loc).resolve()
+        full = (path.parent / loc).resolve()
         if not loc or not full.exists():
             raise InputError(f"external data file '{loc}' is missing", path=str(path), tensor=t.name,
-                             hint=f"it must sit next to the model in {base}")
+                             hint=f"it must sit next to the model in {path.parent}")
         regular_file_size(full, "an external-data file")
-    if needed:
+    return needed
+
+
+def _resolve_external_data(model: ModelProto, path: Path) -> None:
+    if _check_external_files(model, path):
         try:
-            load_external_data_for_model(model, str(base))
+            load_external_data_for_model(model, str(path.parent))
         except Exception as exc:
             raise InputError(f"cannot read external data: {exc}", path=str(path)) from exc
 
@@ -278,6 +283,35 @@ def _check_corrupt(model: ModelProto, path: Path, data: Optional[bytes]) -> Opti
     except (UnicodeError, RuntimeError, ValueError, IndexError, OverflowError) as exc:
         raise InputError(f"the ONNX checker cannot read the model, the file is corrupt: {type(exc).__name__}: "
                          f"{str(exc).splitlines()[0] if str(exc) else ''}", path=str(path)) from exc
+
+
+def _load_external(model: ModelProto, path: Path, data: bytes, check: bool) -> Optional[ModelProto]:
+    """Give ``model`` (parsed from ``data``, the file's bytes) its external data, checked.
+
+    Up to 2 GB the weights are loaded into ``model`` and it is checked like any model (returns None). Over 2 GB
+    nothing is serialised: the checker reads the path (``onnx.checker.check_model(path)``), shape inference
+    the file's own bytes (without weights), and the inferred model, given its weights, is returned.
+    """
+    files = {(path.parent / e.value).resolve() for t in _external_tensors(model) for e in t.external_data
+             if e.key == "location"}
+    _check_external_files(model, path)
+    if len(data) + sum(regular_file_size(f) for f in files) <= _TWO_GB:
+        _resolve_external_data(model, path)
+        return _check_corrupt(model, path, None) if check else None
+    if not model.graph.output:
+        raise InputError("the graph has no outputs", path=str(path))
+    try:
+        if check:
+            onnx.checker.check_model(str(path), full_check=True)
+    except onnx.checker.ValidationError as exc:
+        if "Field 'shape' of 'type' is required" not in str(exc):  # outputs without a shape are valid ONNX
+            raise InputError(f"the ONNX checker rejects the model: {str(exc).strip().splitlines()[0]}",
+                             path=str(path), node=_error_node(model, str(exc))) from exc
+    except (onnx.shape_inference.InferenceError, UnicodeError, RuntimeError, ValueError) as exc:
+        raise InputError(f"the ONNX checker cannot check the model: {exc}", path=str(path)) from exc
+    inferred = _infer_shapes_bytes(data, model)
+    _resolve_external_data(inferred, path)
+    return inferred
 
 
 def _named_shapes(model: ModelProto, shapes: Optional[ShapeSpec], path: Optional[Path] = None) -> Dict[str, List[int]]:
@@ -470,11 +504,12 @@ def load_model(path: PathLike, input_shapes: Optional[ShapeSpec] = None, *, opse
     """
     path = Path(path)
     model, data = _parse_bytes(path)
-    if next(_external_tensors(model), None) is not None:
-        _resolve_external_data(model, path)
-        data = None  # the file's bytes no longer describe the model
     inferred = None
-    if check:
+    if next(_external_tensors(model), None) is not None:
+        inferred = _load_external(model, path, data, check)
+        model = inferred if inferred is not None else model
+        data = None  # the file's bytes no longer describe the model
+    elif check:
         inferred = _check_corrupt(model, path, data)
     elif not model.graph.output:
         raise InputError("the graph has no outputs", path=str(path))
@@ -490,6 +525,8 @@ def load_model(path: PathLike, input_shapes: Optional[ShapeSpec] = None, *, opse
                          tensor=name, hint=f"pin it with --input {_suggest(name, dims)} --static")
     if data is not None:  # the model is still exactly the file: infer from its bytes, no re-serialisation
         return inferred if inferred is not None else _infer_shapes_bytes(data, model)
+    if inferred is not None:  # external data over 2 GB, unchanged: checked and inferred without its weights
+        return inferred
     if changed:
         del model.graph.value_info[:]
         for out in model.graph.output:
