@@ -100,6 +100,9 @@ class ArrayReader(DataReader):
             if not np.issubdtype(labels.dtype, np.integer):
                 raise InputError(f"labels must be integers (class indices), got {labels.dtype}", path=source,
                                  tensor="label")
+            if labels.shape[0] and int(labels[:n].min()) < 0:
+                raise InputError(f"labels must be class indices >= 0, found {int(labels[:n].min())}", path=source,
+                                 tensor="label")
         self.total = n
         self.dropped = n % self.batch
         self._n = n - self.dropped

@@ -291,3 +291,13 @@ def test_corrupt_calibration_cache_is_a_miss(damage, work, capsys):
     assert "calibration cache entry" in err and "ignored" in err and "(cached)" not in err
     assert (out / "a.onnx").read_bytes() == (out / "b.onnx").read_bytes()
     assert json.loads(_cache_entry(out / "cache").read_text())["count"] > 2  # rewritten whole
+
+
+def test_negative_labels_are_an_input_error(work, capsys):
+    """Labels are class indices: a negative one is exit 3, not a silent 0 % top-1."""
+    with np.load(CALIB) as z:
+        x = z["input"][:10]
+    path = work / "neg.npz"
+    np.savez(path, input=x, label=-np.ones(10, np.int64))
+    rc, err = run_hostile(["eval", DIGITS, "--data", path], work, [path], capsys)
+    assert rc == 3 and "class indices >= 0" in err
