@@ -26,10 +26,10 @@ import numpy as np
 from onnx import ModelProto
 
 from .errors import InputError
-from .datareader import DataReader, cast_dtype
+from .datareader import DataReader, NpzArchive, cast_dtype
 from .fileio import sha256_file
 from .imagedata import image_folder_reader
-from .model import concrete_input_shapes, format_shape, input_specs, note_check_shapes
+from .model import concrete_input_shapes, format_shape, input_specs, note_check_shapes, regular_file_size
 
 LABEL_KEYS = ("label", "labels", "y", "target", "targets")
 _CHECK_CHUNK = 1 << 22  # elements scanned at a time for NaN/Inf in memory-mapped arrays
@@ -100,6 +100,9 @@ class ArrayReader(DataReader):
             if not np.issubdtype(labels.dtype, np.integer):
                 raise InputError(f"labels must be integers (class indices), got {labels.dtype}", path=source,
                                  tensor="label")
+            if labels.shape[0] and int(labels[:n].min()) < 0:
+                raise InputError(f"labels must be class indices >= 0, found {int(labels[:n].min())}", path=source,
+                                 tensor="label")
         self.total = n
         self.dropped = n % self.batch
         self._n = n - self.dropped
@@ -160,16 +163,30 @@ class RandomReader(DataReader):
 
 
 # ------------------------------------------------------------------------------------------ npz / npy
-def _pick_arrays(path: Path, store: Dict[str, np.ndarray], inputs: Dict[str, dict]) -> Dict[str, np.ndarray]:
+def _pick_keys(path: Path, keys, inputs: Dict[str, dict]) -> Dict[str, str]:
+    """``{input name: array key}``: by name, or the single unnamed array of a one-input model."""
     names = list(inputs)
-    keys = [k for k in store if k not in LABEL_KEYS]
-    if all(n in store for n in names):
-        return {n: store[n] for n in names}
-    if len(names) == 1 and len(keys) == 1:
-        return {names[0]: store[keys[0]]}
-    missing = [n for n in names if n not in store]
-    raise InputError(f"no array named '{missing[0]}' (the model's input); the file holds: {', '.join(keys) or 'none'}",
+    data_keys = [k for k in keys if k not in LABEL_KEYS]
+    if all(n in keys for n in names):
+        return {n: n for n in names}
+    if len(names) == 1 and len(data_keys) == 1:
+        return {names[0]: data_keys[0]}
+    missing = [n for n in names if n not in keys]
+    raise InputError(f"no array named '{missing[0]}' (the model's input); the file holds: "
+                     f"{', '.join(data_keys) or 'none'}",
                      path=str(path), hint="save one array per model input under the input's name")
+
+
+def _read_npz(path: Path, inputs: Dict[str, dict], limit: Optional[int]):
+    """The arrays the model uses and the labels of an ``.npz``: only those members are decompressed (their
+    first ``limit`` samples), each within :func:`~edgesqueeze.datareader.max_data_bytes`."""
+    with NpzArchive(path) as npz:
+        picked = _pick_keys(path, npz.members, inputs)
+        rows = None if limit is None or int(limit) <= 0 else int(limit)
+        arrays = {name: npz.read(key, rows, len(inputs[name]["shape"])) for name, key in picked.items()}
+        label_key = next((k for k in LABEL_KEYS if k in npz.members), None)
+        labels = None if label_key is None else npz.read(label_key, rows)
+    return arrays, labels
 
 
 def _fits(dims, want) -> bool:
@@ -205,16 +222,7 @@ def _concrete(inputs: Dict[str, dict], model: ModelProto, shapes) -> Dict[str, d
 def _array_reader(path: Path, inputs: Dict[str, dict], limit: Optional[int]) -> ArrayReader:
     labels = None
     if path.suffix == ".npz":
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                store = {k: z[k] for k in z.files}
-        except Exception as exc:  # noqa: BLE001 - zipfile/numpy raise several types
-            raise InputError(f"cannot read the .npz file: {exc}", path=str(path)) from exc
-        for key in LABEL_KEYS:
-            if key in store:
-                labels = store[key]
-                break
-        arrays = _pick_arrays(path, store, inputs)
+        arrays, labels = _read_npz(path, inputs, limit)
     else:
         if len(inputs) != 1:
             raise InputError(f"a .npy file holds one array; the model has {len(inputs)} inputs "
@@ -273,6 +281,7 @@ def open_data(spec: Optional[str], model: ModelProto, *, batch_size: int = 1, li
         raise InputError("no such file or folder", path=str(path))
     if path.is_dir():
         return image_folder_reader(path, query, _concrete(inputs, model, shapes), limit)
+    regular_file_size(path, "an .npz/.npy file or an image folder")
     if path.suffix.lower() not in (".npz", ".npy"):
         raise InputError(f"unknown data format '{path.suffix}'", path=str(path),
                          hint="give an .npz/.npy file, an image folder, or 'random'")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import stat
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -129,6 +130,36 @@ def iter_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
 
 
 # ----------------------------------------------------------------------------- loading
+def regular_file_size(path: PathLike, what: str = "an .onnx file") -> int:
+    """Return the size of the regular file ``path``, checked with ``stat`` before anything opens it.
+
+    A FIFO would block a reader forever and a device (``/dev/zero``) would be read until memory runs out.
+
+    Raises:
+        InputError: ``path`` is missing, a directory, or not a regular file (FIFO, device, socket).
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise InputError("no such file", path=str(path)) from None
+    except OSError as exc:
+        raise InputError(f"cannot read the file: {exc.strerror}", path=str(path)) from exc
+    if stat.S_ISDIR(st.st_mode):
+        raise InputError(f"is a directory, expected {what}", path=str(path))
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError(f"not a regular file (a FIFO, device or socket), expected {what}", path=str(path))
+    return int(st.st_size)
+
+
+def _check_model_size(path: Path) -> None:
+    """Refuse an input model file that protobuf cannot parse (over 2 GB), before reading it."""
+    size = regular_file_size(path)
+    if size > _TWO_GB:
+        raise InputError(f"the file holds {size} bytes; one ONNX protobuf is limited to 2 GB",
+                         path=str(path), hint="save the weights as external data (onnx.save_model(..., "
+                                              "save_as_external_data=True)) and load that model")
+
+
 def _looks_like_text(data: bytes) -> bool:
     if data[:1] == b"\x08":  # an ONNX ModelProto starts with field 1 (ir_version, varint): not text
         return False
@@ -162,10 +193,7 @@ def _foreign_format(data: bytes, path: Path) -> Optional[InputError]:
 
 def _parse_bytes(path: Path) -> Tuple[ModelProto, bytes]:
     """Parse ``path``; return the model and the file's bytes (reused by the checker and shape inference)."""
-    if not path.exists():
-        raise InputError("no such file", path=str(path))
-    if path.is_dir():
-        raise InputError("is a directory, expected an .onnx file", path=str(path))
+    _check_model_size(path)
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -197,19 +225,25 @@ def _external_tensors(model: ModelProto):
             yield t
 
 
-def _resolve_external_data(model: ModelProto, path: Path) -> None:
-    base = path.parent
+def _check_external_files(model: ModelProto, path: Path) -> bool:
+    """Raise InputError naming the tensor whose external-data file is missing or not a regular file;
+    return whether the model has external data."""
     needed = False
     for t in _external_tensors(model):
         needed = True
         loc = {e.key: e.value for e in t.external_data}.get("location", "")
-        full = (base / loc).resolve()
+        full = (path.parent / loc).resolve()
         if not loc or not full.exists():
             raise InputError(f"external data file '{loc}' is missing", path=str(path), tensor=t.name,
-                             hint=f"it must sit next to the model in {base}")
-    if needed:
+                             hint=f"it must sit next to the model in {path.parent}")
+        regular_file_size(full, "an external-data file")
+    return needed
+
+
+def _resolve_external_data(model: ModelProto, path: Path) -> None:
+    if _check_external_files(model, path):
         try:
-            load_external_data_for_model(model, str(base))
+            load_external_data_for_model(model, str(path.parent))
         except Exception as exc:
             raise InputError(f"cannot read external data: {exc}", path=str(path)) from exc
 
@@ -264,6 +298,45 @@ def _check(model: ModelProto, path: Path, data: Optional[bytes] = None) -> Optio
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(f"the ONNX checker rejects the model: {text}", path=str(path),
                          node=_error_node(model, str(exc))) from exc
+    return inferred
+
+
+def _check_corrupt(model: ModelProto, path: Path, data: Optional[bytes]) -> Optional[ModelProto]:
+    """:func:`_check`, where the checker's own failures on a corrupt file (bad UTF-8 in a name, a C++ error)
+    become an :class:`InputError` naming the file."""
+    try:
+        return _check(model, path, data)
+    except (UnicodeError, RuntimeError, ValueError, IndexError, OverflowError) as exc:
+        raise InputError(f"the ONNX checker cannot read the model, the file is corrupt: {type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else ''}", path=str(path)) from exc
+
+
+def _load_external(model: ModelProto, path: Path, data: bytes, check: bool) -> Optional[ModelProto]:
+    """Give ``model`` (parsed from ``data``, the file's bytes) its external data, checked.
+
+    Up to 2 GB the weights are loaded into ``model`` and it is checked like any model (returns None). Over 2 GB
+    nothing is serialised: the checker reads the path (``onnx.checker.check_model(path)``), shape inference
+    the file's own bytes (without weights), and the inferred model, given its weights, is returned.
+    """
+    files = {(path.parent / e.value).resolve() for t in _external_tensors(model) for e in t.external_data
+             if e.key == "location"}
+    _check_external_files(model, path)
+    if len(data) + sum(regular_file_size(f) for f in files) <= _TWO_GB:
+        _resolve_external_data(model, path)
+        return _check_corrupt(model, path, None) if check else None
+    if not model.graph.output:
+        raise InputError("the graph has no outputs", path=str(path))
+    try:
+        if check:
+            onnx.checker.check_model(str(path), full_check=True)
+    except onnx.checker.ValidationError as exc:
+        if "Field 'shape' of 'type' is required" not in str(exc):  # outputs without a shape are valid ONNX
+            raise InputError(f"the ONNX checker rejects the model: {str(exc).strip().splitlines()[0]}",
+                             path=str(path), node=_error_node(model, str(exc))) from exc
+    except (onnx.shape_inference.InferenceError, UnicodeError, RuntimeError, ValueError) as exc:
+        raise InputError(f"the ONNX checker cannot check the model: {exc}", path=str(path)) from exc
+    inferred = _infer_shapes_bytes(data, model)
+    _resolve_external_data(inferred, path)
     return inferred
 
 
@@ -481,12 +554,13 @@ def load_model(path: PathLike, input_shapes: Optional[ShapeSpec] = None, *, opse
     """
     path = Path(path)
     model, data = _parse_bytes(path)
-    if next(_external_tensors(model), None) is not None:
-        _resolve_external_data(model, path)
-        data = None  # the file's bytes no longer describe the model
     inferred = None
-    if check:
-        inferred = _check(model, path, data)
+    if next(_external_tensors(model), None) is not None:
+        inferred = _load_external(model, path, data, check)
+        model = inferred if inferred is not None else model
+        data = None  # the file's bytes no longer describe the model
+    elif check:
+        inferred = _check_corrupt(model, path, data)
     elif not model.graph.output:
         raise InputError("the graph has no outputs", path=str(path))
     if opset is not None and 0 < opset_version(model) < opset:
@@ -501,6 +575,8 @@ def load_model(path: PathLike, input_shapes: Optional[ShapeSpec] = None, *, opse
                          tensor=name, hint=f"pin it with --input {_suggest(name, dims)} --static")
     if data is not None:  # the model is still exactly the file: infer from its bytes, no re-serialisation
         return inferred if inferred is not None else _infer_shapes_bytes(data, model)
+    if inferred is not None:  # external data over 2 GB, unchanged: checked and inferred without its weights
+        return inferred
     if changed:
         del model.graph.value_info[:]
         for out in model.graph.output:

@@ -15,7 +15,7 @@ from typing import List, Optional
 import click
 
 from .. import __version__
-from ..errors import EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, EdgeSqueezeError, did_you_mean
+from ..errors import EXIT_CODES, EXIT_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, EdgeSqueezeError, did_you_mean
 
 # verb -> module in edgesqueeze.cli (in the order --help lists them); each module defines `command`
 COMMANDS = {
@@ -117,12 +117,24 @@ def main(argv: Optional[List[str]] = None) -> int:
         return exc.exit_code
     except BrokenPipeError:
         return 0
+    except (MemoryError, OverflowError) as exc:
+        if debug:
+            traceback.print_exc()
+        click.echo(f"edgesqueeze: error: {_input_files(args)}: the input is too large to process "
+                   f"({type(exc).__name__}{': ' + str(exc) if str(exc) else ''})", err=True)
+        return EXIT_INPUT
     except Exception as exc:  # noqa: BLE001 - the last line of defence: one line unless --debug
         if debug:
             traceback.print_exc()
         click.echo(f"edgesqueeze: internal error: {type(exc).__name__}: {exc} "
                    f"(a bug: rerun with --debug and report it)", err=True)
         return EXIT_INTERNAL
+
+
+def _input_files(args: List[str]) -> str:
+    """The existing files and folders named on the command line (the inputs an out-of-memory error blames)."""
+    named = [a for a in args if not a.startswith("-") and os.path.exists(a.partition("?")[0])]
+    return ", ".join(named) or "the input"
 
 
 def run() -> None:

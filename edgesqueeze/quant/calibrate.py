@@ -1,7 +1,9 @@
 """``calibrate``: per-tensor amax of a model's activations on calibration data, cached on disk.
 
 The result cache is a JSON file per (model hash, data hash, method and its options), so re-running
-``quantize`` or ``build`` with the same model and data skips the model runs.
+``quantize`` or ``build`` with the same model and data skips the model runs. Entries are written atomically and
+checked when read (their key, model hash, count and checksum of the ranges, finite ranges of tensors the model
+has): a corrupt or partial entry is a miss with a one-line warning.
 
 The default method, ``auto``, follows NVIDIA's advice that no single calibrator wins on every network
 (QUANT-FIELD.md): from the one set of histograms it computes the ranges of ``mse``, ``entropy`` and
@@ -23,14 +25,15 @@ from onnx import ModelProto
 
 from ..errors import InputError
 from ..fileio import PathLike, cache_dir, write_json_atomic
-from ..model import model_hash
+from ..model import iter_nodes, model_hash
 from .calibrators import amax_function, calibrated_amax, needs_histogram
 from .methods import DEFAULT_METHOD
 from .collect import collect_statistics
 from .histogram import DEFAULT_BINS, TensorHistogram
 from .qdq import quantize_qdq
 
-CACHE_FORMAT = "edgesqueeze.calib/2"  # 2: histograms over exactly [0, max |x|]; the auto method
+CACHE_FORMAT = "edgesqueeze.calib/3"  # 2: histograms over exactly [0, max |x|]; the auto method; 3: key, model
+# hash, count and checksum in the entry (a corrupt or partial entry is a miss)
 AUTO_CANDIDATES = ("mse", "entropy", "percentile")  # the first wins ties
 AUTO_PROBE_FEEDS = 4  # calibration feeds the candidates are scored on
 
@@ -95,22 +98,75 @@ def default_cache_dir() -> Path:
 
 
 def cache_key(model: ModelProto, reader, method: str, percentile: float, bins: int,
-              tensors: Optional[Sequence[str]] = None) -> str:
-    """sha256 of the model, the data (``reader.sha256()``), the method and the options that change the result."""
-    parts = {"format": CACHE_FORMAT, "model": model_hash(model), "data": reader.sha256(), "method": method,
-             "bins": bins, "percentile": percentile if method in ("percentile", "auto") else None,
+              tensors: Optional[Sequence[str]] = None, *, model_digest: Optional[str] = None) -> str:
+    """sha256 of the model, the data (``reader.sha256()``), the method and the options that change the result.
+
+    ``model_digest`` is :func:`~edgesqueeze.model.model_hash` of ``model`` when the caller has it already.
+    """
+    parts = {"format": CACHE_FORMAT, "model": model_digest or model_hash(model), "data": reader.sha256(),
+             "method": method, "bins": bins, "percentile": percentile if method in ("percentile", "auto") else None,
              "tensors": list(tensors) if tensors is not None else None}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
-def _read_cache(path: Path) -> Optional[dict]:
+def _amax_checksum(pairs) -> str:
+    """sha256 of the entry's ``amax`` pairs as JSON: a partial or edited entry does not match it."""
+    return hashlib.sha256(json.dumps(pairs, sort_keys=True).encode()).hexdigest()
+
+
+def _cache_entry(key: str, digest: str, method: str, percentile: float, reader, amax: Mapping[str, float],
+                 summary: dict, nonfinite: dict, auto: Optional[dict]) -> dict:
+    """The JSON of one cache entry: the ranges with their count and checksum, the key and the model hash."""
+    pairs = [[k, float(v)] for k, v in amax.items()]
+    return {"format": CACHE_FORMAT, "key": key, "model": digest, "method": method, "percentile": percentile,
+            "data": reader.describe(), "amax": pairs, "count": len(pairs), "checksum": _amax_checksum(pairs),
+            "stats": summary, "nonfinite": nonfinite, **({"auto": auto} if auto else {})}
+
+
+def _entry_problem(data, key: str, digest: str, names: set, tensors: Optional[Sequence[str]]) -> Optional[str]:
+    """Why a parsed cache entry cannot be used (None when it can)."""
+    if not isinstance(data, dict) or data.get("format") != CACHE_FORMAT:
+        return "not an entry of this version"
+    if data.get("key") != key or data.get("model") != digest:
+        return "it belongs to another model or other options"
+    pairs = data.get("amax")
+    if not isinstance(pairs, list) or data.get("count") != len(pairs) or data.get("checksum") != _amax_checksum(pairs):
+        return "its ranges are incomplete or altered (count or checksum mismatch)"
+    for pair in pairs:
+        ok = isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], str) and \
+            isinstance(pair[1], (int, float)) and not isinstance(pair[1], bool)
+        if not ok or not np.isfinite(pair[1]) or pair[1] < 0:
+            return f"a range is not a finite number >= 0: {str(pair)[:60]}"
+        if pair[0] not in names:
+            return f"tensor '{pair[0][:60]}' is not in the model"
+    if tensors is not None and sorted(p[0] for p in pairs) != sorted(tensors):
+        return "its tensors are not the ones asked for"
+    if not isinstance(data.get("stats", {}), dict) or not isinstance(data.get("nonfinite", {}), dict):
+        return "its statistics are malformed"
+    return None
+
+
+def _read_cache(path: Path, key: str, digest: str, model: ModelProto,
+                tensors: Optional[Sequence[str]] = None) -> Optional[dict]:
+    """The valid entry at ``path``, else None: a missing one silently, a corrupt one with a one-line warning."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
         return None
-    if data.get("format") != CACHE_FORMAT or not isinstance(data.get("amax"), list):
-        return None
-    return data
+    except (OSError, UnicodeDecodeError) as exc:
+        problem = f"unreadable ({exc})"
+    else:
+        try:
+            data = json.loads(text)
+        except ValueError:
+            problem = "not valid JSON (a partial write?)"
+        else:
+            names = {t for n in iter_nodes(model.graph) for t in n.output} | {i.name for i in model.graph.input}
+            problem = _entry_problem(data, key, digest, names, tensors)
+            if problem is None:
+                return data
+    warnings.warn(f"calibration cache entry {path} is ignored: {problem}; calibrating again", stacklevel=3)
+    return None
 
 
 def calibrate(model: ModelProto, reader, method: str = DEFAULT_METHOD, percentile: float = 99.99,
@@ -152,9 +208,10 @@ def calibrate(model: ModelProto, reader, method: str = DEFAULT_METHOD, percentil
     key = None
     cache_file = None
     if cache_dir is not None:
-        key = cache_key(model, reader, method, float(percentile), bins, tensors)
+        digest = model_hash(model)
+        key = cache_key(model, reader, method, float(percentile), bins, tensors, model_digest=digest)
         cache_file = Path(cache_dir) / f"{key}.json"
-        cached = _read_cache(cache_file)
+        cached = _read_cache(cache_file, key, digest, model, tensors)
         if cached is not None:
             if details is not None:
                 details.update({"cached": True, "key": key, "stats": cached.get("stats", {}),
@@ -177,10 +234,8 @@ def calibrate(model: ModelProto, reader, method: str = DEFAULT_METHOD, percentil
         warnings.warn(f"{len(nonfinite)} tensor(s) produced NaN/Inf on the calibration data (first: '{first}', "
                       f"{nonfinite[first]} values); they were left out of the ranges", stacklevel=2)
     if cache_file is not None:
-        write_json_atomic(cache_file, {"format": CACHE_FORMAT, "method": method, "percentile": percentile,
-                                       "data": reader.describe(), "amax": [[k, v] for k, v in amax.items()],
-                                       "stats": summary, "nonfinite": nonfinite,
-                                       **({"auto": auto} if auto else {})})
+        write_json_atomic(cache_file, _cache_entry(key, digest, method, percentile, reader, amax, summary,
+                                                   nonfinite, auto))
     if details is not None:
         details.update({"cached": False, "key": key, "stats": summary, "nonfinite": nonfinite,
                         "cache_file": str(cache_file) if cache_file else None, **({"auto": auto} if auto else {})})
