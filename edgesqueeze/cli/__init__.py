@@ -36,6 +36,7 @@ COMMANDS = {
     "power": "power",
     "report": "report",
     "deploy": "deploy",
+    "fleet": "fleet",
     "plugins": "plugins",
     "devices": "devices",
 }

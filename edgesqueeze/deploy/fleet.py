@@ -177,11 +177,11 @@ def fleet_bench(bundle_dir, fleet_toml, *, out_dir=None, max_parallel: Optional[
             return remote_bench(dev.get("bundle") or bundle_dir, dev["device"], label=dev["name"], cancel=cancel,
                                 out_dir=dev_out, plots=plots, **kw)
         except BenchInterrupted as exc:
-            return exc.results or _failed(dev, "interrupted", 130)
+            return exc.results or failed_result(dev, "interrupted", 130)
         except EdgeSqueezeError as exc:
-            return _failed(dev, exc.one_line(), exc.exit_code)
+            return failed_result(dev, exc.one_line(), exc.exit_code)
         except Exception as exc:  # noqa: BLE001 - one device's bug must not lose the other devices' results
-            return _failed(dev, f"internal error: {type(exc).__name__}: {exc}", 1)
+            return failed_result(dev, f"internal error: {type(exc).__name__}: {exc}", 1)
 
     workers = max(1, min(max_parallel or len(devices), len(devices)))
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fleet")
@@ -194,19 +194,23 @@ def fleet_bench(bundle_dir, fleet_toml, *, out_dir=None, max_parallel: Optional[
         for name, fut in futures.items():
             results[name] = fut.result()
         pool.shutdown(wait=True)
-        raise BenchInterrupted(_merge(devices, results, out_dir, plots), str(out_dir) if out_dir else None) from None
+        merged = merge_fleet_results(devices, results, out_dir, plots)
+        raise BenchInterrupted(merged, str(out_dir) if out_dir else None) from None
     pool.shutdown(wait=True)
-    return _merge(devices, results, out_dir, plots)
+    return merge_fleet_results(devices, results, out_dir, plots)
 
 
-def _failed(dev: dict, message: str, code: int) -> dict:
+def failed_result(dev: dict, message: str, code: int) -> dict:
+    """The results dict of a device that did not run (``partial``, no runs, ``error``), so reports list it."""
     return {"schema": "edgesqueeze.bench/1", "model": {}, "backend": {"name": None, "version": None,
                                                                       "precision": None},
             "device": {"profile": dev.get("target"), "label": dev["name"], "address": dev["device"]},
             "runs": [], "warnings": [], "partial": True, "error": {"message": message, "exit_code": code}}
 
 
-def _merge(devices: List[dict], results: Dict[str, dict], out_dir, plots: bool = True) -> List[dict]:
+def merge_fleet_results(devices: List[dict], results: Dict[str, dict], out_dir, plots: bool = True) -> List[dict]:
+    """Label each device's results (by ``name``) in fleet order; with ``out_dir`` write fleet.json (every device
+    with its status), fleet.md and the comparison report of the devices that ran. Returns the results list."""
     merged = []
     for dev in devices:
         r = results[dev["name"]]
