@@ -105,6 +105,7 @@ def test_builtin_path_benchmarks_the_lab_group(lab, tmp_path, cli):
     assert "connection refused" in err and all(f"board-{i}" in (out / "fleet.md").read_text() for i in range(6))
 
 
+@pytest.mark.slow  # ~60 s for 9 hosts on a 2-core machine
 @pytest.mark.skipif(shutil.which("ansible-playbook") is None, reason="ansible-playbook not on PATH")
 def test_generated_playbook_runs_with_ansible_playbook(lab, tmp_path, cli):
     root, servers, inv, known = lab
