@@ -7,7 +7,9 @@ from .common import emit, info, json_option
 
 
 @click.group("fleet")
-def command():
+@json_option
+@click.pass_context
+def command(ctx, as_json):
     """Benchmark a bundle on a fleet with Ansible: write a playbook, run it with ansible-playbook, collect.
 
     \b
@@ -16,6 +18,7 @@ def command():
       cd play && ansible-playbook playbook.yml --limit lab
       edgesqueeze fleet collect play/ -o report/
     """
+    ctx.obj = {"json": as_json}  # 'fleet --json VERB' = 'fleet VERB --json'
 
 
 @command.command("playbook")
@@ -33,10 +36,13 @@ def command():
 @click.option("--forks", type=int, default=50, show_default=True, help="ansible.cfg forks (hosts at once).")
 @click.option("--link", is_flag=True, help="Point the playbook at BUNDLE instead of copying it.")
 @json_option
-def playbook(bundle, inventory, limit, output, iterations, warmup, duration, backend, power, remote_dir, forks, link,
+@click.pass_context
+def playbook(ctx, bundle, inventory, limit, output, iterations, warmup, duration, backend, power, remote_dir, forks, link,
              as_json):
     """Write a self-contained playbook folder that benchmarks BUNDLE on every inventory host."""
     from ..deploy.playbook import write_playbook
+
+    as_json = as_json or (ctx.obj or {}).get("json", False)
 
     written = write_playbook(bundle, output, inventory=inventory, limit=limit, iterations=iterations, warmup=warmup,
                              duration=duration, backend=backend, power=power, remote_dir=remote_dir, forks=forks,
@@ -52,10 +58,13 @@ def playbook(bundle, inventory, limit, output, iterations, warmup, duration, bac
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="The report folder.")
 @click.option("--no-plots", is_flag=True, help="Markdown only.")
 @json_option
-def collect(play, output, no_plots, as_json):
+@click.pass_context
+def collect(ctx, play, output, no_plots, as_json):
     """Merge a playbook run's results (every host, with its status) into one report. Exit 6 if a host failed."""
     from ..deploy.playbook import collect_results
     from .deploy import bench_text
+
+    as_json = as_json or (ctx.obj or {}).get("json", False)
 
     results = collect_results(play, output, plots=not no_plots)
     emit(results, as_json, lambda _: bench_text(results))
