@@ -102,8 +102,8 @@ def bench_text(results: list) -> str:
               help="Refuse a bundle that is not signed by a key in this OpenSSH allowed-signers file.")
 @json_option
 def command(bundle, device, fleet, limit, identity, port, remote_dir, force, python, bench, output, iterations,
-            warmup, duration, backend, power, no_engine, no_plots, timeout, run_timeout, connect_timeout, host_key_check,
-            known_hosts, record_host, allowed_signers, as_json):
+            warmup, duration, backend, power, no_engine, no_plots, timeout, run_timeout, connect_timeout,
+            host_key_check, known_hosts, record_host, allowed_signers, as_json):
     """Deploy BUNDLE (a folder, or its .tar.gz from build --archive) to a Jetson over SSH.
 
     Uses the system's OpenSSH client, so ~/.ssh/config aliases, agents and jump hosts work.

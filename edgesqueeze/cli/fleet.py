@@ -37,8 +37,8 @@ def command(ctx, as_json):
 @click.option("--link", is_flag=True, help="Point the playbook at BUNDLE instead of copying it.")
 @json_option
 @click.pass_context
-def playbook(ctx, bundle, inventory, limit, output, iterations, warmup, duration, backend, power, remote_dir, forks, link,
-             as_json):
+def playbook(ctx, bundle, inventory, limit, output, iterations, warmup, duration, backend, power, remote_dir, forks,
+             link, as_json):
     """Write a self-contained playbook folder that benchmarks BUNDLE on every inventory host."""
     from ..deploy.playbook import write_playbook
 

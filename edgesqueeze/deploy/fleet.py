@@ -139,7 +139,8 @@ def _check_device(dev, where: str, path: Path, base: Optional[Path], known: set,
     return d
 
 
-def fleet_bench(bundle_dir, fleet_toml, *, out_dir=None, max_parallel: Optional[int] = None, limit: Optional[str] = None,
+def fleet_bench(bundle_dir, fleet_toml, *, out_dir=None, max_parallel: Optional[int] = None,
+                limit: Optional[str] = None,
                 cancel: Optional[threading.Event] = None, plots: bool = True, **opts) -> List[dict]:
     """Run :func:`remote_bench` on every device of ``fleet_toml`` in parallel; merge the results.
 
