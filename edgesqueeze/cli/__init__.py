@@ -37,6 +37,7 @@ COMMANDS = {
     "power": "power",
     "report": "report",
     "deploy": "deploy",
+    "fleet": "fleet",
     "plugins": "plugins",
     "devices": "devices",
 }

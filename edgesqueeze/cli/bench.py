@@ -148,8 +148,10 @@ def _label_partial(result: dict, where=None) -> dict:
 @click.option("--report", "report_dir", type=click.Path(), default=None, metavar="DIR",
               help="Write report.md and PNG plots into DIR.")
 @click.option("--device", default=None, metavar="USER@HOST", help="Run on this device over SSH (deploys first).")
-@click.option("--devices", "fleet", type=click.Path(), default=None, metavar="FLEET.TOML",
-              help="Run on every device of a fleet file, in parallel.")
+@click.option("--devices", "fleet", type=click.Path(), default=None, metavar="FLEET.TOML|INVENTORY",
+              help="Run on every device of a fleet file or an Ansible inventory, in parallel.")
+@click.option("--limit", default=None, metavar="PATTERN",
+              help="--devices: only these hosts/groups (Ansible --limit pattern; fleet.toml: name patterns).")
 @click.option("--identity", type=click.Path(), default=None, metavar="FILE", help="SSH private key (--device).")
 @click.option("--known-hosts", type=click.Path(), default=None, metavar="FILE",
               help="known_hosts file to use instead of ~/.ssh's (--device/--devices).")
@@ -158,7 +160,7 @@ def _label_partial(result: dict, where=None) -> dict:
               help="Keep host and user names, addresses and absolute paths in the results (left out by default).")
 @json_option
 def command(path, backend, iterations, duration, warmup, batch, shapes, power, power_interval, target, data, threads,
-            ort_opt, profile_layers, input_shapes, output, report_dir, device, fleet, identity, known_hosts,
+            ort_opt, profile_layers, input_shapes, output, report_dir, device, fleet, limit, identity, known_hosts,
             remote_python, record_host, as_json):
     """Benchmark a model or bundle: latency statistics, throughput, power and energy, memory bandwidth.
 
@@ -174,6 +176,7 @@ def command(path, backend, iterations, duration, warmup, batch, shapes, power, p
       edgesqueeze bench yolo.onnx --shapes images:1x3x320x320,images:1x3x640x640     # dynamic input
       edgesqueeze bench bundle/ --device nvidia@jetson.local --identity ~/.ssh/jetson -o tx2.json
       edgesqueeze bench bundle/ --devices fleet.toml --report fleet-report/
+      edgesqueeze bench bundle/ --devices inventory.ini --limit lab --report lab-report/
     """
     batches = _batches(batch)
     warmup, warmup_s = _warmup(warmup)
@@ -199,7 +202,7 @@ def command(path, backend, iterations, duration, warmup, batch, shapes, power, p
             from ..deploy import fleet_bench
 
             info(f"benchmarking {path} on the devices of {fleet} ...")
-            results = fleet_bench(path, fleet, **opts)
+            results = fleet_bench(path, fleet, limit=limit, **opts)
     else:
         from ..bench.api import bench
         from ..model import parse_input_shapes

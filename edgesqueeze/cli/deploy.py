@@ -78,8 +78,10 @@ def bench_text(results: list) -> str:
 @click.command("deploy")
 @click.argument("bundle", type=click.Path())
 @click.option("-d", "--device", metavar="USER@HOST[:PORT]", help="The device (or an alias from ~/.ssh/config).")
-@click.option("--devices", "fleet", type=click.Path(exists=True, dir_okay=False), metavar="FLEET.TOML",
-              help="Several devices (name, host, target, identity...): deploy and benchmark them in parallel.")
+@click.option("--devices", "fleet", type=click.Path(exists=True), metavar="FLEET.TOML|INVENTORY",
+              help="Several devices (a fleet.toml or an Ansible inventory): deploy and benchmark them in parallel.")
+@click.option("--limit", default=None, metavar="PATTERN",
+              help="--devices: only these hosts/groups (Ansible --limit pattern; fleet.toml: name patterns).")
 @click.option("-i", "--identity", type=click.Path(exists=True, dir_okay=False), help="SSH private key (ssh -i).")
 @click.option("--port", type=int, help="SSH port (or put :PORT after the host).")
 @click.option("--remote-dir", metavar="DIR", help="Bundle folder on the device (default ~/edgesqueeze/<bundle name>).")
@@ -106,9 +108,9 @@ def bench_text(results: list) -> str:
 @click.option("--require-signature", "allowed_signers", type=click.Path(dir_okay=False), metavar="ALLOWED_SIGNERS",
               help="Refuse a bundle that is not signed by a key in this OpenSSH allowed-signers file.")
 @json_option
-def command(bundle, device, fleet, identity, port, remote_dir, force, python, bench, output, iterations, warmup,
-            duration, backend, power, no_engine, no_plots, timeout, run_timeout, connect_timeout, host_key_check,
-            known_hosts, record_host, allowed_signers, as_json):
+def command(bundle, device, fleet, limit, identity, port, remote_dir, force, python, bench, output, iterations,
+            warmup, duration, backend, power, no_engine, no_plots, timeout, run_timeout, connect_timeout,
+            host_key_check, known_hosts, record_host, allowed_signers, as_json):
     """Deploy BUNDLE (a folder, or its .tar.gz from build --archive) to a Jetson over SSH.
 
     Uses the system's OpenSSH client, so ~/.ssh/config aliases, agents and jump hosts work.
@@ -125,6 +127,7 @@ def command(bundle, device, fleet, identity, port, remote_dir, force, python, be
       edgesqueeze deploy bundle/ --device nvidia@tx2.local -i ~/.ssh/jetson
       edgesqueeze deploy bundle/ --device nvidia@10.0.0.7:2222 --bench -n 200 -o results/tx2
       edgesqueeze deploy bundle/ --devices fleet.toml -o results/fleet
+      edgesqueeze deploy bundle/ --devices inventory.yml --limit 'orin:!orin-3' -o results/orin
       edgesqueeze deploy bundle/ --device nvidia@orin.local --require-signature ~/.ssh/allowed_signers
 
     A bundle is code: build_engine.sh, a CMake project and the runner run on the device. Sign bundles with
@@ -145,7 +148,7 @@ def command(bundle, device, fleet, identity, port, remote_dir, force, python, be
         if fleet:
             ssh.pop("port")
             info(f"benchmarking {bundle} on the devices of {fleet} ...")
-            results = fleet_bench(bundle, fleet, out_dir=output, remote_dir=remote_dir, identity=identity,
+            results = fleet_bench(bundle, fleet, out_dir=output, remote_dir=remote_dir, identity=identity, limit=limit,
                                   **bench_opts, **ssh)
             _report(results, output, as_json)
             return 0 if not any(r.get("error") for r in results) else 6

@@ -12,10 +12,15 @@
     remote_dir = "edgesqueeze/digits"  # optional
     python = "python3"               # optional
     bundle = "bundles/tx2"           # optional: a bundle for this device instead of the shared one
+    ssh_options = ["ProxyJump=bastion"]  # optional: extra ssh -o options
+
+An Ansible inventory (INI, YAML or a folder) works in place of fleet.toml: see ``ansible_inventory.py``.
 """
 from __future__ import annotations
 
+import fnmatch
 import os
+import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,10 +30,12 @@ from .._lazy import require
 from ..devices import profile_names
 from ..errors import EdgeSqueezeError, InputError
 from ..fileio import write_json_atomic, write_text_atomic
+from .ansible_inventory import looks_like_inventory, read_inventory
 from .ssh import DeviceAddress, parse_device
 from .remote import BenchInterrupted, markdown_summary, remote_bench, render_report
 
-DEVICE_KEYS = {"name", "host", "target", "port", "user", "identity", "remote_dir", "python", "bundle", "force"}
+DEVICE_KEYS = {"name", "host", "target", "port", "user", "identity", "remote_dir", "python", "bundle", "force",
+               "ssh_options"}
 
 
 def _load_toml(path: Path) -> dict:
@@ -45,66 +52,102 @@ def _load_toml(path: Path) -> dict:
         raise InputError(f"not valid TOML: {exc}", path=str(path)) from exc
 
 
-def read_fleet(path) -> List[dict]:
-    """Read and check ``fleet.toml``; return one dict per device (keys as in the module docstring).
+def read_fleet(path, limit: Optional[str] = None) -> List[dict]:
+    """Read and check a fleet: ``fleet.toml`` or an Ansible inventory; return one dict per device.
+
+    Args:
+        path: a fleet.toml (keys as in the module docstring) or an Ansible inventory (INI, YAML or a folder;
+            see :mod:`edgesqueeze.deploy.ansible_inventory`), told apart by :func:`looks_like_inventory`.
+        limit: keep only these devices: an Ansible ``--limit`` pattern for an inventory; for fleet.toml,
+            comma- or colon-separated name patterns (``board-*``, ``!board-3``).
 
     Raises:
-        InputError: unreadable TOML, no devices, a device without name or host, a duplicate name, an unknown
-            key, or an unknown target profile.
+        InputError: unreadable TOML or inventory, no devices (or none matching ``limit``), a device without
+            name or host, a duplicate name, an unknown key, an unknown target profile, or a bad host, user or port.
+        MissingDependencyError: an inventory without ansible-core installed.
     """
     path = Path(path)
+    if looks_like_inventory(path):
+        devices, base = read_inventory(path, limit), None
+    else:
+        devices, base = _limit_names(_toml_devices(path), limit, path), path.parent
+    known = set(profile_names())
+    seen: set = set()
+    return [_check_device(dev, f"device #{i + 1}", path, base, known, seen) for i, dev in enumerate(devices)]
+
+
+def _toml_devices(path: Path) -> list:
     data = _load_toml(path)
     devices = data.get("device", data.get("devices"))
     if isinstance(devices, dict):  # [devices.NAME] tables
         devices = [dict(v, name=v.get("name", k)) for k, v in devices.items()]
     if not devices or not isinstance(devices, list):
         raise InputError("no devices: add [[device]] tables with name and host", path=str(path))
-    known = set(profile_names())
-    seen = set()
-    out = []
-    for i, dev in enumerate(devices):
-        where = f"device #{i + 1}"
-        if not isinstance(dev, dict):
-            raise InputError(f"{where} is not a table", path=str(path))
-        unknown = sorted(set(dev) - DEVICE_KEYS)
-        if unknown:
-            raise InputError(f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(DEVICE_KEYS))})",
-                             path=str(path))
-        for key in ("name", "host"):
-            if not dev.get(key):
-                raise InputError(f"{where}: '{key}' is required", path=str(path))
-        if dev["name"] in seen:
-            raise InputError(f"{where}: duplicate name '{dev['name']}'", path=str(path))
-        seen.add(dev["name"])
-        if dev.get("target") and dev["target"] not in known:
-            raise InputError(f"{where} ({dev['name']}): unknown target '{dev['target']}' "
-                             f"(see 'edgesqueeze devices')", path=str(path))
-        d = dict(dev)
-        host = str(d["host"])
-        if d.get("user") and "@" not in host:
-            host = f"{d['user']}@{host}"
-        try:
-            addr = parse_device(host)
-            if d.get("port") is not None:
-                addr = DeviceAddress(addr.host, addr.user, int(d.pop("port")))
-        except (InputError, ValueError) as exc:
-            raise InputError(f"{where} ({dev['name']}): bad host or port: {exc}", path=str(path)) from exc
-        d["device"] = str(addr)
-        for key in ("identity", "bundle"):
-            if d.get(key):
-                p = Path(os.path.expanduser(str(d[key])))
-                d[key] = str(p if p.is_absolute() else (path.parent / p))
-        out.append(d)
+    return devices
+
+
+def _limit_names(devices: list, limit: Optional[str], path: Path) -> list:
+    if not limit:
+        return devices
+    pats = [p.strip() for p in re.split(r"[,:]", limit) if p.strip()]
+    keep = [p for p in pats if not p.startswith("!")] or ["*"]
+    drop = [p[1:] for p in pats if p.startswith("!")]
+    out = [d for d in devices if isinstance(d, dict)
+           and any(fnmatch.fnmatchcase(str(d.get("name")), p) or p == "all" for p in keep)
+           and not any(fnmatch.fnmatchcase(str(d.get("name")), p) for p in drop)]
+    if not out:
+        raise InputError(f"no devices: --limit {limit!r} matched no device name", path=str(path))
     return out
 
 
+def _check_device(dev, where: str, path: Path, base: Optional[Path], known: set, seen: set) -> dict:
+    """One device checked and normalised (``device`` = user@host:port); paths resolved against ``base``."""
+    if not isinstance(dev, dict):
+        raise InputError(f"{where} is not a table", path=str(path))
+    unknown = sorted(set(dev) - DEVICE_KEYS)
+    if unknown:
+        raise InputError(f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(DEVICE_KEYS))})",
+                         path=str(path))
+    for key in ("name", "host"):
+        if not dev.get(key):
+            raise InputError(f"{where}: '{key}' is required", path=str(path))
+    if dev["name"] in seen:
+        raise InputError(f"{where}: duplicate name '{dev['name']}'", path=str(path))
+    seen.add(dev["name"])
+    if dev.get("target") and dev["target"] not in known:
+        raise InputError(f"{where} ({dev['name']}): unknown target '{dev['target']}' "
+                         f"(see 'edgesqueeze devices')", path=str(path))
+    d = dict(dev)
+    host = str(d["host"])
+    if d.get("user") and "@" not in host:
+        host = f"{d['user']}@{host}"
+    try:
+        addr = parse_device(host)
+        if d.get("port") is not None:
+            addr = DeviceAddress(addr.host, addr.user, int(d.pop("port")))
+    except (InputError, ValueError) as exc:
+        raise InputError(f"{where} ({dev['name']}): bad host or port: {exc}", path=str(path)) from exc
+    d["device"] = str(addr)
+    opts = d.get("ssh_options")
+    if opts is not None and (not isinstance(opts, list) or not all(isinstance(o, str) and o for o in opts)):
+        raise InputError(f"{where} ({dev['name']}): ssh_options must be a list of 'Key=Value' strings",
+                         path=str(path))
+    for key in ("identity", "bundle"):
+        if d.get(key):
+            p = Path(os.path.expanduser(str(d[key])))
+            d[key] = str(p if p.is_absolute() or base is None else (base / p))
+    return d
+
+
 def fleet_bench(bundle_dir, fleet_toml, *, out_dir=None, max_parallel: Optional[int] = None,
+                limit: Optional[str] = None,
                 cancel: Optional[threading.Event] = None, plots: bool = True, **opts) -> List[dict]:
     """Run :func:`remote_bench` on every device of ``fleet_toml`` in parallel; merge the results.
 
     Args:
         bundle_dir: the bundle every device runs (a device's ``bundle`` key overrides it).
-        fleet_toml: path of the fleet file (see the module docstring).
+        fleet_toml: path of the fleet file (see the module docstring) or an Ansible inventory.
+        limit: only these devices (see :func:`read_fleet`).
         out_dir: writes ``<name>/results.json`` per device, ``fleet.json`` and the merged comparison report.
         max_parallel: devices at once (default: all).
         cancel: an event that stops every remote run (Ctrl-C sets it too).
@@ -119,13 +162,13 @@ def fleet_bench(bundle_dir, fleet_toml, *, out_dir=None, max_parallel: Optional[
     Raises:
         InputError: a bad fleet file. BenchInterrupted: Ctrl-C (every remote run is stopped first).
     """
-    devices = read_fleet(fleet_toml)
+    devices = read_fleet(fleet_toml, limit)
     cancel = cancel or threading.Event()
     results: Dict[str, dict] = {}
 
     def one(dev: dict) -> dict:
         kw = dict(opts)
-        for key in ("identity", "remote_dir", "python"):
+        for key in ("identity", "remote_dir", "python", "ssh_options"):
             if dev.get(key) is not None:
                 kw[key] = dev[key]
         if dev.get("force") is not None:
@@ -135,11 +178,11 @@ def fleet_bench(bundle_dir, fleet_toml, *, out_dir=None, max_parallel: Optional[
             return remote_bench(dev.get("bundle") or bundle_dir, dev["device"], label=dev["name"], cancel=cancel,
                                 out_dir=dev_out, plots=plots, **kw)
         except BenchInterrupted as exc:
-            return exc.results or _failed(dev, "interrupted", 130)
+            return exc.results or failed_result(dev, "interrupted", 130)
         except EdgeSqueezeError as exc:
-            return _failed(dev, exc.one_line(), exc.exit_code)
+            return failed_result(dev, exc.one_line(), exc.exit_code)
         except Exception as exc:  # noqa: BLE001 - one device's bug must not lose the other devices' results
-            return _failed(dev, f"internal error: {type(exc).__name__}: {exc}", 1)
+            return failed_result(dev, f"internal error: {type(exc).__name__}: {exc}", 1)
 
     workers = max(1, min(max_parallel or len(devices), len(devices)))
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fleet")
@@ -152,19 +195,23 @@ def fleet_bench(bundle_dir, fleet_toml, *, out_dir=None, max_parallel: Optional[
         for name, fut in futures.items():
             results[name] = fut.result()
         pool.shutdown(wait=True)
-        raise BenchInterrupted(_merge(devices, results, out_dir, plots), str(out_dir) if out_dir else None) from None
+        merged = merge_fleet_results(devices, results, out_dir, plots)
+        raise BenchInterrupted(merged, str(out_dir) if out_dir else None) from None
     pool.shutdown(wait=True)
-    return _merge(devices, results, out_dir, plots)
+    return merge_fleet_results(devices, results, out_dir, plots)
 
 
-def _failed(dev: dict, message: str, code: int) -> dict:
+def failed_result(dev: dict, message: str, code: int) -> dict:
+    """The results dict of a device that did not run (``partial``, no runs, ``error``), so reports list it."""
     return {"schema": "edgesqueeze.bench/1", "model": {}, "backend": {"name": None, "version": None,
                                                                       "precision": None},
             "device": {"profile": dev.get("target"), "label": dev["name"], "address": dev["device"]},
             "runs": [], "warnings": [], "partial": True, "error": {"message": message, "exit_code": code}}
 
 
-def _merge(devices: List[dict], results: Dict[str, dict], out_dir, plots: bool = True) -> List[dict]:
+def merge_fleet_results(devices: List[dict], results: Dict[str, dict], out_dir, plots: bool = True) -> List[dict]:
+    """Label each device's results (by ``name``) in fleet order; with ``out_dir`` write fleet.json (every device
+    with its status), fleet.md and the comparison report of the devices that ran. Returns the results list."""
     merged = []
     for dev in devices:
         r = results[dev["name"]]

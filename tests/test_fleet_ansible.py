@@ -1,0 +1,138 @@
+"""Fleets through Ansible, against 8 real sshd on 127.0.0.1 (own ports and keys) plus one closed port.
+
+Both paths: the built-in one (``bench --devices inventory.ini --limit lab``, ansible-core reading the inventory)
+and ``ansible-playbook`` running the playbook ``edgesqueeze fleet playbook`` writes; each report lists every
+device with its status.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from sshd import SshServer, free_port, make_bundle, sshd_skip_reason  # noqa: E402
+
+from edgesqueeze.deploy import read_fleet  # noqa: E402
+from edgesqueeze.deploy.ansible_inventory import looks_like_inventory, ssh_options_from_args  # noqa: E402
+from edgesqueeze.errors import InputError  # noqa: E402
+
+ansible = pytest.importorskip("ansible", reason="ansible-core (the 'ansible' extra) reads inventories")
+PY = sys.executable
+N = 8
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    """8 sshd servers, an INI inventory (groups lab = 0..5, field = 6..7 + a dead board) and a known_hosts."""
+    if sshd_skip_reason():
+        pytest.skip(f"ssh: {sshd_skip_reason()}")
+    root = tmp_path_factory.mktemp("ansible-lab")
+    with contextlib.ExitStack() as stack:
+        servers = [stack.enter_context(SshServer(root / f"s{i}")) for i in range(N)]
+        known = root / "known_hosts"
+        known.write_text("".join(s.known_hosts.read_text() for s in servers))
+        lines = ["[lab]"]
+        for i, s in enumerate(servers):
+            if i == 6:
+                lines += ["", "[field]", f"board-dead ansible_host=127.0.0.1 ansible_port={free_port()} "
+                          f"ansible_ssh_private_key_file={servers[0].identity}"]
+            lines.append(f"board-{i} ansible_host=127.0.0.1 ansible_port={s.port} ansible_ssh_private_key_file="
+                         f"{s.identity} edgesqueeze_remote_dir={root / 'dev' / str(i) / 'dense'}")
+        lines += ["", "[all:vars]", f"ansible_user={servers[0].user}", f"ansible_python_interpreter={PY}",
+                  "edgesqueeze_target=cpu",
+                  f"ansible_ssh_common_args='-o UserKnownHostsFile={known} -o StrictHostKeyChecking=yes "
+                  f"-o ConnectTimeout=5'"]
+        inv = root / "inventory.ini"
+        inv.write_text("\n".join(lines) + "\n")
+        yield root, servers, inv, known
+
+
+def test_inventory_hosts_become_fleet_devices(lab):
+    root, servers, inv, known = lab
+    devices = read_fleet(inv, limit="lab")
+    assert [d["name"] for d in devices] == [f"board-{i}" for i in range(6)]
+    d = devices[3]
+    assert d["device"] == f"{servers[3].user}@127.0.0.1:{servers[3].port}" and d["target"] == "cpu"
+    assert d["identity"] == str(servers[3].identity) and d["python"] == PY
+    assert d["ssh_options"] == [f"UserKnownHostsFile={known}", "StrictHostKeyChecking=yes", "ConnectTimeout=5"]
+    assert [d["name"] for d in read_fleet(inv, limit="field")] == ["board-dead", "board-6", "board-7"]
+    assert len(read_fleet(inv, limit="all:!board-dead")) == N
+    with pytest.raises(InputError, match="matched no host"):
+        read_fleet(inv, limit="nosuchgroup")
+
+
+def test_yaml_inventory_and_checks(tmp_path):
+    inv = tmp_path / "hosts.yml"
+    inv.write_text("all:\n  children:\n    orin:\n      vars: {edgesqueeze_target: orin-nano, ansible_user: nvidia}\n"
+                   "      hosts:\n        orin-1: {ansible_host: 10.0.0.5}\n        orin-2: {ansible_port: 2222}\n")
+    assert looks_like_inventory(inv) and not looks_like_inventory(tmp_path / "fleet.toml")
+    devs = read_fleet(inv, limit="orin")
+    assert [d["device"] for d in devs] == ["nvidia@10.0.0.5", "nvidia@orin-2:2222"]
+    inv.write_text("all:\n  hosts:\n    x: {ansible_user: '-oProxyCommand=evil'}\n")
+    with pytest.raises(InputError, match="bad host or port"):
+        read_fleet(inv)
+    inv.write_text("all:\n  hosts:\n    x: {edgesqueeze_target: tx3}\n")
+    with pytest.raises(InputError, match="unknown target 'tx3'"):
+        read_fleet(inv)
+    assert ssh_options_from_args("-J bastion -oCompression=yes", "x") == ["ProxyJump=bastion", "Compression=yes"]
+    with pytest.raises(InputError, match="unsupported ssh argument"):
+        ssh_options_from_args("-v", "x")
+
+
+def test_toml_fleets_take_limit_too(tmp_path):
+    path = tmp_path / "fleet.toml"
+    path.write_text("[devices.a1]\nhost = 'h1'\n[devices.a2]\nhost = 'h2'\n[devices.b1]\nhost = 'h3'\n")
+    assert [d["name"] for d in read_fleet(path, "a*,!a2")] == ["a1"]
+
+
+def test_builtin_path_benchmarks_the_lab_group(lab, tmp_path, cli):
+    root, servers, inv, known = lab
+    bundle = make_bundle(tmp_path / "dense")
+    out = tmp_path / "report"
+    code, stdout, err = cli("deploy", bundle, "--devices", inv, "--limit", "lab:board-dead", "-o", out,
+                            "-n", "5", "--warmup", "1", "--no-plots", "--connect-timeout", "5", "--no-engine")
+    assert code == 6, err
+    status = {d["name"]: d["status"] for d in json.loads((out / "fleet.json").read_text())["devices"]}
+    assert status == {**{f"board-{i}": "ok" for i in range(6)}, "board-dead": "error"}
+    assert "connection refused" in err and all(f"board-{i}" in (out / "fleet.md").read_text() for i in range(6))
+
+
+@pytest.mark.slow  # ~60 s for 9 hosts on a 2-core machine
+@pytest.mark.skipif(shutil.which("ansible-playbook") is None, reason="ansible-playbook not on PATH")
+def test_generated_playbook_runs_with_ansible_playbook(lab, tmp_path, cli):
+    root, servers, inv, known = lab
+    bundle = make_bundle(tmp_path / "dense")
+    play = tmp_path / "play"
+    code, stdout, err = cli("fleet", "playbook", bundle, "-i", inv, "-o", play, "-n", "5", "--warmup", "1",
+                            "--power", "none", "--remote-dir", str(root / "pb" / "dense"))
+    assert code == 0, err
+    env = dict(os.environ, ANSIBLE_CONFIG=str(play / "ansible.cfg"), ANSIBLE_NOCOLOR="1")
+    res = subprocess.run(["ansible-playbook", "playbook.yml"], cwd=play, env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode != 0, res.stdout  # board-dead failed, and the recap says so
+    assert "board-dead" in res.stdout and "unreachable" in (play / "results" / "board-dead" / "error.json").read_text()
+    for i in range(N):
+        r = json.loads((play / "results" / f"board-{i}" / "results.json").read_text())
+        assert len(r["runs"][0]["latency_ms"]["samples"]) == 5 and r["device"]["label"] == f"board-{i}"
+    # a second run uploads nothing: every file's checksum matches
+    res2 = subprocess.run(["ansible-playbook", "playbook.yml", "--limit", "board-0"], cwd=play, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert res2.returncode == 0, res2.stdout
+    assert re.search(r"upload the files whose checksum differs\] \**\nok: \[board-0\]", res2.stdout), res2.stdout
+    rep = tmp_path / "rep"
+    code, stdout, err = cli("fleet", "collect", play, "-o", rep, "--no-plots")
+    assert code == 6, err
+    status = {d["name"]: d["status"] for d in json.loads((rep / "fleet.json").read_text())["devices"]}
+    assert status == {**{f"board-{i}": "ok" for i in range(N)}, "board-dead": "error"}
+    assert "board-dead" in (rep / "fleet.md").read_text() and (rep / "report.md").is_file()
+    code, stdout, err = cli("report", *sorted((play / "results").glob("*/results.json")), "-o", tmp_path / "r2",
+                            "--no-plots")
+    assert code == 0, err
