@@ -112,7 +112,7 @@ def _quantize_int8(state: BuildState, options: BuildOptions) -> StageRecord:
     custom = custom_not_quantized(model, amax)
     if custom:
         state.warn(f"INT8: {len(custom)} fused custom node(s) ({', '.join(sorted(set(custom.values())))}) stay "
-                   "FP16/FP32: their TensorRT plugins have no INT8 kernels"
+                   "FP16/FP32: the QDQ model puts no Q/DQ around custom nodes"
                    + ("; build with --skip fuse_depthwise_separable to keep those layers INT8"
                       if "DepthwiseSeparableConv" in custom.values() else ""))
     if profile.has_tensorrt:
