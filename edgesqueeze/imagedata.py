@@ -1,7 +1,8 @@
 """Image folders as calibration/evaluation data: a small preprocessing spec, decoded batch by batch.
 
 ``images/?resize=256&crop=224&mean=0.485,0.456,0.406&std=0.229,0.224,0.225`` (or the same keys in a
-``preprocess.json`` inside the folder). Class sub-folders become labels (sorted names -> 0, 1, ...).
+``preprocess.json`` inside the folder, or ``--preprocess`` on the command line). Class sub-folders become
+labels (sorted names -> 0, 1, ...).
 Images are decoded while the reader is iterated, so a large folder is never held in memory at once.
 Pillow is optional: without it, opening a folder raises :class:`MissingDependencyError`.
 """
@@ -78,6 +79,25 @@ class Preprocess:
             raise InputError("std and scale must be non-zero")
         return pre
 
+    def summary(self, layout: str, c: int, h: int, w: int, mode: str) -> str:
+        """What is done to every image, in one line (printed with the data's description)."""
+        steps = [f"decoded as {mode if mode != 'L' else 'gray'}" + (", channels reversed to BGR"
+                                                                     if self.channels == "bgr" else "")]
+        if self.resize:
+            steps.append(f"shorter side resized to {self.resize}")
+        if self.resize or self.crop:
+            steps.append(f"centre-cropped to {self.crop or w}x{self.crop or h}")
+        if not (self.resize or self.crop):
+            steps.append(f"resized to {w}x{h} (bilinear, aspect ratio not kept)")
+        elif self.crop and (self.crop, self.crop) != (w, h):
+            steps.append(f"resized to {w}x{h}")
+        steps.append(f"divided by {self.scale:g}")
+        if any(m != 0 for m in self.mean) or any(v != 1 for v in self.std):
+            steps.append(f"mean {','.join(f'{m:g}' for m in self.mean)} subtracted, "
+                         f"divided by std {','.join(f'{v:g}' for v in self.std)}")
+        steps.append(layout.upper())
+        return "; ".join(x for x in steps if x)
+
     def geometry(self, shape: Sequence[int]) -> Tuple[str, int, int, int]:
         """Return (layout, channels, H, W) for a 4-D input shape."""
         if len(shape) != 4:
@@ -150,7 +170,8 @@ class ImageFolderReader(DataReader):
         return len(self.files) // self.batch
 
     def describe(self) -> str:
-        return self._describe_counted(str(self.root), len(self.files), "images")
+        text = self._describe_counted(str(self.root), len(self.files), "images")
+        return f"{text} (each image: {self.pre.summary(self.layout, self.c, self.h, self.w, self.mode)})"
 
     def sha256(self) -> str:
         return self._hash(self._digest, len(self.files))

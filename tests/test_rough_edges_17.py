@@ -314,3 +314,36 @@ def test_9_many_histograms_are_outlines_and_roofline_dots_have_their_own_colours
     dot_colours = {tuple(c.get_facecolor()[0]) for c in ax.collections}
     from matplotlib.colors import to_rgba
     assert len(dot_colours) == 5 and not {tuple(to_rgba(c)) for c in roof_colours} & dot_colours
+
+
+def test_image_folder_preprocessing_is_a_flag_and_is_said(tmp_path, capsys):
+    """#17 item 6: --preprocess on quantize/build/eval, and one line saying what was done to the images."""
+    pytest.importorskip("PIL")
+    import numpy as np
+    from PIL import Image
+    from onnx import TensorProto, helper
+
+    from edgesqueeze.cli import main
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for k in range(4):
+        Image.fromarray(rng.integers(0, 255, (40, 60, 3), dtype=np.uint8)).save(folder / f"p{k}.png")
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 14, 14])
+    w = helper.make_tensor("w", TensorProto.FLOAT, [4, 3, 3, 3], rng.standard_normal(108).astype(np.float32))
+    model = helper.make_model(helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"])], "g", [x], [y], [w]),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    path = tmp_path / "m.onnx"
+    path.write_bytes(model.SerializeToString())
+    spec = "resize=20&crop=16&mean=0.485,0.456,0.406&std=0.229,0.224,0.225&channels=bgr"
+    code = main(["quantize", str(path), "-p", "int8", "-t", "cpu", "--calib", str(folder), "--preprocess", spec,
+                 "-o", str(tmp_path / "q.onnx")])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "channels reversed to BGR" in err and "shorter side resized to 20" in err and "centre-cropped to 16x16" in err
+    assert "mean 0.485,0.456,0.406 subtracted" in err and "NCHW" in err
+    code = main(["quantize", str(path), "-p", "int8", "-t", "cpu", "--calib", str(folder), "-o", str(tmp_path / "q2.onnx")])
+    assert "resized to 16x16 (bilinear, aspect ratio not kept)" in capsys.readouterr().err  # the default, said too
+    assert main(["eval", str(path), "--data", str(tmp_path / "q.onnx"), "--preprocess", spec]) == 3  # not a folder

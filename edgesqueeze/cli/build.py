@@ -7,7 +7,8 @@ from ..backends.trt_profile import parse_shapes_spec, profile_lines
 from ..errors import InputError
 from ..precision import PRECISION_CHOICES
 from ..quant.methods import DEFAULT_METHOD, METHODS
-from .common import emit, info, input_shape_option, json_option, quiet, static_option, table, target_option, warn
+from .common import (emit, info, input_shape_option, json_option, preprocess_option, quiet, static_option, table,
+                     target_option, warn, with_preprocess)
 from .quantize import split_names
 
 
@@ -65,11 +66,12 @@ def _shapes_param(ctx, param, value):
               help="Sign the bundle's manifest with this SSH key (see 'edgesqueeze sign').")
 @click.option("--force", is_flag=True, help="Replace an existing bundle in OUTPUT.")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Bundle folder to create.")
+@preprocess_option
 @json_option
 def command(model, target, precision, calib, calib_method, percentile, keep, sensitivity, auto_keep_drop, calib_limit,
             sparsity, val, val_limit, max_drop, max_accuracy_drop, strict, input_shapes, static, min_shapes,
             opt_shapes, max_shapes, passes, skip_passes, no_optimize, dla, workspace_mib, local_engine, archive,
-            sign_key, force, output, as_json):
+            sign_key, force, output, preprocess, as_json):
     """Build a deployable bundle of MODEL for a target: load, optimize, compress, quantize, validate, package.
 
     The bundle holds the optimized FP32 model, the FP16 or QDQ INT8 model, the TensorRT calibration cache,
@@ -95,6 +97,7 @@ def command(model, target, precision, calib, calib_method, percentile, keep, sen
 
     if not target:
         raise click.UsageError("Missing option '-t' / '--target' (see 'edgesqueeze devices' for the names).")
+    calib, val = with_preprocess(calib, preprocess), with_preprocess(val, preprocess)
     summary = build(model, target, output, precision=precision, calib=calib, sparsity=sparsity, val=val,
                     input_shapes=list(input_shapes) or None, static=static, archive=archive,
                     passes=split_names(passes) or None,

@@ -4,10 +4,12 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 import click
 
+from ..errors import InputError
 from ..fileio import _json_default
 
 def _set_quiet(ctx: click.Context, _param, value: bool) -> None:
@@ -103,3 +105,26 @@ def table(rows, headers, align: Optional[str] = None) -> str:
     lines = [fmt(cells[0]), "  ".join("-" * w for w in widths)]
     lines += [fmt(r) for r in cells[1:]]
     return "\n".join(lines)
+
+
+def preprocess_option(f):
+    """``--preprocess SPEC``: how images of an image-folder DATA become input tensors (quantize, build, eval)."""
+    return click.option(
+        "--preprocess", "preprocess", metavar="SPEC",
+        help="For image-folder data: 'resize=256&crop=224&scale=255&mean=0.485,0.456,0.406&std=0.229,0.224,0.225"
+             "&layout=nchw|nhwc&channels=rgb|bgr|gray' (default: resize straight to the input size, RGB, /255; "
+             "the same keys may sit in the folder's preprocess.json). The data line says what was done.")(f)
+
+
+def with_preprocess(data, spec):
+    """``data`` with ``spec`` appended when it is an image folder (``folder?spec``); other data as it is.
+
+    Raises:
+        InputError: ``spec`` given for data that is not an image folder.
+    """
+    if not spec or data is None:
+        return data
+    folder = str(data).split("?", 1)[0]
+    if not Path(folder).is_dir():
+        raise InputError("--preprocess applies to an image folder, not to this data", path=str(data))
+    return f"{data}{'&' if '?' in str(data) else '?'}{spec}"

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from .common import emit, input_shape_option, json_option, quiet, table, warn
+from .common import emit, input_shape_option, json_option, preprocess_option, quiet, table, warn, with_preprocess
 
 
 @click.command("eval")
@@ -16,8 +16,9 @@ from .common import emit, input_shape_option, json_option, quiet, table, warn
 @click.option("--limit", type=int, help="Use at most this many samples.")
 @click.option("--batch-size", default=1, show_default=True, type=int, help="Samples per batch; the model loads with static shapes, so its batch (fixed by the model or --input NAME:Nx...) wins, with a warning when they differ.")
 @input_shape_option
+@preprocess_option
 @json_option
-def command(model, data, reference, score_output, limit, batch_size, input_shapes, as_json):
+def command(model, data, reference, score_output, limit, batch_size, input_shapes, preprocess, as_json):
     """Evaluate MODEL on DATA with onnxruntime: top-1 accuracy (when the data has labels) and, with
     --reference, the output error and top-1 agreement against another model.
 
@@ -29,7 +30,8 @@ def command(model, data, reference, score_output, limit, batch_size, input_shape
     """
     from ..quant.run import evaluate_model
 
-    result = evaluate_model(model, data, reference=reference, output=score_output, limit=limit,
+    result = evaluate_model(model, with_preprocess(data, preprocess), reference=reference, output=score_output,
+                            limit=limit,
                             batch_size=batch_size, input_shapes=input_shapes, progress=not quiet() and not as_json,
                             warn=warn)
     emit(result, as_json, _text)

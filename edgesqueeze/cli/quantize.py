@@ -5,8 +5,8 @@ import click
 
 from ..precision import PRECISION_CHOICES
 from ..quant.methods import DEFAULT_METHOD, METHODS
-from .common import (emit, info, input_shape_option, json_option, output_option, quiet, static_option, table,
-                     target_option, warn)
+from .common import (emit, info, input_shape_option, json_option, output_option, preprocess_option, quiet,
+                     static_option, table, target_option, warn, with_preprocess)
 
 
 def split_names(values):
@@ -53,10 +53,11 @@ def split_names(values):
 @click.option("--int8-weights", is_flag=True, help="Store weights as INT8 + DequantizeLinear (TensorRT >= 8.6).")
 @input_shape_option
 @static_option
+@preprocess_option
 @json_option
 def command(model, output, precision, target, calib, method, percentile, keep, val, sensitivity, auto_keep_drop,
             from_cache, calib_cache, trt_version, limit, batch_size, cache_dir, no_cache, memory_budget,
-            int8_weights, input_shapes, static, as_json):
+            int8_weights, input_shapes, static, preprocess, as_json):
     """Quantize MODEL to INT8 or FP16.
 
     Symbolic input dims (batch, height, width) are kept in the written model: calibration runs at the shapes
@@ -78,8 +79,9 @@ def command(model, output, precision, target, calib, method, percentile, keep, v
     from ..quant.run import quantize_model
 
     summary = quantize_model(
-        model, output, precision=precision, target=target, calib=calib, method=method,
-        percentile=percentile, keep=split_names(keep), val=val, sensitivity=sensitivity, auto_keep_drop=auto_keep_drop,
+        model, output, precision=precision, target=target, calib=with_preprocess(calib, preprocess), method=method,
+        percentile=percentile, keep=split_names(keep), val=with_preprocess(val, preprocess),
+        sensitivity=sensitivity, auto_keep_drop=auto_keep_drop,
         from_cache=from_cache, calib_cache=calib_cache, trt_version=trt_version, limit=limit,
         batch_size=batch_size, cache_dir=cache_dir, no_cache=no_cache, memory_budget=memory_budget,
         int8_weights=int8_weights, input_shapes=input_shapes, static=static, progress=not quiet() and not as_json,
