@@ -108,3 +108,33 @@ def test_deploy_reads_and_shows_the_choice():
     assert choice == {"plugin_ms": 1.6, "native_ms": 1.1, "chosen": "native"}
     assert engine_choice_text(choice) == "plugin 1.6 ms, native 1.1 ms (median GPU compute): native"
     assert _engine_choice("edgesqueeze: engine: b\n") is None
+
+
+def test_bench_summary_shows_the_device_engine_choice():
+    """bench --device: results carry deploy.engine.engine_choice; the summary prints both timings and the pick."""
+    from pathlib import Path
+
+    from edgesqueeze.backends import get_runner
+    from edgesqueeze.bench import run_benchmark
+    from edgesqueeze.cli.bench import summary_text
+    from edgesqueeze.data import open_data
+    from edgesqueeze.model import load_model
+
+    model = load_model(Path(__file__).resolve().parents[1] / "examples" / "digits" / "digits_cnn.onnx")
+    with get_runner("ort", model) as runner:
+        result = run_benchmark(runner, open_data(None, model), iterations=5, warmup=1, power="none")
+    result["deploy"] = {"engine": {"engine_choice": {"plugin_ms": 1.6, "native_ms": 1.1, "chosen": "native"}}}
+    text = summary_text(result)
+    assert "engine choice:" in text and "native" in text and "1.6" in text and "1.1" in text
+
+
+def test_build_states_which_engine_it_expects_for_custom_nodes(tmp_path):
+    from pathlib import Path
+
+    from edgesqueeze.pipeline import build
+
+    model = Path(__file__).resolve().parents[1] / "examples" / "digits" / "digits_cnn.onnx"
+    s = build(model, "orin-nano", tmp_path / "b", precision="fp16", progress=False)
+    assert s["plugin_expectation"].startswith("expects the plugin engine: 1 fused block(s)")
+    assert "keeps the faster" in s["plugin_expectation"]
+    assert build(model, "cpu", tmp_path / "c", progress=False).get("plugin_expectation") is None

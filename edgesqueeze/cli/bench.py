@@ -88,6 +88,10 @@ def summary_text(result: dict) -> str:
     if result["device"].get("board_state"):
         from ..bench.boardstate import describe_board_state
         head += "\n" + describe_board_state(result["device"]["board_state"])
+    choice = ((result.get("deploy") or {}).get("engine") or {}).get("engine_choice")
+    if choice:  # custom nodes: the plugin engine and the native one, timed on the device; the faster runs
+        from .deploy import engine_choice_text
+        head += "\nengine choice: " + engine_choice_text(choice)
     lat = table([[r["shape"] or r["batch"], r["n"], f"{r['mean_ms']:.4f}", f"{r['median_ms']:.4f}", f"{r['p90_ms']:.4f}",
                   f"{r['p99_ms']:.4f}", f"{r['cv']:.1%}", f"{r['throughput_ips']:.1f}",
                   "-" if r["avg_w"] is None else f"{r['avg_w']:.2f}",

@@ -184,6 +184,8 @@ def format_summary(s: dict) -> str:
         lines += [f"engine script: build_engine.sh for TensorRT {es['trt_version']}: {es['workspace_flag']} {flags}"]
     if s.get("profile"):
         lines += [f"TensorRT profile {line}" for line in profile_lines(s["profile"])]
+    if s.get("plugin_expectation"):
+        lines += [f"custom nodes: {s['plugin_expectation']}"]
     if s.get("signature"):
         lines += [f"signed: {s['signature']}"]
     if s.get("archive"):

@@ -23,9 +23,9 @@ from .profiles import resolve_profile
 from .progress import CountingReader
 from .state import DONE, SKIPPED, BuildState, StageRecord
 from .support import (DWSEP_PASS, accuracy_note, accuracy_warnings, cache_text, check_feeds, check_runs,
-                      compat_function, device_runtime, engine_skip_reason,
-                      finish_models, first_real_feed, inputs_json, local_engine, make_compatible, manifest_accuracy,
-                      manifest_compat, predicted_ms, run_optimizer, shapes_json, strongly_typed_int8)
+                      compat_function, device_runtime, engine_skip_reason, finish_models, first_real_feed,
+                      inputs_json, local_engine, make_compatible, manifest_accuracy, manifest_compat,
+                      plugin_expectation, predicted_ms, run_optimizer, shapes_json, strongly_typed_int8)
 from .support import validate as compare_models
 
 
@@ -153,9 +153,10 @@ def validate(state: BuildState, options: BuildOptions) -> StageRecord:
                "fp32": predicted_ms(state.model, profile, "fp32", sparse=False),
                precision: predicted_ms(state.model, profile, precision,
                                        sparse=state.sparse_applied and profile.sparse_2_4)}
+    expect = plugin_expectation(state.models[options.deploy_kind], profile, precision)
     if options.val is None:
         return StageRecord("validate", SKIPPED, "no --val data", "no validation data (--val)",
-                           summary={"latency_ms": latency, "accuracy": None})
+                           summary={"latency_ms": latency, "accuracy": None, "plugin_expectation": expect})
     reader = open_data(options.val, state.model, limit=options.val_limit, shapes=options.input_shapes)
     state.bar.set_total(len(reader) * max(1, len(state.models) - 1) + len(reader))
     state.accuracy = compare_models(state.original, state.models, reader, state.bar)
@@ -170,7 +171,8 @@ def validate(state: BuildState, options: BuildOptions) -> StageRecord:
                                     hint=f"the limit is --max-drop {100 * options.max_accuracy_drop:g} points")
     return StageRecord("validate", DONE, accuracy_note(state.accuracy, options.deploy_kind),
                        payload={"samples": state.accuracy["samples"]},
-                       summary={"latency_ms": latency, "accuracy": state.accuracy}, warnings=warnings)
+                       summary={"latency_ms": latency, "accuracy": state.accuracy, "plugin_expectation": expect},
+                       warnings=warnings)
 
 
 def engine(state: BuildState, options: BuildOptions) -> StageRecord:

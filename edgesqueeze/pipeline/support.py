@@ -32,6 +32,25 @@ def have(module: str) -> bool:
         return False
 
 
+def plugin_expectation(model: onnx.ModelProto, profile, precision: str) -> Optional[str]:
+    """Which engine the device should keep for fused custom nodes, and why, from inspect's roofline of the fused
+    blocks (the plugin keeps the depthwise output on chip) against the same blocks unfused (TensorRT's own
+    kernels write it to DRAM and read it back). None when the model has no fused block or the target no TensorRT.
+    """
+    if not profile.has_tensorrt:
+        return None
+    blocks = [b for b in inspect_model(model, target=profile, precision=precision)["dwsep_blocks"]
+              if b["fused_node"] and "fused_ms" in b]
+    if not blocks:
+        return None
+    fused, unfused = sum(b["fused_ms"] for b in blocks), sum(b["unfused_ms"] for b in blocks)
+    saved = sum(b["bytes_saved"] for b in blocks)
+    pick = "the plugin engine" if unfused > 1.05 * fused else "either (the blocks are compute-bound: same roofline)"
+    return (f"expects {pick}: {len(blocks)} fused block(s) save {saved / 1e3:.1f} kB of DRAM traffic, roofline "
+            f"{fused * 1e3:.2f} us fused vs {unfused * 1e3:.2f} us unfused on {profile.name}; build_engine.sh times "
+            "the plugin and the native engine on the device and keeps the faster")
+
+
 def predicted_ms(model: onnx.ModelProto, profile, precision: str, sparse: bool = False) -> Optional[float]:
     """The roofline-predicted latency of ``model`` on ``profile`` at ``precision``, in ms."""
     totals = inspect_model(model, target=profile, precision=precision, sparse=sparse)["totals"]
