@@ -18,8 +18,8 @@ import types
 
 import pytest
 
+from engine_script_harness import run_script, script_bundle
 from edgesqueeze.backends.calib_cache import read_calibration_cache, write_calibration_cache
-from edgesqueeze.bundle import render_build_engine_sh
 from edgesqueeze.deploy import device_runner
 from edgesqueeze.devices import get_profile, list_profiles
 from tests.test_bundle_engine_script import _spec
@@ -38,22 +38,13 @@ esac; done
 
 
 def _bundle(tmp_path, spec, cache_version):
-    b = tmp_path / "bundle"
-    (b / "models").mkdir(parents=True)
-    for rel, _ in spec.sources.values():
-        (b / rel).write_bytes(b"onnx")
+    b, fake = script_bundle(tmp_path, spec, FAKE_TRTEXEC)
     write_calibration_cache(b / "calib" / "calibration.cache", {"input": 2.5, "conv1_out": 6.0}, cache_version)
-    (b / "build_engine.sh").write_text(render_build_engine_sh(spec))
-    fake = tmp_path / "bin" / "trtexec"
-    fake.parent.mkdir()
-    fake.write_text(FAKE_TRTEXEC)
-    os.chmod(fake, 0o755)
     return b, fake
 
 
 def _run(b, fake, tag, *args, **env):
-    e = dict(os.environ, TRTEXEC=str(fake), FAKE_TAG=str(tag), FAKE_ARGS=str(b / "args.txt"), **env)
-    return subprocess.run([BASH, str(b / "build_engine.sh"), *args], capture_output=True, text=True, env=e, cwd="/")
+    return run_script(b, fake, tag, *args, **env)
 
 
 @pytest.mark.skipif(BASH is None, reason="bash not found")

@@ -9,10 +9,10 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 
+from engine_script_harness import run_script, script_bundle
 from edgesqueeze.bundle import ScriptSpec, plan_engine, render_build_engine_sh
 from edgesqueeze.devices import get_profile
 
@@ -124,23 +124,11 @@ for a in "$@"; do case "$a" in --saveEngine=*) echo engine > "${a#--saveEngine=}
 
 
 def _bundle_dir(tmp_path, spec):
-    b = tmp_path / "bundle"
-    (b / "models").mkdir(parents=True)
-    for rel, _ in spec.sources.values():
-        (b / rel).write_bytes(b"onnx")
-    (b / "build_engine.sh").write_text(render_build_engine_sh(spec))
-    os.chmod(b / "build_engine.sh", 0o755)
-    fake = tmp_path / "bin" / "trtexec"
-    fake.parent.mkdir()
-    fake.write_text(FAKE_TRTEXEC)
-    os.chmod(fake, 0o755)
-    return b, fake
+    return script_bundle(tmp_path, spec, FAKE_TRTEXEC)
 
 
 def _run(b, fake, tag, *args, **env):
-    e = dict(os.environ, TRTEXEC=str(fake), FAKE_TAG=str(tag), FAKE_ARGS=str(b / "args.txt"), **env)
-    return subprocess.run([BASH, str(b / "build_engine.sh"), *args], capture_output=True, text=True, env=e,
-                          cwd="/")
+    return run_script(b, fake, tag, *args, **env)
 
 
 @pytest.mark.skipif(BASH is None, reason="bash not found")

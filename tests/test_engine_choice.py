@@ -6,13 +6,12 @@ The stand-in trtexec reports a chosen median GPU compute time per engine, in trt
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 
 import pytest
 
-from edgesqueeze.bundle import ScriptSpec, render_build_engine_sh
+from engine_script_harness import run_script, script_bundle
+from edgesqueeze.bundle import ScriptSpec
 from tests.test_bundle_engine_script import _spec
 
 BASH = shutil.which("bash")
@@ -37,26 +36,17 @@ fi
 def _bundle(tmp_path, target="orin-nano", tag=100300):
     spec = _spec(target, "fp16", custom=True)
     spec = ScriptSpec(**{**spec.__dict__, "cmake_args": ("-S", "plugins", "-B", "plugins/build")})
-    b = tmp_path / "bundle"
-    (b / "models").mkdir(parents=True)
-    for rel, _ in spec.sources.values():
-        (b / rel).write_bytes(b"onnx")
+    b, fake = script_bundle(tmp_path, spec, FAKE_TRTEXEC)
     (b / "plugins").mkdir()
     (b / "plugins" / "CMakeLists.txt").write_text(
         "cmake_minimum_required(VERSION 3.10)\nproject(p C)\nadd_library(edgesqueeze_plugins SHARED p.c)\n")
     (b / "plugins" / "p.c").write_text("int esq_plugin_marker(void) { return 1; }\n")
-    (b / "build_engine.sh").write_text(render_build_engine_sh(spec))
-    fake = tmp_path / "bin" / "trtexec"
-    fake.parent.mkdir()
-    fake.write_text(FAKE_TRTEXEC)
-    os.chmod(fake, 0o755)
     return b, fake, tag
 
 
 def _run(b, fake, tag, plugin_ms, native_ms, **env):
-    e = dict(os.environ, TRTEXEC=str(fake), FAKE_TAG=str(tag), FAKE_ARGS=str(b / "calls.txt"),
-             FAKE_PLUGIN_MS=str(plugin_ms), FAKE_NATIVE_MS=str(native_ms), **env)
-    return subprocess.run([BASH, str(b / "build_engine.sh")], capture_output=True, text=True, env=e, cwd="/")
+    return run_script(b, fake, tag, record="calls.txt", FAKE_PLUGIN_MS=str(plugin_ms),
+                      FAKE_NATIVE_MS=str(native_ms), **env)
 
 
 def _engine_line(stdout):

@@ -46,6 +46,14 @@ def _first_line(proc: subprocess.CompletedProcess) -> str:
     return text.splitlines()[0] if text else f"exit status {proc.returncode}"
 
 
+def _existing_file(path: PathLike, what: str) -> Path:
+    """``path`` with ``~`` expanded; raises :class:`InputError` when it is not a file."""
+    p = Path(os.path.expanduser(str(path)))
+    if not p.is_file():
+        raise InputError(f"no such {what}", path=str(p))
+    return p
+
+
 def is_signed(bundle: PathLike) -> bool:
     """True when the bundle folder carries a manifest signature."""
     return (Path(bundle) / SIGNATURE).is_file()
@@ -61,9 +69,7 @@ def sign_bundle(bundle: PathLike, key: PathLike) -> Path:
         MissingDependencyError: no ssh-keygen on PATH.
     """
     root = Path(bundle)
-    key = Path(os.path.expanduser(str(key)))
-    if not key.is_file():
-        raise InputError("no such SSH key file", path=str(key))
+    key = _existing_file(key, "SSH key file")
     verify_bundle(root)
     with tempfile.TemporaryDirectory(prefix="edgesqueeze-sign-") as tmp:
         copy = Path(tmp) / MANIFEST
@@ -89,9 +95,7 @@ def verify_signature(bundle: PathLike, allowed_signers: PathLike) -> str:
         MissingDependencyError: no ssh-keygen on PATH.
     """
     root = Path(bundle)
-    allowed = Path(os.path.expanduser(str(allowed_signers)))
-    if not allowed.is_file():
-        raise InputError("no such allowed-signers file", path=str(allowed))
+    allowed = _existing_file(allowed_signers, "allowed-signers file")
     verify_bundle(root)
     sig = root / SIGNATURE
     if not sig.is_file():
