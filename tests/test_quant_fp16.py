@@ -129,3 +129,25 @@ def test_range_stays_fp32_in_an_fp16_model():
     assert rng.op_type == "Range"
     got = run_model(out, {"x": np.zeros(5, np.float32)})["y"]
     np.testing.assert_allclose(got, np.arange(0.5, 5.0, 1.0))
+
+
+def test_batchnorm_with_statistics_beyond_fp16_stays_fp32():
+    """A BatchNorm variance of 1e8 (ppocr_det's first BatchNorm, stored as a Constant node by paddle2onnx)
+    clipped to 65504 wrecks the layer (-1.9 dB output SQNR): that BatchNorm stays fp32, nothing is clipped."""
+    c = 4
+    var = np.full(c, 1e8, np.float32)
+    nodes = [helper.make_node("Constant", [], ["var"], value=numpy_helper.from_array(var, "var_value")),
+             helper.make_node("BatchNormalization", ["x", "s", "b", "mean", "var"], ["y"], name="bn"),
+             helper.make_node("Relu", ["y"], ["out"], name="relu")]
+    inits = [numpy_helper.from_array(np.full(c, 5e3, np.float32), "s"),
+             numpy_helper.from_array(np.zeros(c, np.float32), "b"),
+             numpy_helper.from_array(np.zeros(c, np.float32), "mean")]
+    g = helper.make_graph(nodes, "bn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, 4, 4])],
+                          [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, c, 4, 4])], inits)
+    model = infer_shapes(helper.make_model(g, opset_imports=[helper.make_opsetid("", 15)], ir_version=8))
+    x = np.random.default_rng(0).normal(0, 1e3, (1, c, 4, 4)).astype(np.float32)
+    report = {}
+    half = convert_fp16(model, report=report)
+    assert report["clipped_weights"] == [] and report["fp32_nodes"] == 2  # the BatchNorm and its Constant
+    ref = run_model(model, {"x": x})["out"]
+    np.testing.assert_allclose(run_model(half, {"x": x})["out"], ref, rtol=2e-2, atol=1e-2 * np.abs(ref).max())

@@ -34,7 +34,6 @@ _REC_INT8 = ("INT8 ppocr_rec (default auto calibration, every Conv/MatMul in INT
              "CTC logits < 15 dB; the task metric holds: RapidOCR reads held-out lines at character accuracy 0.920 "
              "vs 0.916 with the shipped FP32 model (test_real_client)")
 KNOWN = {
-    ("ppocr_det", "fp16"): "fp16 ppocr_det: output SQNR -1.9 dB vs FP32 on real photos with text (broken FP16)",
     ("ppocr_rec", "int8"): _REC_INT8,
     ("ppocr_rec", "orin-nano"): _REC_INT8,
 }

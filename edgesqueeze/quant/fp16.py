@@ -131,17 +131,32 @@ class _Conversion:
         return self.casts[key]
 
 
+def _wide_batchnorm_stats(g: onnx.GraphProto, inits: Dict[str, TensorProto]) -> Set[str]:
+    """BatchNorm parameters beyond the fp16 range (ppocr_det's first variance is 9.8e7): clipped to 65504 they
+    wreck the layer, and TensorRT folds them into an fp32 scale anyway, so that BatchNorm (and a Constant node
+    holding them) stays fp32."""
+    def wide(t: TensorProto) -> bool:
+        arr = numpy_helper.to_array(t)
+        return t.data_type == FP32 and arr.size > 0 and float(np.abs(arr[np.isfinite(arr)]).max(initial=0)) > FP16_MAX
+
+    values = {n: t for n, t in inits.items()}
+    values.update({n.output[0]: a.t for n in g.node if n.op_type == "Constant" for a in n.attribute if a.name == "value"})
+    return {t for n in g.node if n.op_type == "BatchNormalization" for t in n.input[1:] if t in values
+            and wide(values[t])}
+
+
 def _plan_precisions(conv: _Conversion, g: onnx.GraphProto, keep: Set[str], keep_io_types: bool) -> list:
     """Fill the precision of every node and the home precision of every float tensor it produces; returns the
     graph inputs that are not initializers."""
     inits = {t.name: t for t in g.initializer}
     graph_in = [vi for vi in g.input if vi.name not in inits]
+    wide_bn = _wide_batchnorm_stats(g, inits)
     for vi in graph_in:
         if conv.is_float(vi.name):
             conv.home[vi.name] = FP32 if keep_io_types or conv.types[vi.name] != FP32 else FP16
     for node in g.node:
         fp16 = not (node.name in keep or node.op_type in keep or any(o in keep for o in node.output)
-                    or node.op_type in TYPE_FREE)
+                    or node.op_type in TYPE_FREE or any(t in wide_bn for t in [*node.input, *node.output]))
         conv.node_fp16.append(fp16)
         for o in node.output:
             if o and conv.is_float(o):
