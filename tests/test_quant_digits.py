@@ -47,7 +47,7 @@ def test_sensitivity_and_auto_keep(digits):
     val = open_data(str(DIGITS / "val.npz"), model, limit=200)
     amax = calibrate(model, calib, method="minmax")
     ranking = layer_sensitivity(model, amax, val)
-    assert len(ranking) == 6 and all(r["sqnr_db"] is not None for r in ranking)
+    assert len(ranking) == 4 and all(r["sqnr_db"] is not None for r in ranking)  # the 2 batch-1 Gemms: GEMVs
     assert [r["sqnr_db"] for r in ranking] == sorted(r["sqnr_db"] for r in ranking)
     result = auto_keep(model, amax, val, 0.0, ranking=ranking)
     assert result["met"] and result["metric"] == "top1" and result["drop"] <= 0.0

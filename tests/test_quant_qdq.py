@@ -14,7 +14,10 @@ from edgesqueeze.data import open_data
 
 
 def tiny_cnn(opset=13, seed=0):
-    """x[1,3,6,6] -> Conv(3->4, 3x3) -> Relu -> Conv(4->4, 3x3, stride 2) -> Flatten -> Gemm(36->5, transB)."""
+    """x[1,3,6,6] -> Conv(3->4, 3x3) -> Relu -> Conv(4->4, 3x3, stride 2) -> Flatten -> Gemm(36->5, transB).
+
+    Every layer is one TensorRT gains nothing from in INT8 (4 channels, a batch-1 GEMV), so the tests of the
+    Q/DQ mechanics place them with ``trt_rules=False``; test_trt_rules_* checks the rule itself."""
     rng = np.random.default_rng(seed)
     w1 = rng.normal(0, 0.5, (4, 3, 3, 3)).astype(np.float32)
     w1[2] *= 0.05  # a quiet channel: per-channel scales must differ
@@ -78,7 +81,7 @@ def calibrated():
 
 def test_qdq_outputs_match_fake_quantized_numpy_reference(calibrated):
     model, params, amax = calibrated
-    qdq = quantize_qdq(model, amax)
+    qdq = quantize_qdq(model, amax, trt_rules=False)
     rng = np.random.default_rng(5)
     for _ in range(4):
         x = rng.uniform(-1, 1, (1, 3, 6, 6)).astype(np.float32)
@@ -91,7 +94,7 @@ def test_qdq_outputs_match_fake_quantized_numpy_reference(calibrated):
 
 def test_placement_is_what_tensorrt_expects(calibrated):
     model, _, amax = calibrated
-    qdq = quantize_qdq(model, amax)
+    qdq = quantize_qdq(model, amax, trt_rules=False)
     nodes = list(qdq.graph.node)
     by_out = {o: n for n in nodes for o in n.output}
     ops = [n.op_type for n in nodes]
@@ -113,28 +116,28 @@ def test_placement_is_what_tensorrt_expects(calibrated):
 
 def test_keep_leaves_layers_in_float_and_reports_why(calibrated):
     model, _, amax = calibrated
-    plan = plan_qdq(model, amax, keep=["conv2"])
+    plan = plan_qdq(model, amax, keep=["conv2"], trt_rules=False)
     assert plan.nodes == ["conv1", "fc"] and "keep" in plan.skipped["conv2"]
-    qdq = quantize_qdq(model, amax, keep=["conv2"])
+    qdq = quantize_qdq(model, amax, keep=["conv2"], trt_rules=False)
     conv2 = next(n for n in qdq.graph.node if n.name == "conv2")
     assert list(conv2.input) == ["r1", "w2", "b2"]
-    missing = plan_qdq(model, {k: v for k, v in amax.items() if k != "f"})
+    missing = plan_qdq(model, {k: v for k, v in amax.items() if k != "f"}, trt_rules=False)
     assert "no calibrated range" in missing.skipped["fc"]
     with pytest.raises(InputError, match="nothing to quantize"):
-        quantize_qdq(model, amax, keep=["conv1", "conv2", "fc"])
+        quantize_qdq(model, amax, keep=["conv1", "conv2", "fc"], trt_rules=False)
 
 
 def test_int8_weights_opset_conversion_and_determinism(calibrated):
     model, _, amax = calibrated
     x = np.random.default_rng(2).uniform(-1, 1, (1, 3, 6, 6)).astype(np.float32)
-    a = quantize_qdq(model, amax)
-    b = quantize_qdq(model, amax, int8_weights=True)
+    a = quantize_qdq(model, amax, trt_rules=False)
+    b = quantize_qdq(model, amax, int8_weights=True, trt_rules=False)
     assert numpy_helper.to_array(next(t for t in b.graph.initializer if t.name == "w1_quantized")).dtype == np.int8
     assert "w1" not in {t.name for t in b.graph.initializer}
     np.testing.assert_allclose(run_model(a, {"x": x})["y"], run_model(b, {"x": x})["y"], rtol=1e-6, atol=1e-6)
-    assert model_bytes(quantize_qdq(model, amax)) == model_bytes(a)
+    assert model_bytes(quantize_qdq(model, amax, trt_rules=False)) == model_bytes(a)
     old, _ = tiny_cnn(opset=11)
-    converted = quantize_qdq(old, amax)
+    converted = quantize_qdq(old, amax, trt_rules=False)
     assert next(o.version for o in converted.opset_import if o.domain in ("", "ai.onnx")) == 13
     assert model_bytes(model) == model_bytes(tiny_cnn()[0])  # the input model is not modified
 
@@ -158,16 +161,16 @@ def test_residual_input_of_an_add_after_a_conv_is_quantized():
     model = residual_block()
     with pytest.warns(UserWarning):
         amax = calibrate(model, open_data("random", model, limit=8), method="minmax")
-    plan = plan_qdq(model, amax)
+    plan = plan_qdq(model, amax, trt_rules=False)
     assert plan.residual == {"add_skip": 1, "add_two_convs": 1}
-    qdq = quantize_qdq(model, amax)
+    qdq = quantize_qdq(model, amax, trt_rules=False)
     by_out = {o: n for n in qdq.graph.node for o in n.output}
     add = next(n for n in qdq.graph.node if n.name == "add_skip")
     assert by_out[add.input[0]].op_type == "Conv"              # the fused Conv's output stays as it is
     assert by_out[add.input[1]].name == "r_DequantizeLinear"   # the residual shares the Relu output's Q/DQ
     two = next(n for n in qdq.graph.node if n.name == "add_two_convs")
     assert by_out[two.input[0]].op_type == "Conv" and by_out[two.input[1]].op_type == "DequantizeLinear"
-    assert "add_skip" not in plan_qdq(model, amax, keep=["add_skip"]).residual
+    assert "add_skip" not in plan_qdq(model, amax, keep=["add_skip"], trt_rules=False).residual
     x = {"x": np.random.default_rng(4).uniform(-1, 1, (1, 4, 3, 3)).astype(np.float32)}
     ref, got = run_model(model, x)["y"], run_model(qdq, x)["y"]
     assert 0 < np.abs(got - ref).max() < 0.05 * np.abs(ref).max()
@@ -183,3 +186,49 @@ def test_weights_computed_at_run_time_are_named(light_models_dir):
 
     first_conv = quantizable_nodes(model)[0]
     assert "computed at run time" in plan.skipped[first_conv] and "fold constants" in plan.skipped[first_conv]
+
+
+def test_trt_rules_leave_gemv_and_small_channel_layers_out_of_int8(calibrated):
+    """Model Optimizer's TensorRT rules: a batch-1 GEMV and a Conv with too few channels for an INT8 kernel get no
+    Q/DQ (TensorRT runs them no faster in INT8); the reason is in the plan."""
+    model, _, amax = calibrated
+    plan = plan_qdq(model, amax)
+    assert plan.nodes == [] and "GEMV" in plan.skipped["fc"] and "3 -> 4 channels" in plan.skipped["conv1"]
+    with pytest.raises(InputError, match="no INT8 kernel"):
+        quantize_qdq(model, amax)
+
+
+def _fc_net(batch, n=32, conv=(16, 3)):
+    """x[batch,3,8,8] -> Conv(3->oc, 3x3) -> Relu -> GlobalAveragePool -> Flatten -> MatMul(oc->n)."""
+    oc, ic = conv
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.3, (oc, ic, 3, 3)).astype(np.float32), "wc"),
+             numpy_helper.from_array(rng.normal(0, 0.3, (oc, n)).astype(np.float32), "wm")]
+    nodes = [helper.make_node("Conv", ["x", "wc"], ["c"], name="conv", kernel_shape=[3, 3]),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"),
+             helper.make_node("GlobalAveragePool", ["r"], ["p"], name="gap"),
+             helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
+             helper.make_node("MatMul", ["f", "wm"], ["y"], name="fc")]
+    g = helper.make_graph(nodes, "fc", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, ic, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, n])], inits)
+    return infer_shapes(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=7))
+
+
+@pytest.mark.parametrize("batch, fc_int8", [(1, False), ("N", False), (8, True)])
+def test_trt_rules_judge_the_gemv_by_its_rows(batch, fc_int8):
+    # a symbolic batch counts as 1 (the batch every stage assumes); a first Conv reading the graph input with
+    # 16 output channels has INT8 kernels (Model Optimizer: OC % 8 == 0 and a graph input)
+    model = _fc_net(batch)
+    amax = {"x": 1.0, "f": 1.0}
+    plan = plan_qdq(model, amax)
+    assert "conv" in plan.nodes and ("fc" in plan.nodes) == fc_int8
+    assert fc_int8 or "GEMV" in plan.skipped["fc"]
+    assert plan_qdq(model, amax, trt_rules=False).nodes == ["conv", "fc"]
+
+
+def test_trt_rules_name_what_model_optimizer_leaves_out():
+    from edgesqueeze.quant.trt_int8 import slow_in_int8
+
+    assert set(slow_in_int8(_fc_net(8, n=8))) == {"fc"}  # N = 8 < 16: a small GEMM
+    slow = slow_in_int8(_fc_net(8, conv=(10, 3)))  # 3 -> 10 channels, neither a multiple of 8 (MTCNN P-Net)
+    assert "3 -> 10 channels" in slow["conv"] and "K=10" in slow["fc"]

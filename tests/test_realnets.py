@@ -24,8 +24,8 @@ from realnets import NETS, realnet
 FAST = ("ppocr_cls", "mtcnn_onet", "mtcnn_pnet", "magika")
 
 # output SQNR floors in dB on held-out real inputs (measured today minus a margin; a broken quantizer gives ~0)
-INT8_FLOOR = {"ppocr_det": 15.0, "ppocr_rec": 15.0, "ppocr_cls": 8.0, "yolov8n_320": 20.0,
-              "mtcnn_pnet": 15.0, "mtcnn_onet": 15.0, "magika": 40.0}
+INT8_FLOOR = {"ppocr_det": 15.0, "ppocr_rec": 15.0, "ppocr_cls": 15.0, "yolov8n_320": 20.0,
+              "mtcnn_pnet": 21.0, "mtcnn_onet": 24.0, "magika": 40.0}  # MTCNN: 23.8 / 26.9 with the TRT placement
 FP16_FLOOR = {"ppocr_rec": 30.0}
 FP16_DEFAULT_FLOOR = 40.0
 OPT_FLOOR = 80.0     # FP32 rewrites: float rounding only
@@ -102,7 +102,7 @@ def test_quantize_int8_real_calibration(name, cli, tmp_path):
                           "-i", _shape_arg(name, NETS[name].shapes[0]), "-o", out, "-q")
     assert code == 0, stderr
     sqnr = _sqnrs(name, out, _data(name)[1])
-    print(f"{name} int8 (entropy): held-out output SQNR {[round(s, 1) for s in sqnr]} dB")
+    print(f"{name} int8 (auto): held-out output SQNR {[round(s, 1) for s in sqnr]} dB")
     assert min(sqnr) >= INT8_FLOOR[name], sqnr
     _assert_identity_kept(name, out)
 

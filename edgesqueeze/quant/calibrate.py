@@ -8,8 +8,9 @@ has): a corrupt or partial entry is a miss with a one-line warning.
 The default method, ``auto``, follows NVIDIA's advice that no single calibrator wins on every network
 (QUANT-FIELD.md): from the one set of histograms it computes the ranges of ``mse``, ``entropy`` and
 ``percentile`` (globally pooled features feeding a quantized layer keep their full range in all three, see
-:func:`~edgesqueeze.quant.calibrators.pooled_features`), quantizes the model with each, and keeps the one whose
-outputs are closest to FP32 (highest SQNR) on the first :data:`AUTO_PROBE_FEEDS` calibration feeds.
+:func:`~edgesqueeze.quant.calibrators.pooled_features`), quantizes the model with each (the default Q/DQ placement
+of :func:`~edgesqueeze.quant.qdq.plan_qdq`, which leaves out the layers TensorRT runs no faster in INT8), and keeps
+the one whose outputs are closest to FP32 (highest SQNR) on the first :data:`AUTO_PROBE_FEEDS` calibration feeds.
 """
 from __future__ import annotations
 

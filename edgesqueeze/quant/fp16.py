@@ -139,8 +139,9 @@ def _wide_batchnorm_stats(g: onnx.GraphProto, inits: Dict[str, TensorProto]) -> 
         arr = numpy_helper.to_array(t)
         return t.data_type == FP32 and arr.size > 0 and float(np.abs(arr[np.isfinite(arr)]).max(initial=0)) > FP16_MAX
 
-    values = {n: t for n, t in inits.items()}
-    values.update({n.output[0]: a.t for n in g.node if n.op_type == "Constant" for a in n.attribute if a.name == "value"})
+    values = dict(inits)
+    values.update({n.output[0]: a.t for n in g.node if n.op_type == "Constant"
+                   for a in n.attribute if a.name == "value"})
     return {t for n in g.node if n.op_type == "BatchNormalization" for t in n.input[1:] if t in values
             and wide(values[t])}
 

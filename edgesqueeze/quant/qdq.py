@@ -22,6 +22,7 @@ from onnx import ModelProto, helper, numpy_helper
 from ..errors import InputError
 from ..model import convert_opset, opset_version
 from ..plugins.ops import DOMAIN as CUSTOM_DOMAIN  # custom ops: plugins without INT8 kernels
+from .trt_int8 import slow_in_int8
 
 # op -> (activation input indices, weight input index, weight channel axis or None: decided per node)
 WEIGHTED_OPS = {"Conv": ((0,), 1), "ConvTranspose": ((0,), 1), "Gemm": ((0, 1), 1), "MatMul": ((0, 1), 1)}
@@ -79,9 +80,12 @@ def node_label(node: onnx.NodeProto, index: int) -> str:
     return node.name or f"{node.op_type}_{index}"
 
 
-def quantizable_nodes(model: ModelProto) -> List[str]:
-    """Labels of the nodes whose inputs :func:`quantize_qdq` quantizes (Conv, ConvTranspose, Gemm, MatMul)."""
-    return [node_label(n, i) for i, n in enumerate(model.graph.node) if n.op_type in WEIGHTED_OPS]
+def quantizable_nodes(model: ModelProto, trt_rules: bool = True) -> List[str]:
+    """Labels of the nodes whose inputs :func:`quantize_qdq` quantizes (Conv, ConvTranspose, Gemm, MatMul; with
+    ``trt_rules``, not those TensorRT runs no faster in INT8)."""
+    slow = slow_in_int8(model) if trt_rules else {}
+    return [node_label(n, i) for i, n in enumerate(model.graph.node) if n.op_type in WEIGHTED_OPS
+            and node_label(n, i) not in slow]
 
 
 def _weight_axis(node: onnx.NodeProto, weight: np.ndarray) -> int:
@@ -97,11 +101,17 @@ def _weight_axis(node: onnx.NodeProto, weight: np.ndarray) -> int:
     return -1
 
 
-def plan_qdq(model: ModelProto, amax: Mapping[str, float], keep: Iterable[str] = ()) -> QdqPlan:
-    """Decide the Q/DQ placement without changing the model (see :func:`quantize_qdq`)."""
+def plan_qdq(model: ModelProto, amax: Mapping[str, float], keep: Iterable[str] = (), *,
+             trt_rules: bool = True) -> QdqPlan:
+    """Decide the Q/DQ placement without changing the model (see :func:`quantize_qdq`).
+
+    With ``trt_rules`` the layers TensorRT runs no faster in INT8 (:func:`~edgesqueeze.quant.trt_int8.slow_in_int8`:
+    batch-1 GEMVs, small GEMMs, small-channel Convs without INT8 kernels) stay in higher precision too.
+    """
     keep = set(keep)
     inits = {t.name: t for t in model.graph.initializer}
     plan = QdqPlan()
+    slow = slow_in_int8(model) if trt_rules else {}
     for index, node in enumerate(model.graph.node):
         if node.domain == CUSTOM_DOMAIN:  # no Q/DQ around it: its plugin computes in FP16/FP32
             plan.custom[node_label(node, index)] = (f"custom op {node.op_type}: its TensorRT plugin has FP16/FP32 "
@@ -112,6 +122,9 @@ def plan_qdq(model: ModelProto, amax: Mapping[str, float], keep: Iterable[str] =
         label = node_label(node, index)
         if label in keep or node.name in keep or any(o in keep for o in node.output):
             plan.skipped[label] = "kept in higher precision (--keep)"
+            continue
+        if label in slow:
+            plan.skipped[label] = slow[label]
             continue
         act_idx, w_idx = WEIGHTED_OPS[node.op_type]
         acts, weights, reason = [], [], None
@@ -213,7 +226,7 @@ def fake_quantize(x: np.ndarray, scale, axis: int = -1) -> np.ndarray:
 
 
 def quantize_qdq(model: ModelProto, amax: Mapping[str, float], keep: Sequence[str] = (), *,
-                 int8_weights: bool = False, plan: Optional[QdqPlan] = None) -> ModelProto:
+                 int8_weights: bool = False, plan: Optional[QdqPlan] = None, trt_rules: bool = True) -> ModelProto:
     """Return an explicitly quantized copy of ``model`` (the input is not changed).
 
     Args:
@@ -222,6 +235,7 @@ def quantize_qdq(model: ModelProto, amax: Mapping[str, float], keep: Sequence[st
         keep: node names (or their output tensor names) to leave unquantized (higher precision).
         int8_weights: store weights as INT8 initializers + DequantizeLinear instead of float + Q + DQ.
         plan: a plan from :func:`plan_qdq` (computed when None).
+        trt_rules: leave out of INT8 the layers TensorRT runs no faster in INT8 (see :func:`plan_qdq`).
 
     Returns:
         The QDQ model (opset >= 13), checked by the ONNX checker. ``plan_qdq`` tells what was quantized.
@@ -231,7 +245,7 @@ def quantize_qdq(model: ModelProto, amax: Mapping[str, float], keep: Sequence[st
     """
     if opset_version(model) < MIN_OPSET:
         model = convert_opset(model, MIN_OPSET)
-    plan = plan or plan_qdq(model, amax, keep)
+    plan = plan or plan_qdq(model, amax, keep, trt_rules=trt_rules)
     if not plan.nodes:
         why = next(iter(plan.skipped.items()), ("model", "it has no Conv/ConvTranspose/Gemm/MatMul"))
         raise InputError(f"nothing to quantize: node '{why[0]}': {why[1]}")
