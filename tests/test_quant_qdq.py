@@ -229,6 +229,9 @@ def test_trt_rules_judge_the_gemv_by_its_rows(batch, fc_int8):
 def test_trt_rules_name_what_model_optimizer_leaves_out():
     from edgesqueeze.quant.trt_int8 import slow_in_int8
 
-    assert set(slow_in_int8(_fc_net(8, n=8))) == {"fc"}  # N = 8 < 16: a small GEMM
-    slow = slow_in_int8(_fc_net(8, conv=(10, 3)))  # 3 -> 10 channels, neither a multiple of 8 (MTCNN P-Net)
-    assert "3 -> 10 channels" in slow["conv"] and "K=10" in slow["fc"]
+    def slow(model):
+        return {model.graph.node[i].name: why for i, why in slow_in_int8(model).items()}
+
+    assert set(slow(_fc_net(8, n=8))) == {"fc"}  # N = 8 < 16: a small GEMM
+    why = slow(_fc_net(8, conv=(10, 3)))  # 3 -> 10 channels, neither a multiple of 8 (MTCNN P-Net)
+    assert "3 -> 10 channels" in why["conv"] and "K=10" in why["fc"]

@@ -84,8 +84,7 @@ def quantizable_nodes(model: ModelProto, trt_rules: bool = True) -> List[str]:
     """Labels of the nodes whose inputs :func:`quantize_qdq` quantizes (Conv, ConvTranspose, Gemm, MatMul; with
     ``trt_rules``, not those TensorRT runs no faster in INT8)."""
     slow = slow_in_int8(model) if trt_rules else {}
-    return [node_label(n, i) for i, n in enumerate(model.graph.node) if n.op_type in WEIGHTED_OPS
-            and node_label(n, i) not in slow]
+    return [node_label(n, i) for i, n in enumerate(model.graph.node) if n.op_type in WEIGHTED_OPS and i not in slow]
 
 
 def _weight_axis(node: onnx.NodeProto, weight: np.ndarray) -> int:
@@ -123,8 +122,8 @@ def plan_qdq(model: ModelProto, amax: Mapping[str, float], keep: Iterable[str] =
         if label in keep or node.name in keep or any(o in keep for o in node.output):
             plan.skipped[label] = "kept in higher precision (--keep)"
             continue
-        if label in slow:
-            plan.skipped[label] = slow[label]
+        if index in slow:
+            plan.skipped[label] = slow[index]
             continue
         act_idx, w_idx = WEIGHTED_OPS[node.op_type]
         acts, weights, reason = [], [], None
@@ -234,8 +233,7 @@ def quantize_qdq(model: ModelProto, amax: Mapping[str, float], keep: Sequence[st
         amax: calibrated ``{tensor: amax}`` (from :func:`calibrate` or a TensorRT cache).
         keep: node names (or their output tensor names) to leave unquantized (higher precision).
         int8_weights: store weights as INT8 initializers + DequantizeLinear instead of float + Q + DQ.
-        plan: a plan from :func:`plan_qdq` (computed when None).
-        trt_rules: leave out of INT8 the layers TensorRT runs no faster in INT8 (see :func:`plan_qdq`).
+        plan: a plan from :func:`plan_qdq` (computed when None, with ``keep`` and ``trt_rules`` as there).
 
     Returns:
         The QDQ model (opset >= 13), checked by the ONNX checker. ``plan_qdq`` tells what was quantized.

@@ -77,11 +77,9 @@ def _conv_reason(node: onnx.NodeProto, weight: np.ndarray, reads_input: bool) ->
             "this shape, TensorRT keeps it FP16")
 
 
-def slow_in_int8(model: ModelProto) -> Dict[str, str]:
-    """``{node label: why}`` of the Conv/MatMul/Gemm layers TensorRT gains nothing from in INT8 (see the module).
-
-    Only layers with a stored weight are judged; labels are :func:`~edgesqueeze.quant.qdq.node_label`'s.
-    """
+def slow_in_int8(model: ModelProto) -> Dict[int, str]:
+    """``{node index in model.graph.node: why}`` of the Conv/MatMul/Gemm layers TensorRT gains nothing from in INT8
+    (see the module). Only layers with a stored weight are judged."""
     g = model.graph
     inits = {t.name: t for t in g.initializer}
     infos = {vi.name: vi for vi in list(g.input) + list(g.value_info) + list(g.output)}
@@ -96,5 +94,5 @@ def slow_in_int8(model: ModelProto) -> Dict[str, str]:
         else:
             reason = _matmul_reason(node, _dims(infos.get(node.input[0])), weight)
         if reason:
-            out[node.name or f"{node.op_type}_{index}"] = reason
+            out[index] = reason
     return out
