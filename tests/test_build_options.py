@@ -29,15 +29,16 @@ def test_keep_leaves_that_node_unquantized(cli, tmp_path):
     code, _, err = cli("build", MODEL, *INT8, "-o", tmp_path / "all")
     assert code == 0, err
     before = _quantized_inputs(tmp_path / "all")
-    assert all(before.values()) and "node_linear" in before
-    code, out, err = cli("build", MODEL, *INT8, "--keep", "node_linear", "-o", tmp_path / "kept", "--json")
+    assert before == {"node_Conv_66": True, "node_Conv_68": True, "node_linear": False,  # batch-1 GEMVs:
+                      "node_linear_1": False}                                       # TensorRT keeps them FP16
+    code, out, err = cli("build", MODEL, *INT8, "--keep", "node_Conv_68", "-o", tmp_path / "kept", "--json")
     assert code == 0, err
     after = _quantized_inputs(tmp_path / "kept")
-    assert after.pop("node_linear") is False  # kept in higher precision: no Q/DQ on its input
-    assert all(after.values())  # every other layer is still INT8
+    assert after.pop("node_Conv_68") is False  # kept in higher precision: no Q/DQ on its input
+    assert after == {k: v for k, v in before.items() if k != "node_Conv_68"}  # every other layer as before
     s = json.loads(out)
-    assert s["stages"]["quantize"]["keep"] == ["node_linear"]
-    assert read_manifest(tmp_path / "kept")["options"]["calibration"]["keep"] == ["node_linear"]
+    assert s["stages"]["quantize"]["keep"] == ["node_Conv_68"]
+    assert read_manifest(tmp_path / "kept")["options"]["calibration"]["keep"] == ["node_Conv_68"]
     assert "keep" not in read_manifest(tmp_path / "all")["options"]["calibration"]  # unchanged without --keep
 
 
@@ -65,7 +66,7 @@ def test_sensitivity_and_auto_keep(tmp_path):
               val=str(VAL), val_limit=32, sensitivity=True, auto_keep_drop=100.0, progress=False,
               local_engine="off")
     q = s["stages"]["quantize"]
-    assert {r["node"] for r in q["sensitivity"]} >= {"node_linear", "node_Conv_66"}
+    assert {r["node"] for r in q["sensitivity"]} >= {"node_Conv_68", "node_Conv_66"}
     assert q["auto_keep"]["met"] and q["auto_keep"]["keep"] == [] and q["auto_keep"]["budget"] == 100.0
 
 

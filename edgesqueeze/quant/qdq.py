@@ -105,7 +105,8 @@ def plan_qdq(model: ModelProto, amax: Mapping[str, float], keep: Iterable[str] =
     """Decide the Q/DQ placement without changing the model (see :func:`quantize_qdq`).
 
     With ``trt_rules`` the layers TensorRT runs no faster in INT8 (:func:`~edgesqueeze.quant.trt_int8.slow_in_int8`:
-    batch-1 GEMVs, small GEMMs, small-channel Convs without INT8 kernels) stay in higher precision too.
+    batch-1 GEMVs, small GEMMs, small-channel Convs without INT8 kernels) stay in higher precision too, unless
+    that leaves no layer in INT8 (a model of only such layers still gets the INT8 it was asked for).
     """
     keep = set(keep)
     inits = {t.name: t for t in model.graph.initializer}
@@ -160,6 +161,8 @@ def plan_qdq(model: ModelProto, amax: Mapping[str, float], keep: Iterable[str] =
             plan.activations[name] = scale
         for name, axis in weights:
             plan.weights[name] = axis
+    if slow and not plan.nodes:  # only small layers: INT8 was asked for, so they get it
+        return plan_qdq(model, amax, keep, trt_rules=False)
     _plan_residual_adds(model, amax, keep, plan)
     return plan
 
