@@ -17,7 +17,7 @@ import onnx
 from onnx import ModelProto
 
 from ..errors import InputError, UnsupportedError, VerificationError
-from ..model import copy_model_attributes, infer_shapes, opset_version
+from ..model import copy_model_attributes, infer_shapes, opset_version, raw_nbytes
 from ..numerics import NOISE_FACTOR
 from ..plugins.ops import DOMAIN, OPS, attach_present_functions, op_of
 from ._graph import ir_version_for
@@ -85,7 +85,7 @@ def infer_shapes_fast(model: ModelProto) -> ModelProto:
     g.output.extend(model.graph.output)
     names = {i.name for i in model.graph.input}
     for t in model.graph.initializer:
-        size = len(t.raw_data) or 4 * max(len(t.float_data), len(t.int64_data), len(t.int32_data))
+        size = raw_nbytes(t) or 4 * max(len(t.float_data), len(t.int64_data), len(t.int32_data), len(t.raw_data))
         if size <= _SMALL:
             g.initializer.append(t)
         elif t.name not in names:
@@ -176,15 +176,26 @@ def _run_passes_quietly(model: ModelProto, names: Sequence[str], ctx: PassContex
 # ----------------------------------------------------------------------------- verification
 def _reference(model: ModelProto, feeds, noise_factor: float) -> dict:
     """What every candidate is checked against: the original's runs (graph optimizations off), the logits
-    compared besides the outputs, the outputs' units, and each output's measured rounding noise."""
-    from ..numerics import logit_tensors, noise_floor, unit_scales
+    compared besides the outputs, the outputs' units; each output's rounding noise is measured by
+    :func:`_with_noise` only when a candidate misses ``rtol`` (one run of each model when it does not)."""
+    from ..numerics import logit_tensors, unit_scales
     from ..ortutil import make_session, run_model
 
     logits = logit_tensors(model)
     sess = make_session(model, extra_outputs=logits)
     runs = [run_model(model, f, session=sess) for f in feeds]
-    return {"runs": runs, "logits": logits, "units": unit_scales(model),
-            "noise": noise_floor(model, feeds, runs, logits) if noise_factor else {}, "noise_factor": noise_factor}
+    return {"runs": runs, "logits": logits, "units": unit_scales(model), "noise": {}, "noise_factor": noise_factor,
+            "noise_measured": not noise_factor}
+
+
+def _with_noise(model: ModelProto, feeds, ref: dict) -> dict:
+    """``ref`` with each output's measured rounding noise (the original's spread between onnxruntime's
+    unoptimized and optimized runs), measured once."""
+    from ..numerics import noise_floor
+
+    if ref["noise_measured"]:
+        return ref
+    return dict(ref, noise=noise_floor(model, feeds, ref["runs"], ref["logits"]), noise_measured=True)
 
 
 def _verify(candidate: ModelProto, feeds, rtol: float, ref: dict) -> Dict[str, dict]:
@@ -286,12 +297,18 @@ def _verification(model, out, names, ctx_args, verify, rtol, seed, noise_factor,
     except UnsupportedError as exc:
         return {"status": "skipped", "reason": f"onnxruntime cannot run the input model: {exc.message}"}
     try:
-        stats = _verify(out, feeds, rtol, ref)
+        try:
+            stats = _verify(out, feeds, rtol, ref)
+        except VerificationError:  # rtol alone is not met: allow for the original's own rounding noise
+            ref = _with_noise(model, feeds, ref)
+            stats = _verify(out, feeds, rtol, ref)
     except (VerificationError, UnsupportedError) as exc:
+        ref = _with_noise(model, feeds, ref)
         culprit = _bisect(model, names, ctx_args, feeds, rtol, ref) if names else None
         raise VerificationError(f"pass '{culprit}' broke equivalence: {exc.message}", tensor=exc.tensor,
                                 hint="skip it with --skip " + str(culprit)) from exc
     worst = max((s["max_rel"] for s in stats.values()), default=0.0)
     keys = ("max_abs", "max_rel", "scale", "noise_rel", "tolerance_rel")
     return {"status": "passed", "rtol": rtol, "noise_factor": noise_factor, "seed": seed, "max_rel": worst,
+            "noise_measured": ref["noise_measured"],
             "outputs": {k: {f: v[f] for f in keys} for k, v in sorted(stats.items())}}
