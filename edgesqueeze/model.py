@@ -512,12 +512,12 @@ def infer_shapes(model: ModelProto) -> ModelProto:
 
     Falls back to the model unchanged when inference itself fails on an exotic op.
     """
-    light, stripped = _strip_weights(model)  # the large weights take no part in inference: not serialised
+    light, stripped = strip_weights(model)  # the large weights take no part in inference: not serialised
     try:
         inferred = onnx.shape_inference.infer_shapes(light, check_type=False, strict_mode=False, data_prop=True)
     except Exception:  # noqa: BLE001 - inference is best effort here; the checker already ran
         return model
-    return inferred if _put_back_weights(inferred, stripped) else model
+    return inferred if put_back_weights(inferred, stripped) else model
 
 
 def _infer_shapes_bytes(data: bytes, model: ModelProto) -> ModelProto:
@@ -596,10 +596,10 @@ def convert_opset(model: ModelProto, opset: int, path: Optional[str] = None) -> 
     Raises:
         UnsupportedError: the converter cannot convert one of the model's ops.
     """
-    light, stripped = _strip_weights(model)  # large weights are converted as they are: not serialised
+    light, stripped = strip_weights(model)  # large weights are converted as they are: not serialised
     try:
         converted = version_converter.convert_version(light, opset)
-        if not _put_back_weights(converted, stripped):
+        if not put_back_weights(converted, stripped):
             converted = version_converter.convert_version(model, opset)
         onnx.checker.check_model(_weights_as_inputs(converted))
     except Exception as exc:  # noqa: BLE001 - the converter raises a bare RuntimeError
@@ -717,7 +717,7 @@ _ARRAY_TYPES = {k: np.dtype(v) for k, v in {
     onnx.TensorProto.INT32: np.int32, onnx.TensorProto.INT64: np.int64}.items()}
 
 
-def _strip_weights(model: ModelProto, inline_bytes: int = INLINE_WEIGHT_BYTES
+def strip_weights(model: ModelProto, inline_bytes: int = INLINE_WEIGHT_BYTES
                    ) -> Tuple[ModelProto, Dict[str, onnx.TensorProto]]:
     """The model with each main-graph weight over ``inline_bytes`` replaced by a stub initializer (name, type,
     shape, an external-data marker), and ``{name: the weight}`` (the model's own tensors, not copies)."""
@@ -738,7 +738,7 @@ def _strip_weights(model: ModelProto, inline_bytes: int = INLINE_WEIGHT_BYTES
 def _weights_as_inputs(model: ModelProto) -> ModelProto:
     """The model with each large weight declared as a graph input of its type and shape instead (what the
     checker needs of it), for checks without serialising the weights."""
-    light, stripped = _strip_weights(model)
+    light, stripped = strip_weights(model)
     keep = [t for t in light.graph.initializer if t.name not in stripped]
     del light.graph.initializer[:]
     light.graph.initializer.extend(keep)
@@ -749,16 +749,18 @@ def _weights_as_inputs(model: ModelProto) -> ModelProto:
     return light
 
 
-def _put_back_weights(light: ModelProto, stripped: Mapping[str, onnx.TensorProto]) -> bool:
-    """Replace the stubs of :func:`_strip_weights` in ``light`` (or a model made from it) by the weights, in
+def put_back_weights(light: ModelProto, stripped: Mapping[str, onnx.TensorProto]) -> bool:
+    """Replace the stubs of :func:`strip_weights` in ``light`` (or a model made from it) by the weights, in
     place; False (``light`` partly restored) when a stub was renamed, reshaped or retyped on the way."""
     for t in light.graph.initializer:
         if t.data_location != onnx.TensorProto.EXTERNAL or [e.value for e in t.external_data] != [_STUB_LOCATION]:
             continue
+        name = t.name
         orig = stripped.get(t.name)
         if orig is None or list(orig.dims) != list(t.dims) or orig.data_type != t.data_type:
             return False
         t.CopyFrom(orig)
+        t.name = name
     return True
 
 
@@ -769,7 +771,7 @@ def split_weights(model: ModelProto, inline_bytes: int = INLINE_WEIGHT_BYTES) ->
     light model serialises in milliseconds whatever the size of the weights (onnxruntime takes the arrays with
     ``SessionOptions.add_external_initializers``). ``model`` is not changed; nothing is serialised.
     """
-    light, stripped = _strip_weights(model, inline_bytes)
+    light, stripped = strip_weights(model, inline_bytes)
     return light, {name: np.frombuffer(t.raw_data, _ARRAY_TYPES[t.data_type].newbyteorder("<")).reshape(
         tuple(t.dims)) for name, t in stripped.items()}
 
@@ -805,7 +807,7 @@ _DATA_ALIGN = 4096  # offsets of external weights: page-aligned, so that onnxrun
 def _write_external(model: ModelProto, path: Path) -> None:
     """Write ``model`` as ``path`` with its weights over 1 KB in one data file (:func:`data_file_of`), one
     weight at a time, page-aligned; ``model`` itself is not changed."""
-    light, stripped = _strip_weights(model, inline_bytes=1024)
+    light, stripped = strip_weights(model, inline_bytes=1024)
     data_path = data_file_of(path)
     offsets = {}
     with atomic_path(data_path) as tmp:

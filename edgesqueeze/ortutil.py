@@ -63,12 +63,14 @@ def make_session(model: ModelLike, *, threads: Optional[int] = None, optimize: b
 
 
 def _session(ort, src, so, weights):
-    """An InferenceSession of ``src`` whose stub initializers take the arrays ``weights`` (kept alive with it)."""
+    """An InferenceSession of ``src`` whose stub initializers take the arrays ``weights``.
+
+    onnxruntime copies external initializers into the session (tests/test_big_models.py checks it), so the
+    arrays are not kept: a session holds its weights once.
+    """
     if weights:
         so.add_external_initializers(list(weights), [ort.OrtValue.ortvalue_from_numpy(a) for a in weights.values()])
-    sess = ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
-    sess._edgesqueeze_weights = weights  # onnxruntime may refer to the arrays' memory
-    return sess
+    return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
 
 
 _IR_RE = re.compile(r"max supported IR version: (\d+)")

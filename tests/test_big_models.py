@@ -18,20 +18,21 @@ SIDE = 14000  # float32 [SIDE, SIDE] = 784 MB per weight; three of them: 2.35 GB
 LAYERS = 3
 
 
-def _big_model(folder):
-    """A MatMul chain x @ W0 @ W1 @ W2 with weights in one external-data file; returns the path and weight hashes."""
+def build_matmul_chain(folder, side=SIDE):
+    """A MatMul chain x @ W0 @ W1 @ W2 of [side, side] float32 weights in one external-data file (side 14000:
+    2.35 GB); returns the path and the weights' sha256 (also benchmarks/bench_big_models.py)."""
     rng = np.random.default_rng(0)
     nodes, inits, hashes = [], [], {}
     prev = "x"
     for i in range(LAYERS):
-        w = rng.standard_normal((SIDE, SIDE), dtype=np.float32)
+        w = rng.standard_normal((side, side), dtype=np.float32)
         hashes[f"w{i}"] = hashlib.sha256(w.tobytes()).hexdigest()
         inits.append(numpy_helper.from_array(w, f"w{i}"))
         del w
         nodes.append(helper.make_node("MatMul", [prev, f"w{i}"], [f"y{i}"], name=f"matmul{i}"))
         prev = f"y{i}"
-    graph = helper.make_graph(nodes, "big", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, SIDE])],
-                              [helper.make_tensor_value_info(prev, TensorProto.FLOAT, [1, SIDE])], inits)
+    graph = helper.make_graph(nodes, "big", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, side])],
+                              [helper.make_tensor_value_info(prev, TensorProto.FLOAT, [1, side])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     path = folder / "big.onnx"
     onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
@@ -43,12 +44,45 @@ def _weight_hashes(model):
     return {t.name: hashlib.sha256(numpy_helper.to_array(t).tobytes()).hexdigest() for t in model.graph.initializer}
 
 
+def test_sessions_copy_their_weights():
+    """make_session hands large weights to onnxruntime as arrays and does not keep them: onnxruntime must copy
+    them (if a release ever refers to the arrays instead, this fails)."""
+    import onnxruntime as ort
+
+    from edgesqueeze.model import split_weights
+    from edgesqueeze.ortutil import make_session, run_model
+
+    side = 160
+    w = np.random.default_rng(1).standard_normal((side, side), dtype=np.float32)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, side])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, side])],
+                              [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = {"x": np.ones((1, side), np.float32)}
+    light, weights = split_weights(model, inline_bytes=1024)
+    assert list(weights) == ["w"] and light.ByteSize() < 1024
+    arrays = {k: v.copy() for k, v in weights.items()}
+    so = ort.SessionOptions()
+    so.add_external_initializers(list(arrays), [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays.values()])
+    sess = ort.InferenceSession(light.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    before = sess.run(None, x)[0]
+    arrays["w"][:] = 0
+    np.testing.assert_array_equal(sess.run(None, x)[0], before)  # the session holds its own copy
+    import gc
+
+    sess = make_session(model)  # from stubs + arrays, the arrays dropped: the same outputs as from the bytes
+    gc.collect()
+    np.testing.assert_array_equal(run_model(model, x, session=sess)["y"],
+                                  run_model(model.SerializeToString(), x)["y"])
+
+
 @pytest.fixture(scope="module")
 def big(tmp_path_factory):
     folder = tmp_path_factory.mktemp("big")
     if shutil.disk_usage(folder).free < 8 << 30:
         pytest.skip("needs 8 GB of free disk")
-    path, hashes = _big_model(folder)
+    path, hashes = build_matmul_chain(folder)
     assert os.path.getsize(folder / "big.onnx.data") > 2 ** 31
     return path, hashes
 
