@@ -749,6 +749,13 @@ def _weights_as_inputs(model: ModelProto) -> ModelProto:
     return light
 
 
+def checkable(model: ModelProto) -> ModelProto:
+    """What to give ``onnx.checker.check_model``: ``model`` itself, or over 2 GB (one protobuf's limit, which
+    the checker would serialise) the model with its large weights declared as graph inputs of their type and
+    shape."""
+    return model if _tensor_payload(model) <= _TWO_GB else _weights_as_inputs(model)
+
+
 def put_back_weights(light: ModelProto, stripped: Mapping[str, onnx.TensorProto]) -> bool:
     """Replace the stubs of :func:`strip_weights` in ``light`` (or a model made from it) by the weights, in
     place; False (``light`` partly restored) when a stub was renamed, reshaped or retyped on the way."""
