@@ -315,16 +315,11 @@ def _check_corrupt(model: ModelProto, path: Path, data: Optional[bytes]) -> Opti
 def _load_external(model: ModelProto, path: Path, data: bytes, check: bool) -> Optional[ModelProto]:
     """Give ``model`` (parsed from ``data``, the file's bytes) its external data, checked.
 
-    Up to 2 GB the weights are loaded into ``model`` and it is checked like any model (returns None). Over 2 GB
-    nothing is serialised: the checker reads the path (``onnx.checker.check_model(path)``), shape inference
-    the file's own bytes (without weights), and the inferred model, given its weights, is returned.
+    Whatever the size, nothing is serialised: the checker reads the path (``onnx.checker.check_model(path)``),
+    shape inference the file's own bytes (without weights), and the inferred model, given its weights, is
+    returned (issue 15: a 1.7 GB model no longer needs four times its size to load).
     """
-    files = {(path.parent / e.value).resolve() for t in _external_tensors(model) for e in t.external_data
-             if e.key == "location"}
     _check_external_files(model, path)
-    if len(data) + sum(regular_file_size(f) for f in files) <= _TWO_GB:
-        _resolve_external_data(model, path)
-        return _check_corrupt(model, path, None) if check else None
     if not model.graph.output:
         raise InputError("the graph has no outputs", path=str(path))
     try:
