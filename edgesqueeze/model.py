@@ -8,6 +8,7 @@ for the concrete shapes that checks need. ``save_model`` writes atomically and n
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -21,7 +22,7 @@ from onnx import ModelProto, version_converter
 from onnx.external_data_helper import _get_all_tensors, load_external_data_for_model  # noqa: PLC2701 - stable
 
 from .errors import InputError, UnsupportedError
-from .fileio import PathLike, atomic_path, refuse_overwrite, sha256_bytes
+from .fileio import PathLike, atomic_path, refuse_overwrite, sha256_bytes, sha256_file
 
 ShapeSpec = Mapping[Optional[str], Sequence[int]]
 _TWO_GB = 2 ** 31 - 1
@@ -314,16 +315,11 @@ def _check_corrupt(model: ModelProto, path: Path, data: Optional[bytes]) -> Opti
 def _load_external(model: ModelProto, path: Path, data: bytes, check: bool) -> Optional[ModelProto]:
     """Give ``model`` (parsed from ``data``, the file's bytes) its external data, checked.
 
-    Up to 2 GB the weights are loaded into ``model`` and it is checked like any model (returns None). Over 2 GB
-    nothing is serialised: the checker reads the path (``onnx.checker.check_model(path)``), shape inference
-    the file's own bytes (without weights), and the inferred model, given its weights, is returned.
+    Whatever the size, nothing is serialised: the checker reads the path (``onnx.checker.check_model(path)``),
+    shape inference the file's own bytes (without weights), and the inferred model, given its weights, is
+    returned (issue 15: a 1.7 GB model no longer needs four times its size to load).
     """
-    files = {(path.parent / e.value).resolve() for t in _external_tensors(model) for e in t.external_data
-             if e.key == "location"}
     _check_external_files(model, path)
-    if len(data) + sum(regular_file_size(f) for f in files) <= _TWO_GB:
-        _resolve_external_data(model, path)
-        return _check_corrupt(model, path, None) if check else None
     if not model.graph.output:
         raise InputError("the graph has no outputs", path=str(path))
     try:
@@ -511,10 +507,12 @@ def infer_shapes(model: ModelProto) -> ModelProto:
 
     Falls back to the model unchanged when inference itself fails on an exotic op.
     """
+    light, stripped = strip_weights(model)  # the large weights take no part in inference: not serialised
     try:
-        return onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(light, check_type=False, strict_mode=False, data_prop=True)
     except Exception:  # noqa: BLE001 - inference is best effort here; the checker already ran
         return model
+    return inferred if put_back_weights(inferred, stripped) else model
 
 
 def _infer_shapes_bytes(data: bytes, model: ModelProto) -> ModelProto:
@@ -593,9 +591,12 @@ def convert_opset(model: ModelProto, opset: int, path: Optional[str] = None) -> 
     Raises:
         UnsupportedError: the converter cannot convert one of the model's ops.
     """
+    light, stripped = strip_weights(model)  # large weights are converted as they are: not serialised
     try:
-        converted = version_converter.convert_version(model, opset)
-        onnx.checker.check_model(converted)
+        converted = version_converter.convert_version(light, opset)
+        if not put_back_weights(converted, stripped):
+            converted = version_converter.convert_version(model, opset)
+        onnx.checker.check_model(_weights_as_inputs(converted))
     except Exception as exc:  # noqa: BLE001 - the converter raises a bare RuntimeError
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UnsupportedError(f"cannot convert the model from opset {opset_version(model)} to {opset}: {text}",
@@ -648,10 +649,12 @@ def copy_model_attributes(src: ModelProto, dst: ModelProto) -> ModelProto:
 
 # ----------------------------------------------------------------------------- saving
 def _tensor_payload(model: ModelProto) -> int:
-    """A cheap lower bound of the model's serialised size: the bytes of its tensors' data."""
+    """A cheap lower bound of the model's serialised size: the bytes of its tensors' data (from their shapes,
+    not by reading the data, which would copy it)."""
     total = 0
     for t in _get_all_tensors(model):
-        total += len(t.raw_data) + 4 * (len(t.float_data) + len(t.int32_data)) + 8 * (
+        total += raw_nbytes(t) or (len(t.raw_data) if t.HasField("raw_data") else 0)
+        total += 4 * (len(t.float_data) + len(t.int32_data)) + 8 * (
             len(t.int64_data) + len(t.double_data) + len(t.uint64_data))
     return total
 
@@ -659,19 +662,120 @@ def _tensor_payload(model: ModelProto) -> int:
 def _serialise_if_small(model: ModelProto) -> Optional[bytes]:
     """Return ``model_bytes(model)`` when the model fits in one protobuf (<= 2 GB), else None.
 
-    Serialises once instead of ``ByteSize()`` + serialise (upb computes ``ByteSize`` by encoding).
-    The decision is the same as ``model.ByteSize() <= 2 GB``: the tensor payload is a lower bound of
-    the size, and the serialised length is the size.
+    The tensor payload is a lower bound of the size; when it is over 2 GB nothing is serialised.
     """
     if _tensor_payload(model) > _TWO_GB:
         return None
     try:
         data = model_bytes(model)
     except Exception:  # noqa: BLE001 - protobuf refuses to encode > 2 GB (the error type varies by backend)
-        if model.ByteSize() > _TWO_GB:
-            return None
-        raise
+        return None
     return data if len(data) <= _TWO_GB else None
+
+
+def weights_were_external(model: ModelProto, path: PathLike) -> bool:
+    """Whether the model file ``path`` (that ``model`` was loaded from) kept its weights as external data: the
+    file is smaller than the weights (cheap: nothing is read or serialised)."""
+    return regular_file_size(path) < _tensor_payload(model)
+
+
+#: weights above this many bytes are handed to onnxruntime as arrays (:func:`split_weights`), not serialised
+INLINE_WEIGHT_BYTES = 1 << 16
+_STUB_LOCATION = "<edgesqueeze:in-memory>"  # an external-data location no file has: the data comes with the stub
+
+
+def _copy_without(src, dst, skip: str):
+    """Copy every set field of message ``src`` into ``dst`` except the field ``skip`` (no deep copy of it)."""
+    for field, value in src.ListFields():
+        if field.name == skip:
+            continue
+        if field.is_repeated:
+            getattr(dst, field.name).extend(value)
+        elif field.message_type is not None:
+            getattr(dst, field.name).CopyFrom(value)
+        else:
+            setattr(dst, field.name, value)
+    return dst
+
+
+def raw_nbytes(t: onnx.TensorProto) -> int:
+    """Bytes of a tensor's ``raw_data`` computed from its shape (reading ``raw_data`` would copy it); 0 when it
+    has none or a type without a plain numpy equivalent."""
+    if not t.HasField("raw_data") or t.data_type not in _ARRAY_TYPES:
+        return 0
+    return int(np.prod(t.dims, dtype=np.int64)) * _ARRAY_TYPES[t.data_type].itemsize
+
+
+_ARRAY_TYPES = {k: np.dtype(v) for k, v in {
+    onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.FLOAT16: np.float16, onnx.TensorProto.DOUBLE: np.float64,
+    onnx.TensorProto.INT8: np.int8, onnx.TensorProto.UINT8: np.uint8, onnx.TensorProto.INT16: np.int16,
+    onnx.TensorProto.INT32: np.int32, onnx.TensorProto.INT64: np.int64}.items()}
+
+
+def strip_weights(model: ModelProto, inline_bytes: int = INLINE_WEIGHT_BYTES
+                   ) -> Tuple[ModelProto, Dict[str, onnx.TensorProto]]:
+    """The model with each main-graph weight over ``inline_bytes`` replaced by a stub initializer (name, type,
+    shape, an external-data marker), and ``{name: the weight}`` (the model's own tensors, not copies)."""
+    light = _copy_without(model, ModelProto(), "graph")
+    graph = _copy_without(model.graph, light.graph, "initializer")
+    stripped: Dict[str, onnx.TensorProto] = {}
+    for t in model.graph.initializer:
+        if raw_nbytes(t) <= inline_bytes or t.data_location == onnx.TensorProto.EXTERNAL or t.name in stripped:
+            graph.initializer.append(t)
+            continue
+        stripped[t.name] = t
+        stub = graph.initializer.add(name=t.name, data_type=t.data_type, dims=t.dims)
+        stub.data_location = onnx.TensorProto.EXTERNAL
+        stub.external_data.add(key="location", value=_STUB_LOCATION)
+    return light, stripped
+
+
+def _weights_as_inputs(model: ModelProto) -> ModelProto:
+    """The model with each large weight declared as a graph input of its type and shape instead (what the
+    checker needs of it), for checks without serialising the weights."""
+    light, stripped = strip_weights(model)
+    keep = [t for t in light.graph.initializer if t.name not in stripped]
+    del light.graph.initializer[:]
+    light.graph.initializer.extend(keep)
+    listed = {i.name for i in light.graph.input}
+    light.graph.input.extend(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+                             for t in stripped.values() if t.name not in listed)
+    light.ir_version = max(light.ir_version, 4)
+    return light
+
+
+def checkable(model: ModelProto) -> ModelProto:
+    """What to give ``onnx.checker.check_model``: ``model`` itself, or over 2 GB (one protobuf's limit, which
+    the checker would serialise) the model with its large weights declared as graph inputs of their type and
+    shape."""
+    return model if _tensor_payload(model) <= _TWO_GB else _weights_as_inputs(model)
+
+
+def put_back_weights(light: ModelProto, stripped: Mapping[str, onnx.TensorProto]) -> bool:
+    """Replace the stubs of :func:`strip_weights` in ``light`` (or a model made from it) by the weights, in
+    place; False (``light`` partly restored) when a stub was renamed, reshaped or retyped on the way."""
+    for t in light.graph.initializer:
+        if t.data_location != onnx.TensorProto.EXTERNAL or [e.value for e in t.external_data] != [_STUB_LOCATION]:
+            continue
+        name = t.name
+        orig = stripped.get(t.name)
+        if orig is None or list(orig.dims) != list(t.dims) or orig.data_type != t.data_type:
+            return False
+        t.CopyFrom(orig)
+        t.name = name
+    return True
+
+
+def split_weights(model: ModelProto, inline_bytes: int = INLINE_WEIGHT_BYTES) -> Tuple[ModelProto, Dict[str, np.ndarray]]:
+    """The model without its large main-graph weights, and those weights as read-only little-endian arrays.
+
+    Each weight over ``inline_bytes`` becomes a stub initializer (name, type, shape, an external-data marker): the
+    light model serialises in milliseconds whatever the size of the weights (onnxruntime takes the arrays with
+    ``SessionOptions.add_external_initializers``). ``model`` is not changed; nothing is serialised.
+    """
+    light, stripped = strip_weights(model, inline_bytes)
+    return light, {name: np.frombuffer(t.raw_data, _ARRAY_TYPES[t.data_type].newbyteorder("<")).reshape(
+        tuple(t.dims)) for name, t in stripped.items()}
 
 
 def model_bytes(model: ModelProto) -> bytes:
@@ -679,20 +783,72 @@ def model_bytes(model: ModelProto) -> bytes:
     return model.SerializeToString(deterministic=True)
 
 
+def data_file_of(path: PathLike) -> Path:
+    """The one external-data file :func:`save_model` writes next to ``path``: ``<name>.onnx.data``."""
+    return Path(path).with_name(Path(path).name + ".data")
+
+
 def model_hash(model: Union[ModelProto, PathLike]) -> str:
-    """Return the sha256 of a model's serialised bytes (or of a model file)."""
+    """Return the sha256 of a model's serialised bytes, or of a model file (followed by the bytes of its
+    :func:`data_file_of` when it has one), read in chunks."""
     if isinstance(model, ModelProto):
         return sha256_bytes(model_bytes(model))
-    return sha256_bytes(Path(model).read_bytes())
+    if not data_file_of(model).is_file():
+        return sha256_file(model)
+    h = hashlib.sha256()
+    for part in (Path(model), data_file_of(model)):
+        with open(part, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
 
 
-def save_model(model: ModelProto, path: PathLike, *, inputs: Sequence[Optional[PathLike]] = ()) -> Path:
+_DATA_ALIGN = 4096  # offsets of external weights: page-aligned, so that onnxruntime can map them
+
+
+def _write_external(model: ModelProto, path: Path) -> None:
+    """Write ``model`` as ``path`` with its weights over 1 KB in one data file (:func:`data_file_of`), one
+    weight at a time, page-aligned; ``model`` itself is not changed."""
+    light, stripped = strip_weights(model, inline_bytes=1024)
+    data_path = data_file_of(path)
+    offsets = {}
+    with atomic_path(data_path) as tmp:
+        with open(tmp, "wb") as fh:
+            for name, t in stripped.items():
+                fh.seek(-fh.tell() % _DATA_ALIGN, os.SEEK_CUR)
+                offsets[name] = fh.tell()
+                fh.write(t.raw_data)
+            fh.truncate()
+            fh.flush()
+            os.fsync(fh.fileno())
+    for t in light.graph.initializer:
+        if t.name in offsets and t.data_location == onnx.TensorProto.EXTERNAL:
+            del t.external_data[:]
+            for key, value in (("location", data_path.name), ("offset", offsets[t.name]),
+                               ("length", raw_nbytes(stripped[t.name]))):
+                t.external_data.add(key=key, value=str(value))
+    _write_bytes(path, model_bytes(light))
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+def save_model(model: ModelProto, path: PathLike, *, inputs: Sequence[Optional[PathLike]] = (),
+               external: Optional[bool] = None) -> Path:
     """Write ``model`` to ``path`` atomically (temp file + rename).
 
     Args:
-        model: the model to write.
+        model: the model to write (not changed).
         path: destination ``.onnx`` path; its directory is created if needed.
         inputs: paths that must not be overwritten (the models the output was made from).
+        external: write the weights (each over 1 KB) as external data, in one file ``<name>.onnx.data`` next to
+            the model (:func:`data_file_of`), page-aligned; None: only when the model does not fit in one
+            protobuf (2 GB). Nothing of the model is serialised whole then.
 
     Returns:
         The written path.
@@ -702,25 +858,14 @@ def save_model(model: ModelProto, path: PathLike, *, inputs: Sequence[Optional[P
     """
     path = Path(path)
     refuse_overwrite(path, *[p for p in inputs if p])
+    if external:
+        refuse_overwrite(data_file_of(path), *[p for p in inputs if p])
     try:
-        data = _serialise_if_small(model)
+        data = None if external else _serialise_if_small(model)
         if data is not None:
-            with atomic_path(path) as tmp:
-                with open(tmp, "wb") as fh:
-                    fh.write(data)
-                    fh.flush()
-                    os.fsync(fh.fileno())
+            _write_bytes(path, data)
         else:  # protobuf cannot hold > 2 GB: weights go to <name>.data next to the model
-            located = [t.HasField("data_location") for t in _get_all_tensors(model)]
-            with atomic_path(path) as tmp:
-                onnx.save_model(model, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
-                                location=path.name + ".data")
-            # onnx.save_model moved the weights out of ``model`` itself: read them back, so that the caller's
-            # model is as it was (a copy before saving would hold > 2 GB twice)
-            load_external_data_for_model(model, str(path.parent))
-            for t, had in zip(_get_all_tensors(model), located):
-                if not had:
-                    t.ClearField("data_location")
+            _write_external(model, path)
     except OSError as exc:
         raise InputError(f"cannot write the model: {exc.strerror}", path=str(path)) from exc
     return path

@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 
 from .errors import UnsupportedError, VerificationError
-from .model import model_bytes
+from .model import model_bytes, split_weights
 
 ModelLike = Union[onnx.ModelProto, str, bytes]
 
@@ -34,6 +34,9 @@ def make_session(model: ModelLike, *, threads: Optional[int] = None, optimize: b
     """
     import onnxruntime as ort
 
+    weights = {}
+    if isinstance(model, onnx.ModelProto):  # large weights go to onnxruntime as arrays, never serialised
+        model, weights = split_weights(model)
     if extra_outputs:
         if not isinstance(model, onnx.ModelProto):
             model = onnx.load(model) if isinstance(model, str) else onnx.load_from_string(model)
@@ -48,16 +51,26 @@ def make_session(model: ModelLike, *, threads: Optional[int] = None, optimize: b
             so.intra_op_num_threads = int(threads)
     src = model_bytes(model) if isinstance(model, onnx.ModelProto) else model
     try:
-        return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+        return _session(ort, src, so, weights)
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated types
         m = _IR_RE.search(str(exc))
         if m:  # a newer onnx wrote an IR version this onnxruntime does not know: the graph itself is fine
             proto = model if isinstance(model, onnx.ModelProto) else (
                 onnx.load(model) if isinstance(model, str) else onnx.load_from_string(model))
             if proto.ir_version > int(m.group(1)):
-                return make_session(with_ir_version(proto, int(m.group(1))), threads=threads, optimize=optimize,
-                                    session_options=session_options)
+                return _session(ort, model_bytes(with_ir_version(proto, int(m.group(1)))), so, weights)
         raise ort_error(exc, "onnxruntime cannot load the model") from exc
+
+
+def _session(ort, src, so, weights):
+    """An InferenceSession of ``src`` whose stub initializers take the arrays ``weights``.
+
+    onnxruntime copies external initializers into the session (tests/test_big_models.py checks it), so the
+    arrays are not kept: a session holds its weights once.
+    """
+    if weights:
+        so.add_external_initializers(list(weights), [ort.OrtValue.ortvalue_from_numpy(a) for a in weights.values()])
+    return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
 
 
 _IR_RE = re.compile(r"max supported IR version: (\d+)")

@@ -38,7 +38,7 @@ def run_optimize(model_path, output, *, target=None, passes=None, skip=(), repor
     Raises:
         InputError, UnsupportedError, VerificationError: see :func:`edgesqueeze.passes.optimize`.
     """
-    from ..model import load_model, model_hash, opset_version, random_feeds, save_model
+    from ..model import load_model, model_hash, opset_version, random_feeds, save_model, weights_were_external
     from ..passes import DEFAULT_OPSET, optimize, resolve_passes
 
     refuse_overwrite(output, model_path)
@@ -51,8 +51,8 @@ def run_optimize(model_path, output, *, target=None, passes=None, skip=(), repor
     if rtol is None:
         rtol = 1e-2 if _computes_in_fp16(model) else 1e-4
     out, report = optimize(model, passes=names, target=target, verify=verify, rtol=rtol, seed=seed, feeds=feeds)
-    save_model(out, output, inputs=(model_path,))
-    report.update({"input": str(model_path), "output": str(output), "sha256": model_hash(out),
+    save_model(out, output, inputs=(model_path,), external=weights_were_external(model, model_path) or None)
+    report.update({"input": str(model_path), "output": str(output), "sha256": model_hash(output),
                    "opset": opset_version(out)})
     if report_path:
         refuse_overwrite(report_path, model_path)

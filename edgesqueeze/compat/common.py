@@ -5,7 +5,7 @@ import onnx
 from onnx import ModelProto, TensorProto
 
 from ..errors import VerificationError
-from ..model import iter_nodes
+from ..model import checkable, iter_nodes
 
 #: tolerance for FP16 models: the same graph may run with different FP16/FP32 kernels at two opsets
 FP16_RTOL = 1e-2
@@ -35,10 +35,10 @@ def _plugin_only(model: ModelProto) -> bool:
 
 def _check(model: ModelProto, what: str) -> None:
     try:
-        onnx.checker.check_model(model, full_check=True)
+        onnx.checker.check_model(checkable(model), full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         if _plugin_only(model) and "No Op registered" in str(exc):
-            onnx.checker.check_model(model)  # plugin-only nodes have no schema: the structural check only
+            onnx.checker.check_model(checkable(model))  # plugin-only nodes have no schema: the structural check only
             return
         text = str(exc).strip().splitlines()[0]
         raise VerificationError(f"{what}: onnx.checker rejects the result: {text}",
