@@ -98,15 +98,16 @@ template <typename T>
 ESQ_HD void sparse_fast_csr_accumulate(const SparseConvParams& p, const T* values, const int* col, const int* row_ptr,
                                        const T* s_x, int tile_m, int r0, int tid, int* cursor, float* acc) {
     const int lane = tid % 32;
+    ESQ_UNROLL  // unrolled: acc and cursor stay in registers
     for (int i = 0; i < kSpRowsPerWarp; ++i) {
         const int m = sparse_fast_row(tile_m, tid, i);
-        if (m >= p.M) break;
-        const int end = row_ptr[m + 1];
+        const int end = m < p.M ? row_ptr[m + 1] : 0;
         int k = cursor[i];
         for (; k < end; ++k) {
             const int r = col[k];
+            const float w = to_float(values[k]);  // in bounds for k < end: loaded with col, not after the test
             if (r >= r0 + kSpRC) break;
-            sparse_fast_fma(s_x, r - r0, lane, to_float(values[k]), acc + i * kSpPix);
+            sparse_fast_fma(s_x, r - r0, lane, w, acc + i * kSpPix);
         }
         cursor[i] = k;
     }
@@ -119,12 +120,15 @@ ESQ_HD void sparse_fast_24_accumulate(const SparseConvParams& p, const T* values
     const int lane = tid % 32;
     const int R = sparse_reduction_size(p);
     const int groups = (R - r0) / 4 < kSpRC / 4 ? (R - r0) / 4 : kSpRC / 4;
+    ESQ_UNROLL
     for (int i = 0; i < kSpRowsPerWarp; ++i) {
         const int m = sparse_fast_row(tile_m, tid, i);
-        if (m >= p.M) break;
+        if (m >= p.M) continue;
         const unsigned int word = (unsigned int)meta[(long long)m * sparse24_meta_words(p) + r0 / kSpRC];
         const T* v = values + (long long)m * (R / 2) + r0 / 2;
-        for (int g = 0; g < groups; ++g) {
+        ESQ_UNROLL
+        for (int g = 0; g < kSpRC / 4; ++g) {
+            if (g >= groups) break;
             const unsigned int bits = (word >> (4 * g)) & 0xfu;
             float v0, v1;
             load_pair_as_float2(v + 2 * g, v0, v1);
@@ -139,13 +143,15 @@ template <typename T>
 ESQ_HD void sparse_fast_store(const SparseConvParams& p, const T* bias, long long tile, int tile_m, int tid,
                               const float* acc, T* y) {
     const long long plane = (long long)p.OH * p.OW;
+    ESQ_UNROLL
     for (int i = 0; i < kSpRowsPerWarp; ++i) {
         const int m = sparse_fast_row(tile_m, tid, i);
-        if (m >= p.M) break;
+        if (m >= p.M) continue;
         const float b = to_float(bias[m]);
+        ESQ_UNROLL
         for (int j = 0; j < kSpPix; ++j) {
             const long long q = tile * kSpTP + (tid % 32) * kSpPix + j;
-            if (q >= (long long)p.N * plane) break;
+            if (q >= (long long)p.N * plane) continue;
             const float v = apply_activation(p.act, acc[i * kSpPix + j] + b, p.alpha, p.beta);
             y[((q / plane) * p.M + m) * plane + q % plane] = from_float<T>(v);
         }
@@ -154,6 +160,7 @@ ESQ_HD void sparse_fast_store(const SparseConvParams& p, const T* bias, long lon
 
 // CSR row cursors of thread `tid` at the start: row_ptr[m] of its 4 rows.
 ESQ_HD void sparse_fast_csr_cursors(const SparseConvParams& p, const int* row_ptr, int tile_m, int tid, int* cursor) {
+    ESQ_UNROLL
     for (int i = 0; i < kSpRowsPerWarp; ++i) {
         const int m = sparse_fast_row(tile_m, tid, i);
         cursor[i] = m < p.M ? row_ptr[m] : 0;
@@ -163,7 +170,7 @@ ESQ_HD void sparse_fast_csr_cursors(const SparseConvParams& p, const int* row_pt
 #if ESQ_DEVICE_COMPILE
 // grid (sparse_fast_tiles_p, sparse_fast_tiles_m), kSpThreads threads, static shared memory kSpRC * kSpTP * sizeof(T).
 template <typename T>
-__global__ void __launch_bounds__(kSpThreads)
+__global__ void __launch_bounds__(kSpThreads, 2)
 sparse_csr_fast_kernel(SparseConvParams p, const T* __restrict__ x, const T* __restrict__ values,
                        const int* __restrict__ col, const int* __restrict__ row_ptr, const T* __restrict__ bias,
                        T* __restrict__ y) {
@@ -184,7 +191,7 @@ sparse_csr_fast_kernel(SparseConvParams p, const T* __restrict__ x, const T* __r
 }
 
 template <typename T>
-__global__ void __launch_bounds__(kSpThreads)
+__global__ void __launch_bounds__(kSpThreads, 2)
 sparse24_fast_kernel(SparseConvParams p, const T* __restrict__ x, const T* __restrict__ values,
                      const int* __restrict__ meta, const T* __restrict__ bias, T* __restrict__ y) {
     __shared__ float4 s_raw[kSpRC * kSpTP * sizeof(T) / 16];  // raw storage: __half has constructors
