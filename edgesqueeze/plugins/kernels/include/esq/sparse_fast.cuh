@@ -106,7 +106,10 @@ ESQ_HD void sparse_fast_csr_accumulate(const SparseConvParams& p, const T* value
         for (; k < end; ++k) {
             const int r = col[k];
             const float w = to_float(values[k]);  // in bounds for k < end: loaded with col, not after the test
-            if (r >= r0 + kSpRC) break;
+            if ((unsigned int)(r - r0) >= (unsigned int)kSpRC) {  // one compare on the common path
+                if (r >= r0) break;                                // the next chunk's
+                continue;  // behind the cursor (a row out of order): skipped, never read outside s_x
+            }
             sparse_fast_fma(s_x, r - r0, lane, w, acc + i * kSpPix);
         }
         cursor[i] = k;
