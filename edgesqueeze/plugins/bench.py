@@ -140,7 +140,8 @@ def run_bench(target: str, *, dtypes: Sequence[str] = ("fp32", "fp16", "int8"), 
                                          ctypes.byref(ms))
                 if rc != 0:
                     raise DeviceError(f"{kernel} {dtype} on {name} failed with CUDA error {rc}")
-                results.append(_row(profile, name, dtype, "dwsep", kernel, ms.value, layer_cost(c, c, hw, _ELEM[dtype])))
+                cost = layer_cost(c, c, hw, _ELEM[dtype])
+                results.append(_row(profile, name, dtype, "dwsep", kernel, ms.value, cost))
             if dtype != "int8":
                 results += _bench_sparse(lib, profile, name, c, hw, dtype, iters)
     return {"target": profile.name, "arch": f"sm_{arch}", "iters": iters,

@@ -47,7 +47,8 @@ void sparse24_launch(const SparseConvParams& p, SparseKernel which, const void* 
     const T* vt = static_cast<const T*>(values);
     const T* bt = static_cast<const T*>(bias);
     if (which == kSparseTiled)
-        sparse24_fast_kernel<T><<<sparse_fast_grid(p), kSpThreads, 0, stream>>>(p, xt, vt, meta, bt, static_cast<T*>(y));
+        sparse24_fast_kernel<T><<<sparse_fast_grid(p), kSpThreads, 0, stream>>>(p, xt, vt, meta, bt,
+                                                                                static_cast<T*>(y));
     else
         sparse24_kernel<T><<<sparse_blocks(p), kSparseThreads, 0, stream>>>(p, xt, vt, meta, bt, static_cast<T*>(y));
 }

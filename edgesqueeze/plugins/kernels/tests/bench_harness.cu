@@ -1,5 +1,5 @@
-// GPU micro-benchmark of the fused depthwise-separable and the sparse kernels (edgesqueeze plugins bench): device buffers of random
-// data, one warm-up launch, then `iters` launches timed with CUDA events. Built with nvcc at run time.
+// GPU micro-benchmark of the fused depthwise-separable and the sparse kernels (edgesqueeze plugins bench): device
+// buffers of data, one warm-up launch, then `iters` launches timed with CUDA events. Built with nvcc at run time.
 #include <cuda_runtime.h>
 
 #include <vector>

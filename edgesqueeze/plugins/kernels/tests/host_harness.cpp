@@ -114,7 +114,8 @@ void run_sparse_fast(const esq::SparseConvParams& p, bool rows_24, const T* x, c
                                                    &cursor[tid * kSpRowsPerWarp], &acc[tid * kSpAcc]);
                 }
             }
-            for (int tid = 0; tid < kSpThreads; ++tid) sparse_fast_store(p, bias, tile, tile_m, tid, &acc[tid * kSpAcc], y);
+            for (int tid = 0; tid < kSpThreads; ++tid)
+                sparse_fast_store(p, bias, tile, tile_m, tid, &acc[tid * kSpAcc], y);
         }
     }
 }
