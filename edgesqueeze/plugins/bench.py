@@ -106,11 +106,13 @@ def _build(arch: str, cache_dir: Optional[Path]) -> Path:
 
 def run_bench(target: str, *, dtypes: Sequence[str] = ("fp32", "fp16", "int8"), iters: int = 50,
               layers: Optional[Sequence[str]] = None, cache_dir: Optional[Path] = None) -> dict:
-    """Time the dwsep kernels on this machine's GPU and relate the numbers to ``target``'s peaks.
+    """Time the dwsep kernels and the sparse kernels (FP32/FP16) on this machine's GPU and relate the numbers to
+    ``target``'s peaks.
 
     Returns:
         ``{"target", "arch", "iters", "peaks": {"bandwidth_gbs", "gflops": {...}}, "results": [{"layer", "dtype",
-        "kernel", "ms", "gbs", "pct_peak_bandwidth", "gflops", "pct_peak_gflops"}]}``.
+        "op", "kernel", "ms", "gbs", "pct_peak_bandwidth", "gflops", "pct_peak_gflops"}]}``; op is ``"dwsep"``,
+        ``"pointwise-2:4"`` or ``"pointwise-csr"`` (:data:`SPARSE_OPS`).
 
     Raises:
         DeviceError: no NVIDIA GPU here. UnsupportedError: no nvcc. InputError: unknown dtype or layer.
