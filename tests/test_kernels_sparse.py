@@ -19,6 +19,8 @@ CASES = [
     ("k3_s2", 2, 8, 9, 7, 5, 3, (2, 2), (1, 1, 1, 1), (1, 1)),
     ("k5_dil2", 1, 4, 11, 10, 6, 5, (1, 1), (4, 3, 4, 2), (2, 2)),
     ("k3_s2x1_odd_m", 1, 36, 6, 5, 33, 3, (2, 1), (0, 1, 1, 0), (1, 2)),
+    # the tiled kernels' edges: 286 pixels (2 tiles of 256), M = 70 (3 groups of 32 rows), R = 108 (4 chunks of 32)
+    ("tiles_k3", 2, 12, 13, 11, 70, 3, (1, 1), (1, 1, 1, 1), (1, 1)),
 ]
 PARAMS = {"none": (0.0, 0.0), "relu": (0.0, 0.0), "clip": (-0.5, 0.5), "leaky_relu": (0.2, 0.0),
           "sigmoid": (0.0, 0.0), "hard_sigmoid": (0.2, 0.5), "hard_swish": (0.0, 0.0)}
@@ -45,7 +47,7 @@ def _rel_err(ref, act):
     return float(np.abs(ref - act).max() / max(np.abs(ref).max(), 1e-12))
 
 
-def _run(case, fmt, dtype, act, harness_dir, seed=0):
+def _run(case, fmt, dtype, act, harness_dir, seed=0, tiled=True):
     _, n, c, h, w, m, k, strides, pads, dilations = case
     rng = np.random.default_rng(seed)
     weight = _sparse_weight(m, c, k, fmt, rng).astype(dtype)
@@ -56,7 +58,7 @@ def _run(case, fmt, dtype, act, harness_dir, seed=0):
     model = make_sparse_conv_model(x.shape, weight, bias, sparse_format=fmt, dtype=dtype, **attrs)
     ref = run_model(model, {"x": x})["y"]
     got = emulate.emulate_sparse_conv(x, sparse_conv_inputs(weight, fmt, dtype), bias, sparse_format=fmt,
-                                      kernel_shape=(k, k), cache_dir=harness_dir, **attrs)
+                                      kernel_shape=(k, k), cache_dir=harness_dir, tiled=tiled, **attrs)
     assert got.dtype == np.dtype(dtype)
     return ref, got
 
@@ -67,6 +69,14 @@ def _run(case, fmt, dtype, act, harness_dir, seed=0):
 def test_geometry(case, fmt, dtype, tol, harness_dir):
     ref, got = _run(case, fmt, dtype, "relu", harness_dir)
     assert _rel_err(ref, got) <= tol
+
+
+@pytest.mark.parametrize("fmt", ["2:4", "csr"])
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_reference_kernel(case, fmt, harness_dir):
+    """The one-thread-per-output kernels (kSparseReference) stay correct: the tiled ones are measured against them."""
+    ref, got = _run(case, fmt, np.float32, "relu", harness_dir, tiled=False)
+    assert _rel_err(ref, got) <= 1e-5
 
 
 @pytest.mark.parametrize("act", ACTIVATIONS)
@@ -95,3 +105,26 @@ def test_corrupt_metadata_is_detected(harness_dir):
     bad = emulate.emulate_sparse_conv(x, arrays, bias, sparse_format="2:4", kernel_shape=(1, 1),
                                       cache_dir=harness_dir)
     assert _rel_err(good, bad) > 1e-3
+
+
+def test_csr_rows_must_be_ascending(harness_dir):
+    """The tiled CSR kernel walks each row's columns in order (compress_csr writes them so); a row whose columns
+    are out of order loses the weights behind its cursor (never reading outside the shared tile), which the
+    comparison sees (the reference kernel does not care)."""
+    case = CASES[-1]
+    _, n, c, h, w, m, k, strides, pads, dilations = case
+    rng = np.random.default_rng(2)
+    weight = _sparse_weight(m, c, k, "csr", rng).astype(np.float32)
+    bias = np.zeros(m, np.float32)
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    arrays = sparse_conv_inputs(weight, "csr")
+    lo, hi = int(arrays["row_ptr"][0]), int(arrays["row_ptr"][1])
+    assert hi - lo >= 2 and arrays["col"][hi - 1] >= 32  # row 0 reaches past the first chunk
+    arrays["col"], arrays["values"] = arrays["col"].copy(), arrays["values"].copy()
+    arrays["col"][lo:hi], arrays["values"][lo:hi] = arrays["col"][lo:hi][::-1], arrays["values"][lo:hi][::-1]
+    kw = dict(sparse_format="csr", kernel_shape=(k, k), strides=strides, pads=pads, dilations=dilations,
+              cache_dir=harness_dir)
+    ref = emulate.emulate_sparse_conv(x, arrays, bias, tiled=False, **kw)
+    assert _rel_err(ref, emulate.emulate_sparse_conv(x, sparse_conv_inputs(weight, "csr"), bias, **kw)) <= 1e-5
+    got = emulate.emulate_sparse_conv(x, arrays, bias, **kw)
+    assert np.isfinite(got).all() and _rel_err(ref, got) > 1e-3

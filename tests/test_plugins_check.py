@@ -42,7 +42,8 @@ def test_every_kernel_compiles_for_every_jetson_arch(report):
                  "dwsep_reference_kernel<half>", "dwsep_fast_kernel<float>", "dwsep_fast_kernel<half>",
                  "dwsep_fast_int8_kernel<int8>", "dwsep_quantize_weights_kernel<int8>"} if "dwsep" in r["source"] else
                 {"sparse24_kernel<float>", "sparse24_kernel<half>", "sparse_csr_kernel<float>",
-                 "sparse_csr_kernel<half>"})
+                 "sparse_csr_kernel<half>", "sparse24_fast_kernel<float>", "sparse24_fast_kernel<half>",
+                 "sparse_csr_fast_kernel<float>", "sparse_csr_fast_kernel<half>"})
         assert names == want, (r["arch"], r["source"])
         for f in r["functions"]:
             assert 0 < f["registers"] <= 255 and f["smem_bytes"] <= 48 * 1024

@@ -10,6 +10,7 @@ import onnx
 
 from ..model import model_bytes
 from ..plugins.sources import cmake_command, plugin_source_dir
+from ..plugins.sparse_convert import route_sparse_2_4
 from .engine_plan import CALIB_PLACEHOLDER, TRTEXEC_FLAGS, plan_engine, profile_flags
 from .engine_script import ScriptSpec, render_build_engine_sh
 from .manifest import CACHE_NAME
@@ -55,7 +56,9 @@ def assemble_bundle(out_dir, *, profile, precision: str, models: Dict[str, onnx.
         deploy: the kind the device runs with onnxruntime (and the manifest's ``models.deploy``).
         source, options, versions, inputs: manifest sections.
         cache_text: the TensorRT calibration cache (INT8 on a TensorRT target).
-        sparsity: 2:4 was applied and the target has sparse tensor cores (adds ``--sparsity=enable``).
+        sparsity: 2:4 was applied and the target has sparse tensor cores (adds ``--sparsity=enable``); also set
+            when the models hold 2:4 SparseConv nodes and the target has sparse tensor cores (they are densified
+            for TensorRT: :func:`edgesqueeze.plugins.sparse_convert.route_sparse_2_4`).
         dla: build for a DLA core. workspace_mib: builder workspace. force: replace an old bundle.
         warn: called with a message for each degraded part (no plugin sources, no device runner).
         variant_sources: the models the TensorRT variants (plugin / inlined) are derived from, when ``models``
@@ -70,7 +73,9 @@ def assemble_bundle(out_dir, *, profile, precision: str, models: Dict[str, onnx.
     Raises:
         InputError: ``out_dir`` exists and cannot be replaced.
     """
-    variant_sources = variant_sources or models
+    # 2:4 SparseConv layers go to TensorRT's sparse tensor cores on sm_80+ (docs/kernels.md), not to the plugin
+    variant_sources, native_2_4 = route_sparse_2_4(variant_sources or models, profile.sparse_2_4)
+    sparsity = sparsity or native_2_4
     custom = _custom_nodes(variant_sources)
     rel = model_relpaths(models)
     with BundleWriter(out_dir, force=force) as w:
@@ -78,7 +83,7 @@ def assemble_bundle(out_dir, *, profile, precision: str, models: Dict[str, onnx.
         script_info = None
         tensorrt = None
         if profile.has_tensorrt:
-            sources = _TrtSources(written, variant_sources, custom, compat or (lambda m: m))
+            sources = _TrtSources(written, variant_sources, custom, compat or (lambda m: m), native_2_4)
             tensorrt, script_info = _add_engine_script(
                 w, sources, profile, precision, warn=warn,
                 generator=f"edgesqueeze {versions.get('edgesqueeze', '')}".strip(), sparsity=sparsity, dla=dla,
@@ -112,6 +117,7 @@ class _TrtSources:
     variant_sources: Dict[str, onnx.ModelProto]
     custom: bool
     lower: Callable[[onnx.ModelProto], onnx.ModelProto]
+    routed_2_4: bool = False             # 2:4 SparseConv densified for TensorRT's sparse tensor cores
 
 
 def _write_models(w: BundleWriter, models: Dict[str, onnx.ModelProto], rel: Dict[str, str],
@@ -171,6 +177,11 @@ def _write_engine_models(w: BundleWriter, src: _TrtSources, plan, plugin_dir: Op
                 engine_models[f"{kind}.{variant}"] = path
                 key = short_key(data, extra)
                 sources[(kind, variant if plugin_dir is not None else "plain")] = (path, key)
+        elif src.routed_2_4:  # no plugin node left, but TensorRT's model differs from the bundle's (dense 2:4)
+            data = model_bytes(src.lower(src.variant_sources[kind]))
+            path = engine_models[kind] = f"models/model.{kind}.trt.onnx"
+            w.add_bytes(path, data)
+            sources[(kind, "plain")] = (path, short_key(data, extra))
         else:
             sources[(kind, "plain")] = (src.written.rel[kind], short_key(src.written.blobs[kind], extra))
     return sources, engine_models

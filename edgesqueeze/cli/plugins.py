@@ -120,20 +120,26 @@ def build(arch, trt_root, build_dir, kernels_only, as_json):
 @click.option("--target", default="orin-nano", show_default=True,
               help="Device profile whose peak bandwidth and FLOP rate the results are related to.")
 @click.option("--dtype", "dtypes", default="fp32,fp16,int8", show_default=True, metavar="LIST",
-              help="Precisions to time: fp32, fp16 (half2), int8 (dp4a).")
+              help="Precisions to time: fp32, fp16 (half2), int8 (dp4a; fused kernel only, no TensorRT reference).")
 @click.option("--layer", "layers", default=None, metavar="LIST",
               help="MobileNet layers CxHxW to time (default: all of 32x112x112 ... 960x7x7).")
 @click.option("--iters", default=50, show_default=True, type=click.IntRange(1, 100000), help="Timed launches each.")
+@click.option("--no-reference", "no_reference", is_flag=True,
+              help="Skip the TensorRT reference engines (they take a few seconds each to build).")
 @click.option("--from-result", "from_result", default=None, type=click.Path(exists=True, dir_okay=False),
               help="Print a result recorded earlier with --json instead of running (no GPU needed).")
 @json_option
-def bench(target, dtypes, layers, iters, from_result, as_json):
-    """Time the fused depthwise-separable kernels on this machine's GPU (CUDA events).
+def bench(target, dtypes, layers, iters, no_reference, from_result, as_json):
+    """Time our kernels and TensorRT's on this machine's GPU (CUDA events), side by side.
 
-    The fast kernel (FP32, FP16, INT8) against the chunked kernel it falls back to and the one-thread-per-output
-    reference kernel, on MobileNetV2 layer shapes (3x3 depthwise, C = M, batch 1). Reports milliseconds, effective
-    GB/s (X, weights and Y moved once) and GFLOP/s, each as a share of the --target profile's peak: run it on the
-    target. Builds a small harness with nvcc first. Exit code 6 when there is no GPU here.
+    The fused depthwise-separable kernel (FP32, FP16, INT8) against its chunked fallback, the one-thread-per-output
+    kernel and TensorRT's unfused depthwise + pointwise layers; the tiled sparse kernels (a 1x1 C -> C layer at 2:4
+    and at 10 % density in CSR) against the one-thread-per-output ones and TensorRT's dense layer (and, on sm_80+,
+    TensorRT's 2:4 sparse tensor cores). MobileNetV2 shapes, batch 1. Reports milliseconds, effective GB/s (X,
+    weights and Y moved once) and GFLOP/s as a share of the --target profile's peaks (run it on the target), then
+    each kernel beside TensorRT with the speed-up (TensorRT ms / ours). Builds a harness with nvcc first; the
+    reference needs TensorRT's Python package and torch or pycuda, else it is skipped with the reason. Exit code 6
+    when there is no GPU here.
 
     \b
     Examples:
@@ -149,18 +155,48 @@ def bench(target, dtypes, layers, iters, from_result, as_json):
         with open(from_result, encoding="utf-8") as f:
             result = _json.load(f)
     else:
-        result = run_bench(target, dtypes=[d.strip() for d in dtypes.split(",") if d.strip()], iters=iters,
-                           layers=[x.strip() for x in layers.split(",")] if layers else None)
+        chosen = [x.strip() for x in layers.split(",")] if layers else None
+        wanted = [d.strip() for d in dtypes.split(",") if d.strip()]
+        result = run_bench(target, dtypes=wanted, iters=iters, layers=chosen)
+        result = _with_tensorrt(result, wanted, chosen, iters, no_reference)
+    emit(result, as_json, bench_text)
 
-    def text(r):
-        rows = [[x["layer"], x["dtype"], x["kernel"], f"{x['ms']:.4f}", f"{x['gbs']:.1f}",
-                 "-" if x["pct_peak_bandwidth"] is None else f"{x['pct_peak_bandwidth']:.1f}",
-                 f"{x['gflops']:.1f}", "-" if x["pct_peak_gflops"] is None else f"{x['pct_peak_gflops']:.1f}"]
-                for x in r["results"]]
-        return (table(rows, ["layer", "dtype", "kernel", "ms", "GB/s", "% peak BW", "GFLOP/s", "% peak FLOP"],
-                      "lllrrrrr") + f"\n{r['arch']} GPU, peaks of {r['target']}, {r['iters']} launches each")
 
-    emit(result, as_json, text)
+def _with_tensorrt(result: dict, dtypes, layers, iters: int, skip: bool) -> dict:
+    """Add TensorRT's timings of the same layers (or the reason they are missing) to a run_bench result."""
+    from ..bench.plugin_reference import skipped_reference, time_reference
+    from ..plugins.bench import SPARSE_OPS, reference_weight, select_layers, with_reference
+
+    if skip:
+        return with_reference(result, skipped_reference("--no-reference"))
+    reference = time_reference(select_layers(layers), dtypes, ["dwsep", *SPARSE_OPS],
+                               int(result["arch"].replace("sm_", "")), iters, reference_weight)
+    return with_reference(result, reference)
+
+
+def _pct(v) -> str:
+    return "-" if v is None else f"{v:.1f}"
+
+
+def bench_text(r: dict) -> str:
+    """The text of a ``plugins bench`` result: the kernels' table, then each kernel beside TensorRT."""
+    rows = [[x["layer"], x["dtype"], x.get("op", "dwsep"), x["kernel"], f"{x['ms']:.4f}", f"{x['gbs']:.1f}",
+             _pct(x["pct_peak_bandwidth"]), f"{x['gflops']:.1f}", _pct(x["pct_peak_gflops"])] for x in r["results"]]
+    out = [table(rows, ["layer", "dtype", "op", "kernel", "ms", "GB/s", "% peak BW", "GFLOP/s", "% peak FLOP"],
+                 "llllrrrrr"),
+           f"{r['arch']} GPU, peaks of {r['target']}, {r['iters']} launches each"]
+    ref = r.get("reference")
+    if ref is None:
+        return "\n".join(out)
+    if ref.get("skipped"):
+        out.append(f"TensorRT reference skipped: {ref['skipped']}")
+    comparison = r.get("comparison") or []
+    if comparison:
+        rows = [[c["layer"], c["dtype"], c["op"], c["kernel"], f"{c['ms']:.4f}", c["engine"], f"{c['engine_ms']:.4f}",
+                 "-" if c["speedup"] is None else f"{c['speedup']:.2f}x"] for c in comparison]
+        out += ["", table(rows, ["layer", "dtype", "op", "ours", "ms", "reference", "ms", "speed-up"], "llllrlrr"),
+                f"reference: {ref.get('engine')}; speed-up = reference ms / ours (above 1: ours is faster)"]
+    return "\n".join(out)
 
 
 @command.command("path")

@@ -127,8 +127,9 @@ def _load(path: str, prefix: str) -> ctypes.CDLL:
     getattr(lib, f"{prefix}_dwsep").argtypes = [ctypes.POINTER(_DwsepParams), ctypes.c_int, ctypes.c_int] + [vp] * 6
     getattr(lib, f"{prefix}_dwsep_int8").argtypes = [ctypes.POINTER(_DwsepParams), ctypes.c_float,
                                                      ctypes.c_float] + [vp] * 6
-    getattr(lib, f"{prefix}_sparse24").argtypes = [ctypes.POINTER(_SparseParams), ctypes.c_int] + [vp] * 5
-    getattr(lib, f"{prefix}_sparse_csr").argtypes = [ctypes.POINTER(_SparseParams), ctypes.c_int] + [vp] * 6
+    sparse = [ctypes.POINTER(_SparseParams), ctypes.c_int, ctypes.c_int]
+    getattr(lib, f"{prefix}_sparse24").argtypes = sparse + [vp] * 5
+    getattr(lib, f"{prefix}_sparse_csr").argtypes = sparse + [vp] * 6
     if prefix == "esq_host":
         lib.esq_host_round_half.argtypes = [vp, vp, ctypes.c_longlong]
     return lib
@@ -232,8 +233,9 @@ def _sparse_params(x, m, kh, kw, strides, pads, dilations, activation, alpha, be
 def emulate_sparse_conv(x, arrays: dict, bias, *, sparse_format: str, kernel_shape: Sequence[int],
                         strides: Sequence[int] = (1, 1), pads: Sequence[int] = (0, 0, 0, 0),
                         dilations: Sequence[int] = (1, 1), activation="none", alpha=0.0, beta=0.0,
-                        device: str = "cpu", cache_dir: Optional[Path] = None) -> np.ndarray:
-    """Run the 2:4 or CSR sparse kernel on the CPU or GPU.
+                        tiled: bool = True, device: str = "cpu", cache_dir: Optional[Path] = None) -> np.ndarray:
+    """Run the 2:4 or CSR sparse kernel on the CPU or GPU: ``tiled`` the launchers' default (sparse_fast.cuh),
+    else the one-thread-per-output reference.
 
     Args:
         x: ``[N,C,H,W]`` float32/float16.
@@ -248,12 +250,13 @@ def emulate_sparse_conv(x, arrays: dict, bias, *, sparse_format: str, kernel_sha
     run = _Entry(device, cache_dir)
     if sparse_format == "2:4":
         meta = np.ascontiguousarray(arrays["metadata"], dtype=np.int32)
-        run("sparse24", ctypes.byref(p), dtype, _ptr(x), _ptr(values), _ptr(meta), _ptr(bias), _ptr(y))
+        run("sparse24", ctypes.byref(p), dtype, int(bool(tiled)), _ptr(x), _ptr(values), _ptr(meta), _ptr(bias),
+            _ptr(y))
     elif sparse_format == "csr":
         col = np.ascontiguousarray(arrays["col"], dtype=np.int32)
         row_ptr = np.ascontiguousarray(arrays["row_ptr"], dtype=np.int32)
-        run("sparse_csr", ctypes.byref(p), dtype, _ptr(x), _ptr(values), _ptr(col), _ptr(row_ptr), _ptr(bias),
-            _ptr(y))
+        run("sparse_csr", ctypes.byref(p), dtype, int(bool(tiled)), _ptr(x), _ptr(values), _ptr(col), _ptr(row_ptr),
+            _ptr(bias), _ptr(y))
     else:
         raise InputError(f"unknown sparse_format '{sparse_format}'")
     return y

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from ..errors import InputError, UnsupportedError
-from .check import kernel_display_name, nvcc_info, parse_ptxas_verbose
+from .check import _compile_nvrtc, kernel_display_name, nvcc_info, nvrtc_info, parse_ptxas_verbose
 from .sources import KERNEL_SOURCES, plugin_source_dir
 
 # Multiply-add instructions and what one of them does (multiply-accumulates per thread).
@@ -67,14 +67,15 @@ def _fma_weight(opcode: str) -> int:
     return 0
 
 
-def main_loop(instrs: List[tuple]) -> dict:
+def main_loop(instrs: List[tuple], min_fma: int = 8) -> dict:
     """The main loop of a kernel and its counts: among the loops (a backward branch and its target) that read shared
-    memory and hold at least 16 multiply-adds, the one where multiply-adds are densest (per instruction): the
+    memory and hold at least ``min_fma`` multiply-adds, the one where multiply-adds are densest (per instruction): the
     inner product loop, not the loops around it that also stage, store and requantise.
 
     Returns:
-        ``{"start", "end", "fma", "macs", "lds", "fma_per_lds"}``: fma counts FFMA/HFMA2/IDP.4A instructions, macs
-        the multiply-accumulates per thread they do, lds the LDS instructions of every width. ``start`` is None
+        ``{"start", "end", "fma", "macs", "lds", "ldg", "fma_per_lds", "fma_per_load"}``: fma counts
+        FFMA/HFMA2/IDP.4A instructions, macs the multiply-accumulates per thread they do, lds the LDS instructions
+        of every width, ldg the global loads (LDG), fma_per_load fma per shared or global load. ``start`` is None
         when no loop reads shared memory.
     """
     loops = []
@@ -85,12 +86,15 @@ def main_loop(instrs: List[tuple]) -> dict:
             continue
         body = [o for (ad, o, _a) in instrs if target <= ad <= addr]
         lds = sum(1 for o in body if o.startswith("LDS"))
+        ldg = sum(1 for o in body if o.startswith("LDG"))
         fma = sum(1 for o in body if _fma_weight(o))
-        if lds and fma >= 16:
+        if lds and fma >= min_fma:
             loops.append({"start": target, "end": addr, "fma": fma, "macs": sum(_fma_weight(o) for o in body),
-                          "lds": lds, "fma_per_lds": round(fma / lds, 2), "_density": fma / len(body)})
+                          "lds": lds, "ldg": ldg, "fma_per_lds": round(fma / lds, 2),
+                          "fma_per_load": round(fma / (lds + ldg), 2), "_density": fma / len(body)})
     if not loops:
-        return {"start": None, "end": None, "fma": 0, "macs": 0, "lds": 0, "fma_per_lds": None}
+        return {"start": None, "end": None, "fma": 0, "macs": 0, "lds": 0, "ldg": 0, "fma_per_lds": None,
+                "fma_per_load": None}
     best = max(loops, key=lambda lp: lp["_density"])
     best.pop("_density")
     return best
@@ -112,6 +116,40 @@ def occupancy(registers: int, smem_bytes: int, threads: int, limits: dict = SM87
             "occupancy": round(blocks * warps / limits["max_warps"], 3), "limited_by": limiter}
 
 
+def _cubin(rel: str, arch: str, nvcc: Optional[str], tmp: str) -> tuple:
+    """``(cubin path, {mangled: ptxas resources})`` of one kernel source: nvcc where it targets ``arch``, else the
+    CUDA 12 NVRTC + ptxas wheels (sm_53/62/72, which nvcc 13 no longer targets)."""
+    root = plugin_source_dir()
+    if nvcc:
+        cubin = Path(tmp) / (Path(rel).stem + ".cubin")
+        proc = subprocess.run([nvcc, "-std=c++14", "-O3", "-cubin", f"-arch=sm_{arch}", "-Xptxas", "-v",
+                               f"-I{root / 'include'}", str(root / rel), "-o", str(cubin)],
+                              capture_output=True, text=True)
+        ok, log, functions = proc.returncode == 0, proc.stderr, parse_ptxas_verbose(proc.stderr)
+    else:
+        res = _compile_nvrtc(root / rel, arch, nvrtc_info(), tmp)
+        cubin = Path(tmp) / f"{Path(rel).stem}_compute{arch}.ptx.cubin"
+        ok, log, functions = res["ok"] and cubin.exists(), res["log"], res["functions"]
+    if not ok:
+        raise InputError(f"{rel} does not compile for sm_{arch}: {log[-2000:]}", path=str(root / rel))
+    return cubin, {f["mangled"]: f for f in functions}
+
+
+def _compiler_for(arch: str, nvcc: Optional[str]) -> Optional[str]:
+    """The nvcc to use for ``arch`` (None: the NVRTC wheels); raises UnsupportedError when neither targets it."""
+    if nvcc:
+        return nvcc
+    nv = nvcc_info()
+    if nv is not None and arch in nv["archs"]:
+        return nv["path"]
+    rt = nvrtc_info()
+    if rt is not None and rt["ptxas"] and arch in rt["archs"]:
+        return None
+    raise UnsupportedError(f"no nvcc or NVRTC + ptxas here targets sm_{arch}",
+                           hint="install the CUDA toolkit (nvcc 12 or 13), or pip install \"cuda-bindings<13\" "
+                                "nvidia-cuda-nvrtc-cu12 nvidia-cuda-nvcc-cu12 for sm_53/62/72")
+
+
 def sass_report(arch: str = "87", *, nvcc: Optional[str] = None) -> List[dict]:
     """Compile every kernel source to a cubin for ``sm_<arch>`` and measure each kernel's main loop.
 
@@ -119,27 +157,22 @@ def sass_report(arch: str = "87", *, nvcc: Optional[str] = None) -> List[dict]:
         ``[{"source", "kernel", "mangled", "registers", "spill_bytes", "static_smem_bytes", "loop": main_loop()}]``.
 
     Raises:
-        UnsupportedError: no nvcc targeting ``arch`` or no cuobjdump.
+        UnsupportedError: neither nvcc nor the NVRTC + ptxas wheels target ``arch``, or no cuobjdump.
         InputError: a source does not compile.
     """
-    nv = nvcc_info()
-    if nvcc is None and (nv is None or arch not in nv["archs"]):
-        raise UnsupportedError(f"no nvcc here targets sm_{arch}", hint="install the CUDA toolkit (nvcc 12 or 13)")
+    compiler = _compiler_for(arch, nvcc)
     dump = find_cuobjdump()
     if dump is None:
         raise UnsupportedError("no cuobjdump to disassemble the kernels", hint="pip install nvidia-cuda-cuobjdump")
-    root = plugin_source_dir()
     rows = []
     with tempfile.TemporaryDirectory(prefix="esq-sass-") as tmp:
         for rel in KERNEL_SOURCES:
-            cubin = Path(tmp) / (Path(rel).stem + ".cubin")
-            proc = subprocess.run([nvcc or nv["path"], "-std=c++14", "-O3", "-cubin", f"-arch=sm_{arch}", "-Xptxas",
-                                   "-v", f"-I{root / 'include'}", str(root / rel), "-o", str(cubin)],
-                                  capture_output=True, text=True)
-            if proc.returncode != 0:
-                raise InputError(f"{rel} does not compile for sm_{arch}: {proc.stderr[-2000:]}", path=str(root / rel))
-            resources = {f["mangled"]: f for f in parse_ptxas_verbose(proc.stderr)}
-            sass = subprocess.run([dump, "-sass", str(cubin)], capture_output=True, text=True, check=True).stdout
+            cubin, resources = _cubin(rel, arch, compiler, tmp)
+            proc = subprocess.run([dump, "-sass", str(cubin)], capture_output=True, text=True)
+            if proc.returncode != 0:  # cuobjdump >= 13.1 refuses sm_72 and older ("use CUDA toolkit 13.0 or earlier")
+                raise UnsupportedError(f"{dump} cannot disassemble sm_{arch}: {proc.stderr.strip()[:300]}",
+                                       hint="use the cuobjdump of a CUDA toolkit that still supports the architecture")
+            sass = proc.stdout
             for mangled, instrs in sorted(split_functions(sass).items(), key=lambda kv: kernel_display_name(kv[0])):
                 res = resources.get(mangled, {})
                 rows.append({"source": rel, "kernel": kernel_display_name(mangled), "mangled": mangled,

@@ -321,8 +321,9 @@ def _dense_activation(kind: str, alpha: float, beta: float, src: str, dst: str, 
     raise InputError(f"unknown activation '{kind}'; expected one of: {', '.join(ACTIVATIONS)}")
 
 
-def densify(model: ModelProto) -> ModelProto:
-    """Return a copy whose ``SparseConv`` nodes are plain ``Conv`` (+ activation) nodes with dense weights.
+def densify(model: ModelProto, formats: Sequence[str] = ("2:4", "csr")) -> ModelProto:
+    """Return a copy whose ``SparseConv`` nodes of the given ``formats`` are plain ``Conv`` (+ activation) nodes with
+    dense weights (the others stay, with their functions).
 
     The variant for a TensorRT without the edgesqueeze plugin: TensorRT's own sparse kernels can still use the
     2:4 pattern (``--sparsity=enable`` on Ampere). The compressed weights must be initializers.
@@ -344,6 +345,9 @@ def densify(model: ModelProto) -> ModelProto:
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         text = {k: v.decode() if isinstance(v, bytes) else v for k, v in attrs.items()}
         fmt = text.get("sparse_format")
+        if fmt not in formats:
+            new_nodes.append(node)
+            continue
         weights = list(node.input[1:-1])
         if any(w not in inits for w in weights):
             raise InputError("SparseConv weights must be initializers to densify", node=node.name)
@@ -388,9 +392,10 @@ def densify(model: ModelProto) -> ModelProto:
     out.graph.node.extend(new_nodes)
     del out.graph.initializer[:]
     out.graph.initializer.extend(keep_inits)
-    kept = [f for f in out.functions if not (f.domain == DOMAIN and f.name == OP_TYPE)]
-    del out.functions[:]
-    out.functions.extend(kept)
+    if not any(n.op_type == OP_TYPE and n.domain == DOMAIN for n in out.graph.node):
+        kept = [f for f in out.functions if not (f.domain == DOMAIN and f.name == OP_TYPE)]
+        del out.functions[:]
+        out.functions.extend(kept)
     if not any(n.domain == DOMAIN for n in out.graph.node) and not any(f.domain == DOMAIN for f in out.functions):
         keep = [o for o in out.opset_import if o.domain != DOMAIN]
         del out.opset_import[:]

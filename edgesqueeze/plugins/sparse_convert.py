@@ -20,7 +20,7 @@ import numpy as np
 from onnx import FunctionProto, GraphProto, ModelProto, NodeProto, TensorProto, helper, numpy_helper
 
 from .ops import DOMAIN, DOMAIN_VERSION, OVERLOAD_IR_VERSION
-from .sparse import make_sparse_conv_node, sparse_conv_function
+from .sparse import densify, make_sparse_conv_node, sparse_conv_function
 from .sparse_formats import choose_format, compressed_bytes, sparse_conv_inputs
 
 _ACT_OPS = {"Relu": "relu", "Clip": "clip", "LeakyRelu": "leaky_relu", "Sigmoid": "sigmoid",
@@ -210,3 +210,27 @@ def _rewrite(out: ModelProto, plan: _Plan) -> None:
     if not any(o.domain == DOMAIN for o in out.opset_import):
         out.opset_import.append(helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
     out.ir_version = max(out.ir_version, OVERLOAD_IR_VERSION)
+
+
+def sparse_2_4_formats(model: ModelProto) -> List[str]:
+    """The ``sparse_format`` of every ``SparseConv`` node of the main graph, in node order."""
+    out = []
+    for node in model.graph.node:
+        if node.op_type == "SparseConv" and node.domain == DOMAIN:
+            fmt = next((a.s for a in node.attribute if a.name == "sparse_format"), b"")
+            out.append(fmt.decode() if isinstance(fmt, bytes) else str(fmt))
+    return out
+
+
+def route_sparse_2_4(models: Dict[str, ModelProto], sparse_tensor_cores: bool) -> Tuple[Dict[str, ModelProto], bool]:
+    """Where 2:4 SparseConv layers run on a board: ``(models for TensorRT, whether --sparsity=enable is needed)``.
+
+    With 2:4 sparse tensor cores (sm_80+: Orin, Thor) every 2:4 ``SparseConv`` becomes a dense ``Conv`` whose weights
+    keep the zeros, so TensorRT's own sparse tensor-core kernels (``--sparsity=enable``, metadata layout and
+    ``mma.sp`` its own) run it, not our plugin; CSR nodes stay plugin nodes. Elsewhere (TX2, Xavier, Nano) the
+    plugin's tiled 2:4 kernel keeps the compressed weights. Models without 2:4 nodes come back as the same objects.
+    """
+    if not sparse_tensor_cores or not any("2:4" in sparse_2_4_formats(m) for m in models.values()):
+        return models, False
+    return {kind: densify(m, formats=("2:4",)) if "2:4" in sparse_2_4_formats(m) else m
+            for kind, m in models.items()}, True

@@ -59,8 +59,8 @@ int esq_gpu_dwsep_int8(const esq::DwsepParams* p, float x_scale, float y_scale, 
     return finish(err, y, dy, out_bytes);
 }
 
-int esq_gpu_sparse24(const esq::SparseConvParams* p, int dtype, const void* x, const void* values, const int* meta,
-                     const void* bias, void* y) {
+int esq_gpu_sparse24(const esq::SparseConvParams* p, int dtype, int kernel, const void* x, const void* values,
+                     const int* meta, const void* bias, void* y) {
     const size_t e = dtype == 0 ? 4 : 2;
     const int r = esq::sparse_reduction_size(*p);
     DeviceBuffer dx(x, e * p->N * p->C * p->H * p->W), dv(values, e * p->M * (r / 2)),
@@ -68,12 +68,13 @@ int esq_gpu_sparse24(const esq::SparseConvParams* p, int dtype, const void* x, c
     const size_t out_bytes = e * p->N * p->M * p->OH * p->OW;
     DeviceBuffer dy(nullptr, out_bytes);
     cudaError_t err = esq::launch_sparse24(*p, dtype == 0 ? esq::kFloat32 : esq::kFloat16, dx.ptr, dv.ptr,
-                                           static_cast<const int*>(dm.ptr), db.ptr, dy.ptr, 0);
+                                           static_cast<const int*>(dm.ptr), db.ptr, dy.ptr, 0,
+                                           static_cast<esq::SparseKernel>(kernel));
     return finish(err, y, dy, out_bytes);
 }
 
-int esq_gpu_sparse_csr(const esq::SparseConvParams* p, int dtype, const void* x, const void* values, const int* col,
-                       const int* row_ptr, const void* bias, void* y) {
+int esq_gpu_sparse_csr(const esq::SparseConvParams* p, int dtype, int kernel, const void* x, const void* values,
+                       const int* col, const int* row_ptr, const void* bias, void* y) {
     const size_t e = dtype == 0 ? 4 : 2;
     const int nnz = row_ptr[p->M];
     DeviceBuffer dx(x, e * p->N * p->C * p->H * p->W), dv(values, e * nnz), dc(col, sizeof(int) * nnz),
@@ -82,7 +83,7 @@ int esq_gpu_sparse_csr(const esq::SparseConvParams* p, int dtype, const void* x,
     DeviceBuffer dy(nullptr, out_bytes);
     cudaError_t err = esq::launch_sparse_csr(*p, dtype == 0 ? esq::kFloat32 : esq::kFloat16, dx.ptr, dv.ptr,
                                              static_cast<const int*>(dc.ptr), static_cast<const int*>(dr.ptr), db.ptr,
-                                             dy.ptr, 0);
+                                             dy.ptr, 0, static_cast<esq::SparseKernel>(kernel));
     return finish(err, y, dy, out_bytes);
 }
 

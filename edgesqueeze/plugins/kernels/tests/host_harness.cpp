@@ -89,6 +89,37 @@ void run_dwsep_reference(const esq::DwsepParams& p, const T* x, const T* w_dw, c
 
 long long sparse_outputs(const esq::SparseConvParams& p) { return (long long)p.N * p.M * p.OH * p.OW; }
 
+// The tiled sparse kernels (sparse_fast.cuh): blockIdx.y over 32-row groups, blockIdx.x over 256-pixel tiles;
+// `rows_24` = true for 2:4 (values/index = values/meta), false for CSR (values/index/row_ptr).
+template <typename T>
+void run_sparse_fast(const esq::SparseConvParams& p, bool rows_24, const T* x, const T* values, const int* index,
+                     const int* row_ptr, const T* bias, T* y) {
+    using namespace esq;
+    std::vector<T> s_x(kSpRC * kSpTP);
+    std::vector<float> acc(kSpThreads * kSpAcc);
+    std::vector<int> cursor(kSpThreads * kSpRowsPerWarp);
+    for (int tile_m = 0; tile_m < sparse_fast_tiles_m(p); ++tile_m) {
+        for (long long tile = 0; tile < sparse_fast_tiles_p(p); ++tile) {
+            for (size_t i = 0; i < acc.size(); ++i) acc[i] = 0.f;
+            if (!rows_24)
+                for (int tid = 0; tid < kSpThreads; ++tid)
+                    sparse_fast_csr_cursors(p, row_ptr, tile_m, tid, &cursor[tid * kSpRowsPerWarp]);
+            for (int r0 = 0; r0 < sparse_reduction_size(p); r0 += kSpRC) {
+                for (int tid = 0; tid < kSpThreads; ++tid) sparse_fast_stage(p, x, tile, r0, tid, s_x.data());
+                for (int tid = 0; tid < kSpThreads; ++tid) {
+                    if (rows_24)
+                        sparse_fast_24_accumulate(p, values, index, s_x.data(), tile_m, r0, tid, &acc[tid * kSpAcc]);
+                    else
+                        sparse_fast_csr_accumulate(p, values, index, row_ptr, s_x.data(), tile_m, r0, tid,
+                                                   &cursor[tid * kSpRowsPerWarp], &acc[tid * kSpAcc]);
+                }
+            }
+            for (int tid = 0; tid < kSpThreads; ++tid)
+                sparse_fast_store(p, bias, tile, tile_m, tid, &acc[tid * kSpAcc], y);
+        }
+    }
+}
+
 }  // namespace
 
 extern "C" {
@@ -117,27 +148,44 @@ int esq_host_dwsep_int8(const esq::DwsepParams* p, float x_scale, float y_scale,
     return 0;
 }
 
-int esq_host_sparse24(const esq::SparseConvParams* p, int dtype, const void* x, const void* values, const int* meta,
-                      const void* bias, void* y) {
+// kernel: esq::SparseKernel numbering: 0 = one thread per output (reference), 1 = tiled (the launchers' default).
+int esq_host_sparse24(const esq::SparseConvParams* p, int dtype, int kernel, const void* x, const void* values,
+                      const int* meta, const void* bias, void* y) {
+    typedef esq::half_t H;
+    if (kernel == 1) {
+        if (dtype == 0)
+            run_sparse_fast(*p, true, (const float*)x, (const float*)values, meta, nullptr, (const float*)bias,
+                            (float*)y);
+        else
+            run_sparse_fast(*p, true, (const H*)x, (const H*)values, meta, nullptr, (const H*)bias, (H*)y);
+        return 0;
+    }
     for (long long i = 0; i < sparse_outputs(*p); ++i) {
         if (dtype == 0)
             esq::sparse24_thread(*p, (const float*)x, (const float*)values, meta, (const float*)bias, (float*)y, i);
         else
-            esq::sparse24_thread(*p, (const esq::half_t*)x, (const esq::half_t*)values, meta,
-                                 (const esq::half_t*)bias, (esq::half_t*)y, i);
+            esq::sparse24_thread(*p, (const H*)x, (const H*)values, meta, (const H*)bias, (H*)y, i);
     }
     return 0;
 }
 
-int esq_host_sparse_csr(const esq::SparseConvParams* p, int dtype, const void* x, const void* values, const int* col,
-                        const int* row_ptr, const void* bias, void* y) {
+int esq_host_sparse_csr(const esq::SparseConvParams* p, int dtype, int kernel, const void* x, const void* values,
+                        const int* col, const int* row_ptr, const void* bias, void* y) {
+    typedef esq::half_t H;
+    if (kernel == 1) {
+        if (dtype == 0)
+            run_sparse_fast(*p, false, (const float*)x, (const float*)values, col, row_ptr, (const float*)bias,
+                            (float*)y);
+        else
+            run_sparse_fast(*p, false, (const H*)x, (const H*)values, col, row_ptr, (const H*)bias, (H*)y);
+        return 0;
+    }
     for (long long i = 0; i < sparse_outputs(*p); ++i) {
         if (dtype == 0)
             esq::sparse_csr_thread(*p, (const float*)x, (const float*)values, col, row_ptr, (const float*)bias,
                                    (float*)y, i);
         else
-            esq::sparse_csr_thread(*p, (const esq::half_t*)x, (const esq::half_t*)values, col, row_ptr,
-                                   (const esq::half_t*)bias, (esq::half_t*)y, i);
+            esq::sparse_csr_thread(*p, (const H*)x, (const H*)values, col, row_ptr, (const H*)bias, (H*)y, i);
     }
     return 0;
 }

@@ -27,13 +27,18 @@ cudaError_t launch_dwsep(const DwsepParams& p, ElementType type, const void* x, 
 cudaError_t launch_dwsep_int8(const DwsepParams& p, DwsepQuant q, const void* x, const float* w_dw, const float* b_dw,
                               const float* w_pw, const float* b_pw, void* y, void* workspace, cudaStream_t stream);
 
+// Which sparse kernel: the tiled one (sparse_fast.cuh, the default) or the one-thread-per-output reference.
+enum SparseKernel { kSparseReference = 0, kSparseTiled = 1 };
+
 // 2:4 structured-sparse convolution / GEMM (values [M, R/2], metadata int32 [M, ceil(R/32)]).
 cudaError_t launch_sparse24(const SparseConvParams& p, ElementType type, const void* x, const void* values,
-                            const int* meta, const void* bias, void* y, cudaStream_t stream);
+                            const int* meta, const void* bias, void* y, cudaStream_t stream,
+                            SparseKernel which = kSparseTiled);
 
-// CSR sparse convolution / GEMM (values [nnz], col int32 [nnz], row_ptr int32 [M+1]).
+// CSR sparse convolution / GEMM (values [nnz], col int32 [nnz] ascending within each row, row_ptr int32 [M+1]).
 cudaError_t launch_sparse_csr(const SparseConvParams& p, ElementType type, const void* x, const void* values,
-                              const int* col, const int* row_ptr, const void* bias, void* y, cudaStream_t stream);
+                              const int* col, const int* row_ptr, const void* bias, void* y, cudaStream_t stream,
+                              SparseKernel which = kSparseTiled);
 
 }  // namespace esq
 

@@ -103,6 +103,7 @@ ESQ_HD void sparse_csr_thread(const SparseConvParams& p, const T* x, const T* va
 }
 
 #if ESQ_DEVICE_COMPILE
+// The one-thread-per-output kernels: the reference the tiled kernels (sparse_fast.cuh) are tested against.
 template <typename T>
 __global__ void sparse24_kernel(SparseConvParams p, const T* __restrict__ x, const T* __restrict__ values,
                                 const int* __restrict__ meta, const T* __restrict__ bias, T* __restrict__ y) {
@@ -118,5 +119,7 @@ __global__ void sparse_csr_kernel(SparseConvParams p, const T* __restrict__ x, c
 #endif
 
 }  // namespace esq
+
+#include "sparse_fast.cuh"
 
 #endif  // ESQ_SPARSE_CUH
