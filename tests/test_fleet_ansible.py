@@ -31,7 +31,7 @@ N = 8
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    """8 sshd servers, an INI inventory (groups lab = 0..5, field = 6..7 + a dead board) and a known_hosts."""
+    """8 sshd servers, an INI inventory (groups lab = 0..7, field = a dead board + 6..7) and a known_hosts."""
     if sshd_skip_reason():
         pytest.skip(f"ssh: {sshd_skip_reason()}")
     root = tmp_path_factory.mktemp("ansible-lab")
@@ -39,13 +39,11 @@ def lab(tmp_path_factory):
         servers = [stack.enter_context(SshServer(root / f"s{i}")) for i in range(N)]
         known = root / "known_hosts"
         known.write_text("".join(s.known_hosts.read_text() for s in servers))
-        lines = ["[lab]"]
-        for i, s in enumerate(servers):
-            if i == 6:
-                lines += ["", "[field]", f"board-dead ansible_host=127.0.0.1 ansible_port={free_port()} "
-                          f"ansible_ssh_private_key_file={servers[0].identity}"]
-            lines.append(f"board-{i} ansible_host=127.0.0.1 ansible_port={s.port} ansible_ssh_private_key_file="
-                         f"{s.identity} edgesqueeze_remote_dir={root / 'dev' / str(i) / 'dense'}")
+        lines = ["[lab]"] + [f"board-{i} ansible_host=127.0.0.1 ansible_port={s.port} ansible_ssh_private_key_file="
+                             f"{s.identity} edgesqueeze_remote_dir={root / 'dev' / str(i) / 'dense'}"
+                             for i, s in enumerate(servers)]
+        lines += ["", "[field]", f"board-dead ansible_host=127.0.0.1 ansible_port={free_port()} "
+                  f"ansible_ssh_private_key_file={servers[0].identity}", "board-6", "board-7"]
         lines += ["", "[all:vars]", f"ansible_user={servers[0].user}", f"ansible_python_interpreter={PY}",
                   "edgesqueeze_target=cpu",
                   f"ansible_ssh_common_args='-o UserKnownHostsFile={known} -o StrictHostKeyChecking=yes "
@@ -58,12 +56,12 @@ def lab(tmp_path_factory):
 def test_inventory_hosts_become_fleet_devices(lab):
     root, servers, inv, known = lab
     devices = read_fleet(inv, limit="lab")
-    assert [d["name"] for d in devices] == [f"board-{i}" for i in range(6)]
+    assert [d["name"] for d in devices] == [f"board-{i}" for i in range(N)]
     d = devices[3]
     assert d["device"] == f"{servers[3].user}@127.0.0.1:{servers[3].port}" and d["target"] == "cpu"
     assert d["identity"] == str(servers[3].identity) and d["python"] == PY
     assert d["ssh_options"] == [f"UserKnownHostsFile={known}", "StrictHostKeyChecking=yes", "ConnectTimeout=5"]
-    assert [d["name"] for d in read_fleet(inv, limit="field")] == ["board-dead", "board-6", "board-7"]
+    assert [d["name"] for d in read_fleet(inv, limit="field")] == ["board-6", "board-7", "board-dead"]  # inventory order
     assert len(read_fleet(inv, limit="all:!board-dead")) == N
     with pytest.raises(InputError, match="matched no host"):
         read_fleet(inv, limit="nosuchgroup")
@@ -101,8 +99,66 @@ def test_builtin_path_benchmarks_the_lab_group(lab, tmp_path, cli):
                             "-n", "5", "--warmup", "1", "--no-plots", "--connect-timeout", "5", "--no-engine")
     assert code == 6, err
     status = {d["name"]: d["status"] for d in json.loads((out / "fleet.json").read_text())["devices"]}
-    assert status == {**{f"board-{i}": "ok" for i in range(6)}, "board-dead": "error"}
-    assert "connection refused" in err and all(f"board-{i}" in (out / "fleet.md").read_text() for i in range(6))
+    assert status == {**{f"board-{i}": "ok" for i in range(N)}, "board-dead": "error"}
+    assert "connection refused" in err and all(f"board-{i}" in (out / "fleet.md").read_text() for i in range(N))
+
+
+def _comparable(results: dict) -> dict:
+    """One device's results with the timings zeroed and what only the built-in path measures left out.
+
+    Timings: every float (latency samples and statistics, throughput) and the start/finish times. Built-in
+    only: its deploy report (files uploaded, seconds), the device probe and the deploy warnings.
+    """
+    def zero(x):
+        if isinstance(x, dict):
+            return {k: ("" if k in ("started_at", "finished_at") else zero(v)) for k, v in x.items()}
+        if isinstance(x, list):
+            return [zero(v) for v in x]
+        return 0.0 if isinstance(x, float) else x
+
+    r = json.loads(json.dumps(results))
+    r.pop("deploy", None)
+    r["device"].pop("probe", None)
+    r["warnings"] = [w for w in r.get("warnings") or [] if not w.startswith("deploy: ")]
+    return zero(r)
+
+
+@pytest.mark.skipif(shutil.which("ansible-playbook") is None, reason="ansible-playbook not on PATH")
+def test_bench_and_the_playbook_give_the_same_report(lab, tmp_path, cli):
+    """Done-when of issue 19: 'bench --devices inventory.ini --limit lab' and the generated playbook benchmark
+    8 loopback boards and produce the same merged report, apart from timings (~45 s on 2 shared cores)."""
+    root, servers, inv, known = lab
+    bundle = make_bundle(tmp_path / "dense")
+    code, stdout, err = cli("bench", bundle, "--devices", inv, "--limit", "lab", "-o", tmp_path / "lab.json",
+                            "--report", tmp_path / "lab-report", "-n", "3", "--warmup", "1", "--power", "none")
+    assert code == 0, err
+    builtin = json.loads((tmp_path / "lab.json").read_text())
+    play = tmp_path / "play"
+    code, stdout, err = cli("fleet", "playbook", bundle, "-i", inv, "--limit", "lab", "-o", play, "-n", "3",
+                            "--warmup", "1", "--power", "none", "--remote-dir", str(root / "pb-lab" / "dense"))
+    assert code == 0, err
+    env = dict(os.environ, ANSIBLE_CONFIG=str(play / "ansible.cfg"), ANSIBLE_NOCOLOR="1")
+    res = subprocess.run(["ansible-playbook", "playbook.yml", "--limit", "lab"], cwd=play, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:]
+    rep = tmp_path / "rep"
+    code, stdout, err = cli("fleet", "collect", play, "-o", rep, "--no-plots", "--json")
+    assert code == 0, err
+    collected = json.loads(stdout)
+    names = [f"board-{i}" for i in range(N)]
+    assert [r["device"]["label"] for r in builtin] == [r["device"]["label"] for r in collected] == names
+    assert [d["status"] for d in json.loads((rep / "fleet.json").read_text())["devices"]] == ["ok"] * N
+    assert all(r["runs"] and not r.get("error") for r in builtin)
+    for b, a in zip(builtin, collected):
+        assert len(a["runs"][0]["latency_ms"]["samples"]) == 3
+        assert _comparable(b) == _comparable(a)
+        saved = json.loads((rep / b["device"]["label"] / "results.json").read_text())  # before the fleet merge
+        assert _comparable(a) == _comparable({**saved, "device": {**saved["device"], "fleet_target": "cpu"}})
+    # the Markdown reports' run lines and tables read the same once the numbers are gone
+    rows = lambda path: [re.sub(r"\d+(\.\d+)?", "#", line) for line in path.read_text().splitlines()  # noqa: E731
+                         if line.startswith(("|", "**Run"))]
+    assert rows(tmp_path / "lab-report" / "report.md") == rows(rep / "report.md")
+    assert sum("board-" in line for line in rows(rep / "report.md")) >= N
 
 
 @pytest.mark.slow  # ~60 s for 9 hosts on a 2-core machine
