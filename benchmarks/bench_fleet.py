@@ -80,14 +80,23 @@ def _mem_kb(pid: int) -> tuple:
     return pss, rss
 
 
+def _fds(pid: int) -> int:
+    """Open file descriptors of one process (0 when it is gone)."""
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return 0
+
+
 class TreeSampler(threading.Thread):
-    """Samples the controller tree's summed PSS and RSS every ``interval`` s; keeps the peaks."""
+    """Samples the controller tree's summed PSS and RSS every ``interval`` s; keeps the peaks (and the most
+    processes, and the most open fds of any one of them: the controller's Python for the built-in path)."""
 
     def __init__(self, exclude: set, interval: float = 0.1):
         super().__init__(daemon=True)
         self.exclude, self.interval = exclude, interval
         self.stop_event = threading.Event()
-        self.peak_pss = self.peak_rss = self.peak_procs = 0
+        self.peak_pss = self.peak_rss = self.peak_procs = self.peak_fds = 0
 
     def run(self):
         me = os.getpid()
@@ -97,6 +106,7 @@ class TreeSampler(threading.Thread):
             self.peak_pss = max(self.peak_pss, sum(m[0] for m in mem))
             self.peak_rss = max(self.peak_rss, sum(m[1] for m in mem))
             self.peak_procs = max(self.peak_procs, len(pids))
+            self.peak_fds = max([self.peak_fds] + [_fds(p) for p in pids])
             self.stop_event.wait(self.interval)
 
 
@@ -129,20 +139,23 @@ def _measured(cmd, exclude: set, cwd=None, env=None) -> dict:
     _stop_leftovers(exclude)
     sampler.stop_event.set()
     sampler.join()
-    return {"wall_s": round(wall, 1), "pss_mib": round(sampler.peak_pss / 1024), "rss_mib":
-            round(sampler.peak_rss / 1024), "procs": sampler.peak_procs, "cpu_s": round(_cpu_children() - cpu0, 1),
-            "rc": res.returncode, "tail": (res.stdout + res.stderr)[-1500:] if res.returncode not in (0,) else ""}
+    return {"wall_s": round(wall, 1), "pss_mib": round(sampler.peak_pss / 1024),
+            "rss_mib": round(sampler.peak_rss / 1024), "procs": sampler.peak_procs, "fds": sampler.peak_fds,
+            "cpu_s": round(_cpu_children() - cpu0, 1), "rc": res.returncode,
+            "tail": (res.stdout + res.stderr)[-1500:] if res.returncode else ""}
 
 
-def _handshake_ms(server: SshServer, known: Path, n: int = 10) -> float:
-    """Wall ms of one full ssh connection (TCP + key exchange + auth + `true`), no multiplexing, on loopback."""
+def _handshake(server: SshServer, known: Path, n: int = 10) -> dict:
+    """One full ssh connection (TCP + key exchange + auth + `true`, no multiplexing) on loopback: its wall ms
+    and the ssh client's CPU ms (the controller's share of a handshake)."""
     cmd = ["ssh", "-p", str(server.port), "-i", str(server.identity), "-o", f"UserKnownHostsFile={known}",
            "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-o", "ControlMaster=no",
            f"{server.user}@127.0.0.1", "true"]
-    t0 = time.monotonic()
+    cpu0, t0 = _cpu_children(), time.monotonic()
     for _ in range(n):
         subprocess.run(cmd, check=True, capture_output=True)
-    return (time.monotonic() - t0) / n * 1000
+    return {"handshake_ms": round((time.monotonic() - t0) / n * 1000, 1),
+            "handshake_cpu_ms": round((_cpu_children() - cpu0) / n * 1000, 1)}
 
 
 def run(n: int, root: Path) -> dict:
@@ -170,7 +183,7 @@ def run(n: int, root: Path) -> dict:
         ansible = _measured(["ansible-playbook", "playbook.yml"], exclude, cwd=play, env=env)
         sizes = {"bundle_bytes": sum(p.stat().st_size for p in bundle.rglob("*") if p.is_file()),
                  "results_bytes": max((p.stat().st_size for p in out.glob("*/results.json")), default=0),
-                 "handshake_ms": round(_handshake_ms(servers[0], known), 1)}
+                 **_handshake(servers[0], known)}
     return {"n": n, "builtin": builtin, "ansible": ansible, **sizes}
 
 
@@ -183,10 +196,11 @@ def main(argv):
                 print(out.stderr[-3000:], flush=True)
                 continue
             r = json.loads(out.stdout.strip().splitlines()[-1])
-            b, a = r["builtin"], r["ansible"]
-            print(f"| {n} | {b['wall_s']:.1f} s | {b['pss_mib']} MiB | {b['rss_mib']} MiB | {b['cpu_s']:.1f} s "
-                  f"| {b['rc']} | {a['wall_s']:.1f} s | {a['pss_mib']} MiB | {a['rss_mib']} MiB | {a['cpu_s']:.1f} s "
-                  f"| {a['rc']} |", flush=True)
+            cells = [f"{n}"]
+            for path in (r["builtin"], r["ansible"]):
+                cells += [f"{path['wall_s']:.1f} s", f"{path['pss_mib']} MiB", f"{path['rss_mib']} MiB",
+                          f"{path['cpu_s']:.1f} s", f"{path['procs']} / {path['fds']}", str(path["rc"])]
+            print("| " + " | ".join(cells) + " |", flush=True)
             print(json.dumps(r), flush=True)
 
 

@@ -61,7 +61,8 @@ def test_inventory_hosts_become_fleet_devices(lab):
     assert d["device"] == f"{servers[3].user}@127.0.0.1:{servers[3].port}" and d["target"] == "cpu"
     assert d["identity"] == str(servers[3].identity) and d["python"] == PY
     assert d["ssh_options"] == [f"UserKnownHostsFile={known}", "StrictHostKeyChecking=yes", "ConnectTimeout=5"]
-    assert [d["name"] for d in read_fleet(inv, limit="field")] == ["board-6", "board-7", "board-dead"]  # inventory order
+    # inventory order: board-6 and board-7 are in lab first
+    assert [d["name"] for d in read_fleet(inv, limit="field")] == ["board-6", "board-7", "board-dead"]
     assert len(read_fleet(inv, limit="all:!board-dead")) == N
     with pytest.raises(InputError, match="matched no host"):
         read_fleet(inv, limit="nosuchgroup")
@@ -101,6 +102,38 @@ def test_builtin_path_benchmarks_the_lab_group(lab, tmp_path, cli):
     status = {d["name"]: d["status"] for d in json.loads((out / "fleet.json").read_text())["devices"]}
     assert status == {**{f"board-{i}": "ok" for i in range(N)}, "board-dead": "error"}
     assert "connection refused" in err and all(f"board-{i}" in (out / "fleet.md").read_text() for i in range(N))
+
+
+def test_collect_orders_hosts_as_the_inventory_and_keeps_strays(tmp_path):
+    """fleet collect without ssh: files/hosts.json gives order, address and target; a folder it does not list
+    still shows (by name); a host with neither results nor error.json is an error; a listed host with no folder
+    (outside the run's --limit) is left out."""
+    from edgesqueeze.deploy.playbook import collect_results
+
+    play = tmp_path / "play"
+    (play / "files").mkdir(parents=True)
+    (play / "files" / "hosts.json").write_text(json.dumps([
+        {"name": "b", "device": "nvidia@10.0.0.2", "target": "cpu"},
+        {"name": "a", "device": "nvidia@10.0.0.1:2222", "target": None},
+        {"name": "not-run", "device": "nvidia@10.0.0.3", "target": None}]))
+    error = {"host": "a", "task": "the device answers", "message": "unreachable"}
+    for host, fname, data in [("a", "error.json", error),
+                              ("b", "results.json", {"schema": "edgesqueeze.bench/1", "runs": [], "warnings": []}),
+                              ("z", "nothing.txt", {})]:
+        (play / "results" / host).mkdir(parents=True)
+        (play / "results" / host / fname).write_text(json.dumps(data))
+    merged = collect_results(play, tmp_path / "rep", plots=False)
+    assert [r["device"]["label"] for r in merged] == ["b", "a", "z"]
+    fleet = json.loads((tmp_path / "rep" / "fleet.json").read_text())["devices"]
+    assert [(d["name"], d["device"], d["target"], d["status"]) for d in fleet] == [
+        ("b", "nvidia@10.0.0.2", "cpu", "ok"), ("a", "nvidia@10.0.0.1:2222", None, "error"), ("z", "z", None, "error")]
+    assert fleet[1]["error"] == "the device answers: unreachable" and "no results" in fleet[2]["error"]
+    assert "address" not in merged[0]["device"] and merged[0]["device"]["fleet_target"] == "cpu"  # redacted
+    assert collect_results(play, record_host=True)[0]["device"]["address"] == "nvidia@10.0.0.2"
+    assert (tmp_path / "rep" / "b" / "results.json").is_file() and not (tmp_path / "rep" / "a").exists()
+    (play / "results" / "b" / "results.json").write_text("{")
+    with pytest.raises(InputError, match="not JSON"):
+        collect_results(play)
 
 
 def _comparable(results: dict) -> dict:

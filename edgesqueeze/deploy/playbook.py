@@ -203,8 +203,8 @@ def collect_results(play_dir, out_dir=None, plots: bool = True, record_host: boo
 
     Returns:
         One results dict per host; a failed host gets a results dict with ``"error"``.
-        With ``out_dir``: ``<host>/results.json`` (hosts that ran), fleet.json (every host with its status), fleet.md and
-        report.md as ``deploy --devices`` writes them.
+        With ``out_dir``: ``<host>/results.json`` (hosts that ran), fleet.json (every host with its status),
+        fleet.md and report.md as ``deploy --devices`` writes them.
 
     Raises:
         InputError: no results folder, or a results or hosts file that is not JSON.
