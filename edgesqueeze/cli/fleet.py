@@ -57,16 +57,18 @@ def playbook(ctx, bundle, inventory, limit, output, iterations, warmup, duration
 @click.argument("play", type=click.Path(exists=True, file_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="The report folder.")
 @click.option("--no-plots", is_flag=True, help="Markdown only.")
+@click.option("--record-host", is_flag=True,
+              help="Keep host and user names, addresses and absolute paths in the results (left out by default).")
 @json_option
 @click.pass_context
-def collect(ctx, play, output, no_plots, as_json):
+def collect(ctx, play, output, no_plots, record_host, as_json):
     """Merge a playbook run's results (every host, with its status) into one report. Exit 6 if a host failed."""
     from ..deploy.playbook import collect_results
     from .deploy import bench_text
 
     as_json = as_json or (ctx.obj or {}).get("json", False)
 
-    results = collect_results(play, output, plots=not no_plots)
+    results = collect_results(play, output, plots=not no_plots, record_host=record_host)
     emit(results, as_json, lambda _: bench_text(results))
     info(f"report written to {output}")
     return 6 if any(r.get("error") for r in results) else 0

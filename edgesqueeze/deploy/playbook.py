@@ -6,13 +6,16 @@
     play/ansible.cfg         forks, pipelining, ControlPersist, the inventory; read when run from play/
     play/bundle/             a copy of the bundle (or, with link=True, the playbook points at the bundle)
     play/files/bundle.sha256 the manifest's sha256 of every file, checked on the device with sha256sum -c
+    play/files/hosts.json    with an inventory: every host as a fleet device (name, address, target), for collect
 
 Per host the play: reaches the device and makes the bundle folder (an unreachable host is recorded, not
 dropped); uploads the files whose checksum differs (``ansible.builtin.copy``); verifies every sha256; runs
 ``build_engine.sh`` where trtexec exists; runs ``run_on_device.py``; fetches its results JSON to
 ``play/results/<host>/results.json``. A host that fails anywhere gets ``play/results/<host>/error.json`` and
 stays failed in the recap; the others go on (``max_fail_percentage: 100``). ``collect_results`` (the CLI's
-``edgesqueeze fleet collect play/ -o report/``) merges them into one report listing every host with its status.
+``edgesqueeze fleet collect play/ -o report/``) merges them into one report listing every host with its status:
+the same report ``deploy --devices inventory`` writes (each host's results annotated, validated and redacted
+as the built-in path does), less what only the built-in path measures (its deploy report and device probe).
 """
 from __future__ import annotations
 
@@ -23,8 +26,9 @@ from pathlib import Path
 from typing import List, Optional
 
 from ..errors import InputError
-from ..fileio import write_text_atomic
+from ..fileio import write_json_atomic, write_text_atomic
 from .fleet import failed_result, merge_fleet_results, read_fleet
+from .remote import finalise_results, save_results
 from .sync import read_local_bundle
 
 PLAYBOOK = """\
@@ -154,9 +158,12 @@ def write_playbook(bundle_dir, out_dir, *, inventory=None, limit: Optional[str] 
     runner = next((r for r in ("run_on_device.py", ".edgesqueeze/run_on_device.py") if r in names), None)
     if runner is None:
         raise InputError("the bundle has no run_on_device.py (build it with 'edgesqueeze build')", path=str(bundle))
-    hosts = [d["name"] for d in read_fleet(inventory, limit)] if inventory else None
+    devices = read_fleet(inventory, limit) if inventory else None
     out = Path(out_dir).resolve()
     (out / "files").mkdir(parents=True, exist_ok=True)
+    if devices is not None:
+        write_json_atomic(out / "files" / "hosts.json", [{k: d.get(k) for k in ("name", "device", "target")}
+                                                         for d in devices])
     shutil.rmtree(out / "bundle", ignore_errors=True)
     outside = [f for f in files if bundle not in f.local.resolve().parents]  # the runner deploy adds
     if link and not outside:
@@ -183,37 +190,51 @@ def write_playbook(bundle_dir, out_dir, *, inventory=None, limit: Optional[str] 
     cfg = ANSIBLE_CFG.replace("@FORKS@", str(forks)).replace("@RETRIES@", str(retries)).replace(
         "@INVENTORY@", f"inventory = {Path(inventory).resolve()}\n" if inventory else "")
     write_text_atomic(out / "ansible.cfg", cfg)
-    return {"playbook": str(out / "playbook.yml"), "bundle": where, "hosts": hosts, "run": run}
+    return {"playbook": str(out / "playbook.yml"), "bundle": where,
+            "hosts": [d["name"] for d in devices] if devices is not None else None, "run": run}
 
 
-def collect_results(play_dir, out_dir=None, plots: bool = True) -> List[dict]:
+def collect_results(play_dir, out_dir=None, plots: bool = True, record_host: bool = False) -> List[dict]:
     """Merge ``play/results/<host>/results.json`` (or ``error.json``) of every host into one fleet report.
 
+    Each host's results are finalised as the built-in path does (address and label from ``files/hosts.json``,
+    validated, user and host names stripped unless ``record_host``); hosts are in inventory order, then any
+    others by name.
+
     Returns:
-        One results dict per host (sorted by name); a failed host gets a results dict with ``"error"``.
-        With ``out_dir``: fleet.json (every host with its status), fleet.md and report.md as fleet runs write.
+        One results dict per host; a failed host gets a results dict with ``"error"``.
+        With ``out_dir``: ``<host>/results.json`` (hosts that ran), fleet.json (every host with its status),
+        fleet.md and report.md as ``deploy --devices`` writes them.
 
     Raises:
-        InputError: no results folder, or a results file that is not JSON.
+        InputError: no results folder, or a results or hosts file that is not JSON.
     """
-    root = Path(play_dir) / "results"
-    hosts = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-    if not hosts:
+    play = Path(play_dir)
+    root = play / "results"
+    found = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    if not found:
         raise InputError("no results: run the playbook first (ansible-playbook playbook.yml)", path=str(root))
-    devices, results = [], {}
-    for folder in hosts:
-        dev = {"name": folder.name, "device": folder.name}
-        devices.append(dev)
-        for fname in ("results.json", "error.json"):
-            p = folder / fname
-            if p.is_file():
-                try:
-                    data = json.loads(p.read_text(encoding="utf-8"))
-                except ValueError as exc:
-                    raise InputError(f"not JSON: {exc}", path=str(p)) from exc
-                results[dev["name"]] = data if fname == "results.json" else failed_result(
-                    dev, f"{data.get('task')}: {data.get('message')}", 6)
-                break
+    known = {d["name"]: d for d in (_read_json(play / "files" / "hosts.json") or [])}
+    devices = [known[n] for n in known if n in found] + [{"name": n, "device": n} for n in found if n not in known]
+    results = {}
+    for dev in devices:
+        data = _read_json(root / dev["name"] / "results.json")
+        if data is not None:  # the device ran: saved per device, as the built-in path does
+            data = finalise_results(data, dev["device"], None, dev["name"], record_host)
+            save_results(data, Path(out_dir) / dev["name"] if out_dir is not None else None, plots)
         else:
-            results[dev["name"]] = failed_result(dev, "no results and no error recorded", 6)
+            err = _read_json(root / dev["name"] / "error.json")
+            data = failed_result(dev, f"{err.get('task')}: {err.get('message')}" if err else
+                                 "no results and no error recorded", 6)
+        results[dev["name"]] = data
     return merge_fleet_results(devices, results, out_dir, plots)
+
+
+def _read_json(path: Path):
+    """The JSON in ``path``, or None when there is no such file."""
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise InputError(f"not JSON: {exc}", path=str(path)) from exc

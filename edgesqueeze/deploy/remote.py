@@ -122,8 +122,8 @@ def _remote_bench(bundle_dir, device, iterations, warmup, duration, backend, pow
             if results is not None:
                 results["partial"] = True
                 results.setdefault("warnings", []).append(f"stopped: {stopped}; partial results")
-                results = _finalise(results, tr, report, label, record_host)
-                _save(results, out_dir, plots)
+                results = finalise_results(results, str(tr.address), report, label, record_host)
+                save_results(results, out_dir, plots)
             if "Ctrl-C" in stopped:
                 raise BenchInterrupted(results, str(out_dir) if out_dir else None)
             raise DeviceError(f"{stopped} on {tr.address}" + (f"; partial results in {out_dir}" if
@@ -133,8 +133,8 @@ def _remote_bench(bundle_dir, device, iterations, warmup, duration, backend, pow
         if results is None:
             raise DeviceError(f"the on-device runner wrote no results on {tr.address} (exit {res.returncode}): "
                               f"{' '.join(res.stderr.strip().splitlines()[-3:])}")
-        results = _finalise(results, tr, report, label, record_host)
-        _save(results, out_dir, plots)
+        results = finalise_results(results, str(tr.address), report, label, record_host)
+        save_results(results, out_dir, plots)
         err = results.get("error")
         if err:
             cls = VerificationError if err.get("exit_code") == 7 else DeviceError
@@ -180,20 +180,22 @@ def _fetch(tr, rdir: str, out: str, wait: float) -> Optional[dict]:
         time.sleep(0.5)
 
 
-def _finalise(results: dict, tr, report: Optional[dict], label: Optional[str], record_host: bool) -> dict:
-    """Annotate, validate and (unless ``record_host``) strip user and host names and absolute paths."""
-    _annotate(results, tr, report, label)
+def finalise_results(results: dict, address: str, report: Optional[dict], label: Optional[str],
+                     record_host: bool) -> dict:
+    """Annotate (address, label, deploy report), validate and (unless ``record_host``) strip user and host names
+    and absolute paths: what every path that fetches a device's results does with them."""
+    _annotate(results, address, report, label)
     results = normalise(results)
     return results if record_host else redact_personal(results)
 
 
-def _annotate(results: dict, tr, report: Optional[dict], label: Optional[str]) -> None:
+def _annotate(results: dict, address: str, report: Optional[dict], label: Optional[str]) -> None:
     dev = results.setdefault("device", {})
-    dev["address"] = str(tr.address)
+    dev["address"] = address
     if label:
         dev["label"] = label
     # what reports print for the device (helper E's report reads display_name): fleet name, host, address
-    dev["display_name"] = (f"{label}: " if label else "") + f"{dev.get('hostname') or '?'} at {tr.address}"
+    dev["display_name"] = (f"{label}: " if label else "") + f"{dev.get('hostname') or '?'} at {address}"
     if report:
         dev["probe"] = report.get("probe")
         results["deploy"] = {k: report.get(k) for k in ("remote_dir", "files", "engine", "warnings", "seconds")}
@@ -217,7 +219,8 @@ def normalise(results: dict) -> dict:
         return results
 
 
-def _save(results: dict, out_dir, plots: bool = True) -> None:
+def save_results(results: dict, out_dir, plots: bool = True) -> None:
+    """Write one device's results.json and its report (or, without runs, a summary) into ``out_dir``."""
     if out_dir is None:
         return
     out = Path(out_dir)
