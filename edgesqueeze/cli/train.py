@@ -56,6 +56,8 @@ def _round_text(row: dict, positive) -> str:
 @click.option("--important-class", type=int, default=None, metavar="K",
               help="Class-dependent pruning (Entezari & Saukh): class-balanced loss + ranking term for class K; "
                    "reports its false negatives / positives.")
+@click.option("--watch-class", type=int, default=None, metavar="K",
+              help="Report class K's false negatives / positives every round without changing the loss.")
 @click.option("--beta", type=float, default=0.999, show_default=True, help="Class-balanced weighting's beta.")
 @click.option("--lam", type=float, default=0.05, show_default=True, help="Weight of the ranking term.")
 @click.option("--criterion", type=click.Choice(["magnitude", "increase"]), default=None,
@@ -75,7 +77,7 @@ def _round_text(row: dict, positive) -> str:
 @click.option("--seed", type=int, default=0, show_default=True)
 @output_option(help="Pruned .onnx to write.")
 @json_option
-def command(model, schedule, rounds, prune_rate, important_class, beta, lam, criterion, data, val, epochs, lr,
+def command(model, schedule, rounds, prune_rate, important_class, watch_class, beta, lam, criterion, data, val, epochs, lr,
             batch_size, scope, reinit, distill, temperature, seed, output, as_json):
     """Prune MODEL with training on labelled data; pruned weights are exact zeros (compress --share, pack).
 
@@ -93,20 +95,21 @@ def command(model, schedule, rounds, prune_rate, important_class, beta, lam, cri
     check_writable(output)
     opts = TrainOptions(schedule=parse_schedule(schedule) if schedule else None, rounds=rounds,
                         prune_rate=prune_rate, epochs=epochs, lr=lr, batch_size=batch_size,
-                        layerwise=scope == "layer", important_class=important_class, beta=beta, lam=lam,
+                        layerwise=scope == "layer", important_class=important_class, watch_class=watch_class, beta=beta, lam=lam,
                         criterion=criterion, reinit=reinit, distill=distill, temperature=temperature, seed=seed)
     opts.check()
     m = load_model(model)
     train_set, val_set = labelled_arrays(data, m), labelled_arrays(val, m)
     steps = len(opts.schedule) if opts.schedule else opts.rounds + 1  # epochs run in each pruning round
-    progress = _Progress(steps * epochs, not (as_json or quiet()), important_class)
+    positive = important_class if important_class is not None else watch_class
+    progress = _Progress(steps * epochs, not (as_json or quiet()), positive)
     try:
         report = train_onnx(m, train_set, val_set, output, opts, progress=progress)
     finally:
         progress.close()
     info(f"wrote {output}")
     report["output"] = str(output)
-    emit(report, as_json, lambda r: _text(r, important_class))
+    emit(report, as_json, lambda r: _text(r, positive))
 
 
 def _text(report: dict, positive) -> str:

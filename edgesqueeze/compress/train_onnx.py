@@ -35,7 +35,8 @@ class TrainOptions:
     model's own (trained) weights. ``distill``: iterative pruning fine-tunes with distillation from the unpruned
     model's logits (``temperature``). ``important_class``: train with the class-dependent loss (``beta``,
     ``lam``) and report that class's false negatives / positives; with lottery tickets also prune by magnitude
-    increase ``|W_k| - |W_0|`` unless ``criterion`` says otherwise.
+    increase ``|W_k| - |W_0|`` unless ``criterion`` says otherwise. ``watch_class``: report a class's false
+    negatives / positives without changing the loss (the plain baseline of class-dependent pruning).
     """
 
     schedule: Optional[Tuple[float, ...]] = None
@@ -46,6 +47,7 @@ class TrainOptions:
     batch_size: int = 64
     layerwise: bool = True
     important_class: Optional[int] = None
+    watch_class: Optional[int] = None
     beta: float = 0.999
     lam: float = 0.05
     criterion: Optional[str] = None
@@ -68,6 +70,8 @@ class TrainOptions:
         if self.distill and self.method == "lottery":
             raise InputError("distillation applies to iterative pruning (lottery rounds rewind, there is no "
                              "unpruned teacher to follow)")
+        if None not in (self.important_class, self.watch_class) and self.important_class != self.watch_class:
+            raise InputError("the watched class is the important class when both are given")
         if self.reinit and self.method == "iterative":
             raise InputError("re-initialising applies to lottery tickets (iterative pruning fine-tunes the model)")
 
@@ -127,13 +131,13 @@ def train_onnx(model: ModelProto, train: Tuple[np.ndarray, np.ndarray], val: Tup
         raise InputError("no training samples")
     torch.manual_seed(opts.seed)
     torch.use_deterministic_algorithms(True)
-    positive = opts.important_class
+    positive = opts.important_class if opts.important_class is not None else opts.watch_class
     if opts.method == "iterative":
         module = onnx_module(model)
         classes = predict(module, val[0][:1]).shape[1]
         _check_labels(train[1], val[1], classes, positive)
         loss_fn = (class_dependent_loss(_class_counts(train[1], classes), positive, beta=opts.beta, lam=opts.lam)
-                   if positive is not None else None)
+                   if opts.important_class is not None else None)
         teacher = predict(module, train[0]) if opts.distill else None
         module, masks, history = iterative_pruning(
             module, train, val, schedule=opts.schedule, epochs=opts.epochs, lr=opts.lr, batch_size=opts.batch_size,
@@ -151,7 +155,7 @@ def train_onnx(model: ModelProto, train: Tuple[np.ndarray, np.ndarray], val: Tup
         module, masks, history = lottery_ticket(
             make, train, val, rounds=opts.rounds, prune_rate=opts.prune_rate, epochs=opts.epochs, lr=opts.lr,
             batch_size=opts.batch_size, layerwise=opts.layerwise, positive=positive,
-            class_dependent=positive is not None, beta=opts.beta, lam=opts.lam, criterion=opts.criterion,
+            class_dependent=opts.important_class is not None, beta=opts.beta, lam=opts.lam, criterion=opts.criterion,
             seed=opts.seed, progress=progress)
     return {"method": opts.method, "options": _options(opts), "history": history, "final": history[-1],
             "pruned": {n: {"weights": int(m.numel()), "kept": int(m.sum())} for n, m in masks.items()},
