@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +49,9 @@ def main(argv=None) -> int:
     ap.add_argument("--onnx", default=None, metavar="MODEL",
                     help="run both variants through 'edgesqueeze train' on this 1x1x8x8 digits classifier")
     ap.add_argument("--reinit", action="store_true", help="with --onnx: W_0 freshly drawn, not the model's weights")
+    ap.add_argument("--scope", choices=["layer", "global"], default="layer",
+                    help="prune the same fraction in every layer, or one ranking over all layers")
+    ap.add_argument("--jobs", type=int, default=1, help="with --onnx: 'edgesqueeze train' runs at a time")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     t0 = time.time()
@@ -89,6 +94,7 @@ def _mlp_runs(args):
         for name, (cd, criterion) in variants.items():
             _, _, hist = lottery_ticket(make, train_data, test_data, rounds=args.rounds, prune_rate=args.prune_rate,
                                         epochs=args.epochs, lr=args.lr, positive=1, class_dependent=cd,
+                                        layerwise=args.scope == "layer",
                                         beta=args.beta, lam=args.lam, criterion=criterion, seed=seed)
             runs[name].append(hist)
     return runs, {"train_positives": int(train_data[1].sum()), "train_size": len(train_data[1]),
@@ -112,19 +118,28 @@ def _onnx_runs(args):
     xte, yte = np.concatenate([xv, xc]), np.concatenate([yv, yc])
     tmp = Path(tempfile.mkdtemp(prefix="cd-onnx-"))
     np.savez(tmp / "test.npz", input=xte, label=yte)
-    runs = {"plain": [], "class-dependent": []}
     common = ["--lottery", str(args.rounds), "--prune-rate", str(args.prune_rate), "--epochs", str(args.epochs),
-              "--lr", str(args.lr), "--val", str(tmp / "test.npz"), "--json"] + (["--reinit"] if args.reinit else [])
+              "--lr", str(args.lr), "--scope", args.scope, "--val", str(tmp / "test.npz"), "--json"]
+    common += ["--reinit"] if args.reinit else []
+    cd = ["--important-class", str(args.positive), "--beta", str(args.beta), "--lam", str(args.lam)]
+    jobs = []
     for seed in _seeds(args):
         keep = _drop_positives(yt, args.positive, args.keep_positive, seed)
         np.savez(tmp / f"train{seed}.npz", input=xt[keep], label=yt[keep])
-        cd = ["--important-class", str(args.positive), "--beta", str(args.beta), "--lam", str(args.lam)]
         for name, extra in (("plain", ["--watch-class", str(args.positive)]), ("class-dependent", cd)):
-            out = subprocess.run([sys.executable, "-m", "edgesqueeze", "train", args.onnx, "--data",
-                                  str(tmp / f"train{seed}.npz"), "--seed", str(seed), "-o",
-                                  str(tmp / f"{name}{seed}.onnx")] + common + extra,
-                                 check=True, capture_output=True, text=True).stdout
-            runs[name].append(json.loads(out)["history"])
+            jobs.append((name, [sys.executable, "-m", "edgesqueeze", "train", args.onnx, "--data",
+                                str(tmp / f"train{seed}.npz"), "--seed", str(seed), "-o",
+                                str(tmp / f"{name}{seed}.onnx")] + common + extra))
+    env = dict(os.environ, OMP_NUM_THREADS="1")  # small runs side by side: one thread each
+
+    def run(cmd):
+        return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout)
+
+    with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+        reports = list(pool.map(run, [cmd for _, cmd in jobs]))
+    runs = {"plain": [], "class-dependent": []}
+    for (name, _), rep in zip(jobs, reports):
+        runs[name].append(rep["history"])
     return runs, {"train_positives": int((yt[keep] == args.positive).sum()), "train_size": len(keep),
                   "test_positives": int((yte == args.positive).sum()), "test_size": len(yte)}
 

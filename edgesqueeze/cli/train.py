@@ -62,7 +62,7 @@ def _round_text(row: dict, positive) -> str:
 @click.option("--lam", type=float, default=0.05, show_default=True, help="Weight of the ranking term.")
 @click.option("--criterion", type=click.Choice(["magnitude", "increase"]), default=None,
               help="With --lottery: prune the smallest |W_k| or |W_k|-|W_0| [default: increase with "
-                   "--important-class, else magnitude].")
+                   "--important-class --reinit, else magnitude].")
 @click.option("--data", required=True, help="Labelled training data (.npz with 'label', or class subfolders).")
 @click.option("--val", required=True, help="Labelled validation data, judged after every round.")
 @click.option("--epochs", type=int, default=5, show_default=True, help="Training epochs per round.")
