@@ -96,6 +96,9 @@ def test_important_class_reports_false_negatives(cli, setup, tmp_path):
     assert rep["options"]["important_class"] == 8
     it = _train(cli, setup, tmp_path / "cdi.onnx", "--iterative", "0.5", "--important-class", "8")
     assert "fn" in it["final"]
+    again = _train(cli, setup, tmp_path / "cdi2.onnx", "--iterative", "0.5", "--important-class", "8")
+    assert (tmp_path / "cdi.onnx").read_bytes() == (tmp_path / "cdi2.onnx").read_bytes()
+    assert again["history"] == it["history"]
 
 
 @pytest.mark.torch

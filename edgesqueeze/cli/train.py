@@ -79,7 +79,9 @@ def _round_text(row: dict, positive) -> str:
 @json_option
 def command(model, schedule, rounds, prune_rate, important_class, watch_class, beta, lam, criterion, data, val, epochs, lr,
             batch_size, scope, reinit, distill, temperature, seed, output, as_json):
-    """Prune MODEL with training on labelled data; pruned weights are exact zeros (compress --share, pack).
+    """Prune MODEL with training: iterative pruning, lottery tickets, class-dependent pruning (labelled data).
+
+    Pruned weights are exact zeros, so compress --share and pack shrink the result further.
 
     \b
     Examples:
