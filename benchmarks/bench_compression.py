@@ -96,7 +96,8 @@ def main(argv=None) -> int:
     accuracy = {"dense": acc(dense), "pruned": acc(pruned), "shared": acc(shared), "unpacked": acc(restored)}
     drop = (accuracy["dense"] - accuracy["unpacked"]) * 100
     result = {"seed": args.seed, "schedule": schedule, "distill": args.distill,
-              "trained_quantization": args.trained_quantization, "finetune_epochs": args.finetune_epochs, "accuracy": accuracy, "accuracy_drop_points": round(drop, 2),
+              "trained_quantization": args.trained_quantization, "finetune_epochs": args.finetune_epochs,
+              "accuracy": accuracy, "accuracy_drop_points": round(drop, 2),
               "dense_onnx_bytes": dense_bytes, "esq_bytes": len(esq), "ratio": round(dense_bytes / len(esq), 2),
               "roundtrip_exact": exact, "kept_per_layer": {n: round(float(m.mean()), 4) for n, m in masks.items()},
               "pruning_history": history, "size": report, "seconds": round(time.time() - t0, 1),

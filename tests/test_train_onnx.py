@@ -126,3 +126,18 @@ def test_errors(cli, setup, tmp_path):
     code, _, err = cli(*base, "--data", d / "train.npz", "--lottery", "1", "--distill")
     assert code == 3 and "distillation" in err
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_image_folder_of_class_subfolders_gives_labels(setup, tmp_path):
+    Image = pytest.importorskip("PIL.Image")
+    from edgesqueeze.compress.train_onnx import labelled_arrays
+
+    d, model = setup
+    val = np.load(d / "val.npz")
+    for i in range(12):
+        folder = tmp_path / f"c{val['label'][i]}"
+        folder.mkdir(exist_ok=True)
+        Image.fromarray((val["input"][i, 0] * 255).astype(np.uint8), "L").save(folder / f"{i}.png")
+    x, y = labelled_arrays(str(tmp_path), load_model(model))
+    names = sorted({f"c{v}" for v in val["label"][:12]})
+    assert x.shape == (12, 1, 8, 8) and sorted(y.tolist()) == sorted(names.index(f"c{v}") for v in val["label"][:12])

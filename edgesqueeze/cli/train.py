@@ -77,8 +77,8 @@ def _round_text(row: dict, positive) -> str:
 @click.option("--seed", type=int, default=0, show_default=True)
 @output_option(help="Pruned .onnx to write.")
 @json_option
-def command(model, schedule, rounds, prune_rate, important_class, watch_class, beta, lam, criterion, data, val, epochs, lr,
-            batch_size, scope, reinit, distill, temperature, seed, output, as_json):
+def command(model, schedule, rounds, prune_rate, important_class, watch_class, beta, lam, criterion, data, val,
+            epochs, lr, batch_size, scope, reinit, distill, temperature, seed, output, as_json):
     """Prune MODEL with training: iterative pruning, lottery tickets, class-dependent pruning (labelled data).
 
     Pruned weights are exact zeros, so compress --share and pack shrink the result further.
@@ -97,7 +97,8 @@ def command(model, schedule, rounds, prune_rate, important_class, watch_class, b
     check_writable(output)
     opts = TrainOptions(schedule=parse_schedule(schedule) if schedule else None, rounds=rounds,
                         prune_rate=prune_rate, epochs=epochs, lr=lr, batch_size=batch_size,
-                        layerwise=scope == "layer", important_class=important_class, watch_class=watch_class, beta=beta, lam=lam,
+                        layerwise=scope == "layer", important_class=important_class, watch_class=watch_class,
+                        beta=beta, lam=lam,
                         criterion=criterion, reinit=reinit, distill=distill, temperature=temperature, seed=seed)
     opts.check()
     m = load_model(model)

@@ -291,7 +291,8 @@ def finetune_shared(module, train_data, *, conv_bits: int = 8, fc_bits: int = 5,
     initialisation; pruned zeros stay zero), then fine-tune the shared values (centroids) themselves.
 
     The gradient of a centroid is the sum of the gradients of the weights in its cluster; the other parameters
-    (biases) train as usual; ``teacher`` adds distillation as in :func:`train`. Afterwards each layer holds at most ``2**bits`` distinct non-zero values, so
+    (biases) train as usual; ``teacher`` adds distillation as in :func:`train`. Afterwards each layer holds at
+    most ``2**bits`` distinct non-zero values, so
     :func:`edgesqueeze.compress.share_weights` on the exported model reproduces them exactly.
 
     Returns:
