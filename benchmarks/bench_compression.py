@@ -2,8 +2,10 @@
 
 Trains the dense 64-300-100-10 MLP with torch, writes it as a dense fp32 ONNX file, prunes it with Han et al.'s
 prune / fine-tune cycle (global magnitude threshold), shares the weights with per-layer k-means (5 bits for
-fully-connected layers, biases too; --trained-quantization also fine-tunes the shared values), packs the result as a Huffman-coded .esq file, unpacks it again and checks
-that the weights come back bit for bit and that onnxruntime gives the same accuracy. Prints the size table.
+fully-connected layers, biases too), fine-tunes the shared values themselves (Han et al.'s trained quantization:
+the recovery step; --no-trained-quantization skips it, --distill adds distillation from the dense network to every
+fine-tuning), packs the result as a Huffman-coded .esq file, unpacks it again and checks that the weights come back
+bit for bit and that onnxruntime gives the same accuracy. Prints the size table.
 
 Goal: the .esq file at least 30x smaller than the dense fp32 ONNX, at most 1 point of test accuracy lost.
 
@@ -26,12 +28,16 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--epochs", type=int, default=40, help="dense training epochs")
     ap.add_argument("--schedule", default="0.5,0.7,0.8,0.87,0.92", help="sparsity after each prune step")
-    ap.add_argument("--finetune-epochs", type=int, default=10, help="fine-tuning epochs after each prune step")
+    ap.add_argument("--finetune-epochs", type=int, default=15, help="fine-tuning epochs after each prune step")
     ap.add_argument("--fc-bits", type=int, default=5)
     ap.add_argument("--bias-bits", type=int, default=5)
-    ap.add_argument("--trained-quantization", action="store_true",
+    ap.add_argument("--trained-quantization", action=argparse.BooleanOptionalAction, default=True,
                     help="fine-tune the shared values after k-means (Han et al.'s trained quantization)")
     ap.add_argument("--tq-epochs", type=int, default=5, help="epochs of centroid fine-tuning")
+    ap.add_argument("--distill", action=argparse.BooleanOptionalAction, default=False,
+                    help="recovery: fine-tune with Hinton distillation from the dense network (T^2 KL on its "
+                         "softened logits) on top of cross-entropy")
+    ap.add_argument("--temperature", type=float, default=4.0, help="distillation temperature")
     ap.add_argument("--out-dir", default=None, help="keep dense.onnx, pruned.onnx, shared.onnx, model.esq here")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
@@ -44,7 +50,7 @@ def main(argv=None) -> int:
     from edgesqueeze.compress import share_weights
     from edgesqueeze.compress.esq import pack, unpack
     from edgesqueeze.compress.torch_onnx import sequential_to_onnx
-    from edgesqueeze.compress.training import finetune_shared, iterative_pruning, train
+    from edgesqueeze.compress.training import finetune_shared, iterative_pruning, predict, train
     from edgesqueeze.ortutil import run_model
 
     torch.set_num_threads(1)  # tiny network: one thread is fastest and deterministic
@@ -59,13 +65,14 @@ def main(argv=None) -> int:
     shape = [len(xte), 64]
     dense = sequential_to_onnx(net, shape)
     schedule = [float(s) for s in args.schedule.split(",")]
+    teacher = predict(net, xtr) if args.distill else None
     net, masks, history = iterative_pruning(net, (xtr, ytr), (xte, yte), schedule=schedule,
                                             epochs=args.finetune_epochs, lr=5e-4, batch_size=32, layerwise=False,
-                                            seed=args.seed)
+                                            seed=args.seed, teacher=teacher, temperature=args.temperature)
     pruned = sequential_to_onnx(net, shape)
     if args.trained_quantization:  # Han et al.: fine-tune the shared values themselves
         finetune_shared(net, (xtr, ytr), fc_bits=args.fc_bits, epochs=args.tq_epochs, lr=1e-4, batch_size=32,
-                        seed=args.seed)
+                        seed=args.seed, teacher=teacher, temperature=args.temperature)
         pruned_for_sharing = sequential_to_onnx(net, shape)
     else:
         pruned_for_sharing = pruned
@@ -88,7 +95,9 @@ def main(argv=None) -> int:
 
     accuracy = {"dense": acc(dense), "pruned": acc(pruned), "shared": acc(shared), "unpacked": acc(restored)}
     drop = (accuracy["dense"] - accuracy["unpacked"]) * 100
-    result = {"seed": args.seed, "schedule": schedule, "accuracy": accuracy, "accuracy_drop_points": round(drop, 2),
+    result = {"seed": args.seed, "schedule": schedule, "distill": args.distill,
+              "trained_quantization": args.trained_quantization, "finetune_epochs": args.finetune_epochs,
+              "accuracy": accuracy, "accuracy_drop_points": round(drop, 2),
               "dense_onnx_bytes": dense_bytes, "esq_bytes": len(esq), "ratio": round(dense_bytes / len(esq), 2),
               "roundtrip_exact": exact, "kept_per_layer": {n: round(float(m.mean()), 4) for n, m in masks.items()},
               "pruning_history": history, "size": report, "seconds": round(time.time() - t0, 1),

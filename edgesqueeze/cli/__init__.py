@@ -25,6 +25,7 @@ COMMANDS = {
     "optimize": "optimize",
     "compress": "compress",
     "recover": "recover",
+    "train": "train",
     "pack": "pack",
     "unpack": "unpack",
     "quantize": "quantize",

@@ -2,8 +2,10 @@
 lottery-ticket rounds with rewinding (Frankle & Carbin 2019), and class-dependent pruning (Entezari & Saukh 2020).
 
 Models are given as a factory ``model_fn() -> torch.nn.Module`` (seeded here, so the initial weights ``W_0`` are
-reproducible); the weights of every ``Linear`` and ``Conv`` layer are pruned, biases are kept. Data is a pair of
-arrays ``(x, labels)``. Every round reports sparsity, accuracy and, with an important class, its false
+reproducible); the weights of every ``Linear`` and ``Conv`` layer are pruned, biases are kept. An ONNX graph run as
+a module (:func:`.onnx_torch.onnx_module`) works the same way: its Conv / Gemm / MatMul weights are pruned, named
+after their initializers. Data is a pair of arrays ``(x, labels)``; fine-tuning can add distillation from a
+teacher's logits (``teacher=``). Every round reports sparsity, accuracy and, with an important class, its false
 negatives, false positives and AUC.
 """
 from __future__ import annotations
@@ -16,7 +18,10 @@ import numpy as np
 from .._lazy import require
 from ..errors import InputError
 from .class_loss import class_dependent_loss, class_metrics
+from .onnx_torch import TRAINABLE
 from .sharing import kmeans_1d
+
+WEIGHT_OPS = ("Conv", "Gemm", "MatMul")
 
 
 def _torch():
@@ -24,8 +29,14 @@ def _torch():
 
 
 def prunable(module) -> List[Tuple[str, object]]:
-    """``(name, parameter)`` of the weights of every Linear / Conv layer, in module order."""
+    """``(name, parameter)`` of the weights of every Linear / Conv layer, in module order; for a module over an
+    ONNX graph (:func:`.onnx_torch.onnx_module`), of every Conv / Gemm / MatMul weight, named by initializer."""
     torch = _torch()
+    if hasattr(module, "graph") and hasattr(module, "names"):
+        weights = {n.input[i] for n in module.graph.node if n.op_type in WEIGHT_OPS
+                   for i in TRAINABLE[n.op_type][:1] if i < len(n.input)}
+        return [(module.names[k], p) for k, p in module.params.items()
+                if module.names[k] in weights and p.dim() >= 2]
     out = []
     for name, mod in module.named_modules():
         if isinstance(mod, (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)):
@@ -50,30 +61,54 @@ def mask_sparsity(masks: Dict[str, object]) -> float:
 
 
 def train(module, data, *, loss_fn: Optional[Callable] = None, masks: Optional[Dict[str, object]] = None,
-          epochs: int = 10, lr: float = 1e-3, batch_size: int = 64, weight_decay: float = 0.0, seed: int = 0):
+          epochs: int = 10, lr: float = 1e-3, batch_size: int = 64, weight_decay: float = 0.0, seed: int = 0,
+          teacher: Optional[np.ndarray] = None, temperature: float = 4.0, progress: Optional[Callable] = None):
     """Train ``module`` with Adam on ``data = (x, labels)``, keeping pruned weights at zero.
+
+    Args:
+        teacher: the teacher's logits on ``x`` (aligned): adds Hinton's distillation term
+            ``T^2 * KL(softmax(teacher / T) || softmax(student / T))`` to the loss.
+        progress: called after every epoch with ``{"epoch", "loss"}`` (mean training loss).
 
     Returns:
         The module (trained in place).
     """
     torch = _torch()
     x, y = _tensors(data)
-    loss_fn = loss_fn or torch.nn.functional.cross_entropy
+    loss_fn = _with_teacher(loss_fn or torch.nn.functional.cross_entropy, teacher, temperature)
     opt = torch.optim.Adam(module.parameters(), lr=lr, weight_decay=weight_decay)
     gen = torch.Generator().manual_seed(seed)
     module.train()
-    for _ in range(epochs):
-        order = torch.randperm(x.shape[0], generator=gen)
+    for epoch in range(1, epochs + 1):
+        order, total = torch.randperm(x.shape[0], generator=gen), 0.0
         for start in range(0, x.shape[0], batch_size):
             idx = order[start:start + batch_size]
             opt.zero_grad()
-            loss = loss_fn(module(x[idx]), y[idx])
+            loss = loss_fn(module(x[idx]), y[idx], idx)
             loss.backward()
             opt.step()
             if masks:
                 apply_masks(module, masks)
+            total += float(loss.detach()) * len(idx)
+        if progress:
+            progress({"epoch": epoch, "loss": total / x.shape[0]})
     module.eval()
     return module
+
+
+def _with_teacher(loss_fn: Callable, teacher: Optional[np.ndarray], temperature: float) -> Callable:
+    """``loss(logits, targets, idx)``: ``loss_fn`` plus the distillation term on the samples ``idx``."""
+    torch = _torch()
+    if teacher is None:
+        return lambda out, y, idx: loss_fn(out, y)
+    F = torch.nn.functional
+    soft = F.softmax(torch.as_tensor(np.asarray(teacher, np.float32)) / temperature, dim=1)
+
+    def loss(out, y, idx):
+        kd = F.kl_div(F.log_softmax(out / temperature, 1), soft[idx], reduction="batchmean")
+        return loss_fn(out, y) + kd * temperature ** 2
+
+    return loss
 
 
 def predict(module, x, batch_size: int = 1024) -> np.ndarray:
@@ -139,9 +174,14 @@ def _row(round_: int, masks, metrics: Dict[str, object]) -> Dict[str, object]:
 
 def iterative_pruning(module, train_data, val_data, *, schedule: Sequence[float] = (0.5, 0.75, 0.9),
                       epochs: int = 5, lr: float = 1e-3, batch_size: int = 64, layerwise: bool = True,
-                      loss_fn: Optional[Callable] = None, positive: Optional[int] = None, seed: int = 0):
+                      loss_fn: Optional[Callable] = None, positive: Optional[int] = None, seed: int = 0,
+                      teacher: Optional[np.ndarray] = None, temperature: float = 4.0,
+                      progress: Optional[Callable] = None):
     """Han et al.'s prune / fine-tune cycle on a trained ``module``: prune to each sparsity of ``schedule`` by
     magnitude, fine-tune ``epochs`` with the mask fixed, never rewinding.
+
+    ``teacher`` / ``temperature``: distil from these logits while fine-tuning (:func:`train`). ``progress`` is
+    called with every epoch's ``{"round", "epoch", "loss"}`` and every step's history row.
 
     Returns:
         ``(module, masks, history)``: the pruned module (modified in place), masks ``{weight name: 0/1 tensor}``,
@@ -155,21 +195,30 @@ def iterative_pruning(module, train_data, val_data, *, schedule: Sequence[float]
         raise InputError(f"pruning schedule must increase within [0, 1), got {list(schedule)}")
     masks = {n: torch.ones_like(p) for n, p in prunable(module)}
     history = [_row(0, masks, evaluate(module, val_data, positive))]
+    if progress:
+        progress(history[0])
     for i, target in enumerate(schedule, 1):
         current = mask_sparsity(masks)
         fraction = (target - current) / (1.0 - current) if current < 1.0 else 0.0
         _prune_step(module, masks, fraction, score_fn=lambda n, w: w.abs(), layerwise=layerwise)
         apply_masks(module, masks)
         train(module, train_data, loss_fn=loss_fn, masks=masks, epochs=epochs, lr=lr, batch_size=batch_size,
-              seed=seed + i)
+              seed=seed + i, teacher=teacher, temperature=temperature, progress=_in_round(progress, i))
         history.append(_row(i, masks, evaluate(module, val_data, positive)))
+        if progress:
+            progress(history[-1])
     return module, masks, history
+
+
+def _in_round(progress: Optional[Callable], round_: int) -> Optional[Callable]:
+    return (lambda row: progress({"round": round_, **row})) if progress else None
 
 
 def lottery_ticket(model_fn: Callable, train_data, val_data, *, rounds: int = 5, prune_rate: float = 0.2,
                    epochs: int = 10, lr: float = 1e-3, batch_size: int = 64, layerwise: bool = True,
                    positive: Optional[int] = None, class_dependent: bool = False, beta: float = 0.999,
-                   lam: float = 0.05, criterion: Optional[str] = None, seed: int = 0):
+                   lam: float = 0.05, criterion: Optional[str] = None, seed: int = 0,
+                   progress: Optional[Callable] = None):
     """Lottery-ticket rounds with rewinding; with ``class_dependent`` the variant of Entezari & Saukh.
 
     Each round trains the masked network from the initial weights ``W_0``, removes ``prune_rate`` of the
@@ -189,6 +238,7 @@ def lottery_ticket(model_fn: Callable, train_data, val_data, *, rounds: int = 5,
         criterion: ``"magnitude"`` (|W_k|) or ``"increase"`` (|W_k| - |W_0|); by default ``"increase"`` with
             ``class_dependent`` and ``"magnitude"`` without (set it to separate the effect of loss and criterion).
         seed: seeds the initial weights and the batch order.
+        progress: called with every epoch's ``{"round", "epoch", "loss"}`` and every round's history row.
 
     Returns:
         ``(module, masks, history)``: the last round's trained sparse module, its masks and one row per round:
@@ -226,19 +276,23 @@ def lottery_ticket(model_fn: Callable, train_data, val_data, *, rounds: int = 5,
             module.load_state_dict(init)          # rewind the survivors to W_0
             apply_masks(module, masks)
         train(module, train_data, loss_fn=loss_fn, masks=masks, epochs=epochs, lr=lr, batch_size=batch_size,
-              seed=seed)
+              seed=seed, progress=_in_round(progress, k))
         history.append(_row(k, masks, evaluate(module, val_data, positive)))
+        if progress:
+            progress(history[-1])
     return module, masks, history
 
 
 def finetune_shared(module, train_data, *, conv_bits: int = 8, fc_bits: int = 5, epochs: int = 5,
                     lr: float = 1e-4, batch_size: int = 64, seed: int = 0,
-                    loss_fn: Optional[Callable] = None) -> Dict[str, dict]:
+                    loss_fn: Optional[Callable] = None, teacher: Optional[np.ndarray] = None,
+                    temperature: float = 4.0) -> Dict[str, dict]:
     """Han et al.'s trained quantization: share every Linear / Conv weight with 1-D k-means (linear
     initialisation; pruned zeros stay zero), then fine-tune the shared values (centroids) themselves.
 
     The gradient of a centroid is the sum of the gradients of the weights in its cluster; the other parameters
-    (biases) train as usual. Afterwards each layer holds at most ``2**bits`` distinct non-zero values, so
+    (biases) train as usual; ``teacher`` adds distillation as in :func:`train`. Afterwards each layer holds at
+    most ``2**bits`` distinct non-zero values, so
     :func:`edgesqueeze.compress.share_weights` on the exported model reproduces them exactly.
 
     Returns:
@@ -265,7 +319,7 @@ def finetune_shared(module, train_data, *, conv_bits: int = 8, fc_bits: int = 5,
                 p[nz] = code[labels]
 
     x, y = _tensors(train_data)
-    loss_fn = loss_fn or torch.nn.functional.cross_entropy
+    loss_fn = _with_teacher(loss_fn or torch.nn.functional.cross_entropy, teacher, temperature)
     gen = torch.Generator().manual_seed(seed)
     module.train()
     load()
@@ -276,7 +330,7 @@ def finetune_shared(module, train_data, *, conv_bits: int = 8, fc_bits: int = 5,
             opt.zero_grad()
             for p, *_ in shared.values():
                 p.grad = None
-            loss_fn(module(x[idx]), y[idx]).backward()
+            loss_fn(module(x[idx]), y[idx], idx).backward()
             for p, code, labels, nz, _ in shared.values():
                 code.grad = torch.zeros_like(code).index_add_(0, labels, p.grad[nz])
             opt.step()
