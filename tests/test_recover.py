@@ -149,3 +149,25 @@ def test_recover_image_folder_hint_regressor_and_codebooks(tmp_path):
     weights = [numpy_helper.to_array(t) for t in load_model(out).graph.initializer if len(t.dims) == 4]
     w2_out = next(w for w in weights if w.shape[1] == 4)   # the second conv: 4 inputs left
     assert len(np.unique(w2_out)) <= 3 and int((w2_out == 0).sum()) == int((shared == 0).sum())
+
+
+@pytest.mark.slow
+def test_recover_ppocr_cls_end_to_end(tmp_path):
+    """optimize -> compress --channels 0.5 -> recover on rendered text lines: the Paddle graph (computed-shape
+    Reshape, Softmax wrapped by the opset conversion) trains, exports with its dynamic batch and runs."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import realdata
+    from realnets import realnet
+
+    def cli(*args):
+        r = subprocess.run([sys.executable, "-m", "edgesqueeze", *map(str, args)], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+
+    opt, small, out = tmp_path / "cls.opt.onnx", tmp_path / "cls.c50.onnx", tmp_path / "cls.rec.onnx"
+    cli("optimize", realnet("ppocr_cls"), "--input", "x:1x3x48x192", "-o", opt)
+    cli("compress", opt, "--channels", "0.5", "-o", small)
+    np.savez(tmp_path / "lines.npz", x=realdata.net_inputs("ppocr_cls", 32, seed=5, shape=(1, 3, 48, 192)))
+    cli("recover", small, "--teacher", opt, "--data", tmp_path / "lines.npz", "--epochs", "1", "-o", out)
+    x = realdata.net_inputs("ppocr_cls", 3, seed=9, shape=(1, 3, 48, 192))
+    y = make_session(load_model(out)).run(None, {"x": x})[0]
+    assert y.shape == (3, 2) and np.allclose(y.sum(1), 1, atol=1e-5)
