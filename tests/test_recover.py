@@ -171,3 +171,24 @@ def test_recover_ppocr_cls_end_to_end(tmp_path):
     x = realdata.net_inputs("ppocr_cls", 3, seed=9, shape=(1, 3, 48, 192))
     y = make_session(load_model(out)).run(None, {"x": x})[0]
     assert y.shape == (3, 2) and np.allclose(y.sum(1), 1, atol=1e-5)
+
+
+def test_compress_recover_shortcut(tmp_path):
+    """compress --channels 0.5 --recover DATA distils the original into the compressed copy before writing it."""
+    import json
+    src = tmp_path / "bn.onnx"
+    onnx.save(_conv_bn_model(), src)
+    np.savez(tmp_path / "d.npz", x=np.random.default_rng(0).standard_normal((16, 3, 8, 8)).astype(np.float32))
+    outs = {}
+    for tag, extra in (("plain", []), ("rec", ["--recover", str(tmp_path / "d.npz")])):
+        out = tmp_path / f"{tag}.onnx"
+        r = subprocess.run([sys.executable, "-m", "edgesqueeze", "compress", str(src), "--channels", "0.5", *extra,
+                            "--json", "-o", str(out)], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        outs[tag] = (out, json.loads(r.stdout))
+    assert "recover" in outs["rec"][1] and outs["rec"][1]["recover"]["epochs_run"] >= 1
+    x = np.random.default_rng(1).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    ref = make_session(_conv_bn_model()).run(None, {"x": x})[0]
+    err = {t: float(np.abs(make_session(load_model(p)).run(None, {"x": x})[0] - ref).mean()) for t, (p, _) in outs.items()}
+    assert outs["rec"][0].read_bytes() != outs["plain"][0].read_bytes()
+    assert np.isfinite(err["rec"])

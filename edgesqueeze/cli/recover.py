@@ -35,7 +35,7 @@ def _hints(values):
     return tuple(out)
 
 
-class _Bar:
+class EpochBar:
     """A tqdm bar per epoch on a terminal (loss as it trains, the validation metric at the end); one line per
     epoch otherwise."""
 
@@ -116,7 +116,7 @@ def command(student, teacher, data, labels, val, epochs, lr, batch_size, patienc
     opts = RecoverOptions(epochs=epochs, lr=lr, temperature=temperature, batch_size=batch_size, patience=patience,
                           seed=seed, hints=_hints(hints), hint_weight=hint_weight)
     report = recover(s, t, x, output, labels=y if labels else None, val=vset, options=opts,
-                     progress=None if as_json else _Bar(epochs))
+                     progress=None if as_json else EpochBar(epochs))
     report["output"] = output
     report["data"] = line
     emit(report, as_json, lambda r: f"wrote {output} (best epoch {r['best_epoch']} of {r['epochs_run']})")
