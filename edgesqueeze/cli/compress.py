@@ -47,13 +47,16 @@ def _bits(text):
               metavar="POINTS", help="With --val: warn (naming the step) when a compression step loses more top-1 "
                                      "points.")
 @click.option("--strict", is_flag=True, help="With --val: a loss over --max-drop is an error (exit 7), no output.")
+@click.option("--recover", "recover_data", default=None, metavar="DATA",
+              help="Then distil MODEL into the compressed copy on DATA (unlabelled .npz or image folder), with "
+                   "edgesqueeze recover's defaults (use 'recover' itself for its options).")
 @input_shape_option
 @static_option
 @output_option(help="Compressed .onnx to write.")
 @json_option
 def command(model, sparsity, prune, prune_scope, prune_std, channels, channel_multiple, low_rank_energy,
-            rank_ratio, low_rank_spatial, share, share_bias, val, max_drop, strict, input_shapes, static, output,
-            as_json):
+            rank_ratio, low_rank_spatial, share, share_bias, val, max_drop, strict, recover_data, input_shapes, static,
+            output, as_json):
     """Compress MODEL's weights; the result runs on onnxruntime like the original.
 
     Techniques combine and run in a fixed order: channels, low-rank, prune, 2:4, share.
@@ -72,7 +75,7 @@ def command(model, sparsity, prune, prune_scope, prune_std, channels, channel_mu
     from ..compress.api import compress
     from ..model import load_model, parse_input_shapes, save_model
 
-    refuse_overwrite(output, model, val if val and val != "random" else None)
+    refuse_overwrite(output, model, val if val and val != "random" else None, recover_data)
     check_writable(output)
     shapes = parse_input_shapes(input_shapes)
     m = load_model(model, shapes, pin=static)
@@ -93,8 +96,23 @@ def command(model, sparsity, prune, prune_scope, prune_std, channels, channel_mu
         warn(w)
     save_model(out, output, inputs=(model, val))
     info(f"wrote {output}")
+    if recover_data:
+        report["recover"] = _recover_after(m, output, recover_data, input_shapes, as_json)
     report["output"] = str(output)
     emit(report, as_json, _text)
+
+
+def _recover_after(teacher, output, data, input_shapes, as_json) -> dict:
+    """``compress --recover DATA``: distil ``teacher`` into the model just written at ``output``, in place."""
+    from ..compress.recover import RecoverOptions, recover
+    from ..model import load_model
+    from .recover import EpochBar, read_samples
+
+    student = load_model(output)
+    x, _, line = read_samples(data, student, input_shapes)
+    rep = recover(student, teacher, x, output, progress=None if as_json else EpochBar(RecoverOptions().epochs))
+    info(f"recovered {output} on {line} (best epoch {rep['best_epoch']} of {rep['epochs_run']})")
+    return {"data": line, **{k: rep[k] for k in ("epochs_run", "best_epoch", "history")}}
 
 
 def accuracy_warnings(acc, steps, max_drop: float) -> list:

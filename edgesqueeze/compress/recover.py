@@ -1,103 +1,233 @@
 """Recover a compressed network's accuracy by distillation from the original (Hinton et al. 2015), ``torch`` extra.
 
 The student (the compressed ONNX) runs as a trainable torch module (:mod:`.onnx_torch`); the teacher runs on
-onnxruntime. The loss is ``T^2 * KL(softmax(teacher / T) || softmax(student / T))`` on the first output, plus
-cross entropy when labels are given. Every weight that is exactly zero (magnitude pruning, 2:4) stays zero: the
-mask is re-applied after each step. Seeded and deterministic on the CPU; the result is exported back through
-:func:`edgesqueeze.export.export_torch`, which verifies it on onnxruntime.
+onnxruntime. The loss is ``T^2 * KL(softmax(teacher / T) || softmax(student / T))`` on the first output's logits
+(the input of a final Softmax when the graph ends in one), plus cross entropy when labels are given, plus FitNets
+hint losses (Romero et al. 2015) on named intermediate tensors, through a 1x1 convolution regressor when the
+student's channels differ from the teacher's (after channel pruning). Every weight that is exactly zero
+(magnitude pruning, 2:4) stays zero: the mask is re-applied after each step; a weight with a k-means codebook
+(``compress --share``) keeps its clusters: each step's update is averaged over the cluster, which fine-tunes
+the centroids as Deep Compression does. Seeded and deterministic on the CPU; the result is exported back
+through :func:`edgesqueeze.export.export_torch` (verified on onnxruntime) and re-fused by the optimizer.
 """
 from __future__ import annotations
 
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
+import onnx
 from onnx import ModelProto
 
 from .._lazy import require
 from ..errors import InputError
 from ..export import export_torch
+from ..fileio import atomic_path
 from ..ortutil import make_session
-from .onnx_torch import onnx_module
+from ..passes.optimizer import optimize
+from ..plugins.dwsep import has_custom_nodes
+from .onnx_torch import logits_of, onnx_module
+
+MAX_CODEBOOK = 256  # a weight with at most this many distinct values (and 4x as many entries) is shared
 
 
-def _top1(logits: np.ndarray, labels: np.ndarray) -> float:
-    return float((logits.argmax(axis=1) == labels).mean())
+@dataclass(frozen=True)
+class RecoverOptions:
+    """Training settings of :func:`recover` (the CLI's flags)."""
+
+    epochs: int = 30
+    lr: float = 1e-2
+    temperature: float = 4.0
+    batch_size: int = 32
+    patience: int = 5
+    seed: int = 0
+    hints: Tuple[Tuple[str, str], ...] = ()   # (student tensor, teacher tensor)
+    hint_weight: float = 1.0
+
+
+def _agree(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a.argmax(axis=1) == b.argmax(axis=1)).mean())
+
+
+def _teacher_outputs(teacher: ModelProto, x: np.ndarray, names: Sequence[str]) -> Dict[str, np.ndarray]:
+    """Run the teacher on onnxruntime one sample at a time, reading ``names`` (graph outputs or intermediates)."""
+    have = {o.name for o in teacher.graph.output}
+    sess = make_session(teacher, optimize=True, extra_outputs=[n for n in dict.fromkeys(names) if n not in have])
+    feed = sess.get_inputs()[0].name
+    outs = [sess.run(list(names), {feed: x[i:i + 1]}) for i in range(x.shape[0])]
+    return {n: np.concatenate([o[k] for o in outs]) for k, n in enumerate(names)}
+
+
+def _codebooks(torch, module) -> Dict[str, object]:
+    """Per shared weight: its cluster index of every entry (zeros excluded: the mask keeps them)."""
+    books = {}
+    for k, p in module.params.items():
+        w = p.detach().numpy()
+        if w.ndim < 2:
+            continue
+        values, idx = np.unique(w, return_inverse=True)
+        if len(values) <= MAX_CODEBOOK and w.size >= 4 * len(values):
+            books[k] = (torch.tensor(idx.reshape(-1)), len(values))
+    return books
+
+
+def _project(torch, module, masks, books) -> None:
+    """Hold the compression after a step: zeros back to zero, each cluster back to one (its mean) value."""
+    with torch.no_grad():
+        for k, m in masks.items():
+            module.params[k].mul_(m)
+        for k, (idx, count) in books.items():
+            p = module.params[k]
+            flat = p.reshape(-1)
+            sums = torch.zeros(count, dtype=p.dtype).index_add_(0, idx, flat)
+            sizes = torch.zeros(count, dtype=p.dtype).index_add_(0, idx, torch.ones_like(flat))
+            p.copy_((sums / sizes)[idx].reshape(p.shape))
+
+
+def _regressors(torch, module, x0, hints, teacher_vals):
+    """A 1x1 convolution per hint whose student and teacher channel counts differ (FitNets' regressor)."""
+    with torch.no_grad():
+        module(x0)
+    regs = torch.nn.ModuleDict()
+    for i, (s, t) in enumerate(hints):
+        cs, ct = module.tapped[s].shape, teacher_vals[t].shape
+        if len(cs) != len(ct) or cs[2:] != ct[2:]:
+            raise InputError(f"hint {s}:{t}: shapes {list(cs)} and {list(ct)[1:]} differ beyond the channels",
+                             tensor=s)
+        if cs[1] != ct[1]:
+            conv = {3: torch.nn.Conv1d, 4: torch.nn.Conv2d, 5: torch.nn.Conv3d}.get(len(cs), None)
+            regs[str(i)] = conv(cs[1], ct[1], 1) if conv else torch.nn.Linear(cs[1], ct[1])
+    return regs
 
 
 def recover(student: ModelProto, teacher: ModelProto, x: np.ndarray, path, *, labels: Optional[np.ndarray] = None,
-            val=None, epochs: int = 30, lr: float = 1e-2, temperature: float = 4.0, batch_size: int = 32,
-            patience: int = 5, seed: int = 0, progress: Optional[Callable[[dict], None]] = None) -> dict:
+            val=None, options: RecoverOptions = RecoverOptions(),
+            progress: Optional[Callable[[dict], None]] = None) -> dict:
     """Distil ``teacher`` into ``student`` on inputs ``x`` and write the recovered model to ``path``.
 
     Args:
-        val: ``(x_val, labels_val)`` for the per-epoch top-1 that drives early stopping (else the training loss).
-        patience: epochs without improvement before stopping; the best epoch's weights are exported.
-        progress: called once per epoch with ``{"epoch", "loss", "val_top1"}``.
+        labels: class labels of ``x`` (cross entropy is added), or None (distillation only).
+        val: ``(x_val, labels_val or None)``: per epoch, top-1 against the labels (or agreement with the
+            teacher without them), which drives early stopping (else the training loss does).
+        options: epochs, learning rate, temperature, batch size, patience, seed, hints.
+        progress: called after every step with ``{"epoch", "step", "steps", "loss"}`` and after every epoch
+            with ``{"epoch", "loss", "val", "metric", "end": True}``.
 
     Returns:
-        A report: epochs run, per-epoch history, the best epoch, the export report.
+        A report: epochs run, per-epoch history, the best epoch, masked and shared weights, the export report.
+
+    Raises:
+        InputError: no samples, a hint tensor with an incompatible shape.
+        UnsupportedError: an op the torch interpreter does not take (named), a tensor the model lacks.
     """
     torch = require("torch", "accuracy recovery by distillation")
-    F = torch.nn.functional
     if x.shape[0] == 0:
         raise InputError("no training samples")
-    torch.manual_seed(seed)
+    o = options
+    torch.manual_seed(o.seed)
     torch.use_deterministic_algorithms(True)
-    sess = make_session(teacher)
-    name = sess.get_inputs()[0].name
-    soft = np.concatenate([sess.run(None, {name: x[i:i + 1]})[0] for i in range(x.shape[0])])
-    module = onnx_module(student)
+    s_logit = logits_of(student, student.graph.output[0].name)
+    t_logit = logits_of(teacher, teacher.graph.output[0].name)
+    module = onnx_module(student, taps=[s_logit] + [s for s, _ in o.hints])
+    names = [t_logit] + [t for _, t in o.hints]
+    tvals = _teacher_outputs(teacher, x, names)
     masks = {k: (p.detach() != 0).float() for k, p in module.params.items() if p.dim() > 1}
-    opt = torch.optim.Adam(module.parameters(), lr=lr)
-    gen = torch.Generator().manual_seed(seed)
-    xt, tt = torch.tensor(x), torch.tensor(soft)
-    yt = torch.tensor(labels) if labels is not None else None
-    best, best_state, history, stale = None, None, [], 0
-    for epoch in range(1, epochs + 1):
-        module.train()
-        order, total = torch.randperm(len(xt), generator=gen), 0.0
-        for s in range(0, len(xt), batch_size):
-            idx = order[s:s + batch_size]
-            out = module(xt[idx])
-            out = out[0] if isinstance(out, tuple) else out
-            loss = F.kl_div(F.log_softmax(out / temperature, 1), F.softmax(tt[idx] / temperature, 1),
-                            reduction="batchmean") * temperature ** 2
-            if yt is not None:
-                loss = loss + F.cross_entropy(out, yt[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            with torch.no_grad():
-                for k, m in masks.items():
-                    module.params[k].mul_(m)
-            total += float(loss.detach()) * len(idx)
-        row = {"epoch": epoch, "loss": total / len(xt), "val_top1": None}
+    books = _codebooks(torch, module)
+    regs = _regressors(torch, module, torch.tensor(x[:1]), o.hints, tvals) if o.hints else torch.nn.ModuleDict()
+    vsoft = _teacher_outputs(teacher, val[0], [t_logit])[t_logit] if val is not None else None
+    opt = torch.optim.Adam(list(module.parameters()) + list(regs.parameters()), lr=o.lr)
+    state = _train(torch, module, regs, opt, x, labels, tvals, names, val, vsoft, (masks, books), o, progress)
+    module.load_state_dict(state["best_state"])
+    report = _export(torch, module, student, x, Path(path))
+    hist = state["history"]
+    return {"epochs_run": len(hist), "best_epoch": state["best_epoch"], "history": hist,
+            "val_metric": state["metric"], "masked_weights": len(masks), "shared_weights": len(books), **report}
+
+
+def _epoch(torch, module, regs, opt, x, labels, tvals, names, held, o, epoch, gen, progress) -> float:
+    F = torch.nn.functional
+    T = o.temperature
+    order, total, steps = torch.randperm(len(x), generator=gen), 0.0, (len(x) + o.batch_size - 1) // o.batch_size
+    module.train()
+    for step, s in enumerate(range(0, len(x), o.batch_size), 1):
+        idx = order[s:s + o.batch_size]
+        module(torch.tensor(x[idx.numpy()]))
+        out = module.tapped[module.taps[0]]
+        teach = torch.tensor(tvals[names[0]][idx.numpy()])
+        loss = F.kl_div(F.log_softmax(out / T, 1), F.softmax(teach / T, 1), reduction="batchmean") * T ** 2
+        if labels is not None:
+            loss = loss + F.cross_entropy(out, torch.tensor(labels[idx.numpy()]).long())
+        for i, (sn, tn) in enumerate(o.hints):
+            hs = module.tapped[module.taps[1 + i]]
+            hs = regs[str(i)](hs) if str(i) in regs else hs
+            loss = loss + o.hint_weight * F.mse_loss(hs, torch.tensor(tvals[tn][idx.numpy()]))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        _project(torch, module, *held)
+        total += float(loss.detach()) * len(idx)
+        if progress:
+            progress({"epoch": epoch, "step": step, "steps": steps, "loss": total / (s + len(idx))})
+    return total / len(x)
+
+
+def _train(torch, module, regs, opt, x, labels, tvals, names, val, vsoft, held, o, progress) -> dict:
+    gen = torch.Generator().manual_seed(o.seed)
+    metric = None if val is None else ("top1" if val[1] is not None else "agreement")
+    best, best_state, best_epoch, history, stale = None, None, 0, [], 0
+    for epoch in range(1, o.epochs + 1):
+        loss = _epoch(torch, module, regs, opt, x, labels, tvals, names, held, o, epoch, gen, progress)
+        row = {"epoch": epoch, "loss": loss, "val": None, "metric": metric}
         if val is not None:
-            row["val_top1"] = _top1(_predict(torch, module, val[0]), val[1])
+            pred = _predict(torch, module, val[0])
+            row["val"] = _agree(pred, np.eye(pred.shape[1])[val[1]]) if val[1] is not None else _agree(pred, vsoft)
         history.append(row)
         if progress:
-            progress(row)
-        score = row["val_top1"] if val is not None else -row["loss"]
+            progress({**row, "end": True})
+        score = row["val"] if val is not None else -row["loss"]
         if best is None or score > best:
-            best, stale = score, 0
+            best, stale, best_epoch = score, 0, epoch
             best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
         else:
             stale += 1
-            if stale >= patience:
+            if stale >= o.patience:
                 break
-    module.load_state_dict(best_state)
-    shape = [d.dim_value or 1 for d in student.graph.input[0].type.tensor_type.shape.dim]
-    exp = export_torch(module, torch.zeros(shape), Path(path), input_names=[name],
-                       output_names=[o.name for o in student.graph.output], legacy=True)
-    best_epoch = max(history, key=lambda r: r["val_top1"] if val is not None else -r["loss"])["epoch"]
-    return {"epochs_run": len(history), "best_epoch": best_epoch, "history": history, "export": exp,
-            "masked_weights": len(masks)}
+    return {"best_state": best_state, "best_epoch": best_epoch, "history": history, "metric": metric}
+
+
+def _dynamic_axes(student: ModelProto) -> Dict[str, Dict[int, str]]:
+    inp = student.graph.input[0]
+    axes = {i: (d.dim_param or f"d{i}") for i, d in enumerate(inp.type.tensor_type.shape.dim) if d.dim_value <= 0}
+    return {inp.name: axes} if axes else {}
+
+
+def _export(torch, module, student: ModelProto, x: np.ndarray, path: Path) -> dict:
+    """Export through ``export_torch`` (verified on onnxruntime), then re-fuse with the optimizer: the CPU passes,
+    plus the GPU fusions when the student carried custom ``edgesqueeze::`` nodes."""
+    name = student.graph.input[0].name
+    with tempfile.TemporaryDirectory() as tmpdir:
+        raw = Path(tmpdir) / "exported.onnx"
+        exp = export_torch(module, torch.tensor(x[:1]), raw, input_names=[name],
+                           output_names=[o.name for o in student.graph.output], legacy=True,
+                           dynamic_axes=_dynamic_axes(student) or None)
+        exported = onnx.load(str(raw))
+    # the student's custom nodes came from the GPU fusions (any GPU target runs the same ones)
+    fused, rep = optimize(exported, target="orin-nano" if has_custom_nodes(student) else None,
+                          feeds=[{name: x[:1]}])
+    with atomic_path(path, suffix=".onnx") as tmp:
+        onnx.save(fused, str(tmp))
+    exp["path"] = str(path)
+    return {"export": exp, "fusions": {k: v["count"] for k, v in rep["fusions"].items()}}
 
 
 def _predict(torch, module, x: np.ndarray) -> np.ndarray:
+    """The student's logits on ``x`` (eval mode, batches of 64)."""
     module.eval()
+    outs = []
     with torch.no_grad():
-        out = module(torch.tensor(x))
-    out = out[0] if isinstance(out, tuple) else out
-    return out.numpy()
+        for s in range(0, len(x), 64):
+            module(torch.tensor(x[s:s + 64]))
+            outs.append(module.tapped[module.taps[0]].numpy())
+    return np.concatenate(outs)

@@ -1,0 +1,114 @@
+"""The ONNX -> torch interpreter behind ``recover``: real networks match onnxruntime, computed shapes follow the
+batch and stay symbolic in the re-export, unsupported ops are named."""
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from edgesqueeze.errors import UnsupportedError
+from edgesqueeze.ortutil import make_session
+
+torch = pytest.importorskip("torch")
+from edgesqueeze.compress.onnx_torch import logits_of, onnx_module  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+DIGITS = Path(__file__).resolve().parent.parent / "examples" / "digits"
+
+
+def _close(model, feed, atol=1e-4):
+    ref = make_session(model).run(None, feed)
+    got = onnx_module(model)(*[torch.tensor(v) for v in feed.values()])
+    got = got if isinstance(got, tuple) else (got,)
+    for r, g in zip(ref, got):
+        assert np.abs(r - g.detach().numpy()).max() <= atol * max(1.0, np.abs(r).max())
+
+
+@pytest.mark.parametrize("name", ["ppocr_cls", "mtcnn_onet", "mtcnn_pnet"])
+def test_real_networks_match_onnxruntime(name):
+    import realdata
+    from realnets import realnet
+    model = onnx.load(str(realnet(name)))
+    shape = (3, 48, 48, 3) if name == "mtcnn_onet" else (2, 24, 30, 3) if name == "mtcnn_pnet" else (3, 3, 48, 192)
+    x = realdata.net_inputs(name, shape[0], shape=shape) if name != "mtcnn_pnet" else \
+        np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    _close(model, {model.graph.input[0].name: x})
+
+
+def test_digits_cnn_matches_onnxruntime():
+    model = onnx.load(str(DIGITS / "digits_cnn.onnx"))
+    x = np.load(DIGITS / "val.npz")["input"][:1]
+    _close(model, {model.graph.input[0].name: x})
+
+
+def _computed_reshape_model():
+    """y = reshape(x, concat(shape(x)[0:1], [-1])) @ w: the Paddle flatten of ppocr_cls."""
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((48, 2)).astype(np.float32), "w")
+    nodes = [helper.make_node("Shape", ["x"], ["s"]),
+             helper.make_node("Gather", ["s", "zero"], ["b0"], axis=0),
+             helper.make_node("Unsqueeze", ["b0", "ax0"], ["b"]),
+             helper.make_node("Concat", ["b", "minus1"], ["shape"], axis=0),
+             helper.make_node("Reshape", ["x", "shape"], ["flat"], name="flatten"),
+             helper.make_node("MatMul", ["flat", "w"], ["logits"]),
+             helper.make_node("Softmax", ["logits"], ["prob"], axis=1),
+             helper.make_node("Identity", ["prob"], ["y"])]
+    inits = [w, numpy_helper.from_array(np.array(0, np.int64), "zero"),
+             numpy_helper.from_array(np.array([0], np.int64), "ax0"),
+             numpy_helper.from_array(np.array([-1], np.int64), "minus1")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 4, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_computed_shape_follows_batch_and_stays_symbolic_on_export(tmp_path):
+    from edgesqueeze.export import export_torch
+    model = _computed_reshape_model()
+    onnx.checker.check_model(model)
+    x = np.random.default_rng(1).standard_normal((5, 3, 4, 4)).astype(np.float32)
+    _close(model, {"x": x})
+    assert logits_of(model, "y") == "logits"
+    module = onnx_module(model, taps=["logits"])
+    module(torch.tensor(x))
+    assert tuple(module.tapped["logits"].shape) == (5, 2)
+    export_torch(module, torch.tensor(x[:1]), tmp_path / "m.onnx", input_names=["x"], output_names=["y"],
+                 legacy=True, dynamic_axes={"x": {0: "N"}})
+    again = make_session(onnx.load(str(tmp_path / "m.onnx"))).run(None, {"x": x})[0]
+    assert again.shape == (5, 2)
+    np.testing.assert_allclose(again, make_session(model).run(None, {"x": x})[0], rtol=1e-5, atol=1e-6)
+
+
+def test_unsupported_op_names_the_node_and_exits_4(tmp_path):
+    model = _computed_reshape_model()
+    model.graph.node[-1].op_type = "Hardmax"
+    model.graph.node[-1].name = "hm7"
+    with pytest.raises(UnsupportedError, match="Hardmax") as err:
+        onnx_module(model)
+    assert "hm7" in str(err.value)
+    onnx.save(model, tmp_path / "s.onnx")
+    onnx.save(_computed_reshape_model(), tmp_path / "t.onnx")
+    np.savez(tmp_path / "d.npz", x=np.zeros((4, 3, 4, 4), np.float32))
+    r = subprocess.run([sys.executable, "-m", "edgesqueeze", "recover", str(tmp_path / "s.onnx"), "--teacher",
+                        str(tmp_path / "t.onnx"), "--data", str(tmp_path / "d.npz"), "-o", str(tmp_path / "o.onnx")],
+                       capture_output=True, text=True)
+    assert r.returncode == UnsupportedError.exit_code, r.stderr
+    assert "hm7" in r.stderr and "Hardmax" in r.stderr
+
+
+def test_custom_nodes_are_inlined_before_training():
+    from edgesqueeze.passes.optimizer import optimize
+    rng = np.random.default_rng(0)
+    dw = numpy_helper.from_array(rng.standard_normal((8, 1, 3, 3)).astype(np.float32), "dw")
+    pw = numpy_helper.from_array(rng.standard_normal((16, 8, 1, 1)).astype(np.float32), "pw")
+    nodes = [helper.make_node("Conv", ["x", "dw"], ["a"], group=8, pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["a"], ["b"]),
+             helper.make_node("Conv", ["b", "pw"], ["c"]),
+             helper.make_node("Relu", ["c"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 8, 8])], [dw, pw])
+    fused, _ = optimize(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), target="orin-nano")
+    assert any(n.domain not in ("", "ai.onnx") for n in fused.graph.node)
+    x = rng.standard_normal((1, 8, 8, 8)).astype(np.float32)
+    _close(fused, {"x": x})
