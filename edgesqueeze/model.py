@@ -22,7 +22,7 @@ from onnx import ModelProto, version_converter
 from onnx.external_data_helper import _get_all_tensors, load_external_data_for_model  # noqa: PLC2701 - stable
 
 from .errors import InputError, UnsupportedError
-from .fileio import PathLike, atomic_path, refuse_overwrite, sha256_bytes, sha256_file
+from .fileio import PathLike, atomic_path, refuse_overwrite, sha256_bytes, sha256_file, write_bytes_atomic
 
 ShapeSpec = Mapping[Optional[str], Sequence[int]]
 _TWO_GB = 2 ** 31 - 1
@@ -827,15 +827,7 @@ def _write_external(model: ModelProto, path: Path) -> None:
             for key, value in (("location", data_path.name), ("offset", offsets[t.name]),
                                ("length", raw_nbytes(stripped[t.name]))):
                 t.external_data.add(key=key, value=str(value))
-    _write_bytes(path, model_bytes(light))
-
-
-def _write_bytes(path: Path, data: bytes) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+    write_bytes_atomic(path, model_bytes(light))
 
 
 def save_model(model: ModelProto, path: PathLike, *, inputs: Sequence[Optional[PathLike]] = (),
@@ -863,7 +855,7 @@ def save_model(model: ModelProto, path: PathLike, *, inputs: Sequence[Optional[P
     try:
         data = None if external else _serialise_if_small(model)
         if data is not None:
-            _write_bytes(path, data)
+            write_bytes_atomic(path, data)
         else:  # protobuf cannot hold > 2 GB: weights go to <name>.data next to the model
             _write_external(model, path)
     except OSError as exc:
