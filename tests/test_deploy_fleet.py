@@ -119,3 +119,107 @@ def test_fleet_paths_are_relative_to_the_fleet_file(tmp_path):
     (dev,) = read_fleet(path)
     assert dev["name"] == "tx2-lab" and dev["device"] == "nvidia@10.0.0.5"
     assert dev["identity"] == str(tmp_path / "keys" / "id") and dev["bundle"] == str(tmp_path / "bundles" / "tx2")
+
+
+def _timed_fleet(root, servers, run: str, boards: int) -> Path:
+    """A fleet.toml of ``boards`` boards spread over ``servers``; each board's ``python`` is a wrapper that logs
+    ``<board> start|end <ns>`` around every remote Python it runs, so a board's session is the span from its
+    first start to its last end."""
+    log = root / f"{run}.log"
+    text = ""
+    for i in range(boards):
+        srv, name = servers[i % len(servers)], f"board-{i}"
+        wrapper = root / f"{run}-{name}.sh"
+        wrapper.write_text(f'#!/bin/sh\necho "{name} start $(date +%s%N)" >> {log}\n{PY} "$@"\nrc=$?\n'
+                           f'echo "{name} end $(date +%s%N)" >> {log}\nexit $rc\n')
+        wrapper.chmod(0o755)
+        text += (f'[[device]]\nname = "{name}"\nhost = "{srv.device}"\ntarget = "cpu"\nidentity = "{srv.identity}"\n'
+                 f'remote_dir = "{root / run / name / "dense"}"\npython = "{wrapper}"\n\n')
+    path = root / f"{run}.toml"
+    path.write_text(text)
+    return path
+
+
+def _most_at_once(log: Path) -> int:
+    """The most board sessions (first start .. last end of a board's remote commands) that overlapped."""
+    spans: dict = {}
+    for line in log.read_text().split("\n"):
+        if line:
+            name, _, ns = line.split()
+            lo, hi = spans.get(name, (int(ns), int(ns)))
+            spans[name] = (min(lo, int(ns)), max(hi, int(ns)))
+    events = sorted([(lo, 1) for lo, _ in spans.values()] + [(hi, -1) for _, hi in spans.values()])
+    most = now = 0
+    for _, step in events:
+        now += step
+        most = max(most, now)
+    return most
+
+
+BLANKED = ("started_at", "finished_at", "remote_dir", "python", "runner", "free_bytes")
+
+
+def _same_apart_from_timings(results: dict) -> dict:
+    """Results with every float (latencies, throughput, seconds) zeroed and the times and paths that differ
+    between two runs of the same fleet (start/finish, remote folder, python wrapper, free disk) blanked."""
+    def zero(x):
+        if isinstance(x, dict):
+            return {k: "" if k in BLANKED else zero(v) for k, v in x.items()}
+        if isinstance(x, list):
+            return [zero(v) for v in x]
+        return 0.0 if isinstance(x, float) else x
+
+    return zero(json.loads(json.dumps(results)))
+
+
+def test_max_parallel_bounds_the_boards_at_once_and_changes_no_result(fleet, tmp_path, cli):
+    """--max-parallel 2 on 4 boards: never more than 2 board sessions at once (timestamps logged by the boards'
+    python), and the same results as the default (all 4 at once) apart from timings (~15 s on 2 cores)."""
+    root, a, b, known = fleet
+    bundle = make_bundle(tmp_path / "dense")
+    out = {}
+    for run, extra in (("bounded", ["--max-parallel", "2"]), ("default", [])):
+        toml = _timed_fleet(tmp_path, [a, b], run, 4)
+        code, stdout, err = cli("bench", bundle, "--devices", toml, "-o", tmp_path / f"{run}.json", "-n", "5",
+                                "--warmup", "1", "--power", "none", "--known-hosts", known, *extra)
+        assert code == 0, err
+        out[run] = json.loads((tmp_path / f"{run}.json").read_text())
+        assert {line.split()[0] for line in (tmp_path / f"{run}.log").read_text().split("\n") if line} == {
+            f"board-{i}" for i in range(4)}
+    assert _most_at_once(tmp_path / "bounded.log") <= 2
+    assert [r["device"]["label"] for r in out["bounded"]] == [f"board-{i}" for i in range(4)]
+    assert all(r["runs"] and not r.get("error") for r in out["bounded"])
+    assert [_same_apart_from_timings(r) for r in out["bounded"]] == [_same_apart_from_timings(r)
+                                                                        for r in out["default"]]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--devices", "FLEET", "--max-parallel", "0"], "--max-parallel must be a whole number >= 1"),
+    (["--devices", "FLEET", "--max-parallel", "-3"], "--max-parallel must be a whole number >= 1"),
+    (["--device", "nvidia@10.0.0.1", "--max-parallel", "2"], "--max-parallel goes with --devices"),
+])
+@pytest.mark.parametrize("verb", ["bench", "deploy"])
+def test_max_parallel_is_checked_before_anything_runs(tmp_path, cli, verb, args, message):
+    fleet_toml = tmp_path / "fleet.toml"
+    fleet_toml.write_text("[[device]]\nname = 'x'\nhost = 'nvidia@10.0.0.1'\n")
+    bundle = make_bundle(tmp_path / "dense")
+    code, stdout, err = cli(verb, bundle, *[str(fleet_toml) if a == "FLEET" else a for a in args])
+    assert code == 3 and message in err and "benchmarking" not in err, err
+    with pytest.raises(InputError, match="whole number >= 1"):
+        fleet_bench(bundle, fleet_toml, max_parallel=0)
+
+
+def test_max_parallel_default_is_written_once(cli):
+    """The --help text, the playbook's forks and fleet_bench share DEFAULT_MAX_PARALLEL."""
+    import inspect
+
+    from edgesqueeze.deploy.fleet import DEFAULT_MAX_PARALLEL
+    from edgesqueeze.deploy.playbook import write_playbook
+
+    for verb in ("bench", "deploy"):
+        code, stdout, _ = cli(verb, "--help")
+        assert code == 0 and f"[default: {DEFAULT_MAX_PARALLEL}]" in " ".join(stdout.split())
+    assert inspect.signature(fleet_bench).parameters["max_parallel"].default == DEFAULT_MAX_PARALLEL
+    assert inspect.signature(write_playbook).parameters["forks"].default == DEFAULT_MAX_PARALLEL
+    code, stdout, _ = cli("fleet", "playbook", "--help")
+    assert f"[default: {DEFAULT_MAX_PARALLEL}]" in " ".join(stdout.split())

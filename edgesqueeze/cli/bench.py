@@ -10,6 +10,7 @@ from ..backends.trt_profile import parse_shape_sweep
 from ..errors import InputError
 from ..fileio import check_writable, refuse_overwrite, write_json_atomic
 from .common import emit, info, input_shape_option, json_option, quiet, table, target_option, warn
+from .deploy import check_fleet_options, max_parallel_option
 
 
 def _warmup(text: str):
@@ -156,6 +157,7 @@ def _label_partial(result: dict, where=None) -> dict:
               help="Run on every device of a fleet file or an Ansible inventory, in parallel.")
 @click.option("--limit", default=None, metavar="PATTERN",
               help="--devices: only these hosts/groups (Ansible --limit pattern; fleet.toml: name patterns).")
+@max_parallel_option
 @click.option("--identity", type=click.Path(), default=None, metavar="FILE", help="SSH private key (--device).")
 @click.option("--known-hosts", type=click.Path(), default=None, metavar="FILE",
               help="known_hosts file to use instead of ~/.ssh's (--device/--devices).")
@@ -164,7 +166,7 @@ def _label_partial(result: dict, where=None) -> dict:
               help="Keep host and user names, addresses and absolute paths in the results (left out by default).")
 @json_option
 def command(path, backend, iterations, duration, warmup, batch, shapes, power, power_interval, target, data, threads,
-            ort_opt, profile_layers, input_shapes, output, report_dir, device, fleet, limit, identity, known_hosts,
+            ort_opt, profile_layers, input_shapes, output, report_dir, device, fleet, limit, max_parallel, identity, known_hosts,
             remote_python, record_host, as_json):
     """Benchmark a model or bundle: latency statistics, throughput, power and energy, memory bandwidth.
 
@@ -181,10 +183,12 @@ def command(path, backend, iterations, duration, warmup, batch, shapes, power, p
       edgesqueeze bench bundle/ --device nvidia@jetson.local --identity ~/.ssh/jetson -o tx2.json
       edgesqueeze bench bundle/ --devices fleet.toml --report fleet-report/
       edgesqueeze bench bundle/ --devices inventory.ini --limit lab --report lab-report/
+      edgesqueeze bench bundle/ --devices inventory.ini --max-parallel 8 -o lab.json
     """
     batches = _batches(batch)
     warmup, warmup_s = _warmup(warmup)
     backend = _check_options(path, backend, device, fleet, profile_layers, output, data, report_dir)
+    check_fleet_options(fleet, max_parallel)
     bar = _Bar(enabled=not quiet() and sys.stderr.isatty())
     remote_report = False
     if device or fleet:
@@ -206,6 +210,8 @@ def command(path, backend, iterations, duration, warmup, batch, shapes, power, p
             from ..deploy import fleet_bench
 
             info(f"benchmarking {path} on the devices of {fleet} ...")
+            if max_parallel is not None:
+                opts["max_parallel"] = max_parallel
             results = fleet_bench(path, fleet, limit=limit, **opts)
     else:
         from ..bench.api import bench

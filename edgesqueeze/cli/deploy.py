@@ -9,6 +9,25 @@ from ..errors import InputError
 from .common import emit, info, json_option, quiet, table, warn
 
 
+# --devices: boards at once. The default, 50, is edgesqueeze.deploy.fleet.DEFAULT_MAX_PARALLEL (a test checks it;
+# importing deploy here would slow every verb's --help).
+max_parallel_option = click.option(
+    "--max-parallel", type=int, default=None, metavar="N",
+    help="--devices: at most N boards at once (a whole number >= 1; the others wait for a free slot). "
+         "[default: 50]")
+
+
+def check_fleet_options(fleet, max_parallel) -> None:
+    """``--max-parallel`` goes with ``--devices`` and is a whole number >= 1 (InputError, exit 3, otherwise)."""
+    if max_parallel is None:
+        return
+    if not fleet:
+        raise InputError("--max-parallel goes with --devices (a fleet); one --device runs one board")
+    from ..deploy.fleet import check_max_parallel
+
+    check_max_parallel(max_parallel)
+
+
 def _mib(n) -> str:
     return f"{(n or 0) / 2 ** 20:.1f} MiB"
 
@@ -82,6 +101,7 @@ def bench_text(results: list) -> str:
               help="Several devices (a fleet.toml or an Ansible inventory): deploy and benchmark them in parallel.")
 @click.option("--limit", default=None, metavar="PATTERN",
               help="--devices: only these hosts/groups (Ansible --limit pattern; fleet.toml: name patterns).")
+@max_parallel_option
 @click.option("-i", "--identity", type=click.Path(exists=True, dir_okay=False), help="SSH private key (ssh -i).")
 @click.option("--port", type=int, help="SSH port (or put :PORT after the host).")
 @click.option("--remote-dir", metavar="DIR", help="Bundle folder on the device (default ~/edgesqueeze/<bundle name>).")
@@ -108,7 +128,7 @@ def bench_text(results: list) -> str:
 @click.option("--require-signature", "allowed_signers", type=click.Path(dir_okay=False), metavar="ALLOWED_SIGNERS",
               help="Refuse a bundle that is not signed by a key in this OpenSSH allowed-signers file.")
 @json_option
-def command(bundle, device, fleet, limit, identity, port, remote_dir, force, python, bench, output, iterations,
+def command(bundle, device, fleet, limit, max_parallel, identity, port, remote_dir, force, python, bench, output, iterations,
             warmup, duration, backend, power, no_engine, no_plots, timeout, run_timeout, connect_timeout,
             host_key_check, known_hosts, record_host, allowed_signers, as_json):
     """Deploy BUNDLE (a folder, or its .tar.gz from build --archive) to a Jetson over SSH.
@@ -128,6 +148,7 @@ def command(bundle, device, fleet, limit, identity, port, remote_dir, force, pyt
       edgesqueeze deploy bundle/ --device nvidia@10.0.0.7:2222 --bench -n 200 -o results/tx2
       edgesqueeze deploy bundle/ --devices fleet.toml -o results/fleet
       edgesqueeze deploy bundle/ --devices inventory.yml --limit 'orin:!orin-3' -o results/orin
+      edgesqueeze deploy bundle/ --devices inventory.ini --max-parallel 8 -o results/lab
       edgesqueeze deploy bundle/ --device nvidia@orin.local --require-signature ~/.ssh/allowed_signers
 
     A bundle is code: build_engine.sh, a CMake project and the runner run on the device. Sign bundles with
@@ -138,6 +159,7 @@ def command(bundle, device, fleet, limit, identity, port, remote_dir, force, pyt
 
     if bool(device) == bool(fleet):
         raise InputError("give exactly one of --device USER@HOST[:PORT] or --devices FLEET.TOML")
+    check_fleet_options(fleet, max_parallel)
     ssh = {"port": port, "connect_timeout": connect_timeout, "host_key_check": host_key_check,
            "known_hosts": known_hosts}
     bench_opts = {"iterations": iterations, "warmup": warmup, "duration": duration, "backend": backend,
@@ -148,6 +170,8 @@ def command(bundle, device, fleet, limit, identity, port, remote_dir, force, pyt
         if fleet:
             ssh.pop("port")
             info(f"benchmarking {bundle} on the devices of {fleet} ...")
+            if max_parallel is not None:
+                bench_opts["max_parallel"] = max_parallel
             results = fleet_bench(bundle, fleet, out_dir=output, remote_dir=remote_dir, identity=identity, limit=limit,
                                   **bench_opts, **ssh)
             _report(results, output, as_json)

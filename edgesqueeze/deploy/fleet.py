@@ -36,6 +36,18 @@ from .remote import BenchInterrupted, markdown_summary, remote_bench, render_rep
 
 DEVICE_KEYS = {"name", "host", "target", "port", "user", "identity", "remote_dir", "python", "bundle", "force",
                "ssh_options"}
+# Boards at work at once, for both paths (--max-parallel here, the playbook's forks): each active board holds
+# ~3 processes, a few fds and ~5 MiB in the controller, so 50 stays far below the common 1,024-fd soft limit
+# (docs/deploy.md, "Scale").
+DEFAULT_MAX_PARALLEL = 50
+
+
+def check_max_parallel(n) -> int:
+    """Return ``n`` when it is a whole number >= 1 (boards at once); raise :class:`InputError` otherwise."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise InputError(f"--max-parallel must be a whole number >= 1 (boards at once), got {n!r}",
+                         hint=f"the default is {DEFAULT_MAX_PARALLEL}; 1 runs the boards one after another")
+    return n
 
 
 def _load_toml(path: Path) -> dict:
@@ -139,7 +151,7 @@ def _check_device(dev, where: str, path: Path, base: Optional[Path], known: set,
     return d
 
 
-def fleet_bench(bundle_dir, fleet_toml, *, out_dir=None, max_parallel: Optional[int] = None,
+def fleet_bench(bundle_dir, fleet_toml, *, out_dir=None, max_parallel: int = DEFAULT_MAX_PARALLEL,
                 limit: Optional[str] = None,
                 cancel: Optional[threading.Event] = None, plots: bool = True, **opts) -> List[dict]:
     """Run :func:`remote_bench` on every device of ``fleet_toml`` in parallel; merge the results.
@@ -149,7 +161,8 @@ def fleet_bench(bundle_dir, fleet_toml, *, out_dir=None, max_parallel: Optional[
         fleet_toml: path of the fleet file (see the module docstring) or an Ansible inventory.
         limit: only these devices (see :func:`read_fleet`).
         out_dir: writes ``<name>/results.json`` per device, ``fleet.json`` and the merged comparison report.
-        max_parallel: devices at once (default: all).
+        max_parallel: devices at once, a whole number >= 1 (default :data:`DEFAULT_MAX_PARALLEL`, 50); the
+            others wait for a free slot, in fleet order.
         cancel: an event that stops every remote run (Ctrl-C sets it too).
         plots: draw PNG plots in the reports (False: Markdown only).
         **opts: remote_bench options (iterations, warmup, backend, timeout, force, known_hosts, ...).
@@ -160,8 +173,9 @@ def fleet_bench(bundle_dir, fleet_toml, *, out_dir=None, max_parallel: Optional[
         hide the others.
 
     Raises:
-        InputError: a bad fleet file. BenchInterrupted: Ctrl-C (every remote run is stopped first).
+        InputError: a bad fleet file or ``max_parallel``. BenchInterrupted: Ctrl-C (every remote run is stopped first).
     """
+    check_max_parallel(max_parallel)
     devices = read_fleet(fleet_toml, limit)
     cancel = cancel or threading.Event()
     results: Dict[str, dict] = {}
@@ -184,7 +198,7 @@ def fleet_bench(bundle_dir, fleet_toml, *, out_dir=None, max_parallel: Optional[
         except Exception as exc:  # noqa: BLE001 - one device's bug must not lose the other devices' results
             return failed_result(dev, f"internal error: {type(exc).__name__}: {exc}", 1)
 
-    workers = max(1, min(max_parallel or len(devices), len(devices)))
+    workers = min(max_parallel, len(devices))
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fleet")
     futures = {dev["name"]: pool.submit(one, dev) for dev in devices}
     try:

@@ -27,7 +27,7 @@ from typing import List, Optional
 
 from ..errors import InputError
 from ..fileio import write_json_atomic, write_text_atomic
-from .fleet import failed_result, merge_fleet_results, read_fleet
+from .fleet import DEFAULT_MAX_PARALLEL, failed_result, merge_fleet_results, read_fleet
 from .remote import finalise_results, save_results
 from .sync import read_local_bundle
 
@@ -127,8 +127,8 @@ retries = @RETRIES@
 
 def write_playbook(bundle_dir, out_dir, *, inventory=None, limit: Optional[str] = None, iterations: int = 100,
                    warmup: int = 10, duration: Optional[float] = None, backend: str = "auto", power: str = "auto",
-                   remote_dir: Optional[str] = None, run: Optional[str] = None, forks: int = 50, retries: int = 3,
-                   run_timeout: Optional[float] = None, link: bool = False,
+                   remote_dir: Optional[str] = None, run: Optional[str] = None, forks: int = DEFAULT_MAX_PARALLEL,
+                   retries: int = 3, run_timeout: Optional[float] = None, link: bool = False,
                    engine_cache: str = ".cache/edgesqueeze/engines") -> dict:
     """Write the playbook folder (see the module docstring) for ``bundle_dir``.
 
