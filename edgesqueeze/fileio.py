@@ -248,6 +248,21 @@ def write_json_atomic(target: PathLike, obj) -> None:
     write_text_atomic(target, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
 
 
+def read_json(path: PathLike):
+    """Return the JSON value stored in ``path`` (UTF-8).
+
+    Raises:
+        InputError: the file cannot be read (with the system's reason) or is not UTF-8 JSON; it names the file.
+    """
+    p = Path(path)
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise InputError(f"cannot read: {exc.strerror}", path=str(p)) from exc
+    except ValueError as exc:  # json.JSONDecodeError and UnicodeDecodeError
+        raise InputError(f"not JSON: {exc}", path=str(p)) from exc
+
+
 def _json_default(obj):
     import numpy as np
 

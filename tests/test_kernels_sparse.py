@@ -88,15 +88,18 @@ def test_every_activation(act, fmt, harness_dir):
     assert _rel_err(ref, got) <= 1e-2
 
 
+def _fp32_inputs(case, fmt, seed):
+    """FP32 ``(weight, zero bias, x, the kernel's sparse arrays)`` for one of CASES."""
+    _, n, c, h, w, m, k, *_ = case
+    rng = np.random.default_rng(seed)
+    weight = _sparse_weight(m, c, k, fmt, rng).astype(np.float32)
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    return weight, np.zeros(m, np.float32), x, sparse_conv_inputs(weight, fmt)
+
+
 def test_corrupt_metadata_is_detected(harness_dir):
     """The comparison can fail: flipping one 2-bit position moves a weight to another input channel."""
-    case = CASES[1]
-    _, n, c, h, w, m, k, strides, pads, dilations = case
-    rng = np.random.default_rng(1)
-    weight = _sparse_weight(m, c, k, "2:4", rng).astype(np.float32)
-    bias = np.zeros(m, np.float32)
-    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
-    arrays = sparse_conv_inputs(weight, "2:4")
+    _, bias, x, arrays = _fp32_inputs(CASES[1], "2:4", seed=1)
     good = emulate.emulate_sparse_conv(x, arrays, bias, sparse_format="2:4", kernel_shape=(1, 1),
                                        cache_dir=harness_dir)
     arrays["metadata"] = arrays["metadata"].copy()
@@ -111,13 +114,8 @@ def test_csr_rows_must_be_ascending(harness_dir):
     """The tiled CSR kernel walks each row's columns in order (compress_csr writes them so); a row whose columns
     are out of order loses the weights behind its cursor (never reading outside the shared tile), which the
     comparison sees (the reference kernel does not care)."""
-    case = CASES[-1]
-    _, n, c, h, w, m, k, strides, pads, dilations = case
-    rng = np.random.default_rng(2)
-    weight = _sparse_weight(m, c, k, "csr", rng).astype(np.float32)
-    bias = np.zeros(m, np.float32)
-    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
-    arrays = sparse_conv_inputs(weight, "csr")
+    _, n, c, h, w, m, k, strides, pads, dilations = CASES[-1]
+    weight, bias, x, arrays = _fp32_inputs(CASES[-1], "csr", seed=2)
     lo, hi = int(arrays["row_ptr"][0]), int(arrays["row_ptr"][1])
     assert hi - lo >= 2 and arrays["col"][hi - 1] >= 32  # row 0 reaches past the first chunk
     arrays["col"], arrays["values"] = arrays["col"].copy(), arrays["values"].copy()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import glob
 import os
 import re
-from typing import Dict, List, Tuple
+from typing import Dict, Iterator, List, Tuple
 
 from .probe_base import PowerProbe
 from .tegrastats import INPUT_RAILS
@@ -43,23 +43,13 @@ def discover(root: str = "/sys") -> List[dict]:
         dev = os.path.dirname(name_file)
         devname = os.path.basename(dev)
         for hw in sorted(glob.glob(os.path.join(dev, "hwmon", "hwmon*"))):
-            for label_file in sorted(glob.glob(os.path.join(hw, "in*_label")), key=_channel):
-                ch = _channel(label_file)
-                try:
-                    label = _read(label_file)
-                except OSError:
-                    continue
+            for ch, label in _labels(hw, "in*_label"):
                 if ch == 7 or label == "NC" or label.lower().startswith("sum"):
                     continue
                 found.append({"device": devname, "driver": "hwmon", "rail": label, "kind": "vi",
                               "paths": [os.path.join(hw, f"in{ch}_input"), os.path.join(hw, f"curr{ch}_input")]})
         for iio in sorted(glob.glob(os.path.join(dev, "iio:device*"))):
-            for label_file in sorted(glob.glob(os.path.join(iio, "rail_name_*")), key=_channel):
-                ch = _channel(label_file)
-                try:
-                    label = _read(label_file)
-                except OSError:
-                    continue
+            for ch, label in _labels(iio, "rail_name_*"):
                 if label == "NC":
                     continue
                 power = os.path.join(iio, f"in_power{ch}_input")
@@ -71,6 +61,15 @@ def discover(root: str = "/sys") -> List[dict]:
                                   "paths": [os.path.join(iio, f"in_voltage{ch}_input"),
                                             os.path.join(iio, f"in_current{ch}_input")]})
     return found
+
+
+def _labels(folder: str, pattern: str) -> Iterator[Tuple[int, str]]:
+    """``(channel, label)`` of each readable label file ``pattern`` in ``folder``, by channel."""
+    for label_file in sorted(glob.glob(os.path.join(folder, pattern)), key=_channel):
+        try:
+            yield _channel(label_file), _read(label_file)
+        except OSError:
+            continue
 
 
 def _channel(path: str) -> int:

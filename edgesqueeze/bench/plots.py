@@ -35,8 +35,13 @@ def setup_label(result: dict) -> str:
 
 
 def _save(fig, path: Path) -> Path:
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png", dpi=110, metadata={"Software": None})
+    """Lay out ``fig``, write it to ``path`` as PNG (atomically, no timestamp: same bytes each run), close it."""
+    try:
+        fig.tight_layout()
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, format="png", dpi=110, metadata={"Software": None})
+    finally:
+        _plt().close(fig)
     return path
 
 
@@ -78,10 +83,7 @@ def latency_plot(results: List[dict], path) -> Path:
         ax.xaxis.set_minor_formatter(plain if hi / lo < 30 else NullFormatter())  # label 2..9 on short spans
     ax_h.yaxis.set_major_formatter(plain)
     ax_h.legend(fontsize=7)
-    fig.tight_layout()
-    out = _save(fig, Path(path))
-    plt.close(fig)
-    return out
+    return _save(fig, Path(path))
 
 
 def power_plot(result: dict, path) -> Optional[Path]:
@@ -116,10 +118,7 @@ def power_plot(result: dict, path) -> Optional[Path]:
     ax.set_title(f"power: {label(result)} — probe {result['power'].get('probe')}", fontsize=9)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    out = _save(fig, Path(path))
-    plt.close(fig)
-    return out
+    return _save(fig, Path(path))
 
 
 def roofline_plot(results: List[dict], path) -> Optional[Path]:
@@ -157,10 +156,7 @@ def roofline_plot(results: List[dict], path) -> Optional[Path]:
     ax.set_title("roofline (analytic bytes: a lower bound on traffic; dotted: ridge point)", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=1, frameon=False)
-    fig.tight_layout()
-    out = _save(fig, Path(path))
-    plt.close(fig)
-    return out
+    return _save(fig, Path(path))
 
 
 def log_plot(samples: List[dict], path, interval_ms: float = 1000.0, title: str = "") -> Path:
@@ -189,10 +185,7 @@ def log_plot(samples: List[dict], path, interval_ms: float = 1000.0, title: str 
     ax_l.set_ylim(0, 100)
     ax_l.grid(True, alpha=0.3)
     ax_l.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    out = _save(fig, Path(path))
-    plt.close(fig)
-    return out
+    return _save(fig, Path(path))
 
 
 def log_times(samples: List[dict], interval_ms: float):

@@ -16,12 +16,12 @@ only the probe carries it, and ``throttled``/``throttling``. A version 1 result 
 from __future__ import annotations
 
 import copy
-import json
 import math
 from pathlib import Path
 from typing import Any, List, Union
 
 from ..errors import InputError
+from ..fileio import read_json
 from .boardstate import detect_throttling
 from .stats import summarize, throughput
 from .tegrastats import parse_log, summarize_samples
@@ -129,14 +129,7 @@ def load_result(path: Union[str, Path]) -> dict:
         InputError: missing file, not JSON, or an invalid result.
     """
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise InputError(f"cannot read: {exc.strerror}", path=str(p)) from exc
-    try:
-        data = json.loads(text)
-    except ValueError as exc:
-        raise InputError(f"not JSON: {exc}", path=str(p)) from exc
+    data = read_json(p)
     if isinstance(data, list):
         if looks_like_export_times(data):
             return validate_result(import_trtexec(p), str(p))

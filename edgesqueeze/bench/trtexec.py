@@ -6,13 +6,12 @@ startD2hMs, endD2hMs, h2dMs, computeMs, d2hMs, latencyMs}, ...]``; ``--exportPro
 """
 from __future__ import annotations
 
-import json
 import socket
 from pathlib import Path
 from typing import Optional, Union
 
 from ..errors import InputError
-from ..fileio import sha256_file
+from ..fileio import read_json, sha256_file
 from .stats import summarize, throughput
 
 TIME_KEYS = ("latencyMs", "computeMs")
@@ -25,12 +24,7 @@ def looks_like_export_times(data) -> bool:
 
 
 def _load(path: Path) -> list:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise InputError(f"cannot read: {exc.strerror}", path=str(path)) from exc
-    except ValueError as exc:
-        raise InputError(f"not JSON: {exc}", path=str(path)) from exc
+    data = read_json(path)
     if not isinstance(data, list):
         raise InputError("expected a JSON array as trtexec writes it", path=str(path))
     return data

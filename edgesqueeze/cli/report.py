@@ -1,12 +1,11 @@
 """``edgesqueeze report``: compare benchmark results side by side (Markdown + PNG plots)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
-from ..errors import InputError
+from ..fileio import read_json
 from .common import emit, info, json_option, table, warn
 
 
@@ -37,12 +36,7 @@ def command(results, out_dir, no_plots, trtexec_profile, as_json):
     loaded = []
     for path in results:
         p = Path(path)
-        try:
-            data = json.loads(p.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise InputError(f"cannot read: {exc.strerror}", path=str(p)) from exc
-        except ValueError as exc:
-            raise InputError(f"not JSON: {exc}", path=str(p)) from exc
+        data = read_json(p)
         if looks_like_export_times(data):
             loaded.append(validate_result(import_trtexec(p, trtexec_profile), str(p)))
         elif isinstance(data, list):

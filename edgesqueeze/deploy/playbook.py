@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from ..errors import InputError
-from ..fileio import write_json_atomic, write_text_atomic
+from ..fileio import read_json, write_json_atomic, write_text_atomic
 from .fleet import DEFAULT_MAX_PARALLEL, failed_result, merge_fleet_results, read_fleet
 from .remote import finalise_results, save_results
 from .sync import read_local_bundle
@@ -232,9 +232,4 @@ def collect_results(play_dir, out_dir=None, plots: bool = True, record_host: boo
 
 def _read_json(path: Path):
     """The JSON in ``path``, or None when there is no such file."""
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise InputError(f"not JSON: {exc}", path=str(path)) from exc
+    return read_json(path) if path.is_file() else None
