@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -222,4 +223,22 @@ def test_max_parallel_default_is_written_once(cli):
     assert inspect.signature(fleet_bench).parameters["max_parallel"].default == DEFAULT_MAX_PARALLEL
     assert inspect.signature(write_playbook).parameters["forks"].default == DEFAULT_MAX_PARALLEL
     code, stdout, _ = cli("fleet", "playbook", "--help")
-    assert f"[default: {DEFAULT_MAX_PARALLEL}]" in " ".join(stdout.split())
+    assert re.search(rf"--forks .*\[default: {DEFAULT_MAX_PARALLEL};", " ".join(stdout.split()))
+
+
+def test_bench_identity_and_python_serve_the_devices_that_name_none(fleet, tmp_path, cli):
+    """bench --devices passes --identity and --python to the boards whose entry has no identity/python (as
+    deploy --devices does); an entry's own keys win."""
+    root, a, b, known = fleet
+    bundle = make_bundle(tmp_path / "dense", features=16, hidden=32)
+    log = tmp_path / "python.log"
+    wrapper = tmp_path / "python.sh"
+    wrapper.write_text(f'#!/bin/sh\necho run >> {log}\nexec {PY} "$@"\n')
+    wrapper.chmod(0o755)
+    toml = tmp_path / "fleet.toml"
+    toml.write_text(f'[[device]]\nname = "bare"\nhost = "{a.device}"\ntarget = "cpu"\n'
+                    f'remote_dir = "{tmp_path / "dev" / "dense"}"\n')
+    code, _, err = cli("bench", bundle, "--devices", toml, "--identity", a.identity, "--python", wrapper,
+                       "--known-hosts", known, "-n", "3", "--warmup", "1", "--power", "none")
+    assert code == 0, err
+    assert log.is_file() and log.read_text().count("run") >= 2  # probe, sync, run: all through --python

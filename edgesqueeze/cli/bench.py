@@ -152,16 +152,19 @@ def _label_partial(result: dict, where=None) -> dict:
 @click.option("-o", "--output", type=click.Path(), default=None, help="Write the results JSON here.")
 @click.option("--report", "report_dir", type=click.Path(), default=None, metavar="DIR",
               help="Write report.md and PNG plots into DIR.")
-@click.option("--device", default=None, metavar="USER@HOST", help="Run on this device over SSH (deploys first).")
+@click.option("--device", default=None, metavar="USER@HOST[:PORT]",
+              help="Run on this device over SSH (deploys first; or an alias from ~/.ssh/config).")
 @click.option("--devices", "fleet", type=click.Path(), default=None, metavar="FLEET.TOML|INVENTORY",
               help="Run on every device of a fleet file or an Ansible inventory, in parallel.")
 @click.option("--limit", default=None, metavar="PATTERN",
               help="--devices: only these hosts/groups (Ansible --limit pattern; fleet.toml: name patterns).")
 @max_parallel_option
-@click.option("--identity", type=click.Path(), default=None, metavar="FILE", help="SSH private key (--device).")
+@click.option("--identity", type=click.Path(), default=None, metavar="FILE",
+              help="SSH private key (--device; with --devices, for the devices whose entry names none).")
 @click.option("--known-hosts", type=click.Path(), default=None, metavar="FILE",
               help="known_hosts file to use instead of ~/.ssh's (--device/--devices).")
-@click.option("--python", "remote_python", default=None, metavar="PATH", help="Python 3.6+ on the device.")
+@click.option("--python", "remote_python", default=None, metavar="PATH",
+              help="Python 3.6+ on the device (default python3; with --devices, where the entry names none).")
 @click.option("--record-host", is_flag=True,
               help="Keep host and user names, addresses and absolute paths in the results (left out by default).")
 @json_option
@@ -202,8 +205,12 @@ def command(path, backend, iterations, duration, warmup, batch, shapes, power, p
         if known_hosts:
             opts["known_hosts"] = known_hosts
         opts["record_host"] = record_host
+        if identity:
+            opts["identity"] = identity
+        if remote_python:
+            opts["python"] = remote_python
         if device:
-            results, remote_report = _bench_device(path, device, report_dir, opts, identity, remote_python)
+            results, remote_report = _bench_device(path, device, report_dir, opts)
             if results is None:
                 return 130
         else:
@@ -278,15 +285,11 @@ def _check_local_bundle(path: Path) -> None:
                                               "with --device (deploy unpacks archives)")
 
 
-def _bench_device(path, device, report_dir, opts, identity, remote_python):
+def _bench_device(path, device, report_dir, opts):
     """Benchmark on one device: ``(results, report written there)``; ``(None, False)`` when Ctrl-C came first."""
     from ..deploy import remote_bench
     from ..deploy.remote import BenchInterrupted
 
-    if identity:
-        opts["identity"] = identity
-    if remote_python:
-        opts["python"] = remote_python
     info(f"benchmarking {path} on {device} ...")
     try:  # with an out dir, remote_bench writes results.json + report there, partial ones too
         return [remote_bench(path, device, out_dir=report_dir, **opts)], bool(report_dir)

@@ -102,19 +102,25 @@ def bench_text(results: list) -> str:
 @click.option("--limit", default=None, metavar="PATTERN",
               help="--devices: only these hosts/groups (Ansible --limit pattern; fleet.toml: name patterns).")
 @max_parallel_option
-@click.option("-i", "--identity", type=click.Path(exists=True, dir_okay=False), help="SSH private key (ssh -i).")
+@click.option("-i", "--identity", type=click.Path(exists=True, dir_okay=False),
+              help="SSH private key (ssh -i; with --devices, for the devices whose entry names none).")
 @click.option("--port", type=int, help="SSH port (or put :PORT after the host).")
 @click.option("--remote-dir", metavar="DIR", help="Bundle folder on the device (default ~/edgesqueeze/<bundle name>).")
 @click.option("--force", is_flag=True, help="Deploy even when the device does not match the bundle's target.")
-@click.option("--python", "python", default="python3", show_default=True, help="Python 3.6+ on the device.")
+@click.option("--python", "python", default="python3", show_default=True, metavar="PATH",
+              help="Python 3.6+ on the device (with --devices, where the entry names none).")
 @click.option("--bench", is_flag=True, help="Benchmark on the device after deploying (always on with --devices).")
 @click.option("-o", "--output", type=click.Path(file_okay=False), help="Local folder for results and the report.")
-@click.option("-n", "--iterations", type=int, default=100, show_default=True, help="Timed iterations (--bench).")
-@click.option("--warmup", type=int, default=10, show_default=True, help="Warm-up iterations (--bench).")
-@click.option("--duration", type=float, help="Run for S seconds instead of N iterations (--bench).")
+@click.option("-n", "--iterations", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Timed iterations (--bench).")
+@click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True,
+              help="Warm-up iterations (--bench).")
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True), metavar="S",
+              help="Run for S seconds instead of N iterations (--bench).")
 @click.option("--backend", type=click.Choice(["auto", "trtexec", "trt", "ort"]), default="auto", show_default=True,
               help="On-device backend; auto = trtexec, else TensorRT Python, else onnxruntime.")
-@click.option("--power", type=click.Choice(["auto", "tegrastats", "none"]), default="auto", show_default=True)
+@click.option("--power", type=click.Choice(["auto", "tegrastats", "none"]), default="auto", show_default=True,
+              help="Power probe on the device (--bench; auto: tegrastats when the device has it).")
 @click.option("--no-engine", is_flag=True, help="Do not build the TensorRT engine on the device.")
 @click.option("--no-plots", is_flag=True, help="Write the report without PNG plots (--bench).")
 @click.option("--timeout", type=float, default=600, show_default=True, help="Seconds for each remote step.")

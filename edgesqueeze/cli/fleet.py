@@ -23,23 +23,38 @@ def command(ctx, as_json):
 
 @command.command("playbook")
 @click.argument("bundle", type=click.Path(exists=True, file_okay=False))
-@click.option("-i", "--inventory", type=click.Path(exists=True), default=None,
+@click.option("-i", "--inventory", type=click.Path(exists=True), default=None, metavar="INVENTORY",
               help="Ansible inventory: checked now and named in the playbook's ansible.cfg.")
 @click.option("--limit", default=None, metavar="PATTERN", help="With -i: the hosts to check now.")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="The playbook folder.")
-@click.option("-n", "--iterations", type=int, default=100, show_default=True)
-@click.option("--warmup", type=int, default=10, show_default=True)
-@click.option("--duration", type=float, default=None, help="Run for S seconds instead of N iterations.")
-@click.option("--backend", type=click.Choice(["auto", "trtexec", "trt", "ort"]), default="auto", show_default=True)
-@click.option("--power", type=click.Choice(["auto", "tegrastats", "none"]), default="auto", show_default=True)
-@click.option("--remote-dir", default=None, help="Bundle folder on the devices (default edgesqueeze/<name>).")
-@click.option("--forks", type=int, default=50, show_default=True, help="ansible.cfg forks (hosts at once).")
+@click.option("-n", "--iterations", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Timed iterations on each device.")
+@click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True, help="Warm-up iterations.")
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=None, metavar="S",
+              help="Run for S seconds instead of N iterations.")
+@click.option("--backend", type=click.Choice(["auto", "trtexec", "trt", "ort"]), default="auto", show_default=True,
+              help="On-device backend; auto = trtexec, else TensorRT Python, else onnxruntime.")
+@click.option("--power", type=click.Choice(["auto", "tegrastats", "none"]), default="auto", show_default=True,
+              help="Power probe on the devices (auto: tegrastats when a device has it).")
+@click.option("--remote-dir", default=None, metavar="DIR",
+              help="Bundle folder on the devices (default edgesqueeze/<name> under the home).")
+@click.option("--forks", type=click.IntRange(min=1), default=50, show_default=True,
+              help="ansible.cfg forks: hosts at once (the same default as bench --devices).")
 @click.option("--link", is_flag=True, help="Point the playbook at BUNDLE instead of copying it.")
 @json_option
 @click.pass_context
 def playbook(ctx, bundle, inventory, limit, output, iterations, warmup, duration, backend, power, remote_dir, forks,
              link, as_json):
-    """Write a self-contained playbook folder that benchmarks BUNDLE on every inventory host."""
+    """Write a self-contained playbook folder that benchmarks BUNDLE on every inventory host.
+
+    The folder holds playbook.yml, ansible.cfg (forks, pipelining, ControlPersist, the inventory) and a copy of
+    BUNDLE (--link: a pointer to it). Run it with ansible-playbook from that folder, then 'fleet collect'.
+
+    \b
+    Examples:
+      edgesqueeze fleet playbook bundle/ -i inventory.ini -o play/ -n 200
+      edgesqueeze fleet playbook bundle/ -i inventory.yml --limit lab -o play/ --forks 20 --power none
+    """
     from ..deploy.playbook import write_playbook
 
     as_json = as_json or (ctx.obj or {}).get("json", False)
@@ -62,7 +77,16 @@ def playbook(ctx, bundle, inventory, limit, output, iterations, warmup, duration
 @json_option
 @click.pass_context
 def collect(ctx, play, output, no_plots, record_host, as_json):
-    """Merge a playbook run's results (every host, with its status) into one report. Exit 6 if a host failed."""
+    """Merge a playbook run's results (every host, with its status) into one report. Exit 6 if a host failed.
+
+    Writes fleet.json (each host's status), fleet.md, report.md with plots, and <host>/results.json, as
+    'bench --devices' does.
+
+    \b
+    Examples:
+      edgesqueeze fleet collect play/ -o report/
+      edgesqueeze fleet collect play/ -o report/ --no-plots --json
+    """
     from ..deploy.playbook import collect_results
     from .deploy import bench_text
 

@@ -18,7 +18,7 @@ from .common import emit, info, json_option, table, warn
               help="With one trtexec --exportTimes file: its --exportProfile file (per-layer times).")
 @json_option
 def command(results, out_dir, no_plots, trtexec_profile, as_json):
-    """Compare benchmark results (e.g. FP32 vs FP16 vs INT8, or two devices) in one report.
+    """Compare benchmark results in one report: FP32 vs FP16 vs INT8, two devices, or a whole fleet.
 
     RESULTS are results JSON files from 'edgesqueeze bench' (a file holding a list, as fleet runs write, adds
     each entry), or trtexec --exportTimes JSON files.
@@ -28,6 +28,7 @@ def command(results, out_dir, no_plots, trtexec_profile, as_json):
       edgesqueeze report fp32.json fp16.json int8.json -o report/
       edgesqueeze report tx2.json orin-nano.json -o compare/ --json
       edgesqueeze report times.json --trtexec-profile profile.json -o trtexec-report/
+      edgesqueeze report results/fleet/*/results.json -o fleet-report/
     """
     from ..bench.report import board_state_warnings, summary_rows, write_report
     from ..bench.schema import load_result, validate_result
