@@ -14,7 +14,7 @@ import onnx
 from onnx import ModelProto, TensorProto, helper, numpy_helper
 
 from ..errors import UnsupportedError
-from ..model import infer_shapes
+from ..model import checkable, infer_shapes
 from ..plugins.ops import convert_fp16_functions
 
 FP32, FP16 = TensorProto.FLOAT, TensorProto.FLOAT16
@@ -42,11 +42,17 @@ def _has_subgraph(node: onnx.NodeProto) -> bool:
 
 
 def _to_fp16_tensor(t: TensorProto, clipped: List[str]) -> TensorProto:
-    arr = numpy_helper.to_array(t).astype(np.float64)
-    over = np.abs(arr) > FP16_MAX
-    if over.any():
+    """The float32 weight ``t`` cast to float16 (round to nearest even), values beyond +-65504 clipped to it.
+
+    In float32 throughout, with no temporary the size of the weight: a float32 value is exact in float64, so
+    both round to the same float16, and comparing it with 65504 (a float32) is exact too.
+    """
+    arr = numpy_helper.to_array(t)
+    # fmax/fmin skip NaN (kept as NaN by the cast, as np.clip keeps it)
+    if arr.size and (np.fmax.reduce(arr, axis=None) > FP16_MAX or np.fmin.reduce(arr, axis=None) < -FP16_MAX):
         clipped.append(t.name)
-    return numpy_helper.from_array(np.clip(arr, -FP16_MAX, FP16_MAX).astype(np.float16), t.name)
+        arr = np.clip(arr, -FP16_MAX, FP16_MAX)
+    return numpy_helper.from_array(arr.astype(np.float16), t.name)
 
 
 def convert_fp16(model: ModelProto, keep_fp32: Iterable[str] = (), keep_io_types: bool = True, *,
@@ -99,7 +105,7 @@ def convert_fp16(model: ModelProto, keep_fp32: Iterable[str] = (), keep_io_types
     del g.value_info[:]
     convert_fp16_functions(out)  # FP32 function bodies under FP16 weights fail the checker and onnxruntime
     out = infer_shapes(out)
-    onnx.checker.check_model(out)
+    onnx.checker.check_model(checkable(out))  # an FP16 result over 2 GB is checked without serialising it
     if report is not None:
         report.update({"fp16_nodes": sum(conv.node_fp16), "fp32_nodes": len(conv.node_fp16) - sum(conv.node_fp16),
                        "casts": len(conv.casts) + sum(1 for n in conv.nodes if n.name.endswith("_output_Cast")),
