@@ -14,7 +14,7 @@ import onnx
 from onnx import ModelProto, TensorProto, helper, numpy_helper
 
 from ..errors import UnsupportedError
-from ..model import checkable, infer_shapes
+from ..model import checkable, infer_shapes, put_back_weights, strip_weights
 from ..plugins.ops import convert_fp16_functions
 
 FP32, FP16 = TensorProto.FLOAT, TensorProto.FLOAT16
@@ -84,8 +84,7 @@ def convert_fp16(model: ModelProto, keep_fp32: Iterable[str] = (), keep_io_types
         if 0 < opset_version(model) < QDQ_FP16_OPSET:
             model = convert_opset(model, QDQ_FP16_OPSET)
     types = _elem_types(model)
-    out = ModelProto()
-    out.CopyFrom(model)
+    out, stripped = strip_weights(model)  # a copy with stubs for the large weights: those are read, not copied
     g = out.graph
     for node in g.node:
         if _has_subgraph(node):
@@ -93,7 +92,8 @@ def convert_fp16(model: ModelProto, keep_fp32: Iterable[str] = (), keep_io_types
                                    node=node.name or node.op_type, hint="keep it out or convert it in the framework")
     conv = _Conversion(types)
     graph_in = _plan_precisions(conv, g, keep, keep_io_types)
-    _convert_initializers(conv, g)
+    _convert_initializers(conv, g, stripped)
+    put_back_weights(out, stripped)  # the weights that stay FP32
     _rewrite_nodes(conv, g)
     _cast_graph_outputs(conv, g, keep_io_types)
     if not keep_io_types:
@@ -171,8 +171,9 @@ def _plan_precisions(conv: _Conversion, g: onnx.GraphProto, keep: Set[str], keep
     return graph_in
 
 
-def _convert_initializers(conv: _Conversion, g: onnx.GraphProto) -> None:
-    """Initializers become fp16 when every float-typed consumer slot wants fp16."""
+def _convert_initializers(conv: _Conversion, g: onnx.GraphProto, stripped: Dict[str, TensorProto]) -> None:
+    """Initializers become fp16 when every float-typed consumer slot wants fp16 (a stub of ``stripped`` is
+    converted from its weight there, or left for :func:`put_back_weights`)."""
     wants: Dict[str, Set[int]] = {}
     for node, fp16 in zip(g.node, conv.node_fp16):
         for k, name in enumerate(node.input):
@@ -182,7 +183,7 @@ def _convert_initializers(conv: _Conversion, g: onnx.GraphProto) -> None:
     new_inits = []
     for t in g.initializer:
         if t.data_type == FP32 and wants.get(t.name) == {FP16}:
-            new_inits.append(_to_fp16_tensor(t, conv.clipped))
+            new_inits.append(_to_fp16_tensor(stripped.get(t.name, t), conv.clipped))
             conv.home[t.name] = FP16
         else:
             new_inits.append(t)

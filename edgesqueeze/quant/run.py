@@ -174,9 +174,8 @@ def quantize_model(model: PathLike, output: PathLike, *, precision: str = "auto"
     model_path, output = Path(model), Path(output)
     _check_outputs(model_path, output, calib_cache, [p for p in (calib, val, from_cache) if p and str(p) != "random"])
     shapes = parse_input_shapes(list(input_shapes))
-    loaded = load_model(model_path, shapes, pin=static)
-    external = weights_were_external(loaded, model_path)  # the output keeps the input's external data (as optimize)
-    fp32 = constants_as_initializers(loaded)  # paddle2onnx's Constant weights
+    fp32 = constants_as_initializers(load_model(model_path, shapes, pin=static))  # paddle2onnx's Constant weights
+    external = weights_were_external(fp32, model_path)  # the output keeps the input's external data (as optimize)
     _check_batch_size(fp32, batch_size, warn)
     profile = get_profile(target) if target else None
     chosen, reason = _choose_precision(profile, precision, bool(calib or from_cache), warn)
