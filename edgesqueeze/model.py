@@ -673,6 +673,11 @@ def _serialise_if_small(model: ModelProto) -> Optional[bytes]:
     return data if len(data) <= _TWO_GB else None
 
 
+def payload_bytes(model: ModelProto) -> int:
+    """The bytes of the model's tensor data, from their shapes (nothing read or serialised): about its size."""
+    return _tensor_payload(model)
+
+
 def weights_were_external(model: ModelProto, path: PathLike) -> bool:
     """Whether the model file ``path`` (that ``model`` was loaded from) kept its weights as external data: the
     file is smaller than the weights (cheap: nothing is read or serialised)."""

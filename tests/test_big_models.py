@@ -125,15 +125,28 @@ def test_model_over_2gb_fp16(big, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="issue 15, left: load, optimize, compat and FP16 pass; the bundle writer serialises each "
-                          "model whole (bundle/assemble.py _write_models: model_bytes), it needs the bundle's models "
-                          "saved with external data (save_model(external=True)) and the data files in the manifest",
-                   strict=True, raises=Exception)
 def test_model_over_2gb_build(big, tmp_path):
-    """build (optimize, FP16, bundle) of a >2 GB model: the bundle's model holds the FP16 casts of the weights."""
+    """build (optimize, FP16, bundle) of a >2 GB model: the bundle's models are <name>.onnx + <name>.onnx.data,
+    hashed in the manifest; the FP16 model holds the FP16 casts of the weights; verify passes, and names the data
+    file when one of its bytes changes."""
+    from edgesqueeze.bundle import verify_bundle
+    from edgesqueeze.errors import VerificationError
+
     path, hashes = big
     bundle = tmp_path / "bundle"
     assert main(["-q", "build", str(path), "-t", "orin-nano", "-p", "fp16", "-o", str(bundle)]) == 0
-    models = sorted(p for p in bundle.rglob("*.onnx"))
-    assert models
-    assert _weight_hashes(load_model(models[0]), ":fp16") == _exact(hashes, ":fp16")
+    manifest = verify_bundle(bundle)
+    fp16 = manifest["models"]["fp16"]
+    assert manifest["models"]["deploy"] == fp16 == "models/model.fp16.onnx"
+    for rel in (fp16, manifest["models"]["fp32"]):
+        assert os.path.getsize(bundle / rel) < 1 << 20 and rel + ".data" in manifest["files"]
+    assert manifest["files"][fp16 + ".data"]["size"] >= 3 * SIDE * SIDE * 2
+    assert _weight_hashes(load_model(bundle / fp16), ":fp16") == _exact(hashes, ":fp16")
+    with open(bundle / (fp16 + ".data"), "r+b") as fh:  # in place: no copy of a 1.2 GB file
+        fh.seek(SIDE * SIDE)
+        byte = fh.read(1)
+        fh.seek(SIDE * SIDE)
+        fh.write(bytes([byte[0] ^ 1]))
+    with pytest.raises(VerificationError, match="sha256 differs") as err:
+        verify_bundle(bundle)
+    assert err.value.path.endswith("models/model.fp16.onnx.data")

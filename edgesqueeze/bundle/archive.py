@@ -13,10 +13,10 @@ import shutil
 import tarfile
 import zlib
 from pathlib import Path
-from typing import List
+from typing import BinaryIO, List
 
 from ..errors import InputError
-from ..fileio import PathLike, write_bytes_atomic
+from ..fileio import PathLike, atomic_path
 from .manifest import list_files, MANIFEST
 
 # 1980-01-01T00:00:00Z: a fixed date that every archive tool accepts (zip's epoch)
@@ -43,34 +43,42 @@ def archive_bytes(bundle_dir: PathLike, root_name: str | None = None) -> bytes:
     Device outputs (``engines/`` and the like) are left out, exactly as the manifest leaves them out; the
     manifest's signature (``manifest.json.sig``) goes in when there is one.
     """
-    bundle_dir = Path(bundle_dir)
+    out = io.BytesIO()
+    _write_tar_gz(out, Path(bundle_dir), root_name)
+    return out.getvalue()
+
+
+def _write_tar_gz(fh: BinaryIO, bundle_dir: Path, root_name: str | None) -> None:
+    """Stream the archive of :func:`archive_bytes` into ``fh``, one file at a time in blocks (a bundle with
+    models of several GB is never held in memory)."""
     root_name = root_name or bundle_dir.resolve().name
     signature = [MANIFEST + ".sig"] if (bundle_dir / (MANIFEST + ".sig")).is_file() else []
     files = sorted(list_files(bundle_dir) + [MANIFEST] + signature)
     dirs = sorted({str(Path(root_name, *Path(f).parts[:i])) for f in files for i in range(len(Path(f).parts))})
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        entries: List[tuple] = [(d, None) for d in dirs] + [(f"{root_name}/{f}", bundle_dir / f) for f in files]
+    entries: List[tuple] = [(d, None) for d in dirs] + [(f"{root_name}/{f}", bundle_dir / f) for f in files]
+    with gzip.GzipFile(filename="", mode="wb", fileobj=fh, mtime=0, compresslevel=6) as gz, \
+            tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for name, path in sorted(entries, key=lambda e: e[0]):
             if path is None:
                 tar.addfile(_tarinfo(name, directory=True))
                 continue
-            data = path.read_bytes()
-            tar.addfile(_tarinfo(name, size=len(data), executable=os.access(path, os.X_OK)), io.BytesIO(data))
-    out = io.BytesIO()
-    with gzip.GzipFile(filename="", mode="wb", fileobj=out, mtime=0, compresslevel=6) as gz:
-        gz.write(raw.getvalue())
-    return out.getvalue()
+            with open(path, "rb") as src:
+                size = os.fstat(src.fileno()).st_size
+                tar.addfile(_tarinfo(name, size=size, executable=os.access(path, os.X_OK)), src)
 
 
 def write_archive(bundle_dir: PathLike, archive_path: PathLike) -> Path:
-    """Write the bundle folder as a reproducible ``.tar.gz`` (atomically) and return its path."""
+    """Write the bundle folder as a reproducible ``.tar.gz`` (atomically, streamed) and return its path."""
     archive_path = Path(archive_path)
     root = archive_path.name
     for suffix in (".tar.gz", ".tgz"):
         if root.endswith(suffix):
             root = root[: -len(suffix)]
-    write_bytes_atomic(archive_path, archive_bytes(bundle_dir, root_name=root or None))
+    with atomic_path(archive_path) as tmp:
+        with open(tmp, "wb") as fh:
+            _write_tar_gz(fh, Path(bundle_dir), root or None)
+            fh.flush()
+            os.fsync(fh.fileno())
     return archive_path
 
 

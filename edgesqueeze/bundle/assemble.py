@@ -8,7 +8,7 @@ from typing import Callable, Dict, Optional, Tuple
 
 import onnx
 
-from ..model import model_bytes
+from ..model import model_bytes, payload_bytes
 from ..plugins.sources import cmake_command, plugin_source_dir
 from ..plugins.sparse_convert import route_sparse_2_4
 from .engine_plan import CALIB_PLACEHOLDER, TRTEXEC_FLAGS, plan_engine, profile_flags
@@ -19,6 +19,10 @@ from .writer import BundleWriter, model_relpaths, short_key
 
 RUNNER_NAME = "run_on_device.py"
 SCRIPT_NAME = "build_engine.sh"
+#: a model whose weights pass this many bytes goes into the bundle as ``<name>.onnx`` + ``<name>.onnx.data`` (its
+#: weights as external data, one file, page-aligned): over protobuf's 2 GB limit it has to, and from half of it
+#: writing the model whole would hold a second copy of its weights in memory; smaller models stay one file
+EXTERNAL_WEIGHT_BYTES = 1 << 30
 
 
 def _custom_nodes(models: Dict[str, onnx.ModelProto]) -> bool:
@@ -102,10 +106,10 @@ def assemble_bundle(out_dir, *, profile, precision: str, models: Dict[str, onnx.
 
 @dataclasses.dataclass(frozen=True)
 class _Written:
-    """The models as the bundle holds them: their files, their serialized bytes and the calibration cache's."""
+    """The models as the bundle holds them: their files, what names their engines and the calibration cache's bytes."""
     models: Dict[str, onnx.ModelProto]
     rel: Dict[str, str]                  # kind -> path inside the bundle
-    blobs: Dict[str, bytes]              # kind -> the bytes written
+    identity: Dict[str, bytes]           # kind -> what names its engine (:func:`_add_model`)
     cache_bytes: Optional[bytes]
 
 
@@ -123,13 +127,21 @@ class _TrtSources:
 def _write_models(w: BundleWriter, models: Dict[str, onnx.ModelProto], rel: Dict[str, str],
                   cache_text: Optional[str]) -> _Written:
     """Write every model (sorted by kind) and the calibration cache, if any."""
-    blobs = {kind: model_bytes(m) for kind, m in models.items()}
-    for kind in sorted(models):
-        w.add_bytes(rel[kind], blobs[kind])
+    identity = {kind: _add_model(w, rel[kind], models[kind]) for kind in sorted(models)}
     cache_bytes = cache_text.encode("utf-8") if cache_text else None
     if cache_bytes:
         w.add_bytes(CACHE_NAME, cache_bytes)
-    return _Written(models, rel, blobs, cache_bytes)
+    return _Written(models, rel, identity, cache_bytes)
+
+
+def _add_model(w: BundleWriter, rel: str, model: onnx.ModelProto) -> bytes:
+    """Write ``model`` at ``rel``, with external data when its weights pass :data:`EXTERNAL_WEIGHT_BYTES`; returns
+    what names its engine (:func:`short_key`): the bytes written, or the sha256 of the model and its data file."""
+    if payload_bytes(model) > EXTERNAL_WEIGHT_BYTES:
+        return w.add_model(rel, model, external=True).encode("ascii")
+    data = model_bytes(model)
+    w.add_bytes(rel, data)
+    return data
 
 
 def _add_engine_script(w: BundleWriter, src: _TrtSources, profile, precision: str, *,
@@ -172,18 +184,16 @@ def _write_engine_models(w: BundleWriter, src: _TrtSources, plan, plugin_dir: Op
                 variants["plugin"] = src.lower(stripped_variant(src.variant_sources[kind]))
             for variant, m in sorted(variants.items()):
                 path = f"models/model.{kind}.trt_{variant}.onnx"
-                data = model_bytes(m)
-                w.add_bytes(path, data)
+                data = _add_model(w, path, m)
                 engine_models[f"{kind}.{variant}"] = path
                 key = short_key(data, extra)
                 sources[(kind, variant if plugin_dir is not None else "plain")] = (path, key)
         elif src.routed_2_4:  # no plugin node left, but TensorRT's model differs from the bundle's (dense 2:4)
-            data = model_bytes(src.lower(src.variant_sources[kind]))
             path = engine_models[kind] = f"models/model.{kind}.trt.onnx"
-            w.add_bytes(path, data)
+            data = _add_model(w, path, src.lower(src.variant_sources[kind]))
             sources[(kind, "plain")] = (path, short_key(data, extra))
         else:
-            sources[(kind, "plain")] = (src.written.rel[kind], short_key(src.written.blobs[kind], extra))
+            sources[(kind, "plain")] = (src.written.rel[kind], short_key(src.written.identity[kind], extra))
     return sources, engine_models
 
 

@@ -3,7 +3,8 @@
 A bundle is a folder (optionally a ``.tar.gz`` of that folder)::
 
     manifest.json          schema, target profile, precision, options, versions, models, inputs, files
-    models/                model.fp32.onnx, model.fp16.onnx, model.int8_qdq.onnx (+ TensorRT variants)
+    models/                model.fp32.onnx, model.fp16.onnx, model.int8_qdq.onnx (+ TensorRT variants);
+                           a model with over 1 GiB of weights also has its <name>.onnx.data (external data)
     calib/calibration.cache
     plugins/               CUDA plugin sources + CMake project (only when the model has custom nodes)
     build_engine.sh        the trtexec command line for the target's TensorRT version
@@ -21,6 +22,7 @@ from typing import Dict, Iterable, List, Optional
 
 from ..errors import InputError, VerificationError
 from ..fileio import PathLike, sha256_file
+from ..model import data_file_of
 
 SCHEMA = "edgesqueeze.bundle/1"
 MANIFEST = "manifest.json"
@@ -59,6 +61,12 @@ def list_files(root: PathLike) -> List[str]:
 
 def _is_device_output(rel: str) -> bool:
     return any(rel == d or rel.startswith(d + "/") for d in DEVICE_OUTPUT_DIRS)
+
+
+def model_size(files: Dict[str, dict], rel: str) -> int:
+    """The bytes of the bundle model ``rel`` as the manifest's ``files`` list them: its ``.onnx`` file and, for a
+    model with external data, its ``.onnx.data`` file."""
+    return sum(files[p]["size"] for p in (rel, data_file_of(rel).as_posix()) if p in files)
 
 
 def manifest_bytes(manifest: dict) -> bytes:

@@ -30,7 +30,7 @@ import onnx
 from ..errors import InputError
 from ..fileio import (OutputLock, PathLike, pid_alive, check_writable, clean_stale, exchange_paths, sha256_bytes,
                       temp_prefix)
-from ..model import model_bytes
+from ..model import data_file_of, model_bytes, model_hash, save_model
 from .manifest import MANIFEST, SCHEMA, hash_files, manifest_bytes
 
 
@@ -106,9 +106,19 @@ class BundleWriter:
         """Add a UTF-8 text file (LF line ends); returns its sha256."""
         return self.add_bytes(rel, text.encode("utf-8"), executable=executable)
 
-    def add_model(self, rel: str, model: onnx.ModelProto) -> str:
-        """Add a model serialised deterministically; returns its sha256."""
-        return self.add_bytes(rel, model_bytes(model))
+    def add_model(self, rel: str, model: onnx.ModelProto, *, external: bool = False) -> str:
+        """Add a model serialised deterministically; returns its sha256.
+
+        With ``external`` its weights go to one data file next to it, ``<rel>.data`` (written one weight at a
+        time by :func:`edgesqueeze.model.save_model`: the model is never serialised whole, so it may pass
+        protobuf's 2 GB), and the sha256 is :func:`edgesqueeze.model.model_hash` of the two files.
+        """
+        if not external:
+            return self.add_bytes(rel, model_bytes(model))
+        path = save_model(model, self.path(rel), external=True)
+        for p in (path, data_file_of(path)):
+            os.chmod(p, 0o644)
+        return model_hash(path)
 
     def add_tree(self, rel: str, src: PathLike, *, ignore: Callable[[str], bool] = lambda name: False) -> int:
         """Copy the folder ``src`` to ``rel`` (sorted, no links, no hidden files or build outputs); returns files copied."""

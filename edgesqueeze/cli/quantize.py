@@ -19,7 +19,9 @@ def split_names(values):
 
 @click.command("quantize")
 @click.argument("model", type=click.Path())
-@output_option(help="Output model (.onnx): the QDQ model for int8, the FP16 model for fp16.")
+@output_option(help="Output model (.onnx): the QDQ model for int8, the FP16 model for fp16. Its weights go to one "
+                    "file OUTPUT.data next to it when the input kept them as external data or the result passes "
+                    "2 GB (as optimize).")
 @click.option("-p", "--precision", default="auto", show_default=True,
               type=click.Choice(PRECISION_CHOICES, case_sensitive=False),
               help="auto: what the --target runs fast (INT8 on Xavier/Orin, FP16 on TX1/Nano/TX2, FP32 on TK1).")

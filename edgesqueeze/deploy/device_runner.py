@@ -658,7 +658,7 @@ def build_plan(trt, logger, model_path, precision, profile=None):
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     with open(model_path, "rb") as fh:
-        if not parser.parse(fh.read()):
+        if not parser.parse(fh.read(), model_path):  # the path: a big model's external data is read next to it
             errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
             raise RunnerError("TensorRT's ONNX parser rejected the model: " + " | ".join(errors), 6)
     config = builder.create_builder_config()

@@ -9,6 +9,7 @@ from __future__ import annotations
 from .._lazy import versions
 from ..bundle import sign_bundle, write_archive
 from ..bundle.assemble import assemble_bundle
+from ..bundle.manifest import model_size
 from ..compress import sparsify_2_4
 from ..data import open_data
 from ..errors import VerificationError
@@ -209,7 +210,7 @@ def bundle(state: BuildState, options: BuildOptions) -> StageRecord:
     archive = write_archive(options.out_dir, options.archive_path) if options.archive else None
     files = manifest["files"]
     sizes = {"input": state.source["size"],
-             **{k: files[rel]["size"] for k, rel in manifest["models"].items() if k != "deploy"}}
+             **{k: model_size(files, rel) for k, rel in manifest["models"].items() if k != "deploy"}}
     return StageRecord("bundle", DONE, f"{len(files)} files", payload={"files": len(files)},
                        summary={"archive": str(archive) if archive else None,
                                 "signature": str(signature) if signature else None,

@@ -14,7 +14,7 @@ import onnx
 from onnx import ModelProto, TensorProto, helper, numpy_helper
 
 from ..errors import UnsupportedError
-from ..model import infer_shapes
+from ..model import checkable, infer_shapes, put_back_weights, strip_weights
 from ..plugins.ops import convert_fp16_functions
 
 FP32, FP16 = TensorProto.FLOAT, TensorProto.FLOAT16
@@ -42,11 +42,17 @@ def _has_subgraph(node: onnx.NodeProto) -> bool:
 
 
 def _to_fp16_tensor(t: TensorProto, clipped: List[str]) -> TensorProto:
-    arr = numpy_helper.to_array(t).astype(np.float64)
-    over = np.abs(arr) > FP16_MAX
-    if over.any():
+    """The float32 weight ``t`` cast to float16 (round to nearest even), values beyond +-65504 clipped to it.
+
+    In float32 throughout, with no temporary the size of the weight: a float32 value is exact in float64, so
+    both round to the same float16, and comparing it with 65504 (a float32) is exact too.
+    """
+    arr = numpy_helper.to_array(t)
+    # fmax/fmin skip NaN (kept as NaN by the cast, as np.clip keeps it)
+    if arr.size and (np.fmax.reduce(arr, axis=None) > FP16_MAX or np.fmin.reduce(arr, axis=None) < -FP16_MAX):
         clipped.append(t.name)
-    return numpy_helper.from_array(np.clip(arr, -FP16_MAX, FP16_MAX).astype(np.float16), t.name)
+        arr = np.clip(arr, -FP16_MAX, FP16_MAX)
+    return numpy_helper.from_array(arr.astype(np.float16), t.name)
 
 
 def convert_fp16(model: ModelProto, keep_fp32: Iterable[str] = (), keep_io_types: bool = True, *,
@@ -78,8 +84,7 @@ def convert_fp16(model: ModelProto, keep_fp32: Iterable[str] = (), keep_io_types
         if 0 < opset_version(model) < QDQ_FP16_OPSET:
             model = convert_opset(model, QDQ_FP16_OPSET)
     types = _elem_types(model)
-    out = ModelProto()
-    out.CopyFrom(model)
+    out, stripped = strip_weights(model)  # a copy with stubs for the large weights: those are read, not copied
     g = out.graph
     for node in g.node:
         if _has_subgraph(node):
@@ -87,7 +92,8 @@ def convert_fp16(model: ModelProto, keep_fp32: Iterable[str] = (), keep_io_types
                                    node=node.name or node.op_type, hint="keep it out or convert it in the framework")
     conv = _Conversion(types)
     graph_in = _plan_precisions(conv, g, keep, keep_io_types)
-    _convert_initializers(conv, g)
+    _convert_initializers(conv, g, stripped)
+    put_back_weights(out, stripped)  # the weights that stay FP32
     _rewrite_nodes(conv, g)
     _cast_graph_outputs(conv, g, keep_io_types)
     if not keep_io_types:
@@ -99,7 +105,7 @@ def convert_fp16(model: ModelProto, keep_fp32: Iterable[str] = (), keep_io_types
     del g.value_info[:]
     convert_fp16_functions(out)  # FP32 function bodies under FP16 weights fail the checker and onnxruntime
     out = infer_shapes(out)
-    onnx.checker.check_model(out)
+    onnx.checker.check_model(checkable(out))  # an FP16 result over 2 GB is checked without serialising it
     if report is not None:
         report.update({"fp16_nodes": sum(conv.node_fp16), "fp32_nodes": len(conv.node_fp16) - sum(conv.node_fp16),
                        "casts": len(conv.casts) + sum(1 for n in conv.nodes if n.name.endswith("_output_Cast")),
@@ -165,8 +171,9 @@ def _plan_precisions(conv: _Conversion, g: onnx.GraphProto, keep: Set[str], keep
     return graph_in
 
 
-def _convert_initializers(conv: _Conversion, g: onnx.GraphProto) -> None:
-    """Initializers become fp16 when every float-typed consumer slot wants fp16."""
+def _convert_initializers(conv: _Conversion, g: onnx.GraphProto, stripped: Dict[str, TensorProto]) -> None:
+    """Initializers become fp16 when every float-typed consumer slot wants fp16 (a stub of ``stripped`` is
+    converted from its weight there, or left for :func:`put_back_weights`)."""
     wants: Dict[str, Set[int]] = {}
     for node, fp16 in zip(g.node, conv.node_fp16):
         for k, name in enumerate(node.input):
@@ -176,7 +183,7 @@ def _convert_initializers(conv: _Conversion, g: onnx.GraphProto) -> None:
     new_inits = []
     for t in g.initializer:
         if t.data_type == FP32 and wants.get(t.name) == {FP16}:
-            new_inits.append(_to_fp16_tensor(t, conv.clipped))
+            new_inits.append(_to_fp16_tensor(stripped.get(t.name, t), conv.clipped))
             conv.home[t.name] = FP16
         else:
             new_inits.append(t)

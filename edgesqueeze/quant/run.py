@@ -166,7 +166,7 @@ def quantize_model(model: PathLike, output: PathLike, *, precision: str = "auto"
     """
     from ..data import open_data
     from ..devices import get_profile
-    from ..model import load_model, parse_input_shapes, save_model
+    from ..model import load_model, parse_input_shapes, save_model, weights_were_external
     from .calibrate import default_cache_dir
 
     options = QuantOptions(method, percentile, tuple(keep), sensitivity, auto_keep_drop, int8_weights,
@@ -175,6 +175,7 @@ def quantize_model(model: PathLike, output: PathLike, *, precision: str = "auto"
     _check_outputs(model_path, output, calib_cache, [p for p in (calib, val, from_cache) if p and str(p) != "random"])
     shapes = parse_input_shapes(list(input_shapes))
     fp32 = constants_as_initializers(load_model(model_path, shapes, pin=static))  # paddle2onnx's Constant weights
+    external = weights_were_external(fp32, model_path)  # the output keeps the input's external data (as optimize)
     _check_batch_size(fp32, batch_size, warn)
     profile = get_profile(target) if target else None
     chosen, reason = _choose_precision(profile, precision, bool(calib or from_cache), warn)
@@ -188,7 +189,7 @@ def quantize_model(model: PathLike, output: PathLike, *, precision: str = "auto"
     if chosen != "int8" and options.ranks_layers:
         raise InputError("--sensitivity and --auto-keep apply to INT8 (use --precision int8)")
     if chosen == "fp32":
-        save_model(fp32, output, inputs=(model_path,))
+        save_model(fp32, output, inputs=(model_path,), external=external)
         summary["outputs"]["model"] = str(output)
         return summary
     opened = lambda spec: open_data(spec, fp32, batch_size=batch_size, limit=limit, shapes=shapes)  # noqa: E731
@@ -206,7 +207,7 @@ def quantize_model(model: PathLike, output: PathLike, *, precision: str = "auto"
         result = quantize_int8(fp32, amax, options, data, progress=progress, info=info)
         _record_int8(result, summary)
         out_model, variants = result.model, {"int8": result.model}
-    save_model(out_model, output, inputs=(model_path,))
+    save_model(out_model, output, inputs=(model_path,), external=external)
     summary["outputs"]["qdq model" if chosen == "int8" else "model"] = str(output)
     if chosen == "int8":
         version = trt_version or (profile.tensorrt_version if profile is not None and profile.tensorrt_version
