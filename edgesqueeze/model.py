@@ -270,6 +270,29 @@ def _check_model(model: Union[ModelProto, bytes]) -> None:
     onnx.checker.check_model(model, full_check=True)
 
 
+#: models with more bytes of weights are checked without them (:func:`_check_light`)
+_LIGHT_CHECK_BYTES = 16 << 20
+
+
+def _check_light(model: ModelProto, data: bytes) -> None:
+    """The full checker on ``model`` with its large weights declared as graph inputs (no copy of them for the
+    checker), after the checker's own test of those weights: the size of each one's ``raw_data`` (read from the
+    serialised ``data``, the model's bytes) must match its shape and type."""
+    for t, size in zip(model.graph.initializer, _raw_sizes(data)):
+        want = raw_nbytes(t)
+        if want > INLINE_WEIGHT_BYTES and size != want:
+            raise onnx.checker.ValidationError(
+                f"TensorProto (tensor name: {t.name}) raw_data size ({size} bytes) does not match the declared "
+                f"shape and type ({want} bytes required).")
+    light = _weights_as_inputs(model)
+    try:
+        _check_model(light)
+    except onnx.checker.ValidationError as exc:
+        if "Field 'shape' of 'type' is required" not in str(exc):  # outputs without a shape are valid ONNX
+            raise
+        _check_model(infer_shapes(light))
+
+
 def _check(model: ModelProto, path: Path, data: Optional[bytes] = None) -> Optional[ModelProto]:
     """Run the full checker on ``model``; ``data`` are its serialised bytes when they are known to match.
 
@@ -283,6 +306,8 @@ def _check(model: ModelProto, path: Path, data: Optional[bytes] = None) -> Optio
         size = len(data) if data is not None else model.ByteSize()
         if size > _TWO_GB:
             onnx.checker.check_model(str(path), full_check=True)
+        elif data is not None and _tensor_payload(model) > _LIGHT_CHECK_BYTES:
+            _check_light(model, data)
         else:
             try:
                 _check_model(data if data is not None else model)
@@ -502,17 +527,38 @@ def note_check_shapes(text: str) -> None:
     _log.info("dynamic input dims: checks run at " + text)
 
 
-def infer_shapes(model: ModelProto) -> ModelProto:
+def infer_shapes(model: ModelProto, *, in_place: bool = False) -> ModelProto:
     """Run ONNX shape inference (with data propagation) and return the inferred model.
 
-    Falls back to the model unchanged when inference itself fails on an exotic op.
+    Falls back to the model unchanged when inference itself fails on an exotic op. ``in_place``: fill in
+    ``model`` itself and return it (its weights are not copied).
     """
     light, stripped = strip_weights(model)  # the large weights take no part in inference: not serialised
     try:
         inferred = onnx.shape_inference.infer_shapes(light, check_type=False, strict_mode=False, data_prop=True)
     except Exception:  # noqa: BLE001 - inference is best effort here; the checker already ran
         return model
+    if in_place:
+        return _graft(model, inferred, light) or model
     return inferred if put_back_weights(inferred, stripped) else model
+
+
+def _graft(model: ModelProto, result: ModelProto, light: ModelProto) -> Optional[ModelProto]:
+    """Make ``model`` what ``result`` is, where ``result`` was computed from ``light`` (``model`` with stub
+    weights, :func:`strip_weights`) and kept its initializers as they were: everything but the initializers is
+    taken from ``result`` and ``model`` keeps its own weights (no copy). Returns ``model``, or None (``model``
+    unchanged) when ``result`` changed an initializer."""
+    if list(result.graph.initializer) != list(light.graph.initializer):
+        return None
+    for field, _ in model.ListFields():
+        if field.name != "graph":
+            model.ClearField(field.name)
+    for field, _ in model.graph.ListFields():
+        if field.name != "initializer":
+            model.graph.ClearField(field.name)
+    _copy_without(result, model, "graph")
+    _copy_without(result.graph, model.graph, "initializer")
+    return model
 
 
 def _infer_shapes_bytes(data: bytes, model: ModelProto) -> ModelProto:
@@ -562,7 +608,7 @@ def load_model(path: PathLike, input_shapes: Optional[ShapeSpec] = None, *, opse
     elif not model.graph.output:
         raise InputError("the graph has no outputs", path=str(path))
     if opset is not None and 0 < opset_version(model) < opset:
-        model = convert_opset(model, opset, path=str(path))
+        model = convert_opset(model, opset, path=str(path), in_place=True)
         data = inferred = None
     shapes = _named_shapes(model, input_shapes, path)
     changed = pin and _pin_shapes(model, concrete_input_shapes(model, shapes, path=path))
@@ -571,6 +617,8 @@ def load_model(path: PathLike, input_shapes: Optional[ShapeSpec] = None, *, opse
     for name, dims in dynamic_inputs(model).items() if require_static else ():
         raise InputError(f"input shape {format_shape(dims)} is dynamic; this needs a static model", path=str(path),
                          tensor=name, hint=f"pin it with --input {_suggest(name, dims)} --static")
+    if data is not None and inferred is None and _tensor_payload(model) > _LIGHT_CHECK_BYTES:
+        return infer_shapes(model, in_place=True)  # large weights: inferred without them, not copied
     if data is not None:  # the model is still exactly the file: infer from its bytes, no re-serialisation
         return inferred if inferred is not None else _infer_shapes_bytes(data, model)
     if inferred is not None:  # external data over 2 GB, unchanged: checked and inferred without its weights
@@ -582,11 +630,14 @@ def load_model(path: PathLike, input_shapes: Optional[ShapeSpec] = None, *, opse
             tt = out.type.tensor_type
             if tt.HasField("shape") and any(not isinstance(d, int) for d in tensor_shape(out)):
                 tt.ClearField("shape")
-    return infer_shapes(model)
+    return infer_shapes(model, in_place=True)  # the model is this function's own: no copy of its weights
 
 
-def convert_opset(model: ModelProto, opset: int, path: Optional[str] = None) -> ModelProto:
+def convert_opset(model: ModelProto, opset: int, path: Optional[str] = None, *, in_place: bool = False
+                  ) -> ModelProto:
     """Convert ``model`` to ai.onnx ``opset`` with onnx's version converter.
+
+    ``in_place``: convert ``model`` itself where the converter leaves the weights as they are (no copy of them).
 
     Raises:
         UnsupportedError: the converter cannot convert one of the model's ops.
@@ -594,7 +645,9 @@ def convert_opset(model: ModelProto, opset: int, path: Optional[str] = None) -> 
     light, stripped = strip_weights(model)  # large weights are converted as they are: not serialised
     try:
         converted = version_converter.convert_version(light, opset)
-        if not put_back_weights(converted, stripped):
+        if in_place and _graft(model, converted, light) is not None:
+            converted = model
+        elif not put_back_weights(converted, stripped):
             converted = version_converter.convert_version(model, opset)
         onnx.checker.check_model(_weights_as_inputs(converted))
     except Exception as exc:  # noqa: BLE001 - the converter raises a bare RuntimeError
@@ -659,20 +712,6 @@ def _tensor_payload(model: ModelProto) -> int:
     return total
 
 
-def _serialise_if_small(model: ModelProto) -> Optional[bytes]:
-    """Return ``model_bytes(model)`` when the model fits in one protobuf (<= 2 GB), else None.
-
-    The tensor payload is a lower bound of the size; when it is over 2 GB nothing is serialised.
-    """
-    if _tensor_payload(model) > _TWO_GB:
-        return None
-    try:
-        data = model_bytes(model)
-    except Exception:  # noqa: BLE001 - protobuf refuses to encode > 2 GB (the error type varies by backend)
-        return None
-    return data if len(data) <= _TWO_GB else None
-
-
 def weights_were_external(model: ModelProto, path: PathLike) -> bool:
     """Whether the model file ``path`` (that ``model`` was loaded from) kept its weights as external data: the
     file is smaller than the weights (cheap: nothing is read or serialised)."""
@@ -685,16 +724,21 @@ _STUB_LOCATION = "<edgesqueeze:in-memory>"  # an external-data location no file 
 
 
 def _copy_without(src, dst, skip: str):
-    """Copy every set field of message ``src`` into ``dst`` except the field ``skip`` (no deep copy of it)."""
-    for field, value in src.ListFields():
+    """Copy every set field of message ``src`` into ``dst`` except the field ``skip`` (not read at all: a
+    tensor's ``raw_data`` is not copied)."""
+    for field in src.DESCRIPTOR.fields:
         if field.name == skip:
             continue
         if field.is_repeated:
-            getattr(dst, field.name).extend(value)
+            value = getattr(src, field.name)
+            if len(value):
+                getattr(dst, field.name).extend(value)
+        elif not src.HasField(field.name):
+            continue
         elif field.message_type is not None:
-            getattr(dst, field.name).CopyFrom(value)
+            getattr(dst, field.name).CopyFrom(getattr(src, field.name))
         else:
-            setattr(dst, field.name, value)
+            setattr(dst, field.name, getattr(src, field.name))
     return dst
 
 
@@ -774,8 +818,13 @@ def split_weights(model: ModelProto, inline_bytes: int = INLINE_WEIGHT_BYTES) ->
     ``SessionOptions.add_external_initializers``). ``model`` is not changed; nothing is serialised.
     """
     light, stripped = strip_weights(model, inline_bytes)
-    return light, {name: np.frombuffer(t.raw_data, _ARRAY_TYPES[t.data_type].newbyteorder("<")).reshape(
-        tuple(t.dims)) for name, t in stripped.items()}
+    return light, {name: weight_array(t) for name, t in stripped.items()}
+
+
+def weight_array(t: onnx.TensorProto) -> np.ndarray:
+    """The read-only little-endian array of a tensor with ``raw_data`` of a plain numpy type (one copy of the
+    bytes, none more)."""
+    return np.frombuffer(t.raw_data, _ARRAY_TYPES[t.data_type].newbyteorder("<")).reshape(tuple(t.dims))
 
 
 def model_bytes(model: ModelProto) -> bytes:
@@ -794,6 +843,10 @@ def model_hash(model: Union[ModelProto, PathLike]) -> str:
     if isinstance(model, ModelProto):
         return sha256_bytes(model_bytes(model))
     if not data_file_of(model).is_file():
+        known = _WRITTEN.get(str(Path(model).resolve()))
+        st = Path(model).stat()
+        if known is not None and known[:3] == (st.st_ino, st.st_size, st.st_mtime_ns):
+            return known[3]
         return sha256_file(model)
     h = hashlib.sha256()
     for part in (Path(model), data_file_of(model)):
@@ -830,6 +883,132 @@ def _write_external(model: ModelProto, path: Path) -> None:
     write_bytes_atomic(path, model_bytes(light))
 
 
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _read_varint(data: bytes, pos: int) -> Tuple[int, int]:
+    value, shift = 0, 0
+    while True:
+        byte = data[pos]
+        value, pos, shift = value | (byte & 0x7F) << shift, pos + 1, shift + 7
+        if not byte & 0x80:
+            return value, pos
+
+
+def _fields(data: bytes, pos: int = 0, end: Optional[int] = None) -> Iterator[Tuple[int, int, int, int]]:
+    """The fields of the serialised message ``data[pos:end]``, read from their tags alone (no copy):
+    ``(number, start of the field, start of its value, end of its value)``; a length-delimited value's start is
+    after its length."""
+    end = len(data) if end is None else end
+    while pos < end:
+        start = pos
+        key, pos = _read_varint(data, pos)
+        wire = key & 7
+        if wire == 0:
+            _, stop = _read_varint(data, pos)
+        elif wire == 2:
+            size, pos = _read_varint(data, pos)
+            stop = pos + size
+        elif wire in (1, 5):
+            stop = pos + (8 if wire == 1 else 4)
+        else:
+            raise ValueError(f"unsupported protobuf wire type {wire}")
+        if stop > end:
+            raise ValueError("truncated protobuf field")
+        yield key >> 3, start, pos, stop
+        pos = stop
+
+
+def _split_fields(data: bytes, number: int) -> Tuple[bytes, bytes]:
+    """Split the serialised message ``data`` before its first field numbered above ``number`` (protobuf writes
+    fields in the order of their numbers)."""
+    for field, start, _, _ in _fields(data):
+        if field > number:
+            return data[:start], data[start:]
+    return data, b""
+
+
+def _raw_sizes(data: bytes) -> List[int]:
+    """The ``raw_data`` length of each main-graph initializer of the serialised model ``data`` (-1: none)."""
+    sizes: List[int] = []
+    for field, _, gpos, gend in _fields(data):
+        if field != 7:  # ModelProto.graph
+            continue
+        for gfield, _, tpos, tend in _fields(data, gpos, gend):
+            if gfield == 5:  # GraphProto.initializer
+                sizes.append(next((stop - start for f, _, start, stop in _fields(data, tpos, tend) if f == 9), -1))
+    return sizes
+
+
+def _field(number: int, size: int) -> bytes:
+    return _varint(number << 3 | 2) + _varint(size)
+
+
+def _stream_pieces(model: ModelProto) -> Tuple[int, Iterator[bytes]]:
+    """``(size, pieces)``: the bytes of ``model_bytes(model)`` as a sequence of pieces, each large weight's data
+    read on its own (nothing is serialised whole; graph = field 7 of ModelProto, initializer = field 5 of
+    GraphProto, raw_data = field 9 of TensorProto)."""
+    head, tail = _split_fields(model_bytes(_copy_without(model, ModelProto(), "graph")), 7)
+    ghead, gtail = _split_fields(model_bytes(_copy_without(model.graph, onnx.GraphProto(), "initializer")), 5)
+    records = []  # (size of the TensorProto, its bytes before raw_data, raw size, bytes after) or (size, bytes)
+    for t in model.graph.initializer:
+        n = raw_nbytes(t)
+        if n <= INLINE_WEIGHT_BYTES:
+            data = model_bytes(t)
+            records.append((len(data), data))
+            continue
+        thead, ttail = _split_fields(model_bytes(_copy_without(t, onnx.TensorProto(), "raw_data")), 9)
+        records.append((len(thead) + len(_field(9, n)) + n + len(ttail), (t, thead, n, ttail)))
+    gsize = len(ghead) + len(gtail) + sum(len(_field(5, size)) + size for size, _ in records)
+    total = len(head) + len(_field(7, gsize)) + gsize + len(tail)
+
+    def pieces():
+        yield head + _field(7, gsize) + ghead
+        for size, rec in records:
+            yield _field(5, size)
+            if isinstance(rec, bytes):
+                yield rec
+                continue
+            t, thead, n, ttail = rec
+            raw = t.raw_data
+            if len(raw) != n:
+                raise AssertionError(f"tensor '{t.name}': {len(raw)} bytes of data for {n} declared")
+            yield thead + _field(9, n)
+            yield raw
+            del raw
+            yield ttail
+        yield gtail + tail
+
+    return total, pieces()
+
+
+def _write_inline(pieces: Iterable[bytes], path: Path) -> str:
+    """Write the pieces of :func:`_stream_pieces` as the file ``path`` (no serialised copy of the whole model);
+    returns the file's sha256 (:func:`model_hash` reuses it)."""
+    h = hashlib.sha256()
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            for piece in pieces:
+                h.update(piece)
+                fh.write(piece)
+            fh.flush()
+            os.fsync(fh.fileno())
+    digest = h.hexdigest()
+    st = path.stat()
+    _WRITTEN[str(path.resolve())] = (st.st_ino, st.st_size, st.st_mtime_ns, digest)
+    return digest
+
+
+#: sha256 of the files :func:`save_model` wrote in this process, by path: (inode, size, mtime, digest)
+_WRITTEN: Dict[str, tuple] = {}
+
+
 def save_model(model: ModelProto, path: PathLike, *, inputs: Sequence[Optional[PathLike]] = (),
                external: Optional[bool] = None) -> Path:
     """Write ``model`` to ``path`` atomically (temp file + rename).
@@ -853,9 +1032,9 @@ def save_model(model: ModelProto, path: PathLike, *, inputs: Sequence[Optional[P
     if external:
         refuse_overwrite(data_file_of(path), *[p for p in inputs if p])
     try:
-        data = None if external else _serialise_if_small(model)
-        if data is not None:
-            write_bytes_atomic(path, data)
+        streamed = None if external or _tensor_payload(model) > _TWO_GB else _stream_pieces(model)
+        if streamed is not None and streamed[0] <= _TWO_GB:
+            _write_inline(streamed[1], path)
         else:  # protobuf cannot hold > 2 GB: weights go to <name>.data next to the model
             _write_external(model, path)
     except OSError as exc:

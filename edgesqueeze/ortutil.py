@@ -6,20 +6,24 @@ to prove a graph change numerically.
 """
 from __future__ import annotations
 
+import os
 import re
+import tempfile
+import weakref
 from typing import Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import onnx
 
 from .errors import UnsupportedError, VerificationError
-from .model import model_bytes, split_weights
+from .model import model_bytes, raw_nbytes, split_weights, strip_weights, weight_array
 
 ModelLike = Union[onnx.ModelProto, str, bytes]
 
 
 def make_session(model: ModelLike, *, threads: Optional[int] = None, optimize: bool = False,
-                 extra_outputs: Sequence[str] = (), session_options=None):
+                 extra_outputs: Sequence[str] = (), session_options=None, shared: Optional["SharedWeights"] = None,
+                 aliases: Optional[Mapping[str, str]] = None):
     """Create an onnxruntime CPU ``InferenceSession`` for ``model``.
 
     Args:
@@ -28,6 +32,10 @@ def make_session(model: ModelLike, *, threads: Optional[int] = None, optimize: b
         optimize: enable onnxruntime's graph optimizations (off by default so that what runs is what we wrote).
         extra_outputs: intermediate tensors to expose as extra graph outputs (model must be a ModelProto).
         session_options: a prepared ``onnxruntime.SessionOptions`` (then ``threads``/``optimize`` are ignored).
+        shared: a :class:`SharedWeights` pool: the large weights of a ModelProto are read from it (decoded once,
+            never copied by onnxruntime; sessions with graph optimizations off only).
+        aliases: ``{weight name in model: name in the pool}`` for weights known to hold the same bytes as a
+            weight the pool already has (another model's, e.g. the original of an optimized model).
 
     Raises:
         UnsupportedError: onnxruntime cannot load the model (the message says why).
@@ -35,6 +43,11 @@ def make_session(model: ModelLike, *, threads: Optional[int] = None, optimize: b
     import onnxruntime as ort
 
     weights = {}
+    if shared is not None and isinstance(model, onnx.ModelProto) and not optimize and session_options is None:
+        try:
+            return shared.session(model, threads=threads, extra_outputs=extra_outputs, aliases=aliases)
+        except Exception:  # noqa: BLE001 - the copying path below gives onnxruntime's own error, or works
+            pass
     if isinstance(model, onnx.ModelProto):  # large weights go to onnxruntime as arrays, never serialised
         model, weights = split_weights(model)
     if extra_outputs:
@@ -71,6 +84,78 @@ def _session(ort, src, so, weights):
     if weights:
         so.add_external_initializers(list(weights), [ort.OrtValue.ortvalue_from_numpy(a) for a in weights.values()])
     return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+
+
+class SharedWeights:
+    """Large weights of models verified against each other, handed to onnxruntime sessions without copies.
+
+    Each weight is decoded once into an array (an ``OrtValue`` over it, ``SessionOptions.add_initializer``) that
+    onnxruntime reads in place: the original model's weights are kept under their names, so that an optimized
+    model's untouched weights (given as ``aliases``) share them; a candidate's new weights live as long as its
+    session. Prepacking is off, so a session adds no copy of its own. The session's graph declares each large
+    weight as external data in an empty placeholder file that onnxruntime never reads (the shared value
+    overrides it).
+    """
+
+    def __init__(self) -> None:
+        self._values: Dict[str, object] = {}
+        self._folder = tempfile.mkdtemp(prefix="esq-weights-")
+        open(os.path.join(self._folder, _PLACEHOLDER), "wb").close()
+        self._cleanup = weakref.finalize(self, _remove_folder, self._folder)
+
+    def close(self) -> None:
+        """Release the arrays and the placeholder folder."""
+        self._values.clear()
+        self._cleanup()
+
+    def session(self, model: onnx.ModelProto, *, threads: Optional[int] = None, extra_outputs: Sequence[str] = (),
+                aliases: Optional[Mapping[str, str]] = None):
+        """An onnxruntime CPU session of ``model`` (graph optimizations off) reading its large weights from the
+        pool.
+
+        ``aliases`` None: ``model`` is the pool's own model; its weights join the pool under their names (or
+        are taken from it). Otherwise a weight named in ``aliases`` is read from the pool under its alias, and
+        any other one is decoded for this session alone.
+        """
+        import onnxruntime as ort
+
+        light, stripped = strip_weights(model)
+        own = {}
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        so.add_session_config_entry("session.disable_prepacking", "1")
+        so.add_session_config_entry("session.model_external_initializers_file_folder_path", self._folder)
+        if threads:
+            so.intra_op_num_threads = int(threads)
+        for t in light.graph.initializer:
+            if t.name not in stripped:
+                continue
+            key = aliases.get(t.name) if aliases is not None else t.name
+            value = self._values.get(key) if key is not None else None
+            if value is None:
+                value = ort.OrtValue.ortvalue_from_numpy(weight_array(stripped[t.name]))
+                if aliases is None:
+                    self._values[t.name] = value
+            own[t.name] = value
+            so.add_initializer(t.name, value)
+            del t.external_data[:]
+            for k, v in (("location", _PLACEHOLDER), ("offset", "0"), ("length", str(raw_nbytes(t)))):
+                t.external_data.add(key=k, value=v)
+        if extra_outputs:
+            light = expose_outputs(light, extra_outputs)
+        sess = ort.InferenceSession(model_bytes(light), so, providers=["CPUExecutionProvider"])
+        sess._edgesqueeze_weights = own  # the session reads these arrays: they live as long as it does
+        return sess
+
+
+_PLACEHOLDER = "placeholder.bin"
+
+
+def _remove_folder(folder: str) -> None:
+    import shutil
+
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 _IR_RE = re.compile(r"max supported IR version: (\d+)")

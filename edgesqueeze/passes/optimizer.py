@@ -166,7 +166,10 @@ def _back_to_stubs(graph, lazy: dict, prepared: ModelProto) -> dict:
     return weights
 
 
-def _run_passes(model: ModelProto, names: Sequence[str], ctx: PassContext) -> Tuple[ModelProto, List[dict]]:
+def _run_passes(model: ModelProto, names: Sequence[str], ctx: PassContext
+                ) -> Tuple[ModelProto, List[dict], Dict[str, str]]:
+    """The model after the passes ``names``, their timings, and ``{weight name: name in model}`` of the large
+    weights the passes left untouched (the same bytes as ``model``'s: verification sessions share them)."""
     from onnx_graphsurgeon.logger import G_LOGGER
 
     level = G_LOGGER.severity
@@ -195,6 +198,7 @@ def _run_passes_quietly(model: ModelProto, names: Sequence[str], ctx: PassContex
         timings.append({"name": name, "seconds": round(time.perf_counter() - t0, 4),
                         "nodes_before": before, "nodes_after": len(graph.nodes)})
     weights = _back_to_stubs(graph, lazy, prepared)
+    kept = {name: t.name for name, t in weights.items()}
     out = gs.export_onnx(graph, do_type_check=False)
     if not put_back_weights(out, weights):
         raise AssertionError("a pass changed a weight's stub")  # passes replace weights, they never edit stubs
@@ -204,21 +208,22 @@ def _run_passes_quietly(model: ModelProto, names: Sequence[str], ctx: PassContex
     out.ir_version = ir_version_for(model)
     copy_model_attributes(model, out)
     _restore(out, saved)
-    return infer_shapes_fast(out), timings
+    return infer_shapes_fast(out), timings, kept
 
 
 # ----------------------------------------------------------------------------- verification
-def _reference(model: ModelProto, feeds, noise_factor: float) -> dict:
+def _reference(model: ModelProto, feeds, noise_factor: float, shared=None) -> dict:
     """What every candidate is checked against: the original's runs (graph optimizations off), the logits
     compared besides the outputs, the outputs' units; each output's rounding noise is measured by
-    :func:`_with_noise` only when a candidate misses ``rtol`` (one run of each model when it does not)."""
+    :func:`_with_noise` only when a candidate misses ``rtol`` (one run of each model when it does not).
+    ``shared``: the :class:`edgesqueeze.ortutil.SharedWeights` pool that takes the model's weights."""
     from ..numerics import logit_tensors, unit_scales
     from ..ortutil import make_session, run_model
 
     logits = logit_tensors(model)
-    sess = make_session(model, extra_outputs=logits)
+    sess = make_session(model, extra_outputs=logits, shared=shared)
     runs = [run_model(model, f, session=sess) for f in feeds]
-    return {"runs": runs, "logits": logits, "units": unit_scales(model), "noise": {}, "noise_factor": noise_factor,
+    return {"runs": runs, "shared": shared, "logits": logits, "units": unit_scales(model), "noise": {}, "noise_factor": noise_factor,
             "noise_measured": not noise_factor}
 
 
@@ -232,8 +237,10 @@ def _with_noise(model: ModelProto, feeds, ref: dict) -> dict:
     return dict(ref, noise=noise_floor(model, feeds, ref["runs"], ref["logits"]), noise_measured=True)
 
 
-def _verify(candidate: ModelProto, feeds, rtol: float, ref: dict) -> Dict[str, dict]:
-    """Per-output statistics of ``candidate`` against the reference (see :mod:`edgesqueeze.numerics`).
+def _verify(candidate: ModelProto, feeds, rtol: float, ref: dict, kept: Optional[Dict[str, str]] = None
+            ) -> Dict[str, dict]:
+    """Per-output statistics of ``candidate`` against the reference (see :mod:`edgesqueeze.numerics`);
+    ``kept``: the original's weights it holds unchanged (:func:`_run_passes`), read from the reference's pool.
 
     Raises:
         VerificationError: an output (or logit tensor) disagrees beyond its tolerance.
@@ -244,7 +251,7 @@ def _verify(candidate: ModelProto, feeds, rtol: float, ref: dict) -> Dict[str, d
 
     produced = {o for n in candidate.graph.node for o in n.output}
     extra = [t for t in ref["logits"] if t in produced]
-    sess = make_session(candidate, extra_outputs=extra)
+    sess = make_session(candidate, extra_outputs=extra, shared=ref.get("shared"), aliases=kept or {})
     keep = (set(ref["runs"][0]) - set(ref["logits"])) | set(extra) if ref["runs"] else set()
     per_feed = [output_errors({k: v for k, v in r.items() if k in keep}, run_model(candidate, f, session=sess),
                               ref["units"]) for r, f in zip(ref["runs"], feeds)]
@@ -257,9 +264,9 @@ def _bisect(model: ModelProto, names: Sequence[str], ctx_args: dict, feeds, rtol
     lo, hi = 0, len(names)  # prefix lo is known good, prefix hi known bad
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        cand, _ = _run_passes(model, names[:mid], PassContext(**ctx_args))
+        cand, _, kept = _run_passes(model, names[:mid], PassContext(**ctx_args))
         try:
-            _verify(cand, feeds, rtol, ref)
+            _verify(cand, feeds, rtol, ref, kept)
             lo = mid
         except (VerificationError, UnsupportedError):
             hi = mid
@@ -304,7 +311,7 @@ def optimize(model: ModelProto, passes: Optional[Sequence[str]] = None, skip: Se
     ctx_args = {"opset": opset, "target": target, "gpu": _is_gpu_target(target)}
     ctx = PassContext(**ctx_args)
     t0 = time.perf_counter()
-    out, timings = _run_passes(model, names, ctx)
+    out, timings, kept = _run_passes(model, names, ctx)
     seconds = time.perf_counter() - t0
     report = {
         "passes": timings, "skipped_passes": skipped, "target": target, "opset": opset,
@@ -313,29 +320,43 @@ def optimize(model: ModelProto, passes: Optional[Sequence[str]] = None, skip: Se
         "nodes_before": len(model.graph.node), "nodes_after": len(out.graph.node),
         "seconds": round(seconds, 4),
     }
-    report["verification"] = _verification(model, out, names, ctx_args, verify, rtol, seed, noise_factor, feeds)
+    report["verification"] = _verification(model, (out, kept), names, ctx_args, verify, rtol, seed, noise_factor,
+                                           feeds)
     return out, report
 
 
-def _verification(model, out, names, ctx_args, verify, rtol, seed, noise_factor, feeds=None) -> dict:
-    from ..model import random_feeds
+def _verification(model, optimized, names, ctx_args, verify, rtol, seed, noise_factor, feeds=None) -> dict:
+    """The report's ``verification``: ``optimized`` (the model after the passes and its untouched weights, from
+    :func:`_run_passes`) against ``model``, both on onnxruntime with their weights shared (decoded once)."""
+    from ..ortutil import SharedWeights
 
     if not verify:
         return {"status": "skipped", "reason": "verification disabled (--no-verify)"}
+    shared = SharedWeights()
+    try:
+        return _verify_or_bisect(model, optimized, names, ctx_args, rtol, seed, noise_factor, feeds, shared)
+    finally:
+        shared.close()
+
+
+def _verify_or_bisect(model, optimized, names, ctx_args, rtol, seed, noise_factor, feeds, shared) -> dict:
+    from ..model import random_feeds
+
+    out, kept = optimized
     try:
         feeds = feeds if feeds is not None else random_feeds(model, seed=seed)
     except InputError as exc:
         return {"status": "skipped", "reason": f"no random inputs: {exc.one_line()}"}
     try:
-        ref = _reference(model, feeds, noise_factor)
+        ref = _reference(model, feeds, noise_factor, shared)
     except UnsupportedError as exc:
         return {"status": "skipped", "reason": f"onnxruntime cannot run the input model: {exc.message}"}
     try:
         try:
-            stats = _verify(out, feeds, rtol, ref)
+            stats = _verify(out, feeds, rtol, ref, kept)
         except VerificationError:  # rtol alone is not met: allow for the original's own rounding noise
             ref = _with_noise(model, feeds, ref)
-            stats = _verify(out, feeds, rtol, ref)
+            stats = _verify(out, feeds, rtol, ref, kept)
     except (VerificationError, UnsupportedError) as exc:
         ref = _with_noise(model, feeds, ref)
         culprit = _bisect(model, names, ctx_args, feeds, rtol, ref) if names else None
