@@ -754,6 +754,7 @@ _ARRAY_TYPES = {k: np.dtype(v) for k, v in {
     onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.FLOAT16: np.float16, onnx.TensorProto.DOUBLE: np.float64,
     onnx.TensorProto.INT8: np.int8, onnx.TensorProto.UINT8: np.uint8, onnx.TensorProto.INT16: np.int16,
     onnx.TensorProto.INT32: np.int32, onnx.TensorProto.INT64: np.int64}.items()}
+_TENSOR_TYPES = {v: k for k, v in _ARRAY_TYPES.items()}
 
 
 def strip_weights(model: ModelProto, inline_bytes: int = INLINE_WEIGHT_BYTES
@@ -768,10 +769,39 @@ def strip_weights(model: ModelProto, inline_bytes: int = INLINE_WEIGHT_BYTES
             graph.initializer.append(t)
             continue
         stripped[t.name] = t
-        stub = graph.initializer.add(name=t.name, data_type=t.data_type, dims=t.dims)
-        stub.data_location = onnx.TensorProto.EXTERNAL
-        stub.external_data.add(key="location", value=_STUB_LOCATION)
+        graph.initializer.append(weight_stub(t.name, t.data_type, t.dims))
     return light, stripped
+
+
+def weight_stub(name: str, data_type: int, dims: Sequence[int]) -> onnx.TensorProto:
+    """The stub of a large weight (:func:`strip_weights`): its name, type and shape, and an external-data marker
+    that :func:`put_back_weights` and :func:`put_back_arrays` recognise."""
+    stub = onnx.TensorProto(name=name, data_type=data_type, dims=dims)
+    stub.data_location = onnx.TensorProto.EXTERNAL
+    stub.external_data.add(key="location", value=_STUB_LOCATION)
+    return stub
+
+
+def tensor_type_of(array: np.ndarray) -> Optional[int]:
+    """The ONNX data type of ``array`` when it has a plain raw encoding (:func:`put_back_arrays`), else None."""
+    return _TENSOR_TYPES.get(array.dtype.newbyteorder("="))
+
+
+def put_back_arrays(light: ModelProto, arrays: Dict[str, np.ndarray]) -> bool:
+    """Fill the stubs of ``light`` named in ``arrays`` with those arrays' little-endian bytes, in place, taking
+    each array out of ``arrays`` once written (so that at most one weight is held twice at a time); False when
+    a stub's shape or type does not match its array."""
+    for t in light.graph.initializer:
+        if t.name not in arrays or [e.value for e in t.external_data] != [_STUB_LOCATION]:
+            continue
+        a = arrays.pop(t.name)
+        if list(a.shape) != list(t.dims) or tensor_type_of(a) != t.data_type:
+            return False
+        del t.external_data[:]
+        t.ClearField("data_location")
+        t.raw_data = np.ascontiguousarray(a, a.dtype.newbyteorder("<")).tobytes()
+        del a
+    return True
 
 
 def _weights_as_inputs(model: ModelProto) -> ModelProto:

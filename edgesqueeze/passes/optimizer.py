@@ -17,7 +17,8 @@ import onnx
 from onnx import ModelProto
 
 from ..errors import InputError, UnsupportedError, VerificationError
-from ..model import copy_model_attributes, infer_shapes, opset_version, put_back_weights, raw_nbytes, strip_weights
+from ..model import (INLINE_WEIGHT_BYTES, copy_model_attributes, infer_shapes, opset_version, put_back_arrays,
+                     put_back_weights, raw_nbytes, strip_weights, tensor_type_of, weight_stub)
 from ..numerics import NOISE_FACTOR
 from ..plugins.ops import DOMAIN, OPS, attach_present_functions, op_of
 from ._graph import ir_version_for
@@ -148,22 +149,29 @@ def _point_at_weights(graph, weights: dict) -> dict:
     return lazy
 
 
-def _back_to_stubs(graph, lazy: dict, prepared: ModelProto) -> dict:
-    """Give the constants that still hold an untouched weight their stub again, so that exporting copies no
-    weight; returns ``{current name: the weight}`` for :func:`edgesqueeze.model.put_back_weights`."""
+def _back_to_stubs(graph, lazy: dict, prepared: ModelProto) -> Tuple[dict, dict]:
+    """Give the constants that hold a large weight a stub, so that exporting copies no weight; returns
+    ``{current name: the untouched weight}`` for :func:`edgesqueeze.model.put_back_weights` and
+    ``{name: array}`` of the large weights the passes computed, for :func:`edgesqueeze.model.put_back_arrays`."""
+    import numpy as np
     from onnx_graphsurgeon.ir.tensor import LazyValues
 
     stubs = {t.name: t for t in prepared.graph.initializer if t.name in lazy}
     by_values = {id(v): name for name, v in lazy.items()}
-    weights = {}
+    weights, arrays = {}, {}
     for name, tensor in graph.tensors().items():
-        orig = by_values.get(id(getattr(tensor, "_values", None)))
-        if orig is not None and tensor._values is lazy[orig]:
+        values = getattr(tensor, "_values", None)
+        orig = by_values.get(id(values))
+        if orig is not None and values is lazy[orig]:
             stub = onnx.TensorProto()
             stub.CopyFrom(stubs[orig])
             tensor._values = LazyValues(stub)
             weights[name] = lazy[orig].tensor
-    return weights
+        elif (isinstance(values, np.ndarray) and values.nbytes > INLINE_WEIGHT_BYTES
+              and tensor_type_of(values) is not None and getattr(tensor, "data_location", None) is None):
+            tensor._values = LazyValues(weight_stub(name, tensor_type_of(values), values.shape))
+            arrays[name] = values
+    return weights, arrays
 
 
 def _run_passes(model: ModelProto, names: Sequence[str], ctx: PassContext
@@ -197,10 +205,11 @@ def _run_passes_quietly(model: ModelProto, names: Sequence[str], ctx: PassContex
         graph.cleanup(remove_unused_graph_inputs=False).toposort()
         timings.append({"name": name, "seconds": round(time.perf_counter() - t0, 4),
                         "nodes_before": before, "nodes_after": len(graph.nodes)})
-    weights = _back_to_stubs(graph, lazy, prepared)
+    weights, arrays = _back_to_stubs(graph, lazy, prepared)
     kept = {name: t.name for name, t in weights.items()}
     out = gs.export_onnx(graph, do_type_check=False)
-    if not put_back_weights(out, weights):
+    del graph, lazy  # the graph's own arrays are the ones in ``arrays``: written into ``out`` one at a time
+    if not (put_back_arrays(out, arrays) and put_back_weights(out, weights)):
         raise AssertionError("a pass changed a weight's stub")  # passes replace weights, they never edit stubs
     # keep the input's identity: IR version, opsets, producer, metadata, other functions
     del out.opset_import[:]
