@@ -782,6 +782,11 @@ def weight_stub(name: str, data_type: int, dims: Sequence[int]) -> onnx.TensorPr
     return stub
 
 
+def is_weight_stub(t: onnx.TensorProto) -> bool:
+    """Whether ``t`` is a stub of :func:`weight_stub`."""
+    return t.data_location == onnx.TensorProto.EXTERNAL and [e.value for e in t.external_data] == [_STUB_LOCATION]
+
+
 def tensor_type_of(array: np.ndarray) -> Optional[int]:
     """The ONNX data type of ``array`` when it has a plain raw encoding (:func:`put_back_arrays`), else None."""
     return _TENSOR_TYPES.get(array.dtype.newbyteorder("="))

@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 
 from .errors import UnsupportedError, VerificationError
-from .model import model_bytes, raw_nbytes, split_weights, strip_weights, weight_array
+from .model import is_weight_stub, model_bytes, split_weights, strip_weights, weight_array
 
 ModelLike = Union[onnx.ModelProto, str, bytes]
 
@@ -103,6 +103,12 @@ class SharedWeights:
         open(os.path.join(self._folder, _PLACEHOLDER), "wb").close()
         self._cleanup = weakref.finalize(self, _remove_folder, self._folder)
 
+    def retain(self, names) -> None:
+        """Keep only the weights ``names`` in the pool (sessions still running keep theirs)."""
+        keep = set(names)
+        for name in [n for n in self._values if n not in keep]:
+            del self._values[name]
+
     def close(self) -> None:
         """Release the arrays and the placeholder folder."""
         self._values.clear()
@@ -111,7 +117,7 @@ class SharedWeights:
     def session(self, model: onnx.ModelProto, *, threads: Optional[int] = None, extra_outputs: Sequence[str] = (),
                 aliases: Optional[Mapping[str, str]] = None):
         """An onnxruntime CPU session of ``model`` (graph optimizations off) reading its large weights from the
-        pool.
+        pool (also the stubs of :func:`edgesqueeze.model.strip_weights` named in ``aliases``).
 
         ``aliases`` None: ``model`` is the pool's own model; its weights join the pool under their names (or
         are taken from it). Otherwise a weight named in ``aliases`` is read from the pool under its alias, and
@@ -129,19 +135,20 @@ class SharedWeights:
         if threads:
             so.intra_op_num_threads = int(threads)
         for t in light.graph.initializer:
-            if t.name not in stripped:
+            if t.name not in stripped and not is_weight_stub(t):
                 continue
             key = aliases.get(t.name) if aliases is not None else t.name
             value = self._values.get(key) if key is not None else None
             if value is None:
+                if t.name not in stripped:
+                    raise KeyError(f"weight '{t.name}' is neither in the model nor in the pool")
                 value = ort.OrtValue.ortvalue_from_numpy(weight_array(stripped[t.name]))
                 if aliases is None:
                     self._values[t.name] = value
             own[t.name] = value
             so.add_initializer(t.name, value)
             del t.external_data[:]
-            for k, v in (("location", _PLACEHOLDER), ("offset", "0"), ("length", str(raw_nbytes(t)))):
-                t.external_data.add(key=k, value=v)
+            t.external_data.add(key="location", value=_PLACEHOLDER)
         if extra_outputs:
             light = expose_outputs(light, extra_outputs)
         sess = ort.InferenceSession(model_bytes(light), so, providers=["CPUExecutionProvider"])

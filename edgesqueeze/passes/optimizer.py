@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import onnx
 from onnx import ModelProto
@@ -284,7 +284,8 @@ def _bisect(model: ModelProto, names: Sequence[str], ctx_args: dict, feeds, rtol
 
 def optimize(model: ModelProto, passes: Optional[Sequence[str]] = None, skip: Sequence[str] = (),
              target: Optional[str] = None, verify: bool = True, rtol: float = 1e-4,
-             seed: int = 0, noise_factor: float = NOISE_FACTOR, feeds=None) -> Tuple[ModelProto, dict]:
+             seed: int = 0, noise_factor: float = NOISE_FACTOR, feeds=None,
+             write: Optional[Callable[[ModelProto], None]] = None) -> Tuple[Optional[ModelProto], dict]:
     """Optimize ``model`` with a named list of graph passes and prove the result on onnxruntime.
 
     Args:
@@ -302,6 +303,9 @@ def optimize(model: ModelProto, passes: Optional[Sequence[str]] = None, skip: Se
             onnxruntime's unoptimized and optimized runs) that is accepted; 0 = ``rtol`` only.
         feeds: the verification's feed dicts (default: ``random_feeds(model, seed)``; a dynamic-shape
             model's caller gives feeds at the concrete shapes it chose).
+        write: called with the optimized model before the verification (to write it; keep nothing of it):
+            the verification then holds only the weights the passes changed besides the original's, and the
+            optimized model is not returned (None). A failed verification raises after ``write``.
 
     Returns:
         ``(optimized model, report)``; the report is JSON-ready: ``passes``, ``skipped_passes``, ``fusions``
@@ -329,9 +333,22 @@ def optimize(model: ModelProto, passes: Optional[Sequence[str]] = None, skip: Se
         "nodes_before": len(model.graph.node), "nodes_after": len(out.graph.node),
         "seconds": round(seconds, 4),
     }
+    if write is not None:
+        write(out)
+        out = _without_kept(out, kept)
     report["verification"] = _verification(model, (out, kept), names, ctx_args, verify, rtol, seed, noise_factor,
                                            feeds)
-    return out, report
+    return (None if write is not None else out), report
+
+
+def _without_kept(out: ModelProto, kept: Dict[str, str]) -> ModelProto:
+    """``out`` with the weights the passes left untouched (``kept``) as stubs: what the verification needs of it
+    when those weights come from the original's (:class:`edgesqueeze.ortutil.SharedWeights`)."""
+    light, stripped = strip_weights(out)
+    for t in light.graph.initializer:
+        if t.name in stripped and t.name not in kept:
+            t.CopyFrom(stripped[t.name])
+    return light
 
 
 def _verification(model, optimized, names, ctx_args, verify, rtol, seed, noise_factor, feeds=None) -> dict:
@@ -360,6 +377,7 @@ def _verify_or_bisect(model, optimized, names, ctx_args, rtol, seed, noise_facto
         ref = _reference(model, feeds, noise_factor, shared)
     except UnsupportedError as exc:
         return {"status": "skipped", "reason": f"onnxruntime cannot run the input model: {exc.message}"}
+    shared.retain(kept.values())  # the original's weights the candidate does not share are needed no more
     try:
         try:
             stats = _verify(out, feeds, rtol, ref, kept)
