@@ -46,8 +46,9 @@ def make_session(model: ModelLike, *, threads: Optional[int] = None, optimize: b
     if shared is not None and isinstance(model, onnx.ModelProto) and not optimize and session_options is None:
         try:
             return shared.session(model, threads=threads, extra_outputs=extra_outputs, aliases=aliases)
-        except Exception:  # noqa: BLE001 - the copying path below gives onnxruntime's own error, or works
-            pass
+        except Exception as exc:  # noqa: BLE001 - the copying path below gives onnxruntime's own error, or works
+            if any(is_weight_stub(t) for t in model.graph.initializer):  # only the pool has those weights
+                raise ort_error(exc, "onnxruntime cannot load the model") from exc
     if isinstance(model, onnx.ModelProto):  # large weights go to onnxruntime as arrays, never serialised
         model, weights = split_weights(model)
     if extra_outputs:
@@ -151,7 +152,14 @@ class SharedWeights:
             t.external_data.add(key="location", value=_PLACEHOLDER)
         if extra_outputs:
             light = expose_outputs(light, extra_outputs)
-        sess = ort.InferenceSession(model_bytes(light), so, providers=["CPUExecutionProvider"])
+        try:
+            sess = ort.InferenceSession(model_bytes(light), so, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # noqa: BLE001 - as make_session: an IR version newer than onnxruntime's
+            m = _IR_RE.search(str(exc))
+            if not m or light.ir_version <= int(m.group(1)):
+                raise
+            light.ir_version = int(m.group(1))
+            sess = ort.InferenceSession(model_bytes(light), so, providers=["CPUExecutionProvider"])
         sess._edgesqueeze_weights = own  # the session reads these arrays: they live as long as it does
         return sess
 
