@@ -8,6 +8,7 @@ Model-Zoo graphs with seeded random weights, tests/random_weights.py), and with 
     python benchmarks/bench_big_models.py                 # VGG-19, ResNet-50 vs onnxslim (Markdown table)
     python benchmarks/bench_big_models.py --big           # also the 0.15 / 1.7 / 2.3 GB models
     python benchmarks/bench_big_models.py --folder /tmp/x --repeat 3
+    python benchmarks/bench_big_models.py --no-zoo --big --sides 3536,12000   # the 0.15 and 1.7 GB models only
 """
 from __future__ import annotations
 
@@ -106,6 +107,8 @@ def main(argv=None):
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--big", action="store_true", help="also the 0.15 / 1.7 / 2.3 GB MatMul chains")
     ap.add_argument("--no-zoo", action="store_true", help="skip VGG-19 / ResNet-50")
+    ap.add_argument("--sides", default="3536,12000,14000",
+                    help="sides n of the MatMul chains' [n, n] float32 weights (default: 0.15, 1.7, 2.35 GB)")
     args = ap.parse_args(argv)
     folder = args.folder or Path(tempfile.mkdtemp(prefix="esq-big-"))
     folder.mkdir(parents=True, exist_ok=True)
@@ -116,7 +119,7 @@ def main(argv=None):
                 print(f"| {r[0]} | {r[1]:.0f} | {r[2]} | {r[3]:.2f} | {r[4]:.2f} | {r[5]:.0f} |", flush=True)
         if args.big:
             print("\n| weights (GB) | command | wall (s) | CPU (s) | peak RSS (MB) |\n|---:|---|---:|---:|---:|")
-            for r in big_models(folder, (3536, 12000, 14000)):
+            for r in big_models(folder, [int(x) for x in args.sides.split(",")]):
                 print(f"| {r[0]:.2f} | {r[1]} | {r[2]:.1f} | {r[3]:.1f} | {r[4]:.0f} |", flush=True)
     finally:
         if args.folder is None:
