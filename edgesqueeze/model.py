@@ -23,6 +23,7 @@ from onnx.external_data_helper import _get_all_tensors, load_external_data_for_m
 
 from .errors import InputError, UnsupportedError
 from .fileio import PathLike, atomic_path, refuse_overwrite, sha256_bytes, sha256_file, write_bytes_atomic
+from .protowire import fields, length_field, split_fields
 
 ShapeSpec = Mapping[Optional[str], Sequence[int]]
 _TWO_GB = 2 ** 31 - 1
@@ -918,79 +919,24 @@ def _write_external(model: ModelProto, path: Path) -> None:
     write_bytes_atomic(path, model_bytes(light))
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _read_varint(data: bytes, pos: int) -> Tuple[int, int]:
-    value, shift = 0, 0
-    while True:
-        byte = data[pos]
-        value, pos, shift = value | (byte & 0x7F) << shift, pos + 1, shift + 7
-        if not byte & 0x80:
-            return value, pos
-
-
-def _fields(data: bytes, pos: int = 0, end: Optional[int] = None) -> Iterator[Tuple[int, int, int, int]]:
-    """The fields of the serialised message ``data[pos:end]``, read from their tags alone (no copy):
-    ``(number, start of the field, start of its value, end of its value)``; a length-delimited value's start is
-    after its length."""
-    end = len(data) if end is None else end
-    while pos < end:
-        start = pos
-        key, pos = _read_varint(data, pos)
-        wire = key & 7
-        if wire == 0:
-            _, stop = _read_varint(data, pos)
-        elif wire == 2:
-            size, pos = _read_varint(data, pos)
-            stop = pos + size
-        elif wire in (1, 5):
-            stop = pos + (8 if wire == 1 else 4)
-        else:
-            raise ValueError(f"unsupported protobuf wire type {wire}")
-        if stop > end:
-            raise ValueError("truncated protobuf field")
-        yield key >> 3, start, pos, stop
-        pos = stop
-
-
-def _split_fields(data: bytes, number: int) -> Tuple[bytes, bytes]:
-    """Split the serialised message ``data`` before its first field numbered above ``number`` (protobuf writes
-    fields in the order of their numbers)."""
-    for field, start, _, _ in _fields(data):
-        if field > number:
-            return data[:start], data[start:]
-    return data, b""
-
-
 def _raw_sizes(data: bytes) -> List[int]:
     """The ``raw_data`` length of each main-graph initializer of the serialised model ``data`` (-1: none)."""
     sizes: List[int] = []
-    for field, _, gpos, gend in _fields(data):
+    for field, _, gpos, gend in fields(data):
         if field != 7:  # ModelProto.graph
             continue
-        for gfield, _, tpos, tend in _fields(data, gpos, gend):
+        for gfield, _, tpos, tend in fields(data, gpos, gend):
             if gfield == 5:  # GraphProto.initializer
-                sizes.append(next((stop - start for f, _, start, stop in _fields(data, tpos, tend) if f == 9), -1))
+                sizes.append(next((stop - start for f, _, start, stop in fields(data, tpos, tend) if f == 9), -1))
     return sizes
-
-
-def _field(number: int, size: int) -> bytes:
-    return _varint(number << 3 | 2) + _varint(size)
 
 
 def _stream_pieces(model: ModelProto) -> Tuple[int, Iterator[bytes]]:
     """``(size, pieces)``: the bytes of ``model_bytes(model)`` as a sequence of pieces, each large weight's data
     read on its own (nothing is serialised whole; graph = field 7 of ModelProto, initializer = field 5 of
     GraphProto, raw_data = field 9 of TensorProto)."""
-    head, tail = _split_fields(model_bytes(_copy_without(model, ModelProto(), "graph")), 7)
-    ghead, gtail = _split_fields(model_bytes(_copy_without(model.graph, onnx.GraphProto(), "initializer")), 5)
+    head, tail = split_fields(model_bytes(_copy_without(model, ModelProto(), "graph")), 7)
+    ghead, gtail = split_fields(model_bytes(_copy_without(model.graph, onnx.GraphProto(), "initializer")), 5)
     records = []  # (size of the TensorProto, its bytes before raw_data, raw size, bytes after) or (size, bytes)
     for t in model.graph.initializer:
         n = raw_nbytes(t)
@@ -998,15 +944,15 @@ def _stream_pieces(model: ModelProto) -> Tuple[int, Iterator[bytes]]:
             data = model_bytes(t)
             records.append((len(data), data))
             continue
-        thead, ttail = _split_fields(model_bytes(_copy_without(t, onnx.TensorProto(), "raw_data")), 9)
-        records.append((len(thead) + len(_field(9, n)) + n + len(ttail), (t, thead, n, ttail)))
-    gsize = len(ghead) + len(gtail) + sum(len(_field(5, size)) + size for size, _ in records)
-    total = len(head) + len(_field(7, gsize)) + gsize + len(tail)
+        thead, ttail = split_fields(model_bytes(_copy_without(t, onnx.TensorProto(), "raw_data")), 9)
+        records.append((len(thead) + len(length_field(9, n)) + n + len(ttail), (t, thead, n, ttail)))
+    gsize = len(ghead) + len(gtail) + sum(len(length_field(5, size)) + size for size, _ in records)
+    total = len(head) + len(length_field(7, gsize)) + gsize + len(tail)
 
     def pieces():
-        yield head + _field(7, gsize) + ghead
+        yield head + length_field(7, gsize) + ghead
         for size, rec in records:
-            yield _field(5, size)
+            yield length_field(5, size)
             if isinstance(rec, bytes):
                 yield rec
                 continue
@@ -1014,7 +960,7 @@ def _stream_pieces(model: ModelProto) -> Tuple[int, Iterator[bytes]]:
             raw = t.raw_data
             if len(raw) != n:
                 raise AssertionError(f"tensor '{t.name}': {len(raw)} bytes of data for {n} declared")
-            yield thead + _field(9, n)
+            yield thead + length_field(9, n)
             yield raw
             del raw
             yield ttail

@@ -232,8 +232,8 @@ def _reference(model: ModelProto, feeds, noise_factor: float, shared=None) -> di
     logits = logit_tensors(model)
     sess = make_session(model, extra_outputs=logits, shared=shared)
     runs = [run_model(model, f, session=sess) for f in feeds]
-    return {"runs": runs, "shared": shared, "logits": logits, "units": unit_scales(model), "noise": {}, "noise_factor": noise_factor,
-            "noise_measured": not noise_factor}
+    return {"runs": runs, "shared": shared, "logits": logits, "units": unit_scales(model), "noise": {},
+            "noise_factor": noise_factor, "noise_measured": not noise_factor}
 
 
 def _with_noise(model: ModelProto, feeds, ref: dict) -> dict:
