@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 
 from .errors import UnsupportedError, VerificationError
-from .model import is_weight_stub, model_bytes, split_weights, strip_weights, weight_array
+from .model import is_weight_stub, model_bytes, put_back_weights, split_weights, strip_weights, weight_array
 
 ModelLike = Union[onnx.ModelProto, str, bytes]
 
@@ -48,7 +48,10 @@ def make_session(model: ModelLike, *, threads: Optional[int] = None, optimize: b
             return shared.session(model, threads=threads, extra_outputs=extra_outputs, aliases=aliases)
         except Exception as exc:  # noqa: BLE001 - the copying path below gives onnxruntime's own error, or works
             if any(is_weight_stub(t) for t in model.graph.initializer):  # only the pool has those weights
-                raise ort_error(exc, "onnxruntime cannot load the model") from exc
+                try:
+                    model = shared.complete(model, aliases)
+                except KeyError:
+                    raise ort_error(exc, "onnxruntime cannot load the model") from exc
     if isinstance(model, onnx.ModelProto):  # large weights go to onnxruntime as arrays, never serialised
         model, weights = split_weights(model)
     if extra_outputs:
@@ -100,6 +103,7 @@ class SharedWeights:
 
     def __init__(self) -> None:
         self._values: Dict[str, object] = {}
+        self._tensors: Dict[str, onnx.TensorProto] = {}  # the pool model's own weights (references, no copies)
         self._folder = tempfile.mkdtemp(prefix="esq-weights-")
         open(os.path.join(self._folder, _PLACEHOLDER), "wb").close()
         self._cleanup = weakref.finalize(self, _remove_folder, self._folder)
@@ -109,10 +113,26 @@ class SharedWeights:
         keep = set(names)
         for name in [n for n in self._values if n not in keep]:
             del self._values[name]
+        self._tensors = {k: v for k, v in self._tensors.items() if k in keep}
+
+    def complete(self, model: onnx.ModelProto, aliases: Optional[Mapping[str, str]]) -> onnx.ModelProto:
+        """A copy of ``model`` whose weight stubs (named in ``aliases``) hold the pool model's weights again, for
+        a session made without the pool.
+
+        Raises:
+            KeyError: a stub the pool has no weight for.
+        """
+        out = onnx.ModelProto()
+        out.CopyFrom(model)
+        stubs = [t.name for t in out.graph.initializer if is_weight_stub(t)]
+        if not put_back_weights(out, {n: self._tensors[(aliases or {}).get(n, n)] for n in stubs}):
+            raise KeyError("a weight stub does not match the pool's weight")
+        return out
 
     def close(self) -> None:
         """Release the arrays and the placeholder folder."""
         self._values.clear()
+        self._tensors.clear()
         self._cleanup()
 
     def session(self, model: onnx.ModelProto, *, threads: Optional[int] = None, extra_outputs: Sequence[str] = (),
@@ -127,6 +147,8 @@ class SharedWeights:
         import onnxruntime as ort
 
         light, stripped = strip_weights(model)
+        if aliases is None:
+            self._tensors.update(stripped)
         own = {}
         so = ort.SessionOptions()
         so.log_severity_level = 3
@@ -141,9 +163,8 @@ class SharedWeights:
             key = aliases.get(t.name) if aliases is not None else t.name
             value = self._values.get(key) if key is not None else None
             if value is None:
-                if t.name not in stripped:
-                    raise KeyError(f"weight '{t.name}' is neither in the model nor in the pool")
-                value = ort.OrtValue.ortvalue_from_numpy(weight_array(stripped[t.name]))
+                source = stripped[t.name] if t.name in stripped else self._tensors[key]
+                value = ort.OrtValue.ortvalue_from_numpy(weight_array(source))
                 if aliases is None:
                     self._values[t.name] = value
             own[t.name] = value

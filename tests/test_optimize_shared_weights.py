@@ -182,3 +182,25 @@ def test_optimize_of_external_data_holds_the_weights_about_twice(tmp_path):
     extra = _peak_rss_of_optimize(big, tmp_path / "big" / "out.onnx") - _peak_rss_of_optimize(
         tiny, tmp_path / "tiny" / "out.onnx")
     assert extra < 4 * weights, f"{extra / 1e6:.0f} MB above the base for {weights / 1e6:.0f} MB of weights"
+
+
+def test_without_shared_sessions_the_verification_falls_back_to_copies(tmp_path, monkeypatch, broken_pass):
+    """An onnxruntime that refuses the shared weights: both models run with copied weights, the stubs of the
+    output's untouched weights filled from the original's; the verdicts are the same."""
+    from edgesqueeze.cli.optimize import run_optimize
+    from edgesqueeze.model import strip_weights
+    from edgesqueeze.ortutil import SharedWeights
+
+    def refuses(self, model, *, aliases=None, **kw):
+        if aliases is None:
+            self._tensors.update(strip_weights(model)[1])
+        raise RuntimeError("this onnxruntime takes no shared weights")
+
+    monkeypatch.setattr(SharedWeights, "session", refuses)
+    src = tmp_path / "chain.onnx"
+    onnx.save(_chain(), str(src))
+    report = run_optimize(src, tmp_path / "out.onnx")
+    assert report["verification"]["status"] == "passed"
+    with pytest.raises(VerificationError, match=f"pass '{broken_pass}' broke equivalence"):
+        run_optimize(src, tmp_path / "bad.onnx", passes=["fold_constants", broken_pass, "cleanup"])
+    assert not (tmp_path / "bad.onnx").exists()
