@@ -8,6 +8,7 @@ Model-Zoo graphs with seeded random weights, tests/random_weights.py), and with 
     python benchmarks/bench_big_models.py                 # VGG-19, ResNet-50 vs onnxslim (Markdown table)
     python benchmarks/bench_big_models.py --big           # also the 0.15 / 1.7 / 2.3 GB models
     python benchmarks/bench_big_models.py --folder /tmp/x --repeat 3
+    python benchmarks/bench_big_models.py --no-zoo --big --sides 3536,12000   # the 0.15 and 1.7 GB models only
 """
 from __future__ import annotations
 
@@ -39,10 +40,20 @@ def _zoo(name, folder):
     return path
 
 
+#: the tools' environment: our sources with compiled bytecode, as an installed package has (and onnxslim has)
+ENV = dict(os.environ, PYTHONPATH=str(ROOT))
+
+
+def _compiled(folder):
+    """Let the timed runs use compiled bytecode of our sources (kept under ``folder``), compiled once here."""
+    ENV.pop("PYTHONDONTWRITEBYTECODE", None)
+    ENV["PYTHONPYCACHEPREFIX"] = str(folder / "pycache")
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "edgesqueeze")], env=ENV, check=True)
+
+
 def _timed(cmd):
     """(wall seconds, CPU seconds, peak RSS in MB) of ``cmd`` run under /usr/bin/time -v; raises on failure."""
-    proc = subprocess.run(["/usr/bin/time", "-v"] + cmd, capture_output=True, text=True,
-                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    proc = subprocess.run(["/usr/bin/time", "-v"] + cmd, capture_output=True, text=True, env=ENV)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr[-2000:]}")
     err = proc.stderr
@@ -106,9 +117,12 @@ def main(argv=None):
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--big", action="store_true", help="also the 0.15 / 1.7 / 2.3 GB MatMul chains")
     ap.add_argument("--no-zoo", action="store_true", help="skip VGG-19 / ResNet-50")
+    ap.add_argument("--sides", default="3536,12000,14000",
+                    help="sides n of the MatMul chains' [n, n] float32 weights (default: 0.15, 1.7, 2.35 GB)")
     args = ap.parse_args(argv)
     folder = args.folder or Path(tempfile.mkdtemp(prefix="esq-big-"))
     folder.mkdir(parents=True, exist_ok=True)
+    _compiled(folder)
     try:
         if not args.no_zoo:
             print("| model | weights (MB) | tool | wall (s) | CPU (s) | peak RSS (MB) |\n|---|---:|---|---:|---:|---:|")
@@ -116,7 +130,7 @@ def main(argv=None):
                 print(f"| {r[0]} | {r[1]:.0f} | {r[2]} | {r[3]:.2f} | {r[4]:.2f} | {r[5]:.0f} |", flush=True)
         if args.big:
             print("\n| weights (GB) | command | wall (s) | CPU (s) | peak RSS (MB) |\n|---:|---|---:|---:|---:|")
-            for r in big_models(folder, (3536, 12000, 14000)):
+            for r in big_models(folder, [int(x) for x in args.sides.split(",")]):
                 print(f"| {r[0]:.2f} | {r[1]} | {r[2]:.1f} | {r[3]:.1f} | {r[4]:.0f} |", flush=True)
     finally:
         if args.folder is None:

@@ -23,6 +23,7 @@ from onnx.external_data_helper import _get_all_tensors, load_external_data_for_m
 
 from .errors import InputError, UnsupportedError
 from .fileio import PathLike, atomic_path, refuse_overwrite, sha256_bytes, sha256_file, write_bytes_atomic
+from .protowire import fields, length_field, split_fields
 
 ShapeSpec = Mapping[Optional[str], Sequence[int]]
 _TWO_GB = 2 ** 31 - 1
@@ -270,6 +271,29 @@ def _check_model(model: Union[ModelProto, bytes]) -> None:
     onnx.checker.check_model(model, full_check=True)
 
 
+#: models with more bytes of weights are checked without them (:func:`_check_light`)
+_LIGHT_CHECK_BYTES = 16 << 20
+
+
+def _check_light(model: ModelProto, data: bytes) -> None:
+    """The full checker on ``model`` with its large weights declared as graph inputs (no copy of them for the
+    checker), after the checker's own test of those weights: the size of each one's ``raw_data`` (read from the
+    serialised ``data``, the model's bytes) must match its shape and type."""
+    for t, size in zip(model.graph.initializer, _raw_sizes(data)):
+        want = raw_nbytes(t)
+        if want > INLINE_WEIGHT_BYTES and size != want:
+            raise onnx.checker.ValidationError(
+                f"TensorProto (tensor name: {t.name}) raw_data size ({size} bytes) does not match the declared "
+                f"shape and type ({want} bytes required).")
+    light = _weights_as_inputs(model)
+    try:
+        _check_model(light)
+    except onnx.checker.ValidationError as exc:
+        if "Field 'shape' of 'type' is required" not in str(exc):  # outputs without a shape are valid ONNX
+            raise
+        _check_model(infer_shapes(light))
+
+
 def _check(model: ModelProto, path: Path, data: Optional[bytes] = None) -> Optional[ModelProto]:
     """Run the full checker on ``model``; ``data`` are its serialised bytes when they are known to match.
 
@@ -283,6 +307,8 @@ def _check(model: ModelProto, path: Path, data: Optional[bytes] = None) -> Optio
         size = len(data) if data is not None else model.ByteSize()
         if size > _TWO_GB:
             onnx.checker.check_model(str(path), full_check=True)
+        elif data is not None and _tensor_payload(model) > _LIGHT_CHECK_BYTES:
+            _check_light(model, data)
         else:
             try:
                 _check_model(data if data is not None else model)
@@ -502,17 +528,38 @@ def note_check_shapes(text: str) -> None:
     _log.info("dynamic input dims: checks run at " + text)
 
 
-def infer_shapes(model: ModelProto) -> ModelProto:
+def infer_shapes(model: ModelProto, *, in_place: bool = False) -> ModelProto:
     """Run ONNX shape inference (with data propagation) and return the inferred model.
 
-    Falls back to the model unchanged when inference itself fails on an exotic op.
+    Falls back to the model unchanged when inference itself fails on an exotic op. ``in_place``: fill in
+    ``model`` itself and return it (its weights are not copied).
     """
     light, stripped = strip_weights(model)  # the large weights take no part in inference: not serialised
     try:
         inferred = onnx.shape_inference.infer_shapes(light, check_type=False, strict_mode=False, data_prop=True)
     except Exception:  # noqa: BLE001 - inference is best effort here; the checker already ran
         return model
+    if in_place:
+        return _graft(model, inferred, light) or model
     return inferred if put_back_weights(inferred, stripped) else model
+
+
+def _graft(model: ModelProto, result: ModelProto, light: ModelProto) -> Optional[ModelProto]:
+    """Make ``model`` what ``result`` is, where ``result`` was computed from ``light`` (``model`` with stub
+    weights, :func:`strip_weights`) and kept its initializers as they were: everything but the initializers is
+    taken from ``result`` and ``model`` keeps its own weights (no copy). Returns ``model``, or None (``model``
+    unchanged) when ``result`` changed an initializer."""
+    if list(result.graph.initializer) != list(light.graph.initializer):
+        return None
+    for field, _ in model.ListFields():
+        if field.name != "graph":
+            model.ClearField(field.name)
+    for field, _ in model.graph.ListFields():
+        if field.name != "initializer":
+            model.graph.ClearField(field.name)
+    _copy_without(result, model, "graph")
+    _copy_without(result.graph, model.graph, "initializer")
+    return model
 
 
 def _infer_shapes_bytes(data: bytes, model: ModelProto) -> ModelProto:
@@ -562,7 +609,7 @@ def load_model(path: PathLike, input_shapes: Optional[ShapeSpec] = None, *, opse
     elif not model.graph.output:
         raise InputError("the graph has no outputs", path=str(path))
     if opset is not None and 0 < opset_version(model) < opset:
-        model = convert_opset(model, opset, path=str(path))
+        model = convert_opset(model, opset, path=str(path), in_place=True)
         data = inferred = None
     shapes = _named_shapes(model, input_shapes, path)
     changed = pin and _pin_shapes(model, concrete_input_shapes(model, shapes, path=path))
@@ -571,6 +618,8 @@ def load_model(path: PathLike, input_shapes: Optional[ShapeSpec] = None, *, opse
     for name, dims in dynamic_inputs(model).items() if require_static else ():
         raise InputError(f"input shape {format_shape(dims)} is dynamic; this needs a static model", path=str(path),
                          tensor=name, hint=f"pin it with --input {_suggest(name, dims)} --static")
+    if data is not None and inferred is None and _tensor_payload(model) > _LIGHT_CHECK_BYTES:
+        return infer_shapes(model, in_place=True)  # large weights: inferred without them, not copied
     if data is not None:  # the model is still exactly the file: infer from its bytes, no re-serialisation
         return inferred if inferred is not None else _infer_shapes_bytes(data, model)
     if inferred is not None:  # external data over 2 GB, unchanged: checked and inferred without its weights
@@ -582,11 +631,14 @@ def load_model(path: PathLike, input_shapes: Optional[ShapeSpec] = None, *, opse
             tt = out.type.tensor_type
             if tt.HasField("shape") and any(not isinstance(d, int) for d in tensor_shape(out)):
                 tt.ClearField("shape")
-    return infer_shapes(model)
+    return infer_shapes(model, in_place=True)  # the model is this function's own: no copy of its weights
 
 
-def convert_opset(model: ModelProto, opset: int, path: Optional[str] = None) -> ModelProto:
+def convert_opset(model: ModelProto, opset: int, path: Optional[str] = None, *, in_place: bool = False
+                  ) -> ModelProto:
     """Convert ``model`` to ai.onnx ``opset`` with onnx's version converter.
+
+    ``in_place``: convert ``model`` itself where the converter leaves the weights as they are (no copy of them).
 
     Raises:
         UnsupportedError: the converter cannot convert one of the model's ops.
@@ -594,7 +646,9 @@ def convert_opset(model: ModelProto, opset: int, path: Optional[str] = None) -> 
     light, stripped = strip_weights(model)  # large weights are converted as they are: not serialised
     try:
         converted = version_converter.convert_version(light, opset)
-        if not put_back_weights(converted, stripped):
+        if in_place and _graft(model, converted, light) is not None:
+            converted = model
+        elif not put_back_weights(converted, stripped):
             converted = version_converter.convert_version(model, opset)
         onnx.checker.check_model(_weights_as_inputs(converted))
     except Exception as exc:  # noqa: BLE001 - the converter raises a bare RuntimeError
@@ -659,20 +713,6 @@ def _tensor_payload(model: ModelProto) -> int:
     return total
 
 
-def _serialise_if_small(model: ModelProto) -> Optional[bytes]:
-    """Return ``model_bytes(model)`` when the model fits in one protobuf (<= 2 GB), else None.
-
-    The tensor payload is a lower bound of the size; when it is over 2 GB nothing is serialised.
-    """
-    if _tensor_payload(model) > _TWO_GB:
-        return None
-    try:
-        data = model_bytes(model)
-    except Exception:  # noqa: BLE001 - protobuf refuses to encode > 2 GB (the error type varies by backend)
-        return None
-    return data if len(data) <= _TWO_GB else None
-
-
 def payload_bytes(model: ModelProto) -> int:
     """The bytes of the model's tensor data, from their shapes (nothing read or serialised): about its size."""
     return _tensor_payload(model)
@@ -690,16 +730,21 @@ _STUB_LOCATION = "<edgesqueeze:in-memory>"  # an external-data location no file 
 
 
 def _copy_without(src, dst, skip: str):
-    """Copy every set field of message ``src`` into ``dst`` except the field ``skip`` (no deep copy of it)."""
-    for field, value in src.ListFields():
+    """Copy every set field of message ``src`` into ``dst`` except the field ``skip`` (not read at all: a
+    tensor's ``raw_data`` is not copied)."""
+    for field in src.DESCRIPTOR.fields:
         if field.name == skip:
             continue
         if field.is_repeated:
-            getattr(dst, field.name).extend(value)
+            value = getattr(src, field.name)
+            if len(value):
+                getattr(dst, field.name).extend(value)
+        elif not src.HasField(field.name):
+            continue
         elif field.message_type is not None:
-            getattr(dst, field.name).CopyFrom(value)
+            getattr(dst, field.name).CopyFrom(getattr(src, field.name))
         else:
-            setattr(dst, field.name, value)
+            setattr(dst, field.name, getattr(src, field.name))
     return dst
 
 
@@ -715,6 +760,7 @@ _ARRAY_TYPES = {k: np.dtype(v) for k, v in {
     onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.FLOAT16: np.float16, onnx.TensorProto.DOUBLE: np.float64,
     onnx.TensorProto.INT8: np.int8, onnx.TensorProto.UINT8: np.uint8, onnx.TensorProto.INT16: np.int16,
     onnx.TensorProto.INT32: np.int32, onnx.TensorProto.INT64: np.int64}.items()}
+_TENSOR_TYPES = {v: k for k, v in _ARRAY_TYPES.items()}
 
 
 def strip_weights(model: ModelProto, inline_bytes: int = INLINE_WEIGHT_BYTES
@@ -729,10 +775,44 @@ def strip_weights(model: ModelProto, inline_bytes: int = INLINE_WEIGHT_BYTES
             graph.initializer.append(t)
             continue
         stripped[t.name] = t
-        stub = graph.initializer.add(name=t.name, data_type=t.data_type, dims=t.dims)
-        stub.data_location = onnx.TensorProto.EXTERNAL
-        stub.external_data.add(key="location", value=_STUB_LOCATION)
+        graph.initializer.append(weight_stub(t.name, t.data_type, t.dims))
     return light, stripped
+
+
+def weight_stub(name: str, data_type: int, dims: Sequence[int]) -> onnx.TensorProto:
+    """The stub of a large weight (:func:`strip_weights`): its name, type and shape, and an external-data marker
+    that :func:`put_back_weights` and :func:`put_back_arrays` recognise."""
+    stub = onnx.TensorProto(name=name, data_type=data_type, dims=dims)
+    stub.data_location = onnx.TensorProto.EXTERNAL
+    stub.external_data.add(key="location", value=_STUB_LOCATION)
+    return stub
+
+
+def is_weight_stub(t: onnx.TensorProto) -> bool:
+    """Whether ``t`` is a stub of :func:`weight_stub`."""
+    return t.data_location == onnx.TensorProto.EXTERNAL and [e.value for e in t.external_data] == [_STUB_LOCATION]
+
+
+def tensor_type_of(array: np.ndarray) -> Optional[int]:
+    """The ONNX data type of ``array`` when it has a plain raw encoding (:func:`put_back_arrays`), else None."""
+    return _TENSOR_TYPES.get(array.dtype.newbyteorder("="))
+
+
+def put_back_arrays(light: ModelProto, arrays: Dict[str, np.ndarray]) -> bool:
+    """Fill the stubs of ``light`` named in ``arrays`` with those arrays' little-endian bytes, in place, taking
+    each array out of ``arrays`` once written (so that at most one weight is held twice at a time); False when
+    a stub's shape or type does not match its array."""
+    for t in light.graph.initializer:
+        if t.name not in arrays or [e.value for e in t.external_data] != [_STUB_LOCATION]:
+            continue
+        a = arrays.pop(t.name)
+        if list(a.shape) != list(t.dims) or tensor_type_of(a) != t.data_type:
+            return False
+        del t.external_data[:]
+        t.ClearField("data_location")
+        t.raw_data = np.ascontiguousarray(a, a.dtype.newbyteorder("<")).tobytes()
+        del a
+    return True
 
 
 def _weights_as_inputs(model: ModelProto) -> ModelProto:
@@ -779,8 +859,13 @@ def split_weights(model: ModelProto, inline_bytes: int = INLINE_WEIGHT_BYTES) ->
     ``SessionOptions.add_external_initializers``). ``model`` is not changed; nothing is serialised.
     """
     light, stripped = strip_weights(model, inline_bytes)
-    return light, {name: np.frombuffer(t.raw_data, _ARRAY_TYPES[t.data_type].newbyteorder("<")).reshape(
-        tuple(t.dims)) for name, t in stripped.items()}
+    return light, {name: weight_array(t) for name, t in stripped.items()}
+
+
+def weight_array(t: onnx.TensorProto) -> np.ndarray:
+    """The read-only little-endian array of a tensor with ``raw_data`` of a plain numpy type (one copy of the
+    bytes, none more)."""
+    return np.frombuffer(t.raw_data, _ARRAY_TYPES[t.data_type].newbyteorder("<")).reshape(tuple(t.dims))
 
 
 def model_bytes(model: ModelProto) -> bytes:
@@ -799,6 +884,10 @@ def model_hash(model: Union[ModelProto, PathLike]) -> str:
     if isinstance(model, ModelProto):
         return sha256_bytes(model_bytes(model))
     if not data_file_of(model).is_file():
+        known = _WRITTEN.get(str(Path(model).resolve()))
+        st = Path(model).stat()
+        if known is not None and known[:3] == (st.st_ino, st.st_size, st.st_mtime_ns):
+            return known[3]
         return sha256_file(model)
     h = hashlib.sha256()
     for part in (Path(model), data_file_of(model)):
@@ -835,6 +924,77 @@ def _write_external(model: ModelProto, path: Path) -> None:
     write_bytes_atomic(path, model_bytes(light))
 
 
+def _raw_sizes(data: bytes) -> List[int]:
+    """The ``raw_data`` length of each main-graph initializer of the serialised model ``data`` (-1: none)."""
+    sizes: List[int] = []
+    for field, _, gpos, gend in fields(data):
+        if field != 7:  # ModelProto.graph
+            continue
+        for gfield, _, tpos, tend in fields(data, gpos, gend):
+            if gfield == 5:  # GraphProto.initializer
+                sizes.append(next((stop - start for f, _, start, stop in fields(data, tpos, tend) if f == 9), -1))
+    return sizes
+
+
+def _stream_pieces(model: ModelProto) -> Tuple[int, Iterator[bytes]]:
+    """``(size, pieces)``: the bytes of ``model_bytes(model)`` as a sequence of pieces, each large weight's data
+    read on its own (nothing is serialised whole; graph = field 7 of ModelProto, initializer = field 5 of
+    GraphProto, raw_data = field 9 of TensorProto)."""
+    head, tail = split_fields(model_bytes(_copy_without(model, ModelProto(), "graph")), 7)
+    ghead, gtail = split_fields(model_bytes(_copy_without(model.graph, onnx.GraphProto(), "initializer")), 5)
+    records = []  # (size of the TensorProto, its bytes before raw_data, raw size, bytes after) or (size, bytes)
+    for t in model.graph.initializer:
+        n = raw_nbytes(t)
+        if n <= INLINE_WEIGHT_BYTES:
+            data = model_bytes(t)
+            records.append((len(data), data))
+            continue
+        thead, ttail = split_fields(model_bytes(_copy_without(t, onnx.TensorProto(), "raw_data")), 9)
+        records.append((len(thead) + len(length_field(9, n)) + n + len(ttail), (t, thead, n, ttail)))
+    gsize = len(ghead) + len(gtail) + sum(len(length_field(5, size)) + size for size, _ in records)
+    total = len(head) + len(length_field(7, gsize)) + gsize + len(tail)
+
+    def pieces():
+        yield head + length_field(7, gsize) + ghead
+        for size, rec in records:
+            yield length_field(5, size)
+            if isinstance(rec, bytes):
+                yield rec
+                continue
+            t, thead, n, ttail = rec
+            raw = t.raw_data
+            if len(raw) != n:
+                raise AssertionError(f"tensor '{t.name}': {len(raw)} bytes of data for {n} declared")
+            yield thead + length_field(9, n)
+            yield raw
+            del raw
+            yield ttail
+        yield gtail + tail
+
+    return total, pieces()
+
+
+def _write_inline(pieces: Iterable[bytes], path: Path) -> str:
+    """Write the pieces of :func:`_stream_pieces` as the file ``path`` (no serialised copy of the whole model);
+    returns the file's sha256 (:func:`model_hash` reuses it)."""
+    h = hashlib.sha256()
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            for piece in pieces:
+                h.update(piece)
+                fh.write(piece)
+            fh.flush()
+            os.fsync(fh.fileno())
+    digest = h.hexdigest()
+    st = path.stat()
+    _WRITTEN[str(path.resolve())] = (st.st_ino, st.st_size, st.st_mtime_ns, digest)
+    return digest
+
+
+#: sha256 of the files :func:`save_model` wrote in this process, by path: (inode, size, mtime, digest)
+_WRITTEN: Dict[str, tuple] = {}
+
+
 def save_model(model: ModelProto, path: PathLike, *, inputs: Sequence[Optional[PathLike]] = (),
                external: Optional[bool] = None) -> Path:
     """Write ``model`` to ``path`` atomically (temp file + rename).
@@ -858,9 +1018,9 @@ def save_model(model: ModelProto, path: PathLike, *, inputs: Sequence[Optional[P
     if external:
         refuse_overwrite(data_file_of(path), *[p for p in inputs if p])
     try:
-        data = None if external else _serialise_if_small(model)
-        if data is not None:
-            write_bytes_atomic(path, data)
+        streamed = None if external or _tensor_payload(model) > _TWO_GB else _stream_pieces(model)
+        if streamed is not None and streamed[0] <= _TWO_GB:
+            _write_inline(streamed[1], path)
         else:  # protobuf cannot hold > 2 GB: weights go to <name>.data next to the model
             _write_external(model, path)
     except OSError as exc:

@@ -6,20 +6,24 @@ to prove a graph change numerically.
 """
 from __future__ import annotations
 
+import os
 import re
+import tempfile
+import weakref
 from typing import Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import onnx
 
 from .errors import UnsupportedError, VerificationError
-from .model import model_bytes, split_weights
+from .model import is_weight_stub, model_bytes, put_back_weights, split_weights, strip_weights, weight_array
 
 ModelLike = Union[onnx.ModelProto, str, bytes]
 
 
 def make_session(model: ModelLike, *, threads: Optional[int] = None, optimize: bool = False,
-                 extra_outputs: Sequence[str] = (), session_options=None):
+                 extra_outputs: Sequence[str] = (), session_options=None, shared: Optional["SharedWeights"] = None,
+                 aliases: Optional[Mapping[str, str]] = None):
     """Create an onnxruntime CPU ``InferenceSession`` for ``model``.
 
     Args:
@@ -28,6 +32,10 @@ def make_session(model: ModelLike, *, threads: Optional[int] = None, optimize: b
         optimize: enable onnxruntime's graph optimizations (off by default so that what runs is what we wrote).
         extra_outputs: intermediate tensors to expose as extra graph outputs (model must be a ModelProto).
         session_options: a prepared ``onnxruntime.SessionOptions`` (then ``threads``/``optimize`` are ignored).
+        shared: a :class:`SharedWeights` pool: the large weights of a ModelProto are read from it (decoded once,
+            never copied by onnxruntime; sessions with graph optimizations off only).
+        aliases: ``{weight name in model: name in the pool}`` for weights known to hold the same bytes as a
+            weight the pool already has (another model's, e.g. the original of an optimized model).
 
     Raises:
         UnsupportedError: onnxruntime cannot load the model (the message says why).
@@ -35,6 +43,15 @@ def make_session(model: ModelLike, *, threads: Optional[int] = None, optimize: b
     import onnxruntime as ort
 
     weights = {}
+    if shared is not None and isinstance(model, onnx.ModelProto) and not optimize and session_options is None:
+        try:
+            return shared.session(model, threads=threads, extra_outputs=extra_outputs, aliases=aliases)
+        except Exception as exc:  # noqa: BLE001 - the copying path below gives onnxruntime's own error, or works
+            if any(is_weight_stub(t) for t in model.graph.initializer):  # only the pool has those weights
+                try:
+                    model = shared.complete(model, aliases)
+                except KeyError:
+                    raise ort_error(exc, "onnxruntime cannot load the model") from exc
     if isinstance(model, onnx.ModelProto):  # large weights go to onnxruntime as arrays, never serialised
         model, weights = split_weights(model)
     if extra_outputs:
@@ -71,6 +88,110 @@ def _session(ort, src, so, weights):
     if weights:
         so.add_external_initializers(list(weights), [ort.OrtValue.ortvalue_from_numpy(a) for a in weights.values()])
     return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+
+
+class SharedWeights:
+    """Large weights of models verified against each other, handed to onnxruntime sessions without copies.
+
+    Each weight is decoded once into an array (an ``OrtValue`` over it, ``SessionOptions.add_initializer``) that
+    onnxruntime reads in place: the original model's weights are kept under their names, so that an optimized
+    model's untouched weights (given as ``aliases``) share them; a candidate's new weights live as long as its
+    session. Prepacking is off, so a session adds no copy of its own. The session's graph declares each large
+    weight as external data in an empty placeholder file that onnxruntime never reads (the shared value
+    overrides it).
+    """
+
+    def __init__(self) -> None:
+        self._values: Dict[str, object] = {}
+        self._tensors: Dict[str, onnx.TensorProto] = {}  # the pool model's own weights (references, no copies)
+        self._folder = tempfile.mkdtemp(prefix="esq-weights-")
+        open(os.path.join(self._folder, _PLACEHOLDER), "wb").close()
+        self._cleanup = weakref.finalize(self, _remove_folder, self._folder)
+
+    def retain(self, names) -> None:
+        """Keep only the weights ``names`` in the pool (sessions still running keep theirs)."""
+        keep = set(names)
+        for name in [n for n in self._values if n not in keep]:
+            del self._values[name]
+        self._tensors = {k: v for k, v in self._tensors.items() if k in keep}
+
+    def complete(self, model: onnx.ModelProto, aliases: Optional[Mapping[str, str]]) -> onnx.ModelProto:
+        """A copy of ``model`` whose weight stubs (named in ``aliases``) hold the pool model's weights again, for
+        a session made without the pool.
+
+        Raises:
+            KeyError: a stub the pool has no weight for.
+        """
+        out = onnx.ModelProto()
+        out.CopyFrom(model)
+        stubs = [t.name for t in out.graph.initializer if is_weight_stub(t)]
+        if not put_back_weights(out, {n: self._tensors[(aliases or {}).get(n, n)] for n in stubs}):
+            raise KeyError("a weight stub does not match the pool's weight")
+        return out
+
+    def close(self) -> None:
+        """Release the arrays and the placeholder folder."""
+        self._values.clear()
+        self._tensors.clear()
+        self._cleanup()
+
+    def session(self, model: onnx.ModelProto, *, threads: Optional[int] = None, extra_outputs: Sequence[str] = (),
+                aliases: Optional[Mapping[str, str]] = None):
+        """An onnxruntime CPU session of ``model`` (graph optimizations off) reading its large weights from the
+        pool (also the stubs of :func:`edgesqueeze.model.strip_weights` named in ``aliases``).
+
+        ``aliases`` None: ``model`` is the pool's own model; its weights join the pool under their names (or
+        are taken from it). Otherwise a weight named in ``aliases`` is read from the pool under its alias, and
+        any other one is decoded for this session alone.
+        """
+        import onnxruntime as ort
+
+        light, stripped = strip_weights(model)
+        if aliases is None:
+            self._tensors.update(stripped)
+        own = {}
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        so.add_session_config_entry("session.disable_prepacking", "1")
+        so.add_session_config_entry("session.model_external_initializers_file_folder_path", self._folder)
+        if threads:
+            so.intra_op_num_threads = int(threads)
+        for t in light.graph.initializer:
+            if t.name not in stripped and not is_weight_stub(t):
+                continue
+            key = aliases.get(t.name) if aliases is not None else t.name
+            value = self._values.get(key) if key is not None else None
+            if value is None:
+                source = stripped[t.name] if t.name in stripped else self._tensors[key]
+                value = ort.OrtValue.ortvalue_from_numpy(weight_array(source))
+                if aliases is None:
+                    self._values[t.name] = value
+            own[t.name] = value
+            so.add_initializer(t.name, value)
+            del t.external_data[:]
+            t.external_data.add(key="location", value=_PLACEHOLDER)
+        if extra_outputs:
+            light = expose_outputs(light, extra_outputs)
+        try:
+            sess = ort.InferenceSession(model_bytes(light), so, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # noqa: BLE001 - as make_session: an IR version newer than onnxruntime's
+            m = _IR_RE.search(str(exc))
+            if not m or light.ir_version <= int(m.group(1)):
+                raise
+            light.ir_version = int(m.group(1))
+            sess = ort.InferenceSession(model_bytes(light), so, providers=["CPUExecutionProvider"])
+        sess._edgesqueeze_weights = own  # the session reads these arrays: they live as long as it does
+        return sess
+
+
+_PLACEHOLDER = "placeholder.bin"
+
+
+def _remove_folder(folder: str) -> None:
+    import shutil
+
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 _IR_RE = re.compile(r"max supported IR version: (\d+)")

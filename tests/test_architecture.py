@@ -9,8 +9,9 @@ PACKAGE = ROOT / "edgesqueeze"
 # Bottom to top (DESIGN.md, "Imports run one way"). A module may import its own layer and the layers below.
 # Keys are dotted prefixes below ``edgesqueeze``; the longest matching prefix decides a module's layer.
 LAYERS = [
-    ("", "errors", "fileio", "_lazy", "precision"),  # "" is the root package (__version__, the exceptions);
-    # precision: the Precision enum, which devices and every stage name
+    ("", "errors", "fileio", "_lazy", "precision", "protowire"),  # "" is the root package (__version__, the
+    # exceptions); precision: the Precision enum, which devices and every stage name; protowire: the protobuf wire
+    # format (model.py writes models weight by weight)
     ("devices",),
     ("model",),
     ("data", "datareader", "imagedata", "ortutil", "export", "numerics"),  # numerics: rounding vs breakage

@@ -1,10 +1,16 @@
 """``edgesqueeze optimize``: fuse layers at the ONNX level, show what was fused, prove it on onnxruntime."""
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
 import click
 
 from ..errors import InputError
-from ..fileio import check_writable, refuse_overwrite, write_json_atomic
+from ..fileio import check_writable, clean_stale, refuse_overwrite, temp_prefix, write_json_atomic
 from .common import emit, info, input_shape_option, json_option, output_option, static_option, table, target_option
 
 
@@ -38,7 +44,8 @@ def run_optimize(model_path, output, *, target=None, passes=None, skip=(), repor
     Raises:
         InputError, UnsupportedError, VerificationError: see :func:`edgesqueeze.passes.optimize`.
     """
-    from ..model import load_model, model_hash, opset_version, random_feeds, save_model, weights_were_external
+    from ..model import (data_file_of, load_model, model_hash, opset_version, random_feeds, save_model,
+                         weights_were_external)
     from ..passes import DEFAULT_OPSET, optimize, resolve_passes
 
     refuse_overwrite(output, model_path)
@@ -50,14 +57,44 @@ def run_optimize(model_path, output, *, target=None, passes=None, skip=(), repor
         announce()
     if rtol is None:
         rtol = 1e-2 if _computes_in_fp16(model) else 1e-4
-    out, report = optimize(model, passes=names, target=target, verify=verify, rtol=rtol, seed=seed, feeds=feeds)
-    save_model(out, output, inputs=(model_path,), external=weights_were_external(model, model_path) or None)
-    report.update({"input": str(model_path), "output": str(output), "sha256": model_hash(output),
-                   "opset": opset_version(out)})
+    external = weights_were_external(model, model_path) or None
+    if external:
+        refuse_overwrite(data_file_of(output), model_path)
+    with _staged(output) as staged:  # written before the verification, in place only once it passed
+
+        def write(out):
+            save_model(out, staged, inputs=(model_path,), external=external)
+
+        _, report = optimize(model, passes=names, target=target, verify=verify, rtol=rtol, seed=seed, feeds=feeds,
+                             write=write)
+        digest = model_hash(staged)
+    report.update({"input": str(model_path), "output": str(output), "sha256": digest, "opset": opset_version(model)})
     if report_path:
         refuse_overwrite(report_path, model_path)
         write_json_atomic(report_path, report)
     return report
+
+
+@contextlib.contextmanager
+def _staged(output):
+    """Yield a path in a hidden folder next to ``output`` to write the model to; when the block succeeds, its
+    data file (:func:`edgesqueeze.model.data_file_of`) and then the model are renamed into place. The folder
+    is removed either way (and stale ones of killed runs on the next run)."""
+    from ..model import data_file_of
+
+    output = Path(output)
+    parent = output.parent if str(output.parent) else Path(".")
+    parent.mkdir(parents=True, exist_ok=True)
+    clean_stale(parent, output.name, ".staging")
+    folder = Path(tempfile.mkdtemp(prefix=temp_prefix(output.name), suffix=".staging", dir=str(parent)))
+    try:
+        staged = folder / output.name
+        yield staged
+        for src, dst in ((data_file_of(staged), data_file_of(output)), (staged, output)):
+            if src.exists():
+                os.replace(src, dst)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _computes_in_fp16(model) -> bool:

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import onnx
 from onnx import ModelProto
 
 from ..errors import InputError, UnsupportedError, VerificationError
-from ..model import copy_model_attributes, infer_shapes, opset_version, put_back_weights, raw_nbytes, strip_weights
+from ..model import (INLINE_WEIGHT_BYTES, copy_model_attributes, infer_shapes, opset_version, put_back_arrays,
+                     put_back_weights, raw_nbytes, strip_weights, tensor_type_of, weight_stub)
 from ..numerics import NOISE_FACTOR
 from ..plugins.ops import DOMAIN, OPS, attach_present_functions, op_of
 from ._graph import ir_version_for
@@ -148,25 +149,35 @@ def _point_at_weights(graph, weights: dict) -> dict:
     return lazy
 
 
-def _back_to_stubs(graph, lazy: dict, prepared: ModelProto) -> dict:
-    """Give the constants that still hold an untouched weight their stub again, so that exporting copies no
-    weight; returns ``{current name: the weight}`` for :func:`edgesqueeze.model.put_back_weights`."""
+def _back_to_stubs(graph, lazy: dict, prepared: ModelProto) -> Tuple[dict, dict]:
+    """Give the constants that hold a large weight a stub, so that exporting copies no weight; returns
+    ``{current name: the untouched weight}`` for :func:`edgesqueeze.model.put_back_weights` and
+    ``{name: array}`` of the large weights the passes computed, for :func:`edgesqueeze.model.put_back_arrays`."""
+    import numpy as np
     from onnx_graphsurgeon.ir.tensor import LazyValues
 
     stubs = {t.name: t for t in prepared.graph.initializer if t.name in lazy}
     by_values = {id(v): name for name, v in lazy.items()}
-    weights = {}
+    weights, arrays = {}, {}
     for name, tensor in graph.tensors().items():
-        orig = by_values.get(id(getattr(tensor, "_values", None)))
-        if orig is not None and tensor._values is lazy[orig]:
+        values = getattr(tensor, "_values", None)
+        orig = by_values.get(id(values))
+        if orig is not None and values is lazy[orig]:
             stub = onnx.TensorProto()
             stub.CopyFrom(stubs[orig])
             tensor._values = LazyValues(stub)
             weights[name] = lazy[orig].tensor
-    return weights
+        elif (isinstance(values, np.ndarray) and values.nbytes > INLINE_WEIGHT_BYTES
+              and tensor_type_of(values) is not None and getattr(tensor, "data_location", None) is None):
+            tensor._values = LazyValues(weight_stub(name, tensor_type_of(values), values.shape))
+            arrays[name] = values
+    return weights, arrays
 
 
-def _run_passes(model: ModelProto, names: Sequence[str], ctx: PassContext) -> Tuple[ModelProto, List[dict]]:
+def _run_passes(model: ModelProto, names: Sequence[str], ctx: PassContext
+                ) -> Tuple[ModelProto, List[dict], Dict[str, str]]:
+    """The model after the passes ``names``, their timings, and ``{weight name: name in model}`` of the large
+    weights the passes left untouched (the same bytes as ``model``'s: verification sessions share them)."""
     from onnx_graphsurgeon.logger import G_LOGGER
 
     level = G_LOGGER.severity
@@ -194,9 +205,11 @@ def _run_passes_quietly(model: ModelProto, names: Sequence[str], ctx: PassContex
         graph.cleanup(remove_unused_graph_inputs=False).toposort()
         timings.append({"name": name, "seconds": round(time.perf_counter() - t0, 4),
                         "nodes_before": before, "nodes_after": len(graph.nodes)})
-    weights = _back_to_stubs(graph, lazy, prepared)
+    weights, arrays = _back_to_stubs(graph, lazy, prepared)
+    kept = {name: t.name for name, t in weights.items()}
     out = gs.export_onnx(graph, do_type_check=False)
-    if not put_back_weights(out, weights):
+    del graph, lazy  # the graph's own arrays are the ones in ``arrays``: written into ``out`` one at a time
+    if not (put_back_arrays(out, arrays) and put_back_weights(out, weights)):
         raise AssertionError("a pass changed a weight's stub")  # passes replace weights, they never edit stubs
     # keep the input's identity: IR version, opsets, producer, metadata, other functions
     del out.opset_import[:]
@@ -204,22 +217,23 @@ def _run_passes_quietly(model: ModelProto, names: Sequence[str], ctx: PassContex
     out.ir_version = ir_version_for(model)
     copy_model_attributes(model, out)
     _restore(out, saved)
-    return infer_shapes_fast(out), timings
+    return infer_shapes_fast(out), timings, kept
 
 
 # ----------------------------------------------------------------------------- verification
-def _reference(model: ModelProto, feeds, noise_factor: float) -> dict:
+def _reference(model: ModelProto, feeds, noise_factor: float, shared=None) -> dict:
     """What every candidate is checked against: the original's runs (graph optimizations off), the logits
     compared besides the outputs, the outputs' units; each output's rounding noise is measured by
-    :func:`_with_noise` only when a candidate misses ``rtol`` (one run of each model when it does not)."""
+    :func:`_with_noise` only when a candidate misses ``rtol`` (one run of each model when it does not).
+    ``shared``: the :class:`edgesqueeze.ortutil.SharedWeights` pool that takes the model's weights."""
     from ..numerics import logit_tensors, unit_scales
     from ..ortutil import make_session, run_model
 
     logits = logit_tensors(model)
-    sess = make_session(model, extra_outputs=logits)
+    sess = make_session(model, extra_outputs=logits, shared=shared)
     runs = [run_model(model, f, session=sess) for f in feeds]
-    return {"runs": runs, "logits": logits, "units": unit_scales(model), "noise": {}, "noise_factor": noise_factor,
-            "noise_measured": not noise_factor}
+    return {"runs": runs, "shared": shared, "logits": logits, "units": unit_scales(model), "noise": {},
+            "noise_factor": noise_factor, "noise_measured": not noise_factor}
 
 
 def _with_noise(model: ModelProto, feeds, ref: dict) -> dict:
@@ -232,8 +246,10 @@ def _with_noise(model: ModelProto, feeds, ref: dict) -> dict:
     return dict(ref, noise=noise_floor(model, feeds, ref["runs"], ref["logits"]), noise_measured=True)
 
 
-def _verify(candidate: ModelProto, feeds, rtol: float, ref: dict) -> Dict[str, dict]:
-    """Per-output statistics of ``candidate`` against the reference (see :mod:`edgesqueeze.numerics`).
+def _verify(candidate: ModelProto, feeds, rtol: float, ref: dict, kept: Optional[Dict[str, str]] = None
+            ) -> Dict[str, dict]:
+    """Per-output statistics of ``candidate`` against the reference (see :mod:`edgesqueeze.numerics`);
+    ``kept``: the original's weights it holds unchanged (:func:`_run_passes`), read from the reference's pool.
 
     Raises:
         VerificationError: an output (or logit tensor) disagrees beyond its tolerance.
@@ -244,7 +260,7 @@ def _verify(candidate: ModelProto, feeds, rtol: float, ref: dict) -> Dict[str, d
 
     produced = {o for n in candidate.graph.node for o in n.output}
     extra = [t for t in ref["logits"] if t in produced]
-    sess = make_session(candidate, extra_outputs=extra)
+    sess = make_session(candidate, extra_outputs=extra, shared=ref.get("shared"), aliases=kept or {})
     keep = (set(ref["runs"][0]) - set(ref["logits"])) | set(extra) if ref["runs"] else set()
     per_feed = [output_errors({k: v for k, v in r.items() if k in keep}, run_model(candidate, f, session=sess),
                               ref["units"]) for r, f in zip(ref["runs"], feeds)]
@@ -257,9 +273,9 @@ def _bisect(model: ModelProto, names: Sequence[str], ctx_args: dict, feeds, rtol
     lo, hi = 0, len(names)  # prefix lo is known good, prefix hi known bad
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        cand, _ = _run_passes(model, names[:mid], PassContext(**ctx_args))
+        cand, _, kept = _run_passes(model, names[:mid], PassContext(**ctx_args))
         try:
-            _verify(cand, feeds, rtol, ref)
+            _verify(cand, feeds, rtol, ref, kept)
             lo = mid
         except (VerificationError, UnsupportedError):
             hi = mid
@@ -268,7 +284,8 @@ def _bisect(model: ModelProto, names: Sequence[str], ctx_args: dict, feeds, rtol
 
 def optimize(model: ModelProto, passes: Optional[Sequence[str]] = None, skip: Sequence[str] = (),
              target: Optional[str] = None, verify: bool = True, rtol: float = 1e-4,
-             seed: int = 0, noise_factor: float = NOISE_FACTOR, feeds=None) -> Tuple[ModelProto, dict]:
+             seed: int = 0, noise_factor: float = NOISE_FACTOR, feeds=None,
+             write: Optional[Callable[[ModelProto], None]] = None) -> Tuple[Optional[ModelProto], dict]:
     """Optimize ``model`` with a named list of graph passes and prove the result on onnxruntime.
 
     Args:
@@ -286,6 +303,9 @@ def optimize(model: ModelProto, passes: Optional[Sequence[str]] = None, skip: Se
             onnxruntime's unoptimized and optimized runs) that is accepted; 0 = ``rtol`` only.
         feeds: the verification's feed dicts (default: ``random_feeds(model, seed)``; a dynamic-shape
             model's caller gives feeds at the concrete shapes it chose).
+        write: called with the optimized model before the verification (to write it; keep nothing of it):
+            the verification then holds only the weights the passes changed besides the original's, and the
+            optimized model is not returned (None). A failed verification raises after ``write``.
 
     Returns:
         ``(optimized model, report)``; the report is JSON-ready: ``passes``, ``skipped_passes``, ``fusions``
@@ -304,7 +324,7 @@ def optimize(model: ModelProto, passes: Optional[Sequence[str]] = None, skip: Se
     ctx_args = {"opset": opset, "target": target, "gpu": _is_gpu_target(target)}
     ctx = PassContext(**ctx_args)
     t0 = time.perf_counter()
-    out, timings = _run_passes(model, names, ctx)
+    out, timings, kept = _run_passes(model, names, ctx)
     seconds = time.perf_counter() - t0
     report = {
         "passes": timings, "skipped_passes": skipped, "target": target, "opset": opset,
@@ -313,29 +333,57 @@ def optimize(model: ModelProto, passes: Optional[Sequence[str]] = None, skip: Se
         "nodes_before": len(model.graph.node), "nodes_after": len(out.graph.node),
         "seconds": round(seconds, 4),
     }
-    report["verification"] = _verification(model, out, names, ctx_args, verify, rtol, seed, noise_factor, feeds)
-    return out, report
+    if write is not None:
+        write(out)
+        out = _without_kept(out, kept)
+    report["verification"] = _verification(model, (out, kept), names, ctx_args, verify, rtol, seed, noise_factor,
+                                           feeds)
+    return (None if write is not None else out), report
 
 
-def _verification(model, out, names, ctx_args, verify, rtol, seed, noise_factor, feeds=None) -> dict:
-    from ..model import random_feeds
+def _without_kept(out: ModelProto, kept: Dict[str, str]) -> ModelProto:
+    """``out`` with the weights the passes left untouched (``kept``) as stubs: what the verification needs of it
+    when those weights come from the original's (:class:`edgesqueeze.ortutil.SharedWeights`)."""
+    light, stripped = strip_weights(out)
+    for t in light.graph.initializer:
+        if t.name in stripped and t.name not in kept:
+            t.CopyFrom(stripped[t.name])
+    return light
+
+
+def _verification(model, optimized, names, ctx_args, verify, rtol, seed, noise_factor, feeds=None) -> dict:
+    """The report's ``verification``: ``optimized`` (the model after the passes and its untouched weights, from
+    :func:`_run_passes`) against ``model``, both on onnxruntime with their weights shared (decoded once)."""
+    from ..ortutil import SharedWeights
 
     if not verify:
         return {"status": "skipped", "reason": "verification disabled (--no-verify)"}
+    shared = SharedWeights()
+    try:
+        return _verify_or_bisect(model, optimized, names, ctx_args, rtol, seed, noise_factor, feeds, shared)
+    finally:
+        shared.close()
+
+
+def _verify_or_bisect(model, optimized, names, ctx_args, rtol, seed, noise_factor, feeds, shared) -> dict:
+    from ..model import random_feeds
+
+    out, kept = optimized
     try:
         feeds = feeds if feeds is not None else random_feeds(model, seed=seed)
     except InputError as exc:
         return {"status": "skipped", "reason": f"no random inputs: {exc.one_line()}"}
     try:
-        ref = _reference(model, feeds, noise_factor)
+        ref = _reference(model, feeds, noise_factor, shared)
     except UnsupportedError as exc:
         return {"status": "skipped", "reason": f"onnxruntime cannot run the input model: {exc.message}"}
+    shared.retain(kept.values())  # the original's weights the candidate does not share are needed no more
     try:
         try:
-            stats = _verify(out, feeds, rtol, ref)
+            stats = _verify(out, feeds, rtol, ref, kept)
         except VerificationError:  # rtol alone is not met: allow for the original's own rounding noise
             ref = _with_noise(model, feeds, ref)
-            stats = _verify(out, feeds, rtol, ref)
+            stats = _verify(out, feeds, rtol, ref, kept)
     except (VerificationError, UnsupportedError) as exc:
         ref = _with_noise(model, feeds, ref)
         culprit = _bisect(model, names, ctx_args, feeds, rtol, ref) if names else None
