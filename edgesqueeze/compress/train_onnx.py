@@ -180,7 +180,7 @@ def train_onnx(model: ModelProto, train: Tuple[np.ndarray, np.ndarray], val: Tup
               "pruned": {n: {"weights": int(m.numel()), "kept": int(m.sum())} for n, m in masks.items()}}
     if opts.share is not None:
         report["shared"] = _trained_quantization(module, train, val, opts, loss_fn, teacher, positive)
-    report["export"] = _export(torch, module, model, path)
+    report["export"] = export_module(module, model, path)
     return report
 
 
@@ -216,7 +216,11 @@ def _options(opts: TrainOptions) -> dict:
     return out
 
 
-def _export(torch, module, model: ModelProto, path) -> dict:
+def export_module(module, model: ModelProto, path) -> dict:
+    """Write ``module`` (:func:`.onnx_torch.onnx_module` of ``model``) as ONNX at ``path`` with ``model``'s input
+    and output names and static input shape, through :func:`edgesqueeze.export.export_torch` (TorchScript path,
+    checked on onnxruntime); returns its report."""
+    torch = require("torch", "pruning with training")
     name = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}][0]
     shape = [d.dim_value or 1 for d in model.graph.input[0].type.tensor_type.shape.dim]
     return export_torch(module, torch.zeros(shape), Path(path), input_names=[name],
@@ -231,4 +235,5 @@ def parse_schedule(text: str) -> Tuple[float, ...]:
         raise InputError(f"expected sparsities such as 0.5,0.75,0.9, got '{text}'") from None
 
 
-__all__: Sequence[str] = ["TrainOptions", "labelled_arrays", "train_onnx", "parse_schedule", "LABELS_HINT"]
+__all__: Sequence[str] = ["TrainOptions", "labelled_arrays", "train_onnx", "export_module", "parse_schedule",
+                          "LABELS_HINT"]

@@ -220,6 +220,18 @@ def iterative_pruning(module, train_data, val_data, *, schedule: Sequence[float]
     return module, masks, history
 
 
+def geometric_schedule(final: float, steps: int) -> Tuple[float, ...]:
+    """Sparsities after each of ``steps`` prune steps that each remove the same fraction of the weights left,
+    ending at ``final``: ``1 - (1 - final) ** (i / steps)`` (the late steps, where pruning hurts most, are small).
+
+    Raises:
+        InputError: ``final`` outside [0, 1) or ``steps`` < 1.
+    """
+    if not 0.0 <= final < 1.0 or steps < 1:
+        raise InputError(f"need a final sparsity in [0, 1) and steps >= 1, got {final} and {steps}")
+    return tuple(round(1.0 - (1.0 - final) ** (i / steps), 6) for i in range(1, steps + 1))
+
+
 def _layer_targets(layer_sparsity: Dict[str, float], masks, schedule: Sequence[float]) -> Dict[str, List[float]]:
     """Every step's sparsity for the layers of ``layer_sparsity`` (see :func:`iterative_pruning`)."""
     unknown = sorted(set(layer_sparsity) - set(masks))
