@@ -200,6 +200,31 @@ def test_trained_quantization_keeps_codebook_and_zeros(digits):
     assert again.SerializeToString(deterministic=True) == model.SerializeToString(deterministic=True)
 
 
+@pytest.mark.torch
+def test_training_does_not_depend_on_the_strides_of_the_data():
+    """A batch whose size-1 channel axis has another stride (``x[order]`` of ``x[:, None]`` gives channels-last
+    strides) holds the same values as a plain copy: same logits, same trained model."""
+    import onnx
+    import torch
+
+    from edgesqueeze.compress.onnx_torch import onnx_module
+    from edgesqueeze.compress.training import predict, train
+
+    load_digits = pytest.importorskip("sklearn.datasets").load_digits
+    d = load_digits()
+    plain = (d.images[:600] / 16.0).astype(np.float32)[:, None].copy()
+    odd = np.lib.stride_tricks.as_strided(plain, strides=(256, 4, 32, 4))
+    assert odd.strides != plain.strides and np.array_equal(odd, plain)
+    model = onnx.load(EXAMPLE)
+    assert np.array_equal(predict(onnx_module(model), odd), predict(onnx_module(model), plain))
+    nets = []
+    for x in (odd, plain):
+        torch.manual_seed(0)
+        nets.append(train(onnx_module(model), (x, d.target[:600]), epochs=1, lr=1e-3, seed=0))
+    for a, b in zip(nets[0].parameters(), nets[1].parameters()):
+        assert torch.equal(a, b)
+
+
 def test_geometric_schedule():
     from edgesqueeze.compress.training import geometric_schedule
     from edgesqueeze.errors import InputError

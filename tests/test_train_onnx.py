@@ -151,6 +151,18 @@ def test_layer_sparsity_and_trained_quantization(cli, setup, tmp_path):
 
 
 @pytest.mark.torch
+def test_threads_option(cli, setup, tmp_path):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        rep = _train(cli, setup, tmp_path / "t1.onnx", "--iterative", "0.5", "--threads", "1")
+        assert torch.get_num_threads() == 1 and rep["final"]["sparsity"] == pytest.approx(0.5, abs=1e-3)
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.torch
 def test_layer_sparsity_and_share_errors(cli, setup, tmp_path):
     d, model = setup
     base = ["train", model, "--data", d / "train.npz", "--val", d / "val.npz", "-o", tmp_path / "x.onnx"]

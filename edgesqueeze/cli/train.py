@@ -87,11 +87,14 @@ def _round_text(row: dict, positive) -> str:
               help="With --share: epochs of fine-tuning the shared values.")
 @click.option("--share-lr", type=float, default=1e-4, show_default=True, help="With --share: its Adam learning rate.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--threads", type=click.IntRange(1), default=None,
+              help="torch CPU threads [default: torch's]. The same options give a byte-identical model for the "
+                   "same thread count; 1 is fastest for small networks on a busy machine.")
 @output_option(help="Pruned .onnx to write.")
 @json_option
 def command(model, schedule, rounds, prune_rate, important_class, watch_class, beta, lam, criterion, data, val,
             epochs, lr, batch_size, scope, reinit, distill, temperature, layer_sparsity, share, share_bits,
-            share_epochs, share_lr, seed, output, as_json):
+            share_epochs, share_lr, seed, threads, output, as_json):
     """Prune MODEL with training: iterative pruning, lottery tickets, class-dependent pruning (labelled data).
 
     Pruned weights are exact zeros, so compress --share and pack shrink the result further.
@@ -119,6 +122,10 @@ def command(model, schedule, rounds, prune_rate, important_class, watch_class, b
                         share_bits=_pairs(share_bits, int, "--share-bits"), share_epochs=share_epochs,
                         share_lr=share_lr, seed=seed)
     opts.check()
+    if threads:
+        from .._lazy import require
+
+        require("torch", "pruning with training").set_num_threads(threads)
     m = load_model(model)
     train_set, val_set = labelled_arrays(data, m), labelled_arrays(val, m)
     steps = len(opts.schedule) if opts.schedule else opts.rounds + 1  # epochs run in each pruning round

@@ -128,11 +128,14 @@ def evaluate(module, data, positive: Optional[int] = None) -> Dict[str, object]:
 
 
 def _tensors(data):
+    """``(x, labels)`` as torch tensors with plain row-major strides. An array with a size-1 axis can carry
+    other strides (``x[:, None]`` gives an ``N x 1 x H x W`` batch channels-last strides) that send torch to
+    other CPU kernels, whose last bits differ: the same values would train to a different model."""
     torch = _torch()
     x, y = data
     x = x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x, np.float32))
     y = y if isinstance(y, torch.Tensor) else torch.as_tensor(np.asarray(y, np.int64))
-    return x, y
+    return x.clone(memory_format=torch.contiguous_format), y
 
 
 def _prune_step(module, masks, fraction: float, *, score_fn, layerwise: bool) -> None:
