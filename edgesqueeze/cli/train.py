@@ -106,7 +106,7 @@ def command(model, schedule, rounds, prune_rate, important_class, watch_class, b
       edgesqueeze train net.onnx --lottery 7 --prune-rate 0.3 --important-class 8 --reinit \\
           --data train.npz --val val.npz -o net.cd.onnx
       edgesqueeze train digits_cnn.onnx --iterative 0.5,0.75,0.875,0.94 --layer-sparsity head.2.weight=0.95 \\
-          --distill --share 5,5 --data train.npz --val val.npz -o digits.dc.onnx
+          --distill --share 4,5 --data train.npz --val val.npz -o digits.dc.onnx
     """
     from ..compress.train_onnx import TrainOptions, labelled_arrays, parse_schedule, train_onnx
     from ..model import load_model
