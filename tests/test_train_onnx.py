@@ -128,6 +128,57 @@ def test_errors(cli, setup, tmp_path):
     assert not (tmp_path / "x.onnx").exists()
 
 
+@pytest.mark.torch
+def test_layer_sparsity_and_trained_quantization(cli, setup, tmp_path):
+    from edgesqueeze.compress import share_weights
+
+    args = ("--iterative", "0.5,0.75", "--layer-sparsity", "w1=0.25", "--share", "4,3", "--share-bits", "w2=3",
+            "--share-epochs", "1", "--distill")
+    rep = _train(cli, setup, tmp_path / "dc.onnx", *args)
+    assert rep["pruned"]["w1"]["kept"] == 27 and rep["pruned"]["w2"]["kept"] == 640     # 25 % / 75 % of 36 / 2560
+    assert rep["options"]["layer_sparsity"] == {"w1": 0.25} and rep["options"]["share"] == [4, 3]
+    assert {n: v["bits"] for n, v in rep["shared"]["layers"].items()} == {"w1": 4, "w2": 3}
+    w = _weights(tmp_path / "dc.onnx")
+    distinct = sorted((v.ndim, np.unique(v[v != 0]).size) for v in w.values())
+    assert distinct[0][0] == 2 and distinct[0][1] <= 8 and distinct[1][0] == 4 and distinct[1][1] <= 16
+    # onnxruntime on the written file gives the validation accuracy after the shared values were fine-tuned
+    assert _top1(tmp_path / "dc.onnx", np.load(setup[0] / "val.npz")) == pytest.approx(rep["shared"]["accuracy"])
+    model = load_model(tmp_path / "dc.onnx")
+    again, _ = share_weights(model, conv_bits=4, fc_bits=3)     # already on the codebooks: kept bit for bit
+    assert again.SerializeToString(deterministic=True) == model.SerializeToString(deterministic=True)
+    _train(cli, setup, tmp_path / "dc2.onnx", *args)
+    assert (tmp_path / "dc.onnx").read_bytes() == (tmp_path / "dc2.onnx").read_bytes()
+
+
+@pytest.mark.torch
+def test_threads_option(cli, setup, tmp_path):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        rep = _train(cli, setup, tmp_path / "t1.onnx", "--iterative", "0.5", "--threads", "1")
+        assert torch.get_num_threads() == 1 and rep["final"]["sparsity"] == pytest.approx(0.5, abs=1e-3)
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.torch
+def test_layer_sparsity_and_share_errors(cli, setup, tmp_path):
+    d, model = setup
+    base = ["train", model, "--data", d / "train.npz", "--val", d / "val.npz", "-o", tmp_path / "x.onnx"]
+    code, _, err = cli(*base, "--iterative", "0.5", "--layer-sparsity", "nope=0.5")
+    assert code == 3 and "nope" in err
+    code, _, err = cli(*base, "--iterative", "0.5", "--layer-sparsity", "w1=1.5")
+    assert code == 3 and "[0, 1)" in err
+    code, _, err = cli(*base, "--iterative", "0.5", "--layer-sparsity", "w1")
+    assert code == 2 and "WEIGHT=VALUE" in err
+    code, _, err = cli(*base, "--iterative", "0.5", "--share-bits", "w1=4")
+    assert code == 3 and "need sharing" in err
+    code, _, err = cli(*base, "--lottery", "1", "--layer-sparsity", "w1=0.5")
+    assert code == 3 and "iterative" in err
+    assert not (tmp_path / "x.onnx").exists()
+
+
 def test_image_folder_of_class_subfolders_gives_labels(setup, tmp_path):
     Image = pytest.importorskip("PIL.Image")
     from edgesqueeze.compress.train_onnx import labelled_arrays

@@ -7,6 +7,7 @@ import click
 
 from ..fileio import check_writable, refuse_overwrite
 from .common import emit, info, json_option, output_option, quiet, table
+from .compress import _bits
 
 
 class _Progress:
@@ -74,11 +75,26 @@ def _round_text(row: dict, positive) -> str:
 @click.option("--distill", is_flag=True, help="With --iterative: also distil from the unpruned model while "
                                               "fine-tuning (Hinton).")
 @click.option("--temperature", type=float, default=4.0, show_default=True, help="Distillation temperature.")
+@click.option("--layer-sparsity", "layer_sparsity", multiple=True, metavar="WEIGHT=SPARSITY",
+              help="With --iterative: this weight's own final sparsity, reached along the schedule's curve "
+                   "(repeatable), e.g. head.2.weight=0.95.")
+@click.option("--share", default=None, metavar="CONV,FC",
+              help="Then Deep Compression's trained quantization: k-means sharing with these bits per Conv and "
+                   "fully-connected weight, the shared values fine-tuned, e.g. 5,5.")
+@click.option("--share-bits", multiple=True, metavar="WEIGHT=BITS", help="With --share: this weight's bits "
+                                                                         "(repeatable).")
+@click.option("--share-epochs", type=click.IntRange(0), default=5, show_default=True,
+              help="With --share: epochs of fine-tuning the shared values.")
+@click.option("--share-lr", type=float, default=1e-4, show_default=True, help="With --share: its Adam learning rate.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--threads", type=click.IntRange(1), default=None,
+              help="torch CPU threads [default: torch's]. The same options give a byte-identical model for the "
+                   "same thread count; 1 is fastest for small networks on a busy machine.")
 @output_option(help="Pruned .onnx to write.")
 @json_option
 def command(model, schedule, rounds, prune_rate, important_class, watch_class, beta, lam, criterion, data, val,
-            epochs, lr, batch_size, scope, reinit, distill, temperature, seed, output, as_json):
+            epochs, lr, batch_size, scope, reinit, distill, temperature, layer_sparsity, share, share_bits,
+            share_epochs, share_lr, seed, threads, output, as_json):
     """Prune MODEL with training: iterative pruning, lottery tickets, class-dependent pruning (labelled data).
 
     Pruned weights are exact zeros, so compress --share and pack shrink the result further.
@@ -89,6 +105,8 @@ def command(model, schedule, rounds, prune_rate, important_class, watch_class, b
       edgesqueeze train net.onnx --lottery 5 --prune-rate 0.2 --data train.npz --val val.npz -o net.lt.onnx
       edgesqueeze train net.onnx --lottery 7 --prune-rate 0.3 --important-class 8 --reinit \\
           --data train.npz --val val.npz -o net.cd.onnx
+      edgesqueeze train digits_cnn.onnx --iterative 0.5,0.75,0.875,0.94 --layer-sparsity head.2.weight=0.95 \\
+          --distill --share 4,5 --data train.npz --val val.npz -o digits.dc.onnx
     """
     from ..compress.train_onnx import TrainOptions, labelled_arrays, parse_schedule, train_onnx
     from ..model import load_model
@@ -99,8 +117,15 @@ def command(model, schedule, rounds, prune_rate, important_class, watch_class, b
                         prune_rate=prune_rate, epochs=epochs, lr=lr, batch_size=batch_size,
                         layerwise=scope == "layer", important_class=important_class, watch_class=watch_class,
                         beta=beta, lam=lam,
-                        criterion=criterion, reinit=reinit, distill=distill, temperature=temperature, seed=seed)
+                        criterion=criterion, reinit=reinit, distill=distill, temperature=temperature,
+                        layer_sparsity=_pairs(layer_sparsity, float, "--layer-sparsity"), share=_bits(share),
+                        share_bits=_pairs(share_bits, int, "--share-bits"), share_epochs=share_epochs,
+                        share_lr=share_lr, seed=seed)
     opts.check()
+    if threads:
+        from .._lazy import require
+
+        require("torch", "pruning with training").set_num_threads(threads)
     m = load_model(model)
     train_set, val_set = labelled_arrays(data, m), labelled_arrays(val, m)
     steps = len(opts.schedule) if opts.schedule else opts.rounds + 1  # epochs run in each pruning round
@@ -115,6 +140,20 @@ def command(model, schedule, rounds, prune_rate, important_class, watch_class, b
     emit(report, as_json, lambda r: _text(r, positive))
 
 
+def _pairs(items, kind, option: str):
+    """``("a=0.9", "b=0.5")`` -> ``(("a", 0.9), ("b", 0.5))``, or None when empty."""
+    out = []
+    for item in items:
+        name, sep, value = item.rpartition("=")
+        try:
+            out.append((name, kind(value)))
+        except ValueError:
+            sep = ""
+        if not sep or not name:
+            raise click.BadParameter(f"expected WEIGHT=VALUE, got '{item}'", param_hint=option)
+    return tuple(out) or None
+
+
 def _text(report: dict, positive) -> str:
     cols = ["round", "sparsity", "val top-1"] + (["FN", "FP", "AUC"] if positive is not None else [])
     rows = []
@@ -123,4 +162,9 @@ def _text(report: dict, positive) -> str:
         if positive is not None:
             row += [f"{h['fn']}/{h['positives']}", h["fp"], "n/a" if h["auc"] is None else f"{h['auc']:.4f}"]
         rows.append(row)
-    return f"{report['method']} pruning\n" + table(rows, cols)
+    text = f"{report['method']} pruning\n" + table(rows, cols)
+    if "shared" in report:
+        bits = sorted({v["bits"] for v in report["shared"]["layers"].values()})
+        text += (f"\nshared ({'/'.join(map(str, bits))} bits), values fine-tuned: "
+                 f"val top-1 {report['shared']['accuracy']:.4f}")
+    return text

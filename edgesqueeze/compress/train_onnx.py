@@ -22,7 +22,7 @@ from ..errors import InputError, UnsupportedError
 from ..export import export_torch
 from .class_loss import class_dependent_loss
 from .onnx_torch import onnx_module
-from .training import iterative_pruning, lottery_ticket, predict, prunable
+from .training import evaluate, finetune_shared, iterative_pruning, lottery_ticket, predict, prunable
 
 LABELS_HINT = "give an .npz with a 'label' array, or an image folder with one subfolder per class"
 
@@ -40,6 +40,13 @@ class TrainOptions:
     network ``|W_k| - |W_0|`` is mostly noise (on the digits CNN, class-dependent tickets pruned by it lost 6
     points of top-1 at 40 % sparsity, plain ones none). ``watch_class``: report a class's false negatives /
     positives without changing the loss (the plain baseline of class-dependent pruning).
+
+    ``layer_sparsity``: ``((weight name, final sparsity), ...)`` for iterative pruning, layers pruned to their own
+    target along the schedule's curve (:func:`.training.iterative_pruning`). ``share``: ``(conv_bits,
+    fc_bits)`` runs Deep Compression's trained quantization afterwards: every pruned weight shared with a 1-D
+    k-means codebook and the shared values fine-tuned ``share_epochs`` (``share_lr``; distilled too with
+    ``distill``); ``share_bits`` overrides the width per weight. The written model then has at most ``2**bits``
+    distinct non-zero values per layer, which ``compress --share`` with the same bits keeps exactly.
     """
 
     schedule: Optional[Tuple[float, ...]] = None
@@ -57,6 +64,11 @@ class TrainOptions:
     reinit: bool = False
     distill: bool = False
     temperature: float = 4.0
+    layer_sparsity: Optional[Tuple[Tuple[str, float], ...]] = None
+    share: Optional[Tuple[int, int]] = None
+    share_bits: Optional[Tuple[Tuple[str, int], ...]] = None
+    share_epochs: int = 5
+    share_lr: float = 1e-4
     seed: int = 0
 
     @property
@@ -77,6 +89,12 @@ class TrainOptions:
             raise InputError("the watched class is the important class when both are given")
         if self.reinit and self.method == "iterative":
             raise InputError("re-initialising applies to lottery tickets (iterative pruning fine-tunes the model)")
+        if self.layer_sparsity and self.method == "lottery":
+            raise InputError("per-layer sparsities apply to iterative pruning (lottery rounds prune --prune-rate)")
+        if self.share_bits and self.share is None:
+            raise InputError("per-layer sharing bits need sharing (share=(conv_bits, fc_bits))")
+        if self.share is not None and (self.share_epochs < 0 or self.share_lr <= 0):
+            raise InputError(f"need share_epochs >= 0 and share_lr > 0, got {self.share_epochs}, {self.share_lr}")
 
 
 def labelled_arrays(spec: str, model: ModelProto) -> Tuple[np.ndarray, np.ndarray]:
@@ -135,17 +153,17 @@ def train_onnx(model: ModelProto, train: Tuple[np.ndarray, np.ndarray], val: Tup
     torch.manual_seed(opts.seed)
     torch.use_deterministic_algorithms(True)
     positive = opts.important_class if opts.important_class is not None else opts.watch_class
+    module = onnx_module(model)
+    classes = predict(module, val[0][:1]).shape[1]
+    _check_labels(train[1], val[1], classes, positive)
+    loss_fn = (class_dependent_loss(_class_counts(train[1], classes), positive, beta=opts.beta, lam=opts.lam)
+               if opts.important_class is not None else None)
+    teacher = predict(module, train[0]) if opts.distill else None
     if opts.method == "iterative":
-        module = onnx_module(model)
-        classes = predict(module, val[0][:1]).shape[1]
-        _check_labels(train[1], val[1], classes, positive)
-        loss_fn = (class_dependent_loss(_class_counts(train[1], classes), positive, beta=opts.beta, lam=opts.lam)
-                   if opts.important_class is not None else None)
-        teacher = predict(module, train[0]) if opts.distill else None
         module, masks, history = iterative_pruning(
             module, train, val, schedule=opts.schedule, epochs=opts.epochs, lr=opts.lr, batch_size=opts.batch_size,
             layerwise=opts.layerwise, loss_fn=loss_fn, positive=positive, seed=opts.seed, teacher=teacher,
-            temperature=opts.temperature, progress=progress)
+            temperature=opts.temperature, layer_sparsity=dict(opts.layer_sparsity or ()), progress=progress)
     else:
         def make():
             m = onnx_module(model)
@@ -153,16 +171,26 @@ def train_onnx(model: ModelProto, train: Tuple[np.ndarray, np.ndarray], val: Tup
                 _reinit(m)
             return m
 
-        classes = predict(onnx_module(model), val[0][:1]).shape[1]
-        _check_labels(train[1], val[1], classes, positive)
         module, masks, history = lottery_ticket(
             make, train, val, rounds=opts.rounds, prune_rate=opts.prune_rate, epochs=opts.epochs, lr=opts.lr,
             batch_size=opts.batch_size, layerwise=opts.layerwise, positive=positive,
             class_dependent=opts.important_class is not None, beta=opts.beta, lam=opts.lam, criterion=_criterion(opts),
             seed=opts.seed, progress=progress)
-    return {"method": opts.method, "options": _options(opts), "history": history, "final": history[-1],
-            "pruned": {n: {"weights": int(m.numel()), "kept": int(m.sum())} for n, m in masks.items()},
-            "export": _export(torch, module, model, path)}
+    report = {"method": opts.method, "options": _options(opts), "history": history, "final": history[-1],
+              "pruned": {n: {"weights": int(m.numel()), "kept": int(m.sum())} for n, m in masks.items()}}
+    if opts.share is not None:
+        report["shared"] = _trained_quantization(module, train, val, opts, loss_fn, teacher, positive)
+    report["export"] = export_module(module, model, path)
+    return report
+
+
+def _trained_quantization(module, train, val, opts: TrainOptions, loss_fn, teacher, positive) -> dict:
+    """Share the pruned weights and fine-tune the shared values (Han et al.); the layers and the val metrics."""
+    layers = finetune_shared(module, train, conv_bits=opts.share[0], fc_bits=opts.share[1],
+                             bits=dict(opts.share_bits or ()), epochs=opts.share_epochs, lr=opts.share_lr,
+                             batch_size=opts.batch_size, seed=opts.seed, loss_fn=loss_fn, teacher=teacher,
+                             temperature=opts.temperature)
+    return {"layers": layers, **evaluate(module, val, positive)}
 
 
 def _criterion(opts: TrainOptions) -> str:
@@ -182,10 +210,17 @@ def _check_labels(ytrain: np.ndarray, yval: np.ndarray, classes: int, positive: 
 def _options(opts: TrainOptions) -> dict:
     out = dict(vars(opts))
     out["schedule"] = list(opts.schedule) if opts.schedule is not None else None
+    for key in ("layer_sparsity", "share_bits"):
+        out[key] = dict(out[key]) if out[key] else None
+    out["share"] = list(opts.share) if opts.share is not None else None
     return out
 
 
-def _export(torch, module, model: ModelProto, path) -> dict:
+def export_module(module, model: ModelProto, path) -> dict:
+    """Write ``module`` (:func:`.onnx_torch.onnx_module` of ``model``) as ONNX at ``path`` with ``model``'s input
+    and output names and static input shape, through :func:`edgesqueeze.export.export_torch` (TorchScript path,
+    checked on onnxruntime); returns its report."""
+    torch = require("torch", "pruning with training")
     name = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}][0]
     shape = [d.dim_value or 1 for d in model.graph.input[0].type.tensor_type.shape.dim]
     return export_torch(module, torch.zeros(shape), Path(path), input_names=[name],
@@ -200,4 +235,5 @@ def parse_schedule(text: str) -> Tuple[float, ...]:
         raise InputError(f"expected sparsities such as 0.5,0.75,0.9, got '{text}'") from None
 
 
-__all__: Sequence[str] = ["TrainOptions", "labelled_arrays", "train_onnx", "parse_schedule", "LABELS_HINT"]
+__all__: Sequence[str] = ["TrainOptions", "labelled_arrays", "train_onnx", "export_module", "parse_schedule",
+                          "LABELS_HINT"]

@@ -11,6 +11,7 @@ negatives, false positives and AUC.
 from __future__ import annotations
 
 import copy
+import math
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -127,11 +128,14 @@ def evaluate(module, data, positive: Optional[int] = None) -> Dict[str, object]:
 
 
 def _tensors(data):
+    """``(x, labels)`` as torch tensors with plain row-major strides. An array with a size-1 axis can carry
+    other strides (``x[:, None]`` gives an ``N x 1 x H x W`` batch channels-last strides) that send torch to
+    other CPU kernels, whose last bits differ: the same values would train to a different model."""
     torch = _torch()
     x, y = data
     x = x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x, np.float32))
     y = y if isinstance(y, torch.Tensor) else torch.as_tensor(np.asarray(y, np.int64))
-    return x, y
+    return x.clone(memory_format=torch.contiguous_format), y
 
 
 def _prune_step(module, masks, fraction: float, *, score_fn, layerwise: bool) -> None:
@@ -176,10 +180,16 @@ def iterative_pruning(module, train_data, val_data, *, schedule: Sequence[float]
                       epochs: int = 5, lr: float = 1e-3, batch_size: int = 64, layerwise: bool = True,
                       loss_fn: Optional[Callable] = None, positive: Optional[int] = None, seed: int = 0,
                       teacher: Optional[np.ndarray] = None, temperature: float = 4.0,
-                      progress: Optional[Callable] = None):
+                      layer_sparsity: Optional[Dict[str, float]] = None, progress: Optional[Callable] = None):
     """Han et al.'s prune / fine-tune cycle on a trained ``module``: prune to each sparsity of ``schedule`` by
     magnitude, fine-tune ``epochs`` with the mask fixed, never rewinding.
 
+    ``layer_sparsity`` ``{weight name: final sparsity}`` gives those layers their own target (Han et al. set a
+    threshold per layer from its sensitivity: a big fully-connected layer takes far more pruning than a
+    convolution). Such a layer follows the schedule's curve in kept weights: at step ``i`` it keeps
+    ``(1 - final) ** (log(1 - schedule[i]) / log(1 - schedule[-1]))``, so a geometric schedule (each step
+    removes the same fraction of what is left) prunes every layer geometrically towards its own target. The
+    other layers follow ``schedule`` itself (per layer, or ranked together with ``layerwise=False``).
     ``teacher`` / ``temperature``: distil from these logits while fine-tuning (:func:`train`). ``progress`` is
     called with every epoch's ``{"round", "epoch", "loss"}`` and every step's history row.
 
@@ -188,19 +198,22 @@ def iterative_pruning(module, train_data, val_data, *, schedule: Sequence[float]
         and one row per step (step 0 = the dense model).
 
     Raises:
-        InputError: a schedule that is not increasing in [0, 1).
+        InputError: a schedule that is not increasing in [0, 1), a layer sparsity outside [0, 1) or naming no
+            prunable weight.
     """
     torch = _torch()
     if any(not 0.0 <= s < 1.0 for s in schedule) or list(schedule) != sorted(schedule):
         raise InputError(f"pruning schedule must increase within [0, 1), got {list(schedule)}")
     masks = {n: torch.ones_like(p) for n, p in prunable(module)}
+    targets = _layer_targets(layer_sparsity or {}, masks, schedule)
     history = [_row(0, masks, evaluate(module, val_data, positive))]
     if progress:
         progress(history[0])
     for i, target in enumerate(schedule, 1):
-        current = mask_sparsity(masks)
-        fraction = (target - current) / (1.0 - current) if current < 1.0 else 0.0
-        _prune_step(module, masks, fraction, score_fn=lambda n, w: w.abs(), layerwise=layerwise)
+        rest = {n: m for n, m in masks.items() if n not in targets}
+        _prune_to(module, rest, target, layerwise)
+        for n, per_step in targets.items():
+            _prune_to(module, {n: masks[n]}, per_step[i - 1], True)
         apply_masks(module, masks)
         train(module, train_data, loss_fn=loss_fn, masks=masks, epochs=epochs, lr=lr, batch_size=batch_size,
               seed=seed + i, teacher=teacher, temperature=temperature, progress=_in_round(progress, i))
@@ -208,6 +221,42 @@ def iterative_pruning(module, train_data, val_data, *, schedule: Sequence[float]
         if progress:
             progress(history[-1])
     return module, masks, history
+
+
+def geometric_schedule(final: float, steps: int) -> Tuple[float, ...]:
+    """Sparsities after each of ``steps`` prune steps that each remove the same fraction of the weights left,
+    ending at ``final``: ``1 - (1 - final) ** (i / steps)`` (the late steps, where pruning hurts most, are small).
+
+    Raises:
+        InputError: ``final`` outside [0, 1) or ``steps`` < 1.
+    """
+    if not 0.0 <= final < 1.0 or steps < 1:
+        raise InputError(f"need a final sparsity in [0, 1) and steps >= 1, got {final} and {steps}")
+    return tuple(round(1.0 - (1.0 - final) ** (i / steps), 6) for i in range(1, steps + 1))
+
+
+def _layer_targets(layer_sparsity: Dict[str, float], masks, schedule: Sequence[float]) -> Dict[str, List[float]]:
+    """Every step's sparsity for the layers of ``layer_sparsity`` (see :func:`iterative_pruning`)."""
+    unknown = sorted(set(layer_sparsity) - set(masks))
+    if unknown:
+        raise InputError(f"no prunable weight named {unknown[0]} (prunable: {', '.join(masks)})", tensor=unknown[0])
+    bad = {n: s for n, s in layer_sparsity.items() if not 0.0 <= s < 1.0}
+    if bad:
+        name = sorted(bad)[0]
+        raise InputError(f"sparsity must be in [0, 1), got {bad[name]}", tensor=name)
+    last = math.log1p(-schedule[-1]) if schedule and schedule[-1] > 0 else 0.0
+    curve = [math.log1p(-s) / last if last else 1.0 for s in schedule]
+    return {n: [1.0 - (1.0 - s) ** c for c in curve] for n, s in layer_sparsity.items()}
+
+
+def _prune_to(module, masks, target: float, layerwise: bool) -> None:
+    """Prune the weights of ``masks`` by magnitude until they reach sparsity ``target`` together."""
+    if not masks:
+        return
+    current = mask_sparsity(masks)
+    fraction = (target - current) / (1.0 - current) if current < 1.0 else 0.0
+    if fraction > 0:
+        _prune_step(module, masks, fraction, score_fn=lambda n, w: w.abs(), layerwise=layerwise)
 
 
 def _in_round(progress: Optional[Callable], round_: int) -> Optional[Callable]:
@@ -286,7 +335,7 @@ def lottery_ticket(model_fn: Callable, train_data, val_data, *, rounds: int = 5,
 def finetune_shared(module, train_data, *, conv_bits: int = 8, fc_bits: int = 5, epochs: int = 5,
                     lr: float = 1e-4, batch_size: int = 64, seed: int = 0,
                     loss_fn: Optional[Callable] = None, teacher: Optional[np.ndarray] = None,
-                    temperature: float = 4.0) -> Dict[str, dict]:
+                    temperature: float = 4.0, bits: Optional[Dict[str, int]] = None) -> Dict[str, dict]:
     """Han et al.'s trained quantization: share every Linear / Conv weight with 1-D k-means (linear
     initialisation; pruned zeros stay zero), then fine-tune the shared values (centroids) themselves.
 
@@ -295,19 +344,31 @@ def finetune_shared(module, train_data, *, conv_bits: int = 8, fc_bits: int = 5,
     most ``2**bits`` distinct non-zero values, so
     :func:`edgesqueeze.compress.share_weights` on the exported model reproduces them exactly.
 
+    ``bits`` overrides the width per weight name (``{name: bits}``).
+
     Returns:
         ``{weight name: {"bits", "codebook" (size), "nonzero"}}``; the module is modified in place.
+
+    Raises:
+        InputError: bits outside 1..16, or an override naming no prunable weight.
     """
     torch = _torch()
-
+    bits = dict(bits or {})
+    names = dict(prunable(module))
+    unknown = sorted(set(bits) - set(names))
+    if unknown:
+        raise InputError(f"no prunable weight named {unknown[0]} (prunable: {', '.join(names)})", tensor=unknown[0])
+    for b in [conv_bits, fc_bits, *bits.values()]:
+        if not 1 <= int(b) <= 16:
+            raise InputError(f"bits must be in 1..16, got {b}")
     shared = {}
-    for name, p in prunable(module):
+    for name, p in names.items():
         w = p.detach().cpu().numpy()
         nz = w != 0
-        bits = conv_bits if p.dim() > 2 else fc_bits
-        code, labels = kmeans_1d(w[nz], 2 ** bits)
+        b = int(bits.get(name, conv_bits if p.dim() > 2 else fc_bits))
+        code, labels = kmeans_1d(w[nz], 2 ** b)
         shared[name] = (p, torch.tensor(code, requires_grad=True), torch.as_tensor(labels),
-                        torch.as_tensor(nz), bits)
+                        torch.as_tensor(nz), b)
     weights = {id(p) for p, *_ in shared.values()}
     others = [p for p in module.parameters() if id(p) not in weights]
     opt = torch.optim.Adam([c for _, c, *_ in shared.values()] + others, lr=lr)
