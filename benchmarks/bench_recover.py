@@ -99,8 +99,7 @@ def _package_net(work: Path, args, net: str, shape, output, recover) -> dict:
 
 def _ppocr_cls(work: Path, args) -> dict:
     return _package_net(work, args, "ppocr_cls", (1, 3, 48, 192), "save_infer_model/scale_0.tmp_1",
-                        ["--epochs", str(args.epochs), "--lr", str(args.lr), "--temperature", "2",
-                         "--hint", "pool2d_10.tmp_0:pool2d_10.tmp_0"])
+                        ["--epochs", str(args.epochs), "--lr", str(args.lr), "--temperature", "2"])
 
 
 def _mtcnn_onet(work: Path, args) -> dict:
@@ -165,9 +164,9 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--nets", nargs="+", default=list(NETS), choices=list(NETS))
     ap.add_argument("--channels", type=float, default=0.5)
-    ap.add_argument("--epochs", type=int, default=3, help="recovery epochs of the package nets")
+    ap.add_argument("--epochs", type=int, default=4, help="recovery epochs of the package nets")
     ap.add_argument("--digits-epochs", type=int, default=20)
-    ap.add_argument("--lr", type=float, default=5e-4, help="package nets' learning rate (digits: 1e-3)")
+    ap.add_argument("--lr", type=float, default=1e-3, help="package nets' learning rate (digits: 1e-3)")
     ap.add_argument("--samples", type=int, default=1024, help="unlabelled inputs to recover a package net on")
     ap.add_argument("--test", type=int, default=400, help="held-out inputs of a package net")
     ap.add_argument("--rounds", type=int, default=15)

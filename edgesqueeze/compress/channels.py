@@ -80,31 +80,10 @@ def prune_channels(model: ModelProto, ratio: float = 0.3, *, multiple_of: int = 
                                     "--prune / --sparsity 2:4")
 
     def indices(tensor: str) -> np.ndarray:
-        lay = walk.layouts[tensor]
-        parts, off = [], 0
-        for g, n in lay.segments:
-            r = walk.groups.find(g)
-            parts.append(off + (keep[r] if r in keep else np.arange(n)))
-            off += n
-        idx = np.concatenate(parts)
-        if lay.rep > 1:
-            idx = (idx[:, None] * lay.rep + np.arange(lay.rep)[None, :]).ravel()
-        return idx
+        return _kept_indices(walk, keep, tensor)
 
     params_before = sum(int(np.prod(t.dims)) for t in out.graph.initializer)
-    for kind, target, axis, tensor in walk.edits:
-        idx = indices(tensor)
-        if len(idx) == walk.layouts[tensor].channels * walk.layouts[tensor].rep and kind != "slice":
-            continue            # nothing pruned here: leave the node as it is
-        if kind == "group":     # depthwise conv: group count follows the channels
-            set_attr(target, "group", int(len(idx)))
-        elif kind == "reshape":  # flatten-like Reshape: let the feature dim follow
-            shp = get_array(out, target)
-            set_array(out, target, np.array([axis, -1], dtype=shp.dtype))  # the static batch dim, then the rest
-        else:
-            w = get_array(out, target)
-            if w.shape[axis] != len(idx):
-                set_array(out, target, np.take(w, idx, axis=axis))
+    _apply_edits(out, walk, indices)
     out = reinfer(out)
     refits = None
     if calib is not None:
@@ -119,6 +98,37 @@ def prune_channels(model: ModelProto, ratio: float = 0.3, *, multiple_of: int = 
         report["selection"] = "activation variance x consumer weight norm (calibration data)"
         report["refit"] = refits
     return out, report
+
+
+def _kept_indices(walk: "_Walk", keep: Dict[int, np.ndarray], tensor: str) -> np.ndarray:
+    """The kept positions along axis 1 of ``tensor`` (features of a flattened tensor included)."""
+    lay = walk.layouts[tensor]
+    parts, off = [], 0
+    for g, n in lay.segments:
+        r = walk.groups.find(g)
+        parts.append(off + (keep[r] if r in keep else np.arange(n)))
+        off += n
+    idx = np.concatenate(parts)
+    if lay.rep > 1:
+        idx = (idx[:, None] * lay.rep + np.arange(lay.rep)[None, :]).ravel()
+    return idx
+
+
+def _apply_edits(out: ModelProto, walk: "_Walk", indices) -> None:
+    """Slice every recorded weight, set depthwise groups and flatten-like Reshapes to the kept channels."""
+    for kind, target, axis, tensor in walk.edits:
+        idx = indices(tensor)
+        if len(idx) == walk.layouts[tensor].channels * walk.layouts[tensor].rep and kind != "slice":
+            continue            # nothing pruned here: leave the node as it is
+        if kind == "group":     # depthwise conv: group count follows the channels
+            set_attr(target, "group", int(len(idx)))
+        elif kind == "reshape":  # flatten-like Reshape: let the feature dim follow
+            shp = get_array(out, target)
+            set_array(out, target, np.array([axis, -1], dtype=shp.dtype))  # the static batch dim, then the rest
+        else:
+            w = get_array(out, target)
+            if w.shape[axis] != len(idx):
+                set_array(out, target, np.take(w, idx, axis=axis))
 
 
 SPARE_RULES = ("residual", "pooled")
