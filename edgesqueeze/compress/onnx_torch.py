@@ -117,6 +117,15 @@ def _slice(F, torch, n, x, starts=None, ends=None, axes=None, steps=None):
     return x[tuple(idx)]
 
 
+def _split(F, torch, n, x, split=None):
+    """Split (sizes from the input since opset 13, else the attribute, else equal parts); a tuple of outputs."""
+    axis = attr(n, "axis", 0)
+    sizes = _ints(split) if split is not None else attr(n, "split", None)
+    if sizes is None:
+        sizes = [x.shape[axis] // len(n.output)] * len(n.output)
+    return tuple(torch.split(x, [int(v) for v in sizes], dim=axis))
+
+
 def _ints(v) -> List[int]:
     return [int(i) for i in (v.tolist() if hasattr(v, "tolist") else v)]
 
@@ -175,6 +184,7 @@ _DTYPES = {1: "float32", 6: "int32", 7: "int64", 9: "bool", 11: "float64"}
 
 _OPS = {
     "Conv": _conv, "Gemm": _gemm, "Reshape": None, "Clip": _clip, "Slice": _slice, "Shape": _shape,
+    "Split": _split,
     "Unsqueeze": _unsqueeze, "Squeeze": _squeeze, "Gather": _gather, "Pad": _pad,
     "MaxPool": lambda F, t, n, x: _pool(F, t, n, x, "max"),
     "AveragePool": lambda F, t, n, x: _pool(F, t, n, x, "avg"),
@@ -302,7 +312,7 @@ def _module_class(torch):
                     y = _reshape(n, args[0], args[1], self.batch, n.input[1] not in self.consts)
                 else:
                     y = _OPS[n.op_type](F, torch, n, *args)
-                env[n.output[0]] = y
+                env.update(zip(n.output, y) if isinstance(y, tuple) else ((n.output[0], y),))
             self.tapped = {t: env[t] for t in self.taps}
             outs: List = [env[o.name] for o in self.graph.output]
             return outs[0] if len(outs) == 1 else tuple(outs)
