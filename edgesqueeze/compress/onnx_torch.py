@@ -117,6 +117,15 @@ def _slice(F, torch, n, x, starts=None, ends=None, axes=None, steps=None):
     return x[tuple(idx)]
 
 
+def _prelu(F, torch, n, x, slope):
+    """PRelu: ``F.prelu`` (exported back as one PRelu node) when the slope is per channel of axis 1 or a
+    scalar; else the element-wise form."""
+    aligned = (1,) * (x.dim() - slope.dim()) + tuple(slope.shape)
+    if slope.numel() == 1 or (x.dim() >= 2 and aligned[1] == slope.numel() == x.shape[1]):
+        return F.prelu(x, slope.reshape(-1))
+    return torch.where(x >= 0, x, x * slope)
+
+
 def _split(F, torch, n, x, split=None):
     """Split (sizes from the input since opset 13, else the attribute, else equal parts); a tuple of outputs."""
     axis = attr(n, "axis", 0)
@@ -207,7 +216,7 @@ _OPS = {
     "LeakyRelu": lambda F, t, n, x: F.leaky_relu(x, attr(n, "alpha", 0.01)),
     "HardSigmoid": lambda F, t, n, x: t.clamp(attr(n, "alpha", 0.2) * x + attr(n, "beta", 0.5), 0, 1),
     "HardSwish": lambda F, t, n, x: F.hardswish(x),
-    "PRelu": lambda F, t, n, x, s: t.where(x >= 0, x, x * s),
+    "PRelu": _prelu,
     "Softmax": lambda F, t, n, x: t.softmax(x, attr(n, "axis", -1)),
     "Flatten": lambda F, t, n, x: x.flatten(attr(n, "axis", 1)) if attr(n, "axis", 1) else x.reshape(1, -1),
     "Transpose": lambda F, t, n, x: x.permute(*attr(n, "perm", list(reversed(range(x.dim()))))),
