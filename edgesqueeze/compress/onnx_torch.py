@@ -197,8 +197,11 @@ _OPS = {
     "Unsqueeze": _unsqueeze, "Squeeze": _squeeze, "Gather": _gather, "Pad": _pad,
     "MaxPool": lambda F, t, n, x: _pool(F, t, n, x, "max"),
     "AveragePool": lambda F, t, n, x: _pool(F, t, n, x, "avg"),
-    "GlobalAveragePool": lambda F, t, n, x: x.mean(dim=tuple(range(2, x.dim())), keepdim=True),
-    "GlobalMaxPool": lambda F, t, n, x: x.amax(dim=tuple(range(2, x.dim())), keepdim=True),
+    # 2-d through adaptive pooling: exported back as GlobalAveragePool / GlobalMaxPool, not a ReduceMean
+    "GlobalAveragePool": lambda F, t, n, x: F.adaptive_avg_pool2d(x, 1) if x.dim() == 4
+    else x.mean(dim=tuple(range(2, x.dim())), keepdim=True),
+    "GlobalMaxPool": lambda F, t, n, x: F.adaptive_max_pool2d(x, 1) if x.dim() == 4
+    else x.amax(dim=tuple(range(2, x.dim())), keepdim=True),
     "ReduceMean": lambda F, t, n, x, a=None: _reduce(t, n, x, a, t.mean),
     "ReduceSum": lambda F, t, n, x, a=None: _reduce(t, n, x, a, t.sum),
     "MatMul": lambda F, t, n, a, b: a @ b,
