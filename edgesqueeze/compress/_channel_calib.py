@@ -146,10 +146,12 @@ def _refit(model: ModelProto, node, x: np.ndarray, y: np.ndarray, pos, out_hw) -
         if arr.ndim == 2 or pos is None:
             return arr.reshape(arr.shape[0], -1).astype(np.float64)
         return _patches(node, w.shape, arr, pos[i], out_hw).astype(np.float64)
-    a = np.concatenate(run_outputs(model, x, [node.input[0]], take_x)[0])
     bias = node.input[2] if node.op_type in ("Conv", "Gemm") and len(node.input) > 2 and node.input[2] else None
     w2 = w.reshape(w.shape[0], -1).T if node.op_type == "Conv" else (w.T if attr(node, "transB", 0) else w)
-    b0 = get_array(model, bias).astype(np.float64) if bias else np.zeros(w2.shape[1])
+    if bias and get_array(model, bias).size != w2.shape[1]:
+        return {"node": node.name or node.output[0], "skipped": "bias not per output feature"}
+    a = np.concatenate(run_outputs(model, x, [node.input[0]], take_x)[0])
+    b0 = get_array(model, bias).astype(np.float64).reshape(-1) if bias else np.zeros(w2.shape[1])
     before = _rel_err(a @ w2 + b0, y)
     if a.shape[1] > MAX_FEATURES:
         beta_w, beta_b = w2, b0 + (y - a @ w2 - b0).mean(axis=0) if bias else b0
