@@ -6,7 +6,9 @@ ops that combine two such tensors (the Add of a residual block) unite their grou
 channels. Any use the pass does not understand (a graph output, a Reshape it cannot rewrite, a grouped conv, a
 Split...) freezes the groups that reach it. Each free group then keeps the channels with the largest summed L1
 norm of its producers' filters, and every producer, BatchNorm, depthwise conv, bias, broadcast constant and
-consumer weight is sliced to match.
+consumer weight is sliced to match. With calibration inputs the channels are chosen by the variance they feed
+their consumers and the consumers are refitted to the original's outputs (:mod:`._channel_calib`); spare rules
+keep residual trunks and pooled (squeeze-excitation) groups whole.
 """
 from __future__ import annotations
 
@@ -32,7 +34,8 @@ ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Max", "Min", "Sum", "Pow"}
 def prune_channels(model: ModelProto, ratio: float = 0.3, *, multiple_of: int = 1, min_channels: int = 1,
                    exclude: Sequence[str] = (), spare: Sequence[str] = (),
                    calib: Optional[np.ndarray] = None) -> Tuple[ModelProto, dict]:
-    """Remove the output channels with the smallest L1 norm from Conv / Gemm / MatMul layers and shrink consumers.
+    """Remove the output channels with the smallest L1 norm (or, with ``calib``, the least consumer variance)
+    from Conv / Gemm / MatMul layers and shrink consumers.
 
     Args:
         model: the ONNX model (not modified); shapes must be inferable.
