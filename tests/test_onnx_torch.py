@@ -112,3 +112,17 @@ def test_custom_nodes_are_inlined_before_training():
     assert any(n.domain not in ("", "ai.onnx") for n in fused.graph.node)
     x = rng.standard_normal((1, 8, 8, 8)).astype(np.float32)
     _close(fused, {"x": x})
+
+
+def test_split_with_several_outputs():
+    """The optimizer's horizontal fusion writes MatMul -> Split (sizes as an input): every output is bound."""
+    w = numpy_helper.from_array(np.random.default_rng(0).normal(size=(4, 5)).astype(np.float32), "w")
+    sizes = numpy_helper.from_array(np.array([2, 3], np.int64), "sizes")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]),
+             helper.make_node("Split", ["h", "sizes"], ["a", "b"], axis=1),
+             helper.make_node("Relu", ["b"], ["c"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 4])],
+                          [helper.make_tensor_value_info("a", TensorProto.FLOAT, [3, 2]),
+                           helper.make_tensor_value_info("c", TensorProto.FLOAT, [3, 3])], [w, sizes])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    _close(m, {"x": np.random.default_rng(1).normal(size=(3, 4)).astype(np.float32)})

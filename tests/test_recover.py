@@ -60,6 +60,13 @@ def test_recover_raises_top1_keeps_mask_and_is_reproducible(pruned, tmp_path):
     assert a.read_bytes() == b.read_bytes()
 
 
+def test_recover_distil_names_a_missing_output(pruned, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "edgesqueeze", "recover", str(pruned), "--teacher",
+                        str(DIGITS / "digits_cnn.onnx"), "--data", str(DIGITS / "calib.npz"), "--distil", "nope",
+                        "-o", str(tmp_path / "x.onnx")], capture_output=True, text=True)
+    assert r.returncode == 3 and "no graph output 'nope'" in r.stderr and "logits" in r.stderr
+
+
 def test_recover_refuses_unsupported_op(tmp_path):
     from edgesqueeze.compress.onnx_torch import onnx_module
 
@@ -165,12 +172,17 @@ def test_recover_ppocr_cls_end_to_end(tmp_path):
 
     opt, small, out = tmp_path / "cls.opt.onnx", tmp_path / "cls.c50.onnx", tmp_path / "cls.rec.onnx"
     cli("optimize", realnet("ppocr_cls"), "--input", "x:1x3x48x192", "-o", opt)
-    cli("compress", opt, "--channels", "0.5", "-o", small)
-    np.savez(tmp_path / "lines.npz", x=realdata.net_inputs("ppocr_cls", 32, seed=5, shape=(1, 3, 48, 192)))
+    np.savez(tmp_path / "lines.npz", x=realdata.net_inputs("ppocr_cls", 96, seed=5, shape=(1, 3, 48, 192)))
+    cli("compress", opt, "--channels", "0.5", "--calib", tmp_path / "lines.npz", "-o", small)
     cli("recover", small, "--teacher", opt, "--data", tmp_path / "lines.npz", "--epochs", "1", "-o", out)
-    x = realdata.net_inputs("ppocr_cls", 3, seed=9, shape=(1, 3, 48, 192))
-    y = make_session(load_model(out)).run(None, {"x": x})[0]
+    x = realdata.net_inputs("ppocr_cls", 64, seed=9, shape=(1, 3, 48, 192))
+    y = make_session(load_model(out)).run(None, {"x": x[:3]})[0]
     assert y.shape == (3, 2) and np.allclose(y.sum(1), 1, atol=1e-5)
+    # data-aware pruning starts far above the one-class collapse of L1 pruning (50 %)
+    labels = np.arange(len(x)) % 2
+    top1 = {p.name: float((np.concatenate([make_session(load_model(p)).run(None, {"x": x[i:i + 1]})[0]
+                                           for i in range(len(x))]).argmax(1) == labels).mean()) for p in (opt, small)}
+    assert top1[opt.name] > 0.9 and top1[small.name] > 0.65, top1
 
 
 def test_compress_recover_shortcut(tmp_path):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from ..errors import VerificationError
+from ..errors import InputError, VerificationError
 from ..fileio import check_writable, refuse_overwrite
 from .common import emit, info, input_shape_option, json_option, output_option, static_option, table, warn
 
@@ -29,7 +29,14 @@ def _bits(text):
 @click.option("--prune-std", type=float, default=None, metavar="Q",
               help="Magnitude pruning with Han et al.'s per-layer threshold Q x std(W) instead of --prune.")
 @click.option("--channels", type=float, default=None, metavar="FRACTION",
-              help="Remove this fraction of channels by L1 norm (consumers shrink; residual Adds/Concats kept).")
+              help="Remove this fraction of channels by L1 norm (consumers shrink; branches joined by an Add or a "
+                   "Concat stay consistent).")
+@click.option("--channel-spare", default="residual,pooled", show_default=True, metavar="RULES",
+              help="With --channels: groups kept whole: 'residual' (tied by a residual Add), 'pooled' (1x1 maps: "
+                   "squeeze-excitation branches); 'none' prunes every group.")
+@click.option("--calib", "channel_calib", default=None, metavar="DATA",
+              help="With --channels: unlabelled inputs (.npz/.npy or image folder): choose channels by the variance "
+                   "they feed their consumers and refit those layers by least squares to the original's outputs.")
 @click.option("--channel-multiple", type=int, default=1, show_default=True,
               help="Round kept channel counts up to a multiple of this (8 suits tensor cores).")
 @click.option("--low-rank", "low_rank_energy", type=float, default=None, metavar="ENERGY",
@@ -54,7 +61,8 @@ def _bits(text):
 @static_option
 @output_option(help="Compressed .onnx to write.")
 @json_option
-def command(model, sparsity, prune, prune_scope, prune_std, channels, channel_multiple, low_rank_energy,
+def command(model, sparsity, prune, prune_scope, prune_std, channels, channel_spare, channel_calib, channel_multiple,
+            low_rank_energy,
             rank_ratio, low_rank_spatial, share, share_bias, val, max_drop, strict, recover_data, input_shapes, static,
             output, as_json):
     """Compress MODEL's weights; the result runs on onnxruntime like the original.
@@ -70,12 +78,13 @@ def command(model, sparsity, prune, prune_scope, prune_std, channels, channel_mu
       edgesqueeze compress net.onnx --prune 0.8 --share 8,5 --val val.npz -o net.small.onnx
       edgesqueeze compress net.onnx --prune 0.9 --val val.npz --max-drop 2 --strict -o net.small.onnx
       edgesqueeze compress net.onnx --channels 0.3 --channel-multiple 8 -o net.thin.onnx
+      edgesqueeze compress net.onnx --channels 0.5 --calib calib.npz --recover calib.npz -o net.thin.onnx
       edgesqueeze compress net.onnx --low-rank 0.9 --low-rank-spatial --json -o net.lr.onnx
     """
     from ..compress.api import compress
     from ..model import load_model, parse_input_shapes, save_model
 
-    refuse_overwrite(output, model, val if val and val != "random" else None, recover_data)
+    refuse_overwrite(output, model, val if val and val != "random" else None, recover_data, channel_calib)
     check_writable(output)
     shapes = parse_input_shapes(input_shapes)
     m = load_model(model, shapes, pin=static)
@@ -84,10 +93,20 @@ def command(model, sparsity, prune, prune_scope, prune_std, channels, channel_mu
         from ..data import open_data
 
         reader = open_data(val, m)
+    calib_x = None
+    if channel_calib is not None and channels is None:
+        raise InputError("--calib needs --channels (it guides channel pruning)", path=channel_calib)
+    if channel_calib is not None:
+        from .recover import read_samples
+
+        calib_x, _, line = read_samples(channel_calib, m, input_shapes)
+        info(f"channel calibration: {line}")
+    spare = tuple(r for r in channel_spare.split(",") if r and r != "none")
     out, report = compress(m, sparsity=sparsity, prune=prune, prune_scope=prune_scope, prune_std=prune_std,
                            channels=channels, channel_multiple=channel_multiple, low_rank_energy=low_rank_energy,
                            rank_ratio=rank_ratio, low_rank_spatial=low_rank_spatial, share=_bits(share),
-                           share_bias=share_bias, val=reader, shapes=shapes)
+                           share_bias=share_bias, val=reader, shapes=shapes, channel_calib=calib_x,
+                           channel_spare=spare)
     report["warnings"] = accuracy_warnings(report.get("accuracy"), report.get("accuracy_steps"), max_drop / 100)
     if report["warnings"] and strict:
         raise VerificationError(f"{report['warnings'][0]} (--strict: {output} not written)", path=str(model),

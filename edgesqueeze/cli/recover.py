@@ -80,13 +80,16 @@ class EpochBar:
               help="FitNets hint: match this student tensor to this teacher tensor (1x1 conv regressor when the "
                    "channel counts differ). Repeatable.")
 @click.option("--hint-weight", type=float, default=1.0, show_default=True)
+@click.option("--distil", "distil_output", default=None, metavar="OUTPUT",
+              help="The graph output to distil (default: the first), e.g. the class scores of a net that also "
+                   "regresses boxes (add --hint OUT:OUT for the others).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @preprocess_option
 @input_shape_option
 @output_option(help="Recovered .onnx to write.")
 @json_option
 def command(student, teacher, data, labels, val, epochs, lr, batch_size, patience, temperature, hints, hint_weight,
-            seed, preprocess, input_shapes, output, as_json):
+            distil_output, seed, preprocess, input_shapes, output, as_json):
     """Distil TEACHER into STUDENT (a compressed copy) on unlabelled DATA; pruned zeros stay zero and shared
     weights keep their clusters (the centroids are fine-tuned).
 
@@ -114,7 +117,7 @@ def command(student, teacher, data, labels, val, epochs, lr, batch_size, patienc
     if not as_json:
         info(f"data: {line}")
     opts = RecoverOptions(epochs=epochs, lr=lr, temperature=temperature, batch_size=batch_size, patience=patience,
-                          seed=seed, hints=_hints(hints), hint_weight=hint_weight)
+                          seed=seed, hints=_hints(hints), hint_weight=hint_weight, output=distil_output)
     report = recover(s, t, x, output, labels=y if labels else None, val=vset, options=opts,
                      progress=None if as_json else EpochBar(epochs))
     report["output"] = output

@@ -26,7 +26,8 @@ def compress(model: ModelProto, *, sparsity: Optional[str] = None, prune: Option
              low_rank_spatial: bool = False, share: Optional[Tuple[int, int]] = None,
              share_bias: Optional[int] = None,
              val: Optional[Iterable[Mapping[str, np.ndarray]]] = None, seed: int = 0,
-             shapes=None) -> Tuple[ModelProto, dict]:
+             shapes=None, channel_calib: Optional[np.ndarray] = None,
+             channel_spare: Tuple[str, ...] = ()) -> Tuple[ModelProto, dict]:
     """Compress ``model`` with the requested techniques, in the order channels -> low-rank -> prune -> 2:4 ->
     sharing (structure first, then zeros, then the values that remain).
 
@@ -35,7 +36,8 @@ def compress(model: ModelProto, *, sparsity: Optional[str] = None, prune: Option
         sparsity: ``"2:4"`` for 2:4 structured sparsity.
         prune: magnitude-pruning sparsity (fraction of weights set to zero); ``prune_scope`` "layer" or "global".
         prune_std: magnitude pruning with Han et al.'s per-layer threshold ``prune_std * std(W)`` instead.
-        channels: fraction of channels to remove by L1 norm; ``channel_multiple`` rounds the kept count up.
+        channels: fraction of channels to remove by L1 norm; ``channel_multiple`` rounds the kept count up;
+            ``channel_calib`` (inputs) and ``channel_spare`` (rules): see :func:`prune_channels`.
         low_rank_energy: truncated-SVD energy to keep; ``rank_ratio`` a parameter ratio instead;
             ``low_rank_spatial`` also splits K x K convolutions.
         share: ``(conv_bits, fc_bits)`` for k-means weight sharing; ``share_bias`` bits to share biases too.
@@ -55,7 +57,8 @@ def compress(model: ModelProto, *, sparsity: Optional[str] = None, prune: Option
         raise InputError(f"unsupported sparsity pattern '{sparsity}' (only 2:4)")
     steps = []
     if channels is not None:
-        steps.append(("channels", lambda m: prune_channels(m, channels, multiple_of=channel_multiple)))
+        steps.append(("channels", lambda m: prune_channels(m, channels, multiple_of=channel_multiple,
+                                                                   spare=channel_spare, calib=channel_calib)))
     if low_rank_energy is not None or rank_ratio is not None:
         steps.append(("low_rank", lambda m: low_rank(m, low_rank_energy or 0.9, ratio=rank_ratio,
                                                      spatial=low_rank_spatial)))

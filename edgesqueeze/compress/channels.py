@@ -6,7 +6,9 @@ ops that combine two such tensors (the Add of a residual block) unite their grou
 channels. Any use the pass does not understand (a graph output, a Reshape it cannot rewrite, a grouped conv, a
 Split...) freezes the groups that reach it. Each free group then keeps the channels with the largest summed L1
 norm of its producers' filters, and every producer, BatchNorm, depthwise conv, bias, broadcast constant and
-consumer weight is sliced to match.
+consumer weight is sliced to match. With calibration inputs the channels are chosen by the variance they feed
+their consumers and the consumers are refitted to the original's outputs (:mod:`._channel_calib`); spare rules
+keep residual trunks and pooled (squeeze-excitation) groups whole.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from onnx import ModelProto, numpy_helper
 from ..errors import InputError, UnsupportedError
 from ..model import infer_shapes, tensor_shape
 from ._layers import attr, copy_model, get_array, initializers, reinfer, set_array, set_attr, use_counts
+from ._channel_calib import activation_scores, reconstruct
 from ._channel_groups import Groups, Layout, unite
 from ._macs import count_macs
 
@@ -29,8 +32,10 @@ ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Max", "Min", "Sum", "Pow"}
 
 
 def prune_channels(model: ModelProto, ratio: float = 0.3, *, multiple_of: int = 1, min_channels: int = 1,
-                   exclude: Sequence[str] = ()) -> Tuple[ModelProto, dict]:
-    """Remove the output channels with the smallest L1 norm from Conv / Gemm / MatMul layers and shrink consumers.
+                   exclude: Sequence[str] = (), spare: Sequence[str] = (),
+                   calib: Optional[np.ndarray] = None) -> Tuple[ModelProto, dict]:
+    """Remove the output channels with the smallest L1 norm (or, with ``calib``, the least consumer variance)
+    from Conv / Gemm / MatMul layers and shrink consumers.
 
     Args:
         model: the ONNX model (not modified); shapes must be inferable.
@@ -38,6 +43,13 @@ def prune_channels(model: ModelProto, ratio: float = 0.3, *, multiple_of: int = 
         multiple_of: round the kept channel count up to a multiple of this (8 suits tensor cores).
         min_channels: never keep fewer channels in a group.
         exclude: producer node names whose channels stay (they freeze their groups).
+        spare: per-layer rules that keep whole groups (reported as frozen "spared ..."): ``"residual"``,
+            groups tied by a residual Add/Sum/Sub (Li et al. 2017 prune only inside residual blocks: every block
+            reads and writes the trunk, so its errors add up); ``"pooled"``, groups whose producers all output
+            a 1x1 map (squeeze-excitation branches: negligible MACs, and their gates scale every channel).
+        calib: unlabelled inputs of the first graph input, batch axis first (the first ``MAX_CALIB``): channels are chosen by the
+            variance they feed their consumers and every consumer is refitted by least squares to the original's
+            outputs (:mod:`._channel_calib`); None: data-free, L1 norm of the producers' filters.
 
     Returns:
         ``(model, report)``: the report lists every channel group (its producers, channels before/after, or the
@@ -57,6 +69,11 @@ def prune_channels(model: ModelProto, ratio: float = 0.3, *, multiple_of: int = 
     out = infer_shapes(copy_model(model))
     walk = _Walk(out, exclude)
     walk.run()
+    for root, reason in _spared(walk, spare).items():
+        walk.groups.freeze(root, reason)
+    if calib is not None:
+        calib = np.asarray(calib, dtype=np.float32)[:MAX_CALIB]
+        _data_scores(model, walk, calib)
     keep, group_rows = _choose_channels(walk.groups, ratio, multiple_of, min_channels)
     if ratio > 0 and not keep:
         reasons = sorted({r["frozen"] for r in group_rows if r["frozen"]})
@@ -66,18 +83,42 @@ def prune_channels(model: ModelProto, ratio: float = 0.3, *, multiple_of: int = 
                                     "--prune / --sparsity 2:4")
 
     def indices(tensor: str) -> np.ndarray:
-        lay = walk.layouts[tensor]
-        parts, off = [], 0
-        for g, n in lay.segments:
-            r = walk.groups.find(g)
-            parts.append(off + (keep[r] if r in keep else np.arange(n)))
-            off += n
-        idx = np.concatenate(parts)
-        if lay.rep > 1:
-            idx = (idx[:, None] * lay.rep + np.arange(lay.rep)[None, :]).ravel()
-        return idx
+        return _kept_indices(walk, keep, tensor)
 
     params_before = sum(int(np.prod(t.dims)) for t in out.graph.initializer)
+    _apply_edits(out, walk, indices)
+    out = reinfer(out)
+    refits = None
+    if calib is not None:
+        refits = reconstruct(model, out, walk.consumers, lambda t: indices(t) if t in walk.layouts else None, calib)
+    params_after = sum(int(np.prod(t.dims)) for t in out.graph.initializer)
+    report = {"method": "channels", "ratio": ratio, "groups": group_rows,
+              "totals": {"params_before": params_before, "params_after": params_after,
+                         "macs_before": count_macs(model), "macs_after": count_macs(out),
+                         "groups_pruned": sum(1 for r in group_rows if r["frozen"] is None),
+                         "groups_frozen": sum(1 for r in group_rows if r["frozen"] is not None)}}
+    if refits is not None:
+        report["selection"] = "activation variance x consumer weight norm (calibration data)"
+        report["refit"] = refits
+    return out, report
+
+
+def _kept_indices(walk: "_Walk", keep: Dict[int, np.ndarray], tensor: str) -> np.ndarray:
+    """The kept positions along axis 1 of ``tensor`` (features of a flattened tensor included)."""
+    lay = walk.layouts[tensor]
+    parts, off = [], 0
+    for g, n in lay.segments:
+        r = walk.groups.find(g)
+        parts.append(off + (keep[r] if r in keep else np.arange(n)))
+        off += n
+    idx = np.concatenate(parts)
+    if lay.rep > 1:
+        idx = (idx[:, None] * lay.rep + np.arange(lay.rep)[None, :]).ravel()
+    return idx
+
+
+def _apply_edits(out: ModelProto, walk: "_Walk", indices) -> None:
+    """Slice every recorded weight, set depthwise groups and flatten-like Reshapes to the kept channels."""
     for kind, target, axis, tensor in walk.edits:
         idx = indices(tensor)
         if len(idx) == walk.layouts[tensor].channels * walk.layouts[tensor].rep and kind != "slice":
@@ -91,14 +132,40 @@ def prune_channels(model: ModelProto, ratio: float = 0.3, *, multiple_of: int = 
             w = get_array(out, target)
             if w.shape[axis] != len(idx):
                 set_array(out, target, np.take(w, idx, axis=axis))
-    out = reinfer(out)
-    params_after = sum(int(np.prod(t.dims)) for t in out.graph.initializer)
-    report = {"method": "channels", "ratio": ratio, "groups": group_rows,
-              "totals": {"params_before": params_before, "params_after": params_after,
-                         "macs_before": count_macs(model), "macs_after": count_macs(out),
-                         "groups_pruned": sum(1 for r in group_rows if r["frozen"] is None),
-                         "groups_frozen": sum(1 for r in group_rows if r["frozen"] is not None)}}
-    return out, report
+
+
+SPARE_RULES = ("residual", "pooled")
+MAX_CALIB = 256  # calibration inputs used (the first ones): enough rows for every refit, ~1 min on a small CNN
+
+
+def _spared(walk: "_Walk", spare: Sequence[str]) -> Dict[int, str]:
+    """The root groups that the ``spare`` rules keep, with the reason for the report."""
+    bad = [r for r in spare if r not in SPARE_RULES]
+    if bad:
+        raise InputError(f"unknown channel spare rule(s) {', '.join(bad)} (known: {', '.join(SPARE_RULES)})")
+    out: Dict[int, str] = {}
+    if "pooled" in spare:
+        members: Dict[int, List[bool]] = {}
+        for g, pooled in walk.pooled.items():
+            members.setdefault(walk.groups.find(g), []).append(pooled)
+        out.update({r: "spared: pooled branch (1x1 map)" for r, flags in members.items() if all(flags)})
+    if "residual" in spare:
+        for label, lay in walk.residual:
+            out.update({walk.groups.find(g): f"spared: residual {label}" for g, _ in lay.segments})
+    return out
+
+
+def _data_scores(model: ModelProto, walk: "_Walk", calib: np.ndarray) -> None:
+    """Replace the L1 scores of every group that reaches a measured consumer by its data-aware score."""
+    new: Dict[int, np.ndarray] = {}
+    for tensor, score in activation_scores(model, walk.consumers, calib).items():
+        lay, off = walk.layouts[tensor], 0
+        per_channel = score.reshape(lay.channels, lay.rep).sum(axis=1)
+        for g, n in lay.segments:
+            r = walk.groups.find(g)
+            new[r] = new.get(r, 0.0) + per_channel[off:off + n]
+            off += n
+    walk.groups.scores.update({r: s for r, s in new.items() if r in walk.groups.scores})
 
 
 class _Walk:
@@ -116,6 +183,9 @@ class _Walk:
         self.groups = Groups()
         self.layouts: Dict[str, Layout] = {}
         self.edits: List[tuple] = []  # (kind, initializer or node, axis, tensor whose layout gives the indices)
+        self.consumers: List[tuple] = []  # (node, input tensor): channel-mixing layers reading tracked channels
+        self.pooled: Dict[int, bool] = {}  # per producer group: its output map is 1x1 (a pooled branch)
+        self.residual: List[tuple] = []    # (node label, layout) of every Add/Sum/Sub of two tracked tensors
 
     def freeze(self, layout: Optional[Layout], reason: str) -> None:
         """Keep every channel of the groups in ``layout`` (``reason`` goes to the report)."""
@@ -200,6 +270,7 @@ def _visit_conv(node, op, ins, x, out0, rank, label, walk) -> Optional[bool]:
             if x.rep != 1 or not walk.own_init(node.input[1]):
                 return False
             walk.edits.append(("slice", node.input[1], 1, node.input[0]))
+            walk.consumers.append((node, node.input[0]))
         _produce(node, label, node.input[1], 0, bias, 0, walk, "conv")
         return True
     return None
@@ -213,6 +284,7 @@ def _visit_gemm(node, op, ins, x, out0, rank, label, walk) -> Optional[bool]:
             if not walk.own_init(node.input[1]):
                 return False
             walk.edits.append(("slice", node.input[1], 1 if trans_b else 0, node.input[0]))
+            walk.consumers.append((node, node.input[0]))
         bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
         _produce(node, label, node.input[1], 0 if trans_b else 1, bias, -1, walk, "gemm")
         return True
@@ -227,6 +299,7 @@ def _visit_matmul(node, op, ins, x, out0, rank, label, walk) -> Optional[bool]:
             if not walk.own_init(node.input[1]):
                 return False
             walk.edits.append(("slice", node.input[1], 0, node.input[0]))
+            walk.consumers.append((node, node.input[0]))
         _produce(node, label, node.input[1], 1, None, -1, walk, "matmul")
         return True
     return None
@@ -299,6 +372,8 @@ def _visit_elementwise(node, op, ins, x, out0, rank, label, walk) -> Optional[bo
         for _, lay in tracked[1:]:
             if not unite(base, lay, walk.groups):
                 return False
+        if op in ("Add", "Sum", "Sub") and len(tracked) > 1:
+            walk.residual.append((f"{op} '{label}'", base))
         for i, name in enumerate(node.input):
             if ins[i] is not None or not name:
                 continue
@@ -388,6 +463,8 @@ def _produce(node, label, weight, axis, bias, bias_axis, walk: "_Walk", kind):
         frozen = "excluded"
     g = walk.groups.new(n, producer=label, score=score, frozen=frozen)
     out0 = node.output[0]
+    shape = walk.shapes.get(out0) or []
+    walk.pooled[g] = len(shape) > 2 and all(d == 1 for d in shape[2:])
     walk.layouts[out0] = Layout([(g, n)])
     if frozen is None:
         walk.edits.append(("slice", weight, axis, out0))

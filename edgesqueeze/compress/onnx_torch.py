@@ -117,6 +117,24 @@ def _slice(F, torch, n, x, starts=None, ends=None, axes=None, steps=None):
     return x[tuple(idx)]
 
 
+def _prelu(F, torch, n, x, slope):
+    """PRelu: ``F.prelu`` (exported back as one PRelu node) when the slope is per channel of axis 1 or a
+    scalar; else the element-wise form."""
+    aligned = (1,) * (x.dim() - slope.dim()) + tuple(slope.shape)
+    if slope.numel() == 1 or (x.dim() >= 2 and aligned[1] == slope.numel() == x.shape[1]):
+        return F.prelu(x, slope.reshape(-1))
+    return torch.where(x >= 0, x, x * slope)
+
+
+def _split(F, torch, n, x, split=None):
+    """Split (sizes from the input since opset 13, else the attribute, else equal parts); a tuple of outputs."""
+    axis = attr(n, "axis", 0)
+    sizes = _ints(split) if split is not None else attr(n, "split", None)
+    if sizes is None:
+        sizes = [x.shape[axis] // len(n.output)] * len(n.output)
+    return tuple(torch.split(x, [int(v) for v in sizes], dim=axis))
+
+
 def _ints(v) -> List[int]:
     return [int(i) for i in (v.tolist() if hasattr(v, "tolist") else v)]
 
@@ -175,11 +193,15 @@ _DTYPES = {1: "float32", 6: "int32", 7: "int64", 9: "bool", 11: "float64"}
 
 _OPS = {
     "Conv": _conv, "Gemm": _gemm, "Reshape": None, "Clip": _clip, "Slice": _slice, "Shape": _shape,
+    "Split": _split,
     "Unsqueeze": _unsqueeze, "Squeeze": _squeeze, "Gather": _gather, "Pad": _pad,
     "MaxPool": lambda F, t, n, x: _pool(F, t, n, x, "max"),
     "AveragePool": lambda F, t, n, x: _pool(F, t, n, x, "avg"),
-    "GlobalAveragePool": lambda F, t, n, x: x.mean(dim=tuple(range(2, x.dim())), keepdim=True),
-    "GlobalMaxPool": lambda F, t, n, x: x.amax(dim=tuple(range(2, x.dim())), keepdim=True),
+    # 2-d through adaptive pooling: exported back as GlobalAveragePool / GlobalMaxPool, not a ReduceMean
+    "GlobalAveragePool": lambda F, t, n, x: F.adaptive_avg_pool2d(x, 1) if x.dim() == 4
+    else x.mean(dim=tuple(range(2, x.dim())), keepdim=True),
+    "GlobalMaxPool": lambda F, t, n, x: F.adaptive_max_pool2d(x, 1) if x.dim() == 4
+    else x.amax(dim=tuple(range(2, x.dim())), keepdim=True),
     "ReduceMean": lambda F, t, n, x, a=None: _reduce(t, n, x, a, t.mean),
     "ReduceSum": lambda F, t, n, x, a=None: _reduce(t, n, x, a, t.sum),
     "MatMul": lambda F, t, n, a, b: a @ b,
@@ -197,7 +219,7 @@ _OPS = {
     "LeakyRelu": lambda F, t, n, x: F.leaky_relu(x, attr(n, "alpha", 0.01)),
     "HardSigmoid": lambda F, t, n, x: t.clamp(attr(n, "alpha", 0.2) * x + attr(n, "beta", 0.5), 0, 1),
     "HardSwish": lambda F, t, n, x: F.hardswish(x),
-    "PRelu": lambda F, t, n, x, s: t.where(x >= 0, x, x * s),
+    "PRelu": _prelu,
     "Softmax": lambda F, t, n, x: t.softmax(x, attr(n, "axis", -1)),
     "Flatten": lambda F, t, n, x: x.flatten(attr(n, "axis", 1)) if attr(n, "axis", 1) else x.reshape(1, -1),
     "Transpose": lambda F, t, n, x: x.permute(*attr(n, "perm", list(reversed(range(x.dim()))))),
@@ -302,7 +324,7 @@ def _module_class(torch):
                     y = _reshape(n, args[0], args[1], self.batch, n.input[1] not in self.consts)
                 else:
                     y = _OPS[n.op_type](F, torch, n, *args)
-                env[n.output[0]] = y
+                env.update(zip(n.output, y) if isinstance(y, tuple) else ((n.output[0], y),))
             self.tapped = {t: env[t] for t in self.taps}
             outs: List = [env[o.name] for o in self.graph.output]
             return outs[0] if len(outs) == 1 else tuple(outs)

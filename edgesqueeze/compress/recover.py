@@ -45,6 +45,7 @@ class RecoverOptions:
     seed: int = 0
     hints: Tuple[Tuple[str, str], ...] = ()   # (student tensor, teacher tensor)
     hint_weight: float = 1.0
+    output: Optional[str] = None              # the graph output to distil (None: the first)
 
 
 def _agree(a: np.ndarray, b: np.ndarray) -> float:
@@ -111,7 +112,8 @@ def recover(student: ModelProto, teacher: ModelProto, x: np.ndarray, path, *, la
         labels: class labels of ``x`` (cross entropy is added), or None (distillation only).
         val: ``(x_val, labels_val or None)``: per epoch, top-1 against the labels (or agreement with the
             teacher without them), which drives early stopping (else the training loss does).
-        options: epochs, learning rate, temperature, batch size, patience, seed, hints.
+        options: epochs, learning rate, temperature, batch size, patience, seed, hints, the output to distil
+            (the first by default; its logits: the input of a final Softmax).
         progress: called after every step with ``{"epoch", "step", "steps", "loss"}`` and after every epoch
             with ``{"epoch", "loss", "val", "metric", "end": True}``.
 
@@ -128,8 +130,13 @@ def recover(student: ModelProto, teacher: ModelProto, x: np.ndarray, path, *, la
     o = options
     torch.manual_seed(o.seed)
     torch.use_deterministic_algorithms(True)
-    s_logit = logits_of(student, student.graph.output[0].name)
-    t_logit = logits_of(teacher, teacher.graph.output[0].name)
+    out_name = o.output or student.graph.output[0].name
+    for m, role in ((student, "student"), (teacher, "teacher")):
+        if out_name not in {t.name for t in m.graph.output}:
+            raise InputError(f"the {role} has no graph output '{out_name}' to distil "
+                             f"(outputs: {', '.join(t.name for t in m.graph.output)})", tensor=out_name)
+    s_logit = logits_of(student, out_name)
+    t_logit = logits_of(teacher, out_name)
     module = onnx_module(student, taps=[s_logit] + [s for s, _ in o.hints])
     names = [t_logit] + [t for _, t in o.hints]
     tvals = _teacher_outputs(teacher, x, names)
