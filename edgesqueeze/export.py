@@ -20,10 +20,18 @@ import numpy as np
 from ._lazy import require
 from .errors import InputError, UnsupportedError, VerificationError
 from .fileio import PathLike, atomic_path
-from .model import load_model, model_hash, parse_shape
+from .model import load_model, model_hash, opset_version, parse_shape
 from .ortutil import make_session
 
 DEFAULT_OPSET = 18
+TORCHSCRIPT_OPSETS = (9, 20)   # what torch's TorchScript exporter (legacy=True) writes: constant folding .. max
+
+
+def opset_of_retrained(model) -> int:
+    """The ai.onnx opset to re-export a retrained copy of ``model`` at (``recover``, ``train``): the model's own,
+    so a board's TensorRT that read the original reads the copy, within what the TorchScript exporter writes."""
+    lo, hi = TORCHSCRIPT_OPSETS
+    return min(max(opset_version(model), lo), hi)
 
 
 def load_factory(spec: str):

@@ -204,3 +204,31 @@ def test_compress_recover_shortcut(tmp_path):
     err = {t: float(np.abs(make_session(load_model(p)).run(None, {"x": x})[0] - ref).mean()) for t, (p, _) in outs.items()}
     assert outs["rec"][0].read_bytes() != outs["plain"][0].read_bytes()
     assert np.isfinite(err["rec"])
+    # the recovered copy keeps the original's opset (13), not the exporter's default
+    from edgesqueeze.model import opset_version
+    assert opset_version(load_model(outs["rec"][0])) == 13
+    rec = outs["rec"][1]["recover"]
+    assert len(rec["lr_probe"]["losses"]) == 4
+    assert rec["lr"] == rec["lr_probe"]["lr"]
+
+
+def test_recover_lr_option_is_checked(pruned, tmp_path):
+    for bad in ("0", "-1e-3", "fast"):
+        r = subprocess.run([sys.executable, "-m", "edgesqueeze", "recover", str(pruned), "--teacher",
+                            str(DIGITS / "digits_cnn.onnx"), "--data", str(DIGITS / "calib.npz"), "--lr", bad,
+                            "-o", str(tmp_path / "x.onnx")], capture_output=True, text=True)
+        assert r.returncode == 2 and "--lr" in r.stderr and "auto" in r.stderr, (bad, r.stderr)
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_lr_probe_picks_the_rate_that_trains(pruned):
+    """90 %-pruned digits CNN from 9 % top-1: the largest rate wins the range test (measured: 1e-3 recovers only
+    to 21 % in 12 epochs, 1e-2 to 88 %)."""
+    from edgesqueeze.compress.recover import LR_CANDIDATES, RecoverOptions, recover
+    calib = np.load(DIGITS / "calib.npz")
+    x = calib[[k for k in calib.files if k != "label"][0]][:64]
+    rep = recover(load_model(pruned), load_model(DIGITS / "digits_cnn.onnx"), x, pruned.parent / "probe.onnx",
+                  options=RecoverOptions(epochs=1))
+    probe = rep["lr_probe"]
+    assert set(probe["losses"]) == set(LR_CANDIDATES) and probe["lr"] == max(LR_CANDIDATES) == rep["lr"]
+    assert probe["losses"][1e-2] < probe["losses"][3e-4]

@@ -131,7 +131,7 @@ def _recover_after(teacher, output, data, input_shapes, as_json) -> dict:
     x, _, line = read_samples(data, student, input_shapes)
     rep = recover(student, teacher, x, output, progress=None if as_json else EpochBar(RecoverOptions().epochs))
     info(f"recovered {output} on {line} (best epoch {rep['best_epoch']} of {rep['epochs_run']})")
-    return {"data": line, **{k: rep[k] for k in ("epochs_run", "best_epoch", "history")}}
+    return {"data": line, **{k: rep[k] for k in ("epochs_run", "best_epoch", "history", "lr", "lr_probe")}}
 
 
 def accuracy_warnings(acc, steps, max_drop: float) -> list:

@@ -35,6 +35,19 @@ def _hints(values):
     return tuple(out)
 
 
+def _lr(value):
+    """``--lr``: 'auto' (None) or a positive number."""
+    if value is None or str(value).lower() == "auto":
+        return None
+    try:
+        lr = float(value)
+    except ValueError:
+        lr = -1.0
+    if not lr > 0:
+        raise click.BadParameter(f"expected 'auto' or a positive number, got '{value}'", param_hint="--lr")
+    return lr
+
+
 class EpochBar:
     """A tqdm bar per epoch on a terminal (loss as it trains, the validation metric at the end); one line per
     epoch otherwise."""
@@ -44,6 +57,12 @@ class EpochBar:
         self.live = sys.stderr.isatty() and not quiet()
 
     def __call__(self, row: dict) -> None:
+        if "probe" in row:
+            p = row["probe"]
+            tried = ", ".join(f"{lr:g} -> " + (f"{loss:.4f}" if loss is not None else "diverged")
+                              for lr, loss in p["losses"].items())
+            info(f"lr auto: loss after {p['steps']} steps at {tried}: lr {p['lr']:g}")
+            return
         if row.get("end"):
             metric = f"  val {row['metric']} {row['val']:.4f}" if row["val"] is not None else ""
             if self.bar is not None:
@@ -72,7 +91,11 @@ class EpochBar:
 @click.option("--val", default=None, metavar="DATA",
               help="Held-out data: per-epoch top-1 (labelled) or agreement with the teacher; drives early stop.")
 @click.option("--epochs", type=int, default=30, show_default=True)
-@click.option("--lr", type=float, default=1e-2, show_default=True)
+@click.option("--lr", default="auto", show_default=True, metavar="auto|RATE", callback=lambda c, p, v: _lr(v),
+              help="Adam's learning rate, annealed along a cosine to zero over the epochs. 'auto': a short range "
+                   "test (a few steps at each of four rates from 1e-2 down, from the same start; the JSON report "
+                   "and the first line say which) keeps the rate whose training loss ends lowest: one rate does "
+                   "not fit all (1e-2 diverges on a pruned MobileNet, 1e-3 is too slow for a 90 %-pruned CNN).")
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--patience", type=int, default=5, show_default=True, help="Epochs without improvement before stopping.")
 @click.option("--temperature", type=float, default=4.0, show_default=True)

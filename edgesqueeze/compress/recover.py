@@ -23,14 +23,21 @@ from onnx import ModelProto
 
 from .._lazy import require
 from ..errors import InputError
-from ..export import export_torch
+from ..export import export_torch, opset_of_retrained
 from ..fileio import atomic_path
 from ..ortutil import make_session
 from ..passes.optimizer import optimize
 from ..plugins.dwsep import has_custom_nodes
 from .onnx_torch import logits_of, onnx_module
+from .training import distillation_loss
 
 MAX_CODEBOOK = 256  # a weight with at most this many distinct values (and 4x as many entries) is shared
+# --lr auto: the candidates of the short range test, and its length. Measured (benchmarks/RESULTS.md, "Channel
+# pruning + recovery"): the digits CNN at 90 % magnitude pruning needs 1e-2, PP-OCR's classifier after
+# --channels 0.5 diverges at 1e-2 and recovers at 1e-3: no single rate serves both.
+LR_CANDIDATES = (1e-2, 3e-3, 1e-3, 3e-4)
+PROBE_STEPS = 24
+PROBE_SAMPLES = 256
 
 
 @dataclass(frozen=True)
@@ -38,7 +45,7 @@ class RecoverOptions:
     """Training settings of :func:`recover` (the CLI's flags)."""
 
     epochs: int = 30
-    lr: float = 1e-2
+    lr: Optional[float] = None                # None: the short range test over LR_CANDIDATES picks it
     temperature: float = 4.0
     batch_size: int = 32
     patience: int = 5
@@ -112,10 +119,12 @@ def recover(student: ModelProto, teacher: ModelProto, x: np.ndarray, path, *, la
         labels: class labels of ``x`` (cross entropy is added), or None (distillation only).
         val: ``(x_val, labels_val or None)``: per epoch, top-1 against the labels (or agreement with the
             teacher without them), which drives early stopping (else the training loss does).
-        options: epochs, learning rate, temperature, batch size, patience, seed, hints, the output to distil
-            (the first by default; its logits: the input of a final Softmax).
-        progress: called after every step with ``{"epoch", "step", "steps", "loss"}`` and after every epoch
-            with ``{"epoch", "loss", "val", "metric", "end": True}``.
+        options: epochs, learning rate (None: picked by a short range test, :func:`_probe_lr`; annealed along
+            a cosine to zero over the epochs), temperature, batch size, patience, seed, hints, the output to
+            distil (the first by default; its logits: the input of a final Softmax).
+        progress: called once with ``{"probe": {"lr", "losses", "steps"}}`` when the rate was probed, after
+            every step with ``{"epoch", "step", "steps", "loss"}`` and after every epoch with
+            ``{"epoch", "loss", "val", "metric", "end": True}``.
 
     Returns:
         A report: epochs run, per-epoch history, the best epoch, masked and shared weights, the export report.
@@ -144,48 +153,105 @@ def recover(student: ModelProto, teacher: ModelProto, x: np.ndarray, path, *, la
     books = _codebooks(torch, module)
     regs = _regressors(torch, module, torch.tensor(x[:1]), o.hints, tvals) if o.hints else torch.nn.ModuleDict()
     vsoft = _teacher_outputs(teacher, val[0], [t_logit])[t_logit] if val is not None else None
-    opt = torch.optim.Adam(list(module.parameters()) + list(regs.parameters()), lr=o.lr)
-    state = _train(torch, module, regs, opt, x, labels, tvals, names, val, vsoft, (masks, books), o, progress)
+    batch = _Batch(torch, module, regs, x, labels, tvals, names, (masks, books), o)
+    probe = _probe_lr(torch, batch) if o.lr is None else None
+    lr = o.lr if probe is None else probe["lr"]
+    if progress and probe is not None:
+        progress({"probe": probe})
+    opt = torch.optim.Adam(list(module.parameters()) + list(regs.parameters()), lr=lr)
+    state = _train(torch, batch, opt, val, vsoft, progress)
     module.load_state_dict(state["best_state"])
     report = _export(torch, module, student, x, Path(path))
     hist = state["history"]
-    return {"epochs_run": len(hist), "best_epoch": state["best_epoch"], "history": hist,
-            "val_metric": state["metric"], "masked_weights": len(masks), "shared_weights": len(books), **report}
+    return {"epochs_run": len(hist), "best_epoch": state["best_epoch"], "history": hist, "lr": lr,
+            "lr_probe": probe, "val_metric": state["metric"], "masked_weights": len(masks),
+            "shared_weights": len(books), **report}
 
 
-def _epoch(torch, module, regs, opt, x, labels, tvals, names, held, o, epoch, gen, progress) -> float:
-    F = torch.nn.functional
-    T = o.temperature
-    order, total, steps = torch.randperm(len(x), generator=gen), 0.0, (len(x) + o.batch_size - 1) // o.batch_size
-    module.train()
-    for step, s in enumerate(range(0, len(x), o.batch_size), 1):
-        idx = order[s:s + o.batch_size]
-        module(torch.tensor(x[idx.numpy()]))
-        out = module.tapped[module.taps[0]]
-        teach = torch.tensor(tvals[names[0]][idx.numpy()])
-        loss = F.kl_div(F.log_softmax(out / T, 1), F.softmax(teach / T, 1), reduction="batchmean") * T ** 2
-        if labels is not None:
-            loss = loss + F.cross_entropy(out, torch.tensor(labels[idx.numpy()]).long())
-        for i, (sn, tn) in enumerate(o.hints):
-            hs = module.tapped[module.taps[1 + i]]
-            hs = regs[str(i)](hs) if str(i) in regs else hs
-            loss = loss + o.hint_weight * F.mse_loss(hs, torch.tensor(tvals[tn][idx.numpy()]))
+class _Batch:
+    """The training problem: the loss on a batch of sample indices, one optimizer step, the compression held."""
+
+    def __init__(self, torch, module, regs, x, labels, tvals, names, held, options):
+        self.torch, self.module, self.regs, self.x, self.labels = torch, module, regs, x, labels
+        self.tvals, self.names, self.held, self.o = tvals, names, held, options
+
+    def loss(self, idx: np.ndarray):
+        """Distillation (+ cross entropy with labels, + hints) on the samples ``idx``."""
+        torch, o, F = self.torch, self.o, self.torch.nn.functional
+        self.module(torch.tensor(self.x[idx]))
+        out = self.module.tapped[self.module.taps[0]]
+        loss = distillation_loss(out, torch.tensor(self.tvals[self.names[0]][idx]), o.temperature)
+        if self.labels is not None:
+            loss = loss + F.cross_entropy(out, torch.tensor(self.labels[idx]).long())
+        for i, (_, tn) in enumerate(o.hints):
+            hs = self.module.tapped[self.module.taps[1 + i]]
+            hs = self.regs[str(i)](hs) if str(i) in self.regs else hs
+            loss = loss + o.hint_weight * F.mse_loss(hs, torch.tensor(self.tvals[tn][idx]))
+        return loss
+
+    def step(self, opt, idx: np.ndarray) -> float:
+        loss = self.loss(idx)
         opt.zero_grad()
         loss.backward()
         opt.step()
-        _project(torch, module, *held)
-        total += float(loss.detach()) * len(idx)
+        _project(self.torch, self.module, *self.held)
+        return float(loss.detach())
+
+    def state(self):
+        return [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in (self.module, self.regs)]
+
+    def restore(self, state) -> None:
+        self.module.load_state_dict(state[0])
+        self.regs.load_state_dict(state[1])
+
+
+def _probe_lr(torch, batch: _Batch) -> dict:
+    """``--lr auto``: from the same start, PROBE_STEPS Adam steps at each of LR_CANDIDATES (the same batches);
+    the rate whose loss on PROBE_SAMPLES fixed training samples ends lowest wins (a short learning-rate range
+    test; a diverging rate scores None). The module is left as it was."""
+    o, n = batch.o, len(batch.x)
+    gen = torch.Generator().manual_seed(o.seed + 1)
+    fixed = torch.randperm(n, generator=gen)[:PROBE_SAMPLES].numpy()
+    steps = [torch.randint(n, (min(o.batch_size, n),), generator=gen).numpy() for _ in range(PROBE_STEPS)]
+    start, scores = batch.state(), {}
+    for lr in LR_CANDIDATES:
+        batch.restore(start)
+        opt = torch.optim.Adam(list(batch.module.parameters()) + list(batch.regs.parameters()), lr=lr)
+        batch.module.train()
+        for idx in steps:
+            batch.step(opt, idx)
+        batch.module.eval()
+        with torch.no_grad():
+            end = float(sum(batch.loss(fixed[s:s + 64]) * len(fixed[s:s + 64]) for s in range(0, len(fixed), 64)))
+        scores[lr] = end / len(fixed) if np.isfinite(end) else None
+    batch.restore(start)
+    best = min(LR_CANDIDATES, key=lambda r: (float("inf") if scores[r] is None else scores[r], -r))
+    return {"lr": best, "losses": scores, "steps": PROBE_STEPS}
+
+
+def _epoch(torch, batch: _Batch, opt, sched, epoch: int, gen, progress) -> float:
+    o, x = batch.o, batch.x
+    order, total, steps = torch.randperm(len(x), generator=gen), 0.0, (len(x) + o.batch_size - 1) // o.batch_size
+    batch.module.train()
+    for step, s in enumerate(range(0, len(x), o.batch_size), 1):
+        idx = order[s:s + o.batch_size].numpy()
+        total += batch.step(opt, idx) * len(idx)
+        sched.step()
         if progress:
             progress({"epoch": epoch, "step": step, "steps": steps, "loss": total / (s + len(idx))})
     return total / len(x)
 
 
-def _train(torch, module, regs, opt, x, labels, tvals, names, val, vsoft, held, o, progress) -> dict:
+def _train(torch, batch: _Batch, opt, val, vsoft, progress) -> dict:
+    """Epochs with the rate annealed along a cosine to zero over all of them, the best epoch's weights kept
+    (validation metric, else training loss), stopping after ``patience`` epochs without improvement."""
+    o, module = batch.o, batch.module
     gen = torch.Generator().manual_seed(o.seed)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=o.epochs * -(-len(batch.x) // o.batch_size))
     metric = None if val is None else ("top1" if val[1] is not None else "agreement")
     best, best_state, best_epoch, history, stale = None, None, 0, [], 0
     for epoch in range(1, o.epochs + 1):
-        loss = _epoch(torch, module, regs, opt, x, labels, tvals, names, held, o, epoch, gen, progress)
+        loss = _epoch(torch, batch, opt, sched, epoch, gen, progress)
         row = {"epoch": epoch, "loss": loss, "val": None, "metric": metric}
         if val is not None:
             pred = _predict(torch, module, val[0])
@@ -218,7 +284,7 @@ def _export(torch, module, student: ModelProto, x: np.ndarray, path: Path) -> di
         raw = Path(tmpdir) / "exported.onnx"
         exp = export_torch(module, torch.tensor(x[:1]), raw, input_names=[name],
                            output_names=[o.name for o in student.graph.output], legacy=True,
-                           dynamic_axes=_dynamic_axes(student) or None)
+                           dynamic_axes=_dynamic_axes(student) or None, opset=opset_of_retrained(student))
         exported = onnx.load(str(raw))
     # the student's custom nodes came from the GPU fusions (any GPU target runs the same ones)
     fused, rep = optimize(exported, target="orin-nano" if has_custom_nodes(student) else None,

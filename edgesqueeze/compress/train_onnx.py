@@ -19,7 +19,7 @@ from onnx import ModelProto
 
 from .._lazy import require
 from ..errors import InputError, UnsupportedError
-from ..export import export_torch
+from ..export import export_torch, opset_of_retrained
 from .class_loss import class_dependent_loss
 from .onnx_torch import onnx_module
 from .training import evaluate, finetune_shared, iterative_pruning, lottery_ticket, predict, prunable
@@ -224,7 +224,8 @@ def export_module(module, model: ModelProto, path) -> dict:
     name = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}][0]
     shape = [d.dim_value or 1 for d in model.graph.input[0].type.tensor_type.shape.dim]
     return export_torch(module, torch.zeros(shape), Path(path), input_names=[name],
-                        output_names=[o.name for o in model.graph.output], legacy=True)
+                        output_names=[o.name for o in model.graph.output], legacy=True,
+                        opset=opset_of_retrained(model))
 
 
 def parse_schedule(text: str) -> Tuple[float, ...]:

@@ -102,14 +102,20 @@ def _with_teacher(loss_fn: Callable, teacher: Optional[np.ndarray], temperature:
     torch = _torch()
     if teacher is None:
         return lambda out, y, idx: loss_fn(out, y)
-    F = torch.nn.functional
-    soft = F.softmax(torch.as_tensor(np.asarray(teacher, np.float32)) / temperature, dim=1)
+    logits = torch.as_tensor(np.asarray(teacher, np.float32))
 
     def loss(out, y, idx):
-        kd = F.kl_div(F.log_softmax(out / temperature, 1), soft[idx], reduction="batchmean")
-        return loss_fn(out, y) + kd * temperature ** 2
+        return loss_fn(out, y) + distillation_loss(out, logits[idx], temperature)
 
     return loss
+
+
+def distillation_loss(student, teacher, temperature: float):
+    """Hinton's soft-target term, ``T^2 * KL(softmax(teacher / T) || softmax(student / T))`` (batch mean), on
+    logits ``[N, C, ...]``: the one definition that ``train`` and :func:`edgesqueeze.compress.recover.recover` use."""
+    F = _torch().nn.functional
+    return F.kl_div(F.log_softmax(student / temperature, 1), F.softmax(teacher / temperature, 1),
+                    reduction="batchmean") * temperature ** 2
 
 
 def predict(module, x, batch_size: int = 1024) -> np.ndarray:

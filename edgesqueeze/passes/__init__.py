@@ -10,6 +10,7 @@ from . import fold_constants as _fold_constants  # noqa: F401
 from . import eliminate_noops as _eliminate_noops  # noqa: F401
 from . import fold_batchnorm as _fold_batchnorm  # noqa: F401
 from . import fold_affine as _fold_affine  # noqa: F401
+from . import fuse_hardswish as _fuse_hardswish  # noqa: F401
 from . import fuse_depthwise_separable as _fuse_depthwise_separable  # noqa: F401
 from . import fuse_horizontal as _fuse_horizontal  # noqa: F401
 from . import fuse_conv_activation as _fuse_conv_activation  # noqa: F401
