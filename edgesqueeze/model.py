@@ -713,6 +713,11 @@ def _tensor_payload(model: ModelProto) -> int:
     return total
 
 
+def fits_one_protobuf(model: ModelProto) -> bool:
+    """Whether ``model`` serialises as one protobuf (under 2 GB; judged from its tensors' shapes, nothing read)."""
+    return _tensor_payload(model) <= _TWO_GB
+
+
 def payload_bytes(model: ModelProto) -> int:
     """The bytes of the model's tensor data, from their shapes (nothing read or serialised): about its size."""
     return _tensor_payload(model)
@@ -882,7 +887,12 @@ def model_hash(model: Union[ModelProto, PathLike]) -> str:
     """Return the sha256 of a model's serialised bytes, or of a model file (followed by the bytes of its
     :func:`data_file_of` when it has one), read in chunks."""
     if isinstance(model, ModelProto):
-        return sha256_bytes(model_bytes(model))
+        if fits_one_protobuf(model):
+            return sha256_bytes(model_bytes(model))
+        h = hashlib.sha256()  # over one protobuf's limit: the same bytes, hashed piece by piece
+        for piece in _stream_pieces(model)[1]:
+            h.update(piece)
+        return h.hexdigest()
     if not data_file_of(model).is_file():
         known = _WRITTEN.get(str(Path(model).resolve()))
         st = Path(model).stat()

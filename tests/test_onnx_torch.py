@@ -126,3 +126,68 @@ def test_split_with_several_outputs():
                            helper.make_tensor_value_info("c", TensorProto.FLOAT, [3, 3])], [w, sizes])
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
     _close(m, {"x": np.random.default_rng(1).normal(size=(3, 4)).astype(np.float32)})
+
+
+def _gemm_model(trans_a, trans_b, alpha, beta, c_shape, m=3, k=4, n=5):
+    rng = np.random.default_rng(0)
+    a_shape = (k, m) if trans_a else (m, k)
+    b = numpy_helper.from_array(rng.normal(size=(n, k) if trans_b else (k, n)).astype(np.float32), "b")
+    inits, ins = [b], ["x", "b"]
+    if c_shape is not None:
+        inits.append(numpy_helper.from_array(rng.normal(size=c_shape).astype(np.float32), "c"))
+        ins.append("c")
+    node = helper.make_node("Gemm", ins, ["y"], transA=trans_a, transB=trans_b, alpha=alpha, beta=beta)
+    g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(a_shape))],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def _export_back(model, x, path):
+    """The converter's module exported as ``recover`` / ``train`` export it (TorchScript exporter)."""
+    from edgesqueeze.export import export_torch
+    name = model.graph.input[0].name
+    export_torch(onnx_module(model), torch.tensor(x), path, input_names=[name],
+                 output_names=[o.name for o in model.graph.output], legacy=True)
+    return onnx.load(str(path))
+
+
+def _ones_mul(model):
+    """Mul nodes by an initializer / Constant equal to 1 (the old Gemm re-export wrote Mul(1.0))."""
+    consts = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    consts.update({n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in model.graph.node
+                   if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"})
+    return [n.name for n in model.graph.node if n.op_type == "Mul"
+            and any(i in consts and consts[i].size == 1 and float(consts[i]) == 1.0 for i in n.input)]
+
+
+@pytest.mark.parametrize("trans_a,trans_b,alpha,beta,c_shape,gemms", [
+    (0, 1, 1.0, 1.0, (5,), 1), (0, 0, 1.0, 1.0, (5,), 1), (0, 1, 1.0, 1.0, (), 1),
+    (0, 1, 1.0, 1.0, (3, 5), 1), (0, 0, 1.0, 1.0, (1, 5), 1), (1, 1, 1.0, 1.0, (5,), 1),
+    (0, 1, 2.0, 0.5, (5,), 1), (1, 0, 0.5, 3.0, (3, 5), 1), (0, 1, 1.0, 1.0, None, 0), (0, 0, 2.0, 1.0, None, 0)])
+def test_gemm_round_trips_as_one_gemm(tmp_path, trans_a, trans_b, alpha, beta, c_shape, gemms):
+    """Every Gemm form matches onnxruntime; with a C it exports back as one Gemm (no MatMul + Mul(1.0) + Add),
+    without one as the MatMul torch writes for it."""
+    model = _gemm_model(trans_a, trans_b, alpha, beta, c_shape)
+    x = np.random.default_rng(1).normal(size=(4, 3) if trans_a else (3, 4)).astype(np.float32)
+    _close(model, {"x": x}, atol=1e-6)
+    back = _export_back(model, x, tmp_path / "g.onnx")
+    ops = [n.op_type for n in back.graph.node]
+    assert ops.count("Gemm") == gemms and not _ones_mul(back), ops
+    if c_shape is not None:
+        assert "MatMul" not in ops and "Add" not in ops, ops
+    np.testing.assert_allclose(make_session(back).run(None, {"x": x})[0], make_session(model).run(None, {"x": x})[0],
+                               rtol=1e-6, atol=1e-6)
+
+
+def test_digits_cnn_gemms_survive_the_round_trip(tmp_path):
+    """The digits CNN's two Gemms (Linear layers) come back as two Gemms, outputs within float32 rounding."""
+    model = onnx.load(str(DIGITS / "digits_cnn.onnx"))
+    x = np.load(DIGITS / "val.npz")["input"][:1]
+    back = _export_back(model, x, tmp_path / "d.onnx")
+    count = lambda m, op: sum(n.op_type == op for n in m.graph.node)  # noqa: E731
+    assert count(back, "Gemm") == count(model, "Gemm") == 2
+    assert not _ones_mul(back) and count(back, "MatMul") == 0
+    name = model.graph.input[0].name
+    ref = make_session(model).run(None, {name: x})[0]
+    np.testing.assert_allclose(make_session(back).run(None, {name: x})[0], ref, rtol=1e-5,
+                               atol=1e-5 * np.abs(ref).max())

@@ -192,3 +192,25 @@ def test_image_folder_of_class_subfolders_gives_labels(setup, tmp_path):
     x, y = labelled_arrays(str(tmp_path), load_model(model))
     names = sorted({f"c{v}" for v in val["label"][:12]})
     assert x.shape == (12, 1, 8, 8) and sorted(y.tolist()) == sorted(names.index(f"c{v}") for v in val["label"][:12])
+
+
+@pytest.mark.torch
+def test_default_is_one_thread_and_byte_reproducible(cli, setup, tmp_path):
+    """Without --threads the run uses one thread whatever torch had, so it writes --threads 1's bytes."""
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        _train(cli, setup, tmp_path / "d1.onnx", "--iterative", "0.5")
+        assert torch.get_num_threads() == 1
+        torch.set_num_threads(2)
+        _train(cli, setup, tmp_path / "d2.onnx", "--iterative", "0.5")
+        _train(cli, setup, tmp_path / "t1.onnx", "--iterative", "0.5", "--threads", "1")
+        assert (tmp_path / "d1.onnx").read_bytes() == (tmp_path / "d2.onnx").read_bytes() == \
+            (tmp_path / "t1.onnx").read_bytes()
+        torch.set_num_threads(2)
+        _train(cli, setup, tmp_path / "t0.onnx", "--iterative", "0.5", "--threads", "0")
+        assert torch.get_num_threads() == 2  # 0: torch's own count left alone
+    finally:
+        torch.set_num_threads(before)

@@ -10,7 +10,9 @@ separately and nothing is timed around an unsynchronised enqueue (TensorRT#3493)
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Union
 
@@ -20,7 +22,7 @@ import onnx
 from .._lazy import require
 from ..errors import DeviceError, InputError, UnsupportedError
 from ..fileio import cache_dir as default_cache_dir, sha256_bytes, sha256_file, write_bytes_atomic
-from ..model import input_specs, load_model, model_bytes
+from ..model import fits_one_protobuf, input_specs, load_model, model_bytes, model_hash, save_model
 from .base import InputMetadata, Runner
 from .calib_cache import cache_bytes_for, make_cache_calibrator
 from .trt_plan import (BuildPlan, buffer_bytes, context_plan, engine_cache_key, needs_calibration_profile,
@@ -39,7 +41,9 @@ class TrtRunner(Runner):
     """Build (or load from the engine cache) a TensorRT engine for an ONNX model and run it.
 
     Args:
-        model: ModelProto or ``.onnx`` path (a serialized ``.engine``/``.plan`` file is loaded as is).
+        model: ModelProto or ``.onnx`` path (a serialized ``.engine``/``.plan`` file is loaded as is). TensorRT
+            parses an ``.onnx`` path from the file (its external data read next to it, so models over 2 GB
+            build); a ModelProto from its bytes, or over 2 GB from a temporary copy with external data.
         precision: ``auto``, ``fp32``, ``fp16``, ``int8`` (see :func:`~.trt_plan.plan_build`).
         target: device profile name or object; decides ``auto`` and refuses impossible precisions.
         calibration: a TensorRT calibration cache path or ``{tensor: amax}`` for implicit INT8.
@@ -62,6 +66,7 @@ class TrtRunner(Runner):
                  device: int = 0, verbose: bool = False) -> None:
         super().__init__()
         self.engine_path: Optional[Path] = None
+        self.onnx_file: Optional[str] = None  # the file ``self.model`` was loaded from, unchanged: parsed from there
         if isinstance(model, onnx.ModelProto):
             self.model, self.path = model, None
         elif str(model).endswith((".engine", ".plan", ".trt")):
@@ -70,6 +75,7 @@ class TrtRunner(Runner):
                 raise InputError("no such engine file", path=str(model))
         else:
             self.model, self.path = load_model(model, require_static=False), str(model)
+            self.onnx_file = str(Path(model).resolve())
         if target is not None:
             from ..devices import get_profile
 
@@ -206,10 +212,9 @@ class TrtRunner(Runner):
                                dla_core=self.dla_core, fast_fp16=_attr(builder, "platform_has_fast_fp16"),
                                fast_int8=_attr(builder, "platform_has_fast_int8"))
         self.notes.extend(self.plan.notes)
-        onnx_bytes = model_bytes(self.model)
         key = engine_cache_key(
             trt_version=trt.__version__, gpu_name=self._gpu[0], compute_capability=self._gpu[1],
-            precision=self.plan.precision, model_sha256=sha256_bytes(onnx_bytes),
+            precision=self.plan.precision, model_sha256=model_hash(self.model),
             options={"flags": list(self.plan.flags), "dla": self.dla_core,
                      "calib": sha256_bytes(calib_bytes) if calib_bytes else None,
                      "profiles": {k: [list(s) for s in v] for k, v in self.shape_profiles.items()},
@@ -220,12 +225,12 @@ class TrtRunner(Runner):
             if self.engine_path.exists():
                 self.cache_hit = True
                 return self.engine_path.read_bytes()
-        data = self._build(builder, onnx_bytes, calib_bytes)
+        data = self._build(builder, calib_bytes)
         if self.engine_path is not None:
             write_bytes_atomic(self.engine_path, data)
         return data
 
-    def _build(self, builder, onnx_bytes: bytes, calib_bytes: Optional[bytes]) -> bytes:
+    def _build(self, builder, calib_bytes: Optional[bytes]) -> bytes:
         trt = self._trt
         plan = self.plan
         flags = 0
@@ -235,10 +240,33 @@ class TrtRunner(Runner):
             flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
         network = builder.create_network(flags)
         parser = trt.OnnxParser(network, self._logger)
-        if not parser.parse(onnx_bytes):
+        with contextlib.ExitStack() as stack:  # a temporary copy of a big in-memory model lives through the build
+            self._parse(parser, stack)
+            return self._build_network(builder, network, calib_bytes)
+
+    def _parse(self, parser, stack: contextlib.ExitStack) -> None:
+        """Parse the model into ``parser``'s network: from its file when it came from one (``parse_from_file``,
+        TensorRT >= 8: external data is read relative to the file), from its bytes when it fits one protobuf,
+        else from a copy saved with external data in a temporary folder.
+
+        Raises:
+            UnsupportedError: the parser rejects the model (its first errors named).
+        """
+        if self.onnx_file is not None:
+            ok = parser.parse_from_file(self.onnx_file)
+        elif fits_one_protobuf(self.model):
+            ok = parser.parse(model_bytes(self.model))
+        else:
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="edgesqueeze-trt-")))
+            ok = parser.parse_from_file(str(save_model(self.model, tmp / "model.onnx", external=True)))
+        if not ok:
             errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
-            raise UnsupportedError("TensorRT's ONNX parser rejects the model: " + "; ".join(errors[:3]),
-                                   path=self.path)
+            raise UnsupportedError("TensorRT's ONNX parser rejects the model: " + ("; ".join(errors[:3]) or
+                                   "no error recorded (rerun with verbose=True for its log)"), path=self.path)
+
+    def _build_network(self, builder, network, calib_bytes: Optional[bytes]) -> bytes:
+        trt = self._trt
+        plan = self.plan
         config = builder.create_builder_config()
         if plan.workspace_api == "max_workspace_size":
             config.max_workspace_size = self.workspace_mib << 20

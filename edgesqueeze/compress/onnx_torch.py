@@ -76,10 +76,17 @@ def _pool(F, torch, n, x, kind):
 
 
 def _gemm(F, torch, n, a, b, c=None):
+    """Gemm in the forms the TorchScript exporter writes back as one Gemm: ``F.linear`` for the plain case
+    (alpha = beta = 1, no transA, a per-column or scalar C), ``torch.addmm`` for general alpha / beta / C.
+    Without C it is a MatMul (times alpha when alpha != 1), which is what ``a @ b`` exports as."""
+    alpha, beta, trans_b = attr(n, "alpha", 1.0), attr(n, "beta", 1.0), attr(n, "transB", 0)
     a = a.t() if attr(n, "transA", 0) else a
-    b = b.t() if attr(n, "transB", 0) else b
-    y = attr(n, "alpha", 1.0) * (a @ b)
-    return y if c is None else y + attr(n, "beta", 1.0) * c
+    if c is None:
+        y = a @ (b.t() if trans_b else b)
+        return y if alpha == 1.0 else alpha * y
+    if alpha == 1.0 and beta == 1.0 and c.dim() <= 1:
+        return F.linear(a, b if trans_b else b.t(), c)
+    return torch.addmm(c, a, b.t() if trans_b else b, beta=beta, alpha=alpha)
 
 
 def _reshape(n, x, shape, batch, computed):
