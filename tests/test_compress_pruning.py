@@ -234,3 +234,20 @@ def test_channel_pruning_ratio_zero_changes_nothing():
     assert {t.name: t.SerializeToString() for t in out.graph.initializer} == \
         {t.name: t.SerializeToString() for t in m.graph.initializer}
     assert all(g["kept"] == g["channels"] for g in rep["groups"])
+
+
+def test_macs_of_a_dynamic_model_are_counted_at_the_check_shape_or_unknown():
+    """A dynamic H x W has no MAC count (None, 'n/a' in the report), never 0; with --input's shape it has one."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgesqueeze.compress._macs import count_macs
+    w = numpy_helper.from_array(np.ones((8, 3, 3, 3), np.float32), "w")
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, "h", "w"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 8, "h", "w"])
+    conv = helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])
+    model = helper.make_model(helper.make_graph([conv], "g", [x], [y], [w]),
+                              opset_imports=[helper.make_opsetid("", 13)])
+    model.graph.value_info.append(helper.make_tensor_value_info("unused", TensorProto.FLOAT, ["n"]))
+    assert count_macs(model) is None
+    assert count_macs(model, {"x": [1, 3, 10, 12]}) == 8 * 10 * 12 * 27
+    assert len(model.graph.input[0].type.tensor_type.shape.dim[2].dim_param) == 1   # the model is unchanged

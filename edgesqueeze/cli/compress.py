@@ -159,7 +159,8 @@ def _text(report) -> str:
     lines = [f"steps: {' -> '.join(report['steps'])}"]
     rows = [["parameters", report["params_before"], report["params_after"]],
             ["non-zero", report["nonzero_before"], report["nonzero_after"]],
-            ["MACs", report["macs_before"], report["macs_after"]]]
+            ["MACs", *("n/a (dynamic input)" if v is None else v for v in (report["macs_before"],
+                                                                         report["macs_after"]))]]
     acc = report.get("accuracy")
     if acc and acc["before"] is not None:
         rows.append(["top-1", f"{acc['before']:.4f}", f"{acc['after']:.4f}"])

@@ -82,7 +82,7 @@ def compress(model: ModelProto, *, sparsity: Optional[str] = None, prune: Option
     report = {"steps": [s for s, _ in steps], "reports": reports,
               "params_before": _params(model), "params_after": _params(out),
               "nonzero_before": _nonzero(model), "nonzero_after": _nonzero(out),
-              "macs_before": count_macs(model), "macs_after": count_macs(out)}
+              "macs_before": count_macs(model, shapes), "macs_after": count_macs(out, shapes)}
     report["output_change"] = None
     try:
         feeds = random_feeds(model, seed=seed, shapes=shapes)[0]
