@@ -22,7 +22,9 @@ def read_samples(spec, model, input_shapes=()):
     name = model.graph.input[0].name
     x = np.concatenate([feed[name] for feed in reader])
     labels = None if reader.labels is None else np.asarray(reader.labels)[:len(x)]
-    return x.astype(np.float32, copy=False), labels, reader.describe()
+    # read one sample at a time; training batches are --batch-size: the line counts samples, not batches
+    line = reader.describe().replace(f" in {len(reader)} batches of 1", "", 1)
+    return x.astype(np.float32, copy=False), labels, line
 
 
 def _hints(values):
@@ -92,7 +94,7 @@ class EpochBar:
               help="Held-out data: per-epoch top-1 (labelled) or agreement with the teacher; drives early stop.")
 @click.option("--epochs", type=int, default=30, show_default=True)
 @click.option("--lr", default="auto", show_default=True, metavar="auto|RATE", callback=lambda c, p, v: _lr(v),
-              help="Adam's learning rate, annealed along a cosine to zero over the epochs. 'auto': a short range "
+              help="Adam's learning rate. 'auto': a short range "
                    "test (a few steps at each of four rates from 1e-2 down, from the same start; the JSON report "
                    "and the first line say which) keeps the rate whose training loss ends lowest: one rate does "
                    "not fit all (1e-2 diverges on a pruned MobileNet, 1e-3 is too slow for a 90 %-pruned CNN).")
