@@ -7,9 +7,13 @@ onnxruntime's graph optimizations off (what the graph itself costs) and at ORT_E
 
 Models: ResNet-50 and Inception-v1 (the onnx package's light Model-Zoo models with seeded random weights) and
 MobileNetV2 (built with onnx helpers in tests/netzoo.py, Conv -> BN -> ReLU6 as a framework export has it).
+``--models`` also takes the trained networks that packages ship (tests/realnets.py: ppocr_cls, ppocr_det,
+ppocr_rec, yolov8n_320), loaded at opset 13 with their input pinned to the shape of :data:`TRAINED` or to the
+one given as ``name:1x3x320x320``; with ``--models`` the table gets the latency ratios onnxslim / tool.
 
     python benchmarks/bench_optimize.py                      # prints a Markdown table
     python benchmarks/bench_optimize.py --runs 100 --json out.json
+    python benchmarks/bench_optimize.py --models ppocr_cls,ppocr_det:1x3x320x320 --threads 1
 """
 from __future__ import annotations
 
@@ -32,11 +36,61 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the te
 from edgesqueeze.passes import DEFAULT_OPSET, optimize  # noqa: E402
 from netzoo import mobilenet_v2  # noqa: E402
 from random_weights import materialize_random_weights  # noqa: E402
+from realnets import NETS, fetch  # noqa: E402
 
 
 def _light(name):
     path = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light" / f"light_{name}.onnx"
     return materialize_random_weights(load_model(path, opset=DEFAULT_OPSET), seed=0)
+
+
+DEFAULT_MODELS = ("ResNet-50", "MobileNetV2", "Inception-v1")
+SYNTHETIC = {"ResNet-50": lambda: _light("resnet50"), "MobileNetV2": mobilenet_v2,
+             "Inception-v1": lambda: _light("inception_v1")}
+# the trained networks' default input shapes, as tests/test_verify_numerics.py pins them
+TRAINED = {"ppocr_cls": (1, 3, 48, 192), "ppocr_det": (1, 3, 640, 640), "ppocr_rec": (1, 3, 48, 320),
+           "yolov8n_320": (1, 3, 320, 320)}
+
+
+def parse_models(text):
+    """``--models``: comma-separated names of SYNTHETIC or TRAINED, a trained one optionally ``name:1x3x320x320``.
+
+    Returns ``[(label, name, shape or None)]``; the label carries the shape when it is not the default one.
+    """
+    specs = []
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        name, _, dims = item.partition(":")
+        if name in SYNTHETIC and not dims:
+            specs.append((name, name, None))
+        elif name in TRAINED:
+            if dims and not all(d.isdigit() for d in dims.split("x")):
+                raise ValueError(f"bad shape in {item!r}: write it as 1x3x320x320")
+            shape = tuple(int(d) for d in dims.split("x")) if dims else TRAINED[name]
+            specs.append((item if dims else name, name, shape))
+        else:
+            raise ValueError(f"unknown model {item!r}: choose from {', '.join([*SYNTHETIC, *TRAINED])}"
+                             " (a trained one may carry its input shape, e.g. ppocr_det:1x3x320x320)")
+    if not specs:
+        raise ValueError("--models names no model")
+    return specs
+
+
+def _load(name, shape):
+    """A fresh model. A trained one is pinned; an output whose shape inference cannot recover after pinning (the
+    Paddle classifier's and recognizer's: their stale -1 dims are dropped, and a Reshape takes a computed shape)
+    gets the shape onnxruntime gives it, since onnxsim 0.8.1 refuses an output without a shape."""
+    if shape is None:
+        return SYNTHETIC[name]()
+    from edgesqueeze.ortutil import run_model
+
+    model = load_model(fetch(name), {NETS[name].input: list(shape)}, opset=DEFAULT_OPSET, pin=True)
+    missing = [o for o in model.graph.output if not o.type.tensor_type.HasField("shape")]
+    if missing:
+        got = run_model(model, random_feeds(model, seed=0)[0])
+        for out in missing:
+            for d in got[out.name].shape:
+                out.type.tensor_type.shape.dim.add().dim_value = int(d)
+    return model
 
 
 def _tools(target):
@@ -108,10 +162,12 @@ def _agreement(reference, candidate, feeds):
     return worst
 
 
-def run(runs=50, warmup=5, repeat=3, threads=2):
-    models = {"ResNet-50": _light("resnet50"), "MobileNetV2": mobilenet_v2(), "Inception-v1": _light("inception_v1")}
+def run(runs=50, warmup=5, repeat=3, threads=2, models=None):
+    """The table's rows for ``models`` (``parse_models`` output; default: the three synthetic models)."""
+    specs = models if models is not None else [(n, n, None) for n in DEFAULT_MODELS]
     rows = []
-    for model_name, model in models.items():
+    for model_name, name, shape in specs:
+        model = _load(name, shape)
         feeds = random_feeds(model, seed=0)[0]
         variants = [("original", model, None, None)]
         for target in (None, "orin-nano") if model_name == "MobileNetV2" else (None,):
@@ -136,7 +192,18 @@ def run(runs=50, warmup=5, repeat=3, threads=2):
     return rows
 
 
-def markdown(rows, runs, threads):
+def _vs_onnxslim(rows):
+    """onnxslim's latency / each row's (> 1: faster than onnxslim), off and at ORT_ENABLE_ALL, by row index."""
+    slim = {r["model"]: r for r in rows if r["tool"] == "onnxslim"}
+    out = []
+    for r in rows:
+        s = slim.get(r["model"])
+        out.append(None if s is None else (s["latency_ms_ort_off"] / r["latency_ms_ort_off"],
+                                           s["latency_ms_ort_all"] / r["latency_ms_ort_all"]))
+    return out
+
+
+def markdown(rows, runs, threads, ratios=False):
     import onnxruntime
     import onnxsim
     import onnxslim
@@ -145,13 +212,17 @@ def markdown(rows, runs, threads):
              f"{getattr(onnxsim, '__version__', '?')}, onnx {onnx.__version__}; {platform.processor() or 'cpu'}, "
              f"{threads} intra-op threads, median of {runs} timed runs (round-robin); optimize times: median of the repeats", "",
              "| model | tool | optimize wall (s) | optimize CPU (s) | nodes | max rel. error | "
-             "ORT latency, graph opt. off (ms) | ORT latency, ORT_ENABLE_ALL (ms) |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
+             "ORT latency, graph opt. off (ms) | ORT latency, ORT_ENABLE_ALL (ms) |"
+             + (" onnxslim / this, off | onnxslim / this, ALL |" if ratios else ""),
+             "|---|---|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if ratios else "")]
+    for r, vs in zip(rows, _vs_onnxslim(rows)):
         t = "-" if r["optimize_s"] is None else f"{r['optimize_s']:.2f}"
         c = "-" if r["optimize_cpu_s"] is None else f"{r['optimize_cpu_s']:.2f}"
-        lines.append(f"| {r['model']} | {r['tool']} | {t} | {c} | {r['nodes']} | {r['max_rel_err']:.1e} | "
-                     f"{r['latency_ms_ort_off']:.2f} | {r['latency_ms_ort_all']:.2f} |")
+        line = (f"| {r['model']} | {r['tool']} | {t} | {c} | {r['nodes']} | {r['max_rel_err']:.1e} | "
+                f"{r['latency_ms_ort_off']:.2f} | {r['latency_ms_ort_all']:.2f} |")
+        if ratios:
+            line += " - | - |" if vs is None else f" {vs[0]:.2f} | {vs[1]:.2f} |"
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -162,11 +233,18 @@ def main(argv=None):
     ap.add_argument("--repeat", type=int, default=3, help="optimization runs per tool (median reported)")
     ap.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads")
     ap.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
+    ap.add_argument("--models", default=None,
+                    help=f"comma-separated: {', '.join([*SYNTHETIC, *TRAINED])} (default: {','.join(DEFAULT_MODELS)}); "
+                         "a trained one may carry its input shape, e.g. ppocr_det:1x3x320x320")
     args = ap.parse_args(argv)
     if args.runs < 50:
         ap.error("--runs must be >= 50")
-    rows = run(args.runs, args.warmup, args.repeat, args.threads)
-    print(markdown(rows, args.runs, args.threads))
+    try:
+        models = None if args.models is None else parse_models(args.models)
+    except ValueError as exc:
+        ap.error(str(exc))
+    rows = run(args.runs, args.warmup, args.repeat, args.threads, models)
+    print(markdown(rows, args.runs, args.threads, ratios=models is not None))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2, sort_keys=True) + "\n")
 
