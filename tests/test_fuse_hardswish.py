@@ -75,15 +75,17 @@ def test_written_hardswish_becomes_hardsigmoid_mul(variant, opset):
     assert np.abs(ref).max() > 1 and np.allclose(got, ref, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("case", ["clip_to_5", "sum_is_an_output", "other_tensor_multiplied"])
+@pytest.mark.parametrize("case", ["clip_to_5", "sum_is_an_output", "other_tensor_multiplied", "three_of_rank_5"])
 def test_lookalikes_are_left_alone(case):
+    """... and a constant that could broadcast x to another shape (rank 5 against rank 4) is not taken as 3."""
     clip, bounds = _clip("a", "c", hi=5.0 if case == "clip_to_5" else 6.0)
     other = "x" if case == "other_tensor_multiplied" else "h"
     nodes = [helper.make_node("Add", ["h", "three"], ["a"], name="add"), clip,
              helper.make_node("Mul", [other, "c"], ["m"], name="mul"),
              helper.make_node("Div", ["m", "six"], ["y"], name="div")]
     outputs = ("y", "a") if case == "sum_is_an_output" else ("y",)
-    model = _model(nodes, [_const("three", 3.0), _const("six", 6.0), *bounds], outputs=outputs)
+    three = np.full((1, 1, 1, 1, 1), 3.0) if case == "three_of_rank_5" else 3.0
+    model = _model(nodes, [_const("three", three), _const("six", 6.0), *bounds], outputs=outputs)
     out, rep = optimize(model, passes=["fuse_hardswish", "cleanup"])
     assert "hardswish" not in rep["fusions"] and "HardSigmoid" not in _ops(out)
 

@@ -20,12 +20,11 @@ from .registry import register
 
 
 def _scalar(tensor) -> Optional[float]:
-    """The value of a constant whose entries are all one number, else None."""
+    """The value of a one-element float constant of rank 0 or 1 (broadcasting it changes no shape), else None."""
     v = const(tensor) if tensor is not None else None
-    if v is None or v.size == 0 or not np.issubdtype(v.dtype, np.floating):
+    if v is None or v.size != 1 or v.ndim > 1 or not np.issubdtype(v.dtype, np.floating):
         return None
-    flat = np.asarray(v, np.float64).reshape(-1)
-    return float(flat[0]) if np.all(flat == flat[0]) else None
+    return float(np.asarray(v, np.float64).reshape(-1)[0])
 
 
 def _is(value: Optional[float], want: float) -> bool:
