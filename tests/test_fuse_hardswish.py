@@ -77,7 +77,7 @@ def test_written_hardswish_becomes_hardsigmoid_mul(variant, opset):
 
 @pytest.mark.parametrize("case", ["clip_to_5", "sum_is_an_output", "other_tensor_multiplied", "three_of_rank_5"])
 def test_lookalikes_are_left_alone(case):
-    """... and a constant that could broadcast x to another shape (rank 5 against rank 4) is not taken as 3."""
+    """Near misses stay, among them a constant that could broadcast x to another shape (rank 5 against 4)."""
     clip, bounds = _clip("a", "c", hi=5.0 if case == "clip_to_5" else 6.0)
     other = "x" if case == "other_tensor_multiplied" else "h"
     nodes = [helper.make_node("Add", ["h", "three"], ["a"], name="add"), clip,
