@@ -184,7 +184,11 @@ def test_ctrl_c_stops_the_remote_run_and_keeps_partial_results(server, bundle, t
     proc = subprocess.Popen([sys.executable, "-m", "edgesqueeze", "deploy", str(bundle), "--device", server.device,
                              "-i", str(server.identity), "--known-hosts", str(server.known_hosts), "--remote-dir",
                              str(remote), "--python", PY, "--bench", "--duration", "60", "--no-plots", "-o", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # a terminal's Ctrl-C reaches a CLI whose SIGINT is the default; a suite started in the
+                            # background (`cmd &`, nohup) hands its children an ignored SIGINT, and Python then
+                            # installs no KeyboardInterrupt handler: restore the terminal's disposition
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     pid_file = remote / ".edgesqueeze" / "run.pid"
     deadline = time.monotonic() + 60
     while not pid_file.exists() and time.monotonic() < deadline and proc.poll() is None:
