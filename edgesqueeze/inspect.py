@@ -117,6 +117,13 @@ def _macs(node, shapes: _Shapes, const: Set[str]) -> int:
     return 0
 
 
+def count_macs(model: onnx.ModelProto) -> int:
+    """Multiply-accumulates of a shape-inferred model (Conv, ConvTranspose, Gemm, MatMul, custom ops; a node with
+    an unknown shape counts 0): the one rule that ``inspect`` and the compression reports use."""
+    shapes, const = _Shapes(model), _constant_tensors(model)
+    return sum(_macs(n, shapes, const) for n in model.graph.node)
+
+
 def _other_flops(node, shapes: _Shapes) -> int:
     op = node.op_type
     if op in SHAPE_OPS:
