@@ -119,8 +119,8 @@ class ArrayReader(DataReader):
     def __len__(self) -> int:
         return self._n // self.batch
 
-    def describe(self) -> str:
-        return self._describe_counted(self.source, self._n, "samples")
+    def describe(self, batches: bool = True) -> str:
+        return self._describe_counted(self.source, self._n, "samples", batches)
 
     def sha256(self) -> str:
         return self._hash(self._digest, self._n)
@@ -155,7 +155,7 @@ class RandomReader(DataReader):
     def __len__(self) -> int:
         return self.count
 
-    def describe(self) -> str:
+    def describe(self, batches: bool = True) -> str:
         return f"random data (seed {self.seed}, {self.count} batches of {self.batch}; not real inputs)"
 
     def sha256(self) -> str:

@@ -47,12 +47,14 @@ class DataReader:
     def __len__(self) -> int:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def describe(self) -> str:  # pragma: no cover - abstract
+    def describe(self, batches: bool = True) -> str:  # pragma: no cover - abstract
+        """One line: what the data is; ``batches=False`` leaves out how it is batched (a caller that reads it
+        sample by sample and batches it itself, as ``recover`` does)."""
         raise NotImplementedError
 
-    def _describe_counted(self, source: str, count: int, unit: str) -> str:
-        """``source: N <unit> in B batches of b[, labelled][ (k left over, not a full batch)]``."""
-        text = f"{source}: {count} {unit} in {len(self)} batches of {self.batch}"
+    def _describe_counted(self, source: str, count: int, unit: str, batches: bool = True) -> str:
+        """``source: N <unit>[ in B batches of b][, labelled][ (k left over, not a full batch)]``."""
+        text = f"{source}: {count} {unit}" + (f" in {len(self)} batches of {self.batch}" if batches else "")
         if self.labels is not None:
             text += ", labelled"
         if getattr(self, "dropped", 0):

@@ -169,8 +169,8 @@ class ImageFolderReader(DataReader):
     def __len__(self) -> int:
         return len(self.files) // self.batch
 
-    def describe(self) -> str:
-        text = self._describe_counted(str(self.root), len(self.files), "images")
+    def describe(self, batches: bool = True) -> str:
+        text = self._describe_counted(str(self.root), len(self.files), "images", batches)
         return f"{text} (each image: {self.pre.summary(self.layout, self.c, self.h, self.w, self.mode)})"
 
     def sha256(self) -> str:

@@ -151,6 +151,7 @@ def test_recover_image_folder_hint_regressor_and_codebooks(tmp_path):
     import json
     rep = json.loads(r.stdout)
     assert rep["shared_weights"] >= 1 and rep["epochs_run"] == 3 and "12 images" in rep["data"]
+    assert "batches of" not in rep["data"]   # read one by one, trained in --batch-size batches: not said
     got = make_session(load_model(out)).run(None, {"x": np.ones((3, 3, 8, 8), np.float32)})[0]
     assert got.shape == (3, 4, 8, 8)
     weights = [numpy_helper.to_array(t) for t in load_model(out).graph.initializer if len(t.dims) == 4]

@@ -23,8 +23,7 @@ def read_samples(spec, model, input_shapes=()):
     x = np.concatenate([feed[name] for feed in reader])
     labels = None if reader.labels is None else np.asarray(reader.labels)[:len(x)]
     # read one sample at a time; training batches are --batch-size: the line counts samples, not batches
-    line = reader.describe().replace(f" in {len(reader)} batches of 1", "", 1)
-    return x.astype(np.float32, copy=False), labels, line
+    return x.astype(np.float32, copy=False), labels, reader.describe(batches=False)
 
 
 def _hints(values):
