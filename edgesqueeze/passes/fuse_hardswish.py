@@ -148,5 +148,4 @@ def fuse_hardswish(graph, ctx):
             n.outputs.clear()
         graph.nodes.extend([hs, mul])
         ctx.record("hardswish", nodes[::-1])
-    graph.cleanup().toposort()
-    return graph
+    return graph   # the optimizer removes the detached nodes and sorts after every pass
