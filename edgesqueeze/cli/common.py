@@ -107,6 +107,21 @@ def table(rows, headers, align: Optional[str] = None) -> str:
     return "\n".join(lines)
 
 
+def torch_threads_option(default: int, why: str):
+    """``--threads N``: torch's CPU threads for a training command (0: torch's default, one per core); ``why``
+    says what was measured for the command's default."""
+    return click.option("--threads", type=click.IntRange(0), default=default, show_default=True,
+                        help=f"torch CPU threads (0: torch's default, one per core). {why} The model depends on "
+                             "the thread count: the same options and threads give the same bytes.")
+
+
+def set_torch_threads(threads: int, what: str) -> None:
+    """Apply ``--threads`` (0 leaves torch's own default)."""
+    if threads:
+        from .._lazy import require
+        require("torch", what).set_num_threads(threads)
+
+
 def preprocess_option(f):
     """``--preprocess SPEC``: how images of an image-folder DATA become input tensors (quantize, build, eval)."""
     return click.option(

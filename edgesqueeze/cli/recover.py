@@ -7,7 +7,7 @@ import click
 
 from ..fileio import check_writable, refuse_overwrite
 from .common import (emit, info, input_shape_option, json_option, output_option, preprocess_option, quiet,
-                     with_preprocess)
+                     set_torch_threads, torch_threads_option, with_preprocess)
 
 
 def read_samples(spec, model, input_shapes=()):
@@ -108,10 +108,8 @@ class EpochBar:
               help="The graph output to distil (default: the first), e.g. the class scores of a net that also "
                    "regresses boxes (add --hint OUT:OUT for the others).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--threads", type=click.IntRange(0), default=0, show_default=True,
-              help="torch CPU threads (0: torch's default, one per core). PP-OCR's classifier recovered 1.4x faster "
-                   "on two threads than on one on an idle 2-core machine; on a loaded one, 1 is faster. The model "
-                   "depends on the thread count: give it to get the same bytes on another machine.")
+@torch_threads_option(0, "PP-OCR's classifier recovered 1.4x faster on two threads than on one on an idle "
+                          "2-core machine (on a loaded one, 1 is faster).")
 @preprocess_option
 @input_shape_option
 @output_option(help="Recovered .onnx to write.")
@@ -132,9 +130,7 @@ def command(student, teacher, data, labels, val, epochs, lr, batch_size, patienc
 
     refuse_overwrite(output, student, teacher, data)
     check_writable(output)
-    if threads:  # 0: leave torch's own default
-        from .._lazy import require
-        require("torch", "accuracy recovery by distillation").set_num_threads(threads)
+    set_torch_threads(threads, "accuracy recovery by distillation")
     s, t = load_model(student), load_model(teacher)
     x, y, line = read_samples(with_preprocess(data, preprocess), s, input_shapes)
     if labels and y is None:

@@ -6,7 +6,7 @@ import sys
 import click
 
 from ..fileio import check_writable, refuse_overwrite
-from .common import emit, info, json_option, output_option, quiet, table
+from .common import emit, info, json_option, output_option, quiet, set_torch_threads, table, torch_threads_option
 from .compress import _bits
 
 
@@ -87,11 +87,9 @@ def _round_text(row: dict, positive) -> str:
               help="With --share: epochs of fine-tuning the shared values.")
 @click.option("--share-lr", type=float, default=1e-4, show_default=True, help="With --share: its Adam learning rate.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--threads", type=click.IntRange(0), default=1, show_default=True,
-              help="torch CPU threads (0: torch's default, one per core). One by default: on the digits CNN one "
-                   "thread trained in 4.7 s where two took 8-65 s (and at least twice the CPU time) on a loaded "
-                   "2-core machine, and a fixed count makes the same options give a byte-identical model on any machine (the "
-                   "result depends on the thread count).")
+@torch_threads_option(1, "One by default: on the digits CNN one thread trained in 4.7 s where two took 8-65 s "
+                          "(and at least twice the CPU time) on a loaded 2-core machine, and a fixed count gives "
+                          "the same bytes on any machine.")
 @output_option(help="Pruned .onnx to write.")
 @json_option
 def command(model, schedule, rounds, prune_rate, important_class, watch_class, beta, lam, criterion, data, val,
@@ -124,10 +122,7 @@ def command(model, schedule, rounds, prune_rate, important_class, watch_class, b
                         share_bits=_pairs(share_bits, int, "--share-bits"), share_epochs=share_epochs,
                         share_lr=share_lr, seed=seed)
     opts.check()
-    if threads:  # 0: leave torch's own default
-        from .._lazy import require
-
-        require("torch", "pruning with training").set_num_threads(threads)
+    set_torch_threads(threads, "pruning with training")
     m = load_model(model)
     train_set, val_set = labelled_arrays(data, m), labelled_arrays(val, m)
     steps = len(opts.schedule) if opts.schedule else opts.rounds + 1  # epochs run in each pruning round
